@@ -1,0 +1,45 @@
+//! Configuration handed to the kernel programs at load time (as a read-only global).
+//!
+//! Aya's Rust eBPF has no CO-RE field relocations, so the daemon reads the offsets of the
+//! kernel struct fields it needs from `/sys/kernel/btf/vmlinux` at start and passes them
+//! here. No offset of one particular kernel is compiled in.
+
+/// Byte offsets of kernel struct fields, resolved from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_files: u32,
+    pub task_fs: u32,
+    pub task_mm: u32,
+    pub task_signal: u32,
+    pub task_exit_code: u32,
+    pub signal_live: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_f_path: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub vfsmount_mnt_root: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub fs_pwd: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub bprm_file: u32,
+    /// Non-zero once the daemon filled the struct; programs do nothing before that.
+    pub valid: u32,
+}
+crate::assert_size!(KernelOffsets, 28 * 4);
+
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data, all fields are u32, no padding.
+unsafe impl aya::Pod for KernelOffsets {}

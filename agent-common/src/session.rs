@@ -1,0 +1,20 @@
+//! The session map: which agent session a process (keyed by tgid) belongs to.
+
+/// Maximum number of processes tracked across all sessions.
+pub const MAX_TRACKED_PROCESSES: u32 = 65_536;
+
+/// Value of the `SESSIONS` map, keyed by tgid. Filled at enrolment by the daemon and
+/// copied to every child process in the fork tracepoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionEntry {
+    pub session_id: u64,
+    /// Profile the session runs under (index assigned by the daemon).
+    pub profile_id: u32,
+    pub flags: u32,
+}
+crate::assert_size!(SessionEntry, 16);
+
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data, no padding.
+unsafe impl aya::Pod for SessionEntry {}

@@ -1,0 +1,41 @@
+//! Per-CPU counters kept by the kernel programs (`STATS` per-CPU array), so that nothing
+//! is lost silently.
+
+/// Index into the `STATS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// An event could not be reserved in the ring buffer (full): the event is lost.
+    RingbufDrops = 0,
+    /// A child could not be added to `SESSIONS` (map full): it escapes tracking.
+    SessionMapFull = 1,
+    /// A syscall entry could not be stashed for its exit (map full): event lost.
+    StashFull = 2,
+    /// A path was longer than the event buffer or deeper than the walk limit.
+    PathTruncated = 3,
+    /// Events successfully submitted to the ring buffer.
+    EventsSubmitted = 4,
+}
+
+/// Number of entries in `STATS`.
+pub const STAT_COUNT: u32 = 5;
+
+impl Stat {
+    pub const ALL: [Stat; STAT_COUNT as usize] = [
+        Stat::RingbufDrops,
+        Stat::SessionMapFull,
+        Stat::StashFull,
+        Stat::PathTruncated,
+        Stat::EventsSubmitted,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::RingbufDrops => "ringbuf_drops",
+            Stat::SessionMapFull => "session_map_full",
+            Stat::StashFull => "stash_full",
+            Stat::PathTruncated => "path_truncated",
+            Stat::EventsSubmitted => "events_submitted",
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Program execution by session processes.
+
+use agent_common::event::{ARGV_MAX, ARGV_TRUNCATED, EventKind};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+
+use crate::{
+    emit::{current_task, fill_header, send},
+    kernel::{self, off, read, read_ptr},
+    maps::{EXEC_SCRATCH, current_session},
+    path::resolve_embedded,
+};
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`:
+/// the new image is in place, so `bprm->file` is the executable the kernel opened and
+/// `mm->arg_start..arg_end` holds the new argument vector.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    if !kernel::ready() {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(entry) = current_session(tgid) else {
+        return 0;
+    };
+    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch value, exclusively ours while this program runs.
+    let ev = unsafe { &mut *ev };
+    fill_header(&mut ev.header, EventKind::Exec, entry.session_id);
+    let bprm: *const u8 = ctx.arg(2);
+    let task = current_task();
+
+    resolve_embedded(
+        read_ptr(bprm, off!(bprm_file)),
+        off!(file_f_path),
+        &mut ev.exe,
+    );
+    resolve_embedded(read_ptr(task, off!(task_fs)), off!(fs_pwd), &mut ev.cwd);
+
+    ev.argv_len = 0;
+    ev.argv_flags = 0;
+    if let Some(mm) = read_ptr(task, off!(task_mm)) {
+        let start = read::<u64>(mm, off!(mm_arg_start)).unwrap_or(0);
+        let end = read::<u64>(mm, off!(mm_arg_end)).unwrap_or(0);
+        let mut len = end.saturating_sub(start) as usize;
+        if len > ARGV_MAX - 1 {
+            len = ARGV_MAX - 1;
+            ev.argv_flags = ARGV_TRUNCATED;
+        }
+        let len = len & (ARGV_MAX - 1);
+        // SAFETY: `len < ARGV_MAX`, the destination holds ARGV_MAX bytes.
+        let ret = unsafe {
+            bpf_probe_read_user(ev.argv.as_mut_ptr().cast(), len as u32, start as *const _)
+        };
+        if ret == 0 {
+            ev.argv_len = len as u32;
+        }
+    }
+    send(ev);
+    0
+}

@@ -1,0 +1,160 @@
+//! File opens by session processes: the flags are taken at syscall entry, the path at
+//! exit from the `struct file` the kernel installed in the fd table.
+
+use agent_common::{
+    event::{EventKind, OpenEvent, OpenSyscall, PATH_MAX},
+    stats::Stat,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+
+use crate::{
+    emit::{current_task, fill_header, send},
+    kernel::{self, off},
+    maps::{OPEN_SCRATCH, count, current_session},
+    path::{fd_file, raw_user, resolve_embedded},
+};
+
+/// Syscall arguments kept from entry to exit (kernel-only type).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct OpenStash {
+    filename: u64,
+    flags: u32,
+    syscall: u32,
+}
+
+/// pid_tgid → pending open. LRU so a thread killed inside the syscall cannot leak slots.
+#[map]
+static OPEN_STASH: LruHashMap<u64, OpenStash> = LruHashMap::with_max_entries(16_384, 0);
+
+// Syscall tracepoint records: 8 bytes of common fields, the syscall number padded to 8,
+// then each argument as 8 bytes (`struct syscall_trace_enter`); exit has `ret` at 16.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const RET: usize = 16;
+
+const O_WRONLY: u32 = 0o1;
+const O_CREAT: u32 = 0o100;
+const O_TRUNC: u32 = 0o1000;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, at: usize) -> u64 {
+    // SAFETY: reading the tracepoint record.
+    unsafe { ctx.read_at::<u64>(at) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn stash(filename: u64, flags: u32, syscall: OpenSyscall) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !kernel::ready() || current_session((pid_tgid >> 32) as u32).is_none() {
+        return;
+    }
+    let s = OpenStash {
+        filename,
+        flags,
+        syscall: syscall as u32,
+    };
+    if OPEN_STASH.insert(&pid_tgid, &s, 0).is_err() {
+        count(Stat::StashFull);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    stash(arg(&ctx, ARG1), arg(&ctx, ARG2) as u32, OpenSyscall::Openat);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
+pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
+    // The flags live in the user's `struct open_how` (first field, u64).
+    let how = arg(&ctx, ARG2) as *const u64;
+    // SAFETY: the helper faults safely.
+    let flags = unsafe { bpf_probe_read_user(how) }.unwrap_or(0);
+    stash(arg(&ctx, ARG1), flags as u32, OpenSyscall::Openat2);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_open")]
+pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+    stash(arg(&ctx, ARG0), arg(&ctx, ARG1) as u32, OpenSyscall::Open);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_creat")]
+pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
+    stash(
+        arg(&ctx, ARG0),
+        O_CREAT | O_WRONLY | O_TRUNC,
+        OpenSyscall::Creat,
+    );
+    0
+}
+
+/// Shared by the four exit tracepoints.
+#[inline(always)]
+fn exit_open(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before removal.
+    let Some(s) = (unsafe { OPEN_STASH.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = OPEN_STASH.remove(&pid_tgid);
+    let Some(entry) = current_session((pid_tgid >> 32) as u32) else {
+        return;
+    };
+    let Some(ev) = OPEN_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch value, exclusively ours while this program runs.
+    let ev = unsafe { &mut *ev };
+    fill_header(&mut ev.header, EventKind::Open, entry.session_id);
+    let ret = arg(ctx, RET) as i64;
+    ev.syscall = s.syscall;
+    ev.flags = s.flags;
+    ev.ret = ret;
+    if ret >= 0 {
+        let file = fd_file(current_task(), ret as u32);
+        resolve_embedded(file, off!(file_f_path), &mut ev.path);
+    } else {
+        raw_user(s.filename as *const u8, &mut ev.path);
+    }
+    let mut path_len = ev.path.len as usize;
+    if path_len > PATH_MAX {
+        path_len = PATH_MAX;
+    }
+    let len = OpenEvent::FIXED_LEN + path_len;
+    // SAFETY: `len <= size_of::<OpenEvent>()`; the record is sent without the unused tail.
+    let bytes = unsafe { core::slice::from_raw_parts((ev as *const OpenEvent).cast::<u8>(), len) };
+    send(bytes);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat")]
+pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+    exit_open(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
+pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
+    exit_open(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_open")]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    exit_open(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_creat")]
+pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
+    exit_open(&ctx);
+    0
+}

@@ -1,0 +1,24 @@
+//! agentwarden kernel programs. One module per concern; all decisions about which
+//! process belongs to which session are taken here from the `SESSIONS` map.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod exec;
+mod file;
+mod kernel;
+mod maps;
+mod net;
+mod path;
+mod session;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects code that could get here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,48 @@
+//! Maps shared by all programs.
+
+use agent_common::{
+    event::{ExecEvent, OpenEvent},
+    session::{MAX_TRACKED_PROCESSES, SessionEntry},
+    stats::{STAT_COUNT, Stat},
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+
+/// tgid → session. Filled by the daemon at enrolment, inherited at fork, removed at exit.
+#[map]
+pub static SESSIONS: HashMap<u32, SessionEntry> =
+    HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
+
+/// Events to the daemon.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// Per-CPU counters, indexed by [`Stat`].
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Per-CPU scratch space: events are far larger than the 512-byte BPF stack.
+#[map]
+pub static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static OPEN_SCRATCH: PerCpuArray<OpenEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bumps a per-CPU counter. Per-CPU slots need no atomics: a program runs with migration
+/// disabled and the daemon sums the CPUs.
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(v) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: pointer into this CPU's slot of a map value.
+        unsafe { *v += 1 };
+    }
+}
+
+/// The session of the current process, if it is in one. This is the only cost a process
+/// outside every session pays.
+#[inline(always)]
+pub fn current_session(tgid: u32) -> Option<SessionEntry> {
+    // SAFETY: the value is copied out before the map can change it.
+    unsafe { SESSIONS.get(&tgid).copied() }
+}

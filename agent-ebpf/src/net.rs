@@ -1,0 +1,108 @@
+//! Outgoing connections of session processes (IPv4 and IPv6). The address is read at
+//! syscall entry, the result at exit. (Enforcement reads the kernel's own copy of the
+//! address in cgroup sock_addr programs; this is the observation path.)
+
+use agent_common::{
+    event::{ConnectEvent, EventKind},
+    stats::Stat,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+
+use crate::{
+    emit::{header, send},
+    kernel,
+    maps::{count, current_session},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Pending connect (kernel-only type).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ConnectStash {
+    fd: i32,
+    family: u16,
+    port: u16,
+    addr: [u8; 16],
+}
+
+#[map]
+static CONNECT_STASH: LruHashMap<u64, ConnectStash> = LruHashMap::with_max_entries(16_384, 0);
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !kernel::ready() || current_session((pid_tgid >> 32) as u32).is_none() {
+        return 0;
+    }
+    // SAFETY: reading the tracepoint record.
+    let (fd, uaddr, addrlen) = unsafe {
+        (
+            ctx.read_at::<u64>(16).unwrap_or(0),
+            ctx.read_at::<u64>(24).unwrap_or(0),
+            ctx.read_at::<u64>(32).unwrap_or(0),
+        )
+    };
+    if addrlen < 16 {
+        return 0;
+    }
+    // sockaddr_in is 16 bytes; sockaddr_in6 is 28 (address at 8..24).
+    // SAFETY: the helper faults safely.
+    let Ok(head) = (unsafe { bpf_probe_read_user(uaddr as *const [u8; 16]) }) else {
+        return 0;
+    };
+    let family = u16::from_ne_bytes([head[0], head[1]]);
+    let port = u16::from_be_bytes([head[2], head[3]]);
+    let mut addr = [0u8; 16];
+    match family {
+        AF_INET => addr[..4].copy_from_slice(&head[4..8]),
+        AF_INET6 if addrlen >= 24 => {
+            // SAFETY: the helper faults safely.
+            match unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) } {
+                Ok(a) => addr = a,
+                Err(_) => return 0,
+            }
+        }
+        _ => return 0,
+    }
+    let s = ConnectStash {
+        fd: fd as i32,
+        family,
+        port,
+        addr,
+    };
+    if CONNECT_STASH.insert(&pid_tgid, &s, 0).is_err() {
+        count(Stat::StashFull);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before removal.
+    let Some(s) = (unsafe { CONNECT_STASH.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = CONNECT_STASH.remove(&pid_tgid);
+    let Some(entry) = current_session((pid_tgid >> 32) as u32) else {
+        return 0;
+    };
+    // SAFETY: reading the tracepoint record.
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+    send(&ConnectEvent {
+        header: header(EventKind::Connect, entry.session_id),
+        family: s.family,
+        port: s.port,
+        fd: s.fd,
+        ret,
+        addr: s.addr,
+    });
+    0
+}

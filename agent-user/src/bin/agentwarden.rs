@@ -1,0 +1,20 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match agentwarden::cli::main(agentwarden::cli::Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("agentwarden: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Command-line interface: argument definitions and what each command does.
+
+use std::{
+    ffi::OsString,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    client::Client,
+    daemon::{self, DaemonConfig},
+    offsets::VMLINUX_BTF,
+    output,
+    probe::HostProbe,
+    proto::{DEFAULT_SOCKET, Request, Response},
+};
+
+/// Exit status when agentwarden itself could not launch the command (as `env` does).
+pub const EXIT_LAUNCH_FAILED: u8 = 125;
+
+#[derive(Parser, Debug)]
+#[command(name = "agentwarden", version, about = "Runtime control for AI agents")]
+pub struct Cli {
+    /// Control socket of the daemon.
+    #[arg(long, global = true, env = "AGENTWARDEN_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the daemon: load the kernel programs and watch enrolled sessions.
+    Daemon {
+        /// Directory for the event log and state.
+        #[arg(long, default_value = "/var/lib/agentwarden")]
+        state_dir: PathBuf,
+        /// Extra directory of `*.yaml` profiles (the shipped ones are embedded).
+        #[arg(long)]
+        rules_dir: Option<PathBuf>,
+        /// Do not copy events to stdout (they still go to the event log).
+        #[arg(long)]
+        quiet: bool,
+        /// Kernel BTF to read struct offsets from.
+        #[arg(long, default_value = VMLINUX_BTF)]
+        btf: PathBuf,
+    },
+    /// Enrol this process in a new session, then execute CMD in it.
+    Run {
+        #[arg(long)]
+        profile: String,
+        #[arg(long)]
+        session_name: Option<String>,
+        /// The agent command and its arguments.
+        #[arg(required = true, last = true)]
+        cmd: Vec<OsString>,
+    },
+    /// Enrol a running process and its descendants in a new session.
+    Attach {
+        #[arg(long)]
+        pid: u32,
+        #[arg(long)]
+        profile: String,
+        #[arg(long)]
+        session_name: Option<String>,
+    },
+    /// List sessions.
+    Sessions {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show recorded events.
+    Events {
+        /// Keep streaming new events.
+        #[arg(long)]
+        follow: bool,
+        /// Only this session (id or name).
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Host capabilities, attached programs and loss counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn main(cli: Cli) -> Result<ExitCode> {
+    let socket = cli.socket.as_path();
+    match cli.command {
+        Cmd::Daemon { state_dir, rules_dir, quiet, btf } => {
+            let cfg = DaemonConfig { socket: socket.to_owned(), state_dir, stdout: !quiet, rules_dir, btf };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(daemon::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { profile, session_name, cmd } => Ok(run(socket, profile, session_name, &cmd)),
+        Cmd::Attach { pid, profile, session_name } => {
+            let resp = Client::call(socket, &Request::Attach { pid, profile, session_name })?;
+            let Response::Enrolled { session, processes } = resp else {
+                bail!("unexpected response {resp:?}")
+            };
+            println!(
+                "attached pid {pid} and {} descendant(s) to session {} ({})",
+                processes.len().saturating_sub(1),
+                session.id,
+                session.name
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Sessions { json } => {
+            let Response::Sessions { sessions } = Client::call(socket, &Request::Sessions)? else {
+                bail!("unexpected response")
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sessions)?);
+            } else {
+                print!("{}", output::sessions(&sessions));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Events { follow, session, json } => events(socket, follow, session, json),
+        Cmd::Status { json } => status(socket, json),
+    }
+}
+
+/// `agentwarden run`: enrol, then become the agent. Never runs it unwatched.
+fn run(socket: &Path, profile: String, session_name: Option<String>, cmd: &[OsString]) -> ExitCode {
+    let enrolled = Client::call(socket, &Request::Enroll { profile, session_name });
+    let session = match enrolled {
+        Ok(Response::Enrolled { session, .. }) => session,
+        Ok(other) => {
+            eprintln!("agentwarden: unexpected response {other:?}; not running the agent");
+            return ExitCode::from(EXIT_LAUNCH_FAILED);
+        }
+        Err(e) => {
+            eprintln!("agentwarden: {e:#}\nagentwarden: not running the agent unwatched");
+            return ExitCode::from(EXIT_LAUNCH_FAILED);
+        }
+    };
+    let err = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .env("AGENTWARDEN_SESSION", &session.id)
+        .env("AGENTWARDEN_SESSION_NAME", &session.name)
+        .exec();
+    eprintln!("agentwarden: cannot execute {}: {err}", cmd[0].to_string_lossy());
+    ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
+}
+
+fn events(socket: &Path, follow: bool, session: Option<String>, json: bool) -> Result<ExitCode> {
+    let mut c = Client::connect(socket)?;
+    c.send(&Request::Events { session, follow })?;
+    let mut rows = Vec::new();
+    let print_rows = |rows: &mut Vec<Vec<String>>, header: bool| {
+        if header {
+            print!("{}", output::table(&output::EVENT_HEADER, rows));
+        } else {
+            for r in rows.iter() {
+                println!("{}", r.join("  "));
+            }
+        }
+        rows.clear();
+    };
+    let mut backlog_done = false;
+    while let Some(resp) = c.recv()? {
+        match resp {
+            Response::Event { event } if json => println!("{}", serde_json::to_string(&event)?),
+            Response::Event { event } => {
+                rows.push(output::event_row(&event));
+                if backlog_done {
+                    print_rows(&mut rows, false);
+                }
+            }
+            Response::EndOfBacklog => {
+                if !json {
+                    print_rows(&mut rows, true);
+                }
+                backlog_done = true;
+                if !follow {
+                    break;
+                }
+            }
+            Response::Error { message } => bail!("{message}"),
+            other => bail!("unexpected response {other:?}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(socket: &Path, json: bool) -> Result<ExitCode> {
+    match Client::call(socket, &Request::Status) {
+        Ok(Response::Status { status }) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", output::status(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(other) => bail!("unexpected response {other:?}"),
+        Err(e) => {
+            // Still show what the host offers, and say the daemon is not running.
+            let host = HostProbe::run();
+            if json {
+                let v = serde_json::json!({ "daemon": null, "error": format!("{e:#}"), "host": host });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("daemon        not running ({e:#})");
+                print!("{}", output::host(&host));
+            }
+            Ok(ExitCode::from(3))
+        }
+    }
+}

@@ -1,0 +1,737 @@
+//! `agentwarden daemon`: loads the kernel programs, serves the control socket, turns
+//! ring-buffer records into enriched events, and tracks session lifetime.
+
+use std::{
+    collections::HashMap,
+    fs::{self, File, OpenOptions},
+    io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write},
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::fs::{DirBuilderExt, PermissionsExt},
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime},
+};
+
+use agent_common::{
+    session::{MAX_TRACKED_PROCESSES, SessionEntry},
+    stats::Stat,
+};
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
+    io::unix::AsyncFd,
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+    sync::broadcast,
+};
+use tracing::{info, warn};
+
+use crate::{
+    event::{self, Clock, Event, LossInfo, ProcessInfo, Raw, SessionRef},
+    loader::{self, ProgramStatus},
+    offsets,
+    probe::HostProbe,
+    profiles,
+    proto::{Counter, DaemonCounters, Request, Response, StatusReport},
+    session::{Enrolment, NewSession, Registry, format_id, parse_id},
+    users::Users,
+};
+
+/// Daemon settings; every field has an embedded default (no config file needed).
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// Also write each event as a JSON line to stdout.
+    pub stdout: bool,
+    pub rules_dir: Option<PathBuf>,
+    pub btf: PathBuf,
+}
+
+/// Name of the event log in the state directory.
+pub const EVENT_LOG: &str = "events.jsonl";
+
+/// Reconciliation and loss-report period.
+const SWEEP_PERIOD: Duration = Duration::from_millis(500);
+
+/// Everything the ring-buffer reader, the sweeper and the control handlers share. One lock
+/// keeps enrolment, draining and reconciliation consistent with each other.
+struct Core {
+    ring: RingBuf<MapData>,
+    sessions_map: BpfHashMap<MapData, u32, SessionEntry>,
+    stats: PerCpuArray<MapData, u64>,
+    registry: Registry,
+    users: Users,
+    log: EventLog,
+    clock: Clock,
+    counters: DaemonCounters,
+    /// Kernel loss counters already reported as events.
+    reported_losses: HashMap<&'static str, u64>,
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    cfg: DaemonConfig,
+    probe: HostProbe,
+    programs: Vec<ProgramStatus>,
+    started: SystemTime,
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl Shared {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock leaves the data usable (no invariant spans it).
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(cfg: DaemonConfig) -> Result<()> {
+    refuse_second_daemon(&cfg.socket)?;
+    let probe = HostProbe::run();
+    let offsets = offsets::resolve(&cfg.btf).context("reading kernel struct offsets")?;
+    let loader::Loaded { mut ebpf, programs } = loader::load(offsets, &cfg.btf)?;
+    for p in &programs {
+        match &p.reason {
+            None => info!(program = %p.name, at = %p.attach_point, "attached"),
+            Some(r) => warn!(program = %p.name, at = %p.attach_point, reason = %r, "left out"),
+        }
+    }
+    let (sessions_map, stats, ring) = take_maps(&mut ebpf)?;
+    // A duplicate of the ring buffer's fd, polled for readiness only; the map itself
+    // stays in `Core` so draining happens under the shared lock.
+    let dup = ring.as_fd().try_clone_to_owned()?;
+    // SAFETY: the fd is owned by the AsyncFd and stays open until it is dropped.
+    let ring_fd = unsafe { AsyncFd::register(dup) }.map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
+
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.state_dir)
+        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+    let log = EventLog::open(&cfg.state_dir.join(EVENT_LOG), cfg.stdout)?;
+    let (tx, _) = broadcast::channel(4096);
+    let listener = bind_socket(&cfg.socket)?;
+    info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), "agentwarden daemon ready");
+
+    let shared = Arc::new(Shared {
+        core: Mutex::new(Core {
+            ring,
+            sessions_map,
+            stats,
+            registry: Registry::default(),
+            users: Users::default(),
+            log,
+            clock: Clock::now(),
+            counters: DaemonCounters::default(),
+            reported_losses: HashMap::new(),
+            tx: tx.clone(),
+        }),
+        cfg: cfg.clone(),
+        probe,
+        programs,
+        started: SystemTime::now(),
+        tx,
+    });
+
+    let reader = tokio::spawn(read_ring(shared.clone(), ring_fd));
+    let sweeper = tokio::spawn(sweep(shared.clone()));
+    let server = tokio::spawn(serve(shared.clone(), listener));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+        r = reader => bail!("ring-buffer reader stopped: {r:?}"),
+    }
+    server.abort();
+    sweeper.abort();
+    let _ = fs::remove_file(&cfg.socket);
+    {
+        let mut core = shared.core();
+        core.drain();
+        core.log.flush();
+    }
+    // Dropping `ebpf` detaches every program.
+    drop(ebpf);
+    info!("stopped");
+    Ok(())
+}
+
+type Maps = (BpfHashMap<MapData, u32, SessionEntry>, PerCpuArray<MapData, u64>, RingBuf<MapData>);
+
+fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
+    let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing"));
+    Ok((
+        BpfHashMap::try_from(take("SESSIONS")?)?,
+        PerCpuArray::try_from(take("STATS")?)?,
+        RingBuf::try_from(take("EVENTS")?)?,
+    ))
+}
+
+/// A live daemon on the socket means this one must not start; a stale socket file is
+/// removed.
+fn refuse_second_daemon(socket: &Path) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        bail!("another agentwarden daemon is listening on {}", socket.display());
+    }
+    match fs::remove_file(socket) {
+        Ok(()) => warn!(socket = %socket.display(), "removed stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", socket.display())),
+    }
+    Ok(())
+}
+
+/// Binds the control socket, owner-only (0600) in a 0755 directory.
+fn bind_socket(socket: &Path) -> Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // Bind under a restrictive umask so the socket is never briefly world-connectable.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(socket);
+    rustix::process::umask(old);
+    let listener = bound.with_context(|| format!("binding {}", socket.display()))?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+async fn read_ring(shared: Arc<Shared>, fd: AsyncFd<OwnedFd>) -> Result<()> {
+    loop {
+        let mut guard = fd.readable().await?;
+        shared.core().drain();
+        guard.clear_ready();
+    }
+}
+
+async fn sweep(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SWEEP_PERIOD);
+    loop {
+        tick.tick().await;
+        let mut core = shared.core();
+        core.reconcile();
+        core.report_losses();
+        core.log.flush();
+    }
+}
+
+impl Core {
+    /// Consumes every record in the ring buffer.
+    fn drain(&mut self) {
+        let mut records = Vec::new();
+        while let Some(item) = self.ring.next() {
+            records.push(item.to_vec());
+        }
+        for r in records {
+            self.handle_record(&r);
+        }
+        self.log.flush();
+    }
+
+    fn handle_record(&mut self, bytes: &[u8]) {
+        self.counters.records_read += 1;
+        let raw = match event::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.decode_errors += 1;
+                warn!(error = %e, "undecodable ring-buffer record");
+                return;
+            }
+        };
+        let h = *raw.header();
+        let sid = h.session_id;
+        if let Raw::Fork(f) = &raw {
+            self.registry.on_fork(sid, h.tgid, f.child_tgid);
+        }
+        let mut ev = Event::from_raw(&raw, &self.clock, self.session_ref(sid));
+        if let Some(exec) = &ev.exec {
+            self.registry.on_exec(h.tgid, &exec.path);
+        }
+        if let Some(p) = ev.process.as_mut() {
+            self.enrich(p, !matches!(raw, Raw::Exit(_)));
+        }
+        self.registry.count_event(sid);
+        self.emit(ev);
+        if let Raw::Exit(_) = raw {
+            let now = self.clock.wall(h.ktime_ns);
+            if self.registry.on_exit(sid, h.tgid, now) {
+                self.session_end(sid, now);
+            }
+        }
+    }
+
+    fn session_ref(&self, sid: u64) -> SessionRef {
+        self.registry.get(sid).map(|s| s.reference()).unwrap_or_else(|| SessionRef {
+            id: format_id(sid),
+            ..SessionRef::default()
+        })
+    }
+
+    /// Adds what the kernel record lacks: user name and executable (procfs if unknown).
+    fn enrich(&mut self, p: &mut ProcessInfo, alive: bool) {
+        p.user = self.users.name(p.uid);
+        p.exe = match self.registry.exe_of(p.tgid) {
+            Some(exe) => Some(exe.to_owned()),
+            None if alive => procfs::process::Process::new(p.tgid as i32)
+                .and_then(|pr| pr.exe())
+                .ok()
+                .map(|exe| {
+                    let exe = exe.display().to_string();
+                    self.registry.remember_exe(p.tgid, exe.clone());
+                    exe
+                }),
+            None => None,
+        };
+    }
+
+    fn emit(&mut self, mut ev: Event) {
+        ev.seq = self.log.next_seq();
+        match self.log.write(&ev) {
+            Ok(()) => self.counters.events_logged += 1,
+            Err(e) => {
+                self.counters.log_write_errors += 1;
+                warn!(error = %e, "writing the event log failed");
+            }
+        }
+        // No subscriber is fine; lagging ones are counted on their side.
+        let _ = self.tx.send(Arc::new(ev));
+    }
+
+    fn session_end(&mut self, sid: u64, now: SystemTime) {
+        let ev = Event::new("session_end", now, self.session_ref(sid));
+        info!(session = %format_id(sid), "session ended");
+        self.emit(ev);
+    }
+
+    /// Snapshot of the kernel session map (tgid → session id).
+    fn kernel_sessions(&self) -> HashMap<u32, u64> {
+        self.sessions_map
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(tgid, e)| (tgid, e.session_id))
+            .collect()
+    }
+
+    /// Ends sessions with no process left in the kernel map. The map is read first and
+    /// the ring drained after, so exit events submitted before a removal are handled
+    /// (and end their session) before reconciliation looks.
+    fn reconcile(&mut self) {
+        let snapshot = self.kernel_sessions();
+        self.drain();
+        let now = SystemTime::now();
+        for sid in self.registry.reconcile(&snapshot, now) {
+            self.session_end(sid, now);
+        }
+    }
+
+    fn counter(&self, stat: Stat) -> Counter {
+        let per_cpu: Vec<u64> = self
+            .stats
+            .get(&(stat as u32), 0)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default();
+        Counter { name: stat.name().to_owned(), total: per_cpu.iter().sum(), per_cpu }
+    }
+
+    /// Raises an event for every new kernel-side loss.
+    fn report_losses(&mut self) {
+        for stat in [Stat::RingbufDrops, Stat::SessionMapFull, Stat::StashFull] {
+            let c = self.counter(stat);
+            let seen = self.reported_losses.entry(stat.name()).or_insert(0);
+            if c.total > *seen {
+                let delta = c.total - *seen;
+                *seen = c.total;
+                warn!(counter = stat.name(), delta, total = c.total, "kernel lost events");
+                let mut ev = Event::new("loss", SystemTime::now(), SessionRef::default());
+                ev.loss = Some(LossInfo { counter: stat.name().to_owned(), delta, total: c.total });
+                self.emit(ev);
+            }
+        }
+    }
+
+    fn in_session(&self, tgid: u32) -> Option<u64> {
+        self.sessions_map.get(&tgid, 0).ok().map(|e| e.session_id)
+    }
+
+    /// Puts `root` and all its descendants into a new session. Children forked by an
+    /// enrolled process are inherited in the kernel; the rescans catch those forked by
+    /// a process before it was enrolled.
+    fn enroll(&mut self, new: NewSession, root: u32) -> Result<(u64, Vec<u32>)> {
+        let id = new_session_id()?;
+        let entry = SessionEntry { session_id: id, profile_id: 0, flags: 0 };
+        self.sessions_map
+            .insert(root, entry, 0)
+            .map_err(|e| anyhow!("adding pid {root} to the kernel session map: {e}"))?;
+        let mut tgids = vec![root];
+        if new.enrolment == Enrolment::Attach {
+            for _ in 0..16 {
+                let added = self.enroll_descendants(&mut tgids, entry);
+                if added == 0 {
+                    break;
+                }
+            }
+        }
+        let s = self.registry.create(id, new, &tgids);
+        let (sref, started) = (s.reference(), s.started);
+        for t in &tgids {
+            if let Ok(exe) = procfs::process::Process::new(*t as i32).and_then(|p| p.exe()) {
+                self.registry.remember_exe(*t, exe.display().to_string());
+            }
+        }
+        let mut ev = Event::new("session_start", started, sref);
+        ev.process = self.process_info(root);
+        self.emit(ev);
+        Ok((id, tgids))
+    }
+
+    fn enroll_descendants(&mut self, tgids: &mut Vec<u32>, entry: SessionEntry) -> usize {
+        let Ok(all) = procfs::process::all_processes() else { return 0 };
+        let parents: Vec<(u32, u32)> = all
+            .filter_map(|p| p.ok()?.stat().ok())
+            .map(|s| (s.pid as u32, s.ppid as u32))
+            .collect();
+        let mut added = 0;
+        loop {
+            let mut progress = false;
+            for (pid, ppid) in &parents {
+                if tgids.contains(ppid) && !tgids.contains(pid) {
+                    if self.sessions_map.insert(*pid, entry, 0).is_ok() {
+                        tgids.push(*pid);
+                        added += 1;
+                        progress = true;
+                    } else {
+                        warn!(pid, "could not add descendant to the session map");
+                    }
+                }
+            }
+            if !progress {
+                return added;
+            }
+        }
+    }
+
+    fn process_info(&mut self, tgid: u32) -> Option<ProcessInfo> {
+        let p = procfs::process::Process::new(tgid as i32).ok()?;
+        let stat = p.stat().ok()?;
+        let status = p.status().ok()?;
+        let uid = status.ruid;
+        Some(ProcessInfo {
+            pid: tgid,
+            tgid,
+            ppid: stat.ppid as u32,
+            uid,
+            user: self.users.name(uid),
+            gid: status.rgid,
+            comm: stat.comm,
+            cgroup_id: 0,
+            exe: p.exe().ok().map(|e| e.display().to_string()),
+        })
+    }
+}
+
+fn new_session_id() -> Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| anyhow!("random session id: {e}"))?;
+    // Never 0: the kernel side treats 0 as "no session".
+    Ok(u64::from_ne_bytes(b).max(1))
+}
+
+async fn serve(shared: Arc<Shared>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_client(shared, stream).await {
+                        warn!(error = %e, "control connection failed");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn send(stream: &mut (impl AsyncWriteExt + Unpin), resp: &Response) -> Result<()> {
+    let mut line = serde_json::to_string(resp)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).await?;
+    Ok(())
+}
+
+async fn handle_client(shared: Arc<Shared>, stream: UnixStream) -> Result<()> {
+    let cred = stream.peer_cred()?;
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    AsyncBufReader::new(rd).read_line(&mut line).await?;
+    let peer_pid = cred.pid().unwrap_or(0) as u32;
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("malformed request: {e}");
+            return send(&mut wr, &Response::Error { message }).await;
+        }
+    };
+    if let Err(e) = authorize(&shared, cred.uid(), peer_pid) {
+        return send(&mut wr, &Response::Error { message: format!("{e:#}") }).await;
+    }
+    if let Request::Events { session, follow } = req {
+        return stream_events(&shared, &mut wr, session, follow).await;
+    }
+    let resp = match dispatch(&shared, req, cred.uid(), peer_pid) {
+        Ok(r) => r,
+        Err(e) => Response::Error { message: format!("{e:#}") },
+    };
+    send(&mut wr, &resp).await
+}
+
+/// Only the daemon's owner (or root) may talk to it, and never from inside a session:
+/// an agent must not be able to administer the tool that watches it.
+fn authorize(shared: &Shared, uid: u32, pid: u32) -> Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    if uid != me && uid != 0 {
+        bail!("permission denied: uid {uid} is not the daemon's owner (uid {me})");
+    }
+    if let Some(sid) = shared.core().in_session(pid) {
+        bail!(
+            "refused: the caller (pid {pid}) is inside agentwarden session {}; \
+             a session cannot administer agentwarden",
+            format_id(sid)
+        );
+    }
+    Ok(())
+}
+
+fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Response> {
+    let mut core = shared.core();
+    match req {
+        Request::Enroll { profile, session_name } => {
+            check_profile(shared, &profile)?;
+            check_name(&core, session_name.as_deref())?;
+            let owner_user = core.users.name(uid);
+            let new = NewSession {
+                name: session_name,
+                profile,
+                owner_uid: uid,
+                owner_user,
+                enrolment: Enrolment::Run,
+                root_pid: peer_pid,
+            };
+            let (id, processes) = core.enroll(new, peer_pid)?;
+            let session = core.registry.get(id).map(|s| s.view()).ok_or_else(|| anyhow!("lost"))?;
+            info!(session = %session.id, name = %session.name, pid = peer_pid, "enrolled (run)");
+            Ok(Response::Enrolled { session, processes })
+        }
+        Request::Attach { pid, profile, session_name } => {
+            check_profile(shared, &profile)?;
+            check_name(&core, session_name.as_deref())?;
+            if pid <= 1 || pid == std::process::id() {
+                bail!("refusing to attach pid {pid}");
+            }
+            let target = procfs::process::Process::new(pid as i32)
+                .map_err(|e| anyhow!("no process {pid}: {e}"))?;
+            if let Some(sid) = core.in_session(pid) {
+                bail!("pid {pid} is already in session {}", format_id(sid));
+            }
+            let owner_uid = target.status().map(|s| s.ruid).unwrap_or(uid);
+            let owner_user = core.users.name(owner_uid);
+            let new = NewSession {
+                name: session_name,
+                profile,
+                owner_uid,
+                owner_user,
+                enrolment: Enrolment::Attach,
+                root_pid: pid,
+            };
+            let (id, processes) = core.enroll(new, pid)?;
+            let session = core.registry.get(id).map(|s| s.view()).ok_or_else(|| anyhow!("lost"))?;
+            info!(session = %session.id, pid, processes = processes.len(), "enrolled (attach)");
+            Ok(Response::Enrolled { session, processes })
+        }
+        Request::Sessions => {
+            core.reconcile();
+            let sessions = core.registry.all().map(|s| s.view()).collect();
+            Ok(Response::Sessions { sessions })
+        }
+        Request::Status => {
+            let kernel_counters = Stat::ALL.iter().map(|s| core.counter(*s)).collect();
+            let tracked = core.kernel_sessions().len();
+            let status = StatusReport {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                daemon_pid: std::process::id(),
+                started: event::rfc3339(shared.started),
+                socket: shared.cfg.socket.clone(),
+                state_dir: shared.cfg.state_dir.clone(),
+                host: shared.probe.clone(),
+                programs: shared.programs.clone(),
+                kernel_counters,
+                daemon_counters: core.counters.clone(),
+                sessions_active: core.registry.all().filter(|s| s.ended.is_none()).count(),
+                sessions_total: core.registry.all().count(),
+                tracked_processes: tracked,
+                tracked_processes_max: MAX_TRACKED_PROCESSES,
+            };
+            Ok(Response::Status { status: Box::new(status) })
+        }
+        Request::Events { .. } => unreachable!("streamed by handle_client"),
+    }
+}
+
+fn check_profile(shared: &Shared, profile: &str) -> Result<()> {
+    let known = profiles::known(shared.cfg.rules_dir.as_deref())?;
+    if !known.iter().any(|k| k == profile) {
+        bail!("unknown profile `{profile}` (known: {})", known.join(", "));
+    }
+    Ok(())
+}
+
+fn check_name(core: &Core, name: Option<&str>) -> Result<()> {
+    if let Some(n) = name
+        && core.registry.by_name(n).is_some_and(|s| s.ended.is_none())
+    {
+        bail!("an active session is already named `{n}`");
+    }
+    Ok(())
+}
+
+/// Sends stored events (filtered), then live ones when following. Subscribing before
+/// reading the log and skipping already-sent sequence numbers leaves no gap.
+async fn stream_events(
+    shared: &Shared,
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    session: Option<String>,
+    follow: bool,
+) -> Result<()> {
+    let mut rx = shared.tx.subscribe();
+    let filter = match session {
+        None => None,
+        Some(s) => Some(resolve_session(shared, &s)?),
+    };
+    let matches = |e: &Event| filter.as_ref().is_none_or(|id| &e.session.id == id);
+    let path = shared.cfg.state_dir.join(EVENT_LOG);
+    shared.core().log.flush();
+    let backlog = tokio::task::spawn_blocking(move || read_log(&path)).await??;
+    let mut last = 0;
+    for e in backlog.into_iter().filter(|e| matches(e)) {
+        last = e.seq;
+        send(wr, &Response::Event { event: Box::new(e) }).await?;
+    }
+    send(wr, &Response::EndOfBacklog).await?;
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        match rx.recv().await {
+            Ok(e) if e.seq > last && matches(&e) => {
+                send(wr, &Response::Event { event: Box::new((*e).clone()) }).await?;
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                shared.core().counters.subscriber_lagged += n;
+                warn!(missed = n, "events --follow client lagged");
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+fn resolve_session(shared: &Shared, s: &str) -> Result<String> {
+    let core = shared.core();
+    if let Some(sess) = core.registry.by_name(s) {
+        return Ok(format_id(sess.id));
+    }
+    match parse_id(s) {
+        Some(id) if s.len() == 16 => Ok(format_id(id)),
+        _ => bail!("no session named `{s}` (and not a 16-hex-digit session id)"),
+    }
+}
+
+/// Reads the JSON-lines log; a line that does not parse is skipped and reported.
+fn read_log(path: &Path) -> Result<Vec<Event>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut out = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        match serde_json::from_str(&line) {
+            Ok(e) => out.push(e),
+            Err(e) => warn!(file = %path.display(), line = n + 1, error = %e, "bad event log line"),
+        }
+    }
+    Ok(out)
+}
+
+/// The JSON-lines event log (state directory) and, optionally, stdout.
+struct EventLog {
+    file: BufWriter<File>,
+    stdout: bool,
+    seq: u64,
+}
+
+impl EventLog {
+    fn open(path: &Path, stdout: bool) -> Result<Self> {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)
+            .with_context(|| format!("opening event log {}", path.display()))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+        let seq = last_seq(&mut f).unwrap_or(0);
+        Ok(Self { file: BufWriter::new(f), stdout, seq })
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn write(&mut self, ev: &Event) -> Result<()> {
+        let mut line = serde_json::to_string(ev)?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes())?;
+        if self.stdout {
+            let mut out = std::io::stdout().lock();
+            out.write_all(line.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.file.flush() {
+            warn!(error = %e, "flushing the event log failed");
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Sequence number of the last complete line, so numbering continues across restarts.
+fn last_seq(f: &mut File) -> Option<u64> {
+    let len = f.seek(SeekFrom::End(0)).ok()?;
+    let start = len.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut tail = String::new();
+    f.read_to_string(&mut tail).ok()?;
+    tail.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("seq")?.as_u64())
+}

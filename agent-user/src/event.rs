@@ -1,0 +1,472 @@
+//! Ring-buffer records → typed kernel events → enriched JSON events.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use agent_common::event::{
+    ARGV_TRUNCATED, COMM_LEN, ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
+    ForkEvent, KPath, OpenEvent, OpenSyscall, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED,
+    decode::{DecodeError, header, read_record},
+};
+use serde::{Deserialize, Serialize};
+
+/// A decoded kernel record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Raw {
+    Exec(Box<ExecEvent>),
+    Exit(ExitEvent),
+    Fork(ForkEvent),
+    /// A child that could not be tracked (session map full).
+    SessionMapFull(ForkEvent),
+    Open(Box<OpenEvent>),
+    Connect(ConnectEvent),
+}
+
+impl Raw {
+    pub fn header(&self) -> &EventHeader {
+        match self {
+            Raw::Exec(e) => &e.header,
+            Raw::Exit(e) => &e.header,
+            Raw::Fork(e) | Raw::SessionMapFull(e) => &e.header,
+            Raw::Open(e) => &e.header,
+            Raw::Connect(e) => &e.header,
+        }
+    }
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
+    use core::mem::size_of;
+    let h = header(bytes).ok_or(DecodeError::Short {
+        kind: 0,
+        len: bytes.len(),
+        need: size_of::<EventHeader>(),
+    })?;
+    let kind = EventKind::from_u32(h.kind).ok_or(DecodeError::UnknownKind(h.kind))?;
+    Ok(match kind {
+        EventKind::Exec => Raw::Exec(Box::new(read_record(bytes, size_of::<ExecEvent>())?)),
+        EventKind::Exit => Raw::Exit(read_record(bytes, size_of::<ExitEvent>())?),
+        EventKind::Fork => Raw::Fork(read_record(bytes, size_of::<ForkEvent>())?),
+        EventKind::SessionMapFull => {
+            Raw::SessionMapFull(read_record(bytes, size_of::<ForkEvent>())?)
+        }
+        EventKind::Open => Raw::Open(Box::new(read_record(bytes, OpenEvent::FIXED_LEN)?)),
+        EventKind::Connect => Raw::Connect(read_record(bytes, size_of::<ConnectEvent>())?),
+    })
+}
+
+/// A kernel path turned into text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathText {
+    pub path: String,
+    pub truncated: bool,
+    /// Resolved by the kernel from the file object (false: the raw syscall argument).
+    pub resolved: bool,
+}
+
+/// Turns a [`KPath`] into a path string. Resolved paths arrive leaf-first
+/// (`hostname/etc/`) and are reversed here.
+pub fn path_text(p: &KPath) -> PathText {
+    let len = usize::from(p.len).min(p.bytes.len());
+    let raw = String::from_utf8_lossy(&p.bytes[..len]);
+    let truncated = p.flags & PATH_FLAG_TRUNCATED != 0;
+    if p.flags & PATH_FLAG_RAW != 0 {
+        return PathText { path: raw.into_owned(), truncated, resolved: false };
+    }
+    let mut parts: Vec<&str> = raw.split('/').filter(|c| !c.is_empty()).collect();
+    parts.reverse();
+    let path = format!("/{}", parts.join("/"));
+    PathText { path, truncated, resolved: true }
+}
+
+/// Splits a NUL-separated argument vector.
+pub fn argv(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
+pub fn comm(c: &[u8; COMM_LEN]) -> String {
+    let end = c.iter().position(|b| *b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&c[..end]).into_owned()
+}
+
+/// Names of the `O_*` flags set in `flags` (x86_64/generic values).
+pub fn open_flag_names(flags: u32) -> Vec<&'static str> {
+    let mut out = vec![match flags & 0o3 {
+        0 => "O_RDONLY",
+        1 => "O_WRONLY",
+        2 => "O_RDWR",
+        _ => "O_ACCMODE",
+    }];
+    const NAMES: &[(u32, &str)] = &[
+        (0o100, "O_CREAT"),
+        (0o200, "O_EXCL"),
+        (0o400, "O_NOCTTY"),
+        (0o1000, "O_TRUNC"),
+        (0o2000, "O_APPEND"),
+        (0o4000, "O_NONBLOCK"),
+        (0o10000, "O_DSYNC"),
+        (0o40000, "O_DIRECT"),
+        (0o100000, "O_LARGEFILE"),
+        (0o200000, "O_DIRECTORY"),
+        (0o400000, "O_NOFOLLOW"),
+        (0o1000000, "O_NOATIME"),
+        (0o2000000, "O_CLOEXEC"),
+        (0o4010000, "O_SYNC"),
+        (0o10000000, "O_PATH"),
+        (0o20200000, "O_TMPFILE"),
+    ];
+    for (bit, name) in NAMES {
+        if flags & bit == *bit {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Exit status in wait(2) form.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub core_dumped: bool,
+}
+
+impl ExitInfo {
+    pub fn from_wait_status(status: u32) -> Self {
+        let sig = (status & 0x7f) as i32;
+        if sig == 0 {
+            Self { code: Some(((status >> 8) & 0xff) as i32), signal: None, core_dumped: false }
+        } else {
+            Self { code: None, signal: Some(sig), core_dumped: status & 0x80 != 0 }
+        }
+    }
+}
+
+/// Converts the kernel's `CLOCK_BOOTTIME` stamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Realtime minus boottime, in nanoseconds.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let real = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+        let boot = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        let ns = |t: rustix::time::Timespec| i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec);
+        Self { offset_ns: ns(real) - ns(boot) }
+    }
+
+    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+        let ns = self.offset_ns + i128::from(ktime_ns);
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
+    }
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+/// The session an event belongs to.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionRef {
+    pub id: String,
+    pub name: String,
+    pub profile: String,
+}
+
+/// Who acted.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// Executable, from this process's last exec event or from procfs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecInfo {
+    pub path: String,
+    pub path_truncated: bool,
+    pub argv: Vec<String>,
+    pub argv_truncated: bool,
+    pub cwd: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpenInfo {
+    pub syscall: String,
+    pub path: String,
+    /// False when the open failed and `path` is the argument as passed.
+    pub path_resolved: bool,
+    pub path_truncated: bool,
+    pub flags: Vec<String>,
+    pub flags_raw: u32,
+    /// The fd, or `-errno`.
+    pub result: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnectInfo {
+    pub family: String,
+    pub address: String,
+    pub port: u16,
+    pub fd: i32,
+    /// 0, or `-errno`.
+    pub result: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ForkInfo {
+    pub child_tgid: u32,
+}
+
+/// Counters reported when the kernel or the daemon lost something.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LossInfo {
+    pub counter: String,
+    /// New losses since the last report.
+    pub delta: u64,
+    pub total: u64,
+}
+
+/// One enriched event, as written to the JSON-lines log and streamed to clients.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Event {
+    /// Daemon-wide sequence number (restarts at 1 with the daemon).
+    pub seq: u64,
+    pub time: String,
+    /// `exec`, `open`, `connect`, `fork`, `exit`, `session_start`, `session_end`,
+    /// `session_map_full`, `loss`.
+    pub kind: String,
+    pub session: SessionRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<OpenInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<ConnectInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork: Option<ForkInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossInfo>,
+}
+
+impl Event {
+    /// An event with only the common fields set.
+    pub fn new(kind: &str, time: SystemTime, session: SessionRef) -> Self {
+        Self {
+            seq: 0,
+            time: rfc3339(time),
+            kind: kind.to_owned(),
+            session,
+            process: None,
+            exec: None,
+            open: None,
+            connect: None,
+            fork: None,
+            exit: None,
+            loss: None,
+        }
+    }
+
+    /// The event's body for a kernel record (header fields go to `process`).
+    pub fn from_raw(raw: &Raw, clock: &Clock, session: SessionRef) -> Self {
+        let h = raw.header();
+        let kind = match raw {
+            Raw::Exec(_) => "exec",
+            Raw::Exit(_) => "exit",
+            Raw::Fork(_) => "fork",
+            Raw::SessionMapFull(_) => "session_map_full",
+            Raw::Open(_) => "open",
+            Raw::Connect(_) => "connect",
+        };
+        let mut ev = Event::new(kind, clock.wall(h.ktime_ns), session);
+        ev.process = Some(ProcessInfo {
+            pid: h.pid,
+            tgid: h.tgid,
+            ppid: h.ppid,
+            uid: h.uid,
+            user: None,
+            gid: h.gid,
+            comm: comm(&h.comm),
+            cgroup_id: h.cgroup_id,
+            exe: None,
+        });
+        match raw {
+            Raw::Exec(e) => {
+                let exe = path_text(&e.exe);
+                let len = (e.argv_len as usize).min(e.argv.len());
+                ev.exec = Some(ExecInfo {
+                    path: exe.path,
+                    path_truncated: exe.truncated,
+                    argv: argv(&e.argv[..len]),
+                    argv_truncated: e.argv_flags & ARGV_TRUNCATED != 0,
+                    cwd: path_text(&e.cwd).path,
+                });
+            }
+            Raw::Exit(e) => ev.exit = Some(ExitInfo::from_wait_status(e.exit_code)),
+            Raw::Fork(e) | Raw::SessionMapFull(e) => {
+                ev.fork = Some(ForkInfo { child_tgid: e.child_tgid });
+            }
+            Raw::Open(e) => {
+                let p = path_text(&e.path);
+                ev.open = Some(OpenInfo {
+                    syscall: OpenSyscall::from_u32(e.syscall)
+                        .map_or("unknown", OpenSyscall::name)
+                        .to_owned(),
+                    path: p.path,
+                    path_resolved: p.resolved,
+                    path_truncated: p.truncated,
+                    flags: open_flag_names(e.flags).into_iter().map(str::to_owned).collect(),
+                    flags_raw: e.flags,
+                    result: e.ret,
+                });
+            }
+            Raw::Connect(e) => ev.connect = Some(connect_info(e)),
+        }
+        ev
+    }
+}
+
+fn connect_info(e: &ConnectEvent) -> ConnectInfo {
+    let (family, address) = match e.family {
+        2 => ("inet", Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string()),
+        _ => ("inet6", Ipv6Addr::from(e.addr).to_string()),
+    };
+    ConnectInfo {
+        family: family.to_owned(),
+        address,
+        port: e.port,
+        fd: e.fd,
+        result: e.ret,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::event::PATH_MAX;
+
+    use super::*;
+
+    fn kpath(s: &str, flags: u16) -> KPath {
+        let mut p = KPath { len: s.len() as u16, flags, _pad: 0, bytes: [0; PATH_MAX] };
+        p.bytes[..s.len()].copy_from_slice(s.as_bytes());
+        p
+    }
+
+    fn hdr(kind: EventKind) -> EventHeader {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..3].copy_from_slice(b"cat");
+        EventHeader {
+            kind: kind as u32,
+            _reserved: 0,
+            ktime_ns: 5_000_000_000,
+            session_id: 0xabc,
+            cgroup_id: 7,
+            pid: 11,
+            tgid: 10,
+            ppid: 9,
+            uid: 1000,
+            gid: 1000,
+            _pad: 0,
+            comm,
+        }
+    }
+
+    fn bytes_of<T>(v: &T, len: usize) -> Vec<u8> {
+        // SAFETY: reading the bytes of a repr(C) value.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), len) }.to_vec()
+    }
+
+    #[test]
+    fn reversed_components_become_an_absolute_path() {
+        assert_eq!(path_text(&kpath("hostname/etc/", 0)).path, "/etc/hostname");
+        assert_eq!(path_text(&kpath("", 0)).path, "/");
+        let t = path_text(&kpath("c/b/", PATH_FLAG_TRUNCATED));
+        assert_eq!((t.path.as_str(), t.truncated, t.resolved), ("/b/c", true, true));
+        let raw = path_text(&kpath("../x/y", PATH_FLAG_RAW));
+        assert_eq!((raw.path.as_str(), raw.resolved), ("../x/y", false));
+    }
+
+    #[test]
+    fn open_record_sent_without_path_tail_decodes() {
+        let ev = OpenEvent {
+            header: hdr(EventKind::Open),
+            syscall: OpenSyscall::Openat as u32,
+            flags: 0o2000000 | 0o100 | 1,
+            ret: 3,
+            path: kpath("hostname/etc/", 0),
+        };
+        let wire = bytes_of(&ev, OpenEvent::FIXED_LEN + 13);
+        let Raw::Open(got) = decode(&wire).expect("decode") else { panic!("not open") };
+        assert_eq!(*got, ev);
+        let e = Event::from_raw(&Raw::Open(got), &Clock { offset_ns: 0 }, SessionRef::default());
+        let open = e.open.expect("open body");
+        assert_eq!(open.path, "/etc/hostname");
+        assert_eq!(open.flags, ["O_WRONLY", "O_CREAT", "O_CLOEXEC"]);
+        assert_eq!(e.process.expect("process").comm, "cat");
+        assert_eq!(e.time, "1970-01-01T00:00:05.000000000Z");
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        let ev = ForkEvent { header: hdr(EventKind::Fork), child_tgid: 12, _pad: 0 };
+        assert!(matches!(decode(&bytes_of(&ev, 40)), Err(DecodeError::Short { .. })));
+        let mut bad = ev;
+        bad.header.kind = 99;
+        assert_eq!(decode(&bytes_of(&bad, 80)), Err(DecodeError::UnknownKind(99)));
+        assert!(matches!(
+            decode(&bytes_of(&ev, 79)),
+            Err(DecodeError::Short { kind: 3, len: 79, need: 80 })
+        ));
+    }
+
+    #[test]
+    fn exec_argv_and_exit_status() {
+        assert_eq!(argv(b"bash\0-c\0echo hi\0"), ["bash", "-c", "echo hi"]);
+        assert!(argv(b"").is_empty());
+        assert_eq!(ExitInfo::from_wait_status(7 << 8).code, Some(7));
+        let killed = ExitInfo::from_wait_status(9);
+        assert_eq!((killed.code, killed.signal), (None, Some(9)));
+    }
+
+    #[test]
+    fn connect_addresses() {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let ev = ConnectEvent {
+            header: hdr(EventKind::Connect),
+            family: 2,
+            port: 8080,
+            fd: 3,
+            ret: -111,
+            addr,
+        };
+        let c = connect_info(&ev);
+        assert_eq!((c.address.as_str(), c.port, c.result), ("127.0.0.1", 8080, -111));
+        let v6 = ConnectEvent { family: 10, addr: Ipv6Addr::LOCALHOST.octets(), ..ev };
+        assert_eq!(connect_info(&v6).address, "::1");
+    }
+}

@@ -1,0 +1,16 @@
+//! agentwarden: runtime control for AI agents. The binary is a thin wrapper; all logic
+//! lives in these modules.
+
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod event;
+pub mod loader;
+pub mod offsets;
+pub mod output;
+pub mod probe;
+pub mod profiles;
+pub mod proto;
+pub mod session;
+pub mod skip;
+pub mod users;

@@ -1,0 +1,158 @@
+//! Loading and attaching the embedded eBPF object, driven by a declarative table: each
+//! program names its hook and whether the daemon can run without it. `status` shows what
+//! was attached, what was left out, and why.
+
+use std::path::Path;
+
+use agent_common::config::KernelOffsets;
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, TracePoint},
+};
+use serde::{Deserialize, Serialize};
+
+/// The eBPF object built by `build.rs` (aya-build), embedded so the daemon is one binary.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug)]
+pub enum Hook {
+    /// BTF-enabled tracepoint (`tp_btf`), cheaper than classic ones.
+    BtfTracepoint(&'static str),
+    /// Classic tracepoint `category/name` (syscall tracepoints exist only in this form).
+    Tracepoint(&'static str, &'static str),
+}
+
+/// One row of the program table.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramSpec {
+    /// Function name in the eBPF object.
+    pub name: &'static str,
+    pub hook: Hook,
+    /// Without a required program the daemon refuses to start; an optional one is left
+    /// out with its reason (e.g. a syscall this kernel does not have).
+    pub required: bool,
+}
+
+const fn tp(name: &'static str, required: bool) -> ProgramSpec {
+    ProgramSpec { name, hook: Hook::Tracepoint("syscalls", name), required }
+}
+
+pub const PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec {
+        name: "sched_process_fork",
+        hook: Hook::BtfTracepoint("sched_process_fork"),
+        required: true,
+    },
+    ProgramSpec {
+        name: "sched_process_exit",
+        hook: Hook::BtfTracepoint("sched_process_exit"),
+        required: true,
+    },
+    ProgramSpec {
+        name: "sched_process_exec",
+        hook: Hook::BtfTracepoint("sched_process_exec"),
+        required: true,
+    },
+    tp("sys_enter_openat", true),
+    tp("sys_exit_openat", true),
+    tp("sys_enter_openat2", false),
+    tp("sys_exit_openat2", false),
+    tp("sys_enter_open", false),
+    tp("sys_exit_open", false),
+    tp("sys_enter_creat", false),
+    tp("sys_exit_creat", false),
+    tp("sys_enter_connect", true),
+    tp("sys_exit_connect", true),
+];
+
+/// What happened to one program at load.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProgramStatus {
+    pub name: String,
+    pub kind: String,
+    pub attach_point: String,
+    /// `attached` or `left out`.
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+/// The loaded object and the outcome per program.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub programs: Vec<ProgramStatus>,
+}
+
+/// Where the kernel's tracing filesystem is mounted by convention.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Classic tracepoints are found through tracefs; mount it when the host has not (minimal
+/// hosts and containers often do not).
+fn ensure_tracefs() -> Result<()> {
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("tracefs"));
+    if mounted {
+        return Ok(());
+    }
+    rustix::mount::mount("tracefs", TRACEFS, "tracefs", rustix::mount::MountFlags::empty(), None)
+        .with_context(|| format!("mounting tracefs at {TRACEFS} (needed for syscall tracepoints)"))?;
+    tracing::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+/// Loads the embedded object with `offsets` and attaches every program of [`PROGRAMS`].
+pub fn load(offsets: KernelOffsets, btf_path: &Path) -> Result<Loaded> {
+    ensure_tracefs()?;
+    let btf = Btf::parse_file(btf_path, aya::Endianness::default())
+        .with_context(|| format!("parsing kernel BTF {}", btf_path.display()))?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("OFFSETS", &offsets, true)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    let mut programs = Vec::new();
+    for spec in PROGRAMS {
+        let (kind, point) = match spec.hook {
+            Hook::BtfTracepoint(f) => ("tp_btf", f.to_owned()),
+            Hook::Tracepoint(c, n) => ("tracepoint", format!("{c}/{n}")),
+        };
+        let outcome = attach(&mut ebpf, spec, &btf);
+        let (state, reason) = match outcome {
+            Ok(()) => ("attached", None),
+            Err(e) if !spec.required => ("left out", Some(format!("{e:#}"))),
+            Err(e) => {
+                return Err(e.context(format!("attaching required program {}", spec.name)));
+            }
+        };
+        programs.push(ProgramStatus {
+            name: spec.name.to_owned(),
+            kind: kind.to_owned(),
+            attach_point: point,
+            state: state.to_owned(),
+            reason,
+        });
+    }
+    Ok(Loaded { ebpf, programs })
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
+    let prog = ebpf
+        .program_mut(spec.name)
+        .ok_or_else(|| anyhow!("program {} missing from the object", spec.name))?;
+    match spec.hook {
+        Hook::BtfTracepoint(func) => {
+            let p: &mut BtfTracePoint = prog.try_into()?;
+            p.load(func, btf).context("load")?;
+            p.attach().context("attach")?;
+        }
+        Hook::Tracepoint(cat, name) => {
+            let p: &mut TracePoint = prog.try_into()?;
+            p.load().context("load")?;
+            p.attach(cat, name).context("attach")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Human-readable tables for the CLI (`--json` prints the raw structures instead).
+
+use std::fmt::Write as _;
+
+use crate::{event::Event, proto::StatusReport, session::SessionView};
+
+/// Left-aligned columns sized to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        for (i, c) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(c);
+            } else {
+                let _ = write!(out, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+pub fn sessions(list: &[SessionView]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.name.clone(),
+                s.profile.clone(),
+                s.owner_user.clone().unwrap_or_else(|| s.owner_uid.to_string()),
+                format!("{:?}", s.enrolment).to_lowercase(),
+                s.state.clone(),
+                s.processes.to_string(),
+                s.events.to_string(),
+                s.started.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["SESSION", "NAME", "PROFILE", "OWNER", "VIA", "STATE", "PROCS", "EVENTS", "STARTED"],
+        &rows,
+    )
+}
+
+/// One line of detail per event kind.
+pub fn detail(e: &Event) -> String {
+    if let Some(x) = &e.exec {
+        let trunc = if x.argv_truncated { " …" } else { "" };
+        return format!("{} [{}{trunc}] cwd={}", x.path, x.argv.join(" "), x.cwd);
+    }
+    if let Some(o) = &e.open {
+        let note = if o.path_resolved { "" } else { " (unresolved)" };
+        return format!("{}{note} {} = {}", o.path, o.flags.join("|"), o.result);
+    }
+    if let Some(c) = &e.connect {
+        let addr = if c.family == "inet6" {
+            format!("[{}]:{}", c.address, c.port)
+        } else {
+            format!("{}:{}", c.address, c.port)
+        };
+        return format!("{addr} = {}", c.result);
+    }
+    if let Some(x) = &e.exit {
+        return match (x.code, x.signal) {
+            (Some(c), _) => format!("code {c}"),
+            (_, Some(s)) => format!("signal {s}"),
+            _ => String::new(),
+        };
+    }
+    if let Some(f) = &e.fork {
+        return format!("child {}", f.child_tgid);
+    }
+    if let Some(l) = &e.loss {
+        return format!("{} +{} (total {})", l.counter, l.delta, l.total);
+    }
+    String::new()
+}
+
+pub fn event_row(e: &Event) -> Vec<String> {
+    let (pid, comm) = e
+        .process
+        .as_ref()
+        .map_or((String::new(), String::new()), |p| (p.tgid.to_string(), p.comm.clone()));
+    vec![e.time.clone(), e.session.name.clone(), pid, comm, e.kind.clone(), detail(e)]
+}
+
+pub const EVENT_HEADER: [&str; 6] = ["TIME", "SESSION", "PID", "COMM", "KIND", "DETAIL"];
+
+pub fn status(s: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "agentwarden {} (pid {}, since {})", s.version, s.daemon_pid, s.started);
+    let _ = writeln!(out, "socket        {}", s.socket.display());
+    let _ = writeln!(out, "state dir     {}", s.state_dir.display());
+    out.push_str(&host(&s.host));
+    let _ = writeln!(
+        out,
+        "sessions      {} active, {} total; {} of {} tracked processes",
+        s.sessions_active, s.sessions_total, s.tracked_processes, s.tracked_processes_max
+    );
+    out.push_str("\nprograms\n");
+    let rows: Vec<Vec<String>> = s
+        .programs
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.kind.clone(),
+                p.attach_point.clone(),
+                p.state.clone(),
+                p.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["PROGRAM", "KIND", "ATTACH POINT", "STATE", "REASON"], &rows));
+    out.push_str("\nkernel counters\n");
+    let rows: Vec<Vec<String>> = s
+        .kernel_counters
+        .iter()
+        .map(|c| {
+            let per: Vec<String> = c.per_cpu.iter().map(u64::to_string).collect();
+            vec![c.name.clone(), c.total.to_string(), per.join(" ")]
+        })
+        .collect();
+    out.push_str(&table(&["COUNTER", "TOTAL", "PER CPU"], &rows));
+    let d = &s.daemon_counters;
+    let _ = writeln!(
+        out,
+        "\ndaemon counters: records_read={} decode_errors={} events_logged={} \
+         log_write_errors={} subscriber_lagged={}",
+        d.records_read, d.decode_errors, d.events_logged, d.log_write_errors, d.subscriber_lagged
+    );
+    out
+}
+
+pub fn host(h: &crate::probe::HostProbe) -> String {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let mut out = String::new();
+    let _ = writeln!(out, "kernel        {}", h.kernel_release);
+    let _ = writeln!(out, "BTF           {}", yes(h.btf));
+    let _ = writeln!(out, "ring buffer   {}", yes(h.ringbuf));
+    let _ = writeln!(
+        out,
+        "BPF-LSM       {} (program type {}; active LSMs: {})",
+        if h.bpf_lsm_active { "active" } else { "not active" },
+        if h.bpf_lsm_program_type { "loads" } else { "does not load" },
+        h.active_lsms
+    );
+    let _ = writeln!(
+        out,
+        "Landlock      {}",
+        h.landlock_abi.map_or("not available".to_owned(), |v| format!("ABI {v}"))
+    );
+    let _ = writeln!(
+        out,
+        "cgroup v2     {}",
+        h.cgroup2_mount.as_ref().map_or("not mounted".to_owned(), |p| p.display().to_string())
+    );
+    let _ = writeln!(out, "cgroup sock_addr programs {}", yes(h.cgroup_sock_addr));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn table_aligns_columns() {
+        let t = super::table(&["A", "B"], &[vec!["long".into(), "x".into()]]);
+        assert_eq!(t, "A     B\nlong  x\n");
+    }
+}

@@ -1,0 +1,71 @@
+//! The control-socket protocol: one JSON request line, then JSON response lines.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{event::Event, loader::ProgramStatus, probe::HostProbe, session::SessionView};
+
+/// Default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/agentwarden/control.sock";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Enrol the calling process (its pid is taken from the socket's peer credentials).
+    Enroll { profile: String, session_name: Option<String> },
+    /// Enrol a running process and its descendants.
+    Attach { pid: u32, profile: String, session_name: Option<String> },
+    Sessions,
+    Status,
+    /// Stored events, optionally of one session (id or name), then live ones if `follow`.
+    Events { session: Option<String>, follow: bool },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Enrolled { session: SessionView, processes: Vec<u32> },
+    Sessions { sessions: Vec<SessionView> },
+    Status { status: Box<StatusReport> },
+    Event { event: Box<Event> },
+    /// End of the stored events (a `follow` stream continues after it).
+    EndOfBacklog,
+    Error { message: String },
+}
+
+/// A kernel counter summed over CPUs, with the per-CPU values.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counter {
+    pub name: String,
+    pub total: u64,
+    pub per_cpu: Vec<u64>,
+}
+
+/// Counters of the daemon itself.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DaemonCounters {
+    pub records_read: u64,
+    pub decode_errors: u64,
+    pub events_logged: u64,
+    pub log_write_errors: u64,
+    /// Events a slow `events --follow` client did not receive.
+    pub subscriber_lagged: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    pub version: String,
+    pub daemon_pid: u32,
+    pub started: String,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub host: HostProbe,
+    pub programs: Vec<ProgramStatus>,
+    pub kernel_counters: Vec<Counter>,
+    pub daemon_counters: DaemonCounters,
+    pub sessions_active: usize,
+    pub sessions_total: usize,
+    pub tracked_processes: usize,
+    pub tracked_processes_max: u32,
+}
