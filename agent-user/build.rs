@@ -17,7 +17,11 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("agent-ebpf manifest has no parent"))?;
     aya_build::build_ebpf(
-        [Package { name: "agent-ebpf", root_dir: root.as_str(), ..Default::default() }],
+        [Package {
+            name: "agent-ebpf",
+            root_dir: root.as_str(),
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

@@ -1,1 +1,571 @@
+//! Kernel tests: the real eBPF object in the real kernel, real processes in real sessions.
+//!
+//! Each test starts its own daemon (own socket, state directory and maps), so tests run in
+//! parallel without seeing each other's sessions. They need root to load eBPF programs:
+//! without it they skip with the reason, and under `CI=true` that is a failure.
 
+use std::{
+    fs,
+    io::Read,
+    net::TcpListener,
+    os::unix::{
+        fs::{PermissionsExt, symlink},
+        process::{CommandExt, ExitStatusExt},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use agentwarden::{event::Event, proto::StatusReport, session::SessionView, skip::skip};
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_agentwarden");
+const WAIT: Duration = Duration::from_secs(15);
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A daemon for one test; stopped with SIGTERM when dropped.
+struct Daemon {
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts a daemon, or returns `None` (skip) when not root.
+    fn start() -> Option<Self> {
+        if !is_root() {
+            skip("loading eBPF programs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = fs::File::create(dir.path().join("daemon.log")).expect("log");
+        let mut cmd = Command::new(BIN);
+        // SAFETY: only an async-signal-safe prctl between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The daemon must not outlive a test process that was killed.
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::TERM,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
+            .arg("--socket")
+            .arg(dir.path().join("ctl.sock"))
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--quiet")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn daemon");
+        let mut d = Daemon {
+            child: Some(child),
+            dir,
+        };
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(d.socket()).is_err() {
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("daemon exited early ({status}):\n{}", d.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "daemon not ready:\n{}",
+                d.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Some(d)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("ctl.sock")
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn cli(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--socket").arg(self.socket());
+        c
+    }
+
+    /// `agentwarden run --profile demo --session-name NAME -- ARGS` in `cwd`.
+    fn run_in(&self, name: &str, cwd: &Path, args: &[&str]) -> Output {
+        self.cli()
+            .args(["run", "--profile", "demo", "--session-name", name, "--"])
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .expect("agentwarden run")
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let out = self.cli().args(args).output().expect("cli");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    fn sessions(&self) -> Vec<SessionView> {
+        self.json(&["sessions", "--json"])
+    }
+
+    fn session(&self, name: &str) -> SessionView {
+        self.sessions()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no session {name}"))
+    }
+
+    /// All stored events (of one session, or of all).
+    fn events(&self, session: Option<&str>) -> Vec<Event> {
+        let mut c = self.cli();
+        c.args(["events", "--json"]);
+        if let Some(s) = session {
+            c.args(["--session", s]);
+        }
+        let out = c.output().expect("events");
+        assert!(
+            out.status.success(),
+            "events: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("event json"))
+            .collect()
+    }
+
+    /// Polls the events of `session` until `done` holds (or panics after [`WAIT`]).
+    fn wait_for(&self, session: &str, what: &str, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+        let start = Instant::now();
+        loop {
+            let evs = self.events(Some(session));
+            if done(&evs) {
+                return evs;
+            }
+            if start.elapsed() > WAIT {
+                panic!("timed out waiting for {what}; events:\n{}", dump(&evs));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::TERM,
+        )
+        .expect("SIGTERM");
+        child.wait().expect("wait")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
+
+fn dump(evs: &[Event]) -> String {
+    evs.iter()
+        .map(|e| format!("{} {}", e.kind, agentwarden::output::detail(e)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn opens_of<'a>(evs: &'a [Event], path: &'a Path) -> impl Iterator<Item = &'a Event> {
+    let p = path.to_string_lossy().into_owned();
+    evs.iter()
+        .filter(move |e| e.open.as_ref().is_some_and(|o| o.path == p))
+}
+
+fn tgid(e: &Event) -> u32 {
+    e.process.as_ref().expect("process").tgid
+}
+
+#[test]
+fn exec_open_and_connect_carry_session_and_resolved_paths() {
+    let Some(d) = Daemon::start() else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = fs::canonicalize(work.path()).expect("canonical");
+    fs::create_dir_all(root.join("real/sub")).expect("mkdir");
+    fs::write(root.join("real/target.txt"), "secret\n").expect("write");
+    symlink("real/target.txt", root.join("link")).expect("symlink");
+    let v4 = TcpListener::bind("127.0.0.1:0").expect("listen v4");
+    let v6 = TcpListener::bind("[::1]:0").expect("listen v6");
+    let (p4, p6) = (
+        v4.local_addr().unwrap().port(),
+        v6.local_addr().unwrap().port(),
+    );
+
+    // A relative path with `..` through a symlink, then TCP connects over IPv4 and IPv6.
+    let script =
+        format!("cat ../../link && exec 3<>/dev/tcp/127.0.0.1/{p4} && exec 4<>/dev/tcp/::1/{p6}");
+    let out = d.run_in("paths", &root.join("real/sub"), &["bash", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "secret\n");
+
+    let sid = d.session("paths").id;
+    let target = root.join("real/target.txt");
+    let evs = d.wait_for(&sid, "open, connects and exits", |evs| {
+        opens_of(evs, &target).count() == 1
+            && evs.iter().filter(|e| e.connect.is_some()).count() == 2
+            && evs.iter().any(|e| e.kind == "session_end")
+    });
+    assert!(
+        evs.iter()
+            .all(|e| e.session.id == sid && e.session.name == "paths")
+    );
+    assert!(evs.iter().all(|e| e.session.profile == "demo"));
+
+    let cat = fs::canonicalize("/bin/cat").expect("cat");
+    let exec = evs
+        .iter()
+        .find_map(|e| {
+            e.exec
+                .as_ref()
+                .filter(|x| x.argv.first().map(String::as_str) == Some("cat"))
+        })
+        .unwrap_or_else(|| panic!("no exec of cat:\n{}", dump(&evs)));
+    assert_eq!(
+        Path::new(&exec.path),
+        cat,
+        "exec path is the kernel's resolved file"
+    );
+    assert_eq!(exec.argv, ["cat", "../../link"]);
+    assert_eq!(Path::new(&exec.cwd), root.join("real/sub"));
+    assert!(!exec.argv_truncated);
+
+    let open = opens_of(&evs, &target).next().expect("open event");
+    let o = open.open.as_ref().expect("open body");
+    assert!(o.path_resolved && !o.path_truncated);
+    assert!(o.result >= 0, "open result {}", o.result);
+    assert_eq!(o.flags.first().map(String::as_str), Some("O_RDONLY"));
+    let p = open.process.as_ref().expect("process");
+    assert_eq!(
+        (p.comm.as_str(), p.uid, p.user.as_deref()),
+        ("cat", 0, Some("root"))
+    );
+    assert!(p.cgroup_id != 0 && p.ppid != 0);
+
+    let connects: Vec<_> = evs.iter().filter_map(|e| e.connect.as_ref()).collect();
+    assert_eq!(
+        (
+            connects[0].family.as_str(),
+            connects[0].address.as_str(),
+            connects[0].port,
+            connects[0].result
+        ),
+        ("inet", "127.0.0.1", p4, 0)
+    );
+    assert_eq!(
+        (
+            connects[1].family.as_str(),
+            connects[1].address.as_str(),
+            connects[1].port,
+            connects[1].result
+        ),
+        ("inet6", "::1", p6, 0)
+    );
+    // The launcher exec'd bash in place: the session root's exit carries bash's status.
+    let root_pid = d.session("paths").root_pid;
+    let exit = evs
+        .iter()
+        .find(|e| e.exit.is_some() && tgid(e) == root_pid)
+        .expect("exit");
+    assert_eq!(exit.exit.as_ref().unwrap().code, Some(0));
+}
+
+#[test]
+fn double_fork_and_setsid_stay_in_session_until_the_last_exit() {
+    let Some(d) = Daemon::start() else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let marker = fs::canonicalize(work.path()).unwrap().join("marker");
+    fs::write(&marker, "x").unwrap();
+    let gate = work.path().join("gate");
+    // The grandchild detaches (double fork + setsid) and outlives the launcher.
+    let script = format!(
+        "( setsid sh -c 'while [ ! -e {g} ]; do sleep 0.05; done; cat {m}' \
+           </dev/null >/dev/null 2>&1 & ) ; exit 0",
+        g = gate.display(),
+        m = marker.display()
+    );
+    let out = d.run_in("detach", work.path(), &["bash", "-c", &script]);
+    assert!(out.status.success());
+    let s = d.session("detach");
+    assert_eq!(
+        s.state, "active",
+        "the detached grandchild keeps the session alive"
+    );
+    assert!(s.processes >= 1);
+
+    fs::write(&gate, "").unwrap();
+    let evs = d.wait_for(&s.id, "the grandchild's open and session end", |evs| {
+        opens_of(evs, &marker).count() == 1 && evs.iter().any(|e| e.kind == "session_end")
+    });
+    let open = opens_of(&evs, &marker).next().unwrap();
+    assert_ne!(tgid(open), s.root_pid);
+    assert_eq!(evs.last().map(|e| e.kind.as_str()), Some("session_end"));
+    let ended = d.session("detach");
+    assert_eq!((ended.state.as_str(), ended.processes), ("ended", 0));
+}
+
+#[test]
+fn processes_outside_every_session_produce_no_event() {
+    let Some(d) = Daemon::start() else { return };
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = fs::canonicalize(work.path()).unwrap();
+    let outside = dir.join("outside.txt");
+    let inside = dir.join("inside.txt");
+    fs::write(&outside, "o").unwrap();
+    fs::write(&inside, "i").unwrap();
+    // A live session exists while the outside process acts.
+    let gate = dir.join("gate");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; cat {}",
+        gate.display(),
+        inside.display()
+    );
+    let mut session = d
+        .cli()
+        .args([
+            "run",
+            "--profile",
+            "demo",
+            "--session-name",
+            "live",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !d.sessions().iter().any(|s| s.name == "live") {
+        assert!(start.elapsed() < WAIT);
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut buf = String::new();
+    fs::File::open(&outside)
+        .unwrap()
+        .read_to_string(&mut buf)
+        .unwrap();
+    let st = Command::new("cat")
+        .arg(&outside)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::write(&gate, "").unwrap();
+    assert!(session.wait().unwrap().success());
+    let sid = d.session("live").id;
+    d.wait_for(&sid, "the in-session open", |evs| {
+        opens_of(evs, &inside).count() == 1
+    });
+    let all = d.events(None);
+    assert_eq!(
+        opens_of(&all, &outside).count(),
+        0,
+        "outside opens leaked:\n{}",
+        dump(&all)
+    );
+    let me = std::process::id();
+    assert!(
+        all.iter()
+            .filter_map(|e| e.process.as_ref())
+            .all(|p| p.tgid != me)
+    );
+}
+
+#[test]
+fn exit_code_and_fatal_signal_are_reported() {
+    let Some(d) = Daemon::start() else { return };
+    let cwd = std::env::temp_dir();
+    let out = d.run_in("code", &cwd, &["bash", "-c", "exit 7"]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "run exits with the agent's status"
+    );
+    let out = d.run_in("killed", &cwd, &["bash", "-c", "kill -KILL $$"]);
+    assert_eq!(out.status.signal(), Some(9));
+
+    for (name, code, signal) in [("code", Some(7), None), ("killed", None, Some(9))] {
+        let s = d.session(name);
+        let evs = d.wait_for(&s.id, "exit", |evs| evs.iter().any(|e| e.exit.is_some()));
+        let exit = evs.iter().find_map(|e| e.exit.as_ref()).unwrap();
+        assert_eq!((exit.code, exit.signal), (code, signal), "{name}");
+    }
+}
+
+#[test]
+fn run_without_a_daemon_refuses_to_start_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let out = Command::new(BIN)
+        .arg("--socket")
+        .arg(dir.path().join("none.sock"))
+        .args(["run", "--profile", "demo", "--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the agentwarden daemon"), "{err}");
+    assert!(err.contains("not running the agent unwatched"), "{err}");
+    assert!(!marker.exists(), "the agent ran unwatched");
+}
+
+#[test]
+fn a_session_cannot_administer_the_daemon() {
+    let Some(d) = Daemon::start() else { return };
+    let sock = d.socket();
+    let sock = sock.to_str().unwrap();
+    let cwd = std::env::temp_dir();
+    for inner in [
+        vec![BIN, "--socket", sock, "sessions"],
+        vec![
+            BIN,
+            "--socket",
+            sock,
+            "run",
+            "--profile",
+            "demo",
+            "--",
+            "true",
+        ],
+    ] {
+        let mut args = vec!["bash", "-c", "\"$@\"", "inner"];
+        args.extend(inner.iter().copied());
+        let out = d.run_in("nested", &cwd, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{inner:?} succeeded from inside a session"
+        );
+        assert!(
+            err.contains("a session cannot administer agentwarden"),
+            "{err}"
+        );
+        // Wait for the session to end so the next iteration can reuse the name.
+        let sid = d
+            .sessions()
+            .into_iter()
+            .find(|s| s.name == "nested" && s.state == "active");
+        if let Some(s) = sid {
+            d.wait_for(&s.id, "end", |evs| {
+                evs.iter().any(|e| e.kind == "session_end")
+            });
+        }
+    }
+    let mode = fs::metadata(d.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket must be owner-only");
+}
+
+#[test]
+fn attach_enrols_a_running_tree() {
+    let Some(d) = Daemon::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let dir = fs::canonicalize(work.path()).unwrap();
+    let target = dir.join("target");
+    fs::write(&target, "t").unwrap();
+    let gate = dir.join("gate");
+    let script = format!(
+        "( while [ ! -e {g} ]; do sleep 0.05; done; cat {t} >/dev/null ) & wait",
+        g = gate.display(),
+        t = target.display()
+    );
+    let mut tree = Command::new("sh").args(["-c", &script]).spawn().unwrap();
+    // Let the subshell exist before attaching.
+    thread::sleep(Duration::from_millis(300));
+    let out = d
+        .cli()
+        .args([
+            "attach",
+            "--pid",
+            &tree.id().to_string(),
+            "--profile",
+            "demo",
+            "--session-name",
+            "att",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("descendant"), "{text}");
+    let s = d.session("att");
+    assert!(s.processes >= 2, "root and its subshell: {s:?}");
+    fs::write(&gate, "").unwrap();
+    assert!(tree.wait().unwrap().success());
+    let evs = d.wait_for(&s.id, "the subshell's open", |evs| {
+        opens_of(evs, &target).count() == 1
+    });
+    let open = opens_of(&evs, &target).next().unwrap();
+    assert_ne!(
+        tgid(open),
+        tree.id(),
+        "the open came from a descendant enrolled by attach"
+    );
+}
+
+#[test]
+fn status_reports_programs_and_counters_and_sigterm_stops_cleanly() {
+    let Some(mut d) = Daemon::start() else { return };
+    let st: StatusReport = d.json(&["status", "--json"]);
+    assert!(st.host.btf && st.host.ringbuf);
+    assert!(st.host.cgroup2_mount.is_some());
+    for p in [
+        "sched_process_fork",
+        "sched_process_exec",
+        "sched_process_exit",
+        "sys_exit_openat",
+    ] {
+        let prog = st.programs.iter().find(|x| x.name == p).expect(p);
+        assert_eq!(prog.state, "attached", "{prog:?}");
+    }
+    let names: Vec<_> = st.kernel_counters.iter().map(|c| c.name.as_str()).collect();
+    assert!(names.contains(&"ringbuf_drops") && names.contains(&"session_map_full"));
+    assert_eq!(st.kernel_counters[0].per_cpu.len(), num_cpus());
+    let status = d.stop();
+    assert!(status.success(), "daemon exit: {status}\n{}", d.log());
+    assert!(!d.socket().exists(), "socket removed on shutdown");
+}
+
+fn num_cpus() -> usize {
+    let text = fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    // e.g. "0-1"
+    text.trim()
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}

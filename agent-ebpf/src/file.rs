@@ -60,7 +60,7 @@ fn stash(filename: u64, flags: u32, syscall: OpenSyscall) {
         flags,
         syscall: syscall as u32,
     };
-    if OPEN_STASH.insert(&pid_tgid, &s, 0).is_err() {
+    if OPEN_STASH.insert(pid_tgid, s, 0).is_err() {
         count(Stat::StashFull);
     }
 }
@@ -102,10 +102,10 @@ pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
 fn exit_open(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out before removal.
-    let Some(s) = (unsafe { OPEN_STASH.get(&pid_tgid) }).copied() else {
+    let Some(s) = (unsafe { OPEN_STASH.get(pid_tgid) }).copied() else {
         return;
     };
-    let _ = OPEN_STASH.remove(&pid_tgid);
+    let _ = OPEN_STASH.remove(pid_tgid);
     let Some(entry) = current_session((pid_tgid >> 32) as u32) else {
         return;
     };

@@ -44,5 +44,5 @@ pub fn count(stat: Stat) {
 #[inline(always)]
 pub fn current_session(tgid: u32) -> Option<SessionEntry> {
     // SAFETY: the value is copied out before the map can change it.
-    unsafe { SESSIONS.get(&tgid).copied() }
+    unsafe { SESSIONS.get(tgid).copied() }
 }

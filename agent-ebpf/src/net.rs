@@ -77,7 +77,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         port,
         addr,
     };
-    if CONNECT_STASH.insert(&pid_tgid, &s, 0).is_err() {
+    if CONNECT_STASH.insert(pid_tgid, s, 0).is_err() {
         count(Stat::StashFull);
     }
     0
@@ -87,10 +87,10 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out before removal.
-    let Some(s) = (unsafe { CONNECT_STASH.get(&pid_tgid) }).copied() else {
+    let Some(s) = (unsafe { CONNECT_STASH.get(pid_tgid) }).copied() else {
         return 0;
     };
-    let _ = CONNECT_STASH.remove(&pid_tgid);
+    let _ = CONNECT_STASH.remove(pid_tgid);
     let Some(entry) = current_session((pid_tgid >> 32) as u32) else {
         return 0;
     };

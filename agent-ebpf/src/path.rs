@@ -4,12 +4,12 @@
 //! Decisions and events use this instead of the syscall's argument string, which may be
 //! relative, contain `..`, name a symlink, or change after it was read.
 
+use core::ffi::c_void;
+
 use agent_common::{
     event::{KPath, NAME_READ_MAX, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX, PATH_WALK_DEPTH},
     stats::Stat,
 };
-use core::ffi::c_void;
-
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str, bpf_probe_read_user_str};
 
 use crate::{

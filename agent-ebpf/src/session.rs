@@ -36,7 +36,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         // A new thread of the same process: the tgid is already tracked.
         return 0;
     }
-    let kind = match SESSIONS.insert(&child_tgid, &entry, 0) {
+    let kind = match SESSIONS.insert(child_tgid, entry, 0) {
         Ok(()) => EventKind::Fork,
         Err(_) => {
             count(Stat::SessionMapFull);
@@ -76,6 +76,6 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
         exit_code,
         _pad: 0,
     });
-    let _ = SESSIONS.remove(&tgid);
+    let _ = SESSIONS.remove(tgid);
     0
 }

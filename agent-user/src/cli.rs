@@ -95,8 +95,19 @@ pub enum Cmd {
 pub fn main(cli: Cli) -> Result<ExitCode> {
     let socket = cli.socket.as_path();
     match cli.command {
-        Cmd::Daemon { state_dir, rules_dir, quiet, btf } => {
-            let cfg = DaemonConfig { socket: socket.to_owned(), state_dir, stdout: !quiet, rules_dir, btf };
+        Cmd::Daemon {
+            state_dir,
+            rules_dir,
+            quiet,
+            btf,
+        } => {
+            let cfg = DaemonConfig {
+                socket: socket.to_owned(),
+                state_dir,
+                stdout: !quiet,
+                rules_dir,
+                btf,
+            };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -104,9 +115,24 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 .block_on(daemon::run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run { profile, session_name, cmd } => Ok(run(socket, profile, session_name, &cmd)),
-        Cmd::Attach { pid, profile, session_name } => {
-            let resp = Client::call(socket, &Request::Attach { pid, profile, session_name })?;
+        Cmd::Run {
+            profile,
+            session_name,
+            cmd,
+        } => Ok(run(socket, profile, session_name, &cmd)),
+        Cmd::Attach {
+            pid,
+            profile,
+            session_name,
+        } => {
+            let resp = Client::call(
+                socket,
+                &Request::Attach {
+                    pid,
+                    profile,
+                    session_name,
+                },
+            )?;
             let Response::Enrolled { session, processes } = resp else {
                 bail!("unexpected response {resp:?}")
             };
@@ -129,14 +155,24 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Events { follow, session, json } => events(socket, follow, session, json),
+        Cmd::Events {
+            follow,
+            session,
+            json,
+        } => events(socket, follow, session, json),
         Cmd::Status { json } => status(socket, json),
     }
 }
 
 /// `agentwarden run`: enrol, then become the agent. Never runs it unwatched.
 fn run(socket: &Path, profile: String, session_name: Option<String>, cmd: &[OsString]) -> ExitCode {
-    let enrolled = Client::call(socket, &Request::Enroll { profile, session_name });
+    let enrolled = Client::call(
+        socket,
+        &Request::Enroll {
+            profile,
+            session_name,
+        },
+    );
     let session = match enrolled {
         Ok(Response::Enrolled { session, .. }) => session,
         Ok(other) => {
@@ -153,8 +189,15 @@ fn run(socket: &Path, profile: String, session_name: Option<String>, cmd: &[OsSt
         .env("AGENTWARDEN_SESSION", &session.id)
         .env("AGENTWARDEN_SESSION_NAME", &session.name)
         .exec();
-    eprintln!("agentwarden: cannot execute {}: {err}", cmd[0].to_string_lossy());
-    ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
+    eprintln!(
+        "agentwarden: cannot execute {}: {err}",
+        cmd[0].to_string_lossy()
+    );
+    ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
 }
 
 fn events(socket: &Path, follow: bool, session: Option<String>, json: bool) -> Result<ExitCode> {
@@ -212,7 +255,8 @@ fn status(socket: &Path, json: bool) -> Result<ExitCode> {
             // Still show what the host offers, and say the daemon is not running.
             let host = HostProbe::run();
             if json {
-                let v = serde_json::json!({ "daemon": null, "error": format!("{e:#}"), "host": host });
+                let v =
+                    serde_json::json!({ "daemon": null, "error": format!("{e:#}"), "host": host });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("daemon        not running ({e:#})");

@@ -24,20 +24,30 @@ impl Client {
                 socket.display()
             )
         })?;
-        Ok(Self { reader: BufReader::new(stream) })
+        Ok(Self {
+            reader: BufReader::new(stream),
+        })
     }
 
     pub fn send(&mut self, req: &Request) -> Result<()> {
         let mut line = serde_json::to_string(req)?;
         line.push('\n');
-        self.reader.get_mut().write_all(line.as_bytes()).context("writing request")?;
+        self.reader
+            .get_mut()
+            .write_all(line.as_bytes())
+            .context("writing request")?;
         Ok(())
     }
 
     /// Next response line; `None` when the daemon closed the stream.
     pub fn recv(&mut self) -> Result<Option<Response>> {
         let mut line = String::new();
-        if self.reader.read_line(&mut line).context("reading response")? == 0 {
+        if self
+            .reader
+            .read_line(&mut line)
+            .context("reading response")?
+            == 0
+        {
             return Ok(None);
         }
         let resp = serde_json::from_str(&line)

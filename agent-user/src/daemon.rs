@@ -24,8 +24,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
-    io::unix::AsyncFd,
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader, unix::AsyncFd},
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
     sync::broadcast,
@@ -109,7 +108,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     // stays in `Core` so draining happens under the shared lock.
     let dup = ring.as_fd().try_clone_to_owned()?;
     // SAFETY: the fd is owned by the AsyncFd and stays open until it is dropped.
-    let ring_fd = unsafe { AsyncFd::register(dup) }.map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
+    let ring_fd =
+        unsafe { AsyncFd::register(dup) }.map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
 
     fs::DirBuilder::new()
         .recursive(true)
@@ -166,10 +166,17 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     Ok(())
 }
 
-type Maps = (BpfHashMap<MapData, u32, SessionEntry>, PerCpuArray<MapData, u64>, RingBuf<MapData>);
+type Maps = (
+    BpfHashMap<MapData, u32, SessionEntry>,
+    PerCpuArray<MapData, u64>,
+    RingBuf<MapData>,
+);
 
 fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
-    let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing"));
+    let mut take = |name: &str| {
+        ebpf.take_map(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))
+    };
     Ok((
         BpfHashMap::try_from(take("SESSIONS")?)?,
         PerCpuArray::try_from(take("STATS")?)?,
@@ -181,7 +188,10 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
 /// removed.
 fn refuse_second_daemon(socket: &Path) -> Result<()> {
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        bail!("another agentwarden daemon is listening on {}", socket.display());
+        bail!(
+            "another agentwarden daemon is listening on {}",
+            socket.display()
+        );
     }
     match fs::remove_file(socket) {
         Ok(()) => warn!(socket = %socket.display(), "removed stale socket"),
@@ -274,10 +284,13 @@ impl Core {
     }
 
     fn session_ref(&self, sid: u64) -> SessionRef {
-        self.registry.get(sid).map(|s| s.reference()).unwrap_or_else(|| SessionRef {
-            id: format_id(sid),
-            ..SessionRef::default()
-        })
+        self.registry
+            .get(sid)
+            .map(|s| s.reference())
+            .unwrap_or_else(|| SessionRef {
+                id: format_id(sid),
+                ..SessionRef::default()
+            })
     }
 
     /// Adds what the kernel record lacks: user name and executable (procfs if unknown).
@@ -343,7 +356,11 @@ impl Core {
             .get(&(stat as u32), 0)
             .map(|v| v.iter().copied().collect())
             .unwrap_or_default();
-        Counter { name: stat.name().to_owned(), total: per_cpu.iter().sum(), per_cpu }
+        Counter {
+            name: stat.name().to_owned(),
+            total: per_cpu.iter().sum(),
+            per_cpu,
+        }
     }
 
     /// Raises an event for every new kernel-side loss.
@@ -354,9 +371,18 @@ impl Core {
             if c.total > *seen {
                 let delta = c.total - *seen;
                 *seen = c.total;
-                warn!(counter = stat.name(), delta, total = c.total, "kernel lost events");
+                warn!(
+                    counter = stat.name(),
+                    delta,
+                    total = c.total,
+                    "kernel lost events"
+                );
                 let mut ev = Event::new("loss", SystemTime::now(), SessionRef::default());
-                ev.loss = Some(LossInfo { counter: stat.name().to_owned(), delta, total: c.total });
+                ev.loss = Some(LossInfo {
+                    counter: stat.name().to_owned(),
+                    delta,
+                    total: c.total,
+                });
                 self.emit(ev);
             }
         }
@@ -371,7 +397,11 @@ impl Core {
     /// a process before it was enrolled.
     fn enroll(&mut self, new: NewSession, root: u32) -> Result<(u64, Vec<u32>)> {
         let id = new_session_id()?;
-        let entry = SessionEntry { session_id: id, profile_id: 0, flags: 0 };
+        let entry = SessionEntry {
+            session_id: id,
+            profile_id: 0,
+            flags: 0,
+        };
         self.sessions_map
             .insert(root, entry, 0)
             .map_err(|e| anyhow!("adding pid {root} to the kernel session map: {e}"))?;
@@ -398,7 +428,9 @@ impl Core {
     }
 
     fn enroll_descendants(&mut self, tgids: &mut Vec<u32>, entry: SessionEntry) -> usize {
-        let Ok(all) = procfs::process::all_processes() else { return 0 };
+        let Ok(all) = procfs::process::all_processes() else {
+            return 0;
+        };
         let parents: Vec<(u32, u32)> = all
             .filter_map(|p| p.ok()?.stat().ok())
             .map(|s| (s.pid as u32, s.ppid as u32))
@@ -489,14 +521,22 @@ async fn handle_client(shared: Arc<Shared>, stream: UnixStream) -> Result<()> {
         }
     };
     if let Err(e) = authorize(&shared, cred.uid(), peer_pid) {
-        return send(&mut wr, &Response::Error { message: format!("{e:#}") }).await;
+        return send(
+            &mut wr,
+            &Response::Error {
+                message: format!("{e:#}"),
+            },
+        )
+        .await;
     }
     if let Request::Events { session, follow } = req {
         return stream_events(&shared, &mut wr, session, follow).await;
     }
     let resp = match dispatch(&shared, req, cred.uid(), peer_pid) {
         Ok(r) => r,
-        Err(e) => Response::Error { message: format!("{e:#}") },
+        Err(e) => Response::Error {
+            message: format!("{e:#}"),
+        },
     };
     send(&mut wr, &resp).await
 }
@@ -521,7 +561,10 @@ fn authorize(shared: &Shared, uid: u32, pid: u32) -> Result<()> {
 fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Response> {
     let mut core = shared.core();
     match req {
-        Request::Enroll { profile, session_name } => {
+        Request::Enroll {
+            profile,
+            session_name,
+        } => {
             check_profile(shared, &profile)?;
             check_name(&core, session_name.as_deref())?;
             let owner_user = core.users.name(uid);
@@ -534,11 +577,19 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
                 root_pid: peer_pid,
             };
             let (id, processes) = core.enroll(new, peer_pid)?;
-            let session = core.registry.get(id).map(|s| s.view()).ok_or_else(|| anyhow!("lost"))?;
+            let session = core
+                .registry
+                .get(id)
+                .map(|s| s.view())
+                .ok_or_else(|| anyhow!("lost"))?;
             info!(session = %session.id, name = %session.name, pid = peer_pid, "enrolled (run)");
             Ok(Response::Enrolled { session, processes })
         }
-        Request::Attach { pid, profile, session_name } => {
+        Request::Attach {
+            pid,
+            profile,
+            session_name,
+        } => {
             check_profile(shared, &profile)?;
             check_name(&core, session_name.as_deref())?;
             if pid <= 1 || pid == std::process::id() {
@@ -560,7 +611,11 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
                 root_pid: pid,
             };
             let (id, processes) = core.enroll(new, pid)?;
-            let session = core.registry.get(id).map(|s| s.view()).ok_or_else(|| anyhow!("lost"))?;
+            let session = core
+                .registry
+                .get(id)
+                .map(|s| s.view())
+                .ok_or_else(|| anyhow!("lost"))?;
             info!(session = %session.id, pid, processes = processes.len(), "enrolled (attach)");
             Ok(Response::Enrolled { session, processes })
         }
@@ -587,7 +642,9 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
                 tracked_processes: tracked,
                 tracked_processes_max: MAX_TRACKED_PROCESSES,
             };
-            Ok(Response::Status { status: Box::new(status) })
+            Ok(Response::Status {
+                status: Box::new(status),
+            })
         }
         Request::Events { .. } => unreachable!("streamed by handle_client"),
     }
@@ -639,7 +696,13 @@ async fn stream_events(
     loop {
         match rx.recv().await {
             Ok(e) if e.seq > last && matches(&e) => {
-                send(wr, &Response::Event { event: Box::new((*e).clone()) }).await?;
+                send(
+                    wr,
+                    &Response::Event {
+                        event: Box::new((*e).clone()),
+                    },
+                )
+                .await?;
             }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -697,7 +760,11 @@ impl EventLog {
             .with_context(|| format!("opening event log {}", path.display()))?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
         let seq = last_seq(&mut f).unwrap_or(0);
-        Ok(Self { file: BufWriter::new(f), stdout, seq })
+        Ok(Self {
+            file: BufWriter::new(f),
+            stdout,
+            seq,
+        })
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -731,7 +798,10 @@ fn last_seq(f: &mut File) -> Option<u64> {
     f.seek(SeekFrom::Start(start)).ok()?;
     let mut tail = String::new();
     f.read_to_string(&mut tail).ok()?;
-    tail.lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("seq")?.as_u64())
+    tail.lines().rev().find_map(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()?
+            .get("seq")?
+            .as_u64()
+    })
 }

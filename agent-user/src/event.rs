@@ -73,12 +73,20 @@ pub fn path_text(p: &KPath) -> PathText {
     let raw = String::from_utf8_lossy(&p.bytes[..len]);
     let truncated = p.flags & PATH_FLAG_TRUNCATED != 0;
     if p.flags & PATH_FLAG_RAW != 0 {
-        return PathText { path: raw.into_owned(), truncated, resolved: false };
+        return PathText {
+            path: raw.into_owned(),
+            truncated,
+            resolved: false,
+        };
     }
     let mut parts: Vec<&str> = raw.split('/').filter(|c| !c.is_empty()).collect();
     parts.reverse();
     let path = format!("/{}", parts.join("/"));
-    PathText { path, truncated, resolved: true }
+    PathText {
+        path,
+        truncated,
+        resolved: true,
+    }
 }
 
 /// Splits a NUL-separated argument vector.
@@ -87,7 +95,10 @@ pub fn argv(bytes: &[u8]) -> Vec<String> {
     if bytes.is_empty() {
         return Vec::new();
     }
-    bytes.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+    bytes
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 pub fn comm(c: &[u8; COMM_LEN]) -> String {
@@ -144,9 +155,17 @@ impl ExitInfo {
     pub fn from_wait_status(status: u32) -> Self {
         let sig = (status & 0x7f) as i32;
         if sig == 0 {
-            Self { code: Some(((status >> 8) & 0xff) as i32), signal: None, core_dumped: false }
+            Self {
+                code: Some(((status >> 8) & 0xff) as i32),
+                signal: None,
+                core_dumped: false,
+            }
         } else {
-            Self { code: None, signal: Some(sig), core_dumped: status & 0x80 != 0 }
+            Self {
+                code: None,
+                signal: Some(sig),
+                core_dumped: status & 0x80 != 0,
+            }
         }
     }
 }
@@ -162,8 +181,12 @@ impl Clock {
     pub fn now() -> Self {
         let real = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
         let boot = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-        let ns = |t: rustix::time::Timespec| i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec);
-        Self { offset_ns: ns(real) - ns(boot) }
+        let ns = |t: rustix::time::Timespec| {
+            i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec)
+        };
+        Self {
+            offset_ns: ns(real) - ns(boot),
+        }
     }
 
     pub fn wall(&self, ktime_ns: u64) -> SystemTime {
@@ -328,7 +351,9 @@ impl Event {
             }
             Raw::Exit(e) => ev.exit = Some(ExitInfo::from_wait_status(e.exit_code)),
             Raw::Fork(e) | Raw::SessionMapFull(e) => {
-                ev.fork = Some(ForkInfo { child_tgid: e.child_tgid });
+                ev.fork = Some(ForkInfo {
+                    child_tgid: e.child_tgid,
+                });
             }
             Raw::Open(e) => {
                 let p = path_text(&e.path);
@@ -339,7 +364,10 @@ impl Event {
                     path: p.path,
                     path_resolved: p.resolved,
                     path_truncated: p.truncated,
-                    flags: open_flag_names(e.flags).into_iter().map(str::to_owned).collect(),
+                    flags: open_flag_names(e.flags)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
                     flags_raw: e.flags,
                     result: e.ret,
                 });
@@ -352,7 +380,10 @@ impl Event {
 
 fn connect_info(e: &ConnectEvent) -> ConnectInfo {
     let (family, address) = match e.family {
-        2 => ("inet", Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string()),
+        2 => (
+            "inet",
+            Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string(),
+        ),
         _ => ("inet6", Ipv6Addr::from(e.addr).to_string()),
     };
     ConnectInfo {
@@ -371,7 +402,12 @@ mod tests {
     use super::*;
 
     fn kpath(s: &str, flags: u16) -> KPath {
-        let mut p = KPath { len: s.len() as u16, flags, _pad: 0, bytes: [0; PATH_MAX] };
+        let mut p = KPath {
+            len: s.len() as u16,
+            flags,
+            _pad: 0,
+            bytes: [0; PATH_MAX],
+        };
         p.bytes[..s.len()].copy_from_slice(s.as_bytes());
         p
     }
@@ -405,7 +441,10 @@ mod tests {
         assert_eq!(path_text(&kpath("hostname/etc/", 0)).path, "/etc/hostname");
         assert_eq!(path_text(&kpath("", 0)).path, "/");
         let t = path_text(&kpath("c/b/", PATH_FLAG_TRUNCATED));
-        assert_eq!((t.path.as_str(), t.truncated, t.resolved), ("/b/c", true, true));
+        assert_eq!(
+            (t.path.as_str(), t.truncated, t.resolved),
+            ("/b/c", true, true)
+        );
         let raw = path_text(&kpath("../x/y", PATH_FLAG_RAW));
         assert_eq!((raw.path.as_str(), raw.resolved), ("../x/y", false));
     }
@@ -420,9 +459,15 @@ mod tests {
             path: kpath("hostname/etc/", 0),
         };
         let wire = bytes_of(&ev, OpenEvent::FIXED_LEN + 13);
-        let Raw::Open(got) = decode(&wire).expect("decode") else { panic!("not open") };
+        let Raw::Open(got) = decode(&wire).expect("decode") else {
+            panic!("not open")
+        };
         assert_eq!(*got, ev);
-        let e = Event::from_raw(&Raw::Open(got), &Clock { offset_ns: 0 }, SessionRef::default());
+        let e = Event::from_raw(
+            &Raw::Open(got),
+            &Clock { offset_ns: 0 },
+            SessionRef::default(),
+        );
         let open = e.open.expect("open body");
         assert_eq!(open.path, "/etc/hostname");
         assert_eq!(open.flags, ["O_WRONLY", "O_CREAT", "O_CLOEXEC"]);
@@ -432,14 +477,28 @@ mod tests {
 
     #[test]
     fn short_and_unknown_records_are_errors() {
-        let ev = ForkEvent { header: hdr(EventKind::Fork), child_tgid: 12, _pad: 0 };
-        assert!(matches!(decode(&bytes_of(&ev, 40)), Err(DecodeError::Short { .. })));
+        let ev = ForkEvent {
+            header: hdr(EventKind::Fork),
+            child_tgid: 12,
+            _pad: 0,
+        };
+        assert!(matches!(
+            decode(&bytes_of(&ev, 40)),
+            Err(DecodeError::Short { .. })
+        ));
         let mut bad = ev;
         bad.header.kind = 99;
-        assert_eq!(decode(&bytes_of(&bad, 80)), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            decode(&bytes_of(&bad, 80)),
+            Err(DecodeError::UnknownKind(99))
+        );
         assert!(matches!(
             decode(&bytes_of(&ev, 79)),
-            Err(DecodeError::Short { kind: 3, len: 79, need: 80 })
+            Err(DecodeError::Short {
+                kind: 3,
+                len: 79,
+                need: 80
+            })
         ));
     }
 
@@ -465,8 +524,15 @@ mod tests {
             addr,
         };
         let c = connect_info(&ev);
-        assert_eq!((c.address.as_str(), c.port, c.result), ("127.0.0.1", 8080, -111));
-        let v6 = ConnectEvent { family: 10, addr: Ipv6Addr::LOCALHOST.octets(), ..ev };
+        assert_eq!(
+            (c.address.as_str(), c.port, c.result),
+            ("127.0.0.1", 8080, -111)
+        );
+        let v6 = ConnectEvent {
+            family: 10,
+            addr: Ipv6Addr::LOCALHOST.octets(),
+            ..ev
+        };
         assert_eq!(connect_info(&v6).address, "::1");
     }
 }

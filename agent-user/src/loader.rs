@@ -36,7 +36,11 @@ pub struct ProgramSpec {
 }
 
 const fn tp(name: &'static str, required: bool) -> ProgramSpec {
-    ProgramSpec { name, hook: Hook::Tracepoint("syscalls", name), required }
+    ProgramSpec {
+        name,
+        hook: Hook::Tracepoint("syscalls", name),
+        required,
+    }
 }
 
 pub const PROGRAMS: &[ProgramSpec] = &[
@@ -97,8 +101,14 @@ fn ensure_tracefs() -> Result<()> {
     if mounted {
         return Ok(());
     }
-    rustix::mount::mount("tracefs", TRACEFS, "tracefs", rustix::mount::MountFlags::empty(), None)
-        .with_context(|| format!("mounting tracefs at {TRACEFS} (needed for syscall tracepoints)"))?;
+    rustix::mount::mount(
+        "tracefs",
+        TRACEFS,
+        "tracefs",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .with_context(|| format!("mounting tracefs at {TRACEFS} (needed for syscall tracepoints)"))?;
     tracing::info!("mounted tracefs at {TRACEFS}");
     Ok(())
 }

@@ -77,7 +77,8 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, member: &str) -> Result<Option<u32
         }
         if name.is_empty() {
             // Anonymous struct/union: search inside and add its own offset.
-            if let Type::Struct(inner) | Type::Union(inner) = strip(btf, btf.resolve_chained_type(m)?)?
+            if let Type::Struct(inner) | Type::Union(inner) =
+                strip(btf, btf.resolve_chained_type(m)?)?
                 && let Some(off) = find_member(btf, &inner, member)?
             {
                 return Ok(Some(m.bit_offset() + off));
@@ -92,7 +93,9 @@ fn strip(btf: &Btf, mut t: Type) -> Result<Type> {
     for _ in 0..16 {
         t = match &t {
             Type::Typedef(x) => btf.resolve_chained_type(x)?,
-            Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => btf.resolve_chained_type(x)?,
+            Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => {
+                btf.resolve_chained_type(x)?
+            }
             Type::TypeTag(x) => btf.resolve_chained_type(x)?,
             _ => return Ok(t),
         };
@@ -128,6 +131,9 @@ mod tests {
             return crate::skip::skip("kernel BTF not readable");
         };
         let err = offset_of(&btf, "task_struct", "no_such_field").unwrap_err();
-        assert!(format!("{err:#}").contains("no member `no_such_field`"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("no member `no_such_field`"),
+            "{err:#}"
+        );
     }
 }

@@ -39,7 +39,9 @@ pub fn sessions(list: &[SessionView]) -> String {
                 s.id.clone(),
                 s.name.clone(),
                 s.profile.clone(),
-                s.owner_user.clone().unwrap_or_else(|| s.owner_uid.to_string()),
+                s.owner_user
+                    .clone()
+                    .unwrap_or_else(|| s.owner_uid.to_string()),
                 format!("{:?}", s.enrolment).to_lowercase(),
                 s.state.clone(),
                 s.processes.to_string(),
@@ -49,7 +51,9 @@ pub fn sessions(list: &[SessionView]) -> String {
         })
         .collect();
     table(
-        &["SESSION", "NAME", "PROFILE", "OWNER", "VIA", "STATE", "PROCS", "EVENTS", "STARTED"],
+        &[
+            "SESSION", "NAME", "PROFILE", "OWNER", "VIA", "STATE", "PROCS", "EVENTS", "STARTED",
+        ],
         &rows,
     )
 }
@@ -92,15 +96,28 @@ pub fn event_row(e: &Event) -> Vec<String> {
     let (pid, comm) = e
         .process
         .as_ref()
-        .map_or((String::new(), String::new()), |p| (p.tgid.to_string(), p.comm.clone()));
-    vec![e.time.clone(), e.session.name.clone(), pid, comm, e.kind.clone(), detail(e)]
+        .map_or((String::new(), String::new()), |p| {
+            (p.tgid.to_string(), p.comm.clone())
+        });
+    vec![
+        e.time.clone(),
+        e.session.name.clone(),
+        pid,
+        comm,
+        e.kind.clone(),
+        detail(e),
+    ]
 }
 
 pub const EVENT_HEADER: [&str; 6] = ["TIME", "SESSION", "PID", "COMM", "KIND", "DETAIL"];
 
 pub fn status(s: &StatusReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "agentwarden {} (pid {}, since {})", s.version, s.daemon_pid, s.started);
+    let _ = writeln!(
+        out,
+        "agentwarden {} (pid {}, since {})",
+        s.version, s.daemon_pid, s.started
+    );
     let _ = writeln!(out, "socket        {}", s.socket.display());
     let _ = writeln!(out, "state dir     {}", s.state_dir.display());
     out.push_str(&host(&s.host));
@@ -123,7 +140,10 @@ pub fn status(s: &StatusReport) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(&["PROGRAM", "KIND", "ATTACH POINT", "STATE", "REASON"], &rows));
+    out.push_str(&table(
+        &["PROGRAM", "KIND", "ATTACH POINT", "STATE", "REASON"],
+        &rows,
+    ));
     out.push_str("\nkernel counters\n");
     let rows: Vec<Vec<String>> = s
         .kernel_counters
@@ -153,19 +173,30 @@ pub fn host(h: &crate::probe::HostProbe) -> String {
     let _ = writeln!(
         out,
         "BPF-LSM       {} (program type {}; active LSMs: {})",
-        if h.bpf_lsm_active { "active" } else { "not active" },
-        if h.bpf_lsm_program_type { "loads" } else { "does not load" },
+        if h.bpf_lsm_active {
+            "active"
+        } else {
+            "not active"
+        },
+        if h.bpf_lsm_program_type {
+            "loads"
+        } else {
+            "does not load"
+        },
         h.active_lsms
     );
     let _ = writeln!(
         out,
         "Landlock      {}",
-        h.landlock_abi.map_or("not available".to_owned(), |v| format!("ABI {v}"))
+        h.landlock_abi
+            .map_or("not available".to_owned(), |v| format!("ABI {v}"))
     );
     let _ = writeln!(
         out,
         "cgroup v2     {}",
-        h.cgroup2_mount.as_ref().map_or("not mounted".to_owned(), |p| p.display().to_string())
+        h.cgroup2_mount
+            .as_ref()
+            .map_or("not mounted".to_owned(), |p| p.display().to_string())
     );
     let _ = writeln!(out, "cgroup sock_addr programs {}", yes(h.cgroup_sock_addr));
     out

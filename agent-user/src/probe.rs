@@ -36,11 +36,15 @@ impl HostProbe {
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
         Self {
-            kernel_release: rustix::system::uname().release().to_string_lossy().into_owned(),
+            kernel_release: rustix::system::uname()
+                .release()
+                .to_string_lossy()
+                .into_owned(),
             btf: fs::metadata(VMLINUX_BTF).is_ok(),
             ringbuf: sys::is_map_supported(MapType::RingBuf).unwrap_or(false),
             bpf_lsm_active: active_lsms.split(',').any(|l| l == "bpf"),
-            bpf_lsm_program_type: sys::is_program_supported(ProgramType::Lsm(LsmAttachType::Mac)).unwrap_or(false),
+            bpf_lsm_program_type: sys::is_program_supported(ProgramType::Lsm(LsmAttachType::Mac))
+                .unwrap_or(false),
             active_lsms,
             landlock_abi: landlock_abi(),
             cgroup2_mount: cgroup2_mount(),
@@ -90,7 +94,13 @@ mod tests {
 32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
-        assert_eq!(parse_cgroup2_mount(mi), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(parse_cgroup2_mount("32 31 0:29 / /x rw - cgroup cgroup rw"), None);
+        assert_eq!(
+            parse_cgroup2_mount(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("32 31 0:29 / /x rw - cgroup cgroup rw"),
+            None
+        );
     }
 }

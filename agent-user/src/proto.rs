@@ -13,25 +13,46 @@ pub const DEFAULT_SOCKET: &str = "/run/agentwarden/control.sock";
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Enrol the calling process (its pid is taken from the socket's peer credentials).
-    Enroll { profile: String, session_name: Option<String> },
+    Enroll {
+        profile: String,
+        session_name: Option<String>,
+    },
     /// Enrol a running process and its descendants.
-    Attach { pid: u32, profile: String, session_name: Option<String> },
+    Attach {
+        pid: u32,
+        profile: String,
+        session_name: Option<String>,
+    },
     Sessions,
     Status,
     /// Stored events, optionally of one session (id or name), then live ones if `follow`.
-    Events { session: Option<String>, follow: bool },
+    Events {
+        session: Option<String>,
+        follow: bool,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
-    Enrolled { session: SessionView, processes: Vec<u32> },
-    Sessions { sessions: Vec<SessionView> },
-    Status { status: Box<StatusReport> },
-    Event { event: Box<Event> },
+    Enrolled {
+        session: SessionView,
+        processes: Vec<u32>,
+    },
+    Sessions {
+        sessions: Vec<SessionView>,
+    },
+    Status {
+        status: Box<StatusReport>,
+    },
+    Event {
+        event: Box<Event>,
+    },
     /// End of the stored events (a `follow` stream continues after it).
     EndOfBacklog,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// A kernel counter summed over CPUs, with the per-CPU values.

@@ -82,7 +82,12 @@ impl Session {
             owner_user: self.owner_user.clone(),
             enrolment: self.enrolment,
             root_pid: self.root_pid,
-            state: if self.ended.is_some() { "ended" } else { "active" }.to_owned(),
+            state: if self.ended.is_some() {
+                "ended"
+            } else {
+                "active"
+            }
+            .to_owned(),
             started: rfc3339(self.started),
             ended: self.ended.map(rfc3339),
             processes: self.live.len(),
@@ -172,7 +177,9 @@ impl Registry {
     /// Records an exit; returns true when it ended the session.
     pub fn on_exit(&mut self, id: u64, tgid: u32, now: SystemTime) -> bool {
         self.exe.remove(&tgid);
-        let Some(s) = self.sessions.get_mut(&id) else { return false };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return false;
+        };
         s.live.remove(&tgid);
         if s.live.is_empty() && s.ended.is_none() {
             s.ended = Some(now);

@@ -31,7 +31,9 @@ fn parse_passwd(text: &str) -> HashMap<u32, String> {
 mod tests {
     #[test]
     fn parses_passwd_lines() {
-        let m = super::parse_passwd("root:x:0:0:root:/root:/bin/bash\nbroken\nbob:x:1000:1000::/home/bob:/bin/sh\n");
+        let m = super::parse_passwd(
+            "root:x:0:0:root:/root:/bin/bash\nbroken\nbob:x:1000:1000::/home/bob:/bin/sh\n",
+        );
         assert_eq!(m.get(&0).map(String::as_str), Some("root"));
         assert_eq!(m.get(&1000).map(String::as_str), Some("bob"));
         assert_eq!(m.len(), 2);

@@ -1,1 +1,115 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test`.
+//!
+//! `setup` installs what a fresh Debian machine lacks, idempotently; `run` and `test` call
+//! it first so the README's two commands work from nothing.
+
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain (LLVM 22 dev packages, nightly rust-src, bpf-linker).
+    Setup,
+    /// Build the daemon (release) with the embedded eBPF object.
+    Build,
+    /// Run the demo daemon on its embedded defaults (needs root).
+    Run {
+        /// Extra arguments for `agentwarden daemon`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Formatting, clippy (user and eBPF crates), unit and kernel tests.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => {
+            setup::run()?;
+            build_release()
+        }
+        Cmd::Run { args } => {
+            setup::run()?;
+            build_release()?;
+            run_demo(&args)
+        }
+        Cmd::Test { filter } => {
+            setup::run()?;
+            test::run(filter.as_deref())
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs a command in the workspace root, failing with its command line.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("+ {shown}");
+    let status = cmd
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build_release() -> Result<()> {
+    run_cmd(Command::new("cargo").args(["build", "--release", "--package", "agent-user"]))
+}
+
+fn run_demo(args: &[String]) -> Result<()> {
+    let bin = workspace_root().join("target/release/agentwarden");
+    let is_root = rustix_is_root();
+    let mut cmd = if is_root {
+        Command::new(&bin)
+    } else {
+        eprintln!("agentwarden loads eBPF programs and needs root: running it with sudo");
+        let mut c = Command::new("sudo");
+        c.arg(&bin);
+        c
+    };
+    cmd.arg("daemon").args(args);
+    eprintln!(
+        "demo daemon: events print here and go to /var/lib/agentwarden/events.jsonl.\n\
+         In another terminal try:\n  sudo {bin} run --profile demo -- bash -c 'cat /etc/hostname; curl -s http://127.0.0.1:1 || true'\n  \
+         sudo {bin} events\n",
+        bin = bin.display()
+    );
+    run_cmd(&mut cmd)
+}
+
+fn rustix_is_root() -> bool {
+    // `id -u` keeps xtask free of libc bindings.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}

@@ -1,0 +1,142 @@
+//! Idempotent toolchain installation. Each step checks first and only acts when
+//! something is missing; a second run reports everything in place within seconds.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Result, bail};
+
+use crate::run_cmd;
+
+/// Debian packages bpf-linker's LLVM 22 backend links against.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
+const BPF_LINKER_VERSION: &str = "0.13";
+
+pub fn run() -> Result<()> {
+    let mut did = Vec::new();
+    apt(&mut did)?;
+    nightly(&mut did)?;
+    bpf_linker(&mut did)?;
+    if did.is_empty() {
+        eprintln!(
+            "setup: everything in place (LLVM 22, nightly {NIGHTLY_COMPONENTS:?}, bpf-linker)"
+        );
+    } else {
+        eprintln!("setup: installed {}", did.join(", "));
+    }
+    Ok(())
+}
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn output(cmd: &mut Command) -> String {
+    cmd.stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn apt(did: &mut Vec<String>) -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .contains("install ok installed")
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let sudo = !is_root();
+    let apt = |args: &[&str]| {
+        let mut c = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new("apt-get")
+        };
+        if sudo {
+            c.arg("apt-get");
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run_cmd(&mut apt(&["update", "-q"]))?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    run_cmd(&mut apt(&args))?;
+    did.push(format!("apt: {}", missing.join(" ")));
+    Ok(())
+}
+
+fn nightly(did: &mut Vec<String>) -> Result<()> {
+    if !quiet(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+        did.push("nightly toolchain".into());
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]));
+    for c in NIGHTLY_COMPONENTS {
+        if !installed.lines().any(|l| l.starts_with(c)) {
+            run_cmd(Command::new("rustup").args([
+                "component",
+                "add",
+                c,
+                "--toolchain",
+                "nightly",
+            ]))?;
+            did.push(format!("nightly {c}"));
+        }
+    }
+    Ok(())
+}
+
+fn bpf_linker(did: &mut Vec<String>) -> Result<()> {
+    let version = output(Command::new("bpf-linker").arg("--version"));
+    if version.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
+        return Ok(());
+    }
+    // Without LLVM_PREFIX the build cannot find libLLVM (`unable to find library -lLLVM`).
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                &format!("~{BPF_LINKER_VERSION}"),
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )?;
+    if !output(Command::new("bpf-linker").arg("--version")).contains("bpf-linker") {
+        bail!("bpf-linker installed but not on PATH (is ~/.cargo/bin in PATH?)");
+    }
+    did.push("bpf-linker".into());
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    crate::rustix_is_root()
+}

@@ -1,0 +1,40 @@
+//! `cargo xtask test`: the project's whole check, as CI runs it.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::run_cmd;
+
+pub fn run(filter: Option<&str>) -> Result<()> {
+    if !crate::setup::is_root() {
+        eprintln!(
+            "note: not root — kernel tests will be skipped (with their reason); \
+             under CI=true they fail instead"
+        );
+    }
+    // rustfmt's import grouping (StdExternalCrate) is a nightly option.
+    run_cmd(Command::new("cargo").args(["+nightly", "fmt", "--all", "--", "--check"]))?;
+    run_cmd(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "agent-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_cmd(
+        Command::new("cargo")
+            .args(["+nightly", "clippy", "--package", "agent-ebpf", "--release"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"]),
+    )?;
+    let mut test = Command::new("cargo");
+    test.args(["test", "--workspace", "--exclude", "agent-ebpf"]);
+    if let Some(f) = filter {
+        test.arg("--").arg(f);
+    }
+    run_cmd(&mut test)
+}
