@@ -37,6 +37,11 @@ struct Daemon {
 impl Daemon {
     /// Starts a daemon, or returns `None` (skip) when not root.
     fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a daemon with extra `daemon` arguments.
+    fn start_with(extra: &[&str]) -> Option<Self> {
         if !is_root() {
             skip("loading eBPF programs needs root");
             return None;
@@ -61,6 +66,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .arg("--quiet")
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -568,4 +574,93 @@ fn num_cpus() -> usize {
             None => 1,
         })
         .sum()
+}
+
+#[test]
+fn a_full_session_map_is_counted_and_raised_never_silent() {
+    // Room for the launcher and two children only.
+    let Some(d) = Daemon::start_with(&["--max-tracked-processes", "3"]) else {
+        return;
+    };
+    let out = d.run_in(
+        "full",
+        &std::env::temp_dir(),
+        &[
+            "bash",
+            "-c",
+            "for i in 1 2 3 4 5 6; do sleep 0.3 & done; wait",
+        ],
+    );
+    assert!(out.status.success());
+    let sid = d.session("full").id;
+    let evs = d.wait_for(&sid, "session_map_full events", |evs| {
+        evs.iter().filter(|e| e.kind == "session_map_full").count() >= 3
+    });
+    let lost: Vec<u32> = evs
+        .iter()
+        .filter(|e| e.kind == "session_map_full")
+        .map(|e| e.fork.as_ref().expect("child").child_tgid)
+        .collect();
+    assert!(lost.iter().all(|t| *t != 0));
+    let st: StatusReport = d.json(&["status", "--json"]);
+    assert_eq!(st.tracked_processes_max, 3);
+    let full = st
+        .kernel_counters
+        .iter()
+        .find(|c| c.name == "session_map_full")
+        .unwrap();
+    assert!(full.total >= lost.len() as u64, "{full:?}");
+    // The daemon raises the counter as a loss event too.
+    let start = Instant::now();
+    while !d.events(None).iter().any(|e| {
+        e.loss
+            .as_ref()
+            .is_some_and(|l| l.counter == "session_map_full")
+    }) {
+        assert!(start.elapsed() < WAIT, "no loss event");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn events_follow_streams_new_events_live() {
+    let Some(d) = Daemon::start() else { return };
+    use std::io::BufRead;
+    let mut follow = d
+        .cli()
+        .args(["events", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Ok(ev) = serde_json::from_str::<Event>(&line) else {
+                continue;
+            };
+            if tx.send(ev).is_err() {
+                break;
+            }
+        }
+    });
+    thread::sleep(Duration::from_millis(300));
+    let out = d.run_in("live", &std::env::temp_dir(), &["true"]);
+    assert!(out.status.success());
+    let deadline = Instant::now() + WAIT;
+    let mut kinds = Vec::new();
+    while !kinds.iter().any(|k| k == "session_end") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("follow got only {kinds:?}"));
+        if ev.session.name == "live" {
+            kinds.push(ev.kind);
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(kinds.first().map(String::as_str), Some("session_start"));
+    assert!(kinds.iter().any(|k| k == "exec"), "{kinds:?}");
 }

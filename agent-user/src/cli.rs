@@ -7,6 +7,7 @@ use std::{
     process::{Command, ExitCode},
 };
 
+use agent_common::session::MAX_TRACKED_PROCESSES;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,10 @@ pub enum Cmd {
         /// Kernel BTF to read struct offsets from.
         #[arg(long, default_value = VMLINUX_BTF)]
         btf: PathBuf,
+        /// Capacity of the kernel session map: processes tracked across all sessions.
+        /// A child that does not fit is reported (`session_map_full`), never silent.
+        #[arg(long, default_value_t = MAX_TRACKED_PROCESSES)]
+        max_tracked_processes: u32,
     },
     /// Enrol this process in a new session, then execute CMD in it.
     Run {
@@ -100,6 +105,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             rules_dir,
             quiet,
             btf,
+            max_tracked_processes,
         } => {
             let cfg = DaemonConfig {
                 socket: socket.to_owned(),
@@ -107,6 +113,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 stdout: !quiet,
                 rules_dir,
                 btf,
+                max_tracked_processes,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -14,10 +14,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{
-    session::{MAX_TRACKED_PROCESSES, SessionEntry},
-    stats::Stat,
-};
+use agent_common::{session::SessionEntry, stats::Stat};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
@@ -51,6 +48,8 @@ pub struct DaemonConfig {
     pub stdout: bool,
     pub rules_dir: Option<PathBuf>,
     pub btf: PathBuf,
+    /// Capacity of the kernel session map (processes across all sessions).
+    pub max_tracked_processes: u32,
 }
 
 /// Name of the event log in the state directory.
@@ -96,7 +95,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     refuse_second_daemon(&cfg.socket)?;
     let probe = HostProbe::run();
     let offsets = offsets::resolve(&cfg.btf).context("reading kernel struct offsets")?;
-    let loader::Loaded { mut ebpf, programs } = loader::load(offsets, &cfg.btf)?;
+    let loader::Loaded { mut ebpf, programs } =
+        loader::load(offsets, &cfg.btf, cfg.max_tracked_processes)?;
     for p in &programs {
         match &p.reason {
             None => info!(program = %p.name, at = %p.attach_point, "attached"),
@@ -640,7 +640,7 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
                 sessions_active: core.registry.all().filter(|s| s.ended.is_none()).count(),
                 sessions_total: core.registry.all().count(),
                 tracked_processes: tracked,
-                tracked_processes_max: MAX_TRACKED_PROCESSES,
+                tracked_processes_max: shared.cfg.max_tracked_processes,
             };
             Ok(Response::Status {
                 status: Box::new(status),

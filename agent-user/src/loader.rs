@@ -114,13 +114,16 @@ fn ensure_tracefs() -> Result<()> {
 }
 
 /// Loads the embedded object with `offsets` and attaches every program of [`PROGRAMS`].
-pub fn load(offsets: KernelOffsets, btf_path: &Path) -> Result<Loaded> {
+///
+/// `max_tracked` sizes the `SESSIONS` map (processes across all sessions).
+pub fn load(offsets: KernelOffsets, btf_path: &Path, max_tracked: u32) -> Result<Loaded> {
     ensure_tracefs()?;
     let btf = Btf::parse_file(btf_path, aya::Endianness::default())
         .with_context(|| format!("parsing kernel BTF {}", btf_path.display()))?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("OFFSETS", &offsets, true)
+        .map_max_entries("SESSIONS", max_tracked)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let mut programs = Vec::new();

@@ -34,8 +34,15 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     let mut test = Command::new("cargo");
     // Unit tests, then the kernel tests last (no doc-tests: the closing summary line
     // is the kernel tier's).
-    test.args(["test", "--workspace", "--exclude", "agent-ebpf", "--exclude", "xtask"])
-        .args(["--lib", "--tests"]);
+    test.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "agent-ebpf",
+        "--exclude",
+        "xtask",
+    ])
+    .args(["--lib", "--tests"]);
     if let Some(f) = filter {
         test.arg("--").arg(f);
     }
