@@ -106,8 +106,12 @@ impl Daemon {
 
     /// `agentwarden run --profile demo --session-name NAME -- ARGS` in `cwd`.
     fn run_in(&self, name: &str, cwd: &Path, args: &[&str]) -> Output {
+        self.run_profile("demo", name, cwd, args)
+    }
+
+    fn run_profile(&self, profile: &str, name: &str, cwd: &Path, args: &[&str]) -> Output {
         self.cli()
-            .args(["run", "--profile", "demo", "--session-name", name, "--"])
+            .args(["run", "--profile", profile, "--session-name", name, "--"])
             .args(args)
             .current_dir(cwd)
             .output()
@@ -663,4 +667,63 @@ fn events_follow_streams_new_events_live() {
     let _ = follow.wait();
     assert_eq!(kinds.first().map(String::as_str), Some("session_start"));
     assert!(kinds.iter().any(|k| k == "exec"), "{kinds:?}");
+}
+
+/// The BPF-LSM layer: where the kernel runs the `bpf` LSM (the VM tier boots with
+/// `lsm=...,bpf`), `execve` in a `lockdown` session fails with EPERM before it runs while
+/// the same exec outside succeeds. Elsewhere the profile is refused at enrolment, naming
+/// the missing layer, and the agent never runs.
+#[test]
+fn lockdown_exec_is_denied_by_bpf_lsm_or_refused_without_it() {
+    let Some(d) = Daemon::start() else { return };
+    let st: StatusReport = d.json(&["status", "--json"]);
+    let lsm = st
+        .programs
+        .iter()
+        .find(|p| p.name == "bprm_check_security")
+        .expect("lsm row");
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let touch = format!("/usr/bin/touch {}", marker.display());
+    let out = d.run_profile("lockdown", "lock", work.path(), &["/bin/sh", "-c", &touch]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!marker.exists(), "a lockdown agent executed a program");
+    if st.host.bpf_lsm_active {
+        assert_eq!(lsm.state, "attached", "{lsm:?}");
+        assert_eq!(out.status.code(), Some(126), "{err}");
+        assert!(
+            err.contains("Operation not permitted"),
+            "execve must fail with EPERM: {err}"
+        );
+        let outside = Command::new("/bin/sh")
+            .args(["-c", &touch])
+            .status()
+            .unwrap();
+        assert!(
+            outside.success() && marker.exists(),
+            "exec outside a session is untouched"
+        );
+        let st: StatusReport = d.json(&["status", "--json"]);
+        let denied = st
+            .kernel_counters
+            .iter()
+            .find(|c| c.name == "lsm_exec_denied")
+            .unwrap();
+        assert!(denied.total >= 1, "{denied:?}");
+        println!(
+            "bpf-lsm deny took effect on {}: execve in session -> EPERM, outside -> ok",
+            st.host.kernel_release
+        );
+    } else {
+        assert_eq!(lsm.state, "left out");
+        assert!(
+            lsm.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("needs BPF-LSM"),
+            "{lsm:?}"
+        );
+        assert_eq!(out.status.code(), Some(125), "{err}");
+        assert!(err.contains("needs the lsm layer"), "{err}");
+    }
 }

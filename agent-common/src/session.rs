@@ -3,6 +3,10 @@
 /// Maximum number of processes tracked across all sessions.
 pub const MAX_TRACKED_PROCESSES: u32 = 65_536;
 
+/// `SessionEntry::flags`: every `execve` of the session is denied (BPF-LSM
+/// `bprm_check_security`). Set for profiles whose exec default is deny with no allow list.
+pub const SESSION_FLAG_DENY_EXEC: u32 = 1;
+
 /// Value of the `SESSIONS` map, keyed by tgid. Filled at enrolment by the daemon and
 /// copied to every child process in the fork tracepoint.
 #[repr(C)]

@@ -15,10 +15,12 @@ pub enum Stat {
     PathTruncated = 3,
     /// Events successfully submitted to the ring buffer.
     EventsSubmitted = 4,
+    /// Executions denied by the BPF-LSM layer.
+    LsmExecDenied = 5,
 }
 
 /// Number of entries in `STATS`.
-pub const STAT_COUNT: u32 = 5;
+pub const STAT_COUNT: u32 = 6;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -27,6 +29,7 @@ impl Stat {
         Stat::StashFull,
         Stat::PathTruncated,
         Stat::EventsSubmitted,
+        Stat::LsmExecDenied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Stat {
             Stat::StashFull => "stash_full",
             Stat::PathTruncated => "path_truncated",
             Stat::EventsSubmitted => "events_submitted",
+            Stat::LsmExecDenied => "lsm_exec_denied",
         }
     }
 }

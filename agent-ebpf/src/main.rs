@@ -7,6 +7,7 @@ mod emit;
 mod exec;
 mod file;
 mod kernel;
+mod lsm;
 mod maps;
 mod net;
 mod path;

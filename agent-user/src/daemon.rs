@@ -96,7 +96,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let probe = HostProbe::run();
     let offsets = offsets::resolve(&cfg.btf).context("reading kernel struct offsets")?;
     let loader::Loaded { mut ebpf, programs } =
-        loader::load(offsets, &cfg.btf, cfg.max_tracked_processes)?;
+        loader::load(offsets, &cfg.btf, cfg.max_tracked_processes, &probe)?;
     for p in &programs {
         match &p.reason {
             None => info!(program = %p.name, at = %p.attach_point, "attached"),
@@ -395,12 +395,12 @@ impl Core {
     /// Puts `root` and all its descendants into a new session. Children forked by an
     /// enrolled process are inherited in the kernel; the rescans catch those forked by
     /// a process before it was enrolled.
-    fn enroll(&mut self, new: NewSession, root: u32) -> Result<(u64, Vec<u32>)> {
+    fn enroll(&mut self, new: NewSession, root: u32, flags: u32) -> Result<(u64, Vec<u32>)> {
         let id = new_session_id()?;
         let entry = SessionEntry {
             session_id: id,
             profile_id: 0,
-            flags: 0,
+            flags,
         };
         self.sessions_map
             .insert(root, entry, 0)
@@ -576,7 +576,8 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
                 enrolment: Enrolment::Run,
                 root_pid: peer_pid,
             };
-            let (id, processes) = core.enroll(new, peer_pid)?;
+            let flags = enforceable_flags(shared, &new.profile)?;
+            let (id, processes) = core.enroll(new, peer_pid, flags)?;
             let session = core
                 .registry
                 .get(id)
@@ -610,7 +611,8 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
                 enrolment: Enrolment::Attach,
                 root_pid: pid,
             };
-            let (id, processes) = core.enroll(new, pid)?;
+            let flags = enforceable_flags(shared, &new.profile)?;
+            let (id, processes) = core.enroll(new, pid, flags)?;
             let session = core
                 .registry
                 .get(id)
@@ -656,6 +658,23 @@ fn check_profile(shared: &Shared, profile: &str) -> Result<()> {
         bail!("unknown profile `{profile}` (known: {})", known.join(", "));
     }
     Ok(())
+}
+
+/// The kernel flags of `profile`, or an error naming the missing layer when this host
+/// cannot carry them out (never a silent downgrade).
+fn enforceable_flags(shared: &Shared, profile: &str) -> Result<u32> {
+    let (flags, needs) = profiles::session_flags(profile);
+    if let Some(program) = needs {
+        let p = shared.programs.iter().find(|p| p.name == program);
+        if p.is_none_or(|p| p.state != "attached") {
+            let why = p.and_then(|p| p.reason.clone()).unwrap_or_default();
+            bail!(
+                "profile `{profile}` blocks exec, which needs the lsm layer ({program}), \
+                 not available on this host: {why}"
+            );
+        }
+    }
+    Ok(flags)
 }
 
 fn check_name(core: &Core, name: Option<&str>) -> Result<()> {

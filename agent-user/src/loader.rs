@@ -8,9 +8,11 @@ use agent_common::config::KernelOffsets;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, Lsm, TracePoint},
 };
 use serde::{Deserialize, Serialize};
+
+use crate::probe::HostProbe;
 
 /// The eBPF object built by `build.rs` (aya-build), embedded so the daemon is one binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -22,6 +24,31 @@ pub enum Hook {
     BtfTracepoint(&'static str),
     /// Classic tracepoint `category/name` (syscall tracepoints exist only in this form).
     Tracepoint(&'static str, &'static str),
+    /// BPF-LSM hook.
+    Lsm(&'static str),
+}
+
+/// A kernel feature a program needs beyond what every supported kernel has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    /// The `bpf` LSM is active (`lsm=...,bpf` on the kernel command line).
+    BpfLsm,
+}
+
+impl Feature {
+    fn available(self, host: &HostProbe) -> Result<(), String> {
+        match self {
+            Feature::BpfLsm if host.bpf_lsm_active => Ok(()),
+            Feature::BpfLsm => Err(format!(
+                "needs BPF-LSM: `bpf` is not in the active LSM list ({}); boot with lsm=...,bpf",
+                if host.active_lsms.is_empty() {
+                    "empty"
+                } else {
+                    &host.active_lsms
+                }
+            )),
+        }
+    }
 }
 
 /// One row of the program table.
@@ -30,6 +57,8 @@ pub struct ProgramSpec {
     /// Function name in the eBPF object.
     pub name: &'static str,
     pub hook: Hook,
+    /// Feature the program needs; without it the program is left out (never required).
+    pub needs: Option<Feature>,
     /// Without a required program the daemon refuses to start; an optional one is left
     /// out with its reason (e.g. a syscall this kernel does not have).
     pub required: bool,
@@ -39,6 +68,7 @@ const fn tp(name: &'static str, required: bool) -> ProgramSpec {
     ProgramSpec {
         name,
         hook: Hook::Tracepoint("syscalls", name),
+        needs: None,
         required,
     }
 }
@@ -47,16 +77,19 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: "sched_process_fork",
         hook: Hook::BtfTracepoint("sched_process_fork"),
+        needs: None,
         required: true,
     },
     ProgramSpec {
         name: "sched_process_exit",
         hook: Hook::BtfTracepoint("sched_process_exit"),
+        needs: None,
         required: true,
     },
     ProgramSpec {
         name: "sched_process_exec",
         hook: Hook::BtfTracepoint("sched_process_exec"),
+        needs: None,
         required: true,
     },
     tp("sys_enter_openat", true),
@@ -69,6 +102,14 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     tp("sys_exit_creat", false),
     tp("sys_enter_connect", true),
     tp("sys_exit_connect", true),
+    // Fallback where BPF-LSM is missing: exec denial is refused at enrolment (no layer
+    // can block it yet; the signal layer comes with profile enforcement).
+    ProgramSpec {
+        name: "bprm_check_security",
+        hook: Hook::Lsm("bprm_check_security"),
+        needs: Some(Feature::BpfLsm),
+        required: false,
+    },
 ];
 
 /// What happened to one program at load.
@@ -116,7 +157,12 @@ fn ensure_tracefs() -> Result<()> {
 /// Loads the embedded object with `offsets` and attaches every program of [`PROGRAMS`].
 ///
 /// `max_tracked` sizes the `SESSIONS` map (processes across all sessions).
-pub fn load(offsets: KernelOffsets, btf_path: &Path, max_tracked: u32) -> Result<Loaded> {
+pub fn load(
+    offsets: KernelOffsets,
+    btf_path: &Path,
+    max_tracked: u32,
+    host: &HostProbe,
+) -> Result<Loaded> {
     ensure_tracefs()?;
     let btf = Btf::parse_file(btf_path, aya::Endianness::default())
         .with_context(|| format!("parsing kernel BTF {}", btf_path.display()))?;
@@ -131,8 +177,12 @@ pub fn load(offsets: KernelOffsets, btf_path: &Path, max_tracked: u32) -> Result
         let (kind, point) = match spec.hook {
             Hook::BtfTracepoint(f) => ("tp_btf", f.to_owned()),
             Hook::Tracepoint(c, n) => ("tracepoint", format!("{c}/{n}")),
+            Hook::Lsm(h) => ("lsm", h.to_owned()),
         };
-        let outcome = attach(&mut ebpf, spec, &btf);
+        let outcome = match spec.needs.map(|f| f.available(host)) {
+            Some(Err(why)) => Err(anyhow!(why)),
+            _ => attach(&mut ebpf, spec, &btf),
+        };
         let (state, reason) = match outcome {
             Ok(()) => ("attached", None),
             Err(e) if !spec.required => ("left out", Some(format!("{e:#}"))),
@@ -166,6 +216,20 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
             p.load().context("load")?;
             p.attach(cat, name).context("attach")?;
         }
+        Hook::Lsm(hook) => {
+            let p: &mut Lsm = prog.try_into()?;
+            p.load(hook, btf).context("load")?;
+            p.attach().context("attach")?;
+        }
     }
     Ok(())
+}
+
+impl Loaded {
+    /// True when the program `name` is attached.
+    pub fn attached(&self, name: &str) -> bool {
+        self.programs
+            .iter()
+            .any(|p| p.name == name && p.state == "attached")
+    }
 }

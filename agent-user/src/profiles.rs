@@ -7,7 +7,23 @@ use std::{fs, path::Path};
 use anyhow::{Context as _, Result};
 
 /// Shipped profiles, embedded so the daemon runs with no files on disk.
-pub const EMBEDDED: &[(&str, &str)] = &[("demo", include_str!("../../rules/demo.yaml"))];
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("demo", include_str!("../../rules/demo.yaml")),
+    ("lockdown", include_str!("../../rules/lockdown.yaml")),
+];
+
+/// Kernel session flags a profile asks for, and the program that must be attached to
+/// carry them out. Until the policy compiler lands (issue #4) only the shipped
+/// `lockdown` profile (exec default deny, no allow list) sets a flag.
+pub fn session_flags(profile: &str) -> (u32, Option<&'static str>) {
+    match profile {
+        "lockdown" => (
+            agent_common::session::SESSION_FLAG_DENY_EXEC,
+            Some("bprm_check_security"),
+        ),
+        _ => (0, None),
+    }
+}
 
 /// Profile names available: embedded ones plus the stems of `*.yaml` in `rules_dir`.
 pub fn known(rules_dir: Option<&Path>) -> Result<Vec<String>> {
