@@ -5,6 +5,7 @@
 
 mod setup;
 mod test;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -33,10 +34,20 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Formatting, clippy (user and eBPF crates), unit and kernel tests.
+    /// Formatting, clippy (user and eBPF crates), unit and kernel tests on the host, then
+    /// the kernel tests in QEMU on each kernel of the matrix (BPF-LSM active).
     Test {
         /// Only run tests whose name contains this.
         filter: Option<String>,
+        /// Only the VM tier.
+        #[arg(long)]
+        vm: bool,
+        /// Only the host tier.
+        #[arg(long, conflicts_with = "vm")]
+        host: bool,
+        /// VM tier on this kernel only (6.12 or 6.1).
+        #[arg(long)]
+        kernel: Option<String>,
     },
 }
 
@@ -52,9 +63,19 @@ fn main() -> Result<()> {
             build_release()?;
             run_demo(&args)
         }
-        Cmd::Test { filter } => {
+        Cmd::Test {
+            filter,
+            vm,
+            host,
+            kernel,
+        } => {
             setup::run()?;
-            test::run(filter.as_deref())
+            let tiers = test::Tiers {
+                host: !vm,
+                vm: !host,
+                kernel: kernel.as_deref(),
+            };
+            test::run(filter.as_deref(), tiers)
         }
     }
 }

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Result, bail};
 
-use crate::run_cmd;
+use crate::{run_cmd, vm};
 
 /// Debian packages bpf-linker's LLVM 22 backend links against.
 const APT_PACKAGES: &[&str] = &[
@@ -19,12 +19,36 @@ const BPF_LINKER_VERSION: &str = "0.13";
 
 pub fn run() -> Result<()> {
     let mut did = Vec::new();
-    apt(&mut did)?;
+    let mut packages: Vec<&str> = APT_PACKAGES.to_vec();
+    packages.extend(vm::HOST_PACKAGES);
+    // A kernel of the matrix whose image is missing is (re)installed, never skipped.
+    let missing_kernels: Vec<&str> = vm::MATRIX
+        .iter()
+        .filter(|k| vm::vmlinuz(k).is_none())
+        .map(|k| k.package)
+        .collect();
+    apt(&packages, &missing_kernels, &mut did)?;
+    for k in vm::MATRIX {
+        if vm::vmlinuz(k).is_none() {
+            bail!(
+                "kernel {} still missing after installing {}",
+                k.label,
+                k.package
+            );
+        }
+    }
     nightly(&mut did)?;
     bpf_linker(&mut did)?;
+    virtme_ng(&mut did)?;
     if did.is_empty() {
         eprintln!(
-            "setup: everything in place (LLVM 22, nightly {NIGHTLY_COMPONENTS:?}, bpf-linker)"
+            "setup: everything in place (LLVM 22, nightly {NIGHTLY_COMPONENTS:?}, bpf-linker, \
+             qemu, virtme-ng, kernels {})",
+            vm::MATRIX
+                .iter()
+                .map(|k| k.label)
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     } else {
         eprintln!("setup: installed {}", did.join(", "));
@@ -46,8 +70,8 @@ fn output(cmd: &mut Command) -> String {
         .unwrap_or_default()
 }
 
-fn apt(did: &mut Vec<String>) -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+fn apt(packages: &[&str], reinstall: &[&str], did: &mut Vec<String>) -> Result<()> {
+    let mut missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -55,6 +79,7 @@ fn apt(did: &mut Vec<String>) -> Result<()> {
                 .contains("install ok installed")
         })
         .collect();
+    missing.extend(reinstall);
     if missing.is_empty() {
         return Ok(());
     }
@@ -73,6 +98,9 @@ fn apt(did: &mut Vec<String>) -> Result<()> {
     };
     run_cmd(&mut apt(&["update", "-q"]))?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    if !reinstall.is_empty() {
+        args.push("--reinstall");
+    }
     args.extend(&missing);
     run_cmd(&mut apt(&args))?;
     did.push(format!("apt: {}", missing.join(" ")));
@@ -139,4 +167,17 @@ fn bpf_linker(did: &mut Vec<String>) -> Result<()> {
 
 pub fn is_root() -> bool {
     crate::rustix_is_root()
+}
+
+/// virtme-ng boots a kernel on the host's own filesystem under QEMU.
+fn virtme_ng(did: &mut Vec<String>) -> Result<()> {
+    if quiet(Command::new("vng").arg("--version")) {
+        return Ok(());
+    }
+    run_cmd(Command::new("python3").args(["-m", "pip", "install", "-q", "virtme-ng"]))?;
+    if !quiet(Command::new("vng").arg("--version")) {
+        bail!("virtme-ng installed but `vng` is not on PATH");
+    }
+    did.push("virtme-ng".into());
+    Ok(())
 }

@@ -6,7 +6,24 @@ use anyhow::Result;
 
 use crate::run_cmd;
 
-pub fn run(filter: Option<&str>) -> Result<()> {
+/// Which tiers to run.
+pub struct Tiers<'a> {
+    pub host: bool,
+    pub vm: bool,
+    pub kernel: Option<&'a str>,
+}
+
+pub fn run(filter: Option<&str>, tiers: Tiers<'_>) -> Result<()> {
+    if tiers.host {
+        host(filter)?;
+    }
+    if tiers.vm {
+        crate::vm::run(tiers.kernel, filter)?;
+    }
+    Ok(())
+}
+
+fn host(filter: Option<&str>) -> Result<()> {
     if !crate::setup::is_root() {
         eprintln!(
             "note: not root — kernel tests will be skipped (with their reason); \
