@@ -114,12 +114,11 @@ impl Daemon {
             .args(["run", "--profile", profile, "--session-name", name, "--"])
             .args(args)
             .current_dir(cwd)
-            .output()
-            .expect("agentwarden run")
+            .output_within()
     }
 
     fn json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
-        let out = self.cli().args(args).output().expect("cli");
+        let out = self.cli().args(args).output_within();
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -146,7 +145,7 @@ impl Daemon {
         if let Some(s) = session {
             c.args(["--session", s]);
         }
-        let out = c.output().expect("events");
+        let out = c.output_within();
         assert!(
             out.status.success(),
             "events: {}",
@@ -190,6 +189,51 @@ impl Drop for Daemon {
             self.stop();
         }
     }
+}
+
+/// Every command a test runs must finish: a hang becomes a failure naming the command
+/// (and its output so far) instead of a stalled test run.
+trait OutputWithin {
+    fn output_within(&mut self) -> Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self) -> Output {
+        let shown = format!("{self:?}");
+        let mut child = self
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {shown}: {e}"));
+        let pipes = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let readers = (
+            thread::spawn(move || read_all(pipes.0)),
+            thread::spawn(move || read_all(pipes.1)),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("command did not finish within 60 s: {shown}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        Output {
+            status,
+            stdout: readers.0.join().unwrap(),
+            stderr: readers.1.join().unwrap(),
+        }
+    }
+}
+
+fn read_all(mut r: impl Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    v
 }
 
 fn dump(evs: &[Event]) -> String {
@@ -439,8 +483,7 @@ fn run_without_a_daemon_refuses_to_start_the_agent() {
         .arg(dir.path().join("none.sock"))
         .args(["run", "--profile", "demo", "--", "touch"])
         .arg(&marker)
-        .output()
-        .unwrap();
+        .output_within();
     assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the agentwarden daemon"), "{err}");
@@ -521,8 +564,7 @@ fn attach_enrols_a_running_tree() {
             "--session-name",
             "att",
         ])
-        .output()
-        .unwrap();
+        .output_within();
     assert!(
         out.status.success(),
         "{}",
@@ -688,6 +730,14 @@ fn lockdown_exec_is_denied_by_bpf_lsm_or_refused_without_it() {
     let out = d.run_profile("lockdown", "lock", work.path(), &["/bin/sh", "-c", &touch]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!marker.exists(), "a lockdown agent executed a program");
+    if std::env::var("AGENTWARDEN_EXPECT_LSM").is_ok_and(|v| v == "1") {
+        // The VM tier boots with lsm=...,bpf: the layer must be there.
+        assert!(
+            st.host.bpf_lsm_active,
+            "BPF-LSM not active: {}",
+            st.host.active_lsms
+        );
+    }
     if st.host.bpf_lsm_active {
         assert_eq!(lsm.state, "attached", "{lsm:?}");
         assert_eq!(out.status.code(), Some(126), "{err}");
@@ -726,4 +776,36 @@ fn lockdown_exec_is_denied_by_bpf_lsm_or_refused_without_it() {
         assert_eq!(out.status.code(), Some(125), "{err}");
         assert!(err.contains("needs the lsm layer"), "{err}");
     }
+}
+
+/// openat2(2) goes through its own tracepoints; its opens are resolved like openat's.
+#[test]
+fn openat2_opens_are_observed_and_resolved() {
+    let Some(d) = Daemon::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let dir = fs::canonicalize(work.path()).unwrap();
+    fs::write(dir.join("file"), "x").unwrap();
+    symlink("file", dir.join("alias")).unwrap();
+    // struct open_how { u64 flags; u64 mode; u64 resolve; } — SYS_openat2 is 437 on x86_64.
+    let py = "import ctypes, sys\n\
+class How(ctypes.Structure):\n    _fields_ = [('flags', ctypes.c_uint64), ('mode', ctypes.c_uint64), ('resolve', ctypes.c_uint64)]\n\
+libc = ctypes.CDLL(None, use_errno=True)\n\
+fd = libc.syscall(437, -100, b'alias', ctypes.byref(How(0o2000000, 0, 0)), 24)\n\
+sys.exit(0 if fd >= 0 else 1)\n";
+    let out = d.run_in("o2", &dir, &["/usr/bin/python3", "-c", py]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sid = d.session("o2").id;
+    let target = dir.join("file");
+    let evs = d.wait_for(&sid, "the openat2 event", |evs| {
+        opens_of(evs, &target).any(|e| e.open.as_ref().is_some_and(|o| o.syscall == "openat2"))
+    });
+    let o =
+        opens_of(&evs, &target).find_map(|e| e.open.as_ref().filter(|o| o.syscall == "openat2"));
+    let o = o.unwrap();
+    assert!(o.path_resolved && o.result >= 0);
+    assert_eq!(o.flags, ["O_RDONLY", "O_CLOEXEC"]);
 }

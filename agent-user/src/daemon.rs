@@ -222,8 +222,10 @@ fn bind_socket(socket: &Path) -> Result<UnixListener> {
 async fn read_ring(shared: Arc<Shared>, fd: AsyncFd<OwnedFd>) -> Result<()> {
     loop {
         let mut guard = fd.readable().await?;
-        shared.core().drain();
+        // Clear before draining: a record committed after the drain sets readiness
+        // again, so no wakeup is lost (the kernel only signals an empty-to-data edge).
         guard.clear_ready();
+        shared.core().drain();
     }
 }
 

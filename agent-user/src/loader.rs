@@ -62,6 +62,8 @@ pub struct ProgramSpec {
     /// Without a required program the daemon refuses to start; an optional one is left
     /// out with its reason (e.g. a syscall this kernel does not have).
     pub required: bool,
+    /// What covers for an optional program that is left out.
+    pub fallback: &'static str,
 }
 
 const fn tp(name: &'static str, required: bool) -> ProgramSpec {
@@ -70,6 +72,11 @@ const fn tp(name: &'static str, required: bool) -> ProgramSpec {
         hook: Hook::Tracepoint("syscalls", name),
         needs: None,
         required,
+        fallback: if required {
+            "none: required"
+        } else {
+            "none: these opens are not observed"
+        },
     }
 }
 
@@ -79,18 +86,21 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         hook: Hook::BtfTracepoint("sched_process_fork"),
         needs: None,
         required: true,
+        fallback: "none: required",
     },
     ProgramSpec {
         name: "sched_process_exit",
         hook: Hook::BtfTracepoint("sched_process_exit"),
         needs: None,
         required: true,
+        fallback: "none: required",
     },
     ProgramSpec {
         name: "sched_process_exec",
         hook: Hook::BtfTracepoint("sched_process_exec"),
         needs: None,
         required: true,
+        fallback: "none: required",
     },
     tp("sys_enter_openat", true),
     tp("sys_exit_openat", true),
@@ -109,6 +119,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         hook: Hook::Lsm("bprm_check_security"),
         needs: Some(Feature::BpfLsm),
         required: false,
+        fallback: "profiles that deny exec are refused at enrolment",
     },
 ];
 
@@ -121,6 +132,8 @@ pub struct ProgramStatus {
     /// `attached` or `left out`.
     pub state: String,
     pub reason: Option<String>,
+    /// What covers for it when left out.
+    pub fallback: Option<String>,
 }
 
 /// The loaded object and the outcome per program.
@@ -195,6 +208,7 @@ pub fn load(
             kind: kind.to_owned(),
             attach_point: point,
             state: state.to_owned(),
+            fallback: reason.as_ref().map(|_| spec.fallback.to_owned()),
             reason,
         });
     }

@@ -136,7 +136,11 @@ pub fn status(s: &StatusReport) -> String {
                 p.kind.clone(),
                 p.attach_point.clone(),
                 p.state.clone(),
-                p.reason.clone().unwrap_or_default(),
+                match (&p.reason, &p.fallback) {
+                    (Some(r), Some(f)) => format!("{r} (fallback: {f})"),
+                    (Some(r), None) => r.clone(),
+                    _ => String::new(),
+                },
             ]
         })
         .collect();

@@ -8,6 +8,7 @@
 use std::{
     fs,
     io::{BufRead, BufReader, Write},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -200,14 +201,18 @@ fn boot_and_test(
     log: &Path,
 ) -> Result<Verdict> {
     let mut script = format!(
-        "RUST_BACKTRACE=0 CI=true {} --test-threads=2 --show-output",
+        "RUST_BACKTRACE=0 CI=true AGENTWARDEN_EXPECT_LSM=1 {} --test-threads=2 --show-output",
         test_bin.display()
     );
     if let Some(f) = filter {
         script.push(' ');
         script.push_str(f);
     }
-    script.push_str(&format!(" 2>&1; echo {EXIT_MARKER}$?"));
+    // Kernel complaints during the run fail the kernel even when every test passed.
+    script.push_str(&format!(
+        " 2>&1; rc=$?; dmesg 2>/dev/null | grep -E '{}' | sed 's/^/dmesg: /'; echo {EXIT_MARKER}$rc",
+        KERNEL_FAILURES.join("|")
+    ));
     let mut child = Command::new("vng")
         .args([
             "--disable-kvm",
@@ -222,6 +227,8 @@ fn boot_and_test(
         .arg(image)
         .args(["--append", LSM_APPEND, "--", "sh", "-c", &script])
         .current_dir(workspace_root())
+        // Own process group, so a stalled guest is killed with QEMU, not just vng.
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -282,7 +289,7 @@ fn boot_and_test(
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
+                kill_group(child.id());
                 let _ = child.wait();
                 v.why = format!(
                     "guest stalled: no result within {} s",
@@ -331,6 +338,13 @@ fn boot_and_test(
         why.join("; ")
     };
     Ok(v)
+}
+
+/// SIGKILL to the process group led by `pid` (vng and the QEMU it started).
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status();
 }
 
 /// `ok. 11 passed; 0 failed; ...` → (11, 0).
