@@ -809,3 +809,51 @@ sys.exit(0 if fd >= 0 else 1)\n";
     assert!(o.path_resolved && o.result >= 0);
     assert_eq!(o.flags, ["O_RDONLY", "O_CLOEXEC"]);
 }
+
+/// A profile file that turns bad is rejected with file, line and field, and the daemon
+/// keeps running on the last good version (reload on SIGHUP).
+#[test]
+fn a_bad_profile_is_rejected_and_the_last_good_version_stays() {
+    let rules = tempfile::tempdir().unwrap();
+    let good = "name: team\ndescription: d\nowners: { business: b, technical: t }\nmode: monitor\n";
+    fs::write(rules.path().join("team.yaml"), good).unwrap();
+    let dir = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &dir]) else {
+        return;
+    };
+    let cwd = std::env::temp_dir();
+    let run = |name: &str, profile: &str| d.run_profile(profile, name, &cwd, &["true"]);
+    assert!(run("t1", "team").status.success());
+
+    let bad =
+        "name: team\ndescription: d\nowners: { business: b, technical: t }\nmode: sometimes\n";
+    fs::write(rules.path().join("team.yaml"), bad).unwrap();
+    fs::write(
+        rules.path().join("other.yaml"),
+        "name: other\nmode: enforce\n",
+    )
+    .unwrap();
+    let pid = rustix::process::Pid::from_child(d.child.as_ref().unwrap());
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let start = Instant::now();
+    while !d.log().contains("SIGHUP: profiles reloaded") {
+        assert!(start.elapsed() < WAIT, "no reload:\n{}", d.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let log = d.log();
+    assert!(
+        log.contains("team.yaml:4:7: error: mode: unknown variant `sometimes`"),
+        "{log}"
+    );
+    assert!(
+        log.contains("other.yaml:2:1: error: description: missing field `description`"),
+        "{log}"
+    );
+    assert!(
+        run("t2", "team").status.success(),
+        "last good `team` still in force"
+    );
+    let out = run("t3", "other");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown profile `other`"));
+}

@@ -15,8 +15,9 @@ use crate::{
     client::Client,
     daemon::{self, DaemonConfig},
     offsets::VMLINUX_BTF,
-    output,
+    output, policy,
     probe::HostProbe,
+    profiles::ProfileSet,
     proto::{DEFAULT_SOCKET, Request, Response},
 };
 
@@ -94,6 +95,24 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Agent profiles: check, inspect, schema.
+    Profile {
+        #[command(subcommand)]
+        cmd: ProfileCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProfileCmd {
+    /// Check profile files: errors with file, line, column, field and a hint (exit 1).
+    Lint {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// What a profile compiled to: a shipped profile's name, or a file.
+    Show { profile: String },
+    /// The JSON Schema of the profile format.
+    Schema,
 }
 
 /// Runs a parsed command line.
@@ -168,6 +187,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             json,
         } => events(socket, follow, session, json),
         Cmd::Status { json } => status(socket, json),
+        Cmd::Profile { cmd } => profile(cmd),
     }
 }
 
@@ -270,6 +290,65 @@ fn status(socket: &Path, json: bool) -> Result<ExitCode> {
                 print!("{}", output::host(&host));
             }
             Ok(ExitCode::from(3))
+        }
+    }
+}
+
+fn profile(cmd: ProfileCmd) -> Result<ExitCode> {
+    match cmd {
+        ProfileCmd::Lint { files } => {
+            let mut failed = false;
+            for f in files {
+                match policy::load(&f) {
+                    Ok(p) => {
+                        println!("{}", policy::show::summary(&p));
+                        for w in &p.warnings {
+                            println!("{w}");
+                        }
+                    }
+                    Err(errors) => {
+                        failed = true;
+                        for e in errors {
+                            eprintln!("{e}");
+                        }
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        ProfileCmd::Show { profile } => {
+            let p = if Path::new(&profile).exists() {
+                policy::load(Path::new(&profile))
+            } else {
+                let set = ProfileSet::embedded().map_err(policy::to_error)?;
+                match set.get(&profile) {
+                    Some(p) => Ok(p.clone()),
+                    None => bail!(
+                        "no shipped profile `{profile}` (have: {})",
+                        set.names().join(", ")
+                    ),
+                }
+            };
+            match p {
+                Ok(p) => {
+                    print!("{}", policy::show::show(&p));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("{e}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        ProfileCmd::Schema => {
+            print!("{}", policy::json_schema());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -31,9 +31,9 @@ use tracing::{info, warn};
 use crate::{
     event::{self, Clock, Event, LossInfo, ProcessInfo, Raw, SessionRef},
     loader::{self, ProgramStatus},
-    offsets,
+    offsets, policy,
     probe::HostProbe,
-    profiles,
+    profiles::{self, ProfileSet},
     proto::{Counter, DaemonCounters, Request, Response, StatusReport},
     session::{Enrolment, NewSession, Registry, format_id, parse_id},
     users::Users,
@@ -76,6 +76,8 @@ struct Core {
 
 struct Shared {
     core: Mutex<Core>,
+    /// Known profiles; a reload that fails for a file keeps that file's last good version.
+    profiles: Mutex<ProfileSet>,
     cfg: DaemonConfig,
     probe: HostProbe,
     programs: Vec<ProgramStatus>,
@@ -121,7 +123,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let listener = bind_socket(&cfg.socket)?;
     info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), "agentwarden daemon ready");
 
+    let mut profiles = ProfileSet::embedded().map_err(policy::to_error)?;
+    if let Some(dir) = &cfg.rules_dir {
+        report_profile_diagnostics(&profiles.load_dir(dir));
+    }
+    info!(profiles = %profiles.names().join(","), "profiles loaded");
     let shared = Arc::new(Shared {
+        profiles: Mutex::new(profiles),
         core: Mutex::new(Core {
             ring,
             sessions_map,
@@ -147,10 +155,15 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
-        r = reader => bail!("ring-buffer reader stopped: {r:?}"),
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut reader = reader;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => reload_profiles(&shared),
+            r = &mut reader => bail!("ring-buffer reader stopped: {r:?}"),
+        }
     }
     server.abort();
     sweeper.abort();
@@ -655,17 +668,49 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
 }
 
 fn check_profile(shared: &Shared, profile: &str) -> Result<()> {
-    let known = profiles::known(shared.cfg.rules_dir.as_deref())?;
-    if !known.iter().any(|k| k == profile) {
-        bail!("unknown profile `{profile}` (known: {})", known.join(", "));
+    let set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
+    if set.get(profile).is_none() {
+        bail!(
+            "unknown profile `{profile}` (known: {})",
+            set.names().join(", ")
+        );
     }
     Ok(())
+}
+
+/// SIGHUP: re-reads the rules directory over the current set.
+fn reload_profiles(shared: &Shared) {
+    let Some(dir) = &shared.cfg.rules_dir else {
+        info!("SIGHUP: no rules directory configured; shipped profiles unchanged");
+        return;
+    };
+    let mut set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
+    let diags = set.load_dir(dir);
+    report_profile_diagnostics(&diags);
+    info!(profiles = %set.names().join(","), "SIGHUP: profiles reloaded");
+}
+
+fn report_profile_diagnostics(diags: &[policy::Diagnostic]) {
+    for d in diags {
+        match d.severity {
+            policy::Severity::Error => {
+                warn!("profile rejected, last good version kept: {d}");
+            }
+            policy::Severity::Warning => info!("profile: {d}"),
+        }
+    }
 }
 
 /// The kernel flags of `profile`, or an error naming the missing layer when this host
 /// cannot carry them out (never a silent downgrade).
 fn enforceable_flags(shared: &Shared, profile: &str) -> Result<u32> {
-    let (flags, needs) = profiles::session_flags(profile);
+    let (flags, needs) = {
+        let set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
+        let p = set
+            .get(profile)
+            .ok_or_else(|| anyhow!("unknown profile `{profile}`"))?;
+        profiles::session_flags(p)
+    };
     if let Some(program) = needs {
         let p = shared.programs.iter().find(|p| p.name == program);
         if p.is_none_or(|p| p.state != "attached") {

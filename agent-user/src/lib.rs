@@ -8,6 +8,7 @@ pub mod event;
 pub mod loader;
 pub mod offsets;
 pub mod output;
+pub mod policy;
 pub mod probe;
 pub mod profiles;
 pub mod proto;

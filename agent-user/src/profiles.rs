@@ -1,44 +1,188 @@
 //! The profiles the daemon knows: the shipped ones (embedded from `rules/`) and the
-//! `*.yaml` files of an optional rules directory. Profiles are recorded with each
-//! session; their rules are compiled and enforced by the policy module (issue #4).
+//! `*.yaml` files of an optional rules directory. A file that fails to parse is reported
+//! with its location and the last good version of that profile stays in force.
 
-use std::{fs, path::Path};
+use std::{collections::BTreeMap, fs, path::Path};
 
-use anyhow::{Context as _, Result};
+use crate::policy::{self, Diagnostic, Profile, Severity};
 
 /// Shipped profiles, embedded so the daemon runs with no files on disk.
 pub const EMBEDDED: &[(&str, &str)] = &[
-    ("demo", include_str!("../../rules/demo.yaml")),
-    ("lockdown", include_str!("../../rules/lockdown.yaml")),
+    ("rules/demo.yaml", include_str!("../../rules/demo.yaml")),
+    (
+        "rules/lockdown.yaml",
+        include_str!("../../rules/lockdown.yaml"),
+    ),
+    (
+        "rules/claude-code.yaml",
+        include_str!("../../rules/claude-code.yaml"),
+    ),
+    (
+        "rules/codex-cli.yaml",
+        include_str!("../../rules/codex-cli.yaml"),
+    ),
+    (
+        "rules/gemini-cli.yaml",
+        include_str!("../../rules/gemini-cli.yaml"),
+    ),
+    ("rules/aider.yaml", include_str!("../../rules/aider.yaml")),
+    (
+        "rules/mcp-server.yaml",
+        include_str!("../../rules/mcp-server.yaml"),
+    ),
 ];
 
 /// Kernel session flags a profile asks for, and the program that must be attached to
-/// carry them out. Until the policy compiler lands (issue #4) only the shipped
-/// `lockdown` profile (exec default deny, no allow list) sets a flag.
-pub fn session_flags(profile: &str) -> (u32, Option<&'static str>) {
-    match profile {
-        "lockdown" => (
+/// carry them out. Until rule compilation into maps lands (issue #4), the only flag is
+/// deny-every-exec: `exec.default: deny` with no allow list, in enforce mode.
+pub fn session_flags(profile: &Profile) -> (u32, Option<&'static str>) {
+    let f = &profile.file;
+    if f.mode == policy::Mode::Enforce
+        && f.exec.default == policy::Default::Deny
+        && profile.exec_allow.is_empty()
+        && f.exec.on_violation == policy::OnViolation::Block
+    {
+        (
             agent_common::session::SESSION_FLAG_DENY_EXEC,
             Some("bprm_check_security"),
-        ),
-        _ => (0, None),
+        )
+    } else {
+        (0, None)
     }
 }
 
-/// Profile names available: embedded ones plus the stems of `*.yaml` in `rules_dir`.
-pub fn known(rules_dir: Option<&Path>) -> Result<Vec<String>> {
-    let mut names: Vec<String> = EMBEDDED.iter().map(|(n, _)| (*n).to_owned()).collect();
-    if let Some(dir) = rules_dir {
-        for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "yaml" || e == "yml")
-                && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
-                && !names.iter().any(|n| n == stem)
-            {
-                names.push(stem.to_owned());
+/// Profiles by name.
+#[derive(Clone, Debug, Default)]
+pub struct ProfileSet {
+    profiles: BTreeMap<String, Profile>,
+}
+
+impl ProfileSet {
+    /// The shipped profiles (a broken shipped profile is a build bug, caught by tests).
+    pub fn embedded() -> Result<Self, Vec<Diagnostic>> {
+        let mut set = Self::default();
+        for (source, text) in EMBEDDED {
+            let p = policy::parse(source, text)?;
+            set.profiles.insert(p.file.name.clone(), p);
+        }
+        Ok(set)
+    }
+
+    /// Loads `dir/*.yaml` over the current set. Returns every diagnostic; a file with
+    /// errors leaves the previous version of its profile (if any) in place.
+    pub fn load_dir(&mut self, dir: &Path) -> Vec<Diagnostic> {
+        let mut diags = Vec::new();
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                diags.push(Diagnostic {
+                    file: dir.display().to_string(),
+                    line: 0,
+                    column: 0,
+                    field: String::new(),
+                    message: format!("cannot read the rules directory: {e}"),
+                    hint: None,
+                    severity: Severity::Error,
+                });
+                return diags;
+            }
+        };
+        let mut paths: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            match policy::load(&path) {
+                Ok(p) => {
+                    diags.extend(p.warnings.iter().cloned());
+                    self.profiles.insert(p.file.name.clone(), p);
+                }
+                Err(errors) => diags.extend(errors),
             }
         }
+        diags
     }
-    names.sort();
-    Ok(names)
+
+    pub fn get(&self, name: &str) -> Option<&Profile> {
+        self.profiles.get(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.profiles.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_profiles_parse_without_errors() {
+        let set = ProfileSet::embedded().unwrap_or_else(|d| panic!("{d:#?}"));
+        for name in [
+            "demo",
+            "lockdown",
+            "claude-code",
+            "codex-cli",
+            "gemini-cli",
+            "aider",
+            "mcp-server",
+        ] {
+            let p = set.get(name).unwrap_or_else(|| panic!("{name} missing"));
+            // Coding-agent profiles deny credentials and all but their declared network.
+            if !matches!(name, "demo" | "lockdown") {
+                let deny: Vec<&str> = p.files_deny.iter().map(|l| l.value.source()).collect();
+                for cred in [
+                    "~/.ssh/**",
+                    "~/.aws/**",
+                    "~/.config/gcloud/**",
+                    "~/.kube/**",
+                    "/etc/shadow",
+                    "**/.env",
+                ] {
+                    assert!(deny.contains(&cred), "{name} does not deny {cred}");
+                }
+                assert_eq!(p.file.network.default, policy::Default::Deny, "{name}");
+            }
+        }
+        assert_eq!(
+            session_flags(set.get("lockdown").unwrap()).0,
+            agent_common::session::SESSION_FLAG_DENY_EXEC
+        );
+        assert_eq!(session_flags(set.get("claude-code").unwrap()).0, 0);
+    }
+
+    #[test]
+    fn shipped_schema_is_current() {
+        let shipped = include_str!("../../rules/agentwarden-profile.schema.json");
+        assert_eq!(
+            shipped,
+            policy::json_schema(),
+            "run `agentwarden profile schema > rules/agentwarden-profile.schema.json`"
+        );
+    }
+
+    #[test]
+    fn a_bad_file_keeps_the_last_good_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let good =
+            "name: team\ndescription: d\nowners: { business: b, technical: t }\nmode: monitor\n";
+        fs::write(dir.path().join("team.yaml"), good).unwrap();
+        let mut set = ProfileSet::embedded().unwrap();
+        assert!(set.load_dir(dir.path()).is_empty());
+        assert_eq!(set.get("team").unwrap().file.mode, policy::Mode::Monitor);
+        let bad =
+            "name: team\ndescription: d\nowners: { business: b, technical: t }\nmode: sometimes\n";
+        fs::write(dir.path().join("team.yaml"), bad).unwrap();
+        let diags = set.load_dir(dir.path());
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!((diags[0].line, diags[0].field.as_str()), (4, "mode"));
+        assert!(diags[0].file.ends_with("team.yaml"));
+        assert_eq!(
+            set.get("team").unwrap().file.mode,
+            policy::Mode::Monitor,
+            "last good state kept"
+        );
+    }
 }

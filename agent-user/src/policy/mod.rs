@@ -1,0 +1,544 @@
+//! Agent profiles: the YAML format, its validation with located diagnostics, and the
+//! compiled form the daemon uses. Pattern and destination semantics are in
+//! [`pattern`] and [`net`]; the format is documented in `rules/README.md`.
+
+pub mod net;
+pub mod pattern;
+pub mod show;
+
+use std::{fmt, path::Path};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use self::{
+    net::{Cidr, PortRange, check_host},
+    pattern::{KernelForm, Pattern},
+};
+
+/// A profile file as written.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "agentwarden agent profile")]
+pub struct ProfileFile {
+    /// Unique profile name (`agentwarden run --profile NAME`).
+    pub name: String,
+    pub description: String,
+    /// Who answers for this profile's permissions.
+    pub owners: Owners,
+    /// `monitor` records would-be decisions and acts on none; `enforce` acts.
+    pub mode: Mode,
+    #[serde(default)]
+    pub exec: PathRules,
+    #[serde(default)]
+    pub files: FileRules,
+    #[serde(default)]
+    pub network: NetworkRules,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Owners {
+    /// The business owner (a team or person accountable for the agent's use).
+    pub business: String,
+    /// The technical owner (who maintains this profile).
+    pub technical: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Monitor,
+    Enforce,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Default {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnViolation {
+    /// Refuse the operation (EPERM/EACCES) before it happens.
+    #[default]
+    Block,
+    /// End the whole process before it returns to user mode with the result.
+    Kill,
+    /// Record only.
+    Alert,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    Kill,
+    Alert,
+}
+
+/// Executables.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PathRules {
+    #[serde(default)]
+    pub default: Default,
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub on_violation: OnViolation,
+    /// What to do where no layer on the host can `block`.
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
+}
+
+/// File access.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileRules {
+    #[serde(default)]
+    pub default: Default,
+    /// Paths that may be read (when `default: deny`).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub read: Vec<Spanned<String>>,
+    /// Paths that may be written (when `default: deny`).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub write: Vec<Spanned<String>>,
+    /// Never accessible (credentials, keys, secrets); wins over everything.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub on_violation: OnViolation,
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
+}
+
+/// Outgoing TCP connects and UDP sends.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRules {
+    #[serde(default)]
+    pub default: Default,
+    #[serde(default)]
+    #[schemars(with = "Vec<Destination>")]
+    pub allow: Vec<Spanned<Destination>>,
+    #[serde(default)]
+    #[schemars(with = "Vec<Destination>")]
+    pub deny: Vec<Spanned<Destination>>,
+    #[serde(default)]
+    pub on_violation: OnViolation,
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
+}
+
+/// Exactly one of `cidr` or `host`, and optional ports (default: all).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// `10.0.0.0/8`, `::1/128` or a bare address.
+    #[serde(default)]
+    pub cidr: Option<String>,
+    /// A DNS name, resolved by the daemon and refreshed on its TTL.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub ports: Option<Ports>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Ports {
+    One(u16),
+    /// `"443"` or `"8000-8100"`.
+    Range(String),
+    List(Vec<PortItem>),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PortItem {
+    One(u16),
+    Range(String),
+}
+
+/// Where a diagnostic points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    /// Dotted path of the field (`files.deny[2]`).
+    pub field: String,
+    pub message: String,
+    pub hint: Option<String>,
+    pub severity: Severity,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {sev}: {}: {}",
+            self.file, self.line, self.column, self.field, self.message
+        )?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A rule with where it was written, for events ("which rule matched").
+#[derive(Clone, Debug)]
+pub struct Located<T> {
+    pub value: T,
+    pub line: u64,
+    pub column: u64,
+}
+
+/// A destination after validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Cidr(Cidr),
+    Host(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct CompiledDestination {
+    pub target: Target,
+    pub ports: Vec<PortRange>,
+}
+
+/// A validated profile.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub file: ProfileFile,
+    pub source: String,
+    pub exec_allow: Vec<Located<Pattern>>,
+    pub exec_deny: Vec<Located<Pattern>>,
+    pub files_read: Vec<Located<Pattern>>,
+    pub files_write: Vec<Located<Pattern>>,
+    pub files_deny: Vec<Located<Pattern>>,
+    pub net_allow: Vec<Located<CompiledDestination>>,
+    pub net_deny: Vec<Located<CompiledDestination>>,
+    /// Non-fatal findings (e.g. rules that can only alert).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Parses and validates one profile; `source` names it in diagnostics.
+pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
+    let file: ProfileFile = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let first = e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid profile")
+            .to_owned();
+        // The parser prefixes its own "error: line L column C: "; the diagnostic says that.
+        let message = match first.split_once(": ").map(|(a, b)| (a, b.split_once(": "))) {
+            Some(("error", Some((loc, rest)))) if loc.starts_with("line ") => rest.to_owned(),
+            _ => first,
+        };
+        vec![Diagnostic {
+            file: source.to_owned(),
+            line,
+            column,
+            field: missing_field(&message).unwrap_or_else(|| field_at(text, line)),
+            hint: hint_for(&message),
+            message,
+            severity: Severity::Error,
+        }]
+    })?;
+    let mut c = Checker {
+        source,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for (field, v) in [
+        ("owners.business", &file.owners.business),
+        ("owners.technical", &file.owners.technical),
+    ] {
+        if v.trim().is_empty() {
+            c.error(
+                text_line(text, field),
+                1,
+                field,
+                "must not be empty",
+                "every live permission needs an owner",
+            );
+        }
+    }
+    if file.name.trim().is_empty()
+        || !file
+            .name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    {
+        c.error(
+            text_line(text, "name"),
+            1,
+            "name",
+            &format!("`{}` is not a valid profile name", file.name),
+            "use letters, digits, `-` and `_`",
+        );
+    }
+    let exec_allow = c.patterns("exec.allow", &file.exec.allow);
+    let exec_deny = c.patterns("exec.deny", &file.exec.deny);
+    let files_read = c.patterns("files.read", &file.files.read);
+    let files_write = c.patterns("files.write", &file.files.write);
+    let files_deny = c.patterns("files.deny", &file.files.deny);
+    let net_allow = c.destinations("network.allow", &file.network.allow);
+    let net_deny = c.destinations("network.deny", &file.network.deny);
+    if !c.errors.is_empty() {
+        return Err(c.errors);
+    }
+    Ok(Profile {
+        source: source.to_owned(),
+        file,
+        exec_allow,
+        exec_deny,
+        files_read,
+        files_write,
+        files_deny,
+        net_allow,
+        net_deny,
+        warnings: c.warnings,
+    })
+}
+
+/// Reads and parses a profile file.
+pub fn load(path: &Path) -> Result<Profile, Vec<Diagnostic>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+            hint: None,
+            severity: Severity::Error,
+        }]
+    })?;
+    parse(&name, &text)
+}
+
+struct Checker<'a> {
+    source: &'a str,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn diag(
+        &self,
+        line: u64,
+        column: u64,
+        field: &str,
+        message: &str,
+        hint: &str,
+        severity: Severity,
+    ) -> Diagnostic {
+        Diagnostic {
+            file: self.source.to_owned(),
+            line,
+            column,
+            field: field.to_owned(),
+            message: message.to_owned(),
+            hint: (!hint.is_empty()).then(|| hint.to_owned()),
+            severity,
+        }
+    }
+
+    fn error(&mut self, line: u64, column: u64, field: &str, message: &str, hint: &str) {
+        let d = self.diag(line, column, field, message, hint, Severity::Error);
+        self.errors.push(d);
+    }
+
+    fn patterns(&mut self, field: &str, list: &[Spanned<String>]) -> Vec<Located<Pattern>> {
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            let (line, column) = (s.referenced.line(), s.referenced.column());
+            let f = format!("{field}[{i}]");
+            match Pattern::parse(&s.value) {
+                Ok(p) => {
+                    if p.kernel_form() == KernelForm::UserspaceOnly {
+                        let d = self.diag(
+                            line,
+                            column,
+                            &f,
+                            &format!("`{}` needs wildcard matching the kernel does not do: decided in userspace, alert-only", s.value),
+                            "use an exact path or a `/dir/**` tree to have it enforced in the kernel",
+                            Severity::Warning,
+                        );
+                        self.warnings.push(d);
+                    }
+                    out.push(Located {
+                        value: p,
+                        line,
+                        column,
+                    });
+                }
+                Err(e) => self.error(line, column, &f, &e.message, &e.hint),
+            }
+        }
+        out
+    }
+
+    fn destinations(
+        &mut self,
+        field: &str,
+        list: &[Spanned<Destination>],
+    ) -> Vec<Located<CompiledDestination>> {
+        let mut out = Vec::new();
+        for (i, d) in list.iter().enumerate() {
+            let (line, column) = (d.referenced.line(), d.referenced.column());
+            let f = format!("{field}[{i}]");
+            let target = match (&d.value.cidr, &d.value.host) {
+                (Some(c), None) => Cidr::parse(c).map(Target::Cidr),
+                (None, Some(h)) => check_host(h).map(|()| Target::Host(h.to_ascii_lowercase())),
+                _ => Err("needs exactly one of `cidr` or `host`".to_owned()),
+            };
+            let ports = match &d.value.ports {
+                None => Ok(vec![PortRange::ALL]),
+                Some(Ports::One(p)) => PortRange::parse(&p.to_string()).map(|r| vec![r]),
+                Some(Ports::Range(s)) => PortRange::parse(s).map(|r| vec![r]),
+                Some(Ports::List(items)) => items
+                    .iter()
+                    .map(|it| match it {
+                        PortItem::One(p) => PortRange::parse(&p.to_string()),
+                        PortItem::Range(s) => PortRange::parse(s),
+                    })
+                    .collect(),
+            };
+            match (target, ports) {
+                (Ok(target), Ok(ports)) => out.push(Located {
+                    value: CompiledDestination { target, ports },
+                    line,
+                    column,
+                }),
+                (Err(e), _) => self.error(
+                    line,
+                    column,
+                    &f,
+                    &e,
+                    "e.g. `{ cidr: 10.0.0.0/8 }` or `{ host: api.example.com, ports: \"443\" }`",
+                ),
+                (_, Err(e)) => self.error(
+                    line,
+                    column,
+                    &format!("{f}.ports"),
+                    &e,
+                    "ports: \"443\", \"8000-8100\" or a list of those",
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// 1-based line of the first `key:` in the text (for errors on required scalars).
+fn text_line(text: &str, dotted: &str) -> u64 {
+    let key = dotted.rsplit('.').next().unwrap_or(dotted);
+    text.lines()
+        .position(|l| l.trim_start().starts_with(&format!("{key}:")))
+        .map_or(0, |i| i as u64 + 1)
+}
+
+/// The dotted field path at `line` (1-based), from the indentation of block YAML.
+pub fn field_at(text: &str, line: u64) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(mut idx) = (line as usize).checked_sub(1).filter(|i| *i < lines.len()) else {
+        return String::new();
+    };
+    let key_of = |l: &str| -> Option<(usize, String)> {
+        let t = l.trim_start();
+        if t.starts_with('#') || t.is_empty() {
+            return None;
+        }
+        let indent = l.len() - t.len();
+        let t = t.trim_start_matches("- ");
+        let key = t.split_once(':')?.0.trim();
+        (!key.is_empty() && !key.contains(' ') && !key.starts_with('{'))
+            .then(|| (indent, key.to_owned()))
+    };
+    let mut path = Vec::new();
+    let mut limit = usize::MAX;
+    loop {
+        if let Some((indent, key)) = key_of(lines[idx])
+            && indent < limit
+        {
+            path.push(key);
+            limit = indent;
+            if indent == 0 {
+                break;
+            }
+        } else if limit == usize::MAX {
+            // A list item or value line: its parent key is above with less indentation.
+            let l = lines[idx];
+            limit = l.len() - l.trim_start().len() + 1;
+        }
+        if idx == 0 {
+            break;
+        }
+        idx -= 1;
+    }
+    path.reverse();
+    path.join(".")
+}
+
+/// `missing field `x`` names the field that is absent, not the line it was noticed at.
+fn missing_field(message: &str) -> Option<String> {
+    let rest = message.split_once("missing field `")?.1;
+    Some(rest.split_once('`')?.0.to_owned())
+}
+
+fn hint_for(message: &str) -> Option<String> {
+    if message.contains("unknown field") {
+        Some("see rules/README.md for the fields of a profile".into())
+    } else if message.contains("missing field") {
+        Some("name, description, owners (business, technical) and mode are required".into())
+    } else if message.contains("unknown variant") {
+        Some("check the allowed values listed in the message".into())
+    } else {
+        None
+    }
+}
+
+/// All diagnostics as one error (for callers that stop on them).
+pub fn to_error(diags: Vec<Diagnostic>) -> anyhow::Error {
+    let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    anyhow::anyhow!("invalid profile:\n{}", text.join("\n"))
+}
+
+/// The JSON Schema of the profile format (shipped as `rules/agentwarden-profile.schema.json`).
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(ProfileFile);
+    let mut s = serde_json::to_string_pretty(&schema).expect("schema serializes");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,87 @@
+//! Diagnostics of bad profiles: file, line, column, field and a hint.
+
+use super::*;
+
+const HEAD: &str =
+    "name: t\ndescription: d\nowners:\n  business: b\n  technical: t\nmode: enforce\n";
+
+fn errors(body: &str) -> Vec<Diagnostic> {
+    match parse("t.yaml", &format!("{HEAD}{body}")) {
+        Ok(p) => panic!("parsed: {:?}", p.file),
+        Err(d) => d,
+    }
+}
+
+#[test]
+fn unknown_field_is_located_and_named() {
+    let d = &errors("files:\n  deny: [/etc/shadow]\n  permit: [/tmp]\n")[0];
+    assert_eq!((d.line, d.field.as_str()), (9, "files.permit"), "{d}");
+    assert!(d.message.starts_with("unknown field `permit`"), "{d}");
+    assert!(d.hint.is_some());
+    assert!(d.to_string().starts_with("t.yaml:9:"), "{d}");
+}
+
+#[test]
+fn bad_pattern_points_at_the_list_item() {
+    let d = &errors("files:\n  deny:\n    - /etc/shadow\n    - etc/passwd\n")[0];
+    assert_eq!((d.line, d.field.as_str()), (10, "files.deny[1]"), "{d}");
+    assert!(d.message.contains("not absolute"));
+    assert!(d.hint.as_deref().unwrap().contains("start with"));
+}
+
+#[test]
+fn bad_destinations_and_ports() {
+    let e = errors(
+        "network:\n  allow:\n    - { cidr: 10.0.0.0/40 }\n    - { host: a.example, ports: \"9-1\" }\n    - { cidr: 10.0.0.1, host: x.example }\n",
+    );
+    let fields: Vec<&str> = e.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "network.allow[0]",
+            "network.allow[1].ports",
+            "network.allow[2]"
+        ],
+        "{e:?}"
+    );
+    assert_eq!(e[0].line, 9);
+}
+
+#[test]
+fn owners_are_required() {
+    let e = parse("t.yaml", "name: t\ndescription: d\nmode: enforce\n").unwrap_err();
+    assert_eq!(e[0].field, "owners", "{}", e[0]);
+    assert!(e[0].message.contains("missing field `owners`"), "{}", e[0]);
+    let e = parse(
+        "t.yaml",
+        "name: t\ndescription: d\nowners:\n  business: \"\"\n  technical: t\nmode: enforce\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e[0].field.as_str(), e[0].line),
+        ("owners.business", 4),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn wildcards_the_kernel_cannot_match_are_flagged_alert_only() {
+    let p = parse(
+        "t.yaml",
+        &format!("{HEAD}files:\n  deny: [\"/**/*.pem\", ~/.ssh/**, \"**/.env\"]\n"),
+    )
+    .unwrap();
+    assert_eq!(p.warnings.len(), 1);
+    assert!(p.warnings[0].message.contains("alert-only"));
+    assert_eq!(p.warnings[0].field, "files.deny[0]");
+    assert_eq!(p.files_deny[1].line, 8);
+}
+
+#[test]
+fn field_paths_from_indentation() {
+    let text = "a: 1\nfiles:\n  deny:\n    - x\n    - y\nnetwork:\n  allow: []\n";
+    assert_eq!(field_at(text, 5), "files.deny");
+    assert_eq!(field_at(text, 7), "network.allow");
+    assert_eq!(field_at(text, 1), "a");
+}
