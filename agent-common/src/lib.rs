@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod event;
+pub mod policy;
 pub mod session;
 pub mod stats;
 

@@ -10,6 +10,7 @@ mod kernel;
 mod lsm;
 mod maps;
 mod net;
+mod netpolicy;
 mod path;
 mod session;
 

@@ -14,11 +14,15 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{session::SessionEntry, stats::Stat};
+use agent_common::{
+    policy::{MAX_PROFILES, NetKey, NetRule, ProfileConfig},
+    session::SessionEntry,
+    stats::Stat,
+};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader, unix::AsyncFd},
@@ -31,7 +35,11 @@ use tracing::{info, warn};
 use crate::{
     event::{self, Clock, Event, LossInfo, ProcessInfo, Raw, SessionRef},
     loader::{self, ProgramStatus},
-    offsets, policy,
+    offsets,
+    policy::{
+        self,
+        compile::{self, RuleTable},
+    },
     probe::HostProbe,
     profiles::{self, ProfileSet},
     proto::{Counter, DaemonCounters, Request, Response, StatusReport},
@@ -64,6 +72,14 @@ struct Core {
     ring: RingBuf<MapData>,
     sessions_map: BpfHashMap<MapData, u32, SessionEntry>,
     stats: PerCpuArray<MapData, u64>,
+    policy: PolicyMaps,
+    /// `file:line` of every compiled rule, by the id the kernel reports.
+    rules: RuleTable,
+    /// Profile name → kernel id; ids are never reused while the daemon runs, so a
+    /// running session keeps its profile across reloads.
+    profile_ids: HashMap<String, u32>,
+    /// Host name → addresses, filled by the background resolver.
+    dns: HashMap<String, Vec<std::net::IpAddr>>,
     registry: Registry,
     users: Users,
     log: EventLog,
@@ -106,6 +122,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         }
     }
     let (sessions_map, stats, ring) = take_maps(&mut ebpf)?;
+    let policy = PolicyMaps::take(&mut ebpf)?;
     // A duplicate of the ring buffer's fd, polled for readiness only; the map itself
     // stays in `Core` so draining happens under the shared lock.
     let dup = ring.as_fd().try_clone_to_owned()?;
@@ -120,8 +137,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
     let log = EventLog::open(&cfg.state_dir.join(EVENT_LOG), cfg.stdout)?;
     let (tx, _) = broadcast::channel(4096);
-    let listener = bind_socket(&cfg.socket)?;
-    info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), "agentwarden daemon ready");
 
     let mut profiles = ProfileSet::embedded().map_err(policy::to_error)?;
     if let Some(dir) = &cfg.rules_dir {
@@ -134,6 +149,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             ring,
             sessions_map,
             stats,
+            policy,
+            rules: RuleTable::default(),
+            profile_ids: HashMap::new(),
+            dns: HashMap::new(),
             registry: Registry::default(),
             users: Users::default(),
             log,
@@ -149,6 +168,18 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         tx,
     });
 
+    {
+        let set = shared
+            .profiles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        shared.core().install_profiles(&set)?;
+    }
+    // Bound last: a client that can connect finds a daemon ready to answer.
+    let listener = bind_socket(&cfg.socket)?;
+    info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), "agentwarden daemon ready");
+    let resolver = tokio::spawn(refresh_dns(shared.clone()));
     let reader = tokio::spawn(read_ring(shared.clone(), ring_fd));
     let sweeper = tokio::spawn(sweep(shared.clone()));
     let server = tokio::spawn(serve(shared.clone(), listener));
@@ -167,6 +198,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     }
     server.abort();
     sweeper.abort();
+    resolver.abort();
     let _ = fs::remove_file(&cfg.socket);
     {
         let mut core = shared.core();
@@ -281,7 +313,10 @@ impl Core {
         if let Raw::Fork(f) = &raw {
             self.registry.on_fork(sid, h.tgid, f.child_tgid);
         }
-        let mut ev = Event::from_raw(&raw, &self.clock, self.session_ref(sid));
+        let rules = &self.rules;
+        let mut ev = Event::from_raw(&raw, &self.clock, self.session_ref(sid), &|id, cat| {
+            rules.describe(id, cat)
+        });
         if let Some(exec) = &ev.exec {
             self.registry.on_exec(h.tgid, &exec.path);
         }
@@ -412,9 +447,13 @@ impl Core {
     /// a process before it was enrolled.
     fn enroll(&mut self, new: NewSession, root: u32, flags: u32) -> Result<(u64, Vec<u32>)> {
         let id = new_session_id()?;
+        let profile_id = *self
+            .profile_ids
+            .get(&new.profile)
+            .ok_or_else(|| anyhow!("profile `{}` is not compiled into the kernel", new.profile))?;
         let entry = SessionEntry {
             session_id: id,
-            profile_id: 0,
+            profile_id,
             flags,
         };
         self.sessions_map
@@ -486,6 +525,71 @@ impl Core {
             cgroup_id: 0,
             exe: p.exe().ok().map(|e| e.display().to_string()),
         })
+    }
+}
+
+/// The kernel maps profiles compile into.
+struct PolicyMaps {
+    profiles: Array<MapData, ProfileConfig>,
+    net_allow: LpmTrie<MapData, NetKey, NetRule>,
+    net_deny: LpmTrie<MapData, NetKey, NetRule>,
+}
+
+impl PolicyMaps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing"))
+        };
+        Ok(Self {
+            profiles: Array::try_from(take("PROFILES")?)?,
+            net_allow: LpmTrie::try_from(take("NET_ALLOW")?)?,
+            net_deny: LpmTrie::try_from(take("NET_DENY")?)?,
+        })
+    }
+}
+
+impl Core {
+    /// Compiles every profile and replaces the kernel's rule maps.
+    fn install_profiles(&mut self, set: &ProfileSet) -> Result<()> {
+        let mut rules = RuleTable::default();
+        let mut compiled = Vec::new();
+        for name in set.names() {
+            let next = self.profile_ids.len() as u32;
+            let id = *self.profile_ids.entry(name.clone()).or_insert(next);
+            if id >= MAX_PROFILES {
+                bail!("more than {MAX_PROFILES} profiles");
+            }
+            let p = set
+                .get(&name)
+                .ok_or_else(|| anyhow!("profile {name} vanished"))?;
+            let dns = &self.dns;
+            let c = compile::compile(p, id, &mut rules, &|h| {
+                dns.get(h).cloned().unwrap_or_default()
+            })?;
+            for h in c.unresolved.iter().filter(|h| dns.contains_key(*h)) {
+                warn!(profile = %name, host = %h, "host name does not resolve; its rule is inactive");
+            }
+            compiled.push((id, c));
+        }
+        let m = &mut self.policy;
+        for trie in [&mut m.net_allow, &mut m.net_deny] {
+            let keys: Vec<_> = trie.keys().filter_map(|k| k.ok()).collect();
+            for k in keys {
+                let _ = trie.remove(&k);
+            }
+        }
+        for (id, c) in compiled {
+            for (bits, key, rule) in c.net_deny {
+                m.net_deny.insert(&Key::new(bits, key), rule, 0)?;
+            }
+            for (bits, key, rule) in c.net_allow {
+                m.net_allow.insert(&Key::new(bits, key), rule, 0)?;
+            }
+            m.profiles.set(id, c.config, 0)?;
+        }
+        self.rules = rules;
+        Ok(())
     }
 }
 
@@ -678,15 +782,65 @@ fn check_profile(shared: &Shared, profile: &str) -> Result<()> {
     Ok(())
 }
 
+/// Period of host-name re-resolution (the system resolver does not expose TTLs).
+const DNS_REFRESH: Duration = Duration::from_secs(60);
+
+/// Resolves the host names of all profiles off the hot path and recompiles the maps
+/// when the answers change. Until a name resolves its rule matches nothing (an allow
+/// rule then falls back to the default: fail closed).
+async fn refresh_dns(shared: Arc<Shared>) {
+    loop {
+        let set = shared
+            .profiles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let hosts: std::collections::BTreeSet<String> = set
+            .names()
+            .iter()
+            .filter_map(|n| set.get(n))
+            .flat_map(compile::host_names)
+            .collect();
+        let resolved = tokio::task::spawn_blocking(move || {
+            hosts
+                .into_iter()
+                .map(|h| {
+                    let ips = compile::resolve(&h);
+                    (h, ips)
+                })
+                .collect::<HashMap<_, _>>()
+        })
+        .await
+        .unwrap_or_default();
+        {
+            let mut core = shared.core();
+            if core.dns != resolved {
+                core.dns = resolved;
+                if let Err(e) = core.install_profiles(&set) {
+                    warn!(error = %format!("{e:#}"), "recompiling after DNS refresh failed");
+                }
+            }
+        }
+        tokio::time::sleep(DNS_REFRESH).await;
+    }
+}
+
 /// SIGHUP: re-reads the rules directory over the current set.
 fn reload_profiles(shared: &Shared) {
     let Some(dir) = &shared.cfg.rules_dir else {
         info!("SIGHUP: no rules directory configured; shipped profiles unchanged");
         return;
     };
-    let mut set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
-    let diags = set.load_dir(dir);
-    report_profile_diagnostics(&diags);
+    // Lock order: never hold `profiles` while taking `core`.
+    let set = {
+        let mut set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
+        report_profile_diagnostics(&set.load_dir(dir));
+        set.clone()
+    };
+    if let Err(e) = shared.core().install_profiles(&set) {
+        warn!(error = %format!("{e:#}"), "compiling profiles into the kernel failed; previous maps kept");
+        return;
+    }
     info!(profiles = %set.names().join(","), "SIGHUP: profiles reloaded");
 }
 
@@ -704,19 +858,22 @@ fn report_profile_diagnostics(diags: &[policy::Diagnostic]) {
 /// The kernel flags of `profile`, or an error naming the missing layer when this host
 /// cannot carry them out (never a silent downgrade).
 fn enforceable_flags(shared: &Shared, profile: &str) -> Result<u32> {
-    let (flags, needs) = {
+    let (flags, required) = {
         let set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
         let p = set
             .get(profile)
             .ok_or_else(|| anyhow!("unknown profile `{profile}`"))?;
-        profiles::session_flags(p)
+        (
+            profiles::session_flags(p).0,
+            profiles::required_programs(p)?,
+        )
     };
-    if let Some(program) = needs {
+    for program in required {
         let p = shared.programs.iter().find(|p| p.name == program);
         if p.is_none_or(|p| p.state != "attached") {
             let why = p.and_then(|p| p.reason.clone()).unwrap_or_default();
             bail!(
-                "profile `{profile}` blocks exec, which needs the lsm layer ({program}), \
+                "profile `{profile}` needs the {program} program to block, \
                  not available on this host: {why}"
             );
         }

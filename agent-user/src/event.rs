@@ -6,8 +6,9 @@ use std::{
 };
 
 use agent_common::event::{
-    ARGV_TRUNCATED, COMM_LEN, ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
-    ForkEvent, KPath, OpenEvent, OpenSyscall, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED,
+    ARGV_TRUNCATED, COMM_LEN, ConnectEvent, ENFORCED_CGROUP, EventHeader, EventKind, ExecEvent,
+    ExitEvent, ForkEvent, KPath, NET_ACTION_ALERTED, NET_ACTION_BLOCKED, NET_OP_SENDMSG,
+    NetDecisionEvent, OpenEvent, OpenSyscall, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED,
     decode::{DecodeError, header, read_record},
 };
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,7 @@ pub enum Raw {
     SessionMapFull(ForkEvent),
     Open(Box<OpenEvent>),
     Connect(ConnectEvent),
+    NetDecision(NetDecisionEvent),
 }
 
 impl Raw {
@@ -32,6 +34,7 @@ impl Raw {
             Raw::Fork(e) | Raw::SessionMapFull(e) => &e.header,
             Raw::Open(e) => &e.header,
             Raw::Connect(e) => &e.header,
+            Raw::NetDecision(e) => &e.header,
         }
     }
 }
@@ -54,6 +57,9 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
         }
         EventKind::Open => Raw::Open(Box::new(read_record(bytes, OpenEvent::FIXED_LEN)?)),
         EventKind::Connect => Raw::Connect(read_record(bytes, size_of::<ConnectEvent>())?),
+        EventKind::NetDecision => {
+            Raw::NetDecision(read_record(bytes, size_of::<NetDecisionEvent>())?)
+        }
     })
 }
 
@@ -261,6 +267,34 @@ pub struct ForkInfo {
     pub child_tgid: u32,
 }
 
+/// A policy decision and how it was carried out.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DecisionInfo {
+    /// `allow` or `deny` (what the profile says).
+    pub decision: String,
+    /// `allowed`, `blocked` or `alerted` (what happened: monitor mode and
+    /// `on_violation: alert` let a denied operation through and record it).
+    pub action: String,
+    /// The rule that matched: `file:line (field)`, or `<category>.default`.
+    pub rule: String,
+    /// `cgroup`, `lsm`, `landlock`, `signal` or `none`.
+    pub enforced_by: String,
+}
+
+/// A network operation judged by the cgroup layer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetInfo {
+    /// `connect` or `sendmsg`.
+    pub op: String,
+    /// `tcp`, `udp` or the protocol number.
+    pub protocol: String,
+    /// `inet` or `inet6`, as the process used it.
+    pub family: String,
+    /// IPv4-mapped IPv6 addresses are shown (and judged) as IPv4.
+    pub address: String,
+    pub port: u16,
+}
+
 /// Counters reported when the kernel or the daemon lost something.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LossInfo {
@@ -294,6 +328,10 @@ pub struct Event {
     pub exit: Option<ExitInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<LossInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<DecisionInfo>,
 }
 
 impl Event {
@@ -311,11 +349,19 @@ impl Event {
             fork: None,
             exit: None,
             loss: None,
+            net: None,
+            decision: None,
         }
     }
 
     /// The event's body for a kernel record (header fields go to `process`).
-    pub fn from_raw(raw: &Raw, clock: &Clock, session: SessionRef) -> Self {
+    /// `rule` names the rule behind a kernel decision (`rule_id`, category).
+    pub fn from_raw(
+        raw: &Raw,
+        clock: &Clock,
+        session: SessionRef,
+        rule: &dyn Fn(u32, &str) -> String,
+    ) -> Self {
         let h = raw.header();
         let kind = match raw {
             Raw::Exec(_) => "exec",
@@ -324,6 +370,7 @@ impl Event {
             Raw::SessionMapFull(_) => "session_map_full",
             Raw::Open(_) => "open",
             Raw::Connect(_) => "connect",
+            Raw::NetDecision(_) => "net_decision",
         };
         let mut ev = Event::new(kind, clock.wall(h.ktime_ns), session);
         ev.process = Some(ProcessInfo {
@@ -373,6 +420,43 @@ impl Event {
                 });
             }
             Raw::Connect(e) => ev.connect = Some(connect_info(e)),
+            Raw::NetDecision(e) => {
+                let ip = Ipv6Addr::from(e.addr);
+                ev.net = Some(NetInfo {
+                    op: if e.op == NET_OP_SENDMSG {
+                        "sendmsg"
+                    } else {
+                        "connect"
+                    }
+                    .to_owned(),
+                    protocol: match e.protocol {
+                        6 => "tcp".to_owned(),
+                        17 => "udp".to_owned(),
+                        n => n.to_string(),
+                    },
+                    family: if e.family == 10 { "inet6" } else { "inet" }.to_owned(),
+                    address: ip
+                        .to_ipv4_mapped()
+                        .map_or(ip.to_string(), |v4| v4.to_string()),
+                    port: e.port,
+                });
+                ev.decision = Some(DecisionInfo {
+                    decision: if e.denied != 0 { "deny" } else { "allow" }.to_owned(),
+                    action: match e.action {
+                        NET_ACTION_BLOCKED => "blocked",
+                        NET_ACTION_ALERTED => "alerted",
+                        _ => "allowed",
+                    }
+                    .to_owned(),
+                    rule: rule(e.rule_id, "network"),
+                    enforced_by: if e.enforced_by == ENFORCED_CGROUP {
+                        "cgroup"
+                    } else {
+                        "none"
+                    }
+                    .to_owned(),
+                });
+            }
         }
         ev
     }
@@ -467,6 +551,7 @@ mod tests {
             &Raw::Open(got),
             &Clock { offset_ns: 0 },
             SessionRef::default(),
+            &|_, _| String::new(),
         );
         let open = e.open.expect("open body");
         assert_eq!(open.path, "/etc/hostname");

@@ -8,7 +8,7 @@ use agent_common::config::KernelOffsets;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, Lsm, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, TracePoint},
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,8 @@ pub enum Hook {
     Tracepoint(&'static str, &'static str),
     /// BPF-LSM hook.
     Lsm(&'static str),
+    /// cgroup sock_addr program, attached to the cgroup v2 root.
+    CgroupSockAddr,
 }
 
 /// A kernel feature a program needs beyond what every supported kernel has.
@@ -33,12 +35,20 @@ pub enum Hook {
 pub enum Feature {
     /// The `bpf` LSM is active (`lsm=...,bpf` on the kernel command line).
     BpfLsm,
+    /// A cgroup v2 hierarchy is mounted (and sock_addr programs load).
+    CgroupSockAddr,
 }
 
 impl Feature {
     fn available(self, host: &HostProbe) -> Result<(), String> {
         match self {
             Feature::BpfLsm if host.bpf_lsm_active => Ok(()),
+            Feature::CgroupSockAddr if host.cgroup2_mount.is_some() && host.cgroup_sock_addr => {
+                Ok(())
+            }
+            Feature::CgroupSockAddr => {
+                Err("needs cgroup v2 (mounted) and cgroup sock_addr programs".to_owned())
+            }
             Feature::BpfLsm => Err(format!(
                 "needs BPF-LSM: `bpf` is not in the active LSM list ({}); boot with lsm=...,bpf",
                 if host.active_lsms.is_empty() {
@@ -80,6 +90,16 @@ const fn tp(name: &'static str, required: bool) -> ProgramSpec {
     }
 }
 
+const fn cgroup(name: &'static str) -> ProgramSpec {
+    ProgramSpec {
+        name,
+        hook: Hook::CgroupSockAddr,
+        needs: Some(Feature::CgroupSockAddr),
+        required: false,
+        fallback: "profiles that block network destinations are refused at enrolment",
+    }
+}
+
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: "sched_process_fork",
@@ -112,6 +132,10 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     tp("sys_exit_creat", false),
     tp("sys_enter_connect", true),
     tp("sys_exit_connect", true),
+    cgroup("connect4"),
+    cgroup("connect6"),
+    cgroup("sendmsg4"),
+    cgroup("sendmsg6"),
     // Fallback where BPF-LSM is missing: exec denial is refused at enrolment (no layer
     // can block it yet; the signal layer comes with profile enforcement).
     ProgramSpec {
@@ -191,10 +215,16 @@ pub fn load(
             Hook::BtfTracepoint(f) => ("tp_btf", f.to_owned()),
             Hook::Tracepoint(c, n) => ("tracepoint", format!("{c}/{n}")),
             Hook::Lsm(h) => ("lsm", h.to_owned()),
+            Hook::CgroupSockAddr => (
+                "cgroup_sock_addr",
+                host.cgroup2_mount
+                    .as_ref()
+                    .map_or("cgroup v2 root".to_owned(), |m| m.display().to_string()),
+            ),
         };
         let outcome = match spec.needs.map(|f| f.available(host)) {
             Some(Err(why)) => Err(anyhow!(why)),
-            _ => attach(&mut ebpf, spec, &btf),
+            _ => attach(&mut ebpf, spec, &btf, host),
         };
         let (state, reason) = match outcome {
             Ok(()) => ("attached", None),
@@ -215,7 +245,7 @@ pub fn load(
     Ok(Loaded { ebpf, programs })
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
+fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf, host: &HostProbe) -> Result<()> {
     let prog = ebpf
         .program_mut(spec.name)
         .ok_or_else(|| anyhow!("program {} missing from the object", spec.name))?;
@@ -229,6 +259,20 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
             let p: &mut TracePoint = prog.try_into()?;
             p.load().context("load")?;
             p.attach(cat, name).context("attach")?;
+        }
+        Hook::CgroupSockAddr => {
+            let root = host
+                .cgroup2_mount
+                .as_ref()
+                .ok_or_else(|| anyhow!("no cgroup v2"))?;
+            let cgroup = std::fs::File::open(root)
+                .with_context(|| format!("opening cgroup root {}", root.display()))?;
+            let p: &mut CgroupSockAddr = prog.try_into()?;
+            p.load().context("load")?;
+            // A bpf_link (what aya creates here) coexists with other links on the same
+            // cgroup, so several daemons (tests, upgrades) can attach side by side.
+            p.attach(cgroup, CgroupAttachMode::Single)
+                .context("attach")?;
         }
         Hook::Lsm(hook) => {
             let p: &mut Lsm = prog.try_into()?;

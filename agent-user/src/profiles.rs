@@ -51,6 +51,32 @@ pub fn session_flags(profile: &Profile) -> (u32, Option<&'static str>) {
     }
 }
 
+/// Programs that must be attached for the profile's `block` decisions to be carried out
+/// on this host (principle: never downgrade silently). Errors for what no layer does yet.
+pub fn required_programs(p: &Profile) -> anyhow::Result<Vec<&'static str>> {
+    let mut out = Vec::new();
+    if let (_, Some(program)) = session_flags(p) {
+        out.push(program);
+    }
+    let f = &p.file;
+    let net = &f.network;
+    if f.mode == policy::Mode::Enforce {
+        if net.on_violation == policy::OnViolation::Kill {
+            anyhow::bail!(
+                "profile `{}`: network `on_violation: kill` is not implemented yet \
+                 (the cgroup layer blocks; use `block`)",
+                f.name
+            );
+        }
+        if net.on_violation == policy::OnViolation::Block
+            && (net.default == policy::Default::Deny || !p.net_deny.is_empty())
+        {
+            out.extend(["connect4", "connect6", "sendmsg4", "sendmsg6"]);
+        }
+    }
+    Ok(out)
+}
+
 /// Profiles by name.
 #[derive(Clone, Debug, Default)]
 pub struct ProfileSet {

@@ -12,6 +12,8 @@ pub enum EventKind {
     Connect = 5,
     /// A child of a session process could not be tracked because `SESSIONS` is full.
     SessionMapFull = 6,
+    /// A network decision of the cgroup layer.
+    NetDecision = 7,
 }
 
 impl EventKind {
@@ -23,6 +25,7 @@ impl EventKind {
             4 => Self::Open,
             5 => Self::Connect,
             6 => Self::SessionMapFull,
+            7 => Self::NetDecision,
             _ => return None,
         })
     }

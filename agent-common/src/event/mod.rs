@@ -9,6 +9,7 @@ mod exec;
 mod exit;
 mod fork;
 mod header;
+mod net_decision;
 mod open;
 mod path;
 
@@ -17,6 +18,7 @@ pub use exec::{ARGV_MAX, ARGV_TRUNCATED, ExecEvent};
 pub use exit::ExitEvent;
 pub use fork::ForkEvent;
 pub use header::{COMM_LEN, EventHeader, EventKind};
+pub use net_decision::*;
 pub use open::{OpenEvent, OpenSyscall};
 pub use path::{
     KPath, NAME_READ_MAX, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX, PATH_WALK_DEPTH,

@@ -2,6 +2,7 @@
 //! compiled form the daemon uses. Pattern and destination semantics are in
 //! [`pattern`] and [`net`]; the format is documented in `rules/README.md`.
 
+pub mod compile;
 pub mod net;
 pub mod pattern;
 pub mod show;

@@ -1,0 +1,94 @@
+//! Compiled profiles as the kernel sees them: per-profile settings and network rules.
+//! The daemon compiles `rules/*.yaml` into these maps; the programs decide from them.
+
+/// Profiles the kernel can hold (ids are indices into `PROFILES`).
+pub const MAX_PROFILES: u32 = 256;
+/// Network rule entries across all profiles, per trie.
+pub const NET_RULES_MAX: u32 = 16_384;
+/// Port ranges one network rule can carry (its own plus those of enclosing rules).
+pub const MAX_PORT_RANGES: usize = 8;
+/// `rule_id` of a decision taken by the category's default, not a listed rule.
+pub const RULE_DEFAULT: u32 = u32::MAX;
+
+pub const MODE_MONITOR: u8 = 0;
+pub const MODE_ENFORCE: u8 = 1;
+
+pub const ACTION_BLOCK: u8 = 0;
+pub const ACTION_KILL: u8 = 1;
+pub const ACTION_ALERT: u8 = 2;
+
+/// Value of `PROFILES`, indexed by profile id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfileConfig {
+    /// [`MODE_MONITOR`] or [`MODE_ENFORCE`].
+    pub mode: u8,
+    /// 1 when the network default is deny.
+    pub net_default_deny: u8,
+    /// [`ACTION_BLOCK`], [`ACTION_KILL`] or [`ACTION_ALERT`].
+    pub net_action: u8,
+    /// 1 once the daemon filled the slot.
+    pub loaded: u8,
+    pub _pad: [u8; 4],
+}
+crate::assert_size!(ProfileConfig, 8);
+
+/// LPM-trie key data of `NET_ALLOW`/`NET_DENY`: the profile id (big-endian, matched in
+/// full) then the address as IPv6, IPv4 as `::ffff:a.b.c.d` — so IPv4-mapped IPv6
+/// destinations are judged as IPv4 by construction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetKey {
+    pub profile_id: [u8; 4],
+    pub addr: [u8; 16],
+}
+crate::assert_size!(NetKey, 20);
+
+impl NetKey {
+    /// Prefix length, in bits, of a key for `addr_prefix` bits of the IPv6 form.
+    pub const fn prefix_len(addr_prefix: u32) -> u32 {
+        32 + addr_prefix
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// Value of the network tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRule {
+    /// Index into the daemon's rule table (file and line), or [`RULE_DEFAULT`].
+    pub rule_id: u32,
+    pub nranges: u32,
+    pub ranges: [PortRange; MAX_PORT_RANGES],
+}
+crate::assert_size!(NetRule, 8 + 4 * MAX_PORT_RANGES);
+
+impl NetRule {
+    #[inline(always)]
+    pub fn has_port(&self, port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_PORT_RANGES {
+            if (i as u32) < self.nranges && self.ranges[i].lo <= port && port <= self.ranges[i].hi {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C) integers and byte arrays, no padding.
+    unsafe impl aya::Pod for super::ProfileConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetRule {}
+}

@@ -1,0 +1,149 @@
+//! Network enforcement: cgroup sock_addr programs on the cgroup v2 root decide on the
+//! kernel's own copy of the destination (not the process's buffer, which could change
+//! after a tracepoint read it), before the connect or send happens.
+
+use agent_common::{
+    event::{
+        ENFORCED_CGROUP, ENFORCED_NONE, EventKind, NET_ACTION_ALERTED, NET_ACTION_ALLOWED,
+        NET_ACTION_BLOCKED, NET_OP_CONNECT, NET_OP_SENDMSG, NetDecisionEvent,
+    },
+    policy::{
+        ACTION_ALERT, MAX_PROFILES, MODE_ENFORCE, NET_RULES_MAX, NetKey, NetRule, ProfileConfig,
+        RULE_DEFAULT,
+    },
+};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{cgroup_sock_addr, map},
+    maps::{Array, LpmTrie, lpm_trie::Key},
+    programs::SockAddrContext,
+};
+
+use crate::{
+    emit::{header, send},
+    maps::current_session,
+};
+
+/// Per-profile settings, indexed by profile id.
+#[map]
+pub static PROFILES: Array<ProfileConfig> = Array::with_max_entries(MAX_PROFILES, 0);
+/// Denied destinations (checked first: deny wins over allow).
+#[map]
+pub static NET_DENY: LpmTrie<NetKey, NetRule> =
+    LpmTrie::with_max_entries(NET_RULES_MAX, BPF_F_NO_PREALLOC);
+/// Allowed destinations.
+#[map]
+pub static NET_ALLOW: LpmTrie<NetKey, NetRule> =
+    LpmTrie::with_max_entries(NET_RULES_MAX, BPF_F_NO_PREALLOC);
+
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, false, NET_OP_CONNECT)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, true, NET_OP_CONNECT)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, false, NET_OP_SENDMSG)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, true, NET_OP_SENDMSG)
+}
+
+#[inline(always)]
+fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(entry) = current_session(tgid) else {
+        return ALLOW;
+    };
+    let Some(cfg) = PROFILES.get(entry.profile_id) else {
+        return ALLOW;
+    };
+    if cfg.loaded == 0 {
+        return ALLOW;
+    }
+    // SAFETY: the context of a sock_addr program.
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut addr = [0u8; 16];
+    if v6 {
+        let words = [
+            sa.user_ip6[0],
+            sa.user_ip6[1],
+            sa.user_ip6[2],
+            sa.user_ip6[3],
+        ];
+        let mut i = 0;
+        while i < 4 {
+            let b = words[i].to_ne_bytes();
+            addr[i * 4] = b[0];
+            addr[i * 4 + 1] = b[1];
+            addr[i * 4 + 2] = b[2];
+            addr[i * 4 + 3] = b[3];
+            i += 1;
+        }
+    } else {
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        let b = sa.user_ip4.to_ne_bytes();
+        addr[12] = b[0];
+        addr[13] = b[1];
+        addr[14] = b[2];
+        addr[15] = b[3];
+    }
+    let port = u16::from_be(sa.user_port as u16);
+    let protocol = sa.protocol as u16;
+    let key = Key::new(
+        NetKey::prefix_len(128),
+        NetKey {
+            profile_id: entry.profile_id.to_be_bytes(),
+            addr,
+        },
+    );
+    let (denied, rule_id) = match NET_DENY.get(&key) {
+        Some(r) if r.has_port(port) => (true, r.rule_id),
+        _ => match NET_ALLOW.get(&key) {
+            Some(r) if r.has_port(port) => (false, r.rule_id),
+            _ => (cfg.net_default_deny != 0, RULE_DEFAULT),
+        },
+    };
+    let enforce = denied && cfg.mode == MODE_ENFORCE && cfg.net_action != ACTION_ALERT;
+    let action = match (denied, enforce) {
+        (false, _) => NET_ACTION_ALLOWED,
+        (true, true) => NET_ACTION_BLOCKED,
+        (true, false) => NET_ACTION_ALERTED,
+    };
+    // Allowed datagrams are not reported one by one; every connect and every
+    // out-of-profile operation is.
+    if denied || op == NET_OP_CONNECT {
+        send(&NetDecisionEvent {
+            header: header(EventKind::NetDecision, entry.session_id),
+            family: if v6 { AF_INET6 } else { AF_INET },
+            port,
+            protocol,
+            op,
+            denied: denied as u8,
+            action,
+            enforced_by: if enforce {
+                ENFORCED_CGROUP
+            } else {
+                ENFORCED_NONE
+            },
+            _pad: 0,
+            rule_id,
+            addr,
+        });
+    }
+    if enforce { REJECT } else { ALLOW }
+}

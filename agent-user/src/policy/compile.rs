@@ -1,0 +1,251 @@
+//! Profiles → kernel map entries. Deny wins over allow because the kernel checks the deny
+//! trie first; within a trie the longest prefix wins, so each entry also carries the port
+//! ranges of the entries that enclose it (a /16 inside a /8 keeps the /8's ports).
+
+use std::net::{IpAddr, ToSocketAddrs};
+
+use agent_common::policy::{
+    ACTION_ALERT, ACTION_BLOCK, ACTION_KILL, MAX_PORT_RANGES, MODE_ENFORCE, MODE_MONITOR, NetKey,
+    NetRule, PortRange as KPortRange, ProfileConfig, RULE_DEFAULT,
+};
+use anyhow::{Result, bail};
+
+use super::{CompiledDestination, Located, Mode, OnViolation, Profile, Target, net::Cidr};
+
+/// `file:line` of each rule, indexed by the `rule_id` the kernel reports.
+#[derive(Clone, Debug, Default)]
+pub struct RuleTable {
+    rules: Vec<String>,
+}
+
+impl RuleTable {
+    fn add(&mut self, profile: &Profile, field: &str, line: u64) -> u32 {
+        self.rules
+            .push(format!("{}:{line} ({field})", profile.source));
+        (self.rules.len() - 1) as u32
+    }
+
+    /// The rule behind a kernel decision.
+    pub fn describe(&self, rule_id: u32, category: &str) -> String {
+        if rule_id == RULE_DEFAULT {
+            return format!("{category}.default");
+        }
+        self.rules
+            .get(rule_id as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("rule #{rule_id}"))
+    }
+}
+
+/// One trie entry: prefix length in bits, key, value.
+pub type NetEntry = (u32, NetKey, NetRule);
+
+/// A profile's kernel form.
+#[derive(Clone, Debug)]
+pub struct CompiledProfile {
+    pub config: ProfileConfig,
+    pub net_deny: Vec<NetEntry>,
+    pub net_allow: Vec<NetEntry>,
+    /// Host names that resolved to nothing (reported, the rule is inactive until they do).
+    pub unresolved: Vec<String>,
+}
+
+fn action(v: OnViolation) -> u8 {
+    match v {
+        OnViolation::Block => ACTION_BLOCK,
+        OnViolation::Kill => ACTION_KILL,
+        OnViolation::Alert => ACTION_ALERT,
+    }
+}
+
+/// `resolve` maps a host name to its addresses (the daemon passes its DNS cache).
+pub fn compile(
+    p: &Profile,
+    id: u32,
+    rules: &mut RuleTable,
+    resolve: &dyn Fn(&str) -> Vec<IpAddr>,
+) -> Result<CompiledProfile> {
+    let net = &p.file.network;
+    let config = ProfileConfig {
+        mode: if p.file.mode == Mode::Enforce {
+            MODE_ENFORCE
+        } else {
+            MODE_MONITOR
+        },
+        net_default_deny: u8::from(net.default == super::Default::Deny),
+        net_action: action(net.on_violation),
+        loaded: 1,
+        _pad: [0; 4],
+    };
+    let mut unresolved = Vec::new();
+    let mut ctx = Ctx {
+        rules,
+        unresolved: &mut unresolved,
+        resolve,
+    };
+    let net_deny = entries(p, id, "network.deny", &p.net_deny, &mut ctx)?;
+    let net_allow = entries(p, id, "network.allow", &p.net_allow, &mut ctx)?;
+    Ok(CompiledProfile {
+        config,
+        net_deny,
+        net_allow,
+        unresolved,
+    })
+}
+
+/// The address as 16 bytes (IPv4 mapped) and the prefix length in that form.
+fn v6_form(c: &Cidr) -> ([u8; 16], u32) {
+    match c.addr {
+        IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96 + u32::from(c.prefix)),
+        IpAddr::V6(v6) => (v6.octets(), u32::from(c.prefix)),
+    }
+}
+
+struct Ctx<'a> {
+    rules: &'a mut RuleTable,
+    unresolved: &'a mut Vec<String>,
+    resolve: &'a dyn Fn(&str) -> Vec<IpAddr>,
+}
+
+fn entries(
+    p: &Profile,
+    id: u32,
+    field: &str,
+    list: &[Located<CompiledDestination>],
+    ctx: &mut Ctx<'_>,
+) -> Result<Vec<NetEntry>> {
+    // (addr, prefix bits, ports, rule id)
+    let mut raw: Vec<([u8; 16], u32, Vec<KPortRange>, u32)> = Vec::new();
+    for (i, d) in list.iter().enumerate() {
+        let rule_id = ctx.rules.add(p, &format!("{field}[{i}]"), d.line);
+        let ports: Vec<KPortRange> = d
+            .value
+            .ports
+            .iter()
+            .map(|r| KPortRange { lo: r.lo, hi: r.hi })
+            .collect();
+        let cidrs: Vec<Cidr> = match &d.value.target {
+            Target::Cidr(c) => vec![*c],
+            Target::Host(h) => {
+                let ips = (ctx.resolve)(h);
+                if ips.is_empty() {
+                    ctx.unresolved.push(h.clone());
+                }
+                ips.into_iter()
+                    .map(|addr| Cidr {
+                        addr,
+                        prefix: if addr.is_ipv4() { 32 } else { 128 },
+                    })
+                    .collect()
+            }
+        };
+        for c in cidrs {
+            let (addr, bits) = v6_form(&c);
+            match raw.iter_mut().find(|e| e.0 == addr && e.1 == bits) {
+                Some(e) => e.2.extend(&ports),
+                None => raw.push((addr, bits, ports.clone(), rule_id)),
+            }
+        }
+    }
+    let snapshot = raw.clone();
+    let mut out = Vec::new();
+    for (addr, bits, mut ports, rule_id) in raw {
+        for (a2, b2, p2, _) in &snapshot {
+            if *b2 < bits && prefix_eq(a2, &addr, *b2) {
+                ports.extend(p2);
+            }
+        }
+        ports.sort_by_key(|r| (r.lo, r.hi));
+        ports.dedup();
+        if ports.len() > MAX_PORT_RANGES {
+            bail!(
+                "{}: a {field} entry combines {} port ranges; the kernel holds {MAX_PORT_RANGES}",
+                p.source,
+                ports.len()
+            );
+        }
+        let mut rule = NetRule {
+            rule_id,
+            nranges: ports.len() as u32,
+            ..NetRule::default()
+        };
+        rule.ranges[..ports.len()].copy_from_slice(&ports);
+        let key = NetKey {
+            profile_id: id.to_be_bytes(),
+            addr,
+        };
+        out.push((NetKey::prefix_len(bits), key, rule));
+    }
+    Ok(out)
+}
+
+fn prefix_eq(a: &[u8; 16], b: &[u8; 16], bits: u32) -> bool {
+    let (a, b) = (u128::from_be_bytes(*a), u128::from_be_bytes(*b));
+    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+    a & mask == b & mask
+}
+
+/// Host names used by a profile's network rules.
+pub fn host_names(p: &Profile) -> Vec<String> {
+    p.net_allow
+        .iter()
+        .chain(&p.net_deny)
+        .filter_map(|d| match &d.value.target {
+            Target::Host(h) => Some(h.clone()),
+            Target::Cidr(_) => None,
+        })
+        .collect()
+}
+
+/// Resolves a host name with the system resolver (blocking).
+pub fn resolve(host: &str) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = (host, 0u16)
+        .to_socket_addrs()
+        .map(|it| it.map(|sa| sa.ip()).collect())
+        .unwrap_or_default();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse;
+
+    const P: &str = "name: t\ndescription: d\nowners: { business: b, technical: t }\nmode: enforce\n\
+network:\n  default: deny\n  allow:\n    - { cidr: 10.0.0.0/8, ports: \"443\" }\n    - { cidr: 10.1.0.0/16, ports: \"80\" }\n    - { cidr: \"::1\" }\n  deny:\n    - { cidr: 10.1.2.3 }\n";
+
+    #[test]
+    fn tries_hold_inherited_ports_and_mapped_ipv4() {
+        let p = parse("t.yaml", P).unwrap();
+        let mut rules = RuleTable::default();
+        let c = compile(&p, 7, &mut rules, &|_| Vec::new()).unwrap();
+        assert_eq!(
+            (
+                c.config.mode,
+                c.config.net_default_deny,
+                c.config.net_action
+            ),
+            (MODE_ENFORCE, 1, ACTION_BLOCK)
+        );
+        assert_eq!(c.net_deny.len(), 1);
+        let (bits, key, _) = c.net_deny[0];
+        assert_eq!(bits, 32 + 128);
+        assert_eq!(key.profile_id, 7u32.to_be_bytes());
+        assert_eq!(&key.addr[10..], &[0xff, 0xff, 10, 1, 2, 3]);
+        let inner = c.net_allow.iter().find(|e| e.0 == 32 + 96 + 16).unwrap().2;
+        assert!(
+            inner.has_port(80) && inner.has_port(443),
+            "inherits the /8's ports"
+        );
+        assert!(!inner.has_port(22));
+        let v6 = c.net_allow.iter().find(|e| e.0 == 32 + 128).unwrap().2;
+        assert!(v6.has_port(1) && v6.has_port(65535));
+        assert_eq!(
+            rules.describe(inner.rule_id, "network"),
+            "t.yaml:9 (network.allow[1])"
+        );
+        assert_eq!(rules.describe(RULE_DEFAULT, "network"), "network.default");
+    }
+}
