@@ -920,6 +920,23 @@ fn network_rules_block_in_the_kernel_and_monitor_only_records() {
         return;
     };
     let cwd = std::env::temp_dir();
+    let st: StatusReport = d.json(&["status", "--json"]);
+    let cg = st
+        .programs
+        .iter()
+        .find(|p| p.name == "connect4")
+        .expect("connect4 row");
+    if cg.state != "attached" {
+        // No cgroup layer here: a blocking profile is refused, never silently downgraded.
+        let out = d.run_profile("nettest", "net-refused", &cwd, &["true"]);
+        assert_eq!(out.status.code(), Some(125));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("needs the connect4 program"));
+        println!(
+            "cgroup layer absent ({:?}): blocking profile refused",
+            cg.reason
+        );
+        return;
+    }
     let (a, b) = (p_ok.to_string(), p_denied.to_string());
     let probe = |profile: &str, name: &str| {
         let out = d.run_profile(
