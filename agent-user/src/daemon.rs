@@ -445,7 +445,8 @@ impl Core {
     /// Puts `root` and all its descendants into a new session. Children forked by an
     /// enrolled process are inherited in the kernel; the rescans catch those forked by
     /// a process before it was enrolled.
-    fn enroll(&mut self, new: NewSession, root: u32, flags: u32) -> Result<(u64, Vec<u32>)> {
+    fn enroll(&mut self, new: NewSession, flags: u32) -> Result<(u64, Vec<u32>)> {
+        let root = new.root_pid;
         let id = new_session_id()?;
         let profile_id = *self
             .profile_ids
@@ -684,34 +685,21 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
             profile,
             session_name,
         } => {
-            check_profile(shared, &profile)?;
-            check_name(&core, session_name.as_deref())?;
-            let owner_user = core.users.name(uid);
             let new = NewSession {
                 name: session_name,
                 profile,
                 owner_uid: uid,
-                owner_user,
+                owner_user: None,
                 enrolment: Enrolment::Run,
                 root_pid: peer_pid,
             };
-            let flags = enforceable_flags(shared, &new.profile)?;
-            let (id, processes) = core.enroll(new, peer_pid, flags)?;
-            let session = core
-                .registry
-                .get(id)
-                .map(|s| s.view())
-                .ok_or_else(|| anyhow!("lost"))?;
-            info!(session = %session.id, name = %session.name, pid = peer_pid, "enrolled (run)");
-            Ok(Response::Enrolled { session, processes })
+            enrol(shared, &mut core, new)
         }
         Request::Attach {
             pid,
             profile,
             session_name,
         } => {
-            check_profile(shared, &profile)?;
-            check_name(&core, session_name.as_deref())?;
             if pid <= 1 || pid == std::process::id() {
                 bail!("refusing to attach pid {pid}");
             }
@@ -720,25 +708,15 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
             if let Some(sid) = core.in_session(pid) {
                 bail!("pid {pid} is already in session {}", format_id(sid));
             }
-            let owner_uid = target.status().map(|s| s.ruid).unwrap_or(uid);
-            let owner_user = core.users.name(owner_uid);
             let new = NewSession {
                 name: session_name,
                 profile,
-                owner_uid,
-                owner_user,
+                owner_uid: target.status().map(|s| s.ruid).unwrap_or(uid),
+                owner_user: None,
                 enrolment: Enrolment::Attach,
                 root_pid: pid,
             };
-            let flags = enforceable_flags(shared, &new.profile)?;
-            let (id, processes) = core.enroll(new, pid, flags)?;
-            let session = core
-                .registry
-                .get(id)
-                .map(|s| s.view())
-                .ok_or_else(|| anyhow!("lost"))?;
-            info!(session = %session.id, pid, processes = processes.len(), "enrolled (attach)");
-            Ok(Response::Enrolled { session, processes })
+            enrol(shared, &mut core, new)
         }
         Request::Sessions => {
             core.reconcile();
@@ -769,6 +747,23 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
         }
         Request::Events { .. } => unreachable!("streamed by handle_client"),
     }
+}
+
+/// Creates a session for `new.root_pid` (and, for attach, its descendants).
+fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Result<Response> {
+    check_profile(shared, &new.profile)?;
+    check_name(core, new.name.as_deref())?;
+    let flags = enforceable_flags(shared, &new.profile)?;
+    new.owner_user = core.users.name(new.owner_uid);
+    let (root, how) = (new.root_pid, new.enrolment);
+    let (id, processes) = core.enroll(new, flags)?;
+    let session = core
+        .registry
+        .get(id)
+        .map(|s| s.view())
+        .ok_or_else(|| anyhow!("session {} vanished", format_id(id)))?;
+    info!(session = %session.id, name = %session.name, pid = root, processes = processes.len(), via = ?how, "enrolled");
+    Ok(Response::Enrolled { session, processes })
 }
 
 fn check_profile(shared: &Shared, profile: &str) -> Result<()> {
