@@ -1034,3 +1034,76 @@ fn network_rules_block_in_the_kernel_and_monitor_only_records() {
         ("deny", "none")
     );
 }
+
+/// Exec and file rules are judged against the session's profile on the kernel-resolved
+/// paths; until the kernel enforces them they are recorded as alerts, and `run` says so.
+#[test]
+fn exec_and_file_rules_are_judged_and_recorded_as_alerts() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = fs::canonicalize(work.path()).unwrap();
+    fs::create_dir_all(dir.join("secret")).unwrap();
+    fs::write(dir.join("secret/key"), "k").unwrap();
+    fs::write(dir.join("canary"), "c").unwrap();
+    symlink("canary", dir.join("alias")).unwrap();
+    let od = fs::canonicalize("/usr/bin/od").unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    let profile = format!(
+        "name: watch\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: enforce\n\
+         exec:\n  deny: [{od}]\nfiles:\n  deny:\n    - {d}/secret/**\n    - {d}/canary\n",
+        od = od.display(),
+        d = dir.display()
+    );
+    fs::write(rules.path().join("watch.yaml"), profile).unwrap();
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
+        return;
+    };
+    let script = "cat alias secret/../secret/key >/dev/null; od -c /dev/null >/dev/null";
+    let out = d.run_profile("watch", "watch", &dir, &["bash", "-c", script]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: profile `watch`: file rules ask for Block"),
+        "{err}"
+    );
+    let sid = d.session("watch").id;
+    let evs = d.wait_for(&sid, "judged events", |evs| {
+        evs.iter().any(|e| e.kind == "session_end")
+    });
+    let decision_of = |path: &Path, kind: &str| {
+        let p = path.to_string_lossy().into_owned();
+        evs.iter()
+            .find(|e| {
+                e.kind == kind
+                    && (e.open.as_ref().is_some_and(|o| o.path == p)
+                        || e.exec.as_ref().is_some_and(|x| x.path == p))
+            })
+            .and_then(|e| e.decision.clone())
+            .unwrap_or_else(|| panic!("no {kind} of {}:\n{}", path.display(), dump(&evs)))
+    };
+    let canary = decision_of(&dir.join("canary"), "open");
+    assert_eq!(
+        (canary.decision.as_str(), canary.action.as_str()),
+        ("deny", "alerted")
+    );
+    assert_eq!(canary.enforced_by, "none");
+    assert!(
+        canary.rule.ends_with("watch.yaml:10 (files.deny[1])"),
+        "{canary:?}"
+    );
+    let key = decision_of(&dir.join("secret/key"), "open");
+    assert!(
+        key.rule.ends_with("(files.deny[0])") && key.decision == "deny",
+        "{key:?}"
+    );
+    let odx = decision_of(&od, "exec");
+    assert!(
+        odx.rule.ends_with("watch.yaml:6 (exec.deny[0])") && odx.decision == "deny",
+        "{odx:?}"
+    );
+    let cat = decision_of(&fs::canonicalize("/bin/cat").unwrap(), "exec");
+    assert_eq!(
+        (cat.decision.as_str(), cat.rule.as_str()),
+        ("allow", "exec.default")
+    );
+}

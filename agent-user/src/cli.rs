@@ -159,7 +159,12 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                     session_name,
                 },
             )?;
-            let Response::Enrolled { session, processes } = resp else {
+            let Response::Enrolled {
+                session,
+                processes,
+                warnings,
+            } = resp
+            else {
                 bail!("unexpected response {resp:?}")
             };
             println!(
@@ -168,6 +173,9 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 session.id,
                 session.name
             );
+            for w in warnings {
+                eprintln!("agentwarden: warning: profile `{}`: {w}", session.profile);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sessions { json } => {
@@ -201,7 +209,14 @@ fn run(socket: &Path, profile: String, session_name: Option<String>, cmd: &[OsSt
         },
     );
     let session = match enrolled {
-        Ok(Response::Enrolled { session, .. }) => session,
+        Ok(Response::Enrolled {
+            session, warnings, ..
+        }) => {
+            for w in warnings {
+                eprintln!("agentwarden: warning: profile `{}`: {w}", session.profile);
+            }
+            session
+        }
         Ok(other) => {
             eprintln!("agentwarden: unexpected response {other:?}; not running the agent");
             return ExitCode::from(EXIT_LAUNCH_FAILED);

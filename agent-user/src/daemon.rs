@@ -33,7 +33,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    event::{self, Clock, Event, LossInfo, ProcessInfo, Raw, SessionRef},
+    event::{self, Clock, DecisionInfo, Event, LossInfo, ProcessInfo, Raw, SessionRef},
     loader::{self, ProgramStatus},
     offsets,
     policy::{
@@ -78,6 +78,8 @@ struct Core {
     /// Profile name → kernel id; ids are never reused while the daemon runs, so a
     /// running session keeps its profile across reloads.
     profile_ids: HashMap<String, u32>,
+    /// The profiles compiled into the kernel, for the decisions finished in userspace.
+    profiles: ProfileSet,
     /// Host name → addresses, filled by the background resolver.
     dns: HashMap<String, Vec<std::net::IpAddr>>,
     registry: Registry,
@@ -153,6 +155,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             rules: RuleTable::default(),
             profile_ids: HashMap::new(),
             dns: HashMap::new(),
+            profiles: ProfileSet::default(),
             registry: Registry::default(),
             users: Users::default(),
             log,
@@ -323,6 +326,7 @@ impl Core {
         if let Some(p) = ev.process.as_mut() {
             self.enrich(p, !matches!(raw, Raw::Exit(_)));
         }
+        self.decide_in_userspace(&mut ev, sid);
         self.registry.count_event(sid);
         self.emit(ev);
         if let Raw::Exit(_) = raw {
@@ -341,6 +345,39 @@ impl Core {
                 id: format_id(sid),
                 ..SessionRef::default()
             })
+    }
+
+    /// Exec and file decisions the kernel does not take yet: judged here against the
+    /// session's profile, so they can only be recorded (`alerted`, enforced by `none`).
+    fn decide_in_userspace(&mut self, ev: &mut Event, sid: u64) {
+        use crate::policy::decide::{Access, decide, is_write};
+        let (access, path) = match (&ev.exec, &ev.open) {
+            (Some(x), _) => (Access::Exec, x.path.clone()),
+            (None, Some(o)) if o.path_resolved => (
+                if is_write(o.flags_raw) {
+                    Access::Write
+                } else {
+                    Access::Read
+                },
+                o.path.clone(),
+            ),
+            _ => return,
+        };
+        let Some(s) = self.registry.get(sid) else {
+            return;
+        };
+        let (profile, owner) = (s.profile.clone(), s.owner_uid);
+        let home = self.users.home(owner).unwrap_or_default();
+        let Some(p) = self.profiles.get(&profile) else {
+            return;
+        };
+        let v = decide(p, access, &path, &home);
+        ev.decision = Some(DecisionInfo {
+            decision: if v.denied { "deny" } else { "allow" }.to_owned(),
+            action: if v.denied { "alerted" } else { "allowed" }.to_owned(),
+            rule: v.rule,
+            enforced_by: "none".to_owned(),
+        });
     }
 
     /// Adds what the kernel record lacks: user name and executable (procfs if unknown).
@@ -590,6 +627,7 @@ impl Core {
             m.profiles.set(id, c.config, 0)?;
         }
         self.rules = rules;
+        self.profiles = set.clone();
         Ok(())
     }
 }
@@ -763,7 +801,20 @@ fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Result<Respon
         .map(|s| s.view())
         .ok_or_else(|| anyhow!("session {} vanished", format_id(id)))?;
     info!(session = %session.id, name = %session.name, pid = root, processes = processes.len(), via = ?how, "enrolled");
-    Ok(Response::Enrolled { session, processes })
+    let warnings = {
+        let set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
+        set.get(&session.profile)
+            .map(profiles::enforcement_gaps)
+            .unwrap_or_default()
+    };
+    for w in &warnings {
+        warn!(session = %session.id, "{w}");
+    }
+    Ok(Response::Enrolled {
+        session: Box::new(session),
+        processes,
+        warnings,
+    })
 }
 
 fn check_profile(shared: &Shared, profile: &str) -> Result<()> {

@@ -77,6 +77,34 @@ pub fn required_programs(p: &Profile) -> anyhow::Result<Vec<&'static str>> {
     Ok(out)
 }
 
+/// What the profile asks for that this build decides in userspace only, so it is
+/// recorded (`alerted`) rather than enforced. Reported at enrolment, never silent.
+pub fn enforcement_gaps(p: &Profile) -> Vec<String> {
+    let f = &p.file;
+    if f.mode != policy::Mode::Enforce {
+        return Vec::new();
+    }
+    let mut gaps = Vec::new();
+    let exec_rules = !p.exec_deny.is_empty() || f.exec.default == policy::Default::Deny;
+    if exec_rules
+        && f.exec.on_violation != policy::OnViolation::Alert
+        && session_flags(p).1.is_none()
+    {
+        gaps.push(format!(
+            "exec rules ask for {:?}: decided in userspace in this build, recorded as alerts",
+            f.exec.on_violation
+        ));
+    }
+    let file_rules = !p.files_deny.is_empty() || f.files.default == policy::Default::Deny;
+    if file_rules && f.files.on_violation != policy::OnViolation::Alert {
+        gaps.push(format!(
+            "file rules ask for {:?}: decided in userspace in this build, recorded as alerts",
+            f.files.on_violation
+        ));
+    }
+    gaps
+}
+
 /// Profiles by name.
 #[derive(Clone, Debug, Default)]
 pub struct ProfileSet {

@@ -36,8 +36,11 @@ pub enum Request {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
     Enrolled {
-        session: SessionView,
+        session: Box<SessionView>,
         processes: Vec<u32>,
+        /// What the profile asks for that this host or build only records.
+        #[serde(default)]
+        warnings: Vec<String>,
     },
     Sessions {
         sessions: Vec<SessionView>,

@@ -1,28 +1,46 @@
-//! uid → user name, from `/etc/passwd` (cached; re-read on a miss).
+//! uid → user name and home directory, from `/etc/passwd` (cached; re-read on a miss).
 
 use std::{collections::HashMap, fs};
 
 #[derive(Default)]
 pub struct Users {
-    names: HashMap<u32, String>,
+    entries: HashMap<u32, Entry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    name: String,
+    home: String,
 }
 
 impl Users {
-    pub fn name(&mut self, uid: u32) -> Option<String> {
-        if !self.names.contains_key(&uid) {
-            self.names = parse_passwd(&fs::read_to_string("/etc/passwd").unwrap_or_default());
+    fn entry(&mut self, uid: u32) -> Option<&Entry> {
+        if !self.entries.contains_key(&uid) {
+            self.entries = parse_passwd(&fs::read_to_string("/etc/passwd").unwrap_or_default());
         }
-        self.names.get(&uid).cloned()
+        self.entries.get(&uid)
+    }
+
+    pub fn name(&mut self, uid: u32) -> Option<String> {
+        self.entry(uid).map(|e| e.name.clone())
+    }
+
+    /// The home directory `~` stands for in the profiles of this user's sessions.
+    pub fn home(&mut self, uid: u32) -> Option<String> {
+        self.entry(uid).map(|e| e.home.clone())
     }
 }
 
-fn parse_passwd(text: &str) -> HashMap<u32, String> {
+fn parse_passwd(text: &str) -> HashMap<u32, Entry> {
     text.lines()
         .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let uid = f.nth(1)?.parse().ok()?;
-            Some((uid, name.to_owned()))
+            let f: Vec<&str> = l.split(':').collect();
+            let uid = f.get(2)?.parse().ok()?;
+            let entry = Entry {
+                name: (*f.first()?).to_owned(),
+                home: (*f.get(5)?).to_owned(),
+            };
+            Some((uid, entry))
         })
         .collect()
 }
@@ -34,8 +52,8 @@ mod tests {
         let m = super::parse_passwd(
             "root:x:0:0:root:/root:/bin/bash\nbroken\nbob:x:1000:1000::/home/bob:/bin/sh\n",
         );
-        assert_eq!(m.get(&0).map(String::as_str), Some("root"));
-        assert_eq!(m.get(&1000).map(String::as_str), Some("bob"));
+        assert_eq!(m.get(&0).map(|e| e.name.as_str()), Some("root"));
+        assert_eq!(m.get(&1000).map(|e| e.home.as_str()), Some("/home/bob"));
         assert_eq!(m.len(), 2);
     }
 }

@@ -3,6 +3,7 @@
 //! [`pattern`] and [`net`]; the format is documented in `rules/README.md`.
 
 pub mod compile;
+pub mod decide;
 pub mod net;
 pub mod pattern;
 pub mod show;
