@@ -58,8 +58,28 @@ pub fn sessions(list: &[SessionView]) -> String {
     )
 }
 
-/// One line of detail per event kind.
+/// One line of detail per event kind, with the policy decision when there is one.
 pub fn detail(e: &Event) -> String {
+    let body = body(e);
+    match &e.decision {
+        Some(d) if d.decision == "deny" => format!(
+            "{body}  [DENY {} by {}: {}]",
+            d.action, d.enforced_by, d.rule
+        ),
+        Some(d) => format!("{body}  [allow: {}]", d.rule),
+        None => body,
+    }
+}
+
+fn body(e: &Event) -> String {
+    if let Some(n) = &e.net {
+        let addr = if n.address.contains(':') {
+            format!("[{}]:{}", n.address, n.port)
+        } else {
+            format!("{}:{}", n.address, n.port)
+        };
+        return format!("{} {} {addr}", n.protocol, n.op);
+    }
     if let Some(x) = &e.exec {
         let trunc = if x.argv_truncated { " …" } else { "" };
         return format!("{} [{}{trunc}] cwd={}", x.path, x.argv.join(" "), x.cwd);
