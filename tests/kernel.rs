@@ -1107,3 +1107,77 @@ fn exec_and_file_rules_are_judged_and_recorded_as_alerts() {
         ("allow", "exec.default")
     );
 }
+
+/// With `fallback: kill` (no layer here blocks exec or opens before they happen), a deny
+/// rule kills the process in the kernel before it returns to user mode: a reader of the
+/// canary never holds a byte, through a symlink, a relative `..` path or a file-name rule.
+#[test]
+fn denied_files_and_programs_are_killed_before_returning_to_user_mode() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = fs::canonicalize(work.path()).unwrap();
+    fs::create_dir_all(dir.join("secret")).unwrap();
+    fs::create_dir_all(dir.join("app")).unwrap();
+    fs::write(dir.join("canary"), "CANARY-BYTES\n").unwrap();
+    fs::write(dir.join("secret/key"), "KEY-BYTES\n").unwrap();
+    fs::write(dir.join("app/.env-test"), "ENV-BYTES\n").unwrap();
+    fs::write(dir.join("ok.txt"), "fine\n").unwrap();
+    symlink("canary", dir.join("alias")).unwrap();
+    let od = fs::canonicalize("/usr/bin/od").unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    let profile = format!(
+        "name: killer\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: enforce\n\
+         exec:\n  deny: [{od}]\n  fallback: kill\n\
+         files:\n  deny:\n    - {d}/canary\n    - {d}/secret/**\n    - \"**/.env-test\"\n  fallback: kill\n",
+        od = od.display(),
+        d = dir.display()
+    );
+    fs::write(rules.path().join("killer.yaml"), profile).unwrap();
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
+        return;
+    };
+    let run = |name: &str, cwd: &Path, args: &[&str]| d.run_profile("killer", name, cwd, args);
+    for (name, cwd, args) in [
+        ("k-symlink", dir.clone(), vec!["cat", "alias"]),
+        ("k-dotdot", dir.join("secret"), vec!["cat", "../secret/key"]),
+        ("k-name", dir.join("app"), vec!["cat", ".env-test"]),
+        ("k-exec", dir.clone(), vec!["od", "-c", "/dev/null"]),
+    ] {
+        let out = run(name, &cwd, &args);
+        assert_eq!(out.status.signal(), Some(9), "{name}: {:?}", out.status);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !stdout.contains("BYTES"),
+            "{name}: a killed reader got data: {stdout}"
+        );
+    }
+    let ok = run("k-ok", &dir, &["cat", "ok.txt"]);
+    assert!(ok.status.success());
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "fine\n");
+    // Outside every session the same file reads normally.
+    let outside = Command::new("cat").arg(dir.join("alias")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&outside.stdout), "CANARY-BYTES\n");
+
+    let sid = d.session("k-symlink").id;
+    let evs = d.wait_for(&sid, "the kill decision", |evs| {
+        evs.iter()
+            .any(|e| e.decision.as_ref().is_some_and(|x| x.action == "killed"))
+    });
+    let canary = dir.join("canary").to_string_lossy().into_owned();
+    let killed = evs
+        .iter()
+        .find(|e| e.open.as_ref().is_some_and(|o| o.path == canary))
+        .and_then(|e| e.decision.clone())
+        .expect("decision on the canary open");
+    assert_eq!(
+        (killed.decision.as_str(), killed.action.as_str()),
+        ("deny", "killed")
+    );
+    assert_eq!(killed.enforced_by, "signal");
+    assert!(
+        killed.rule.ends_with("killer.yaml:10 (files.deny[0])"),
+        "{killed:?}"
+    );
+    let exit = evs.iter().find_map(|e| e.exit.clone()).expect("exit");
+    assert_eq!(exit.signal, Some(9));
+}

@@ -29,7 +29,11 @@ pub struct ProfileConfig {
     pub net_action: u8,
     /// 1 once the daemon filled the slot.
     pub loaded: u8,
-    pub _pad: [u8; 4],
+    /// 1 when a denied exec kills the process (signal layer).
+    pub exec_kill: u8,
+    /// 1 when a denied file open kills the process (signal layer).
+    pub file_kill: u8,
+    pub _pad: [u8; 2],
 }
 crate::assert_size!(ProfileConfig, 8);
 
@@ -83,8 +87,69 @@ impl NetRule {
     }
 }
 
+/// `PathRuleKey::owner_uid` of rules that hold for every session owner.
+pub const OWNER_ANY: u32 = u32::MAX;
+pub const CATEGORY_EXEC: u8 = 0;
+pub const CATEGORY_FILE: u8 = 1;
+/// The whole path.
+pub const FORM_EXACT: u8 = 0;
+/// A directory: the path and everything below it.
+pub const FORM_PREFIX: u8 = 1;
+/// The final path component, in any directory.
+pub const FORM_NAME: u8 = 2;
+
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+/// One FNV-1a step. Path rules are keyed by the FNV-1a hash of the absolute path (or of
+/// a directory, or of a file name); kernel and daemon hash with this one function.
+#[inline(always)]
+pub const fn fnv_step(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// FNV-1a of a whole string (daemon side).
+pub const fn fnv(s: &[u8]) -> u64 {
+    let mut h = FNV_OFFSET;
+    let mut i = 0;
+    while i < s.len() {
+        h = fnv_step(h, s[i]);
+        i += 1;
+    }
+    h
+}
+
+/// Key of `PATH_RULES`: a deny rule on exec or file paths.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PathRuleKey {
+    pub hash: u64,
+    pub profile_id: u32,
+    /// The session owner a `~` rule was expanded for, or [`OWNER_ANY`].
+    pub owner_uid: u32,
+    /// `CATEGORY_*`.
+    pub category: u8,
+    /// `FORM_*`.
+    pub form: u8,
+    pub _pad: [u8; 6],
+}
+crate::assert_size!(PathRuleKey, 24);
+
+/// Value of `PATH_RULES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathRuleValue {
+    pub rule_id: u32,
+    pub _pad: u32,
+}
+crate::assert_size!(PathRuleValue, 8);
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: repr(C) integers and byte arrays, no padding.
+    unsafe impl aya::Pod for super::PathRuleKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PathRuleValue {}
     // SAFETY: repr(C) integers and byte arrays, no padding.
     unsafe impl aya::Pod for super::ProfileConfig {}
     // SAFETY: as above.

@@ -16,8 +16,11 @@ pub struct SessionEntry {
     /// Profile the session runs under (index assigned by the daemon).
     pub profile_id: u32,
     pub flags: u32,
+    /// uid of the session's owner (`~` in its profile's path rules is this user's home).
+    pub owner_uid: u32,
+    pub _pad: u32,
 }
-crate::assert_size!(SessionEntry, 16);
+crate::assert_size!(SessionEntry, 24);
 
 #[cfg(feature = "user")]
 // SAFETY: plain-old-data, no padding.

@@ -1,6 +1,9 @@
 //! Program execution by session processes.
 
-use agent_common::event::{ARGV_MAX, ARGV_TRUNCATED, EventKind};
+use agent_common::{
+    event::{ARGV_MAX, ARGV_TRUNCATED, EventKind},
+    policy::CATEGORY_EXEC,
+};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user},
     macros::btf_tracepoint,
@@ -40,6 +43,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         off!(file_f_path),
         &mut ev.exe,
     );
+    crate::pathrules::enforce(&ev.exe, &entry, CATEGORY_EXEC, &mut ev.verdict);
     resolve_embedded(read_ptr(task, off!(task_fs)), off!(fs_pwd), &mut ev.cwd);
 
     ev.argv_len = 0;

@@ -3,6 +3,7 @@
 
 use agent_common::{
     event::{EventKind, OpenEvent, OpenSyscall, PATH_MAX},
+    policy::CATEGORY_FILE,
     stats::Stat,
 };
 use aya_ebpf::{
@@ -122,8 +123,10 @@ fn exit_open(ctx: &TracePointContext) {
     if ret >= 0 {
         let file = fd_file(current_task(), ret as u32);
         resolve_embedded(file, off!(file_f_path), &mut ev.path);
+        crate::pathrules::enforce(&ev.path, &entry, CATEGORY_FILE, &mut ev.verdict);
     } else {
         raw_user(s.filename as *const u8, &mut ev.path);
+        ev.verdict = Default::default();
     }
     let mut path_len = ev.path.len as usize;
     if path_len > PATH_MAX {

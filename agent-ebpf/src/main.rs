@@ -12,6 +12,7 @@ mod maps;
 mod net;
 mod netpolicy;
 mod path;
+mod pathrules;
 mod session;
 
 #[cfg(not(test))]

@@ -2,7 +2,7 @@
 //! ring-buffer records into enriched events, and tracks session lifetime.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap, HashSet},
     fs::{self, File, OpenOptions},
     io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write},
     os::{
@@ -15,7 +15,7 @@ use std::{
 };
 
 use agent_common::{
-    policy::{MAX_PROFILES, NetKey, NetRule, ProfileConfig},
+    policy::{MAX_PROFILES, NetKey, NetRule, PathRuleKey, PathRuleValue, ProfileConfig},
     session::SessionEntry,
     stats::Stat,
 };
@@ -78,6 +78,9 @@ struct Core {
     /// Profile name → kernel id; ids are never reused while the daemon runs, so a
     /// running session keeps its profile across reloads.
     profile_ids: HashMap<String, u32>,
+    /// Owners of sessions so far (`~` rules are expanded for each) and their homes.
+    owners: BTreeSet<u32>,
+    homes: HashMap<u32, String>,
     /// The profiles compiled into the kernel, for the decisions finished in userspace.
     profiles: ProfileSet,
     /// Host name → addresses, filled by the background resolver.
@@ -156,6 +159,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             profile_ids: HashMap::new(),
             dns: HashMap::new(),
             profiles: ProfileSet::default(),
+            owners: BTreeSet::new(),
+            homes: HashMap::new(),
             registry: Registry::default(),
             users: Users::default(),
             log,
@@ -350,6 +355,10 @@ impl Core {
     /// Exec and file decisions the kernel does not take yet: judged here against the
     /// session's profile, so they can only be recorded (`alerted`, enforced by `none`).
     fn decide_in_userspace(&mut self, ev: &mut Event, sid: u64) {
+        if ev.decision.is_some() {
+            // The kernel already decided (deny rule matched in kernel).
+            return;
+        }
         use crate::policy::decide::{Access, decide, is_write};
         let (access, path) = match (&ev.exec, &ev.open) {
             (Some(x), _) => (Access::Exec, x.path.clone()),
@@ -489,10 +498,20 @@ impl Core {
             .profile_ids
             .get(&new.profile)
             .ok_or_else(|| anyhow!("profile `{}` is not compiled into the kernel", new.profile))?;
+        if let Some(home) = self.users.home(new.owner_uid) {
+            self.homes.insert(new.owner_uid, home);
+        }
+        if self.owners.insert(new.owner_uid) {
+            // A new owner: expand the `~` rules of every profile for this user's home.
+            let set = self.profiles.clone();
+            self.install_profiles(&set)?;
+        }
         let entry = SessionEntry {
             session_id: id,
             profile_id,
             flags,
+            owner_uid: new.owner_uid,
+            _pad: 0,
         };
         self.sessions_map
             .insert(root, entry, 0)
@@ -571,6 +590,7 @@ struct PolicyMaps {
     profiles: Array<MapData, ProfileConfig>,
     net_allow: LpmTrie<MapData, NetKey, NetRule>,
     net_deny: LpmTrie<MapData, NetKey, NetRule>,
+    path_rules: BpfHashMap<MapData, PathRuleKey, PathRuleValue>,
 }
 
 impl PolicyMaps {
@@ -583,6 +603,7 @@ impl PolicyMaps {
             profiles: Array::try_from(take("PROFILES")?)?,
             net_allow: LpmTrie::try_from(take("NET_ALLOW")?)?,
             net_deny: LpmTrie::try_from(take("NET_DENY")?)?,
+            path_rules: BpfHashMap::try_from(take("PATH_RULES")?)?,
         })
     }
 }
@@ -602,29 +623,60 @@ impl Core {
                 .get(&name)
                 .ok_or_else(|| anyhow!("profile {name} vanished"))?;
             let dns = &self.dns;
-            let c = compile::compile(p, id, &mut rules, &|h| {
-                dns.get(h).cloned().unwrap_or_default()
-            })?;
+            let homes: Vec<(u32, String)> = self
+                .owners
+                .iter()
+                .filter_map(|uid| self.homes.get(uid).map(|h| (*uid, h.clone())))
+                .collect();
+            let c = compile::compile(
+                p,
+                id,
+                &mut rules,
+                &|h| dns.get(h).cloned().unwrap_or_default(),
+                &homes,
+            )?;
             for h in c.unresolved.iter().filter(|h| dns.contains_key(*h)) {
                 warn!(profile = %name, host = %h, "host name does not resolve; its rule is inactive");
             }
             compiled.push((id, c));
         }
+        // New entries go in before stale ones go out, so a reload never opens a window
+        // without the rules that stay.
         let m = &mut self.policy;
-        for trie in [&mut m.net_allow, &mut m.net_deny] {
-            let keys: Vec<_> = trie.keys().filter_map(|k| k.ok()).collect();
-            for k in keys {
-                let _ = trie.remove(&k);
-            }
-        }
+        let (mut deny, mut allow, mut paths) = (Vec::new(), Vec::new(), HashSet::new());
         for (id, c) in compiled {
             for (bits, key, rule) in c.net_deny {
                 m.net_deny.insert(&Key::new(bits, key), rule, 0)?;
+                deny.push((bits, key));
             }
             for (bits, key, rule) in c.net_allow {
                 m.net_allow.insert(&Key::new(bits, key), rule, 0)?;
+                allow.push((bits, key));
+            }
+            for (key, value) in c.path_rules {
+                m.path_rules.insert(key, value, 0)?;
+                paths.insert(key);
             }
             m.profiles.set(id, c.config, 0)?;
+        }
+        for (trie, keep) in [(&mut m.net_allow, &allow), (&mut m.net_deny, &deny)] {
+            let stale: Vec<_> = trie
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| !keep.contains(&(k.prefix_len(), k.data())))
+                .collect();
+            for k in stale {
+                let _ = trie.remove(&k);
+            }
+        }
+        let stale: Vec<_> = m
+            .path_rules
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !paths.contains(k))
+            .collect();
+        for k in stale {
+            let _ = m.path_rules.remove(&k);
         }
         self.rules = rules;
         self.profiles = set.clone();

@@ -6,9 +6,10 @@ use std::{
 };
 
 use agent_common::event::{
-    ARGV_TRUNCATED, COMM_LEN, ConnectEvent, ENFORCED_CGROUP, EventHeader, EventKind, ExecEvent,
-    ExitEvent, ForkEvent, KPath, NET_ACTION_ALERTED, NET_ACTION_BLOCKED, NET_OP_SENDMSG,
-    NetDecisionEvent, OpenEvent, OpenSyscall, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED,
+    ARGV_TRUNCATED, COMM_LEN, ConnectEvent, ENFORCED_CGROUP, ENFORCED_SIGNAL, EventHeader,
+    EventKind, ExecEvent, ExitEvent, ForkEvent, KPath, KernelVerdict, NET_ACTION_ALERTED,
+    NET_ACTION_BLOCKED, NET_OP_SENDMSG, NetDecisionEvent, OpenEvent, OpenSyscall,
+    PATH_ACTION_KILLED, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED,
     decode::{DecodeError, header, read_record},
 };
 use serde::{Deserialize, Serialize};
@@ -386,6 +387,7 @@ impl Event {
         });
         match raw {
             Raw::Exec(e) => {
+                ev.decision = kernel_decision(&e.verdict, "exec", rule);
                 let exe = path_text(&e.exe);
                 let len = (e.argv_len as usize).min(e.argv.len());
                 ev.exec = Some(ExecInfo {
@@ -403,6 +405,7 @@ impl Event {
                 });
             }
             Raw::Open(e) => {
+                ev.decision = kernel_decision(&e.verdict, "files", rule);
                 let p = path_text(&e.path);
                 ev.open = Some(OpenInfo {
                     syscall: OpenSyscall::from_u32(e.syscall)
@@ -460,6 +463,30 @@ impl Event {
         }
         ev
     }
+}
+
+/// A deny decision the kernel took on an exec or open (none when nothing matched).
+fn kernel_decision(
+    v: &KernelVerdict,
+    category: &str,
+    rule: &dyn Fn(u32, &str) -> String,
+) -> Option<DecisionInfo> {
+    (v.denied != 0).then(|| DecisionInfo {
+        decision: "deny".to_owned(),
+        action: if v.action == PATH_ACTION_KILLED {
+            "killed"
+        } else {
+            "alerted"
+        }
+        .to_owned(),
+        rule: rule(v.rule_id, category),
+        enforced_by: if v.enforced_by == ENFORCED_SIGNAL {
+            "signal"
+        } else {
+            "none"
+        }
+        .to_owned(),
+    })
 }
 
 fn connect_info(e: &ConnectEvent) -> ConnectInfo {
@@ -540,6 +567,7 @@ mod tests {
             syscall: OpenSyscall::Openat as u32,
             flags: 0o2000000 | 0o100 | 1,
             ret: 3,
+            verdict: KernelVerdict::default(),
             path: kpath("hostname/etc/", 0),
         };
         let wire = bytes_of(&ev, OpenEvent::FIXED_LEN + 13);

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, fs, path::Path};
 
-use crate::policy::{self, Diagnostic, Profile, Severity};
+use crate::policy::{self, Diagnostic, Profile, Severity, compile, pattern::KernelForm};
 
 /// Shipped profiles, embedded so the daemon runs with no files on disk.
 pub const EMBEDDED: &[(&str, &str)] = &[
@@ -77,30 +77,53 @@ pub fn required_programs(p: &Profile) -> anyhow::Result<Vec<&'static str>> {
     Ok(out)
 }
 
-/// What the profile asks for that this build decides in userspace only, so it is
-/// recorded (`alerted`) rather than enforced. Reported at enrolment, never silent.
+/// What the profile asks for that this host cannot carry out before the operation, so it
+/// is recorded (`alerted`) instead. Reported at enrolment, never silent.
 pub fn enforcement_gaps(p: &Profile) -> Vec<String> {
     let f = &p.file;
     if f.mode != policy::Mode::Enforce {
         return Vec::new();
     }
     let mut gaps = Vec::new();
-    let exec_rules = !p.exec_deny.is_empty() || f.exec.default == policy::Default::Deny;
-    if exec_rules
-        && f.exec.on_violation != policy::OnViolation::Alert
-        && session_flags(p).1.is_none()
-    {
-        gaps.push(format!(
-            "exec rules ask for {:?}: decided in userspace in this build, recorded as alerts",
-            f.exec.on_violation
-        ));
-    }
-    let file_rules = !p.files_deny.is_empty() || f.files.default == policy::Default::Deny;
-    if file_rules && f.files.on_violation != policy::OnViolation::Alert {
-        gaps.push(format!(
-            "file rules ask for {:?}: decided in userspace in this build, recorded as alerts",
-            f.files.on_violation
-        ));
+    let cats = [
+        (
+            "exec",
+            &f.exec.default,
+            f.exec.on_violation,
+            f.exec.fallback,
+            &p.exec_deny,
+            session_flags(p).1.is_some(),
+        ),
+        (
+            "file",
+            &f.files.default,
+            f.files.on_violation,
+            f.files.fallback,
+            &p.files_deny,
+            false,
+        ),
+    ];
+    for (cat, default, on_violation, fallback, deny, lsm_blocks) in cats {
+        let rules = !deny.is_empty() || *default == policy::Default::Deny;
+        if !rules || on_violation == policy::OnViolation::Alert || lsm_blocks {
+            continue;
+        }
+        if compile::kills(f.mode, on_violation, fallback) == 0 {
+            gaps.push(format!(
+                "{cat} rules ask for {on_violation:?}, which no layer on this host carries out \
+                 before the operation: matches are recorded as alerts (`fallback: kill` kills)"
+            ));
+            continue;
+        }
+        let wildcard = deny
+            .iter()
+            .any(|l| l.value.kernel_form() == KernelForm::UserspaceOnly);
+        if *default == policy::Default::Deny || wildcard {
+            gaps.push(format!(
+                "{cat} deny rules kill in the kernel; the default-deny allow lists and wildcard \
+                 patterns are judged in userspace and recorded as alerts"
+            ));
+        }
     }
     gaps
 }

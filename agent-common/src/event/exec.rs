@@ -16,8 +16,10 @@ pub struct ExecEvent {
     pub cwd: KPath,
     pub argv_len: u32,
     pub argv_flags: u32,
+    /// The kernel's decision on this exec.
+    pub verdict: super::KernelVerdict,
     pub argv: [u8; ARGV_MAX],
 }
-crate::assert_size!(ExecEvent, 72 + 2 * (8 + 4096) + 8 + 2048);
+crate::assert_size!(ExecEvent, 72 + 2 * (8 + 4096) + 8 + 8 + 2048);
 // SAFETY: repr(C), integers and byte arrays only.
 unsafe impl super::Plain for ExecEvent {}

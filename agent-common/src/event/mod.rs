@@ -24,6 +24,26 @@ pub use path::{
     KPath, NAME_READ_MAX, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX, PATH_WALK_DEPTH,
 };
 
+/// A path decision the kernel took (deny rules of exec and files).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelVerdict {
+    /// The deny rule that matched (meaningful when `denied` is 1).
+    pub rule_id: u32,
+    pub denied: u8,
+    /// `NET_ACTION_*` values: alerted, or [`PATH_ACTION_KILLED`].
+    pub action: u8,
+    /// `ENFORCED_*`.
+    pub enforced_by: u8,
+    pub _pad: u8,
+}
+crate::assert_size!(KernelVerdict, 8);
+
+/// The process was sent SIGKILL before it returned to user mode.
+pub const PATH_ACTION_KILLED: u8 = 3;
+/// Enforcement layer: a signal from a tracepoint.
+pub const ENFORCED_SIGNAL: u8 = 2;
+
 /// Marker for `#[repr(C)]` event types that are valid for every bit pattern (integers and
 /// byte arrays only), so they can be decoded by copying bytes.
 ///

@@ -44,10 +44,12 @@ pub struct OpenEvent {
     pub flags: u32,
     /// File descriptor, or `-errno`.
     pub ret: i64,
+    /// The kernel's decision on this open.
+    pub verdict: super::KernelVerdict,
     /// On success the path of the opened `struct file`; on failure the raw argument.
     pub path: KPath,
 }
-crate::assert_size!(OpenEvent, 72 + 16 + 8 + 4096);
+crate::assert_size!(OpenEvent, 72 + 16 + 8 + 8 + 4096);
 // SAFETY: repr(C), integers and byte arrays only.
 unsafe impl super::Plain for OpenEvent {}
 

@@ -5,12 +5,17 @@
 use std::net::{IpAddr, ToSocketAddrs};
 
 use agent_common::policy::{
-    ACTION_ALERT, ACTION_BLOCK, ACTION_KILL, MAX_PORT_RANGES, MODE_ENFORCE, MODE_MONITOR, NetKey,
-    NetRule, PortRange as KPortRange, ProfileConfig, RULE_DEFAULT,
+    ACTION_ALERT, ACTION_BLOCK, ACTION_KILL, CATEGORY_EXEC, CATEGORY_FILE, FORM_EXACT, FORM_NAME,
+    FORM_PREFIX, MAX_PORT_RANGES, MODE_ENFORCE, MODE_MONITOR, NetKey, NetRule, OWNER_ANY,
+    PathRuleKey, PathRuleValue, PortRange as KPortRange, ProfileConfig, RULE_DEFAULT, fnv,
 };
 use anyhow::{Result, bail};
 
-use super::{CompiledDestination, Located, Mode, OnViolation, Profile, Target, net::Cidr};
+use super::{
+    CompiledDestination, Fallback, Located, Mode, OnViolation, Profile, Target,
+    net::Cidr,
+    pattern::{KernelForm, Pattern},
+};
 
 /// `file:line` of each rule, indexed by the `rule_id` the kernel reports.
 #[derive(Clone, Debug, Default)]
@@ -46,6 +51,8 @@ pub struct CompiledProfile {
     pub config: ProfileConfig,
     pub net_deny: Vec<NetEntry>,
     pub net_allow: Vec<NetEntry>,
+    /// Exec and file deny rules the kernel matches by path hash.
+    pub path_rules: Vec<(PathRuleKey, PathRuleValue)>,
     /// Host names that resolved to nothing (reported, the rule is inactive until they do).
     pub unresolved: Vec<String>,
 }
@@ -58,12 +65,24 @@ fn action(v: OnViolation) -> u8 {
     }
 }
 
-/// `resolve` maps a host name to its addresses (the daemon passes its DNS cache).
+/// Whether denials of a category kill: `kill`, or `block` with `fallback: kill` (no layer
+/// on these hosts blocks exec or file opens before they happen yet).
+pub fn kills(mode: Mode, v: OnViolation, fallback: Option<Fallback>) -> u8 {
+    u8::from(
+        mode == Mode::Enforce
+            && (v == OnViolation::Kill
+                || (v == OnViolation::Block && fallback == Some(Fallback::Kill))),
+    )
+}
+
+/// `resolve` maps a host name to its addresses (the daemon passes its DNS cache);
+/// `homes` lists the session owners (uid, home) that `~` rules are expanded for.
 pub fn compile(
     p: &Profile,
     id: u32,
     rules: &mut RuleTable,
     resolve: &dyn Fn(&str) -> Vec<IpAddr>,
+    homes: &[(u32, String)],
 ) -> Result<CompiledProfile> {
     let net = &p.file.network;
     let config = ProfileConfig {
@@ -75,8 +94,34 @@ pub fn compile(
         net_default_deny: u8::from(net.default == super::Default::Deny),
         net_action: action(net.on_violation),
         loaded: 1,
-        _pad: [0; 4],
+        exec_kill: kills(p.file.mode, p.file.exec.on_violation, p.file.exec.fallback),
+        file_kill: kills(
+            p.file.mode,
+            p.file.files.on_violation,
+            p.file.files.fallback,
+        ),
+        _pad: [0; 2],
     };
+    let mut path_rules = Vec::new();
+    for (category, field, list) in [
+        (CATEGORY_EXEC, "exec.deny", &p.exec_deny),
+        (CATEGORY_FILE, "files.deny", &p.files_deny),
+    ] {
+        for (i, l) in list.iter().enumerate() {
+            let rule_id = rules.add(p, &format!("{field}[{i}]"), l.line);
+            for (owner, form, hash) in path_keys(&l.value, homes) {
+                let key = PathRuleKey {
+                    hash,
+                    profile_id: id,
+                    owner_uid: owner,
+                    category,
+                    form,
+                    _pad: [0; 6],
+                };
+                path_rules.push((key, PathRuleValue { rule_id, _pad: 0 }));
+            }
+        }
+    }
     let mut unresolved = Vec::new();
     let mut ctx = Ctx {
         rules,
@@ -89,8 +134,31 @@ pub fn compile(
         config,
         net_deny,
         net_allow,
+        path_rules,
         unresolved,
     })
+}
+
+/// (owner, form, hash) of a pattern as the kernel matches it; `~` patterns once per home.
+fn path_keys(p: &Pattern, homes: &[(u32, String)]) -> Vec<(u32, u8, u64)> {
+    let src = p.source();
+    let (form, text) = match p.kernel_form() {
+        KernelForm::Exact => (FORM_EXACT, src),
+        KernelForm::Prefix => (FORM_PREFIX, src.strip_suffix("/**").unwrap_or("")),
+        KernelForm::Basename => (FORM_NAME, src.trim_start_matches("**/")),
+        KernelForm::UserspaceOnly => return Vec::new(),
+    };
+    if !p.is_home_relative() {
+        return vec![(OWNER_ANY, form, fnv(text.as_bytes()))];
+    }
+    let rest = text.strip_prefix('~').unwrap_or(text);
+    homes
+        .iter()
+        .map(|(uid, home)| {
+            let full = format!("{}{rest}", home.trim_end_matches('/'));
+            (*uid, form, fnv(full.as_bytes()))
+        })
+        .collect()
 }
 
 /// The address as 16 bytes (IPv4 mapped) and the prefix length in that form.
@@ -220,7 +288,7 @@ network:\n  default: deny\n  allow:\n    - { cidr: 10.0.0.0/8, ports: \"443\" }\
     fn tries_hold_inherited_ports_and_mapped_ipv4() {
         let p = parse("t.yaml", P).unwrap();
         let mut rules = RuleTable::default();
-        let c = compile(&p, 7, &mut rules, &|_| Vec::new()).unwrap();
+        let c = compile(&p, 7, &mut rules, &|_| Vec::new(), &[]).unwrap();
         assert_eq!(
             (
                 c.config.mode,
@@ -247,5 +315,35 @@ network:\n  default: deny\n  allow:\n    - { cidr: 10.0.0.0/8, ports: \"443\" }\
             "t.yaml:9 (network.allow[1])"
         );
         assert_eq!(rules.describe(RULE_DEFAULT, "network"), "network.default");
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use agent_common::policy::{CATEGORY_FILE, FORM_EXACT, FORM_NAME, FORM_PREFIX, OWNER_ANY, fnv};
+
+    use super::*;
+    use crate::policy::parse;
+
+    #[test]
+    fn path_rules_hash_what_the_kernel_hashes() {
+        let text = "name: t\ndescription: d\nowners: { business: b, technical: t }\nmode: enforce\n\
+files:\n  deny: [/etc/shadow, ~/.ssh/**, \"**/.env\", /**/*.pem]\n  fallback: kill\n";
+        let p = parse("t.yaml", text).unwrap();
+        let mut rules = RuleTable::default();
+        let homes = [(1000, "/home/a".to_owned()), (0, "/root".to_owned())];
+        let c = compile(&p, 3, &mut rules, &|_| Vec::new(), &homes).unwrap();
+        assert_eq!((c.config.file_kill, c.config.exec_kill), (1, 0));
+        let keys: Vec<(u32, u8, u64)> = c
+            .path_rules
+            .iter()
+            .filter(|(k, _)| k.category == CATEGORY_FILE && k.profile_id == 3)
+            .map(|(k, _)| (k.owner_uid, k.form, k.hash))
+            .collect();
+        assert!(keys.contains(&(OWNER_ANY, FORM_EXACT, fnv(b"/etc/shadow"))));
+        assert!(keys.contains(&(1000, FORM_PREFIX, fnv(b"/home/a/.ssh"))));
+        assert!(keys.contains(&(0, FORM_PREFIX, fnv(b"/root/.ssh"))));
+        assert!(keys.contains(&(OWNER_ANY, FORM_NAME, fnv(b".env"))));
+        assert_eq!(keys.len(), 4, "the *.pem wildcard stays in userspace");
     }
 }

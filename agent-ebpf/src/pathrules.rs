@@ -1,0 +1,217 @@
+//! Exec and file deny rules decided in the kernel on the resolved path. Rules are keyed
+//! by the FNV-1a hash of an absolute path (exact), of a directory (prefix: the directory
+//! and everything below it) or of a file name; one scan of the path buffer computes the
+//! hash of every directory on the way, the whole path and the leaf name, with one map
+//! lookup each. Runs under `bpf_loop`, like the walk.
+
+use core::ffi::c_void;
+
+use agent_common::{
+    event::{
+        ENFORCED_NONE, ENFORCED_SIGNAL, KPath, KernelVerdict, NET_ACTION_ALERTED,
+        PATH_ACTION_KILLED, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX,
+    },
+    policy::{
+        FNV_OFFSET, FORM_EXACT, FORM_NAME, FORM_PREFIX, MODE_ENFORCE, OWNER_ANY, PathRuleKey,
+        PathRuleValue, fnv_step,
+    },
+    session::SessionEntry,
+};
+use aya_ebpf::{
+    helpers::generated::{bpf_loop, bpf_send_signal},
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+
+use crate::netpolicy::PROFILES;
+
+/// Deny rules of all profiles, keyed by path hash.
+#[map]
+pub static PATH_RULES: HashMap<PathRuleKey, PathRuleValue> = HashMap::with_max_entries(16_384, 0);
+
+const SIGKILL: u32 = 9;
+
+/// Mutable scan state. It lives in map memory so the verifier sees unknown scalars and
+/// the callback converges after a few iterations instead of being walked byte by byte.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ScanState {
+    key: PathRuleKey,
+    h: u64,
+    name: u64,
+    /// Index of the `/` that ends the current component.
+    end: i64,
+    /// Backward search position (phase 0) or next byte to hash (phase 1).
+    pos: i64,
+    start: i64,
+    owner_uid: u32,
+    rule: u32,
+    hit: u32,
+    /// 0: looking backwards for the start of the component ending at `end`;
+    /// 1: hashing its bytes forwards; 2: finished.
+    phase: u32,
+}
+
+#[map]
+static SCAN: PerCpuArray<ScanState> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the callback gets: both pointers stay typed for the verifier on the stack.
+struct Scan {
+    path: *const KPath,
+    st: *mut ScanState,
+}
+
+#[inline(always)]
+fn lookup(s: &mut ScanState, form: u8, hash: u64) -> bool {
+    s.key.form = form;
+    s.key.hash = hash;
+    for owner in [s.owner_uid, OWNER_ANY] {
+        s.key.owner_uid = owner;
+        // SAFETY: value copied out.
+        if let Some(v) = unsafe { PATH_RULES.get(s.key) } {
+            s.rule = v.rule_id;
+            s.hit = 1;
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn byte_at(path: *const KPath, i: i64) -> u8 {
+    // SAFETY: `path` points at a live per-CPU map value; the index is masked.
+    unsafe { (*path).bytes[i as usize & (PATH_MAX - 1)] }
+}
+
+/// The buffer holds components leaf-first (`c/b/a/`), each in normal order. To hash the
+/// absolute path root-first (`/a/b/c`) the scan finds each component's start walking
+/// backwards from its trailing `/`, then hashes its bytes forwards; after every
+/// directory the hash so far is looked up as a prefix rule.
+extern "C" fn scan_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Scan` passed to bpf_loop by `matches`.
+    let c = unsafe { &*ctx.cast::<Scan>() };
+    // SAFETY: a live per-CPU map value.
+    let s = unsafe { &mut *c.st };
+    match s.phase {
+        0 => {
+            if s.pos < 0 || byte_at(c.path, s.pos) == b'/' {
+                s.start = s.pos + 1;
+                s.pos = s.start;
+                s.h = fnv_step(s.h, b'/');
+                s.name = FNV_OFFSET;
+                s.phase = 1;
+            } else {
+                s.pos -= 1;
+            }
+            0
+        }
+        1 => {
+            if s.pos < s.end {
+                let b = byte_at(c.path, s.pos);
+                s.h = fnv_step(s.h, b);
+                s.name = fnv_step(s.name, b);
+                s.pos += 1;
+                return 0;
+            }
+            if s.start <= 0 {
+                // The leaf is done: exact, directory and name lookups follow.
+                s.phase = 2;
+                return 1;
+            }
+            let h = s.h;
+            if lookup(s, FORM_PREFIX, h) {
+                return 1;
+            }
+            s.end = s.start - 1;
+            s.pos = s.end - 1;
+            s.phase = 0;
+            0
+        }
+        _ => 1,
+    }
+}
+
+/// The deny rule of `category` that matches `path`, if any.
+#[inline(always)]
+fn matches(path: &KPath, entry: &SessionEntry, category: u8) -> Option<u32> {
+    if path.len == 0 || path.flags & (PATH_FLAG_TRUNCATED | PATH_FLAG_RAW) != 0 {
+        return None;
+    }
+    let st = SCAN.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, exclusively ours while the program runs.
+    let s = unsafe { &mut *st };
+    let end = i64::from(path.len) - 1;
+    s.key = PathRuleKey {
+        hash: 0,
+        profile_id: entry.profile_id,
+        owner_uid: 0,
+        category,
+        form: 0,
+        _pad: [0; 6],
+    };
+    s.owner_uid = entry.owner_uid;
+    s.h = FNV_OFFSET;
+    s.name = FNV_OFFSET;
+    s.rule = 0;
+    s.hit = 0;
+    s.phase = 0;
+    s.end = end;
+    s.pos = end - 1;
+    s.start = 0;
+    let mut c = Scan {
+        path: path as *const KPath,
+        st,
+    };
+    // Every byte is visited twice (find, hash) plus one step per component.
+    // SAFETY: `scan_step` matches the callback ABI; `c` outlives the call.
+    unsafe {
+        bpf_loop(
+            3 * PATH_MAX as u32,
+            scan_step as *mut c_void,
+            (&mut c as *mut Scan).cast(),
+            0,
+        );
+    }
+    // SAFETY: as above.
+    let s = unsafe { &mut *st };
+    if s.hit == 0 && s.phase == 2 {
+        let (h, name) = (s.h, s.name);
+        // `/dir/**` also matches `/dir` itself.
+        if !(lookup(s, FORM_EXACT, h) || lookup(s, FORM_PREFIX, h)) {
+            lookup(s, FORM_NAME, name);
+        }
+    }
+    (s.hit != 0).then_some(s.rule)
+}
+
+/// Judges `path` for the session and, where the profile says kill, sends SIGKILL: the
+/// process never returns to user mode with the result.
+#[inline(always)]
+pub fn enforce(path: &KPath, entry: &SessionEntry, category: u8, out: &mut KernelVerdict) {
+    *out = KernelVerdict::default();
+    let Some(cfg) = PROFILES.get(entry.profile_id) else {
+        return;
+    };
+    if cfg.loaded == 0 {
+        return;
+    }
+    let Some(rule) = matches(path, entry, category) else {
+        return;
+    };
+    let kill_wanted = if category == agent_common::policy::CATEGORY_EXEC {
+        cfg.exec_kill
+    } else {
+        cfg.file_kill
+    };
+    out.rule_id = rule;
+    out.denied = 1;
+    if kill_wanted != 0 && cfg.mode == MODE_ENFORCE {
+        // SAFETY: signals the current task, allowed from tracepoints.
+        unsafe { bpf_send_signal(SIGKILL) };
+        out.action = PATH_ACTION_KILLED;
+        out.enforced_by = ENFORCED_SIGNAL;
+    } else {
+        out.action = NET_ACTION_ALERTED;
+        out.enforced_by = ENFORCED_NONE;
+    }
+}
