@@ -53,6 +53,15 @@ const PER_KERNEL_TIMEOUT: Duration = Duration::from_secs(360);
 const EXIT_MARKER: &str = "AGENTWARDEN_VM_EXIT=";
 /// Printed by the LSM test when the deny took effect.
 const LSM_PROOF: &str = "bpf-lsm deny took effect on ";
+/// Tracepoints kept enabled in the guest for the whole run (see `boot_and_test`).
+const PINNED_EVENTS: &[&str] = &[
+    "syscalls/sys_enter_getppid",
+    "syscalls/sys_exit_getppid",
+    "sched/sched_process_fork",
+    "sched/sched_process_exec",
+    "sched/sched_process_exit",
+];
+
 /// Guest console lines that fail a kernel whatever the tests said.
 const KERNEL_FAILURES: &[&str] = &[
     "Kernel panic",
@@ -200,10 +209,22 @@ fn boot_and_test(
     filter: Option<&str>,
     log: &Path,
 ) -> Result<Verdict> {
+    // Under TCG (no KVM here) a vCPU can run stale code while another live-patches a
+    // tracepoint's static branch (text_poke), which ends in an int3 Oops in
+    // syscall_trace_enter (seen on 6.12). Every daemon of the tests flips those branches
+    // on attach and detach; enabling the same tracepoints once through tracefs for the
+    // whole run keeps their reference counts above zero, so they are never re-patched.
+    let pin: String = PINNED_EVENTS
+        .iter()
+        .map(|e| format!("echo 1 > /sys/kernel/tracing/events/{e}/enable; "))
+        .collect();
     let mut script = format!(
+        "mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing; {pin}"
+    );
+    script.push_str(&format!(
         "RUST_BACKTRACE=0 CI=true AGENTWARDEN_EXPECT_LSM=1 {} --test-threads=2 --show-output",
         test_bin.display()
-    );
+    ));
     if let Some(f) = filter {
         script.push(' ');
         script.push_str(f);
