@@ -22,7 +22,8 @@ use agentwarden::{event::Event, proto::StatusReport, session::SessionView, skip:
 use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_agentwarden");
-const WAIT: Duration = Duration::from_secs(15);
+// Upper bound for polling; generous because the VM tier runs under emulation.
+const WAIT: Duration = Duration::from_secs(45);
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -210,7 +211,7 @@ impl OutputWithin for Command {
             thread::spawn(move || read_all(pipes.0)),
             thread::spawn(move || read_all(pipes.1)),
         );
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 break status;
@@ -218,7 +219,7 @@ impl OutputWithin for Command {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("command did not finish within 60 s: {shown}");
+                panic!("command did not finish within 120 s: {shown}");
             }
             thread::sleep(Duration::from_millis(20));
         };
