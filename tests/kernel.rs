@@ -1036,8 +1036,8 @@ fn network_rules_block_in_the_kernel_and_monitor_only_records() {
     );
 }
 
-/// Exec and file rules are judged against the session's profile on the kernel-resolved
-/// paths; until the kernel enforces them they are recorded as alerts, and `run` says so.
+/// Exec and file rules with `on_violation: alert` are judged on the kernel-resolved paths
+/// and recorded as alerts, never acted on.
 #[test]
 fn exec_and_file_rules_are_judged_and_recorded_as_alerts() {
     let work = tempfile::tempdir().unwrap();
@@ -1050,7 +1050,7 @@ fn exec_and_file_rules_are_judged_and_recorded_as_alerts() {
     let rules = tempfile::tempdir().unwrap();
     let profile = format!(
         "name: watch\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: enforce\n\
-         exec:\n  deny: [{od}]\nfiles:\n  deny:\n    - {d}/secret/**\n    - {d}/canary\n",
+         exec:\n  deny: [{od}]\n  on_violation: alert\nfiles:\n  deny:\n    - {d}/secret/**\n    - {d}/canary\n    - /**/*.pem\n  on_violation: alert\n",
         od = od.display(),
         d = dir.display()
     );
@@ -1059,14 +1059,10 @@ fn exec_and_file_rules_are_judged_and_recorded_as_alerts() {
     let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
         return;
     };
-    let script = "cat alias secret/../secret/key >/dev/null; od -c /dev/null >/dev/null";
+    let script = "cat alias secret/../secret/key; od -c /dev/null >/dev/null";
     let out = d.run_profile("watch", "watch", &dir, &["bash", "-c", script]);
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("warning: profile `watch`: file rules ask for Block"),
-        "{err}"
-    );
+    assert!(out.status.success(), "alerts never act: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ck");
     let sid = d.session("watch").id;
     let evs = d.wait_for(&sid, "judged events", |evs| {
         evs.iter().any(|e| e.kind == "session_end")
@@ -1089,17 +1085,17 @@ fn exec_and_file_rules_are_judged_and_recorded_as_alerts() {
     );
     assert_eq!(canary.enforced_by, "none");
     assert!(
-        canary.rule.ends_with("watch.yaml:10 (files.deny[1])"),
+        canary.rule.ends_with("watch.yaml:11 (files.deny[1])"),
         "{canary:?}"
     );
     let key = decision_of(&dir.join("secret/key"), "open");
     assert!(
-        key.rule.ends_with("(files.deny[0])") && key.decision == "deny",
+        key.rule.ends_with("(files.deny[0])") && key.action == "alerted",
         "{key:?}"
     );
     let odx = decision_of(&od, "exec");
     assert!(
-        odx.rule.ends_with("watch.yaml:6 (exec.deny[0])") && odx.decision == "deny",
+        odx.rule.ends_with("watch.yaml:6 (exec.deny[0])") && odx.action == "alerted",
         "{odx:?}"
     );
     let cat = decision_of(&fs::canonicalize("/bin/cat").unwrap(), "exec");
@@ -1109,76 +1105,377 @@ fn exec_and_file_rules_are_judged_and_recorded_as_alerts() {
     );
 }
 
-/// With `fallback: kill` (no layer here blocks exec or opens before they happen), a deny
-/// rule kills the process in the kernel before it returns to user mode: a reader of the
-/// canary never holds a byte, through a symlink, a relative `..` path or a file-name rule.
+/// A directory with a canary, a secret tree, an allowed file, a symlink and a hard link
+/// to the canary, and a copy of a program (`bin/tool`) that the profiles deny.
+struct PathFixture {
+    _work: TempDir,
+    dir: PathBuf,
+    rules: TempDir,
+}
+
+impl PathFixture {
+    fn new() -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let dir = fs::canonicalize(work.path()).unwrap();
+        for sub in ["secret", "app", "bin"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        fs::write(dir.join("canary"), "CANARY-BYTES\n").unwrap();
+        fs::write(dir.join("secret/key"), "KEY-BYTES\n").unwrap();
+        fs::write(dir.join("app/.env-test"), "ENV-BYTES\n").unwrap();
+        fs::write(dir.join("ok.txt"), "fine\n").unwrap();
+        symlink("canary", dir.join("alias")).unwrap();
+        // Another name for the same file: denied by inode, whatever the path says.
+        fs::hard_link(dir.join("canary"), dir.join("app/hardlink")).unwrap();
+        fs::copy("/usr/bin/od", dir.join("bin/tool")).unwrap();
+        Self {
+            _work: work,
+            dir,
+            rules: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes a profile denying the fixture's canary, secret tree, `.env-test` files and
+    /// `bin/tool`, with `on_violation` (and `fallback`) as given.
+    fn profile(&self, name: &str, mode: &str, on_violation: &str) {
+        let text = format!(
+            "name: {name}\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: {mode}\n\
+             exec:\n  deny: [{d}/bin/tool]\n  {on_violation}\n\
+             files:\n  deny:\n    - {d}/canary\n    - {d}/secret/**\n    - \"**/.env-test\"\n  {on_violation}\n",
+            d = self.dir.display()
+        );
+        fs::write(self.rules.path().join(format!("{name}.yaml")), text).unwrap();
+    }
+
+    fn daemon(&self) -> Option<Daemon> {
+        let rd = self.rules.path().to_str().unwrap().to_owned();
+        Daemon::start_with(&["--rules-dir", &rd])
+    }
+}
+
+fn lsm_attached(d: &Daemon) -> bool {
+    let st: StatusReport = d.json(&["status", "--json"]);
+    let expect = std::env::var("AGENTWARDEN_EXPECT_LSM").is_ok_and(|v| v == "1");
+    let attached = ["file_open", "bprm_check_security"].map(|n| {
+        st.programs
+            .iter()
+            .any(|p| p.name == n && p.state == "attached")
+    });
+    if expect {
+        assert_eq!(attached, [true, true], "the VM tier boots with lsm=...,bpf");
+    }
+    attached[0] && attached[1]
+}
+
+/// `kill` ends the process before it returns to user mode: a reader of the canary never
+/// holds a byte, through a symlink, a relative `..` path, a file-name rule and a hard link,
+/// and a denied program dies at exec, also renamed or hard-linked. Where BPF-LSM runs the
+/// open or exec is refused as well (`enforced_by: lsm`); elsewhere the tracepoint's signal
+/// does it (`signal`).
 #[test]
 fn denied_files_and_programs_are_killed_before_returning_to_user_mode() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = fs::canonicalize(work.path()).unwrap();
-    fs::create_dir_all(dir.join("secret")).unwrap();
-    fs::create_dir_all(dir.join("app")).unwrap();
-    fs::write(dir.join("canary"), "CANARY-BYTES\n").unwrap();
-    fs::write(dir.join("secret/key"), "KEY-BYTES\n").unwrap();
-    fs::write(dir.join("app/.env-test"), "ENV-BYTES\n").unwrap();
-    fs::write(dir.join("ok.txt"), "fine\n").unwrap();
-    symlink("canary", dir.join("alias")).unwrap();
-    let od = fs::canonicalize("/usr/bin/od").unwrap();
-    let rules = tempfile::tempdir().unwrap();
-    let profile = format!(
-        "name: killer\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: enforce\n\
-         exec:\n  deny: [{od}]\n  fallback: kill\n\
-         files:\n  deny:\n    - {d}/canary\n    - {d}/secret/**\n    - \"**/.env-test\"\n  fallback: kill\n",
-        od = od.display(),
-        d = dir.display()
-    );
-    fs::write(rules.path().join("killer.yaml"), profile).unwrap();
-    let rd = rules.path().to_str().unwrap().to_owned();
-    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
-        return;
-    };
+    let f = PathFixture::new();
+    f.profile("killer", "enforce", "on_violation: kill");
+    let Some(d) = f.daemon() else { return };
+    let layer = if lsm_attached(&d) { "lsm" } else { "signal" };
+    let dir = &f.dir;
     let run = |name: &str, cwd: &Path, args: &[&str]| d.run_profile("killer", name, cwd, args);
     for (name, cwd, args) in [
         ("k-symlink", dir.clone(), vec!["cat", "alias"]),
         ("k-dotdot", dir.join("secret"), vec!["cat", "../secret/key"]),
         ("k-name", dir.join("app"), vec!["cat", ".env-test"]),
-        ("k-exec", dir.clone(), vec!["od", "-c", "/dev/null"]),
+        ("k-hardlink", dir.join("app"), vec!["cat", "hardlink"]),
+        ("k-exec", dir.clone(), vec!["bin/tool", "-c", "/dev/null"]),
+        (
+            "k-renamed",
+            dir.clone(),
+            vec![
+                "sh",
+                "-c",
+                "mv bin/tool bin/renamed && exec bin/renamed -c ok.txt",
+            ],
+        ),
+        (
+            "k-exec-link",
+            dir.clone(),
+            vec![
+                "sh",
+                "-c",
+                "ln bin/renamed linked && exec ./linked -c ok.txt",
+            ],
+        ),
     ] {
         let out = run(name, &cwd, &args);
-        assert_eq!(out.status.signal(), Some(9), "{name}: {:?}", out.status);
+        assert_eq!(out.status.signal(), Some(9), "{name}: {out:?}");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            !stdout.contains("BYTES"),
-            "{name}: a killed reader got data: {stdout}"
+            !stdout.contains("BYTES") && !stdout.contains("f   i   n   e"),
+            "{name}: a killed process produced output: {stdout}"
         );
     }
-    let ok = run("k-ok", &dir, &["cat", "ok.txt"]);
+    let ok = run("k-ok", dir, &["cat", "ok.txt"]);
     assert!(ok.status.success());
     assert_eq!(String::from_utf8_lossy(&ok.stdout), "fine\n");
     // Outside every session the same file reads normally.
     let outside = Command::new("cat").arg(dir.join("alias")).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&outside.stdout), "CANARY-BYTES\n");
 
-    let sid = d.session("k-symlink").id;
-    let evs = d.wait_for(&sid, "the kill decision", |evs| {
-        evs.iter()
-            .any(|e| e.decision.as_ref().is_some_and(|x| x.action == "killed"))
-    });
-    let canary = dir.join("canary").to_string_lossy().into_owned();
-    let killed = evs
-        .iter()
-        .find(|e| e.open.as_ref().is_some_and(|o| o.path == canary))
-        .and_then(|e| e.decision.clone())
-        .expect("decision on the canary open");
+    let killed_in = |session: &str, path: &str| {
+        let sid = d.session(session).id;
+        let evs = d.wait_for(&sid, "the kill decision", |evs| {
+            evs.iter()
+                .any(|e| e.decision.as_ref().is_some_and(|x| x.action == "killed"))
+        });
+        let ev = evs
+            .iter()
+            .find(|e| e.decision.as_ref().is_some_and(|x| x.action == "killed"))
+            .unwrap();
+        let seen = ev
+            .open
+            .as_ref()
+            .map(|o| o.path.clone())
+            .or_else(|| ev.exec.as_ref().map(|x| x.path.clone()))
+            .unwrap_or_default();
+        assert_eq!(seen, path, "{session}:\n{}", dump(&evs));
+        let exit = evs
+            .iter()
+            .filter(|e| tgid(e) == tgid(ev))
+            .find_map(|e| e.exit.clone())
+            .expect("exit of the killed process");
+        assert_eq!(exit.signal, Some(9));
+        ev.decision.clone().unwrap()
+    };
+    let d_of = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    let canary = killed_in("k-symlink", &d_of("canary"));
     assert_eq!(
-        (killed.decision.as_str(), killed.action.as_str()),
-        ("deny", "killed")
+        (canary.decision.as_str(), canary.enforced_by.as_str()),
+        ("deny", layer)
     );
-    assert_eq!(killed.enforced_by, "signal");
     assert!(
-        killed.rule.ends_with("killer.yaml:10 (files.deny[0])"),
-        "{killed:?}"
+        canary.rule.ends_with("killer.yaml:10 (files.deny[0])"),
+        "{canary:?}"
     );
-    let exit = evs.iter().find_map(|e| e.exit.clone()).expect("exit");
-    assert_eq!(exit.signal, Some(9));
+    let link = killed_in("k-hardlink", &d_of("app/hardlink"));
+    assert!(link.rule.ends_with("(files.deny[0])"), "by inode: {link:?}");
+    let renamed = killed_in("k-renamed", &d_of("bin/renamed"));
+    assert!(
+        renamed.rule.ends_with("killer.yaml:6 (exec.deny[0])"),
+        "{renamed:?}"
+    );
+    killed_in("k-exec-link", &d_of("linked"));
+}
+
+/// Tries each access and prints `label=ok` or `label=errno`: `r:label=path` reads a
+/// file, `x:label=path` executes a program.
+const PATH_PROBE: &str = r#"
+import subprocess, sys
+for spec in sys.argv[1:]:
+    kind, rest = spec.split(":", 1)
+    label, path = rest.split("=", 1)
+    try:
+        if kind == "r":
+            data = open(path).read()
+            print(label + "=ok" + ("-LEAK" if "BYTES" in data else ""))
+        else:
+            subprocess.run([path, "-c", "/dev/null"], stdout=subprocess.DEVNULL, check=True)
+            print(label + "=ok")
+    except OSError as e:
+        print(label + "=" + str(e.errno))
+    sys.stdout.flush()
+"#;
+
+/// `block` refuses the open or exec with EPERM before it happens where BPF-LSM runs (the
+/// VM tier), holding against a symlink, a `..` path, a file-name rule, a hard link and a
+/// renamed program; the event names the rule and `lsm`. Where BPF-LSM is missing the
+/// profile is refused at enrolment, naming the missing hook. Monitor mode records only.
+#[test]
+fn denied_opens_and_execs_are_blocked_with_eperm_by_bpf_lsm_or_refused_without_it() {
+    let f = PathFixture::new();
+    f.profile("blocker", "enforce", "on_violation: block");
+    f.profile("watcher", "monitor", "on_violation: block");
+    let Some(d) = f.daemon() else { return };
+    let dir = &f.dir;
+    let specs = [
+        "r:symlink=alias",
+        "r:dotdot=secret/../secret/key",
+        "r:name=app/.env-test",
+        "r:hardlink=app/hardlink",
+        "r:allowed=ok.txt",
+        "x:exec=bin/tool",
+        "x:allowed_exec=/usr/bin/true",
+    ];
+    let probe = |profile: &str, name: &str| {
+        let mut args = vec!["/usr/bin/python3", "-c", PATH_PROBE];
+        args.extend(specs);
+        d.run_profile(profile, name, dir, &args)
+    };
+    if !lsm_attached(&d) {
+        let out = probe("blocker", "b-refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{err}");
+        assert!(
+            err.contains("needs the bprm_check_security program")
+                || err.contains("needs the file_open program"),
+            "{err}"
+        );
+        assert!(
+            err.contains("fallback: kill"),
+            "the way out is named: {err}"
+        );
+        println!("no BPF-LSM here: a blocking profile is refused at enrolment");
+    } else {
+        let out = probe("blocker", "b-lsm");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        for line in [
+            "symlink=1",
+            "dotdot=1",
+            "name=1",
+            "hardlink=1",
+            "allowed=ok",
+            "exec=1",
+            "allowed_exec=ok",
+        ] {
+            assert!(
+                stdout.lines().any(|l| l == line),
+                "want {line} (1 = EPERM) in:\n{stdout}"
+            );
+        }
+        let sid = d.session("b-lsm").id;
+        let evs = d.wait_for(&sid, "blocked decisions", |evs| {
+            evs.iter()
+                .filter(|e| e.decision.as_ref().is_some_and(|x| x.action == "blocked"))
+                .count()
+                >= 5
+        });
+        let blocked: Vec<_> = evs
+            .iter()
+            .filter(|e| e.decision.as_ref().is_some_and(|x| x.action == "blocked"))
+            .collect();
+        for e in &blocked {
+            let dec = e.decision.as_ref().unwrap();
+            assert_eq!(
+                (dec.decision.as_str(), dec.enforced_by.as_str()),
+                ("deny", "lsm")
+            );
+        }
+        let canary = dir.join("canary").to_string_lossy().into_owned();
+        let on_canary = blocked
+            .iter()
+            .find(|e| e.open.as_ref().is_some_and(|o| o.path == canary))
+            .unwrap_or_else(|| panic!("no blocked open of the canary:\n{}", dump(&evs)));
+        let o = on_canary.open.as_ref().unwrap();
+        assert_eq!(o.result, -1, "EPERM in the event");
+        assert!(o.path_resolved);
+        let tool = dir.join("bin/tool").to_string_lossy().into_owned();
+        assert!(
+            blocked
+                .iter()
+                .any(|e| e.exec.as_ref().is_some_and(|x| x.path == tool)),
+            "no blocked exec of bin/tool:\n{}",
+            dump(&evs)
+        );
+        let st: StatusReport = d.json(&["status", "--json"]);
+        let n = |name: &str| {
+            st.kernel_counters
+                .iter()
+                .find(|c| c.name == name)
+                .map_or(0, |c| c.total)
+        };
+        assert!(n("lsm_file_denied") >= 4 && n("lsm_exec_denied") >= 1);
+        println!(
+            "bpf-lsm file/exec block took effect on {}: open -> EPERM, exec -> EPERM",
+            st.host.kernel_release
+        );
+    }
+    // Monitor mode: everything goes through and the would-be decisions are recorded.
+    let out = probe("watcher", "b-monitor");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in ["symlink=ok-LEAK", "hardlink=ok-LEAK", "exec=ok"] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "monitor must not act: {line}\n{stdout}"
+        );
+    }
+    let sid = d.session("b-monitor").id;
+    let evs = d.wait_for(&sid, "alerts", |evs| {
+        evs.iter()
+            .filter(|e| e.decision.as_ref().is_some_and(|x| x.action == "alerted"))
+            .count()
+            >= 5
+    });
+    assert!(
+        evs.iter()
+            .filter_map(|e| e.decision.as_ref())
+            .all(|x| x.action != "blocked" && x.action != "killed"),
+        "{}",
+        dump(&evs)
+    );
+}
+
+/// `on_violation: kill` on the network: the cgroup layer refuses the connect or send and
+/// the process is killed before it returns to user mode, TCP and UDP alike.
+#[test]
+fn network_kill_refuses_and_kills_before_return() {
+    let ok = TcpListener::bind("127.0.0.1:0").unwrap();
+    let denied = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (p_ok, p_denied) = (
+        ok.local_addr().unwrap().port(),
+        denied.local_addr().unwrap().port(),
+    );
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("netkill.yaml"),
+        net_profile("netkill", "enforce", p_ok)
+            .replace("on_violation: block", "on_violation: kill"),
+    )
+    .unwrap();
+    let dir = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &dir]) else {
+        return;
+    };
+    let st: StatusReport = d.json(&["status", "--json"]);
+    if !st
+        .programs
+        .iter()
+        .any(|p| p.name == "connect4" && p.state == "attached")
+    {
+        return skip("the cgroup layer is not attached on this host");
+    }
+    let cwd = std::env::temp_dir();
+    let tcp = format!(
+        "import socket\ns = socket.socket()\nprint('before', flush=True)\n\
+         s.connect(('127.0.0.1', {p_denied}))\nprint('after', flush=True)\n"
+    );
+    let udp = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         print('before', flush=True)\ns.sendto(b'x', ('127.0.0.1', {p_denied}))\n\
+         print('after', flush=True)\n"
+    );
+    for (name, code) in [("nk-tcp", &tcp), ("nk-udp", &udp)] {
+        let out = d.run_profile("netkill", name, &cwd, &["/usr/bin/python3", "-c", code]);
+        assert_eq!(out.status.signal(), Some(9), "{name}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "before\n", "{name}");
+        let sid = d.session(name).id;
+        let evs = d.wait_for(&sid, "the kill", |evs| {
+            evs.iter().any(|e| e.kind == "session_end")
+        });
+        let dec = evs
+            .iter()
+            .find(|e| e.net.as_ref().is_some_and(|n| n.port == p_denied))
+            .and_then(|e| e.decision.clone())
+            .unwrap_or_else(|| panic!("{name}: no decision:\n{}", dump(&evs)));
+        assert_eq!(
+            (
+                dec.decision.as_str(),
+                dec.action.as_str(),
+                dec.enforced_by.as_str()
+            ),
+            ("deny", "killed", "cgroup")
+        );
+    }
+    // The allowed destination still connects inside the same profile.
+    let fine = format!("import socket\nsocket.create_connection(('127.0.0.1', {p_ok})).close()\n");
+    let out = d.run_profile("netkill", "nk-ok", &cwd, &["/usr/bin/python3", "-c", &fine]);
+    assert!(out.status.success(), "{out:?}");
 }

@@ -35,10 +35,15 @@ pub struct KernelOffsets {
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
     pub bprm_file: u32,
+    pub file_f_inode: u32,
+    pub file_f_flags: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub super_block_s_dev: u32,
     /// Non-zero once the daemon filled the struct; programs do nothing before that.
     pub valid: u32,
 }
-crate::assert_size!(KernelOffsets, 28 * 4);
+crate::assert_size!(KernelOffsets, 33 * 4);
 
 #[cfg(feature = "user")]
 // SAFETY: plain-old-data, all fields are u32, no padding.

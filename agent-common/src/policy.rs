@@ -33,7 +33,11 @@ pub struct ProfileConfig {
     pub exec_kill: u8,
     /// 1 when a denied file open kills the process (signal layer).
     pub file_kill: u8,
-    pub _pad: [u8; 2],
+    /// 1 when a denied exec is refused with `EPERM` where the LSM layer runs; such a
+    /// refusal never lets the exec happen, so `exec_kill` (a fallback) never fires.
+    pub exec_block: u8,
+    /// As `exec_block`, for file opens.
+    pub file_block: u8,
 }
 crate::assert_size!(ProfileConfig, 8);
 
@@ -135,7 +139,24 @@ pub struct PathRuleKey {
 }
 crate::assert_size!(PathRuleKey, 24);
 
-/// Value of `PATH_RULES`.
+/// Key of `INODE_RULES`: a deny rule bound to the file it named when the daemon
+/// compiled it, so a hard link, a rename or a bind mount of that file is still denied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeRuleKey {
+    pub ino: u64,
+    /// The kernel's `dev_t` (`major << 20 | minor`), as in `super_block.s_dev`.
+    pub dev: u32,
+    pub profile_id: u32,
+    /// As in [`PathRuleKey::owner_uid`].
+    pub owner_uid: u32,
+    /// `CATEGORY_*`.
+    pub category: u8,
+    pub _pad: [u8; 3],
+}
+crate::assert_size!(InodeRuleKey, 24);
+
+/// Value of `PATH_RULES` and `INODE_RULES`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PathRuleValue {
@@ -150,6 +171,8 @@ mod pod {
     unsafe impl aya::Pod for super::PathRuleKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PathRuleValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InodeRuleKey {}
     // SAFETY: repr(C) integers and byte arrays, no padding.
     unsafe impl aya::Pod for super::ProfileConfig {}
     // SAFETY: as above.

@@ -17,10 +17,14 @@ pub enum Stat {
     EventsSubmitted = 4,
     /// Executions denied by the BPF-LSM layer.
     LsmExecDenied = 5,
+    /// File opens denied by the BPF-LSM layer.
+    LsmFileDenied = 6,
+    /// Processes sent SIGKILL by a `kill` decision.
+    Kills = 7,
 }
 
 /// Number of entries in `STATS`.
-pub const STAT_COUNT: u32 = 6;
+pub const STAT_COUNT: u32 = 8;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -30,6 +34,8 @@ impl Stat {
         Stat::PathTruncated,
         Stat::EventsSubmitted,
         Stat::LsmExecDenied,
+        Stat::LsmFileDenied,
+        Stat::Kills,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -40,6 +46,8 @@ impl Stat {
             Stat::PathTruncated => "path_truncated",
             Stat::EventsSubmitted => "events_submitted",
             Stat::LsmExecDenied => "lsm_exec_denied",
+            Stat::LsmFileDenied => "lsm_file_denied",
+            Stat::Kills => "kills",
         }
     }
 }

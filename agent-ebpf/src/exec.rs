@@ -38,12 +38,15 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let bprm: *const u8 = ctx.arg(2);
     let task = current_task();
 
-    resolve_embedded(
-        read_ptr(bprm, off!(bprm_file)),
-        off!(file_f_path),
-        &mut ev.exe,
+    let file = read_ptr(bprm, off!(bprm_file));
+    resolve_embedded(file, off!(file_f_path), &mut ev.exe);
+    crate::pathrules::enforce(
+        file.unwrap_or(core::ptr::null()),
+        &ev.exe,
+        &entry,
+        CATEGORY_EXEC,
+        &mut ev.verdict,
     );
-    crate::pathrules::enforce(&ev.exe, &entry, CATEGORY_EXEC, &mut ev.verdict);
     resolve_embedded(read_ptr(task, off!(task_fs)), off!(fs_pwd), &mut ev.cwd);
 
     ev.argv_len = 0;

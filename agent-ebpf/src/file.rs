@@ -23,15 +23,18 @@ use crate::{
 /// Syscall arguments kept from entry to exit (kernel-only type).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct OpenStash {
+pub struct OpenStash {
     filename: u64,
-    flags: u32,
-    syscall: u32,
+    pub flags: u32,
+    pub syscall: u32,
+    /// Set by the LSM hook when it refused this open and sent the event itself.
+    pub lsm_sent: u32,
+    _pad: u32,
 }
 
 /// pid_tgid → pending open. LRU so a thread killed inside the syscall cannot leak slots.
 #[map]
-static OPEN_STASH: LruHashMap<u64, OpenStash> = LruHashMap::with_max_entries(16_384, 0);
+pub static OPEN_STASH: LruHashMap<u64, OpenStash> = LruHashMap::with_max_entries(16_384, 0);
 
 // Syscall tracepoint records: 8 bytes of common fields, the syscall number padded to 8,
 // then each argument as 8 bytes (`struct syscall_trace_enter`); exit has `ret` at 16.
@@ -60,6 +63,8 @@ fn stash(filename: u64, flags: u32, syscall: OpenSyscall) {
         filename,
         flags,
         syscall: syscall as u32,
+        lsm_sent: 0,
+        _pad: 0,
     };
     if OPEN_STASH.insert(pid_tgid, s, 0).is_err() {
         count(Stat::StashFull);
@@ -107,6 +112,9 @@ fn exit_open(ctx: &TracePointContext) {
         return;
     };
     let _ = OPEN_STASH.remove(pid_tgid);
+    if s.lsm_sent != 0 {
+        return;
+    }
     let Some(entry) = current_session((pid_tgid >> 32) as u32) else {
         return;
     };
@@ -123,17 +131,29 @@ fn exit_open(ctx: &TracePointContext) {
     if ret >= 0 {
         let file = fd_file(current_task(), ret as u32);
         resolve_embedded(file, off!(file_f_path), &mut ev.path);
-        crate::pathrules::enforce(&ev.path, &entry, CATEGORY_FILE, &mut ev.verdict);
+        crate::pathrules::enforce(
+            file.unwrap_or(core::ptr::null()),
+            &ev.path,
+            &entry,
+            CATEGORY_FILE,
+            &mut ev.verdict,
+        );
     } else {
         raw_user(s.filename as *const u8, &mut ev.path);
         ev.verdict = Default::default();
     }
+    send_open(ev);
+}
+
+/// Sends an open event without the unused tail of its path buffer.
+#[inline(always)]
+pub fn send_open(ev: &OpenEvent) {
     let mut path_len = ev.path.len as usize;
     if path_len > PATH_MAX {
         path_len = PATH_MAX;
     }
     let len = OpenEvent::FIXED_LEN + path_len;
-    // SAFETY: `len <= size_of::<OpenEvent>()`; the record is sent without the unused tail.
+    // SAFETY: `len <= size_of::<OpenEvent>()`.
     let bytes = unsafe { core::slice::from_raw_parts((ev as *const OpenEvent).cast::<u8>(), len) };
     send(bytes);
 }

@@ -34,6 +34,11 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     mm_arg_start: 0,
     mm_arg_end: 0,
     bprm_file: 0,
+    file_f_inode: 0,
+    file_f_flags: 0,
+    inode_i_ino: 0,
+    inode_i_sb: 0,
+    super_block_s_dev: 0,
     valid: 0,
 };
 

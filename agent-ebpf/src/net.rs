@@ -7,7 +7,7 @@ use agent_common::{
     stats::Stat,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_send_signal},
     macros::{map, tracepoint},
     maps::LruHashMap,
     programs::TracePointContext,
@@ -17,7 +17,10 @@ use crate::{
     emit::{header, send},
     kernel,
     maps::{count, current_session},
+    netpolicy::NET_KILL,
 };
+
+const SIGKILL: u32 = 9;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -83,9 +86,40 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Carries out a `kill` the cgroup layer decided for this thread's operation.
+#[inline(always)]
+fn kill_if_decided(pid_tgid: u64) {
+    // SAFETY: presence check only.
+    if unsafe { NET_KILL.get(pid_tgid) }.is_some() {
+        let _ = NET_KILL.remove(pid_tgid);
+        // SAFETY: signals the current task, allowed from tracepoints.
+        unsafe { bpf_send_signal(SIGKILL) };
+        count(Stat::Kills);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
+pub fn sys_exit_sendto(_ctx: TracePointContext) -> u32 {
+    kill_if_decided(bpf_get_current_pid_tgid());
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_sendmsg")]
+pub fn sys_exit_sendmsg(_ctx: TracePointContext) -> u32 {
+    kill_if_decided(bpf_get_current_pid_tgid());
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_sendmmsg")]
+pub fn sys_exit_sendmmsg(_ctx: TracePointContext) -> u32 {
+    kill_if_decided(bpf_get_current_pid_tgid());
+    0
+}
+
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    kill_if_decided(pid_tgid);
     // SAFETY: copied out before removal.
     let Some(s) = (unsafe { CONNECT_STASH.get(pid_tgid) }).copied() else {
         return 0;

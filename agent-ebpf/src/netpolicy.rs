@@ -5,18 +5,18 @@
 use agent_common::{
     event::{
         ENFORCED_CGROUP, ENFORCED_NONE, EventKind, NET_ACTION_ALERTED, NET_ACTION_ALLOWED,
-        NET_ACTION_BLOCKED, NET_OP_CONNECT, NET_OP_SENDMSG, NetDecisionEvent,
+        NET_ACTION_BLOCKED, NET_OP_CONNECT, NET_OP_SENDMSG, NetDecisionEvent, PATH_ACTION_KILLED,
     },
     policy::{
-        ACTION_ALERT, MAX_PROFILES, MODE_ENFORCE, NET_RULES_MAX, NetKey, NetRule, ProfileConfig,
-        RULE_DEFAULT,
+        ACTION_ALERT, ACTION_KILL, MAX_PROFILES, MODE_ENFORCE, NET_RULES_MAX, NetKey, NetRule,
+        ProfileConfig, RULE_DEFAULT,
     },
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_get_current_pid_tgid,
     macros::{cgroup_sock_addr, map},
-    maps::{Array, LpmTrie, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, lpm_trie::Key},
     programs::SockAddrContext,
 };
 
@@ -36,6 +36,12 @@ pub static NET_DENY: LpmTrie<NetKey, NetRule> =
 #[map]
 pub static NET_ALLOW: LpmTrie<NetKey, NetRule> =
     LpmTrie::with_max_entries(NET_RULES_MAX, BPF_F_NO_PREALLOC);
+
+/// Threads whose operation was refused under `on_violation: kill`: sock_addr programs
+/// cannot send signals, so the syscall's exit tracepoint does (see `net`), before the
+/// thread returns to user mode.
+#[map]
+pub static NET_KILL: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4_096, 0);
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -64,8 +70,8 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(entry) = current_session(tgid) else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(entry) = current_session((pid_tgid >> 32) as u32) else {
         return ALLOW;
     };
     let Some(cfg) = PROFILES.get(entry.profile_id) else {
@@ -119,11 +125,17 @@ fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
         },
     };
     let enforce = denied && cfg.mode == MODE_ENFORCE && cfg.net_action != ACTION_ALERT;
+    let kill = enforce && cfg.net_action == ACTION_KILL;
     let action = match (denied, enforce) {
         (false, _) => NET_ACTION_ALLOWED,
+        (true, true) if kill => PATH_ACTION_KILLED,
         (true, true) => NET_ACTION_BLOCKED,
         (true, false) => NET_ACTION_ALERTED,
     };
+    if kill {
+        // The signal follows at the syscall's exit; the operation is refused already.
+        let _ = NET_KILL.insert(pid_tgid, 1, 0);
+    }
     // Allowed datagrams are not reported one by one; every connect and every
     // out-of-profile operation is.
     if denied || op == NET_OP_CONNECT {

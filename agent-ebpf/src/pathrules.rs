@@ -2,20 +2,25 @@
 //! by the FNV-1a hash of an absolute path (exact), of a directory (prefix: the directory
 //! and everything below it) or of a file name; one scan of the path buffer computes the
 //! hash of every directory on the way, the whole path and the leaf name, with one map
-//! lookup each. Runs under `bpf_loop`, like the walk.
+//! lookup each. Runs under `bpf_loop`, like the walk. Rules that named an existing file
+//! are also bound to its inode, so other names of the same file are denied too.
+//!
+//! Two layers use the same match: the BPF-LSM hooks refuse before the operation
+//! ([`lsm_decide`]); the tracepoints after it can only kill ([`enforce`]).
 
 use core::ffi::c_void;
 
 use agent_common::{
     event::{
-        ENFORCED_NONE, ENFORCED_SIGNAL, KPath, KernelVerdict, NET_ACTION_ALERTED,
-        PATH_ACTION_KILLED, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX,
+        ENFORCED_LSM, ENFORCED_NONE, ENFORCED_SIGNAL, KPath, KernelVerdict, NET_ACTION_ALERTED,
+        NET_ACTION_BLOCKED, PATH_ACTION_KILLED, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX,
     },
     policy::{
-        FNV_OFFSET, FORM_EXACT, FORM_NAME, FORM_PREFIX, MODE_ENFORCE, OWNER_ANY, PathRuleKey,
-        PathRuleValue, fnv_step,
+        CATEGORY_EXEC, FNV_OFFSET, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey, MODE_ENFORCE,
+        OWNER_ANY, PathRuleKey, PathRuleValue, fnv_step,
     },
     session::SessionEntry,
+    stats::Stat,
 };
 use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_send_signal},
@@ -23,13 +28,22 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 
-use crate::netpolicy::PROFILES;
+use crate::{
+    kernel::{off, read, read_ptr},
+    maps::count,
+    netpolicy::PROFILES,
+};
 
 /// Deny rules of all profiles, keyed by path hash.
 #[map]
 pub static PATH_RULES: HashMap<PathRuleKey, PathRuleValue> = HashMap::with_max_entries(16_384, 0);
 
+/// Deny rules bound to the files they named, keyed by inode.
+#[map]
+pub static INODE_RULES: HashMap<InodeRuleKey, PathRuleValue> = HashMap::with_max_entries(16_384, 0);
+
 const SIGKILL: u32 = 9;
+const EPERM: i32 = 1;
 
 /// Mutable scan state. It lives in map memory so the verifier sees unknown scalars and
 /// the callback converges after a few iterations instead of being walked byte by byte.
@@ -184,34 +198,142 @@ fn matches(path: &KPath, entry: &SessionEntry, category: u8) -> Option<u32> {
     (s.hit != 0).then_some(s.rule)
 }
 
-/// Judges `path` for the session and, where the profile says kill, sends SIGKILL: the
-/// process never returns to user mode with the result.
+/// The deny rule bound to the inode of `file`, if any: catches a hard link, a rename or a
+/// bind mount of a file a rule named, whatever path reaches it now.
 #[inline(always)]
-pub fn enforce(path: &KPath, entry: &SessionEntry, category: u8, out: &mut KernelVerdict) {
-    *out = KernelVerdict::default();
-    let Some(cfg) = PROFILES.get(entry.profile_id) else {
-        return;
+fn inode_matches(file: *const u8, entry: &SessionEntry, category: u8) -> Option<u32> {
+    let inode = read_ptr(file, off!(file_f_inode))?;
+    let ino = read::<u64>(inode, off!(inode_i_ino))?;
+    let sb = read_ptr(inode, off!(inode_i_sb))?;
+    let dev = read::<u32>(sb, off!(super_block_s_dev))?;
+    let mut key = InodeRuleKey {
+        ino,
+        dev,
+        profile_id: entry.profile_id,
+        owner_uid: entry.owner_uid,
+        category,
+        _pad: [0; 3],
     };
-    if cfg.loaded == 0 {
-        return;
+    for owner in [entry.owner_uid, OWNER_ANY] {
+        key.owner_uid = owner;
+        // SAFETY: value copied out.
+        if let Some(v) = unsafe { INODE_RULES.get(key) } {
+            return Some(v.rule_id);
+        }
     }
-    let Some(rule) = matches(path, entry, category) else {
+    None
+}
+
+/// What a profile says about denials of one category.
+struct Actions {
+    mode: u8,
+    kill: u8,
+    block: u8,
+}
+
+#[inline(always)]
+fn actions(entry: &SessionEntry, category: u8) -> Option<Actions> {
+    let cfg = PROFILES.get(entry.profile_id)?;
+    if cfg.loaded == 0 {
+        return None;
+    }
+    Some(if category == CATEGORY_EXEC {
+        Actions {
+            mode: cfg.mode,
+            kill: cfg.exec_kill,
+            block: cfg.exec_block,
+        }
+    } else {
+        Actions {
+            mode: cfg.mode,
+            kill: cfg.file_kill,
+            block: cfg.file_block,
+        }
+    })
+}
+
+/// The deny rule of `category` that matches the file: by path, then by inode.
+#[inline(always)]
+fn judge(file: *const u8, path: &KPath, entry: &SessionEntry, category: u8) -> Option<u32> {
+    matches(path, entry, category).or_else(|| inode_matches(file, entry, category))
+}
+
+#[inline(always)]
+fn kill_current() {
+    // SAFETY: signals the current task; allowed from tracepoints and LSM hooks.
+    unsafe { bpf_send_signal(SIGKILL) };
+    count(Stat::Kills);
+}
+
+/// Tracepoint layer, after the operation: judges the opened `file` (resolved as `path`)
+/// and, where the profile says kill, sends SIGKILL so the process never returns to user
+/// mode with the result. Where the LSM layer runs, a denied open never gets here.
+#[inline(always)]
+pub fn enforce(
+    file: *const u8,
+    path: &KPath,
+    entry: &SessionEntry,
+    category: u8,
+    out: &mut KernelVerdict,
+) {
+    *out = KernelVerdict::default();
+    let Some(a) = actions(entry, category) else {
         return;
     };
-    let kill_wanted = if category == agent_common::policy::CATEGORY_EXEC {
-        cfg.exec_kill
-    } else {
-        cfg.file_kill
+    let Some(rule) = judge(file, path, entry, category) else {
+        return;
     };
     out.rule_id = rule;
     out.denied = 1;
-    if kill_wanted != 0 && cfg.mode == MODE_ENFORCE {
-        // SAFETY: signals the current task, allowed from tracepoints.
-        unsafe { bpf_send_signal(SIGKILL) };
+    if a.kill != 0 && a.mode == MODE_ENFORCE {
+        kill_current();
         out.action = PATH_ACTION_KILLED;
         out.enforced_by = ENFORCED_SIGNAL;
     } else {
         out.action = NET_ACTION_ALERTED;
         out.enforced_by = ENFORCED_NONE;
     }
+}
+
+/// Whether the LSM layer has anything to refuse for this session and category: only
+/// enforce-mode profiles with `block` or `kill` (monitor and alert are recorded by the
+/// tracepoints after the operation).
+#[inline(always)]
+pub fn lsm_wanted(entry: &SessionEntry, category: u8) -> bool {
+    actions(entry, category)
+        .is_some_and(|a| a.mode == MODE_ENFORCE && (a.block != 0 || a.kill != 0))
+}
+
+/// LSM layer, before the operation: `-EPERM` when a deny rule matches. `block` refuses;
+/// `kill` refuses and sends SIGKILL, so the process neither gets the file nor runs on.
+#[inline(always)]
+pub fn lsm_decide(
+    file: *const u8,
+    path: &KPath,
+    entry: &SessionEntry,
+    category: u8,
+    out: &mut KernelVerdict,
+) -> i32 {
+    *out = KernelVerdict::default();
+    let Some(a) = actions(entry, category) else {
+        return 0;
+    };
+    if a.mode != MODE_ENFORCE {
+        return 0;
+    }
+    let Some(rule) = judge(file, path, entry, category) else {
+        return 0;
+    };
+    out.rule_id = rule;
+    out.denied = 1;
+    out.enforced_by = ENFORCED_LSM;
+    if a.block != 0 {
+        out.action = NET_ACTION_BLOCKED;
+    } else if a.kill != 0 {
+        kill_current();
+        out.action = PATH_ACTION_KILLED;
+    } else {
+        return 0;
+    }
+    -EPERM
 }

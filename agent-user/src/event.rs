@@ -6,10 +6,10 @@ use std::{
 };
 
 use agent_common::event::{
-    ARGV_TRUNCATED, COMM_LEN, ConnectEvent, ENFORCED_CGROUP, ENFORCED_SIGNAL, EventHeader,
-    EventKind, ExecEvent, ExitEvent, ForkEvent, KPath, KernelVerdict, NET_ACTION_ALERTED,
-    NET_ACTION_BLOCKED, NET_OP_SENDMSG, NetDecisionEvent, OpenEvent, OpenSyscall,
-    PATH_ACTION_KILLED, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED,
+    ARGV_TRUNCATED, COMM_LEN, ConnectEvent, ENFORCED_CGROUP, ENFORCED_LSM, ENFORCED_SIGNAL,
+    EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, KPath, KernelVerdict,
+    NET_ACTION_ALERTED, NET_ACTION_BLOCKED, NET_OP_SENDMSG, NetDecisionEvent, OpenEvent,
+    OpenSyscall, PATH_ACTION_KILLED, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED,
     decode::{DecodeError, header, read_record},
 };
 use serde::{Deserialize, Serialize};
@@ -445,23 +445,33 @@ impl Event {
                 });
                 ev.decision = Some(DecisionInfo {
                     decision: if e.denied != 0 { "deny" } else { "allow" }.to_owned(),
-                    action: match e.action {
-                        NET_ACTION_BLOCKED => "blocked",
-                        NET_ACTION_ALERTED => "alerted",
-                        _ => "allowed",
-                    }
-                    .to_owned(),
+                    action: action_name(e.action).to_owned(),
                     rule: rule(e.rule_id, "network"),
-                    enforced_by: if e.enforced_by == ENFORCED_CGROUP {
-                        "cgroup"
-                    } else {
-                        "none"
-                    }
-                    .to_owned(),
+                    enforced_by: layer_name(e.enforced_by).to_owned(),
                 });
             }
         }
         ev
+    }
+}
+
+/// `NET_ACTION_*` / `PATH_ACTION_KILLED` as written in events.
+fn action_name(a: u8) -> &'static str {
+    match a {
+        NET_ACTION_BLOCKED => "blocked",
+        NET_ACTION_ALERTED => "alerted",
+        PATH_ACTION_KILLED => "killed",
+        _ => "allowed",
+    }
+}
+
+/// `ENFORCED_*` as written in events.
+fn layer_name(l: u8) -> &'static str {
+    match l {
+        ENFORCED_CGROUP => "cgroup",
+        ENFORCED_SIGNAL => "signal",
+        ENFORCED_LSM => "lsm",
+        _ => "none",
     }
 }
 
@@ -473,19 +483,9 @@ fn kernel_decision(
 ) -> Option<DecisionInfo> {
     (v.denied != 0).then(|| DecisionInfo {
         decision: "deny".to_owned(),
-        action: if v.action == PATH_ACTION_KILLED {
-            "killed"
-        } else {
-            "alerted"
-        }
-        .to_owned(),
+        action: action_name(v.action).to_owned(),
         rule: rule(v.rule_id, category),
-        enforced_by: if v.enforced_by == ENFORCED_SIGNAL {
-            "signal"
-        } else {
-            "none"
-        }
-        .to_owned(),
+        enforced_by: layer_name(v.enforced_by).to_owned(),
     })
 }
 

@@ -132,18 +132,29 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     tp("sys_exit_creat", false),
     tp("sys_enter_connect", true),
     tp("sys_exit_connect", true),
+    // `kill` of network operations: the cgroup layer refuses, these exits send SIGKILL.
+    tp("sys_exit_sendto", true),
+    tp("sys_exit_sendmsg", true),
+    tp("sys_exit_sendmmsg", true),
     cgroup("connect4"),
     cgroup("connect6"),
     cgroup("sendmsg4"),
     cgroup("sendmsg6"),
-    // Fallback where BPF-LSM is missing: exec denial is refused at enrolment (no layer
-    // can block it yet; the signal layer comes with profile enforcement).
+    // Where BPF-LSM is missing, `block` of execs and opens is carried out only by a
+    // profile's `fallback: kill` (signal layer); without one the profile is refused.
     ProgramSpec {
         name: "bprm_check_security",
         hook: Hook::Lsm("bprm_check_security"),
         needs: Some(Feature::BpfLsm),
         required: false,
-        fallback: "profiles that deny exec are refused at enrolment",
+        fallback: "exec `block` only through `fallback: kill` (signal layer); else refused",
+    },
+    ProgramSpec {
+        name: "file_open",
+        hook: Hook::Lsm("file_open"),
+        needs: Some(Feature::BpfLsm),
+        required: false,
+        fallback: "file `block` only through `fallback: kill` (signal layer); else refused",
     },
 ];
 

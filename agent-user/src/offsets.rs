@@ -43,6 +43,11 @@ pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
         mm_arg_start: f("mm_struct", "arg_start")?,
         mm_arg_end: f("mm_struct", "arg_end")?,
         bprm_file: f("linux_binprm", "file")?,
+        file_f_inode: f("file", "f_inode")?,
+        file_f_flags: f("file", "f_flags")?,
+        inode_i_ino: f("inode", "i_ino")?,
+        inode_i_sb: f("inode", "i_sb")?,
+        super_block_s_dev: f("super_block", "s_dev")?,
         valid: 1,
     })
 }

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, fs, path::Path};
 
-use crate::policy::{self, Diagnostic, Profile, Severity, compile, pattern::KernelForm};
+use crate::policy::{self, Diagnostic, Profile, Severity, pattern::KernelForm};
 
 /// Shipped profiles, embedded so the daemon runs with no files on disk.
 pub const EMBEDDED: &[(&str, &str)] = &[
@@ -51,77 +51,109 @@ pub fn session_flags(profile: &Profile) -> (u32, Option<&'static str>) {
     }
 }
 
-/// Programs that must be attached for the profile's `block` decisions to be carried out
-/// on this host (principle: never downgrade silently). Errors for what no layer does yet.
-pub fn required_programs(p: &Profile) -> anyhow::Result<Vec<&'static str>> {
+/// The LSM program that refuses a category's denials before the operation.
+fn lsm_program(category: &str) -> &'static str {
+    if category == "exec" {
+        "bprm_check_security"
+    } else {
+        "file_open"
+    }
+}
+
+/// The settings of one path category (exec or files) that decide how denials are met.
+struct Category<'a> {
+    name: &'static str,
+    default: policy::Default,
+    on_violation: policy::OnViolation,
+    fallback: Option<policy::Fallback>,
+    deny: &'a [policy::Located<policy::pattern::Pattern>],
+}
+
+fn path_categories(p: &Profile) -> [Category<'_>; 2] {
+    let f = &p.file;
+    [
+        Category {
+            name: "exec",
+            default: f.exec.default,
+            on_violation: f.exec.on_violation,
+            fallback: f.exec.fallback,
+            deny: &p.exec_deny,
+        },
+        Category {
+            name: "file",
+            default: f.files.default,
+            on_violation: f.files.on_violation,
+            fallback: f.files.fallback,
+            deny: &p.files_deny,
+        },
+    ]
+}
+
+/// Programs that must be attached for the profile's `block` and `kill` decisions to be
+/// carried out on this host (principle: never downgrade silently). A `block` of execs or
+/// opens needs BPF-LSM unless the profile names `fallback: kill`.
+pub fn required_programs(p: &Profile) -> Vec<&'static str> {
     let mut out = Vec::new();
     if let (_, Some(program)) = session_flags(p) {
         out.push(program);
     }
     let f = &p.file;
-    let net = &f.network;
-    if f.mode == policy::Mode::Enforce {
-        if net.on_violation == policy::OnViolation::Kill {
-            anyhow::bail!(
-                "profile `{}`: network `on_violation: kill` is not implemented yet \
-                 (the cgroup layer blocks; use `block`)",
-                f.name
-            );
-        }
-        if net.on_violation == policy::OnViolation::Block
-            && (net.default == policy::Default::Deny || !p.net_deny.is_empty())
-        {
-            out.extend(["connect4", "connect6", "sendmsg4", "sendmsg6"]);
+    if f.mode != policy::Mode::Enforce {
+        return out;
+    }
+    for c in path_categories(p) {
+        let in_kernel = c
+            .deny
+            .iter()
+            .any(|l| l.value.kernel_form() != KernelForm::UserspaceOnly);
+        if in_kernel && c.on_violation == policy::OnViolation::Block && c.fallback.is_none() {
+            out.push(lsm_program(c.name));
         }
     }
-    Ok(out)
+    let net = &f.network;
+    if net.on_violation != policy::OnViolation::Alert
+        && (net.default == policy::Default::Deny || !p.net_deny.is_empty())
+    {
+        out.extend(["connect4", "connect6", "sendmsg4", "sendmsg6"]);
+    }
+    out
 }
 
-/// What the profile asks for that this host cannot carry out before the operation, so it
-/// is recorded (`alerted`) instead. Reported at enrolment, never silent.
-pub fn enforcement_gaps(p: &Profile) -> Vec<String> {
+/// What the profile asks for that this host carries out differently than written: a
+/// `block` done as its `kill` fallback where BPF-LSM is missing, and rules only judged in
+/// userspace (recorded as `alerted`). Reported at enrolment, never silent.
+pub fn enforcement_gaps(p: &Profile, attached: &dyn Fn(&str) -> bool) -> Vec<String> {
     let f = &p.file;
     if f.mode != policy::Mode::Enforce {
         return Vec::new();
     }
     let mut gaps = Vec::new();
-    let cats = [
-        (
-            "exec",
-            &f.exec.default,
-            f.exec.on_violation,
-            f.exec.fallback,
-            &p.exec_deny,
-            session_flags(p).1.is_some(),
-        ),
-        (
-            "file",
-            &f.files.default,
-            f.files.on_violation,
-            f.files.fallback,
-            &p.files_deny,
-            false,
-        ),
-    ];
-    for (cat, default, on_violation, fallback, deny, lsm_blocks) in cats {
-        let rules = !deny.is_empty() || *default == policy::Default::Deny;
-        if !rules || on_violation == policy::OnViolation::Alert || lsm_blocks {
+    for c in path_categories(p) {
+        let (cat, deny) = (c.name, c.deny);
+        let any = !deny.is_empty() || c.default == policy::Default::Deny;
+        if !any || c.on_violation == policy::OnViolation::Alert {
             continue;
         }
-        if compile::kills(f.mode, on_violation, fallback) == 0 {
-            gaps.push(format!(
-                "{cat} rules ask for {on_violation:?}, which no layer on this host carries out \
-                 before the operation: matches are recorded as alerts (`fallback: kill` kills)"
-            ));
+        if cat == "exec" && session_flags(p).1.is_some() {
             continue;
+        }
+        if c.on_violation == policy::OnViolation::Block
+            && c.fallback == Some(policy::Fallback::Kill)
+            && !attached(lsm_program(cat))
+        {
+            gaps.push(format!(
+                "{cat} `block` is carried out as its `fallback: kill` on this host: the \
+                 BPF-LSM {} hook is not attached",
+                lsm_program(cat)
+            ));
         }
         let wildcard = deny
             .iter()
             .any(|l| l.value.kernel_form() == KernelForm::UserspaceOnly);
-        if *default == policy::Default::Deny || wildcard {
+        if c.default == policy::Default::Deny || wildcard {
             gaps.push(format!(
-                "{cat} deny rules kill in the kernel; the default-deny allow lists and wildcard \
-                 patterns are judged in userspace and recorded as alerts"
+                "{cat} deny rules are decided in the kernel; the default-deny allow lists and \
+                 wildcard patterns are judged in userspace and recorded as alerts"
             ));
         }
     }

@@ -8,6 +8,9 @@ pub enum OpenSyscall {
     Openat2 = 2,
     Open = 3,
     Creat = 4,
+    /// An open the kernel made for the process outside these syscalls (the executable
+    /// of an `execve`, io_uring), seen only by the LSM hook.
+    Other = 5,
 }
 
 impl OpenSyscall {
@@ -17,6 +20,7 @@ impl OpenSyscall {
             2 => Self::Openat2,
             3 => Self::Open,
             4 => Self::Creat,
+            5 => Self::Other,
             _ => return None,
         })
     }
@@ -27,6 +31,7 @@ impl OpenSyscall {
             Self::Openat2 => "openat2",
             Self::Open => "open",
             Self::Creat => "creat",
+            Self::Other => "other",
         }
     }
 }

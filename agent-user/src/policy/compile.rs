@@ -2,12 +2,16 @@
 //! trie first; within a trie the longest prefix wins, so each entry also carries the port
 //! ranges of the entries that enclose it (a /16 inside a /8 keeps the /8's ports).
 
-use std::net::{IpAddr, ToSocketAddrs};
+use std::{
+    net::{IpAddr, ToSocketAddrs},
+    os::unix::fs::MetadataExt,
+};
 
 use agent_common::policy::{
     ACTION_ALERT, ACTION_BLOCK, ACTION_KILL, CATEGORY_EXEC, CATEGORY_FILE, FORM_EXACT, FORM_NAME,
-    FORM_PREFIX, MAX_PORT_RANGES, MODE_ENFORCE, MODE_MONITOR, NetKey, NetRule, OWNER_ANY,
-    PathRuleKey, PathRuleValue, PortRange as KPortRange, ProfileConfig, RULE_DEFAULT, fnv,
+    FORM_PREFIX, InodeRuleKey, MAX_PORT_RANGES, MODE_ENFORCE, MODE_MONITOR, NetKey, NetRule,
+    OWNER_ANY, PathRuleKey, PathRuleValue, PortRange as KPortRange, ProfileConfig, RULE_DEFAULT,
+    fnv,
 };
 use anyhow::{Result, bail};
 
@@ -53,6 +57,9 @@ pub struct CompiledProfile {
     pub net_allow: Vec<NetEntry>,
     /// Exec and file deny rules the kernel matches by path hash.
     pub path_rules: Vec<(PathRuleKey, PathRuleValue)>,
+    /// Exact and directory deny rules as absolute paths, to be bound to the inodes of
+    /// what they name on this host ([`bind_inodes`]).
+    pub bound_paths: Vec<BoundPath>,
     /// Host names that resolved to nothing (reported, the rule is inactive until they do).
     pub unresolved: Vec<String>,
 }
@@ -65,8 +72,8 @@ fn action(v: OnViolation) -> u8 {
     }
 }
 
-/// Whether denials of a category kill: `kill`, or `block` with `fallback: kill` (no layer
-/// on these hosts blocks exec or file opens before they happen yet).
+/// Whether denials of a category kill: `kill`, or `block` with `fallback: kill`. The
+/// kill of a fallback happens only where the LSM layer did not already refuse.
 pub fn kills(mode: Mode, v: OnViolation, fallback: Option<Fallback>) -> u8 {
     u8::from(
         mode == Mode::Enforce
@@ -100,16 +107,34 @@ pub fn compile(
             p.file.files.on_violation,
             p.file.files.fallback,
         ),
-        _pad: [0; 2],
+        exec_block: blocks(p.file.mode, p.file.exec.on_violation),
+        file_block: blocks(p.file.mode, p.file.files.on_violation),
     };
     let mut path_rules = Vec::new();
+    let mut bound_paths = Vec::new();
     for (category, field, list) in [
         (CATEGORY_EXEC, "exec.deny", &p.exec_deny),
         (CATEGORY_FILE, "files.deny", &p.files_deny),
     ] {
         for (i, l) in list.iter().enumerate() {
             let rule_id = rules.add(p, &format!("{field}[{i}]"), l.line);
-            for (owner, form, hash) in path_keys(&l.value, homes) {
+            for (owner, form, text) in path_texts(&l.value, homes) {
+                let hash = fnv(text.as_bytes());
+                if form != FORM_NAME {
+                    bound_paths.push(BoundPath {
+                        path: text.clone(),
+                        tree: form == FORM_PREFIX,
+                        key: InodeRuleKey {
+                            ino: 0,
+                            dev: 0,
+                            profile_id: id,
+                            owner_uid: owner,
+                            category,
+                            _pad: [0; 3],
+                        },
+                        rule_id,
+                    });
+                }
                 let key = PathRuleKey {
                     hash,
                     profile_id: id,
@@ -135,12 +160,94 @@ pub fn compile(
         net_deny,
         net_allow,
         path_rules,
+        bound_paths,
         unresolved,
     })
 }
 
-/// (owner, form, hash) of a pattern as the kernel matches it; `~` patterns once per home.
-fn path_keys(p: &Pattern, homes: &[(u32, String)]) -> Vec<(u32, u8, u64)> {
+/// Whether denials of a category are refused before the operation where the LSM layer
+/// runs.
+pub fn blocks(mode: Mode, v: OnViolation) -> u8 {
+    u8::from(mode == Mode::Enforce && v == OnViolation::Block)
+}
+
+/// An exact or directory deny rule, expanded to an absolute path.
+#[derive(Clone, Debug)]
+pub struct BoundPath {
+    pub path: String,
+    /// `/dir/**`: every file below `path`.
+    pub tree: bool,
+    /// The key to fill with each file's inode.
+    pub key: InodeRuleKey,
+    pub rule_id: u32,
+}
+
+/// Files bound per directory rule; a larger tree is bound in part and reported.
+pub const MAX_BOUND_FILES: usize = 4_096;
+
+/// Binds rules to the inodes of the files they name now, so that another name for the
+/// same file (a hard link, a rename, a bind mount) is denied too. Returns the entries
+/// and, for each directory rule that had more files than [`MAX_BOUND_FILES`], its path.
+pub fn bind_inodes(bound: &[BoundPath]) -> (Vec<(InodeRuleKey, PathRuleValue)>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut partial = Vec::new();
+    for b in bound {
+        let value = PathRuleValue {
+            rule_id: b.rule_id,
+            _pad: 0,
+        };
+        let mut push = |m: &std::fs::Metadata| {
+            if m.is_file() {
+                let key = InodeRuleKey {
+                    ino: m.ino(),
+                    dev: kernel_dev(m.dev()),
+                    ..b.key
+                };
+                out.push((key, value));
+            }
+        };
+        if !b.tree {
+            if let Ok(m) = std::fs::metadata(&b.path) {
+                push(&m);
+            }
+            continue;
+        }
+        let mut seen = 0;
+        let mut stack = vec![std::path::PathBuf::from(&b.path)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                // Not following symlinks: a link's target is judged by its own path.
+                let Ok(m) = e.metadata() else { continue };
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else if seen < MAX_BOUND_FILES {
+                    seen += 1;
+                    push(&m);
+                } else {
+                    partial.push(b.path.clone());
+                    stack.clear();
+                    break;
+                }
+            }
+        }
+    }
+    (out, partial)
+}
+
+/// The kernel's `dev_t` (`major << 20 | minor`, as in `super_block.s_dev`) of a
+/// `st_dev` from stat(2), which encodes major and minor differently.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let major = rustix::fs::major(st_dev);
+    let minor = rustix::fs::minor(st_dev);
+    (major << 20) | (minor & 0xf_ffff)
+}
+
+/// (owner, form, absolute text) of a pattern as the kernel matches it; `~` patterns once
+/// per home.
+fn path_texts(p: &Pattern, homes: &[(u32, String)]) -> Vec<(u32, u8, String)> {
     let src = p.source();
     let (form, text) = match p.kernel_form() {
         KernelForm::Exact => (FORM_EXACT, src),
@@ -149,15 +256,12 @@ fn path_keys(p: &Pattern, homes: &[(u32, String)]) -> Vec<(u32, u8, u64)> {
         KernelForm::UserspaceOnly => return Vec::new(),
     };
     if !p.is_home_relative() {
-        return vec![(OWNER_ANY, form, fnv(text.as_bytes()))];
+        return vec![(OWNER_ANY, form, text.to_owned())];
     }
     let rest = text.strip_prefix('~').unwrap_or(text);
     homes
         .iter()
-        .map(|(uid, home)| {
-            let full = format!("{}{rest}", home.trim_end_matches('/'));
-            (*uid, form, fnv(full.as_bytes()))
-        })
+        .map(|(uid, home)| (*uid, form, format!("{}{rest}", home.trim_end_matches('/'))))
         .collect()
 }
 
@@ -345,5 +449,46 @@ files:\n  deny: [/etc/shadow, ~/.ssh/**, \"**/.env\", /**/*.pem]\n  fallback: ki
         assert!(keys.contains(&(0, FORM_PREFIX, fnv(b"/root/.ssh"))));
         assert!(keys.contains(&(OWNER_ANY, FORM_NAME, fnv(b".env"))));
         assert_eq!(keys.len(), 4, "the *.pem wildcard stays in userspace");
+    }
+
+    #[test]
+    fn rules_bind_to_the_inodes_of_the_files_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir_all(secrets.join("deep")).unwrap();
+        std::fs::write(secrets.join("deep/key"), "k").unwrap();
+        std::fs::write(dir.path().join("token"), "t").unwrap();
+        let text = format!(
+            "name: t\ndescription: d\nowners: {{ business: b, technical: t }}\nmode: enforce\n\
+files:\n  deny: [{0}/token, {0}/secrets/**, {0}/missing]\n  on_violation: kill\n",
+            dir.path().display()
+        );
+        let p = parse("t.yaml", &text).unwrap();
+        let c = compile(&p, 2, &mut RuleTable::default(), &|_| Vec::new(), &[]).unwrap();
+        assert_eq!(c.bound_paths.len(), 3);
+        let (inodes, partial) = bind_inodes(&c.bound_paths);
+        assert!(partial.is_empty());
+        let st = std::fs::metadata(secrets.join("deep/key")).unwrap();
+        let key = inodes
+            .iter()
+            .find(|(k, _)| k.ino == st.ino())
+            .expect("file below the directory rule bound");
+        assert_eq!(key.0.dev, kernel_dev(st.dev()));
+        assert_eq!((key.0.profile_id, key.0.category), (2, CATEGORY_FILE));
+        assert_eq!(
+            inodes.len(),
+            2,
+            "token and secrets/deep/key; nothing for missing"
+        );
+    }
+
+    #[test]
+    fn kernel_dev_encoding() {
+        // 8:1 (sda1) is 0x801 in stat's encoding and 8 << 20 | 1 in the kernel's.
+        assert_eq!(kernel_dev(0x801), (8 << 20) | 1);
+        assert_eq!(
+            kernel_dev(rustix::fs::makedev(259, 0x1_0003)),
+            (259 << 20) | 0x1_0003
+        );
     }
 }

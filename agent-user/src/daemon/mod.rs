@@ -2,7 +2,7 @@
 //! ring-buffer records into enriched events, and tracks session lifetime.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap},
     fs::{self, File, OpenOptions},
     io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write},
     os::{
@@ -14,15 +14,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{
-    policy::{MAX_PROFILES, NetKey, NetRule, PathRuleKey, PathRuleValue, ProfileConfig},
-    session::SessionEntry,
-    stats::Stat,
-};
+use agent_common::{session::SessionEntry, stats::Stat};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader, unix::AsyncFd},
@@ -31,6 +27,10 @@ use tokio::{
     sync::broadcast,
 };
 use tracing::{info, warn};
+
+mod policy_maps;
+
+use policy_maps::PolicyMaps;
 
 use crate::{
     event::{self, Clock, DecisionInfo, Event, LossInfo, ProcessInfo, Raw, SessionRef},
@@ -188,6 +188,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let listener = bind_socket(&cfg.socket)?;
     info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), "agentwarden daemon ready");
     let resolver = tokio::spawn(refresh_dns(shared.clone()));
+    let binder = tokio::spawn(rebind_inodes(shared.clone()));
     let reader = tokio::spawn(read_ring(shared.clone(), ring_fd));
     let sweeper = tokio::spawn(sweep(shared.clone()));
     let server = tokio::spawn(serve(shared.clone(), listener));
@@ -207,6 +208,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     server.abort();
     sweeper.abort();
     resolver.abort();
+    binder.abort();
     let _ = fs::remove_file(&cfg.socket);
     {
         let mut core = shared.core();
@@ -325,7 +327,14 @@ impl Core {
         let mut ev = Event::from_raw(&raw, &self.clock, self.session_ref(sid), &|id, cat| {
             rules.describe(id, cat)
         });
-        if let Some(exec) = &ev.exec {
+        // A refused exec left the old program running.
+        let refused = ev
+            .decision
+            .as_ref()
+            .is_some_and(|d| d.action == "blocked" || d.action == "killed");
+        if let Some(exec) = &ev.exec
+            && !refused
+        {
             self.registry.on_exec(h.tgid, &exec.path);
         }
         if let Some(p) = ev.process.as_mut() {
@@ -585,105 +594,6 @@ impl Core {
     }
 }
 
-/// The kernel maps profiles compile into.
-struct PolicyMaps {
-    profiles: Array<MapData, ProfileConfig>,
-    net_allow: LpmTrie<MapData, NetKey, NetRule>,
-    net_deny: LpmTrie<MapData, NetKey, NetRule>,
-    path_rules: BpfHashMap<MapData, PathRuleKey, PathRuleValue>,
-}
-
-impl PolicyMaps {
-    fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| anyhow!("map {name} missing"))
-        };
-        Ok(Self {
-            profiles: Array::try_from(take("PROFILES")?)?,
-            net_allow: LpmTrie::try_from(take("NET_ALLOW")?)?,
-            net_deny: LpmTrie::try_from(take("NET_DENY")?)?,
-            path_rules: BpfHashMap::try_from(take("PATH_RULES")?)?,
-        })
-    }
-}
-
-impl Core {
-    /// Compiles every profile and replaces the kernel's rule maps.
-    fn install_profiles(&mut self, set: &ProfileSet) -> Result<()> {
-        let mut rules = RuleTable::default();
-        let mut compiled = Vec::new();
-        for name in set.names() {
-            let next = self.profile_ids.len() as u32;
-            let id = *self.profile_ids.entry(name.clone()).or_insert(next);
-            if id >= MAX_PROFILES {
-                bail!("more than {MAX_PROFILES} profiles");
-            }
-            let p = set
-                .get(&name)
-                .ok_or_else(|| anyhow!("profile {name} vanished"))?;
-            let dns = &self.dns;
-            let homes: Vec<(u32, String)> = self
-                .owners
-                .iter()
-                .filter_map(|uid| self.homes.get(uid).map(|h| (*uid, h.clone())))
-                .collect();
-            let c = compile::compile(
-                p,
-                id,
-                &mut rules,
-                &|h| dns.get(h).cloned().unwrap_or_default(),
-                &homes,
-            )?;
-            for h in c.unresolved.iter().filter(|h| dns.contains_key(*h)) {
-                warn!(profile = %name, host = %h, "host name does not resolve; its rule is inactive");
-            }
-            compiled.push((id, c));
-        }
-        // New entries go in before stale ones go out, so a reload never opens a window
-        // without the rules that stay.
-        let m = &mut self.policy;
-        let (mut deny, mut allow, mut paths) = (Vec::new(), Vec::new(), HashSet::new());
-        for (id, c) in compiled {
-            for (bits, key, rule) in c.net_deny {
-                m.net_deny.insert(&Key::new(bits, key), rule, 0)?;
-                deny.push((bits, key));
-            }
-            for (bits, key, rule) in c.net_allow {
-                m.net_allow.insert(&Key::new(bits, key), rule, 0)?;
-                allow.push((bits, key));
-            }
-            for (key, value) in c.path_rules {
-                m.path_rules.insert(key, value, 0)?;
-                paths.insert(key);
-            }
-            m.profiles.set(id, c.config, 0)?;
-        }
-        for (trie, keep) in [(&mut m.net_allow, &allow), (&mut m.net_deny, &deny)] {
-            let stale: Vec<_> = trie
-                .keys()
-                .filter_map(|k| k.ok())
-                .filter(|k| !keep.contains(&(k.prefix_len(), k.data())))
-                .collect();
-            for k in stale {
-                let _ = trie.remove(&k);
-            }
-        }
-        let stale: Vec<_> = m
-            .path_rules
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !paths.contains(k))
-            .collect();
-        for k in stale {
-            let _ = m.path_rules.remove(&k);
-        }
-        self.rules = rules;
-        self.profiles = set.clone();
-        Ok(())
-    }
-}
-
 fn new_session_id() -> Result<u64> {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).map_err(|e| anyhow!("random session id: {e}"))?;
@@ -856,7 +766,14 @@ fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Result<Respon
     let warnings = {
         let set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
         set.get(&session.profile)
-            .map(profiles::enforcement_gaps)
+            .map(|p| {
+                profiles::enforcement_gaps(p, &|name| {
+                    shared
+                        .programs
+                        .iter()
+                        .any(|s| s.name == name && s.state == "attached")
+                })
+            })
             .unwrap_or_default()
     };
     for w in &warnings {
@@ -878,6 +795,20 @@ fn check_profile(shared: &Shared, profile: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Period of re-binding deny rules to the inodes of the files they name.
+const REBIND_PERIOD: Duration = Duration::from_secs(10);
+
+/// Keeps the inode binding of deny rules current: a file created or replaced under a
+/// denied directory is denied under its other names within one period.
+async fn rebind_inodes(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(REBIND_PERIOD).await;
+        if let Err(e) = shared.core().policy.rebind_inodes() {
+            warn!(error = %format!("{e:#}"), "re-binding deny rules to inodes failed");
+        }
+    }
 }
 
 /// Period of host-name re-resolution (the system resolver does not expose TTLs).
@@ -961,10 +892,7 @@ fn enforceable_flags(shared: &Shared, profile: &str) -> Result<u32> {
         let p = set
             .get(profile)
             .ok_or_else(|| anyhow!("unknown profile `{profile}`"))?;
-        (
-            profiles::session_flags(p).0,
-            profiles::required_programs(p)?,
-        )
+        (profiles::session_flags(p).0, profiles::required_programs(p))
     };
     for program in required {
         let p = shared.programs.iter().find(|p| p.name == program);
@@ -972,7 +900,8 @@ fn enforceable_flags(shared: &Shared, profile: &str) -> Result<u32> {
             let why = p.and_then(|p| p.reason.clone()).unwrap_or_default();
             bail!(
                 "profile `{profile}` needs the {program} program to block, \
-                 not available on this host: {why}"
+                 not available on this host: {why} (name `fallback: kill` in the profile to \
+                 kill instead where no layer can block)"
             );
         }
     }

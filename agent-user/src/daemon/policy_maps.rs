@@ -1,0 +1,156 @@
+//! Compiled profiles into the kernel's rule maps. New entries go in before stale ones go
+//! out, so a reload never opens a window without the rules that stay.
+
+use std::collections::HashSet;
+
+use agent_common::policy::{
+    InodeRuleKey, MAX_PROFILES, NetKey, NetRule, PathRuleKey, PathRuleValue, ProfileConfig,
+};
+use anyhow::{Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key},
+};
+use tracing::warn;
+
+use super::Core;
+use crate::{
+    policy::compile::{self, BoundPath, RuleTable},
+    profiles::ProfileSet,
+};
+
+/// The kernel maps profiles compile into.
+pub(super) struct PolicyMaps {
+    profiles: Array<MapData, ProfileConfig>,
+    net_allow: LpmTrie<MapData, NetKey, NetRule>,
+    net_deny: LpmTrie<MapData, NetKey, NetRule>,
+    path_rules: BpfHashMap<MapData, PathRuleKey, PathRuleValue>,
+    inode_rules: BpfHashMap<MapData, InodeRuleKey, PathRuleValue>,
+    /// Rules to bind to inodes again when files appear or are replaced.
+    bound: Vec<BoundPath>,
+}
+
+impl PolicyMaps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing"))
+        };
+        Ok(Self {
+            profiles: Array::try_from(take("PROFILES")?)?,
+            net_allow: LpmTrie::try_from(take("NET_ALLOW")?)?,
+            net_deny: LpmTrie::try_from(take("NET_DENY")?)?,
+            path_rules: BpfHashMap::try_from(take("PATH_RULES")?)?,
+            inode_rules: BpfHashMap::try_from(take("INODE_RULES")?)?,
+            bound: Vec::new(),
+        })
+    }
+
+    /// Binds the deny rules to the inodes of the files they name now (a file created or
+    /// replaced since the last binding is picked up here; the daemon calls this at every
+    /// compilation and periodically).
+    pub(super) fn rebind_inodes(&mut self) -> Result<()> {
+        let (entries, partial) = compile::bind_inodes(&self.bound);
+        for dir in partial {
+            warn!(
+                directory = %dir,
+                limit = compile::MAX_BOUND_FILES,
+                "deny rule's directory holds more files than are bound by inode; \
+                 the rest are denied by path only"
+            );
+        }
+        let mut keep = HashSet::new();
+        for (key, value) in entries {
+            self.inode_rules.insert(key, value, 0)?;
+            keep.insert(key);
+        }
+        let stale: Vec<_> = self
+            .inode_rules
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for k in stale {
+            let _ = self.inode_rules.remove(&k);
+        }
+        Ok(())
+    }
+}
+
+impl Core {
+    /// Compiles every profile and replaces the kernel's rule maps.
+    pub(super) fn install_profiles(&mut self, set: &ProfileSet) -> Result<()> {
+        let mut rules = RuleTable::default();
+        let mut compiled = Vec::new();
+        for name in set.names() {
+            let next = self.profile_ids.len() as u32;
+            let id = *self.profile_ids.entry(name.clone()).or_insert(next);
+            if id >= MAX_PROFILES {
+                bail!("more than {MAX_PROFILES} profiles");
+            }
+            let p = set
+                .get(&name)
+                .ok_or_else(|| anyhow!("profile {name} vanished"))?;
+            let dns = &self.dns;
+            let homes: Vec<(u32, String)> = self
+                .owners
+                .iter()
+                .filter_map(|uid| self.homes.get(uid).map(|h| (*uid, h.clone())))
+                .collect();
+            let c = compile::compile(
+                p,
+                id,
+                &mut rules,
+                &|h| dns.get(h).cloned().unwrap_or_default(),
+                &homes,
+            )?;
+            for h in c.unresolved.iter().filter(|h| dns.contains_key(*h)) {
+                warn!(profile = %name, host = %h, "host name does not resolve; its rule is inactive");
+            }
+            compiled.push((id, c));
+        }
+        let m = &mut self.policy;
+        let (mut deny, mut allow, mut paths) = (Vec::new(), Vec::new(), HashSet::new());
+        let mut bound = Vec::new();
+        for (id, c) in compiled {
+            for (bits, key, rule) in c.net_deny {
+                m.net_deny.insert(&Key::new(bits, key), rule, 0)?;
+                deny.push((bits, key));
+            }
+            for (bits, key, rule) in c.net_allow {
+                m.net_allow.insert(&Key::new(bits, key), rule, 0)?;
+                allow.push((bits, key));
+            }
+            for (key, value) in c.path_rules {
+                m.path_rules.insert(key, value, 0)?;
+                paths.insert(key);
+            }
+            bound.extend(c.bound_paths);
+            m.profiles.set(id, c.config, 0)?;
+        }
+        m.bound = bound;
+        m.rebind_inodes()?;
+        for (trie, keep) in [(&mut m.net_allow, &allow), (&mut m.net_deny, &deny)] {
+            let stale: Vec<_> = trie
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| !keep.contains(&(k.prefix_len(), k.data())))
+                .collect();
+            for k in stale {
+                let _ = trie.remove(&k);
+            }
+        }
+        let stale: Vec<_> = m
+            .path_rules
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !paths.contains(k))
+            .collect();
+        for k in stale {
+            let _ = m.path_rules.remove(&k);
+        }
+        self.rules = rules;
+        self.profiles = set.clone();
+        Ok(())
+    }
+}
