@@ -107,6 +107,10 @@ pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn exit_open(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if crate::bind::is_binder(pid_tgid) {
+        crate::bind::record(pid_tgid, current_task(), arg(ctx, RET) as i64);
+        return;
+    }
     // SAFETY: copied out before removal.
     let Some(s) = (unsafe { OPEN_STASH.get(pid_tgid) }).copied() else {
         return;

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod bind;
 mod emit;
 mod exec;
 mod file;

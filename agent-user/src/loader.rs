@@ -217,6 +217,8 @@ pub fn load(
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("OFFSETS", &offsets, true)
+        // Only the daemon's own opens are recorded for binding rules to inodes.
+        .override_global("BINDER_TGID", &std::process::id(), true)
         .map_max_entries("SESSIONS", max_tracked)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;

@@ -1,7 +1,7 @@
 //! Compiled profiles into the kernel's rule maps. New entries go in before stale ones go
 //! out, so a reload never opens a window without the rules that stay.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, os::unix::fs::OpenOptionsExt, path::Path};
 
 use agent_common::policy::{
     InodeRuleKey, MAX_PROFILES, NetKey, NetRule, PathRuleKey, PathRuleValue, ProfileConfig,
@@ -26,6 +26,8 @@ pub(super) struct PolicyMaps {
     net_deny: LpmTrie<MapData, NetKey, NetRule>,
     path_rules: BpfHashMap<MapData, PathRuleKey, PathRuleValue>,
     inode_rules: BpfHashMap<MapData, InodeRuleKey, PathRuleValue>,
+    /// The kernel's `(ino, dev)` of the daemon's own last open, per thread.
+    bind_result: BpfHashMap<MapData, u64, [u64; 2]>,
     /// Rules to bind to inodes again when files appear or are replaced.
     bound: Vec<BoundPath>,
 }
@@ -42,6 +44,7 @@ impl PolicyMaps {
             net_deny: LpmTrie::try_from(take("NET_DENY")?)?,
             path_rules: BpfHashMap::try_from(take("PATH_RULES")?)?,
             inode_rules: BpfHashMap::try_from(take("INODE_RULES")?)?,
+            bind_result: BpfHashMap::try_from(take("BIND_RESULT")?)?,
             bound: Vec::new(),
         })
     }
@@ -50,7 +53,9 @@ impl PolicyMaps {
     /// replaced since the last binding is picked up here; the daemon calls this at every
     /// compilation and periodically).
     pub(super) fn rebind_inodes(&mut self) -> Result<()> {
-        let (entries, partial) = compile::bind_inodes(&self.bound);
+        let results = &mut self.bind_result;
+        let (entries, partial) =
+            compile::bind_inodes(&self.bound, &mut |p| kernel_identity(results, p));
         for dir in partial {
             warn!(
                 directory = %dir,
@@ -75,6 +80,30 @@ impl PolicyMaps {
         }
         Ok(())
     }
+}
+
+/// `(ino, dev)` of the file at `path` as the kernel programs see it: the daemon opens it
+/// and the `openat` exit program records the opened file for this thread.
+fn kernel_identity(
+    results: &mut BpfHashMap<MapData, u64, [u64; 2]>,
+    path: &Path,
+) -> Option<(u64, u32)> {
+    let key = (u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32) << 32)
+        | u64::from(rustix::thread::gettid().as_raw_nonzero().get() as u32);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags())
+        .open(path)
+        .ok()?;
+    let got = results.get(&key, 0).ok();
+    let _ = results.remove(&key);
+    drop(file);
+    got.map(|[ino, dev]| (ino, dev as u32))
+}
+
+/// Opening never blocks (a FIFO) nor takes a terminal.
+fn libc_flags() -> i32 {
+    (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32
 }
 
 impl Core {

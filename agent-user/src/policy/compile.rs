@@ -2,10 +2,7 @@
 //! trie first; within a trie the longest prefix wins, so each entry also carries the port
 //! ranges of the entries that enclose it (a /16 inside a /8 keeps the /8's ports).
 
-use std::{
-    net::{IpAddr, ToSocketAddrs},
-    os::unix::fs::MetadataExt,
-};
+use std::net::{IpAddr, ToSocketAddrs};
 
 use agent_common::policy::{
     ACTION_ALERT, ACTION_BLOCK, ACTION_KILL, CATEGORY_EXEC, CATEGORY_FILE, FORM_EXACT, FORM_NAME,
@@ -186,9 +183,13 @@ pub struct BoundPath {
 pub const MAX_BOUND_FILES: usize = 4_096;
 
 /// Binds rules to the inodes of the files they name now, so that another name for the
-/// same file (a hard link, a rename, a bind mount) is denied too. Returns the entries
-/// and, for each directory rule that had more files than [`MAX_BOUND_FILES`], its path.
-pub fn bind_inodes(bound: &[BoundPath]) -> (Vec<(InodeRuleKey, PathRuleValue)>, Vec<String>) {
+/// same file (a hard link, a rename, a bind mount) is denied too. `identity` gives a
+/// file's `(ino, kernel dev)` as the kernel programs see it. Returns the entries and,
+/// for each directory rule that had more files than [`MAX_BOUND_FILES`], its path.
+pub fn bind_inodes(
+    bound: &[BoundPath],
+    identity: &mut dyn FnMut(&std::path::Path) -> Option<(u64, u32)>,
+) -> (Vec<(InodeRuleKey, PathRuleValue)>, Vec<String>) {
     let mut out = Vec::new();
     let mut partial = Vec::new();
     for b in bound {
@@ -196,19 +197,18 @@ pub fn bind_inodes(bound: &[BoundPath]) -> (Vec<(InodeRuleKey, PathRuleValue)>, 
             rule_id: b.rule_id,
             _pad: 0,
         };
-        let mut push = |m: &std::fs::Metadata| {
-            if m.is_file() {
-                let key = InodeRuleKey {
-                    ino: m.ino(),
-                    dev: kernel_dev(m.dev()),
-                    ..b.key
-                };
-                out.push((key, value));
+        let mut push = |path: &std::path::Path, m: &std::fs::Metadata| {
+            if !m.is_file() {
+                return;
+            }
+            if let Some((ino, dev)) = identity(path) {
+                out.push((InodeRuleKey { ino, dev, ..b.key }, value));
             }
         };
         if !b.tree {
-            if let Ok(m) = std::fs::metadata(&b.path) {
-                push(&m);
+            let path = std::path::Path::new(&b.path);
+            if let Ok(m) = std::fs::metadata(path) {
+                push(path, &m);
             }
             continue;
         }
@@ -225,7 +225,7 @@ pub fn bind_inodes(bound: &[BoundPath]) -> (Vec<(InodeRuleKey, PathRuleValue)>, 
                     stack.push(e.path());
                 } else if seen < MAX_BOUND_FILES {
                     seen += 1;
-                    push(&m);
+                    push(&e.path(), &m);
                 } else {
                     partial.push(b.path.clone());
                     stack.clear();
@@ -238,7 +238,8 @@ pub fn bind_inodes(bound: &[BoundPath]) -> (Vec<(InodeRuleKey, PathRuleValue)>, 
 }
 
 /// The kernel's `dev_t` (`major << 20 | minor`, as in `super_block.s_dev`) of a
-/// `st_dev` from stat(2), which encodes major and minor differently.
+/// `st_dev` from stat(2), which encodes major and minor differently. (On overlayfs stat
+/// reports mapped numbers; the daemon asks the kernel instead.)
 pub fn kernel_dev(st_dev: u64) -> u32 {
     let major = rustix::fs::major(st_dev);
     let minor = rustix::fs::minor(st_dev);
@@ -424,6 +425,8 @@ network:\n  default: deny\n  allow:\n    - { cidr: 10.0.0.0/8, ports: \"443\" }\
 
 #[cfg(test)]
 mod path_tests {
+    use std::os::unix::fs::MetadataExt;
+
     use agent_common::policy::{CATEGORY_FILE, FORM_EXACT, FORM_NAME, FORM_PREFIX, OWNER_ANY, fnv};
 
     use super::*;
@@ -466,7 +469,12 @@ files:\n  deny: [{0}/token, {0}/secrets/**, {0}/missing]\n  on_violation: kill\n
         let p = parse("t.yaml", &text).unwrap();
         let c = compile(&p, 2, &mut RuleTable::default(), &|_| Vec::new(), &[]).unwrap();
         assert_eq!(c.bound_paths.len(), 3);
-        let (inodes, partial) = bind_inodes(&c.bound_paths);
+        let mut by_stat = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.ino(), kernel_dev(m.dev())))
+        };
+        let (inodes, partial) = bind_inodes(&c.bound_paths, &mut by_stat);
         assert!(partial.is_empty());
         let st = std::fs::metadata(secrets.join("deep/key")).unwrap();
         let key = inodes
