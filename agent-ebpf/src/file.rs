@@ -46,6 +46,7 @@ const RET: usize = 16;
 const O_WRONLY: u32 = 0o1;
 const O_CREAT: u32 = 0o100;
 const O_TRUNC: u32 = 0o1000;
+const O_PATH: u32 = 0o10_000_000;
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, at: usize) -> u64 {
@@ -135,13 +136,20 @@ fn exit_open(ctx: &TracePointContext) {
     if ret >= 0 {
         let file = fd_file(current_task(), ret as u32);
         resolve_embedded(file, off!(file_f_path), &mut ev.path);
-        crate::pathrules::enforce(
-            file.unwrap_or(core::ptr::null()),
-            &ev.path,
-            &entry,
-            CATEGORY_FILE,
-            &mut ev.verdict,
-        );
+        if s.flags & O_PATH == 0 {
+            crate::pathrules::enforce(
+                file.unwrap_or(core::ptr::null()),
+                &ev.path,
+                &entry,
+                CATEGORY_FILE,
+                &mut ev.verdict,
+            );
+        } else {
+            // An O_PATH descriptor gives no access to the content (the kernel skips the
+            // LSM open hook for it too); agents use them to resolve paths. Reopening it
+            // through /proc/self/fd is a real open, judged like any other.
+            ev.verdict = Default::default();
+        }
     } else {
         raw_user(s.filename as *const u8, &mut ev.path);
         ev.verdict = Default::default();

@@ -19,6 +19,7 @@ use crate::{
     probe::HostProbe,
     profiles::ProfileSet,
     proto::{DEFAULT_SOCKET, Request, Response},
+    users,
 };
 
 /// Exit status when agentwarden itself could not launch the command (as `env` does).
@@ -61,6 +62,10 @@ pub enum Cmd {
         profile: String,
         #[arg(long)]
         session_name: Option<String>,
+        /// Run the agent as this user (root only): the user owns the session and `~` in
+        /// the profile is their home. Supplementary groups are dropped.
+        #[arg(long)]
+        user: Option<String>,
         /// The agent command and its arguments.
         #[arg(required = true, last = true)]
         cmd: Vec<OsString>,
@@ -144,8 +149,9 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
         Cmd::Run {
             profile,
             session_name,
+            user,
             cmd,
-        } => Ok(run(socket, profile, session_name, &cmd)),
+        } => Ok(run(socket, profile, session_name, user.as_deref(), &cmd)),
         Cmd::Attach {
             pid,
             profile,
@@ -200,12 +206,27 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
 }
 
 /// `agentwarden run`: enrol, then become the agent. Never runs it unwatched.
-fn run(socket: &Path, profile: String, session_name: Option<String>, cmd: &[OsString]) -> ExitCode {
+fn run(
+    socket: &Path,
+    profile: String,
+    session_name: Option<String>,
+    user: Option<&str>,
+    cmd: &[OsString],
+) -> ExitCode {
+    let account = match user.map(|u| (u, users::account(u))) {
+        None => None,
+        Some((_, Some(a))) => Some(a),
+        Some((u, None)) => {
+            eprintln!("agentwarden: no user `{u}` in /etc/passwd; not running the agent");
+            return ExitCode::from(EXIT_LAUNCH_FAILED);
+        }
+    };
     let enrolled = Client::call(
         socket,
         &Request::Enroll {
             profile,
             session_name,
+            as_uid: account.as_ref().map(|a| a.uid),
         },
     );
     let session = match enrolled {
@@ -226,11 +247,21 @@ fn run(socket: &Path, profile: String, session_name: Option<String>, cmd: &[OsSt
             return ExitCode::from(EXIT_LAUNCH_FAILED);
         }
     };
-    let err = Command::new(&cmd[0])
+    let mut command = Command::new(&cmd[0]);
+    command
         .args(&cmd[1..])
         .env("AGENTWARDEN_SESSION", &session.id)
-        .env("AGENTWARDEN_SESSION_NAME", &session.name)
-        .exec();
+        .env("AGENTWARDEN_SESSION_NAME", &session.name);
+    if let Some(a) = &account {
+        // std sets the gid, clears supplementary groups, then sets the uid before exec.
+        command
+            .uid(a.uid)
+            .gid(a.gid)
+            .env("HOME", &a.home)
+            .env("USER", &a.name)
+            .env("LOGNAME", &a.name);
+    }
+    let err = command.exec();
     eprintln!(
         "agentwarden: cannot execute {}: {err}",
         cmd[0].to_string_lossy()

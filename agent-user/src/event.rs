@@ -273,7 +273,7 @@ pub struct ForkInfo {
 pub struct DecisionInfo {
     /// `allow` or `deny` (what the profile says).
     pub decision: String,
-    /// `allowed`, `blocked` or `alerted` (what happened: monitor mode and
+    /// `allowed`, `blocked`, `killed` or `alerted` (what happened: monitor mode and
     /// `on_violation: alert` let a denied operation through and record it).
     pub action: String,
     /// The rule that matched: `file:line (field)`, or `<category>.default`.

@@ -16,6 +16,9 @@ pub enum Request {
     Enroll {
         profile: String,
         session_name: Option<String>,
+        /// Run the agent as this uid (the session's owner); only root may ask.
+        #[serde(default)]
+        as_uid: Option<u32>,
     },
     /// Enrol a running process and its descendants.
     Attach {

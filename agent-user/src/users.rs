@@ -11,6 +11,29 @@ pub struct Users {
 struct Entry {
     name: String,
     home: String,
+    gid: u32,
+}
+
+/// An account an agent is run as (`agentwarden run --user`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    pub home: String,
+}
+
+/// Looks up an account by name in `/etc/passwd`.
+pub fn account(name: &str) -> Option<Account> {
+    parse_passwd(&fs::read_to_string("/etc/passwd").unwrap_or_default())
+        .into_iter()
+        .find(|(_, e)| e.name == name)
+        .map(|(uid, e)| Account {
+            uid,
+            gid: e.gid,
+            name: e.name,
+            home: e.home,
+        })
 }
 
 impl Users {
@@ -39,6 +62,7 @@ fn parse_passwd(text: &str) -> HashMap<u32, Entry> {
             let entry = Entry {
                 name: (*f.first()?).to_owned(),
                 home: (*f.get(5)?).to_owned(),
+                gid: f.get(3)?.parse().ok()?,
             };
             Some((uid, entry))
         })

@@ -16,6 +16,16 @@ const APT_PACKAGES: &[&str] = &[
 ];
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13";
+/// Claude Code, the real agent the end-to-end kernel test runs under its profile
+/// (pinned: the test scripts its tool calls and reads its output format).
+const CLAUDE_CODE_PACKAGE: &str = "@anthropic-ai/claude-code";
+pub const CLAUDE_CODE_VERSION: &str = "2.1.332";
+const AGENTS_DIR: &str = "/var/cache/agentwarden/agents/claude-code";
+
+/// The Claude Code binary `setup` installs.
+pub fn claude_code_bin() -> String {
+    format!("{AGENTS_DIR}/node_modules/.bin/claude")
+}
 
 pub fn run() -> Result<()> {
     let mut did = Vec::new();
@@ -40,10 +50,11 @@ pub fn run() -> Result<()> {
     nightly(&mut did)?;
     bpf_linker(&mut did)?;
     virtme_ng(&mut did)?;
+    claude_code(&mut did)?;
     if did.is_empty() {
         eprintln!(
             "setup: everything in place (LLVM 22, nightly {NIGHTLY_COMPONENTS:?}, bpf-linker, \
-             qemu, virtme-ng, kernels {})",
+             qemu, virtme-ng, Claude Code {CLAUDE_CODE_VERSION}, kernels {})",
             vm::MATRIX
                 .iter()
                 .map(|k| k.label)
@@ -179,5 +190,33 @@ fn virtme_ng(did: &mut Vec<String>) -> Result<()> {
         bail!("virtme-ng installed but `vng` is not on PATH");
     }
     did.push("virtme-ng".into());
+    Ok(())
+}
+
+/// Claude Code from npm, pinned, into a cache directory of its own (the package's
+/// postinstall puts the native binary in place).
+fn claude_code(did: &mut Vec<String>) -> Result<()> {
+    let bin = claude_code_bin();
+    if output(Command::new(&bin).arg("--version")).contains(CLAUDE_CODE_VERSION) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(AGENTS_DIR)?;
+    run_cmd(
+        Command::new("npm")
+            .args([
+                "install",
+                "--prefer-online",
+                "--no-fund",
+                "--no-audit",
+                "--prefix",
+            ])
+            .arg(AGENTS_DIR)
+            .arg(format!("{CLAUDE_CODE_PACKAGE}@{CLAUDE_CODE_VERSION}")),
+    )?;
+    let version = output(Command::new(&bin).arg("--version"));
+    if !version.contains(CLAUDE_CODE_VERSION) {
+        bail!("Claude Code installed in {AGENTS_DIR} but `{bin} --version` says `{version}`");
+    }
+    did.push(format!("Claude Code {CLAUDE_CODE_VERSION}"));
     Ok(())
 }

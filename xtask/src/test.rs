@@ -59,7 +59,9 @@ fn host(filter: Option<&str>) -> Result<()> {
         "--exclude",
         "xtask",
     ])
-    .args(["--lib", "--tests"]);
+    .args(["--lib", "--tests"])
+    // The end-to-end test runs the real Claude Code that `setup` installed.
+    .env("AGENTWARDEN_CLAUDE_CODE", crate::setup::claude_code_bin());
     if let Some(f) = filter {
         test.arg("--").arg(f);
     }

@@ -51,8 +51,18 @@ const LSM_APPEND: &str = "lsm=lockdown,capability,landlock,yama,apparmor,bpf";
 const PER_KERNEL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Printed by the guest after the tests; a guest that never prints it did not report.
 const EXIT_MARKER: &str = "AGENTWARDEN_VM_EXIT=";
-/// Printed by the LSM test when the deny took effect.
-const LSM_PROOF: &str = "bpf-lsm deny took effect on ";
+/// Lines the LSM tests print when their refusals took effect, by test: a guest whose
+/// BPF-LSM layer silently did nothing fails even if a test was somehow skipped.
+const LSM_PROOFS: &[(&str, &str)] = &[
+    (
+        "lockdown_exec_is_denied_by_bpf_lsm_or_refused_without_it",
+        "bpf-lsm deny took effect on ",
+    ),
+    (
+        "denied_opens_and_execs_are_blocked_with_eperm_by_bpf_lsm_or_refused_without_it",
+        "bpf-lsm file/exec block took effect on ",
+    ),
+];
 /// Tracepoints kept enabled in the guest for the whole run (see `boot_and_test`).
 const PINNED_EVENTS: &[&str] = &[
     "syscalls/sys_enter_getppid",
@@ -229,6 +239,10 @@ fn boot_and_test(
         script.push(' ');
         script.push_str(f);
     }
+    // The end-to-end test with the real Claude Code (a 400 MB native binary) runs on the
+    // host tier: under emulation on one vCPU it would take minutes, and what it proves
+    // (the shipped profile with the real agent) needs no kernel feature of the guests.
+    script.push_str(" --skip claude_code");
     // Kernel complaints during the run fail the kernel even when every test passed.
     script.push_str(&format!(
         " 2>&1; rc=$?; dmesg 2>/dev/null | grep -E '{}' | sed 's/^/dmesg: /'; echo {EXIT_MARKER}$rc",
@@ -290,7 +304,8 @@ fn boot_and_test(
         ok: false,
         why: String::new(),
     };
-    let (mut exit, mut proof, mut kernel_failure) = (None, false, None);
+    let (mut exit, mut kernel_failure) = (None, None);
+    let mut proven = vec![false; LSM_PROOFS.len()];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
@@ -300,8 +315,8 @@ fn boot_and_test(
                 if let Some(code) = line.trim().strip_prefix(EXIT_MARKER) {
                     exit = code.parse::<i32>().ok();
                 }
-                if line.contains(LSM_PROOF) {
-                    proof = true;
+                for (i, (_, marker)) in LSM_PROOFS.iter().enumerate() {
+                    proven[i] |= line.contains(marker);
                 }
                 if let Some(rest) = line.strip_prefix("test result: ") {
                     let (p, f) = parse_counts(rest);
@@ -342,11 +357,16 @@ fn boot_and_test(
         v.ok = false;
         why.push(format!("kernel reported: {l}"));
     }
-    let lsm_test_selected = filter
-        .is_none_or(|f| "lockdown_exec_is_denied_by_bpf_lsm_or_refused_without_it".contains(f));
-    if lsm_test_selected && !proof {
-        v.ok = false;
-        why.push("no proof that the BPF-LSM deny took effect".into());
+    let mut proof = false;
+    for (i, (test, marker)) in LSM_PROOFS.iter().enumerate() {
+        if filter.is_none_or(|f| test.contains(f)) {
+            if proven[i] {
+                proof = true;
+            } else {
+                v.ok = false;
+                why.push(format!("no proof line `{}` from {test}", marker.trim()));
+            }
+        }
     }
     if v.passed == 0 && v.ok {
         v.ok = false;

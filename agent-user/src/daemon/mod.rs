@@ -368,10 +368,10 @@ impl Core {
             // The kernel already decided (deny rule matched in kernel).
             return;
         }
-        use crate::policy::decide::{Access, decide, is_write};
+        use crate::policy::decide::{Access, decide, is_path_only, is_write};
         let (access, path) = match (&ev.exec, &ev.open) {
             (Some(x), _) => (Access::Exec, x.path.clone()),
-            (None, Some(o)) if o.path_resolved => (
+            (None, Some(o)) if o.path_resolved && !is_path_only(o.flags_raw) => (
                 if is_write(o.flags_raw) {
                     Access::Write
                 } else {
@@ -684,11 +684,16 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
         Request::Enroll {
             profile,
             session_name,
+            as_uid,
         } => {
+            if as_uid.is_some_and(|u| u != uid) && uid != 0 {
+                bail!("only root may run an agent as another user");
+            }
             let new = NewSession {
                 name: session_name,
                 profile,
-                owner_uid: uid,
+                // The agent's user owns the session: `~` in its profile is that home.
+                owner_uid: as_uid.unwrap_or(uid),
                 owner_user: None,
                 enrolment: Enrolment::Run,
                 root_pid: peer_pid,

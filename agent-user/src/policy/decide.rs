@@ -78,6 +78,13 @@ pub fn decide(p: &Profile, access: Access, path: &str, home: &str) -> Verdict {
 }
 
 /// Whether `O_*` flags ask for write access.
+/// An `O_PATH` open: a handle on the path, with no access to the content. Not judged
+/// (as the kernel's open hook does not see it either).
+pub fn is_path_only(flags: u32) -> bool {
+    const O_PATH: u32 = 0o10_000_000;
+    flags & O_PATH != 0
+}
+
 pub fn is_write(flags: u32) -> bool {
     const O_ACCMODE: u32 = 0o3;
     const O_CREAT: u32 = 0o100;
