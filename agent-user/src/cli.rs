@@ -169,6 +169,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 session,
                 processes,
                 warnings,
+                ..
             } = resp
             else {
                 bail!("unexpected response {resp:?}")
@@ -231,10 +232,30 @@ fn run(
     );
     let session = match enrolled {
         Ok(Response::Enrolled {
-            session, warnings, ..
+            session,
+            warnings,
+            landlock,
+            ..
         }) => {
             for w in warnings {
                 eprintln!("agentwarden: warning: profile `{}`: {w}", session.profile);
+            }
+            // Restricted before the exec: the agent never runs outside the domain.
+            if let Some(plan) = landlock {
+                match policy::landlock::apply(&plan) {
+                    Ok(policy::landlock::Applied::Full) => {}
+                    Ok(policy::landlock::Applied::Partial) => eprintln!(
+                        "agentwarden: warning: this kernel's Landlock enforces part of the \
+                         profile's file rights only"
+                    ),
+                    Err(e) => {
+                        eprintln!(
+                            "agentwarden: cannot apply Landlock: {e:#}\n\
+                             agentwarden: not running the agent unwatched"
+                        );
+                        return ExitCode::from(EXIT_LAUNCH_FAILED);
+                    }
+                }
             }
             session
         }

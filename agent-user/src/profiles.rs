@@ -4,7 +4,9 @@
 
 use std::{collections::BTreeMap, fs, path::Path};
 
-use crate::policy::{self, Diagnostic, Profile, Severity, pattern::KernelForm};
+use crate::policy::{
+    self, Diagnostic, Profile, Severity, landlock::LandlockPlan, pattern::KernelForm,
+};
 
 /// Shipped profiles, embedded so the daemon runs with no files on disk.
 pub const EMBEDDED: &[(&str, &str)] = &[
@@ -122,7 +124,11 @@ pub fn required_programs(p: &Profile) -> Vec<&'static str> {
 /// What the profile asks for that this host carries out differently than written: a
 /// `block` done as its `kill` fallback where BPF-LSM is missing, and rules only judged in
 /// userspace (recorded as `alerted`). Reported at enrolment, never silent.
-pub fn enforcement_gaps(p: &Profile, attached: &dyn Fn(&str) -> bool) -> Vec<String> {
+pub fn enforcement_gaps(
+    p: &Profile,
+    attached: &dyn Fn(&str) -> bool,
+    landlock: Option<&LandlockPlan>,
+) -> Vec<String> {
     let f = &p.file;
     if f.mode != policy::Mode::Enforce {
         return Vec::new();
@@ -150,10 +156,24 @@ pub fn enforcement_gaps(p: &Profile, attached: &dyn Fn(&str) -> bool) -> Vec<Str
         let wildcard = deny
             .iter()
             .any(|l| l.value.kernel_form() == KernelForm::UserspaceOnly);
-        if c.default == policy::Default::Deny || wildcard {
+        if wildcard {
             gaps.push(format!(
-                "{cat} deny rules are decided in the kernel; the default-deny allow lists and \
-                 wildcard patterns are judged in userspace and recorded as alerts"
+                "{cat} deny patterns with a wildcard inside the path are judged in userspace \
+                 and recorded as alerts"
+            ));
+        }
+        let by_landlock = landlock.is_some_and(|l| {
+            if cat == "exec" {
+                l.exec_restricted
+            } else {
+                l.files
+            }
+        });
+        if c.default == policy::Default::Deny && !by_landlock {
+            gaps.push(format!(
+                "{cat} allow lists under `default: deny` are judged in userspace and recorded \
+                 as alerts (Landlock carries them for `run` sessions when every entry is a \
+                 path or a `/dir/**` tree and the kernel has Landlock)"
             ));
         }
     }

@@ -44,6 +44,9 @@ pub enum Response {
         /// What the profile asks for that this host or build only records.
         #[serde(default)]
         warnings: Vec<String>,
+        /// The Landlock domain `run` must restrict itself to before executing the agent.
+        #[serde(default)]
+        landlock: Option<crate::policy::landlock::LandlockPlan>,
     },
     Sessions {
         sessions: Vec<SessionView>,

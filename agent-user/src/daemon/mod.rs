@@ -2,7 +2,7 @@
 //! ring-buffer records into enriched events, and tracks session lifetime.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     fs::{self, File, OpenOptions},
     io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write},
     os::{
@@ -37,7 +37,7 @@ use crate::{
     loader::{self, ProgramStatus},
     offsets,
     policy::{
-        self,
+        self, Profile,
         compile::{self, RuleTable},
     },
     probe::HostProbe,
@@ -90,6 +90,8 @@ struct Core {
     log: EventLog,
     clock: Clock,
     counters: DaemonCounters,
+    /// Sessions whose `run` client restricted itself with Landlock.
+    landlocked: HashSet<u64>,
     /// Kernel loss counters already reported as events.
     reported_losses: HashMap<&'static str, u64>,
     tx: broadcast::Sender<Arc<Event>>,
@@ -167,6 +169,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             clock: Clock::now(),
             counters: DaemonCounters::default(),
             reported_losses: HashMap::new(),
+            landlocked: HashSet::new(),
             tx: tx.clone(),
         }),
         cfg: cfg.clone(),
@@ -369,8 +372,25 @@ impl Core {
             return;
         }
         use crate::policy::decide::{Access, decide, is_path_only, is_write};
+        // Landlock refuses with EACCES before any file exists to resolve: judge the
+        // path the process passed, made absolute with its working directory.
+        let landlock_refusal =
+            ev.open.as_ref().is_some_and(|o| o.result == -EACCES) && self.landlocked.contains(&sid);
         let (access, path) = match (&ev.exec, &ev.open) {
             (Some(x), _) => (Access::Exec, x.path.clone()),
+            (None, Some(o)) if landlock_refusal && !is_path_only(o.flags_raw) => {
+                let Some(path) = absolute(&o.path, ev.process.as_ref().map(|p| p.tgid)) else {
+                    return;
+                };
+                (
+                    if is_write(o.flags_raw) {
+                        Access::Write
+                    } else {
+                        Access::Read
+                    },
+                    path,
+                )
+            }
             (None, Some(o)) if o.path_resolved && !is_path_only(o.flags_raw) => (
                 if is_write(o.flags_raw) {
                     Access::Write
@@ -390,11 +410,20 @@ impl Core {
             return;
         };
         let v = decide(p, access, &path, &home);
+        if landlock_refusal && let Some(o) = ev.open.as_mut() {
+            // Recorded absolute (still `path_resolved: false`: no file was opened).
+            o.path = path;
+        }
+        let (action, layer) = match (v.denied, landlock_refusal) {
+            (true, true) => ("blocked", "landlock"),
+            (true, false) => ("alerted", "none"),
+            (false, _) => ("allowed", "none"),
+        };
         ev.decision = Some(DecisionInfo {
             decision: if v.denied { "deny" } else { "allow" }.to_owned(),
-            action: if v.denied { "alerted" } else { "allowed" }.to_owned(),
+            action: action.to_owned(),
             rule: v.rule,
-            enforced_by: "none".to_owned(),
+            enforced_by: layer.to_owned(),
         });
     }
 
@@ -756,31 +785,46 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
 
 /// Creates a session for `new.root_pid` (and, for attach, its descendants).
 fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Result<Response> {
-    check_profile(shared, &new.profile)?;
+    // One lookup: the profile as it is now is what the session is checked against.
+    let profile = {
+        let set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
+        set.get(&new.profile).cloned().ok_or_else(|| {
+            anyhow!(
+                "unknown profile `{}` (known: {})",
+                new.profile,
+                set.names().join(", ")
+            )
+        })?
+    };
     check_name(core, new.name.as_deref())?;
-    let flags = enforceable_flags(shared, &new.profile)?;
+    let flags = enforceable_flags(shared, &profile)?;
     new.owner_user = core.users.name(new.owner_uid);
+    // Landlock carries default-deny allow lists for sessions started by `run`, which
+    // restricts itself before it executes the agent.
+    let landlock = if new.enrolment == Enrolment::Run && shared.probe.landlock_abi.is_some() {
+        let home = core.users.home(new.owner_uid).unwrap_or_default();
+        policy::landlock::plan(&profile, &home)
+    } else {
+        None
+    };
     let (root, how) = (new.root_pid, new.enrolment);
     let (id, processes) = core.enroll(new, flags)?;
+    if landlock.is_some() {
+        core.landlocked.insert(id);
+    }
     let session = core
         .registry
         .get(id)
         .map(|s| s.view())
         .ok_or_else(|| anyhow!("session {} vanished", format_id(id)))?;
-    info!(session = %session.id, name = %session.name, pid = root, processes = processes.len(), via = ?how, "enrolled");
-    let warnings = {
-        let set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
-        set.get(&session.profile)
-            .map(|p| {
-                profiles::enforcement_gaps(p, &|name| {
-                    shared
-                        .programs
-                        .iter()
-                        .any(|s| s.name == name && s.state == "attached")
-                })
-            })
-            .unwrap_or_default()
+    info!(session = %session.id, name = %session.name, pid = root, processes = processes.len(), via = ?how, landlock = landlock.is_some(), "enrolled");
+    let attached = |name: &str| {
+        shared
+            .programs
+            .iter()
+            .any(|s| s.name == name && s.state == "attached")
     };
+    let warnings = profiles::enforcement_gaps(&profile, &attached, landlock.as_ref());
     for w in &warnings {
         warn!(session = %session.id, "{w}");
     }
@@ -788,18 +832,20 @@ fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Result<Respon
         session: Box::new(session),
         processes,
         warnings,
+        landlock,
     })
 }
 
-fn check_profile(shared: &Shared, profile: &str) -> Result<()> {
-    let set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
-    if set.get(profile).is_none() {
-        bail!(
-            "unknown profile `{profile}` (known: {})",
-            set.names().join(", ")
-        );
+const EACCES: i64 = 13;
+
+/// `path` as given to a failed open, made absolute with the working directory of `tgid`
+/// (read while the process lives; `None` when it is gone).
+fn absolute(path: &str, tgid: Option<u32>) -> Option<String> {
+    if path.starts_with('/') {
+        return Some(path.to_owned());
     }
-    Ok(())
+    let cwd = fs::read_link(format!("/proc/{}/cwd", tgid?)).ok()?;
+    Some(cwd.join(path).to_string_lossy().into_owned())
 }
 
 /// Period of re-binding deny rules to the inodes of the files they name.
@@ -891,14 +937,9 @@ fn report_profile_diagnostics(diags: &[policy::Diagnostic]) {
 
 /// The kernel flags of `profile`, or an error naming the missing layer when this host
 /// cannot carry them out (never a silent downgrade).
-fn enforceable_flags(shared: &Shared, profile: &str) -> Result<u32> {
-    let (flags, required) = {
-        let set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
-        let p = set
-            .get(profile)
-            .ok_or_else(|| anyhow!("unknown profile `{profile}`"))?;
-        (profiles::session_flags(p).0, profiles::required_programs(p))
-    };
+fn enforceable_flags(shared: &Shared, p: &Profile) -> Result<u32> {
+    let profile = &p.file.name;
+    let (flags, required) = (profiles::session_flags(p).0, profiles::required_programs(p));
     for program in required {
         let p = shared.programs.iter().find(|p| p.name == program);
         if p.is_none_or(|p| p.state != "attached") {

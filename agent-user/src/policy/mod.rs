@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod decide;
+pub mod landlock;
 pub mod net;
 pub mod pattern;
 pub mod show;
