@@ -392,7 +392,7 @@ impl Checker<'_> {
                             column,
                             &f,
                             &format!("`{}` needs wildcard matching the kernel does not do: decided in userspace, alert-only", s.value),
-                            "use an exact path or a `/dir/**` tree to have it enforced in the kernel",
+                            "use an exact path or a `/dir/**` tree: deny rules are then decided in the kernel, allow lists by Landlock in `run` sessions",
                             Severity::Warning,
                         );
                         self.warnings.push(d);

@@ -7,16 +7,28 @@ use super::{
     pattern::{KernelForm, Pattern},
 };
 
+/// How a deny rule is matched.
 fn form(p: &Pattern) -> &'static str {
     match p.kernel_form() {
-        KernelForm::Exact => "kernel: exact (hash)",
-        KernelForm::Prefix => "kernel: prefix (LPM trie)",
+        KernelForm::Exact => "kernel: exact path (hash) and its inode",
+        KernelForm::Prefix => "kernel: directory tree (hash per level) and its files' inodes",
         KernelForm::Basename => "kernel: file name (hash)",
         KernelForm::UserspaceOnly => "userspace: alert-only",
     }
 }
 
+/// How an allow-list entry (meaningful under `default: deny`) is carried out.
+fn allow_form(p: &Pattern) -> &'static str {
+    match p.kernel_form() {
+        KernelForm::Exact | KernelForm::Prefix => {
+            "landlock in `run` sessions; userspace alert-only for `attach`"
+        }
+        KernelForm::Basename | KernelForm::UserspaceOnly => "userspace: alert-only",
+    }
+}
+
 fn patterns(out: &mut String, label: &str, list: &[Located<Pattern>]) {
+    let form = if label == "deny" { form } else { allow_form };
     for l in list {
         let _ = writeln!(
             out,
