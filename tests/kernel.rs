@@ -1893,3 +1893,142 @@ fn claude_code_works_under_its_profile_and_is_stopped_at_credentials_and_foreign
         on_net.enforced_by
     );
 }
+
+/// A DNS responder on loopback for one name: A queries get the current address with a
+/// short TTL, everything else an empty answer. The daemon is pointed at it with
+/// `--dns-server`.
+struct DnsResponder {
+    addr: std::net::SocketAddr,
+    answer: std::sync::Arc<std::sync::Mutex<std::net::Ipv4Addr>>,
+    queries: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl DnsResponder {
+    fn start(first: std::net::Ipv4Addr, ttl: u32) -> Self {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let answer = std::sync::Arc::new(std::sync::Mutex::new(first));
+        let queries = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (a, q) = (answer.clone(), queries.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                if let Some(reply) = dns_reply(&buf[..n], *a.lock().unwrap(), ttl) {
+                    q.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = sock.send_to(&reply, peer);
+                }
+            }
+        });
+        Self {
+            addr,
+            answer,
+            queries,
+        }
+    }
+}
+
+/// The reply to one query: the question echoed, one A record for A queries.
+fn dns_reply(q: &[u8], ip: std::net::Ipv4Addr, ttl: u32) -> Option<Vec<u8>> {
+    // Header (12 bytes), then the question: labels up to a zero byte, type, class.
+    let mut end = 12;
+    while *q.get(end)? != 0 {
+        end += 1 + usize::from(q[end]);
+    }
+    let qtype = u16::from_be_bytes([*q.get(end + 1)?, *q.get(end + 2)?]);
+    let question = &q[12..end + 5];
+    let is_a = qtype == 1;
+    let mut r = Vec::with_capacity(64);
+    r.extend_from_slice(&q[..2]); // id
+    r.extend_from_slice(&[0x81, 0x80]); // response, recursion desired and available
+    r.extend_from_slice(&[0, 1, 0, u8::from(is_a), 0, 0, 0, 0]);
+    r.extend_from_slice(question);
+    if is_a {
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]); // name pointer, type A, class IN
+        r.extend_from_slice(&ttl.to_be_bytes());
+        r.extend_from_slice(&[0, 4]);
+        r.extend_from_slice(&ip.octets());
+    }
+    Some(r)
+}
+
+/// A network rule naming a host follows the host's address: the daemon resolves it and
+/// asks again when the answer's TTL runs out, so when the service moves, the allowed
+/// address moves with it and the old one is denied.
+#[test]
+fn host_name_rules_follow_the_answer_when_its_ttl_expires() {
+    use std::net::Ipv4Addr;
+    let (first, second) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    let dns = DnsResponder::start(first, 2);
+    let l1 = TcpListener::bind((first, 0)).unwrap();
+    let l2 = TcpListener::bind((second, 0)).unwrap();
+    let (p1, p2) = (
+        l1.local_addr().unwrap().port(),
+        l2.local_addr().unwrap().port(),
+    );
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("svc.yaml"),
+        "name: svc\ndescription: t\nowners: { business: b, technical: t }\nmode: enforce\n\
+         network:\n  default: deny\n  allow:\n    - { host: svc.agentwarden.test, ports: \"1-65535\" }\n  \
+         on_violation: block\n",
+    )
+    .unwrap();
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let server = dns.addr.to_string();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd, "--dns-server", &server]) else {
+        return;
+    };
+    let st: StatusReport = d.json(&["status", "--json"]);
+    if !st
+        .programs
+        .iter()
+        .any(|p| p.name == "connect4" && p.state == "attached")
+    {
+        return skip("the cgroup layer is not attached on this host");
+    }
+    let probe = format!(
+        "import socket\nfor label, addr in (('first', ('{first}', {p1})), ('second', ('{second}', {p2}))):\n    \
+         s = socket.socket()\n    s.settimeout(5)\n    try:\n        s.connect(addr)\n        print(label + '=ok')\n    \
+         except OSError as e:\n        print(label + '=' + str(e.errno))\n    s.close()\n"
+    );
+    let cwd = std::env::temp_dir();
+    let attempt = |name: &str| {
+        let out = d.run_profile("svc", name, &cwd, &["/usr/bin/python3", "-c", &probe]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The first answer takes effect once resolved.
+    let start = Instant::now();
+    loop {
+        let got = attempt(&format!("svc-a{}", start.elapsed().as_millis()));
+        if got == "first=ok\nsecond=1\n" {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "first answer never took effect: {got}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    // The service moves; within a few TTLs the rule follows (the old fixed 60 s period
+    // could not).
+    *dns.answer.lock().unwrap() = second;
+    let moved = Instant::now();
+    loop {
+        let got = attempt(&format!("svc-b{}", moved.elapsed().as_millis()));
+        if got == "first=1\nsecond=ok\n" {
+            break;
+        }
+        assert!(
+            moved.elapsed() < Duration::from_secs(20),
+            "the rule did not follow the new answer: {got}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    let queries = dns.queries.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(queries >= 2, "asked again after the TTL: {queries} queries");
+    println!(
+        "host rule followed the service from {first} to {second} in {:.1} s (TTL 2 s)",
+        moved.elapsed().as_secs_f64()
+    );
+}

@@ -55,6 +55,10 @@ pub enum Cmd {
         /// A child that does not fit is reported (`session_map_full`), never silent.
         #[arg(long, default_value_t = MAX_TRACKED_PROCESSES)]
         max_tracked_processes: u32,
+        /// Name server (IP:PORT, UDP) for the host names of network rules; default: the
+        /// system's resolver configuration.
+        #[arg(long)]
+        dns_server: Option<std::net::SocketAddr>,
     },
     /// Enrol this process in a new session, then execute CMD in it.
     Run {
@@ -130,6 +134,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             quiet,
             btf,
             max_tracked_processes,
+            dns_server,
         } => {
             let cfg = DaemonConfig {
                 socket: socket.to_owned(),
@@ -138,6 +143,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 rules_dir,
                 btf,
                 max_tracked_processes,
+                dns_server,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

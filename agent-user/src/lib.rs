@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod dns;
 pub mod event;
 pub mod loader;
 pub mod offsets;

@@ -33,6 +33,7 @@ mod policy_maps;
 use policy_maps::PolicyMaps;
 
 use crate::{
+    dns::{self, Dns},
     event::{self, Clock, DecisionInfo, Event, LossInfo, ProcessInfo, Raw, SessionRef},
     loader::{self, ProgramStatus},
     offsets,
@@ -58,6 +59,8 @@ pub struct DaemonConfig {
     pub btf: PathBuf,
     /// Capacity of the kernel session map (processes across all sessions).
     pub max_tracked_processes: u32,
+    /// Name server for the host names of network rules (default: the system's).
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 /// Name of the event log in the state directory.
@@ -862,46 +865,66 @@ async fn rebind_inodes(shared: Arc<Shared>) {
     }
 }
 
-/// Period of host-name re-resolution (the system resolver does not expose TTLs).
-const DNS_REFRESH: Duration = Duration::from_secs(60);
+/// How often the refresher looks for names added by a reload, between expiries.
+const DNS_POLL: Duration = Duration::from_secs(5);
 
-/// Resolves the host names of all profiles off the hot path and recompiles the maps
-/// when the answers change. Until a name resolves its rule matches nothing (an allow
-/// rule then falls back to the default: fail closed).
+/// Resolves the host names of all profiles off the hot path, each again when its answer
+/// expires (its TTL), and recompiles the maps when the answers change. Until a name
+/// resolves its rule matches nothing (an allow rule then falls back to the default: fail
+/// closed); a failed refresh keeps the previous answer and asks again after
+/// [`dns::RETRY`].
 async fn refresh_dns(shared: Arc<Shared>) {
+    let dns = match Dns::new(shared.cfg.dns_server) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "no resolver: network rules naming hosts stay inactive");
+            return;
+        }
+    };
+    let mut answers: HashMap<String, Vec<std::net::IpAddr>> = HashMap::new();
+    let mut due: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
         let set = shared
             .profiles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let hosts: std::collections::BTreeSet<String> = set
+        let hosts: BTreeSet<String> = set
             .names()
             .iter()
             .filter_map(|n| set.get(n))
             .flat_map(compile::host_names)
             .collect();
-        let resolved = tokio::task::spawn_blocking(move || {
-            hosts
-                .into_iter()
-                .map(|h| {
-                    let ips = compile::resolve(&h);
-                    (h, ips)
-                })
-                .collect::<HashMap<_, _>>()
-        })
-        .await
-        .unwrap_or_default();
+        answers.retain(|h, _| hosts.contains(h));
+        due.retain(|h, _| hosts.contains(h));
+        let now = tokio::time::Instant::now();
+        for h in &hosts {
+            if due.get(h).is_some_and(|t| *t > now) {
+                continue;
+            }
+            match dns.resolve(h).await {
+                Ok((ips, ttl)) => {
+                    answers.insert(h.clone(), ips);
+                    due.insert(h.clone(), now + ttl);
+                }
+                Err(e) => {
+                    tracing::debug!(host = %h, error = %format!("{e:#}"), "lookup failed");
+                    answers.entry(h.clone()).or_default();
+                    due.insert(h.clone(), now + dns::RETRY);
+                }
+            }
+        }
         {
             let mut core = shared.core();
-            if core.dns != resolved {
-                core.dns = resolved;
+            if core.dns != answers {
+                core.dns = answers.clone();
                 if let Err(e) = core.install_profiles(&set) {
                     warn!(error = %format!("{e:#}"), "recompiling after DNS refresh failed");
                 }
             }
         }
-        tokio::time::sleep(DNS_REFRESH).await;
+        let next = due.values().min().copied().unwrap_or(now + DNS_POLL);
+        tokio::time::sleep_until(next.min(tokio::time::Instant::now() + DNS_POLL)).await;
     }
 }
 

@@ -2,7 +2,7 @@
 //! trie first; within a trie the longest prefix wins, so each entry also carries the port
 //! ranges of the entries that enclose it (a /16 inside a /8 keeps the /8's ports).
 
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::IpAddr;
 
 use agent_common::policy::{
     ACTION_ALERT, ACTION_BLOCK, ACTION_KILL, CATEGORY_EXEC, CATEGORY_FILE, FORM_EXACT, FORM_NAME,
@@ -368,17 +368,6 @@ pub fn host_names(p: &Profile) -> Vec<String> {
             Target::Cidr(_) => None,
         })
         .collect()
-}
-
-/// Resolves a host name with the system resolver (blocking).
-pub fn resolve(host: &str) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = (host, 0u16)
-        .to_socket_addrs()
-        .map(|it| it.map(|sa| sa.ip()).collect())
-        .unwrap_or_default();
-    ips.sort();
-    ips.dedup();
-    ips
 }
 
 #[cfg(test)]
