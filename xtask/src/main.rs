@@ -3,6 +3,7 @@
 //! `setup` installs what a fresh Debian machine lacks, idempotently; `run` and `test` call
 //! it first so the README's two commands work from nothing.
 
+mod bench;
 mod setup;
 mod test;
 mod vm;
@@ -34,6 +35,13 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// agentwarden's cost against the same machine without it, side by side in one run
+    /// (results in target/bench/: results.md, results.json, overhead.png). Needs root.
+    Bench {
+        /// A short smoke run (what CI executes; its figures are not meaningful).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Formatting, clippy (user and eBPF crates), unit and kernel tests on the host, then
     /// the kernel tests in QEMU on each kernel of the matrix (BPF-LSM active).
     Test {
@@ -62,6 +70,10 @@ fn main() -> Result<()> {
             setup::run()?;
             build_release()?;
             run_demo(&args)
+        }
+        Cmd::Bench { quick } => {
+            setup::run()?;
+            bench::run(quick)
         }
         Cmd::Test {
             filter,
@@ -126,7 +138,7 @@ fn run_demo(args: &[String]) -> Result<()> {
     run_cmd(&mut cmd)
 }
 
-fn rustix_is_root() -> bool {
+pub fn rustix_is_root() -> bool {
     // `id -u` keeps xtask free of libc bindings.
     Command::new("id")
         .arg("-u")

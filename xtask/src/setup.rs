@@ -51,10 +51,11 @@ pub fn run() -> Result<()> {
     bpf_linker(&mut did)?;
     virtme_ng(&mut did)?;
     claude_code(&mut did)?;
+    matplotlib(&mut did)?;
     if did.is_empty() {
         eprintln!(
             "setup: everything in place (LLVM 22, nightly {NIGHTLY_COMPONENTS:?}, bpf-linker, \
-             qemu, virtme-ng, Claude Code {CLAUDE_CODE_VERSION}, kernels {})",
+             qemu, virtme-ng, Claude Code {CLAUDE_CODE_VERSION}, matplotlib, kernels {})",
             vm::MATRIX
                 .iter()
                 .map(|k| k.label)
@@ -218,5 +219,18 @@ fn claude_code(did: &mut Vec<String>) -> Result<()> {
         bail!("Claude Code installed in {AGENTS_DIR} but `{bin} --version` says `{version}`");
     }
     did.push(format!("Claude Code {CLAUDE_CODE_VERSION}"));
+    Ok(())
+}
+
+/// matplotlib draws the benchmark's chart.
+fn matplotlib(did: &mut Vec<String>) -> Result<()> {
+    if quiet(Command::new("python3").args(["-c", "import matplotlib"])) {
+        return Ok(());
+    }
+    run_cmd(Command::new("python3").args(["-m", "pip", "install", "-q", "matplotlib"]))?;
+    if !quiet(Command::new("python3").args(["-c", "import matplotlib"])) {
+        bail!("matplotlib installed but not importable by python3");
+    }
+    did.push("matplotlib".into());
     Ok(())
 }

@@ -1,0 +1,301 @@
+//! `awload`: the workloads `cargo xtask bench` times, with and without agentwarden. Each
+//! run prints one JSON object on stdout; the harness compares conditions, never absolute
+//! times.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd},
+    path::PathBuf,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use rustix::fs::{Mode, OFlags};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Spawn and wait for `/bin/true`, N times.
+    Exec {
+        #[arg(long)]
+        iters: u64,
+    },
+    /// openat + close of one file, N times split over threads.
+    Open {
+        #[arg(long)]
+        iters: u64,
+        #[arg(long, default_value_t = 1)]
+        threads: u64,
+        #[arg(long)]
+        path: PathBuf,
+    },
+    /// TCP connect to a loopback listener of our own and close (or, with --udp, a UDP
+    /// socket connected and closed), N times.
+    Connect {
+        #[arg(long)]
+        iters: u64,
+        #[arg(long)]
+        udp: bool,
+    },
+    /// A paced mix at RATE operations per second for SECS: opens (98%), loopback TCP
+    /// connects (2%) and one exec per thousand.
+    Mix {
+        #[arg(long)]
+        rate: u64,
+        #[arg(long)]
+        secs: f64,
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        threads: u64,
+    },
+    /// From just before `open(PATH)` to the death of the process that opened it (a
+    /// denied file under `kill`), N times; fails if a child survives or read a byte.
+    KillLatency {
+        #[arg(long)]
+        iters: u64,
+        #[arg(long)]
+        path: PathBuf,
+    },
+    /// Duration of `connect` to 127.0.0.1:PORT, N times, with its errno.
+    ConnectLatency {
+        #[arg(long)]
+        iters: u64,
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+fn main() -> Result<()> {
+    let out = match Cli::parse().cmd {
+        Cmd::Exec { iters } => timed(iters, || exec_true().map(|_| ()))?,
+        Cmd::Open {
+            iters,
+            threads,
+            path,
+        } => open_loop(iters, threads, &path)?,
+        Cmd::Connect { iters, udp } => connect_loop(iters, udp)?,
+        Cmd::Mix {
+            rate,
+            secs,
+            path,
+            threads,
+        } => mix(rate, secs, &path, threads)?,
+        Cmd::KillLatency { iters, path } => kill_latency(iters, &path)?,
+        Cmd::ConnectLatency { iters, port } => connect_latency(iters, port)?,
+    };
+    println!("{out}");
+    Ok(())
+}
+
+fn timed(iters: u64, mut op: impl FnMut() -> Result<()>) -> Result<serde_json::Value> {
+    let start = Instant::now();
+    for _ in 0..iters {
+        op()?;
+    }
+    Ok(json!({ "ops": iters, "ns": start.elapsed().as_nanos() as u64 }))
+}
+
+fn exec_true() -> Result<()> {
+    let st = Command::new("/bin/true").status().context("spawning /bin/true")?;
+    if !st.success() {
+        bail!("/bin/true: {st}");
+    }
+    Ok(())
+}
+
+fn open_once(path: &PathBuf) -> Result<()> {
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .with_context(|| format!("opening {}", path.display()))?;
+    drop(fd);
+    Ok(())
+}
+
+fn open_loop(iters: u64, threads: u64, path: &PathBuf) -> Result<serde_json::Value> {
+    let per = iters / threads.max(1);
+    let start = Instant::now();
+    thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(move || -> Result<()> {
+                    for _ in 0..per {
+                        open_once(path)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("open thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    // Per-op time is wall time per op of one thread (what each caller experiences).
+    Ok(json!({ "ops": per, "ns": start.elapsed().as_nanos() as u64, "threads": threads }))
+}
+
+/// A listener that accepts and drops connections, so connects never queue.
+fn listener() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    thread::spawn(move || {
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+    Ok(addr)
+}
+
+fn connect_loop(iters: u64, udp: bool) -> Result<serde_json::Value> {
+    let addr = listener()?;
+    if udp {
+        return timed(iters, || {
+            let s = UdpSocket::bind("127.0.0.1:0")?;
+            s.connect(addr)?;
+            Ok(())
+        });
+    }
+    timed(iters, || {
+        TcpStream::connect(addr).context("connect")?;
+        Ok(())
+    })
+}
+
+fn mix(rate: u64, secs: f64, path: &PathBuf, threads: u64) -> Result<serde_json::Value> {
+    let addr = listener()?;
+    let threads = threads.max(1);
+    let per_thread = rate as f64 / threads as f64;
+    let start = Instant::now();
+    let total = thread::scope(|s| -> Result<u64> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || -> Result<u64> {
+                    let mut done = 0u64;
+                    loop {
+                        let elapsed = start.elapsed().as_secs_f64();
+                        if elapsed >= secs {
+                            return Ok(done);
+                        }
+                        // Pace: never ahead of the schedule, catch up in batches.
+                        let due = (elapsed * per_thread) as u64;
+                        if done >= due {
+                            thread::sleep(Duration::from_micros(200));
+                            continue;
+                        }
+                        for _ in 0..(due - done).min(1_000) {
+                            let n = done + t;
+                            if n % 1_000 == 999 {
+                                exec_true()?;
+                            } else if n % 50 == 49 {
+                                TcpStream::connect(addr)?;
+                            } else {
+                                open_once(path)?;
+                            }
+                            done += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut sum = 0;
+        for h in handles {
+            sum += h.join().map_err(|_| anyhow::anyhow!("mix thread panicked"))??;
+        }
+        Ok(sum)
+    })?;
+    let ns = start.elapsed().as_nanos() as u64;
+    Ok(json!({ "ops": total, "ns": ns, "target_rate": rate }))
+}
+
+fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn percentiles(mut v: Vec<u64>) -> serde_json::Value {
+    v.sort_unstable();
+    let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    json!({ "n": v.len(), "p50_ns": at(0.5), "p99_ns": at(0.99), "max_ns": at(1.0) })
+}
+
+fn kill_latency(iters: u64, path: &PathBuf) -> Result<serde_json::Value> {
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut lat = Vec::new();
+    let (mut killed, mut leaked) = (0u64, 0u64);
+    for _ in 0..iters {
+        let (r, w) = rustix::pipe::pipe()?;
+        // SAFETY: single-threaded here; the child only calls async-signal-safe functions.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            bail!("fork failed");
+        }
+        if pid == 0 {
+            drop(r);
+            let t0 = now_ns().to_ne_bytes();
+            // SAFETY: raw syscalls on our own descriptors and a NUL-terminated path.
+            unsafe {
+                libc::write(w.as_raw_fd(), t0.as_ptr().cast(), 8);
+                let fd = libc::open(cpath.as_ptr(), libc::O_RDONLY);
+                if fd >= 0 {
+                    let mut b = [0u8; 1];
+                    libc::read(fd, b.as_mut_ptr().cast(), 1);
+                    libc::write(w.as_raw_fd(), b"LEAK".as_ptr().cast(), 4);
+                }
+                libc::_exit(0);
+            }
+        }
+        drop(w);
+        // SAFETY: `r` is ours; the File takes it over.
+        let mut f = unsafe { std::fs::File::from_raw_fd(rustix::fd::IntoRawFd::into_raw_fd(r)) };
+        let mut t0 = [0u8; 8];
+        f.read_exact(&mut t0)?;
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let t1 = now_ns();
+        lat.push(t1.saturating_sub(u64::from_ne_bytes(t0)));
+        let mut rest = Vec::new();
+        f.read_to_end(&mut rest)?;
+        if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL {
+            killed += 1;
+        }
+        if !rest.is_empty() {
+            leaked += 1;
+        }
+    }
+    std::io::stdout().flush()?;
+    Ok(json!({ "latency": percentiles(lat), "killed": killed, "leaked": leaked, "iters": iters }))
+}
+
+fn connect_latency(iters: u64, port: u16) -> Result<serde_json::Value> {
+    let mut lat = Vec::new();
+    let mut errnos = std::collections::BTreeMap::<i32, u64>::new();
+    let addr = rustix::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
+    for _ in 0..iters {
+        let s = rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            None,
+        )?;
+        let t0 = now_ns();
+        let r = rustix::net::connect(&s, &addr);
+        lat.push(now_ns() - t0);
+        let e = r.err().map_or(0, |e| e.raw_os_error());
+        *errnos.entry(e).or_default() += 1;
+    }
+    let errnos: serde_json::Map<String, serde_json::Value> = errnos
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into()))
+        .collect();
+    Ok(json!({ "latency": percentiles(lat), "errnos": errnos }))
+}
