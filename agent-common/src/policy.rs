@@ -38,8 +38,13 @@ pub struct ProfileConfig {
     pub exec_block: u8,
     /// As `exec_block`, for file opens.
     pub file_block: u8,
+    /// Bit d set when an exec deny tree is rooted d components deep: the kernel looks
+    /// up directory prefixes only at those depths.
+    pub exec_prefix_depths: u64,
+    /// As `exec_prefix_depths`, for file deny trees.
+    pub file_prefix_depths: u64,
 }
-crate::assert_size!(ProfileConfig, 8);
+crate::assert_size!(ProfileConfig, 24);
 
 /// LPM-trie key data of `NET_ALLOW`/`NET_DENY`: the profile id (big-endian, matched in
 /// full) then the address as IPv6, IPv4 as `::ffff:a.b.c.d` — so IPv4-mapped IPv6
@@ -91,8 +96,6 @@ impl NetRule {
     }
 }
 
-/// `PathRuleKey::owner_uid` of rules that hold for every session owner.
-pub const OWNER_ANY: u32 = u32::MAX;
 pub const CATEGORY_EXEC: u8 = 0;
 pub const CATEGORY_FILE: u8 = 1;
 /// The whole path.
@@ -129,7 +132,8 @@ pub const fn fnv(s: &[u8]) -> u64 {
 pub struct PathRuleKey {
     pub hash: u64,
     pub profile_id: u32,
-    /// The session owner a `~` rule was expanded for, or [`OWNER_ANY`].
+    /// The session owner the rule was expanded for (every rule is, once per owner, so
+    /// the kernel looks up one key).
     pub owner_uid: u32,
     /// `CATEGORY_*`.
     pub category: u8,

@@ -17,7 +17,7 @@ use agent_common::{
     },
     policy::{
         CATEGORY_EXEC, FNV_OFFSET, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey, MODE_ENFORCE,
-        OWNER_ANY, PathRuleKey, PathRuleValue, fnv_step,
+        PathRuleKey, PathRuleValue, fnv_step,
     },
     session::SessionEntry,
     stats::Stat,
@@ -58,7 +58,10 @@ pub struct ScanState {
     /// Backward search position (phase 0) or next byte to hash (phase 1).
     pos: i64,
     start: i64,
-    owner_uid: u32,
+    /// Bit d: a deny tree is rooted at depth d (from the profile).
+    depths: u64,
+    /// Components hashed so far.
+    depth: u32,
     rule: u32,
     hit: u32,
     /// 0: looking backwards for the start of the component ending at `end`;
@@ -79,16 +82,19 @@ struct Scan {
 fn lookup(s: &mut ScanState, form: u8, hash: u64) -> bool {
     s.key.form = form;
     s.key.hash = hash;
-    for owner in [s.owner_uid, OWNER_ANY] {
-        s.key.owner_uid = owner;
-        // SAFETY: value copied out.
-        if let Some(v) = unsafe { PATH_RULES.get(s.key) } {
-            s.rule = v.rule_id;
-            s.hit = 1;
-            return true;
-        }
+    // SAFETY: value copied out.
+    if let Some(v) = unsafe { PATH_RULES.get(s.key) } {
+        s.rule = v.rule_id;
+        s.hit = 1;
+        return true;
     }
     false
+}
+
+/// Whether a deny tree of the profile is rooted `depth` components deep.
+#[inline(always)]
+fn tree_at(s: &ScanState, depth: u32) -> bool {
+    depth < 64 && s.depths & (1u64 << depth) != 0
 }
 
 #[inline(always)]
@@ -132,8 +138,9 @@ extern "C" fn scan_step(_i: u64, ctx: *mut c_void) -> i64 {
                 s.phase = 2;
                 return 1;
             }
+            s.depth += 1;
             let h = s.h;
-            if lookup(s, FORM_PREFIX, h) {
+            if tree_at(s, s.depth) && lookup(s, FORM_PREFIX, h) {
                 return 1;
             }
             s.end = s.start - 1;
@@ -147,7 +154,7 @@ extern "C" fn scan_step(_i: u64, ctx: *mut c_void) -> i64 {
 
 /// The deny rule of `category` that matches `path`, if any.
 #[inline(always)]
-fn matches(path: &KPath, entry: &SessionEntry, category: u8) -> Option<u32> {
+fn matches(path: &KPath, entry: &SessionEntry, category: u8, depths: u64) -> Option<u32> {
     if path.len == 0 || path.flags & (PATH_FLAG_TRUNCATED | PATH_FLAG_RAW) != 0 {
         return None;
     }
@@ -158,12 +165,13 @@ fn matches(path: &KPath, entry: &SessionEntry, category: u8) -> Option<u32> {
     s.key = PathRuleKey {
         hash: 0,
         profile_id: entry.profile_id,
-        owner_uid: 0,
+        owner_uid: entry.owner_uid,
         category,
         form: 0,
         _pad: [0; 6],
     };
-    s.owner_uid = entry.owner_uid;
+    s.depths = depths;
+    s.depth = 0;
     s.h = FNV_OFFSET;
     s.name = FNV_OFFSET;
     s.rule = 0;
@@ -191,7 +199,8 @@ fn matches(path: &KPath, entry: &SessionEntry, category: u8) -> Option<u32> {
     if s.hit == 0 && s.phase == 2 {
         let (h, name) = (s.h, s.name);
         // `/dir/**` also matches `/dir` itself.
-        if !(lookup(s, FORM_EXACT, h) || lookup(s, FORM_PREFIX, h)) {
+        let leaf_tree = tree_at(s, s.depth + 1);
+        if !(lookup(s, FORM_EXACT, h) || (leaf_tree && lookup(s, FORM_PREFIX, h))) {
             lookup(s, FORM_NAME, name);
         }
     }
@@ -206,7 +215,7 @@ fn inode_matches(file: *const u8, entry: &SessionEntry, category: u8) -> Option<
     let ino = read::<u64>(inode, off!(inode_i_ino))?;
     let sb = read_ptr(inode, off!(inode_i_sb))?;
     let dev = read::<u32>(sb, off!(super_block_s_dev))?;
-    let mut key = InodeRuleKey {
+    let key = InodeRuleKey {
         ino,
         dev,
         profile_id: entry.profile_id,
@@ -214,14 +223,8 @@ fn inode_matches(file: *const u8, entry: &SessionEntry, category: u8) -> Option<
         category,
         _pad: [0; 3],
     };
-    for owner in [entry.owner_uid, OWNER_ANY] {
-        key.owner_uid = owner;
-        // SAFETY: value copied out.
-        if let Some(v) = unsafe { INODE_RULES.get(key) } {
-            return Some(v.rule_id);
-        }
-    }
-    None
+    // SAFETY: value copied out.
+    unsafe { INODE_RULES.get(key) }.map(|v| v.rule_id)
 }
 
 /// What a profile says about denials of one category.
@@ -229,6 +232,7 @@ struct Actions {
     mode: u8,
     kill: u8,
     block: u8,
+    depths: u64,
 }
 
 #[inline(always)]
@@ -242,20 +246,28 @@ fn actions(entry: &SessionEntry, category: u8) -> Option<Actions> {
             mode: cfg.mode,
             kill: cfg.exec_kill,
             block: cfg.exec_block,
+            depths: cfg.exec_prefix_depths,
         }
     } else {
         Actions {
             mode: cfg.mode,
             kill: cfg.file_kill,
             block: cfg.file_block,
+            depths: cfg.file_prefix_depths,
         }
     })
 }
 
 /// The deny rule of `category` that matches the file: by path, then by inode.
 #[inline(always)]
-fn judge(file: *const u8, path: &KPath, entry: &SessionEntry, category: u8) -> Option<u32> {
-    matches(path, entry, category).or_else(|| inode_matches(file, entry, category))
+fn judge(
+    file: *const u8,
+    path: &KPath,
+    entry: &SessionEntry,
+    a: &Actions,
+    category: u8,
+) -> Option<u32> {
+    matches(path, entry, category, a.depths).or_else(|| inode_matches(file, entry, category))
 }
 
 #[inline(always)]
@@ -280,7 +292,7 @@ pub fn enforce(
     let Some(a) = actions(entry, category) else {
         return;
     };
-    let Some(rule) = judge(file, path, entry, category) else {
+    let Some(rule) = judge(file, path, entry, &a, category) else {
         return;
     };
     out.rule_id = rule;
@@ -321,7 +333,7 @@ pub fn lsm_decide(
     if a.mode != MODE_ENFORCE {
         return 0;
     }
-    let Some(rule) = judge(file, path, entry, category) else {
+    let Some(rule) = judge(file, path, entry, &a, category) else {
         return 0;
     };
     out.rule_id = rule;

@@ -107,7 +107,9 @@ fn timed(iters: u64, mut op: impl FnMut() -> Result<()>) -> Result<serde_json::V
 }
 
 fn exec_true() -> Result<()> {
-    let st = Command::new("/bin/true").status().context("spawning /bin/true")?;
+    let st = Command::new("/bin/true")
+        .status()
+        .context("spawning /bin/true")?;
     if !st.success() {
         bail!("/bin/true: {st}");
     }
@@ -136,7 +138,8 @@ fn open_loop(iters: u64, threads: u64, path: &PathBuf) -> Result<serde_json::Val
             })
             .collect();
         for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("open thread panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("open thread panicked"))??;
         }
         Ok(())
     })?;
@@ -209,7 +212,9 @@ fn mix(rate: u64, secs: f64, path: &PathBuf, threads: u64) -> Result<serde_json:
             .collect();
         let mut sum = 0;
         for h in handles {
-            sum += h.join().map_err(|_| anyhow::anyhow!("mix thread panicked"))??;
+            sum += h
+                .join()
+                .map_err(|_| anyhow::anyhow!("mix thread panicked"))??;
         }
         Ok(sum)
     })?;

@@ -324,7 +324,10 @@ fn start_daemon(env: &Env) -> Result<Daemon> {
     let start = Instant::now();
     while std::os::unix::net::UnixStream::connect(&env.socket).is_err() {
         if start.elapsed() > Duration::from_secs(60) {
-            bail!("daemon not ready; see {}", env.dir.join("daemon.log").display());
+            bail!(
+                "daemon not ready; see {}",
+                env.dir.join("daemon.log").display()
+            );
         }
         thread::sleep(Duration::from_millis(50));
     }
@@ -688,7 +691,9 @@ fn markdown(r: &Value) -> String {
             sc["losses"],
         ));
     }
-    s.push_str("\n| throughput: target ops/s | events/s | losses | daemon cores |\n|---|---|---|---|\n");
+    s.push_str(
+        "\n| throughput: target ops/s | events/s | losses | daemon cores |\n|---|---|---|---|\n",
+    );
     for t in r["throughput"].as_array().into_iter().flatten() {
         s.push_str(&format!(
             "| {} | {:.0} | {} | {:.2} |\n",

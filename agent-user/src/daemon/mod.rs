@@ -280,6 +280,13 @@ fn bind_socket(socket: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// After a drain the reader lets records gather this long before it looks again. The
+/// kernel signals only when a record lands in an empty ring, so while records wait here
+/// the programs wake nobody: under load one wakeup (and one drain) carries a batch
+/// instead of one record, which is most of the cost of tracing a busy agent. It bounds
+/// how late an event is seen, never whether.
+const COALESCE: Duration = Duration::from_millis(5);
+
 async fn read_ring(shared: Arc<Shared>, fd: AsyncFd<OwnedFd>) -> Result<()> {
     loop {
         let mut guard = fd.readable().await?;
@@ -287,6 +294,7 @@ async fn read_ring(shared: Arc<Shared>, fd: AsyncFd<OwnedFd>) -> Result<()> {
         // again, so no wakeup is lost (the kernel only signals an empty-to-data edge).
         guard.clear_ready();
         shared.core().drain();
+        tokio::time::sleep(COALESCE).await;
     }
 }
 

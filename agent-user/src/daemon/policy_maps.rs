@@ -121,17 +121,17 @@ impl Core {
                 .get(&name)
                 .ok_or_else(|| anyhow!("profile {name} vanished"))?;
             let dns = &self.dns;
-            let homes: Vec<(u32, String)> = self
+            let owners: Vec<(u32, Option<String>)> = self
                 .owners
                 .iter()
-                .filter_map(|uid| self.homes.get(uid).map(|h| (*uid, h.clone())))
+                .map(|uid| (*uid, self.homes.get(uid).cloned()))
                 .collect();
             let c = compile::compile(
                 p,
                 id,
                 &mut rules,
                 &|h| dns.get(h).cloned().unwrap_or_default(),
-                &homes,
+                &owners,
             )?;
             for h in c.unresolved.iter().filter(|h| dns.contains_key(*h)) {
                 warn!(profile = %name, host = %h, "host name does not resolve; its rule is inactive");

@@ -7,8 +7,7 @@ use std::net::IpAddr;
 use agent_common::policy::{
     ACTION_ALERT, ACTION_BLOCK, ACTION_KILL, CATEGORY_EXEC, CATEGORY_FILE, FORM_EXACT, FORM_NAME,
     FORM_PREFIX, InodeRuleKey, MAX_PORT_RANGES, MODE_ENFORCE, MODE_MONITOR, NetKey, NetRule,
-    OWNER_ANY, PathRuleKey, PathRuleValue, PortRange as KPortRange, ProfileConfig, RULE_DEFAULT,
-    fnv,
+    PathRuleKey, PathRuleValue, PortRange as KPortRange, ProfileConfig, RULE_DEFAULT, fnv,
 };
 use anyhow::{Result, bail};
 
@@ -80,16 +79,16 @@ pub fn kills(mode: Mode, v: OnViolation, fallback: Option<Fallback>) -> u8 {
 }
 
 /// `resolve` maps a host name to its addresses (the daemon passes its DNS cache);
-/// `homes` lists the session owners (uid, home) that `~` rules are expanded for.
+/// `owners` lists the session owners (uid, home if known) rules are expanded for.
 pub fn compile(
     p: &Profile,
     id: u32,
     rules: &mut RuleTable,
     resolve: &dyn Fn(&str) -> Vec<IpAddr>,
-    homes: &[(u32, String)],
+    owners: &[(u32, Option<String>)],
 ) -> Result<CompiledProfile> {
     let net = &p.file.network;
-    let config = ProfileConfig {
+    let mut config = ProfileConfig {
         mode: if p.file.mode == Mode::Enforce {
             MODE_ENFORCE
         } else {
@@ -106,6 +105,8 @@ pub fn compile(
         ),
         exec_block: blocks(p.file.mode, p.file.exec.on_violation),
         file_block: blocks(p.file.mode, p.file.files.on_violation),
+        exec_prefix_depths: 0,
+        file_prefix_depths: 0,
     };
     let mut path_rules = Vec::new();
     let mut bound_paths = Vec::new();
@@ -115,8 +116,18 @@ pub fn compile(
     ] {
         for (i, l) in list.iter().enumerate() {
             let rule_id = rules.add(p, &format!("{field}[{i}]"), l.line);
-            for (owner, form, text) in path_texts(&l.value, homes) {
+            for (owner, form, text) in path_texts(&l.value, owners) {
                 let hash = fnv(text.as_bytes());
+                if form == FORM_PREFIX {
+                    // Depth of the tree's root: the kernel looks up prefixes only there.
+                    let depth = text.matches('/').count().min(63);
+                    let mask = if category == CATEGORY_EXEC {
+                        &mut config.exec_prefix_depths
+                    } else {
+                        &mut config.file_prefix_depths
+                    };
+                    *mask |= 1 << depth;
+                }
                 if form != FORM_NAME {
                     bound_paths.push(BoundPath {
                         path: text.clone(),
@@ -192,6 +203,13 @@ pub fn bind_inodes(
 ) -> (Vec<(InodeRuleKey, PathRuleValue)>, Vec<String>) {
     let mut out = Vec::new();
     let mut partial = Vec::new();
+    // Rules are expanded per owner: each file is asked about once.
+    let mut seen_paths = std::collections::HashMap::new();
+    let mut identity = |p: &std::path::Path| {
+        *seen_paths
+            .entry(p.to_path_buf())
+            .or_insert_with(|| identity(p))
+    };
     for b in bound {
         let value = PathRuleValue {
             rule_id: b.rule_id,
@@ -246,9 +264,10 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
     (major << 20) | (minor & 0xf_ffff)
 }
 
-/// (owner, form, absolute text) of a pattern as the kernel matches it; `~` patterns once
-/// per home.
-fn path_texts(p: &Pattern, homes: &[(u32, String)]) -> Vec<(u32, u8, String)> {
+/// (owner, form, absolute text) of a pattern as the kernel matches it, once per session
+/// owner so the kernel looks up one key per form (`~` patterns only for owners with a
+/// home).
+fn path_texts(p: &Pattern, owners: &[(u32, Option<String>)]) -> Vec<(u32, u8, String)> {
     let src = p.source();
     let (form, text) = match p.kernel_form() {
         KernelForm::Exact => (FORM_EXACT, src),
@@ -257,12 +276,18 @@ fn path_texts(p: &Pattern, homes: &[(u32, String)]) -> Vec<(u32, u8, String)> {
         KernelForm::UserspaceOnly => return Vec::new(),
     };
     if !p.is_home_relative() {
-        return vec![(OWNER_ANY, form, text.to_owned())];
+        return owners
+            .iter()
+            .map(|(uid, _)| (*uid, form, text.to_owned()))
+            .collect();
     }
     let rest = text.strip_prefix('~').unwrap_or(text);
-    homes
+    owners
         .iter()
-        .map(|(uid, home)| (*uid, form, format!("{}{rest}", home.trim_end_matches('/'))))
+        .filter_map(|(uid, home)| {
+            let home = home.as_deref()?;
+            Some((*uid, form, format!("{}{rest}", home.trim_end_matches('/'))))
+        })
         .collect()
 }
 
@@ -416,7 +441,7 @@ network:\n  default: deny\n  allow:\n    - { cidr: 10.0.0.0/8, ports: \"443\" }\
 mod path_tests {
     use std::os::unix::fs::MetadataExt;
 
-    use agent_common::policy::{CATEGORY_FILE, FORM_EXACT, FORM_NAME, FORM_PREFIX, OWNER_ANY, fnv};
+    use agent_common::policy::{CATEGORY_FILE, FORM_EXACT, FORM_NAME, FORM_PREFIX, fnv};
 
     use super::*;
     use crate::policy::parse;
@@ -427,8 +452,11 @@ mod path_tests {
 files:\n  deny: [/etc/shadow, ~/.ssh/**, \"**/.env\", /**/*.pem]\n  fallback: kill\n";
         let p = parse("t.yaml", text).unwrap();
         let mut rules = RuleTable::default();
-        let homes = [(1000, "/home/a".to_owned()), (0, "/root".to_owned())];
-        let c = compile(&p, 3, &mut rules, &|_| Vec::new(), &homes).unwrap();
+        let owners = [
+            (1000, Some("/home/a".to_owned())),
+            (0, Some("/root".to_owned())),
+        ];
+        let c = compile(&p, 3, &mut rules, &|_| Vec::new(), &owners).unwrap();
         assert_eq!((c.config.file_kill, c.config.exec_kill), (1, 0));
         let keys: Vec<(u32, u8, u64)> = c
             .path_rules
@@ -436,11 +464,15 @@ files:\n  deny: [/etc/shadow, ~/.ssh/**, \"**/.env\", /**/*.pem]\n  fallback: ki
             .filter(|(k, _)| k.category == CATEGORY_FILE && k.profile_id == 3)
             .map(|(k, _)| (k.owner_uid, k.form, k.hash))
             .collect();
-        assert!(keys.contains(&(OWNER_ANY, FORM_EXACT, fnv(b"/etc/shadow"))));
+        for owner in [1000, 0] {
+            assert!(keys.contains(&(owner, FORM_EXACT, fnv(b"/etc/shadow"))));
+            assert!(keys.contains(&(owner, FORM_NAME, fnv(b".env"))));
+        }
         assert!(keys.contains(&(1000, FORM_PREFIX, fnv(b"/home/a/.ssh"))));
         assert!(keys.contains(&(0, FORM_PREFIX, fnv(b"/root/.ssh"))));
-        assert!(keys.contains(&(OWNER_ANY, FORM_NAME, fnv(b".env"))));
-        assert_eq!(keys.len(), 4, "the *.pem wildcard stays in userspace");
+        assert_eq!(keys.len(), 6, "the *.pem wildcard stays in userspace");
+        // `/home/a/.ssh` and `/root/.ssh` are trees rooted at depths 3 and 2.
+        assert_eq!(c.config.file_prefix_depths, (1 << 3) | (1 << 2));
     }
 
     #[test]
@@ -456,7 +488,14 @@ files:\n  deny: [{0}/token, {0}/secrets/**, {0}/missing]\n  on_violation: kill\n
             dir.path().display()
         );
         let p = parse("t.yaml", &text).unwrap();
-        let c = compile(&p, 2, &mut RuleTable::default(), &|_| Vec::new(), &[]).unwrap();
+        let c = compile(
+            &p,
+            2,
+            &mut RuleTable::default(),
+            &|_| Vec::new(),
+            &[(0, None)],
+        )
+        .unwrap();
         assert_eq!(c.bound_paths.len(), 3);
         let mut by_stat = |p: &std::path::Path| {
             std::fs::metadata(p)
