@@ -7,6 +7,7 @@ use agent_common::{
     stats::Stat,
 };
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, tracepoint},
     maps::LruHashMap,
@@ -32,9 +33,12 @@ pub struct OpenStash {
     _pad: u32,
 }
 
-/// pid_tgid → pending open. LRU so a thread killed inside the syscall cannot leak slots.
+/// pid_tgid → pending open. LRU so a thread killed inside the syscall cannot leak slots;
+/// per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`), because the shared list's lock was the
+/// largest cost of stashing on a busy opener.
 #[map]
-pub static OPEN_STASH: LruHashMap<u64, OpenStash> = LruHashMap::with_max_entries(16_384, 0);
+pub static OPEN_STASH: LruHashMap<u64, OpenStash> =
+    LruHashMap::with_max_entries(16_384, BPF_F_NO_COMMON_LRU);
 
 // Syscall tracepoint records: 8 bytes of common fields, the syscall number padded to 8,
 // then each argument as 8 bytes (`struct syscall_trace_enter`); exit has `ret` at 16.

@@ -7,6 +7,7 @@ use agent_common::{
     stats::Stat,
 };
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_send_signal},
     macros::{map, tracepoint},
     maps::LruHashMap,
@@ -36,7 +37,8 @@ struct ConnectStash {
 }
 
 #[map]
-static CONNECT_STASH: LruHashMap<u64, ConnectStash> = LruHashMap::with_max_entries(16_384, 0);
+static CONNECT_STASH: LruHashMap<u64, ConnectStash> =
+    LruHashMap::with_max_entries(16_384, BPF_F_NO_COMMON_LRU);
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
