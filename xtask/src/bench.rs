@@ -292,7 +292,8 @@ fn small_crate(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir.join("src"))?;
     fs::write(
         dir.join("Cargo.toml"),
-        "[package]\nname = \"benchcrate\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+        // Its own workspace: it lives under ours (target/) but is not part of it.
+        "[package]\nname = \"benchcrate\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
     )?;
     let mut src = String::new();
     for i in 0..400 {
