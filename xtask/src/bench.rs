@@ -43,7 +43,7 @@ const FULL: Sizes = Sizes {
     open: 400_000,
     tcp: 10_000,
     udp: 40_000,
-    rates: &[25_000, 50_000, 100_000, 200_000, 400_000, 800_000],
+    rates: &[25_000, 50_000, 100_000, 200_000, 400_000],
     mix_secs: 3.0,
     idle_secs: 60,
     load_secs: 10.0,
@@ -262,7 +262,12 @@ pub fn run(quick: bool) -> Result<()> {
         bail!("kill latency: a process survived or read the canary: {kill}");
     }
     if !failed.is_empty() {
-        bail!("losses during: {}", failed.join(", "));
+        let msg = format!("losses during: {}", failed.join(", "));
+        if !quick {
+            bail!("{msg}");
+        }
+        // The smoke run checks that the harness works; losses depend on the machine.
+        eprintln!("bench: {msg} (quick run: reported, not fatal)");
     }
     eprintln!(
         "bench: results in {} (results.md, results.json, overhead.png)",
@@ -541,12 +546,15 @@ fn throughput(env: &Env, sizes: &Sizes) -> Result<Vec<Value>> {
             "bench: mix at {rate}/s: {:.0} events/s, {drops} lost, daemon {cores:.2} cores",
             events as f64 / secs
         );
+        let per_event_us = cores * wall / events.max(1) as f64 * 1e6;
         out.push(json!({
             "target_ops_per_s": rate,
             "ops_per_s": v["ops"].as_f64().unwrap_or(0.0) / secs,
             "events_per_s": events as f64 / secs,
             "drops": drops,
             "daemon_cores": cores,
+            "daemon_us_per_event": per_event_us,
+            "events_per_daemon_core": 1e6 / per_event_us.max(1e-3),
         }));
         if drops > 0 {
             break;
@@ -693,15 +701,17 @@ fn markdown(r: &Value) -> String {
         ));
     }
     s.push_str(
-        "\n| throughput: target ops/s | events/s | losses | daemon cores |\n|---|---|---|---|\n",
+        "\n| throughput: target ops/s | achieved events/s | losses | daemon cores | daemon µs/event | events/s per daemon core |\n|---|---|---|---|---|---|\n",
     );
     for t in r["throughput"].as_array().into_iter().flatten() {
         s.push_str(&format!(
-            "| {} | {:.0} | {} | {:.2} |\n",
+            "| {} | {:.0} | {} | {:.2} | {:.2} | {:.0} |\n",
             t["target_ops_per_s"],
             t["events_per_s"].as_f64().unwrap_or(0.0),
             t["drops"],
-            t["daemon_cores"].as_f64().unwrap_or(0.0)
+            t["daemon_cores"].as_f64().unwrap_or(0.0),
+            t["daemon_us_per_event"].as_f64().unwrap_or(0.0),
+            t["events_per_daemon_core"].as_f64().unwrap_or(0.0),
         ));
     }
     let f = &r["footprint"];

@@ -72,7 +72,8 @@ const SWEEP_PERIOD: Duration = Duration::from_millis(500);
 /// Everything the ring-buffer reader, the sweeper and the control handlers share. One lock
 /// keeps enrolment, draining and reconciliation consistent with each other.
 struct Core {
-    ring: RingBuf<MapData>,
+    /// Taken out while a drain runs (records are handled in place, without a copy).
+    ring: Option<RingBuf<MapData>>,
     sessions_map: BpfHashMap<MapData, u32, SessionEntry>,
     stats: PerCpuArray<MapData, u64>,
     policy: PolicyMaps,
@@ -156,7 +157,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let shared = Arc::new(Shared {
         profiles: Mutex::new(profiles),
         core: Mutex::new(Core {
-            ring,
+            ring: Some(ring),
             sessions_map,
             stats,
             policy,
@@ -312,13 +313,13 @@ async fn sweep(shared: Arc<Shared>) {
 impl Core {
     /// Consumes every record in the ring buffer.
     fn drain(&mut self) {
-        let mut records = Vec::new();
-        while let Some(item) = self.ring.next() {
-            records.push(item.to_vec());
+        let Some(mut ring) = self.ring.take() else {
+            return;
+        };
+        while let Some(item) = ring.next() {
+            self.handle_record(&item);
         }
-        for r in records {
-            self.handle_record(&r);
-        }
+        self.ring = Some(ring);
         self.log.flush();
     }
 
