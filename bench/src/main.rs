@@ -6,7 +6,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -116,14 +116,14 @@ fn exec_true() -> Result<()> {
     Ok(())
 }
 
-fn open_once(path: &PathBuf) -> Result<()> {
+fn open_once(path: &Path) -> Result<()> {
     let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
         .with_context(|| format!("opening {}", path.display()))?;
     drop(fd);
     Ok(())
 }
 
-fn open_loop(iters: u64, threads: u64, path: &PathBuf) -> Result<serde_json::Value> {
+fn open_loop(iters: u64, threads: u64, path: &Path) -> Result<serde_json::Value> {
     let per = iters / threads.max(1);
     let start = Instant::now();
     thread::scope(|s| -> Result<()> {
@@ -174,7 +174,7 @@ fn connect_loop(iters: u64, udp: bool) -> Result<serde_json::Value> {
     })
 }
 
-fn mix(rate: u64, secs: f64, path: &PathBuf, threads: u64) -> Result<serde_json::Value> {
+fn mix(rate: u64, secs: f64, path: &Path, threads: u64) -> Result<serde_json::Value> {
     let addr = listener()?;
     let threads = threads.max(1);
     let per_thread = rate as f64 / threads as f64;
@@ -233,7 +233,7 @@ fn percentiles(mut v: Vec<u64>) -> serde_json::Value {
     json!({ "n": v.len(), "p50_ns": at(0.5), "p99_ns": at(0.99), "max_ns": at(1.0) })
 }
 
-fn kill_latency(iters: u64, path: &PathBuf) -> Result<serde_json::Value> {
+fn kill_latency(iters: u64, path: &Path) -> Result<serde_json::Value> {
     let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     let mut lat = Vec::new();
     let (mut killed, mut leaked) = (0u64, 0u64);
