@@ -21,6 +21,8 @@ use std::{
 use agentwarden::{event::Event, proto::StatusReport, session::SessionView, skip::skip};
 use tempfile::TempDir;
 
+mod audit;
+
 const BIN: &str = env!("CARGO_BIN_EXE_agentwarden");
 // Upper bound for polling; generous because the VM tier runs under emulation.
 const WAIT: Duration = Duration::from_secs(45);
@@ -47,8 +49,17 @@ impl Daemon {
             skip("loading eBPF programs needs root");
             return None;
         }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = fs::File::create(dir.path().join("daemon.log")).expect("log");
+        Some(Self::spawn_in(tempfile::tempdir().expect("tempdir"), extra))
+    }
+
+    /// Starts a daemon whose socket, log and state directory are in `dir` (a restart
+    /// reuses the state of the daemon before).
+    fn spawn_in(dir: TempDir, extra: &[&str]) -> Self {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("daemon.log"))
+            .expect("log");
         let mut cmd = Command::new(BIN);
         // SAFETY: only an async-signal-safe prctl between fork and exec.
         unsafe {
@@ -88,7 +99,12 @@ impl Daemon {
             );
             thread::sleep(Duration::from_millis(50));
         }
-        Some(d)
+        d
+    }
+
+    /// The audit database in the state directory.
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("state/audit.db")
     }
 
     fn socket(&self) -> PathBuf {

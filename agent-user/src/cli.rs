@@ -22,6 +22,48 @@ use crate::{
     users,
 };
 
+/// Port of the metrics endpoint when `--metrics` is given without an address.
+pub const DEFAULT_METRICS_PORT: u16 = 9464;
+
+/// A retention age; `None` keeps everything.
+#[derive(Clone, Copy, Debug)]
+pub struct Age(pub Option<std::time::Duration>);
+
+/// A size cap in bytes; `None` is no cap.
+#[derive(Clone, Copy, Debug)]
+pub struct Size(pub Option<u64>);
+
+fn parse_age(s: &str) -> Result<Age, String> {
+    if s == "none" {
+        return Ok(Age(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| Age(Some(d)))
+        .map_err(|e| format!("{e} (examples: 30days, 12h, none)"))
+}
+
+fn parse_size(s: &str) -> Result<Size, String> {
+    if s == "none" {
+        return Ok(Size(None));
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (examples: 500MiB, 2G, none)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        u => return Err(format!("unknown size unit `{u}` (use K, M, G, KiB, MiB, GiB)")),
+    };
+    Ok(Size(Some(n.saturating_mul(mult))))
+}
+
 /// Exit status when agentwarden itself could not launch the command (as `env` does).
 pub const EXIT_LAUNCH_FAILED: u8 = 125;
 
@@ -59,6 +101,23 @@ pub enum Cmd {
         /// system's resolver configuration.
         #[arg(long)]
         dns_server: Option<std::net::SocketAddr>,
+        /// Audit records older than this are pruned through a checkpoint (`none`: keep).
+        #[arg(long, default_value = "90days", value_parser = parse_age)]
+        audit_retention: Age,
+        /// Prune the oldest audit records when the database grows past this size
+        /// (bytes, or with K/M/G/KiB/MiB/GiB; `none`: no cap).
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        audit_max_size: Size,
+        /// Audit records that may wait for the writer; past this they are dropped and
+        /// counted (the kernel path never waits on the disk).
+        #[arg(long, default_value_t = 65_536)]
+        audit_queue: usize,
+        /// Serve Prometheus metrics at http://127.0.0.1:9464/metrics.
+        #[arg(long)]
+        metrics: bool,
+        /// Serve Prometheus metrics on this address instead (implies --metrics).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Enrol this process in a new session, then execute CMD in it.
     Run {
@@ -104,6 +163,12 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The audit trail: verify its hash chain, query it, show a session's timeline,
+    /// export it (JSON lines or OCSF).
+    Audit {
+        #[command(subcommand)]
+        cmd: crate::audit::cmd::AuditCmd,
+    },
     /// Agent profiles: check, inspect, schema.
     Profile {
         #[command(subcommand)]
@@ -135,6 +200,11 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             btf,
             max_tracked_processes,
             dns_server,
+            audit_retention,
+            audit_max_size,
+            audit_queue,
+            metrics,
+            metrics_addr,
         } => {
             let cfg = DaemonConfig {
                 socket: socket.to_owned(),
@@ -144,6 +214,12 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 btf,
                 max_tracked_processes,
                 dns_server,
+                audit_max_age: audit_retention.0,
+                audit_max_bytes: audit_max_size.0,
+                audit_queue,
+                metrics: metrics_addr.or(metrics.then(|| {
+                    std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))
+                })),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -209,6 +285,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
         } => events(socket, follow, session, json),
         Cmd::Status { json } => status(socket, json),
         Cmd::Profile { cmd } => profile(cmd),
+        Cmd::Audit { cmd } => crate::audit::cmd::run(cmd),
     }
 }
 

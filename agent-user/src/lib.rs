@@ -1,6 +1,7 @@
 //! agentwarden: runtime control for AI agents. The binary is a thin wrapper; all logic
 //! lives in these modules.
 
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod daemon;

@@ -185,6 +185,12 @@ pub fn status(s: &StatusReport) -> String {
          log_write_errors={} subscriber_lagged={}",
         d.records_read, d.decode_errors, d.events_logged, d.log_write_errors, d.subscriber_lagged
     );
+    let a = &s.audit;
+    let _ = writeln!(
+        out,
+        "audit store: written={} backlog={} dropped={} write_errors={} pruned={}",
+        a.written, a.backlog, a.dropped, a.write_errors, a.pruned
+    );
     out
 }
 

@@ -98,4 +98,6 @@ pub struct StatusReport {
     pub sessions_total: usize,
     pub tracked_processes: usize,
     pub tracked_processes_max: u32,
+    /// The audit store's writer: backlog, written, dropped, write errors, pruned.
+    pub audit: crate::audit::AuditCounters,
 }

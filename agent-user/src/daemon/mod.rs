@@ -28,11 +28,13 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+mod metrics;
 mod policy_maps;
 
 use policy_maps::PolicyMaps;
 
 use crate::{
+    audit::{self, AuditConfig, AuditSink, SessionRecord},
     dns::{self, Dns},
     event::{self, Clock, DecisionInfo, Event, LossInfo, ProcessInfo, Raw, SessionRef},
     loader::{self, ProgramStatus},
@@ -61,6 +63,12 @@ pub struct DaemonConfig {
     pub max_tracked_processes: u32,
     /// Name server for the host names of network rules (default: the system's).
     pub dns_server: Option<std::net::SocketAddr>,
+    /// Audit store retention and queue (the database is `state_dir/audit.db`).
+    pub audit_max_age: Option<Duration>,
+    pub audit_max_bytes: Option<u64>,
+    pub audit_queue: usize,
+    /// Where to serve Prometheus metrics (`None`: off).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Name of the event log in the state directory.
@@ -98,6 +106,11 @@ struct Core {
     landlocked: HashSet<u64>,
     /// Kernel loss counters already reported as events.
     reported_losses: HashMap<&'static str, u64>,
+    /// The audit trail's store (a writer thread behind a bounded queue).
+    audit: AuditSink,
+    /// Events emitted, by agent, kind and decision (for the metrics).
+    event_counts: metrics::EventCounts,
+    host: String,
     tx: broadcast::Sender<Arc<Event>>,
 }
 
@@ -147,6 +160,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         .create(&cfg.state_dir)
         .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
     let log = EventLog::open(&cfg.state_dir.join(EVENT_LOG), cfg.stdout)?;
+    let audit = AuditSink::open(AuditConfig {
+        path: cfg.state_dir.join(audit::AUDIT_DB),
+        queue: cfg.audit_queue,
+        max_age: cfg.audit_max_age,
+        max_bytes: cfg.audit_max_bytes,
+    })?;
     let (tx, _) = broadcast::channel(4096);
 
     let mut profiles = ProfileSet::embedded().map_err(policy::to_error)?;
@@ -174,6 +193,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             counters: DaemonCounters::default(),
             reported_losses: HashMap::new(),
             landlocked: HashSet::new(),
+            audit,
+            event_counts: metrics::EventCounts::default(),
+            host: rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
             tx: tx.clone(),
         }),
         cfg: cfg.clone(),
@@ -199,6 +224,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let reader = tokio::spawn(read_ring(shared.clone(), ring_fd));
     let sweeper = tokio::spawn(sweep(shared.clone()));
     let server = tokio::spawn(serve(shared.clone(), listener));
+    let metrics = match cfg.metrics {
+        Some(addr) => Some(tokio::spawn(metrics::serve(
+            shared.clone(),
+            metrics::bind(addr).await?,
+        ))),
+        None => None,
+    };
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -216,11 +248,16 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     sweeper.abort();
     resolver.abort();
     binder.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = fs::remove_file(&cfg.socket);
     {
         let mut core = shared.core();
         core.drain();
         core.log.flush();
+        // Commits what is queued before the process exits.
+        core.audit.close();
     }
     // Dropping `ebpf` detaches every program.
     drop(ebpf);
@@ -465,8 +502,11 @@ impl Core {
                 warn!(error = %e, "writing the event log failed");
             }
         }
+        self.event_counts.count(&ev);
+        let ev = Arc::new(ev);
+        self.audit.send(audit::Item::Event(ev.clone()));
         // No subscriber is fine; lagging ones are counted on their side.
-        let _ = self.tx.send(Arc::new(ev));
+        let _ = self.tx.send(ev);
     }
 
     fn session_end(&mut self, sid: u64, now: SystemTime) {
@@ -509,25 +549,29 @@ impl Core {
         }
     }
 
-    /// Raises an event for every new kernel-side loss.
+    /// Raises an event for every new loss: kernel-side, and records the audit store
+    /// could not take (its queue was full).
     fn report_losses(&mut self) {
-        for stat in [Stat::RingbufDrops, Stat::SessionMapFull, Stat::StashFull] {
-            let c = self.counter(stat);
-            let seen = self.reported_losses.entry(stat.name()).or_insert(0);
-            if c.total > *seen {
-                let delta = c.total - *seen;
-                *seen = c.total;
-                warn!(
-                    counter = stat.name(),
-                    delta,
-                    total = c.total,
-                    "kernel lost events"
-                );
+        let mut totals: Vec<(&'static str, u64)> = [
+            Stat::RingbufDrops,
+            Stat::SessionMapFull,
+            Stat::StashFull,
+        ]
+        .into_iter()
+        .map(|stat| (stat.name(), self.counter(stat).total))
+        .collect();
+        totals.push(("audit_dropped", self.audit.stats().snapshot().dropped));
+        for (name, total) in totals {
+            let seen = self.reported_losses.entry(name).or_insert(0);
+            if total > *seen {
+                let delta = total - *seen;
+                *seen = total;
+                warn!(counter = name, delta, total, "events lost");
                 let mut ev = Event::new("loss", SystemTime::now(), SessionRef::default());
                 ev.loss = Some(LossInfo {
-                    counter: stat.name().to_owned(),
+                    counter: name.to_owned(),
                     delta,
-                    total: c.total,
+                    total,
                 });
                 self.emit(ev);
             }
@@ -582,6 +626,7 @@ impl Core {
                 self.registry.remember_exe(*t, exe.display().to_string());
             }
         }
+        self.record_session(id, root);
         let mut ev = Event::new("session_start", started, sref);
         ev.process = self.process_info(root);
         self.emit(ev);
@@ -614,6 +659,41 @@ impl Core {
                 return added;
             }
         }
+    }
+
+    /// The session's execution context, recorded once in the audit trail: the profile
+    /// as it was (name, source, content hash), its owners, the principal, the host.
+    fn record_session(&mut self, id: u64, root: u32) {
+        let Some(s) = self.registry.get(id) else {
+            return;
+        };
+        let p = self.profiles.get(&s.profile);
+        let time_ns = s
+            .started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let rec = SessionRecord {
+            session_id: format_id(id),
+            name: s.name.clone(),
+            agent: s.profile.clone(),
+            profile_source: p.map(|p| p.source.clone()).unwrap_or_default(),
+            profile_sha256: p.map(|p| p.sha256.clone()).unwrap_or_default(),
+            mode: p
+                .map(|p| format!("{:?}", p.file.mode).to_lowercase())
+                .unwrap_or_default(),
+            business_owner: p.map(|p| p.file.owners.business.clone()).unwrap_or_default(),
+            technical_owner: p
+                .map(|p| p.file.owners.technical.clone())
+                .unwrap_or_default(),
+            principal_uid: s.owner_uid,
+            principal_user: s.owner_user.clone(),
+            enrolment: format!("{:?}", s.enrolment).to_lowercase(),
+            host: self.host.clone(),
+            root_pid: root,
+            time_ns,
+            time: event::rfc3339(s.started),
+        };
+        self.audit.send(audit::Item::Session(Box::new(rec)));
     }
 
     fn process_info(&mut self, tgid: u32) -> Option<ProcessInfo> {
@@ -786,6 +866,7 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
                 sessions_total: core.registry.all().count(),
                 tracked_processes: tracked,
                 tracked_processes_max: shared.cfg.max_tracked_processes,
+                audit: core.audit.stats().snapshot(),
             };
             Ok(Response::Status {
                 status: Box::new(status),

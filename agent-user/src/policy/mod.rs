@@ -237,6 +237,9 @@ pub struct CompiledDestination {
 pub struct Profile {
     pub file: ProfileFile,
     pub source: String,
+    /// SHA-256 of the profile's text, hex: which version of the profile a session ran
+    /// under (recorded in the audit trail).
+    pub sha256: String,
     pub exec_allow: Vec<Located<Pattern>>,
     pub exec_deny: Vec<Located<Pattern>>,
     pub files_read: Vec<Located<Pattern>>,
@@ -318,6 +321,10 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
     }
     Ok(Profile {
         source: source.to_owned(),
+        sha256: {
+            use sha2::Digest as _;
+            crate::audit::chain::hex(&sha2::Sha256::digest(text.as_bytes()))
+        },
         file,
         exec_allow,
         exec_deny,

@@ -1,0 +1,164 @@
+//! OCSF-shaped records (schema 1.3) for SIEMs: Process Activity (1007), File System
+//! Activity (1001) and Network Activity (4001). What OCSF has no field for (the session,
+//! the lineage, the matched rule, the layer) goes under `unmapped.agentwarden`.
+
+use serde_json::{Value, json};
+
+use super::query::AuditRecord;
+
+pub const OCSF_VERSION: &str = "1.3.0";
+
+/// The OCSF record for an audit record, or `None` for kinds with no OCSF class
+/// (session start/end, losses).
+pub fn record(r: &AuditRecord) -> Option<Value> {
+    let e = &r.event;
+    let (class_uid, class_name, category_uid, category_name, activity_id, activity_name) =
+        match e.kind.as_str() {
+            "exec" | "fork" => (1007, "Process Activity", 1, "System Activity", 1, "Launch"),
+            "exit" => (1007, "Process Activity", 1, "System Activity", 2, "Terminate"),
+            "open" => (1001, "File System Activity", 1, "System Activity", 14, "Open"),
+            "connect" | "net_decision" => {
+                let refused = e.decision.as_ref().is_some_and(|d| d.action == "blocked")
+                    || e.connect.as_ref().is_some_and(|c| c.result < 0 && c.result != -115);
+                if refused {
+                    (4001, "Network Activity", 4, "Network Activity", 5, "Refuse")
+                } else {
+                    (4001, "Network Activity", 4, "Network Activity", 1, "Open")
+                }
+            }
+            _ => return None,
+        };
+    let time_ms = super::records::time_ns(&e.time) / 1_000_000;
+    let d = e.decision.as_ref();
+    let (disposition_id, disposition) = match d.map(|d| d.action.as_str()) {
+        Some("blocked") | Some("killed") => (2, "Blocked"),
+        Some("alerted") => (19, "Alert"),
+        Some("allowed") => (1, "Allowed"),
+        _ => (0, "Unknown"),
+    };
+    let severity_id = match d.map(|d| d.action.as_str()) {
+        Some("killed") => 4,
+        Some("blocked") | Some("alerted") => 3,
+        _ => 1,
+    };
+    let failed = e.open.as_ref().is_some_and(|o| o.result < 0)
+        || e.connect.as_ref().is_some_and(|c| c.result < 0 && c.result != -115)
+        || matches!(d.map(|d| d.action.as_str()), Some("blocked") | Some("killed"));
+    let ctx = r.context.as_ref();
+    let p = e.process.as_ref();
+    let actor_process = p.map(|p| {
+        let mut v = json!({
+            "pid": p.tgid,
+            "tid": p.pid,
+            "name": p.comm,
+            "user": { "uid": p.uid.to_string(), "name": p.user },
+            "parent_process": { "pid": p.ppid },
+        });
+        if let Some(exe) = &p.exe {
+            v["file"] = file_obj(exe);
+        }
+        if let Some(a) = r.lineage.first()
+            && !a.argv.is_empty()
+        {
+            v["cmd_line"] = a.argv.join(" ").into();
+        }
+        v
+    });
+    let mut out = json!({
+        "class_uid": class_uid,
+        "class_name": class_name,
+        "category_uid": category_uid,
+        "category_name": category_name,
+        "activity_id": activity_id,
+        "activity_name": activity_name,
+        "type_uid": class_uid * 100 + activity_id,
+        "type_name": format!("{class_name}: {activity_name}"),
+        "time": time_ms,
+        "severity_id": severity_id,
+        "status_id": if failed { 2 } else { 1 },
+        "status": if failed { "Failure" } else { "Success" },
+        "disposition_id": disposition_id,
+        "disposition": disposition,
+        "metadata": {
+            "version": OCSF_VERSION,
+            "uid": r.audit_seq.to_string(),
+            "original_time": e.time,
+            "log_name": "agentwarden-audit",
+            "product": { "name": "agentwarden", "vendor_name": "agentwarden",
+                         "version": env!("CARGO_PKG_VERSION") },
+        },
+        "device": { "hostname": ctx.map(|c| c.host.clone()), "type_id": 0 },
+        "actor": {
+            "process": actor_process,
+            "user": ctx.map(|c| json!({ "uid": c.principal.uid.to_string(), "name": c.principal.user })),
+            "session": ctx.map(|c| json!({ "uid": c.id, "created_time_dt": c.started, "issuer": "agentwarden" })),
+            "app_name": ctx.map(|c| c.agent.clone()),
+            "authorizations": d.map(|d| json!([{
+                "decision": d.decision,
+                "policy": { "name": ctx.map(|c| c.agent.clone()), "uid": ctx.map(|c| c.profile.sha256.clone()), "desc": d.rule },
+            }])),
+        },
+        "unmapped": { "agentwarden": {
+            "session": ctx,
+            "decision": d,
+            "lineage": r.lineage,
+            "event_seq": e.seq,
+        } },
+    });
+    if let Some(x) = &e.exec {
+        out["process"] = json!({
+            "pid": p.map(|p| p.tgid),
+            "name": x.path.rsplit('/').next(),
+            "cmd_line": x.argv.join(" "),
+            "file": file_obj(&x.path),
+            "parent_process": { "pid": p.map(|p| p.ppid) },
+            "working_directory": x.cwd,
+        });
+    }
+    if let Some(f) = &e.fork {
+        out["process"] = json!({
+            "pid": f.child_tgid,
+            "parent_process": { "pid": p.map(|p| p.tgid) },
+            "file": p.and_then(|p| p.exe.as_deref()).map(file_obj),
+        });
+    }
+    if let Some(x) = &e.exit {
+        out["process"] = json!({ "pid": p.map(|p| p.tgid), "name": p.map(|p| p.comm.clone()) });
+        out["exit_code"] = json!(x.code.or(x.signal.map(|s| 128 + s)));
+    }
+    if let Some(o) = &e.open {
+        out["file"] = file_obj(&o.path);
+        out["status_code"] = json!(o.result.to_string());
+    }
+    let dst = e
+        .net
+        .as_ref()
+        .map(|n| (n.address.clone(), n.port, n.protocol.clone(), n.family.clone()))
+        .or(e
+            .connect
+            .as_ref()
+            .map(|c| (c.address.clone(), c.port, String::new(), c.family.clone())));
+    if let Some((ip, port, proto, family)) = dst {
+        out["dst_endpoint"] = json!({ "ip": ip, "port": port });
+        out["src_endpoint"] = json!({ "hostname": ctx.map(|c| c.host.clone()) });
+        let mut conn = json!({
+            "direction_id": 2,
+            "direction": "Outbound",
+            "protocol_ver_id": if family == "inet6" { 6 } else { 4 },
+        });
+        if !proto.is_empty() {
+            conn["protocol_name"] = proto.into();
+        }
+        out["connection_info"] = conn;
+    }
+    Some(out)
+}
+
+fn file_obj(path: &str) -> Value {
+    json!({
+        "path": path,
+        "name": path.rsplit('/').next().unwrap_or(path),
+        "type_id": 1,
+        "type": "Regular File",
+    })
+}

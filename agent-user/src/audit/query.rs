@@ -1,0 +1,525 @@
+//! Reading the audit store: filters, records with their execution context, lineage.
+
+use std::{collections::HashMap, net::IpAddr, time::SystemTime};
+
+use anyhow::{Context as _, Result, bail};
+use rusqlite::{Connection, Row, types::Value};
+use serde::Serialize;
+
+use super::records::SessionRecord;
+use crate::{
+    event::{
+        ConnectInfo, DecisionInfo, Event, ExecInfo, ExitInfo, ForkInfo, LossInfo, NetInfo,
+        OpenInfo, ProcessInfo, SessionRef,
+    },
+    policy::net::Cidr,
+};
+
+/// What `audit query` (and `export`) select. Every field narrows the result.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Session id or name.
+    pub session: Option<String>,
+    /// The agent: its profile's name.
+    pub agent: Option<String>,
+    /// Business or technical owner of the profile, or the principal's user name.
+    pub owner: Option<String>,
+    /// Nanoseconds since the epoch, inclusive.
+    pub since_ns: Option<i64>,
+    /// Nanoseconds since the epoch, exclusive.
+    pub until_ns: Option<i64>,
+    /// `allow` or `deny`.
+    pub decision: Option<String>,
+    /// `allowed`, `blocked`, `killed` or `alerted`.
+    pub action: Option<String>,
+    pub path_prefix: Option<String>,
+    /// Destination address or network.
+    pub dest: Option<Cidr>,
+    pub port: Option<u16>,
+    /// Event kinds (`exec`, `open`, `connect`, `net_decision`, ...); empty: all.
+    pub kinds: Vec<String>,
+    pub limit: Option<usize>,
+}
+
+/// A time bound: RFC 3339, or a duration meaning that long ago (`90m`, `2h`, `7d`).
+pub fn parse_time(s: &str) -> Result<i64> {
+    let t = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let d = humantime::parse_duration(s).with_context(|| {
+                format!("`{s}` is neither an RFC 3339 time nor a duration like 2h or 7d")
+            })?;
+            SystemTime::now() - d
+        }
+    };
+    Ok(t.duration_since(SystemTime::UNIX_EPOCH)?.as_nanos() as i64)
+}
+
+/// A session's execution context, as recorded at enrolment.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionContext {
+    pub id: String,
+    pub name: String,
+    pub agent: String,
+    pub profile: ProfileRef,
+    pub owners: Owners,
+    pub principal: Principal,
+    pub enrolment: String,
+    pub host: String,
+    pub root_pid: u32,
+    pub started: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProfileRef {
+    pub name: String,
+    pub source: String,
+    pub sha256: String,
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Owners {
+    pub business: String,
+    pub technical: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Principal {
+    pub uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl From<SessionRecord> for SessionContext {
+    fn from(s: SessionRecord) -> Self {
+        Self {
+            id: s.session_id,
+            name: s.name,
+            agent: s.agent.clone(),
+            profile: ProfileRef {
+                name: s.agent,
+                source: s.profile_source,
+                sha256: s.profile_sha256,
+                mode: s.mode,
+            },
+            owners: Owners {
+                business: s.business_owner,
+                technical: s.technical_owner,
+            },
+            principal: Principal {
+                uid: s.principal_uid,
+                user: s.principal_user,
+            },
+            enrolment: s.enrolment,
+            host: s.host,
+            root_pid: s.root_pid,
+            started: s.time,
+        }
+    }
+}
+
+/// One process on the way from the acting process up to the session's root.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Ancestor {
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+}
+
+/// An action with everything an incident review needs about it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditRecord {
+    /// Position in the audit chain.
+    pub audit_seq: i64,
+    #[serde(flatten)]
+    pub event: Event,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<SessionContext>,
+    /// The acting process first, the session's root last.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<Ancestor>,
+}
+
+/// A `processes` row.
+#[derive(Clone, Debug)]
+pub struct ProcRow {
+    pub seq: i64,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub origin: String,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+}
+
+/// Reads records and their context, caching sessions and process tables.
+pub struct Reader<'c> {
+    conn: &'c Connection,
+    sessions: HashMap<String, Option<SessionRecord>>,
+    processes: HashMap<String, Vec<ProcRow>>,
+}
+
+impl<'c> Reader<'c> {
+    pub fn new(conn: &'c Connection) -> Self {
+        Self {
+            conn,
+            sessions: HashMap::new(),
+            processes: HashMap::new(),
+        }
+    }
+
+    /// The session with this id or name (the newest of that name).
+    pub fn find_session(&mut self, id_or_name: &str) -> Result<SessionRecord> {
+        let id: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT session_id FROM sessions WHERE session_id = ?1 OR name = ?1 \
+                 ORDER BY seq DESC LIMIT 1",
+                [id_or_name],
+                |r| r.get(0),
+            )
+            .ok();
+        match id.and_then(|id| self.session(&id)) {
+            Some(s) => Ok(s),
+            None => bail!("no session `{id_or_name}` in the audit store"),
+        }
+    }
+
+    pub fn session(&mut self, id: &str) -> Option<SessionRecord> {
+        if let Some(s) = self.sessions.get(id) {
+            return s.clone();
+        }
+        let s = self
+            .conn
+            .query_row(
+                "SELECT session_id, name, agent, profile_source, profile_sha256, mode, \
+                 business_owner, technical_owner, principal_uid, principal_user, enrolment, \
+                 host, root_pid, time_ns, time FROM sessions WHERE session_id = ?1",
+                [id],
+                |r| {
+                    Ok(SessionRecord {
+                        session_id: r.get(0)?,
+                        name: r.get(1)?,
+                        agent: r.get(2)?,
+                        profile_source: r.get(3)?,
+                        profile_sha256: r.get(4)?,
+                        mode: r.get(5)?,
+                        business_owner: r.get(6)?,
+                        technical_owner: r.get(7)?,
+                        principal_uid: r.get(8)?,
+                        principal_user: r.get(9)?,
+                        enrolment: r.get(10)?,
+                        host: r.get(11)?,
+                        root_pid: r.get(12)?,
+                        time_ns: r.get(13)?,
+                        time: r.get(14)?,
+                    })
+                },
+            )
+            .ok();
+        self.sessions.insert(id.to_owned(), s.clone());
+        s
+    }
+
+    /// Every process row of a session, in chain order.
+    pub fn processes(&mut self, session: &str) -> Result<&[ProcRow]> {
+        if !self.processes.contains_key(session) {
+            let mut stmt = self.conn.prepare(
+                "SELECT seq, tgid, ppid, origin, exe, argv FROM processes \
+                 WHERE session_id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt
+                .query_map([session], |r| {
+                    Ok(ProcRow {
+                        seq: r.get(0)?,
+                        tgid: r.get(1)?,
+                        ppid: r.get(2)?,
+                        origin: r.get(3)?,
+                        exe: r.get(4)?,
+                        argv: json_list(r.get::<_, Option<String>>(5)?),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            self.processes.insert(session.to_owned(), rows);
+        }
+        Ok(&self.processes[session])
+    }
+
+    /// The chain of processes from `tgid` (as it was at record `seq`) up to the root.
+    pub fn lineage(&mut self, session: &str, tgid: u32, seq: i64) -> Result<Vec<Ancestor>> {
+        let root = self.session(session).map(|s| s.root_pid);
+        let rows = self.processes(session)?;
+        let latest = |tgid: u32, seq: i64| {
+            rows.iter()
+                .rev()
+                .find(|r| r.tgid == tgid && r.seq <= seq)
+        };
+        let mut out = Vec::new();
+        let mut cur = (tgid, seq);
+        for _ in 0..64 {
+            let Some(row) = latest(cur.0, cur.1) else {
+                out.push(Ancestor {
+                    pid: cur.0,
+                    exe: None,
+                    argv: Vec::new(),
+                });
+                break;
+            };
+            // A forked process runs its parent's image until it executes its own.
+            let mut image = row;
+            for _ in 0..64 {
+                if image.origin != "fork" {
+                    break;
+                }
+                match latest(image.ppid, image.seq) {
+                    Some(p) => image = p,
+                    None => break,
+                }
+            }
+            out.push(Ancestor {
+                pid: cur.0,
+                exe: image.exe.clone().or_else(|| row.exe.clone()),
+                argv: image.argv.clone(),
+            });
+            if Some(cur.0) == root || row.origin == "root" {
+                break;
+            }
+            cur = (row.ppid, row.seq);
+        }
+        Ok(out)
+    }
+
+    /// Records matching `f`, in chain order.
+    pub fn query(&mut self, f: &Filter, with_lineage: bool) -> Result<Vec<AuditRecord>> {
+        let mut sql = String::from(
+            "SELECT a.*, d.decision, d.action AS d_action, d.rule, d.enforced_by \
+             FROM actions a LEFT JOIN decisions d ON d.action_seq = a.seq \
+             LEFT JOIN sessions s ON s.session_id = a.session_id WHERE 1",
+        );
+        let mut params: Vec<Value> = Vec::new();
+        let mut bind = |sql: &mut String, clause: &str, v: Value| {
+            params.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", params.len())));
+        };
+        if let Some(s) = &f.session {
+            bind(
+                &mut sql,
+                " AND (a.session_id = ? OR s.name = ?)",
+                Value::Text(s.clone()),
+            );
+        }
+        if let Some(a) = &f.agent {
+            bind(&mut sql, " AND s.agent = ?", Value::Text(a.clone()));
+        }
+        if let Some(o) = &f.owner {
+            bind(
+                &mut sql,
+                " AND (s.business_owner = ? OR s.technical_owner = ? OR s.principal_user = ?)",
+                Value::Text(o.clone()),
+            );
+        }
+        if let Some(t) = f.since_ns {
+            bind(&mut sql, " AND a.time_ns >= ?", Value::Integer(t));
+        }
+        if let Some(t) = f.until_ns {
+            bind(&mut sql, " AND a.time_ns < ?", Value::Integer(t));
+        }
+        if let Some(d) = &f.decision {
+            bind(&mut sql, " AND d.decision = ?", Value::Text(d.clone()));
+        }
+        if let Some(a) = &f.action {
+            bind(&mut sql, " AND d.action = ?", Value::Text(a.clone()));
+        }
+        if let Some(p) = &f.path_prefix {
+            bind(
+                &mut sql,
+                " AND substr(a.path, 1, length(?)) = ?",
+                Value::Text(p.clone()),
+            );
+        }
+        if let Some(p) = f.port {
+            bind(&mut sql, " AND a.port = ?", Value::Integer(p.into()));
+        }
+        if f.dest.is_some() {
+            sql.push_str(" AND a.address IS NOT NULL");
+        }
+        if !f.kinds.is_empty() {
+            sql.push_str(" AND a.kind IN (");
+            for (i, k) in f.kinds.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                bind(&mut sql, "?", Value::Text(k.clone()));
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ORDER BY a.seq");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let (seq, event) = event_from_row(r)?;
+            if let Some(net) = &f.dest {
+                let ip = event
+                    .net
+                    .as_ref()
+                    .map(|n| n.address.as_str())
+                    .or(event.connect.as_ref().map(|c| c.address.as_str()))
+                    .and_then(|a| a.parse::<IpAddr>().ok());
+                if !ip.is_some_and(|ip| net.contains(ip)) {
+                    continue;
+                }
+            }
+            out.push((seq, event));
+            if f.limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+        }
+        drop(rows);
+        drop(stmt);
+        let mut records = Vec::with_capacity(out.len());
+        for (seq, mut event) in out {
+            let sid = event.session.id.clone();
+            let context = if sid.is_empty() {
+                None
+            } else {
+                self.session(&sid).map(SessionContext::from)
+            };
+            if let Some(c) = &context {
+                event.session.name = c.name.clone();
+                event.session.profile = c.agent.clone();
+            }
+            let lineage = match (&event.process, with_lineage && !sid.is_empty()) {
+                (Some(p), true) => self.lineage(&sid, p.tgid, seq)?,
+                _ => Vec::new(),
+            };
+            records.push(AuditRecord {
+                audit_seq: seq,
+                event,
+                context,
+                lineage,
+            });
+        }
+        Ok(records)
+    }
+}
+
+fn json_list(s: Option<String>) -> Vec<String> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
+}
+
+/// Rebuilds the event an `actions` row (joined with its decision) was made from.
+fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
+    let get_s = |c: &str| r.get::<_, Option<String>>(c);
+    let get_i = |c: &str| r.get::<_, Option<i64>>(c);
+    let seq: i64 = r.get("seq")?;
+    let extra: serde_json::Value = get_s("extra")?
+        .and_then(|e| serde_json::from_str(&e).ok())
+        .unwrap_or_default();
+    let x_bool = |k: &str| extra[k].as_bool().unwrap_or(false);
+    let x_str = |k: &str| extra[k].as_str().unwrap_or_default().to_owned();
+    let sid = get_s("session_id")?.unwrap_or_default();
+    let mut ev = Event::new(
+        &r.get::<_, String>("kind")?,
+        SystemTime::UNIX_EPOCH,
+        SessionRef {
+            id: sid,
+            ..SessionRef::default()
+        },
+    );
+    ev.seq = r.get::<_, i64>("event_seq")? as u64;
+    ev.time = r.get("time")?;
+    let u32_of = |v: Option<i64>| v.unwrap_or(0) as u32;
+    if let Some(pid) = get_i("pid")? {
+        ev.process = Some(ProcessInfo {
+            pid: pid as u32,
+            tgid: u32_of(get_i("tgid")?),
+            ppid: u32_of(get_i("ppid")?),
+            uid: u32_of(get_i("uid")?),
+            user: get_s("user")?,
+            gid: u32_of(get_i("gid")?),
+            comm: get_s("comm")?.unwrap_or_default(),
+            cgroup_id: 0,
+            exe: get_s("exe")?,
+        });
+    }
+    let path = get_s("path")?;
+    let result = get_i("result")?.unwrap_or(0);
+    match ev.kind.as_str() {
+        "exec" => {
+            ev.exec = Some(ExecInfo {
+                path: path.unwrap_or_default(),
+                path_truncated: x_bool("path_truncated"),
+                argv: json_list(get_s("argv")?),
+                argv_truncated: x_bool("argv_truncated"),
+                cwd: get_s("cwd")?.unwrap_or_default(),
+            });
+        }
+        "open" => {
+            ev.open = Some(OpenInfo {
+                syscall: x_str("syscall"),
+                path: path.unwrap_or_default(),
+                path_resolved: get_i("path_resolved")? == Some(1),
+                path_truncated: x_bool("path_truncated"),
+                flags: get_s("flags")?
+                    .unwrap_or_default()
+                    .split('|')
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                flags_raw: extra["flags_raw"].as_u64().unwrap_or(0) as u32,
+                result,
+            });
+        }
+        "connect" => {
+            ev.connect = Some(ConnectInfo {
+                family: x_str("family"),
+                address: get_s("address")?.unwrap_or_default(),
+                port: get_i("port")?.unwrap_or(0) as u16,
+                fd: extra["fd"].as_i64().unwrap_or(-1) as i32,
+                result,
+            });
+        }
+        "net_decision" => {
+            ev.net = Some(NetInfo {
+                op: get_s("op")?.unwrap_or_default(),
+                protocol: get_s("protocol")?.unwrap_or_default(),
+                family: x_str("family"),
+                address: get_s("address")?.unwrap_or_default(),
+                port: get_i("port")?.unwrap_or(0) as u16,
+            });
+        }
+        "exit" => {
+            ev.exit = Some(ExitInfo {
+                code: get_i("exit_code")?.map(|c| c as i32),
+                signal: get_i("exit_signal")?.map(|c| c as i32),
+                core_dumped: x_bool("core_dumped"),
+            });
+        }
+        "fork" | "session_map_full" => {
+            ev.fork = Some(ForkInfo {
+                child_tgid: extra["child_tgid"].as_u64().unwrap_or(0) as u32,
+            });
+        }
+        "loss" => {
+            ev.loss = Some(LossInfo {
+                counter: x_str("counter"),
+                delta: extra["delta"].as_u64().unwrap_or(0),
+                total: extra["total"].as_u64().unwrap_or(0),
+            });
+        }
+        _ => {}
+    }
+    if let Some(decision) = get_s("decision")? {
+        ev.decision = Some(DecisionInfo {
+            decision,
+            action: get_s("d_action")?.unwrap_or_default(),
+            rule: get_s("rule")?.unwrap_or_default(),
+            enforced_by: get_s("enforced_by")?.unwrap_or_default(),
+        });
+    }
+    Ok((seq, ev))
+}

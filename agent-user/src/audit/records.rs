@@ -1,0 +1,282 @@
+//! What the daemon hands to the audit store, and how each becomes table rows.
+
+use std::sync::Arc;
+
+use rusqlite::types::Value;
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+
+/// A session's execution context, recorded once at enrolment.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub session_id: String,
+    pub name: String,
+    /// The profile's name: which agent this is.
+    pub agent: String,
+    /// Where the profile came from (file path or `embedded:NAME`).
+    pub profile_source: String,
+    pub profile_sha256: String,
+    pub mode: String,
+    pub business_owner: String,
+    pub technical_owner: String,
+    /// The principal: who the agent runs as.
+    pub principal_uid: u32,
+    pub principal_user: Option<String>,
+    /// `run` or `attach`.
+    pub enrolment: String,
+    pub host: String,
+    pub root_pid: u32,
+    pub time_ns: i64,
+    pub time: String,
+}
+
+/// One item for the store.
+#[derive(Clone, Debug)]
+pub enum Item {
+    Session(Box<SessionRecord>),
+    Event(Arc<Event>),
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 time (0 when it does not parse).
+pub fn time_ns(t: &str) -> i64 {
+    humantime::parse_rfc3339(t)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn text(s: impl Into<String>) -> Value {
+    Value::Text(s.into())
+}
+
+fn opt_text(s: Option<&str>) -> Value {
+    s.map_or(Value::Null, |s| Value::Text(s.to_owned()))
+}
+
+fn int(i: impl Into<i64>) -> Value {
+    Value::Integer(i.into())
+}
+
+fn opt_int(i: Option<impl Into<i64>>) -> Value {
+    i.map_or(Value::Null, |i| Value::Integer(i.into()))
+}
+
+fn session_id(ev: &Event) -> Value {
+    if ev.session.id.is_empty() {
+        Value::Null
+    } else {
+        text(ev.session.id.clone())
+    }
+}
+
+impl SessionRecord {
+    /// Content of its `sessions` row.
+    pub fn row(&self) -> Vec<Value> {
+        vec![
+            text(self.session_id.clone()),
+            text(self.name.clone()),
+            text(self.agent.clone()),
+            text(self.profile_source.clone()),
+            text(self.profile_sha256.clone()),
+            text(self.mode.clone()),
+            text(self.business_owner.clone()),
+            text(self.technical_owner.clone()),
+            int(self.principal_uid),
+            opt_text(self.principal_user.as_deref()),
+            text(self.enrolment.clone()),
+            text(self.host.clone()),
+            int(self.root_pid),
+            int(self.time_ns),
+            text(self.time.clone()),
+        ]
+    }
+}
+
+/// The rows one event becomes: its action, the decision (its `action_seq` is filled in
+/// by the writer), and a process row where the event starts a process or an image.
+pub struct EventRows {
+    pub action: Vec<Value>,
+    /// Content after `action_seq`.
+    pub decision: Option<Vec<Value>>,
+    pub process: Option<Vec<Value>>,
+}
+
+pub fn event_rows(ev: &Event) -> EventRows {
+    let t = time_ns(&ev.time);
+    let p = ev.process.as_ref();
+    let mut extra = serde_json::Map::new();
+    let (mut path, mut path_resolved, mut argv, mut cwd, mut flags) =
+        (None, None, None, None, None);
+    let (mut address, mut port, mut protocol, mut op, mut result) = (None, None, None, None, None);
+    let (mut exit_code, mut exit_signal) = (None, None);
+    if let Some(x) = &ev.exec {
+        path = Some(x.path.clone());
+        path_resolved = Some(1);
+        argv = serde_json::to_string(&x.argv).ok();
+        cwd = Some(x.cwd.clone());
+        if x.path_truncated {
+            extra.insert("path_truncated".into(), true.into());
+        }
+        if x.argv_truncated {
+            extra.insert("argv_truncated".into(), true.into());
+        }
+    }
+    if let Some(o) = &ev.open {
+        path = Some(o.path.clone());
+        path_resolved = Some(i64::from(o.path_resolved));
+        flags = Some(o.flags.join("|"));
+        result = Some(o.result);
+        extra.insert("syscall".into(), o.syscall.clone().into());
+        extra.insert("flags_raw".into(), o.flags_raw.into());
+        if o.path_truncated {
+            extra.insert("path_truncated".into(), true.into());
+        }
+    }
+    if let Some(c) = &ev.connect {
+        address = Some(c.address.clone());
+        port = Some(i64::from(c.port));
+        op = Some("connect".to_owned());
+        result = Some(c.result);
+        extra.insert("family".into(), c.family.clone().into());
+        extra.insert("fd".into(), c.fd.into());
+    }
+    if let Some(n) = &ev.net {
+        address = Some(n.address.clone());
+        port = Some(i64::from(n.port));
+        protocol = Some(n.protocol.clone());
+        op = Some(n.op.clone());
+        extra.insert("family".into(), n.family.clone().into());
+    }
+    if let Some(x) = &ev.exit {
+        exit_code = x.code;
+        exit_signal = x.signal;
+        if x.core_dumped {
+            extra.insert("core_dumped".into(), true.into());
+        }
+    }
+    if let Some(f) = &ev.fork {
+        extra.insert("child_tgid".into(), f.child_tgid.into());
+    }
+    if let Some(l) = &ev.loss {
+        extra.insert("counter".into(), l.counter.clone().into());
+        extra.insert("delta".into(), l.delta.into());
+        extra.insert("total".into(), l.total.into());
+    }
+    let action = vec![
+        int(ev.seq as i64),
+        int(t),
+        text(ev.time.clone()),
+        session_id(ev),
+        text(ev.kind.clone()),
+        opt_int(p.map(|p| p.pid)),
+        opt_int(p.map(|p| p.tgid)),
+        opt_int(p.map(|p| p.ppid)),
+        opt_int(p.map(|p| p.uid)),
+        opt_text(p.and_then(|p| p.user.as_deref())),
+        opt_int(p.map(|p| p.gid)),
+        opt_text(p.map(|p| p.comm.as_str())),
+        opt_text(p.and_then(|p| p.exe.as_deref())),
+        opt_text(path.as_deref()),
+        opt_int(path_resolved),
+        opt_text(argv.as_deref()),
+        opt_text(cwd.as_deref()),
+        opt_text(flags.as_deref()),
+        opt_text(address.as_deref()),
+        opt_int(port),
+        opt_text(protocol.as_deref()),
+        opt_text(op.as_deref()),
+        opt_int(result),
+        opt_int(exit_code),
+        opt_int(exit_signal),
+        if extra.is_empty() {
+            Value::Null
+        } else {
+            text(serde_json::Value::Object(extra).to_string())
+        },
+    ];
+    let decision = ev.decision.as_ref().map(|d| {
+        vec![
+            int(t),
+            session_id(ev),
+            text(d.decision.clone()),
+            text(d.action.clone()),
+            text(d.rule.clone()),
+            text(d.enforced_by.clone()),
+        ]
+    });
+    // A refused exec left the old image running.
+    let refused = ev
+        .decision
+        .as_ref()
+        .is_some_and(|d| d.action == "blocked" || d.action == "killed");
+    let process = match (ev.kind.as_str(), p) {
+        ("exec", Some(p)) if !refused => ev.exec.as_ref().map(|x| {
+            process_row(
+                ev,
+                t,
+                p.tgid,
+                p.ppid,
+                "exec",
+                Some(&x.path),
+                argv.as_deref(),
+                Some(&x.cwd),
+            )
+        }),
+        ("fork", Some(p)) => ev.fork.as_ref().map(|f| {
+            process_row(
+                ev,
+                t,
+                f.child_tgid,
+                p.tgid,
+                "fork",
+                p.exe.as_deref(),
+                None,
+                None,
+            )
+        }),
+        ("session_start", Some(p)) => Some(process_row(
+            ev,
+            t,
+            p.tgid,
+            p.ppid,
+            "root",
+            p.exe.as_deref(),
+            None,
+            None,
+        )),
+        _ => None,
+    };
+    EventRows {
+        action,
+        decision,
+        process,
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "one argument per column of the row")]
+fn process_row(
+    ev: &Event,
+    t: i64,
+    tgid: u32,
+    ppid: u32,
+    origin: &str,
+    exe: Option<&str>,
+    argv: Option<&str>,
+    cwd: Option<&str>,
+) -> Vec<Value> {
+    let p = ev.process.as_ref();
+    vec![
+        session_id(ev),
+        int(tgid),
+        int(ppid),
+        text(origin),
+        opt_text(exe),
+        opt_text(argv),
+        opt_text(cwd),
+        opt_int(p.map(|p| p.uid)),
+        opt_text(p.and_then(|p| p.user.as_deref())),
+        int(t),
+        text(ev.time.clone()),
+    ]
+}

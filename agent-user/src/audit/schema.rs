@@ -1,0 +1,308 @@
+//! The audit database's tables, created and migrated on open.
+//!
+//! Every chained table has `seq` (the record's position in the one chain that runs
+//! through all of them), its content columns, and `prev_hash`/`hash`. Tables are
+//! `STRICT`, so a value reads back with the type it was written with and the hash
+//! recomputed by `audit verify` covers exactly what was hashed at write time.
+
+use anyhow::{Result, bail};
+use rusqlite::Connection;
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const VERSION: i64 = 1;
+
+/// A chained table: its name and content columns, in hashing order.
+#[derive(Debug)]
+pub struct Table {
+    pub name: &'static str,
+    pub columns: &'static [&'static str],
+}
+
+pub const SESSIONS: Table = Table {
+    name: "sessions",
+    columns: &[
+        "session_id",
+        "name",
+        "agent",
+        "profile_source",
+        "profile_sha256",
+        "mode",
+        "business_owner",
+        "technical_owner",
+        "principal_uid",
+        "principal_user",
+        "enrolment",
+        "host",
+        "root_pid",
+        "time_ns",
+        "time",
+    ],
+};
+
+pub const PROCESSES: Table = Table {
+    name: "processes",
+    columns: &[
+        "session_id",
+        "tgid",
+        "ppid",
+        "origin",
+        "exe",
+        "argv",
+        "cwd",
+        "uid",
+        "user",
+        "time_ns",
+        "time",
+    ],
+};
+
+pub const ACTIONS: Table = Table {
+    name: "actions",
+    columns: &[
+        "event_seq",
+        "time_ns",
+        "time",
+        "session_id",
+        "kind",
+        "pid",
+        "tgid",
+        "ppid",
+        "uid",
+        "user",
+        "gid",
+        "comm",
+        "exe",
+        "path",
+        "path_resolved",
+        "argv",
+        "cwd",
+        "flags",
+        "address",
+        "port",
+        "protocol",
+        "op",
+        "result",
+        "exit_code",
+        "exit_signal",
+        "extra",
+    ],
+};
+
+pub const DECISIONS: Table = Table {
+    name: "decisions",
+    columns: &[
+        "action_seq",
+        "time_ns",
+        "session_id",
+        "decision",
+        "action",
+        "rule",
+        "enforced_by",
+    ],
+};
+
+pub const CHECKPOINTS: Table = Table {
+    name: "checkpoints",
+    columns: &["time_ns", "time", "kept_from", "anchor", "pruned", "reason"],
+};
+
+pub const TABLES: [&Table; 5] = [&SESSIONS, &PROCESSES, &ACTIONS, &DECISIONS, &CHECKPOINTS];
+
+impl Table {
+    pub fn by_name(name: &str) -> Option<&'static Table> {
+        TABLES.into_iter().find(|t| t.name == name)
+    }
+
+    /// `INSERT` of one row: `seq`, the content columns, `prev_hash`, `hash`.
+    pub fn insert_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} (seq, {}, prev_hash, hash) VALUES ({})",
+            self.name,
+            self.columns.join(", "),
+            vec!["?"; self.columns.len() + 3].join(", ")
+        )
+    }
+
+    /// `SELECT` of every row in chain order, columns as in [`Table::insert_sql`].
+    pub fn select_sql(&self) -> String {
+        format!(
+            "SELECT seq, {}, prev_hash, hash FROM {} ORDER BY seq",
+            self.columns.join(", "),
+            self.name
+        )
+    }
+}
+
+/// Version 1. Documented table by table in `docs/audit.md`.
+const V1: &str = "
+CREATE TABLE sessions (
+    seq INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    profile_source TEXT NOT NULL,
+    profile_sha256 TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    business_owner TEXT NOT NULL,
+    technical_owner TEXT NOT NULL,
+    principal_uid INTEGER NOT NULL,
+    principal_user TEXT,
+    enrolment TEXT NOT NULL,
+    host TEXT NOT NULL,
+    root_pid INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    time TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+) STRICT;
+CREATE INDEX sessions_by_id ON sessions (session_id);
+CREATE INDEX sessions_by_name ON sessions (name);
+
+CREATE TABLE processes (
+    seq INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    tgid INTEGER NOT NULL,
+    ppid INTEGER NOT NULL,
+    origin TEXT NOT NULL,
+    exe TEXT,
+    argv TEXT,
+    cwd TEXT,
+    uid INTEGER,
+    user TEXT,
+    time_ns INTEGER NOT NULL,
+    time TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+) STRICT;
+CREATE INDEX processes_by_tgid ON processes (session_id, tgid, seq);
+
+CREATE TABLE actions (
+    seq INTEGER PRIMARY KEY,
+    event_seq INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    time TEXT NOT NULL,
+    session_id TEXT,
+    kind TEXT NOT NULL,
+    pid INTEGER,
+    tgid INTEGER,
+    ppid INTEGER,
+    uid INTEGER,
+    user TEXT,
+    gid INTEGER,
+    comm TEXT,
+    exe TEXT,
+    path TEXT,
+    path_resolved INTEGER,
+    argv TEXT,
+    cwd TEXT,
+    flags TEXT,
+    address TEXT,
+    port INTEGER,
+    protocol TEXT,
+    op TEXT,
+    result INTEGER,
+    exit_code INTEGER,
+    exit_signal INTEGER,
+    extra TEXT,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+) STRICT;
+CREATE INDEX actions_by_session ON actions (session_id, seq);
+CREATE INDEX actions_by_time ON actions (time_ns);
+CREATE INDEX actions_by_path ON actions (path) WHERE path IS NOT NULL;
+CREATE INDEX actions_by_address ON actions (address) WHERE address IS NOT NULL;
+
+CREATE TABLE decisions (
+    seq INTEGER PRIMARY KEY,
+    action_seq INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    session_id TEXT,
+    decision TEXT NOT NULL,
+    action TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    enforced_by TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX decisions_by_action ON decisions (action_seq);
+
+CREATE TABLE checkpoints (
+    seq INTEGER PRIMARY KEY,
+    time_ns INTEGER NOT NULL,
+    time TEXT NOT NULL,
+    kept_from INTEGER NOT NULL,
+    anchor BLOB NOT NULL,
+    pruned INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+) STRICT;
+
+-- One row per action with its decision and its session's context: what `audit query`
+-- reads, and the easiest place to start a query by hand.
+CREATE VIEW audit_log AS
+SELECT a.seq, a.time, a.time_ns, a.session_id, s.name AS session_name, s.agent,
+       s.profile_sha256, s.business_owner, s.technical_owner, s.principal_uid,
+       s.principal_user, s.enrolment, s.host,
+       a.kind, a.pid, a.tgid, a.ppid, a.uid, a.user, a.comm, a.exe, a.path, a.argv, a.cwd,
+       a.flags, a.address, a.port, a.protocol, a.op, a.result, a.exit_code, a.exit_signal,
+       d.decision, d.action, d.rule, d.enforced_by
+FROM actions a
+LEFT JOIN sessions s ON s.session_id = a.session_id
+LEFT JOIN decisions d ON d.action_seq = a.seq;
+";
+
+/// Brings a database opened for writing to [`VERSION`]; refuses a newer one.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > VERSION {
+        bail!(
+            "the audit database has schema version {version}, newer than this agentwarden \
+             ({VERSION}); refusing to write to it"
+        );
+    }
+    if version == 0 {
+        // Must precede the first table: pruned pages can then be returned to the file
+        // system without a full VACUUM.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        let tx = conn.transaction()?;
+        tx.execute_batch(V1)?;
+        tx.pragma_update(None, "user_version", VERSION)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Rust column lists (what is hashed) match the tables (what is stored).
+    #[test]
+    fn column_lists_match_the_tables() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        for t in TABLES {
+            let mut stmt = conn
+                .prepare(&format!("SELECT name FROM pragma_table_info('{}')", t.name))
+                .unwrap();
+            let cols: Vec<String> = stmt
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+            let mut want = vec!["seq".to_owned()];
+            want.extend(t.columns.iter().map(|c| (*c).to_owned()));
+            want.extend(["prev_hash".to_owned(), "hash".to_owned()]);
+            assert_eq!(cols, want, "table {}", t.name);
+        }
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", VERSION + 1).unwrap();
+        let e = migrate(&mut conn).unwrap_err().to_string();
+        assert!(e.contains("newer than this agentwarden"), "{e}");
+    }
+}

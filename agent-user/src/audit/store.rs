@@ -1,0 +1,508 @@
+//! The audit store's writer: a thread of its own that batches records into SQLite.
+//!
+//! The daemon hands records over with a non-blocking send into a bounded queue, so a
+//! slow or failing disk never holds up the ring-buffer reader (and so never the kernel
+//! path). A full queue drops the record and counts it; the daemon raises the count as a
+//! `loss` event. A batch that fails to commit is retried (with backoff) until it lands,
+//! so the chain never has a hole of its own making; meanwhile the queue absorbs what
+//! arrives, and its depth is the backlog shown by `status` and the metrics.
+//!
+//! Durability: the database is in WAL mode with `synchronous=NORMAL`; a committed batch
+//! survives a crash of the daemon (not necessarily of the machine). A batch is committed
+//! at most [`COMMIT_INTERVAL`] after its first record arrived, which bounds what a
+//! `kill -9` of the daemon can lose (plus the reader's coalescing delay).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, types::Value};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{
+    chain::{GENESIS, Hash, Head, hex, link_hash},
+    records::{Item, event_rows},
+    schema::{self, ACTIONS, CHECKPOINTS, DECISIONS, PROCESSES, SESSIONS, TABLES, Table},
+};
+
+/// Longest a record waits in a batch before it is committed.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// Most records in one transaction.
+const MAX_BATCH: usize = 20_000;
+/// How often retention runs.
+const PRUNE_PERIOD: Duration = Duration::from_secs(60);
+
+/// Where and how much to keep.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+    /// Records that may wait for the writer before new ones are dropped (and counted).
+    pub queue: usize,
+    /// Records older than this are pruned (through a checkpoint).
+    pub max_age: Option<Duration>,
+    /// The database is pruned, oldest first, when it grows past this many bytes.
+    pub max_bytes: Option<u64>,
+}
+
+/// The head file beside the database.
+pub fn head_path(db: &Path) -> PathBuf {
+    db.with_extension("head")
+}
+
+/// Counters of the audit sink, shared with the daemon's status and metrics.
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    /// Records queued and not yet committed.
+    pub backlog: AtomicU64,
+    pub written: AtomicU64,
+    /// Records dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Failed commit attempts (each retried).
+    pub write_errors: AtomicU64,
+    /// Records removed by retention.
+    pub pruned: AtomicU64,
+}
+
+/// A point-in-time copy of [`AuditStats`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditCounters {
+    pub backlog: u64,
+    pub written: u64,
+    pub dropped: u64,
+    pub write_errors: u64,
+    pub pruned: u64,
+}
+
+impl AuditStats {
+    pub fn snapshot(&self) -> AuditCounters {
+        AuditCounters {
+            backlog: self.backlog.load(Relaxed),
+            written: self.written.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            write_errors: self.write_errors.load(Relaxed),
+            pruned: self.pruned.load(Relaxed),
+        }
+    }
+}
+
+/// The daemon's handle on the store.
+pub struct AuditSink {
+    tx: Option<SyncSender<Item>>,
+    stats: Arc<AuditStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AuditSink {
+    /// Opens (creating and migrating) the database and starts the writer.
+    pub fn open(cfg: AuditConfig) -> Result<Self> {
+        let writer = Writer::open(&cfg)?;
+        let stats = Arc::new(AuditStats::default());
+        let (tx, rx) = mpsc::sync_channel(cfg.queue.max(1));
+        let s = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx, &s))
+            .context("starting the audit writer")?;
+        Ok(Self {
+            tx: Some(tx),
+            stats,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a record; never blocks. A full queue drops it and counts the drop.
+    pub fn send(&self, item: Item) {
+        let Some(tx) = &self.tx else { return };
+        self.stats.backlog.fetch_add(1, Relaxed);
+        match tx.try_send(item) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.stats.backlog.fetch_sub(1, Relaxed);
+                self.stats.dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<AuditStats> {
+        &self.stats
+    }
+
+    /// Commits what is queued and stops the writer.
+    pub fn close(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AuditSink {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Opens a database for reading (`audit verify|query|timeline|export`).
+pub fn open_read_only(path: &Path) -> Result<Connection> {
+    if !path.exists() {
+        anyhow::bail!(
+            "no audit database at {} (the daemon creates it in its state directory; \
+             name another with --db)",
+            path.display()
+        );
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if v != schema::VERSION {
+        anyhow::bail!(
+            "{}: audit schema version {v}, this agentwarden reads version {}",
+            path.display(),
+            schema::VERSION
+        );
+    }
+    Ok(conn)
+}
+
+struct Writer {
+    conn: Connection,
+    head_file: PathBuf,
+    seq: i64,
+    hash: Hash,
+    max_age: Option<Duration>,
+    max_bytes: Option<u64>,
+    inserts: Vec<(&'static str, String)>,
+}
+
+impl Writer {
+    fn open(cfg: &AuditConfig) -> Result<Self> {
+        let mut conn = Connection::open(&cfg.path)
+            .with_context(|| format!("opening audit database {}", cfg.path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(Duration::from_millis(250))?;
+        schema::migrate(&mut conn)
+            .with_context(|| format!("migrating audit database {}", cfg.path.display()))?;
+        let (seq, hash) = last_link(&conn)?;
+        info!(db = %cfg.path.display(), records_to = seq, "audit store open");
+        Ok(Self {
+            conn,
+            head_file: head_path(&cfg.path),
+            seq,
+            hash,
+            max_age: cfg.max_age,
+            max_bytes: cfg.max_bytes,
+            inserts: TABLES.iter().map(|t| (t.name, t.insert_sql())).collect(),
+        })
+    }
+
+    fn run(mut self, rx: Receiver<Item>, stats: &AuditStats) {
+        let mut last_prune = Instant::now() - PRUNE_PERIOD;
+        let mut closing = false;
+        while !closing {
+            let mut batch = Vec::new();
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(i) => batch.push(i),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => closing = true,
+            }
+            let deadline = Instant::now() + COMMIT_INTERVAL;
+            while !batch.is_empty() && batch.len() < MAX_BATCH && !closing {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(i) => batch.push(i),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => closing = true,
+                }
+            }
+            if closing {
+                batch.extend(rx.try_iter());
+            }
+            if !batch.is_empty() {
+                self.commit_until_done(&batch, stats, closing);
+            }
+            if last_prune.elapsed() >= PRUNE_PERIOD {
+                last_prune = Instant::now();
+                match self.prune(SystemTime::now()) {
+                    Ok(n) => {
+                        stats.pruned.fetch_add(n, Relaxed);
+                    }
+                    Err(e) => warn!(error = %format!("{e:#}"), "audit retention failed"),
+                }
+            }
+        }
+    }
+
+    /// Retries a failed commit with backoff: the records stay in order and the chain
+    /// stays whole; the queue behind takes the backlog (and drops, counted, when full).
+    fn commit_until_done(&mut self, batch: &[Item], stats: &AuditStats, closing: bool) {
+        let mut backoff = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.commit(batch) {
+                Ok(()) => {
+                    stats.written.fetch_add(batch.len() as u64, Relaxed);
+                    stats.backlog.fetch_sub(batch.len() as u64, Relaxed);
+                    let head = Head {
+                        seq: self.seq,
+                        hash: hex(&self.hash),
+                    };
+                    if let Err(e) = head.write(&self.head_file) {
+                        warn!(error = %format!("{e:#}"), "writing the audit head failed");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    stats.write_errors.fetch_add(1, Relaxed);
+                    warn!(error = %format!("{e:#}"), records = batch.len(), tries, "audit commit failed; retrying");
+                    if closing && tries >= 20 {
+                        // Shutting down: do not hang forever; what is lost is counted.
+                        stats.dropped.fetch_add(batch.len() as u64, Relaxed);
+                        stats.backlog.fetch_sub(batch.len() as u64, Relaxed);
+                        return;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: &[Item]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut link = (self.seq, self.hash);
+        for item in batch {
+            match item {
+                Item::Session(s) => {
+                    append(&tx, &self.inserts, &mut link, &SESSIONS, s.row())?;
+                }
+                Item::Event(ev) => {
+                    let rows = event_rows(ev);
+                    let action = append(&tx, &self.inserts, &mut link, &ACTIONS, rows.action)?;
+                    if let Some(mut d) = rows.decision {
+                        d.insert(0, Value::Integer(action));
+                        append(&tx, &self.inserts, &mut link, &DECISIONS, d)?;
+                    }
+                    if let Some(p) = rows.process {
+                        append(&tx, &self.inserts, &mut link, &PROCESSES, p)?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        (self.seq, self.hash) = link;
+        Ok(())
+    }
+
+    /// Retention: deletes the oldest records (by age, then by size) and appends a
+    /// checkpoint that says where the kept chain starts and what it links to.
+    fn prune(&mut self, now: SystemTime) -> Result<u64> {
+        let first: Option<i64> = min_seq(&self.conn)?;
+        let Some(first) = first else { return Ok(0) };
+        let mut keep_from = first;
+        if let Some(age) = self.max_age {
+            let cutoff = now
+                .checked_sub(age)
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as i64);
+            let oldest_kept: Option<i64> = self.conn.query_row(
+                "SELECT min(seq) FROM actions WHERE time_ns >= ?1",
+                [cutoff],
+                |r| r.get(0),
+            )?;
+            let newest_old: Option<i64> = self.conn.query_row(
+                "SELECT max(seq) FROM actions WHERE time_ns < ?1",
+                [cutoff],
+                |r| r.get(0),
+            )?;
+            if newest_old.is_some() {
+                keep_from = keep_from.max(oldest_kept.unwrap_or(self.seq + 1));
+            }
+        }
+        if let Some(max) = self.max_bytes {
+            let size = db_bytes(&self.conn)?;
+            if size > max && self.seq > first {
+                // Drop the oldest share of records that brings the file to 80% of the cap.
+                let share = 1.0 - (max as f64 * 0.8) / size as f64;
+                let span = (self.seq - first + 1) as f64;
+                keep_from = keep_from.max(first + (span * share).ceil() as i64);
+            }
+        }
+        if keep_from <= first {
+            return Ok(0);
+        }
+        // Start the kept chain at a record that exists (or after the last one).
+        let start: Option<i64> = TABLES
+            .iter()
+            .filter_map(|t| {
+                self.conn
+                    .query_row(
+                        &format!("SELECT min(seq) FROM {} WHERE seq >= ?1", t.name),
+                        [keep_from],
+                        |r| r.get::<_, Option<i64>>(0),
+                    )
+                    .ok()
+                    .flatten()
+            })
+            .min();
+        let (keep_from, anchor) = match start {
+            Some(s) => (s, prev_hash_of(&self.conn, s)?),
+            None => (self.seq + 1, self.hash.to_vec()),
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut pruned = 0u64;
+        for t in TABLES {
+            pruned += tx.execute(&format!("DELETE FROM {} WHERE seq < ?1", t.name), [keep_from])?
+                as u64;
+        }
+        let now_ns = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let mut link = (self.seq, self.hash);
+        append(
+            &tx,
+            &self.inserts,
+            &mut link,
+            &CHECKPOINTS,
+            vec![
+                Value::Integer(now_ns),
+                Value::Text(crate::event::rfc3339(now)),
+                Value::Integer(keep_from),
+                Value::Blob(anchor),
+                Value::Integer(pruned as i64),
+                Value::Text(format!(
+                    "retention (max age {}, max size {})",
+                    self.max_age
+                        .map_or("none".into(), |a| humantime::format_duration(a).to_string()),
+                    self.max_bytes.map_or("none".into(), |b| format!("{b} bytes"))
+                )),
+            ],
+        )?;
+        tx.commit()?;
+        (self.seq, self.hash) = link;
+        let _ = self.conn.execute_batch("PRAGMA incremental_vacuum;");
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        info!(pruned, kept_from = keep_from, "audit retention");
+        Ok(pruned)
+    }
+}
+
+/// Appends one record to the chain; returns its seq.
+fn append(
+    tx: &rusqlite::Transaction<'_>,
+    inserts: &[(&'static str, String)],
+    link: &mut (i64, Hash),
+    table: &Table,
+    values: Vec<Value>,
+) -> Result<i64> {
+    let seq = link.0 + 1;
+    let hash = link_hash(
+        &link.1,
+        seq,
+        table.name,
+        values.iter().map(rusqlite::types::ValueRef::from),
+    );
+    let sql = inserts
+        .iter()
+        .find(|(n, _)| *n == table.name)
+        .map(|(_, s)| s.as_str())
+        .unwrap_or_default();
+    let mut stmt = tx.prepare_cached(sql)?;
+    let params = std::iter::once(Value::Integer(seq))
+        .chain(values)
+        .chain([Value::Blob(link.1.to_vec()), Value::Blob(hash.to_vec())]);
+    stmt.execute(rusqlite::params_from_iter(params))
+        .with_context(|| format!("inserting record {seq} into {}", table.name))?;
+    *link = (seq, hash);
+    Ok(seq)
+}
+
+fn min_seq(conn: &Connection) -> Result<Option<i64>> {
+    let mut best: Option<i64> = None;
+    for t in TABLES {
+        let v: Option<i64> =
+            conn.query_row(&format!("SELECT min(seq) FROM {}", t.name), [], |r| {
+                r.get(0)
+            })?;
+        best = match (best, v) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(best)
+}
+
+/// The newest record's seq and hash (0 and the genesis hash for an empty chain).
+fn last_link(conn: &Connection) -> Result<(i64, Hash)> {
+    let mut best = (0, GENESIS);
+    for t in TABLES {
+        let row: Option<(i64, Vec<u8>)> = conn
+            .query_row(
+                &format!("SELECT seq, hash FROM {} ORDER BY seq DESC LIMIT 1", t.name),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        if let Some((seq, hash)) = row
+            && seq > best.0
+        {
+            best = (seq, hash.try_into().unwrap_or(GENESIS));
+        }
+    }
+    Ok(best)
+}
+
+fn prev_hash_of(conn: &Connection, seq: i64) -> Result<Vec<u8>> {
+    for t in TABLES {
+        if let Ok(h) = conn.query_row(
+            &format!("SELECT prev_hash FROM {} WHERE seq = ?1", t.name),
+            [seq],
+            |r| r.get::<_, Vec<u8>>(0),
+        ) {
+            return Ok(h);
+        }
+    }
+    anyhow::bail!("record {seq} not found")
+}
+
+fn db_bytes(conn: &Connection) -> Result<u64> {
+    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+    let size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    Ok((pages * size) as u64)
+}
+
+#[cfg(test)]
+pub(crate) fn test_prune(db: &Path, max_age: Option<Duration>, now: SystemTime) -> Result<u64> {
+    let mut w = Writer::open(&AuditConfig {
+        path: db.to_owned(),
+        queue: 1,
+        max_age,
+        max_bytes: None,
+    })?;
+    w.prune(now)
+}

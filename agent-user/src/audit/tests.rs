@@ -1,0 +1,417 @@
+//! The store against real SQLite: what is written verifies, and each kind of tampering
+//! is found and named at the first broken record.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use rusqlite::Connection;
+
+use super::{chain::Break, query::Filter, *};
+use crate::event::{DecisionInfo, Event, ExecInfo, ForkInfo, OpenInfo, ProcessInfo, SessionRef};
+
+fn session_ref() -> SessionRef {
+    SessionRef {
+        id: "00000000000000aa".into(),
+        name: "s1".into(),
+        profile: "claude-code".into(),
+    }
+}
+
+fn process(tgid: u32, ppid: u32, comm: &str) -> ProcessInfo {
+    ProcessInfo {
+        pid: tgid,
+        tgid,
+        ppid,
+        uid: 1000,
+        user: Some("alice".into()),
+        gid: 1000,
+        comm: comm.into(),
+        cgroup_id: 1,
+        exe: None,
+    }
+}
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+/// A small session: root execs bash, bash forks cat, cat reads a denied file and dies.
+fn session_items(t0: u64) -> Vec<Item> {
+    let mut items = vec![Item::Session(Box::new(SessionRecord {
+        session_id: "00000000000000aa".into(),
+        name: "s1".into(),
+        agent: "claude-code".into(),
+        profile_source: "embedded:claude-code".into(),
+        profile_sha256: "ab".repeat(32),
+        mode: "enforce".into(),
+        business_owner: "platform".into(),
+        technical_owner: "secops".into(),
+        principal_uid: 1000,
+        principal_user: Some("alice".into()),
+        enrolment: "run".into(),
+        host: "testhost".into(),
+        root_pid: 100,
+        time_ns: 0,
+        time: crate::event::rfc3339(at(t0)),
+    }))];
+    let mut seq = 0;
+    let mut ev = |kind: &str, secs: u64, p: ProcessInfo| {
+        seq += 1;
+        let mut e = Event::new(kind, at(secs), session_ref());
+        e.seq = seq;
+        e.process = Some(p);
+        e
+    };
+    items.push(Item::Event(Arc::new(ev(
+        "session_start",
+        t0,
+        process(100, 1, "agentwarden"),
+    ))));
+    let mut e = ev("exec", t0 + 1, process(100, 1, "bash"));
+    e.exec = Some(ExecInfo {
+        path: "/usr/bin/bash".into(),
+        path_truncated: false,
+        argv: vec!["bash".into(), "-c".into(), "cat ~/.ssh/id_rsa".into()],
+        argv_truncated: false,
+        cwd: "/home/alice/proj".into(),
+    });
+    items.push(Item::Event(Arc::new(e)));
+    let mut e = ev("fork", t0 + 2, process(100, 1, "bash"));
+    e.fork = Some(ForkInfo { child_tgid: 101 });
+    items.push(Item::Event(Arc::new(e)));
+    let mut e = ev("exec", t0 + 3, process(101, 100, "cat"));
+    e.exec = Some(ExecInfo {
+        path: "/usr/bin/cat".into(),
+        path_truncated: false,
+        argv: vec!["cat".into(), "/home/alice/.ssh/id_rsa".into()],
+        argv_truncated: false,
+        cwd: "/home/alice/proj".into(),
+    });
+    items.push(Item::Event(Arc::new(e)));
+    let mut e = ev("open", t0 + 4, process(101, 100, "cat"));
+    e.open = Some(OpenInfo {
+        syscall: "openat".into(),
+        path: "/home/alice/.ssh/id_rsa".into(),
+        path_resolved: true,
+        path_truncated: false,
+        flags: vec!["O_RDONLY".into()],
+        flags_raw: 0,
+        result: 3,
+    });
+    e.decision = Some(DecisionInfo {
+        decision: "deny".into(),
+        action: "killed".into(),
+        rule: "rules/claude-code.yaml:30 (files.deny[0])".into(),
+        enforced_by: "signal".into(),
+    });
+    items.push(Item::Event(Arc::new(e)));
+    items
+}
+
+fn write(dir: &Path, items: Vec<Item>) -> PathBuf {
+    let db = dir.join(AUDIT_DB);
+    let mut sink = AuditSink::open(AuditConfig {
+        path: db.clone(),
+        queue: 1024,
+        max_age: None,
+        max_bytes: None,
+    })
+    .unwrap();
+    for i in items {
+        sink.send(i);
+    }
+    sink.close();
+    assert_eq!(sink.stats().snapshot().dropped, 0);
+    db
+}
+
+fn broken(db: &Path) -> Break {
+    verify(db).unwrap().broken.expect("tampering not detected")
+}
+
+fn exec(db: &Path, sql: &str) {
+    Connection::open(db).unwrap().execute_batch(sql).unwrap();
+}
+
+#[test]
+fn an_untouched_chain_verifies_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = write(dir.path(), session_items(0));
+    let v = verify(&db).unwrap();
+    assert_eq!(v.broken, None);
+    // 1 session + 5 actions + 1 decision + 4 process rows (root, exec, fork, exec).
+    assert_eq!(v.records, 11);
+    // Reopened (a daemon restart): the chain continues from the stored head.
+    write(dir.path(), session_items(10)[1..].to_vec());
+    let v = verify(&db).unwrap();
+    assert_eq!((v.broken, v.records, v.last_seq), (None, 21, Some(21)));
+}
+
+#[test]
+fn an_edited_row_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = write(dir.path(), session_items(0));
+    let seq: i64 = Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT seq FROM actions WHERE kind = 'open'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    exec(
+        &db,
+        &format!("UPDATE actions SET path = '/tmp/harmless' WHERE seq = {seq}"),
+    );
+    assert_eq!(
+        broken(&db),
+        Break::Edited {
+            seq,
+            table: "actions".into()
+        }
+    );
+    let msg = broken(&db).to_string();
+    assert!(msg.contains(&format!("actions row seq={seq}")), "{msg}");
+}
+
+#[test]
+fn an_edited_decision_and_session_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = write(dir.path(), session_items(0));
+    exec(&db, "UPDATE decisions SET action = 'allowed'");
+    let b = broken(&db);
+    assert!(
+        matches!(&b, Break::Edited { table, .. } if table == "decisions"),
+        "{b:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = write(dir.path(), session_items(0));
+    exec(&db, "UPDATE sessions SET business_owner = 'nobody'");
+    assert_eq!(
+        broken(&db),
+        Break::Edited {
+            seq: 1,
+            table: "sessions".into()
+        }
+    );
+}
+
+#[test]
+fn a_deleted_row_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = write(dir.path(), session_items(0));
+    exec(&db, "DELETE FROM actions WHERE kind = 'fork'");
+    let fork_seq = 6; // session, start, root proc, exec, exec proc, fork
+    match broken(&db) {
+        Break::Deleted {
+            from_seq, to_seq, ..
+        } => assert_eq!((from_seq, to_seq), (fork_seq, fork_seq)),
+        b => panic!("{b:?}"),
+    }
+}
+
+#[test]
+fn deleting_the_newest_rows_is_found_through_the_head_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = write(dir.path(), session_items(0));
+    exec(&db, "DELETE FROM decisions WHERE seq = 11");
+    assert_eq!(
+        broken(&db),
+        Break::Truncated {
+            db_seq: 10,
+            head_seq: 11
+        }
+    );
+}
+
+#[test]
+fn an_inserted_row_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = write(dir.path(), session_items(0));
+    // A forged action squeezed in: it takes a position the chain already has.
+    exec(
+        &db,
+        "INSERT INTO actions SELECT 3, event_seq, time_ns, time, session_id, kind, pid, \
+         tgid, ppid, uid, user, gid, comm, exe, '/etc/forged', path_resolved, argv, cwd, \
+         flags, address, port, protocol, op, result, exit_code, exit_signal, extra, \
+         prev_hash, hash FROM actions WHERE kind = 'open'",
+    );
+    let b = broken(&db);
+    assert_eq!(b.seq(), 3, "{b:?}");
+    assert!(
+        matches!(&b, Break::Inserted { .. } | Break::Edited { .. }),
+        "{b:?}"
+    );
+    // Appended after the end with a made-up hash: it does not link.
+    let dir = tempfile::tempdir().unwrap();
+    let db = write(dir.path(), session_items(0));
+    exec(
+        &db,
+        "INSERT INTO actions SELECT 12, event_seq, time_ns, time, session_id, kind, pid, \
+         tgid, ppid, uid, user, gid, comm, exe, path, path_resolved, argv, cwd, flags, \
+         address, port, protocol, op, result, exit_code, exit_signal, extra, prev_hash, \
+         hash FROM actions WHERE kind = 'open'",
+    );
+    assert_eq!(broken(&db).seq(), 12);
+}
+
+#[test]
+fn reordered_rows_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = write(dir.path(), session_items(0));
+    // Swap the positions of the two exec actions (seq 4 and 8), hashes and all.
+    exec(
+        &db,
+        "UPDATE actions SET seq = -1 WHERE seq = 4; UPDATE actions SET seq = 4 WHERE seq = 8; \
+         UPDATE actions SET seq = 8 WHERE seq = -1;",
+    );
+    assert_eq!(broken(&db).seq(), 4);
+}
+
+#[test]
+fn retention_prunes_through_a_checkpoint_and_what_remains_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut items = session_items(0);
+    items.extend(session_items(1_000)[1..].iter().cloned());
+    let db = write(dir.path(), items);
+    // Keep what is younger than 500 s at "now" = t0 + 1 100 s: the first session goes.
+    let pruned = store::test_prune(&db, Some(Duration::from_secs(500)), at(1_100)).unwrap();
+    assert!(pruned >= 10, "pruned {pruned}");
+    let v = verify(&db).unwrap();
+    assert_eq!(v.broken, None, "{v:?}");
+    assert!(v.checkpoint.is_some());
+    // Deleting a kept record right after the checkpoint's start is still found.
+    let first = v.first_seq.unwrap();
+    for t in ["sessions", "processes", "actions", "decisions"] {
+        exec(&db, &format!("DELETE FROM {t} WHERE seq = {first}"));
+    }
+    assert_eq!(broken(&db).seq(), first);
+}
+
+#[test]
+fn queries_return_context_lineage_and_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = write(dir.path(), session_items(0));
+    let conn = store::open_read_only(&db).unwrap();
+    let mut r = query::Reader::new(&conn);
+    let denied = r
+        .query(
+            &Filter {
+                decision: Some("deny".into()),
+                ..Filter::default()
+            },
+            true,
+        )
+        .unwrap();
+    assert_eq!(denied.len(), 1);
+    let d = &denied[0];
+    assert_eq!(d.event.open.as_ref().unwrap().path, "/home/alice/.ssh/id_rsa");
+    let ctx = d.context.as_ref().unwrap();
+    assert_eq!(
+        (ctx.owners.business.as_str(), ctx.principal.uid),
+        ("platform", 1000)
+    );
+    let pids: Vec<u32> = d.lineage.iter().map(|a| a.pid).collect();
+    assert_eq!(pids, vec![101, 100]);
+    assert_eq!(d.lineage[0].argv[0], "cat");
+    assert_eq!(d.lineage[1].argv[0], "bash");
+    // Filters narrow: by owner, path prefix, kind, agent, time.
+    let mut n = |f: Filter| r.query(&f, false).unwrap().len();
+    assert_eq!(
+        n(Filter {
+            owner: Some("secops".into()),
+            ..Filter::default()
+        }),
+        5
+    );
+    assert_eq!(
+        n(Filter {
+            owner: Some("mallory".into()),
+            ..Filter::default()
+        }),
+        0
+    );
+    assert_eq!(
+        n(Filter {
+            path_prefix: Some("/home/alice/.ssh/".into()),
+            ..Filter::default()
+        }),
+        1
+    );
+    assert_eq!(
+        n(Filter {
+            kinds: vec!["exec".into()],
+            agent: Some("claude-code".into()),
+            ..Filter::default()
+        }),
+        2
+    );
+    let t3 = at(3).duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    assert_eq!(
+        n(Filter {
+            since_ns: Some(t3.as_nanos() as i64),
+            ..Filter::default()
+        }),
+        2
+    );
+    // The timeline draws cat under bash's fork, with the kill.
+    let s = r.find_session("s1").unwrap();
+    let all = r
+        .query(
+            &Filter {
+                session: Some(s.session_id.clone()),
+                ..Filter::default()
+            },
+            false,
+        )
+        .unwrap();
+    let text = timeline::render(&s, &all);
+    assert!(text.contains("business: platform, technical: secops"), "{text}");
+    let cat = text.find("└─ [101]").expect(&text);
+    let kill = text.find("DENY killed").expect(&text);
+    assert!(cat < kill, "{text}");
+    // OCSF: the open is File System Activity, blocked, with the rule.
+    let o = ocsf::record(d).unwrap();
+    assert_eq!(o["class_uid"], 1001);
+    assert_eq!(o["type_uid"], 100114);
+    assert_eq!(o["disposition"], "Blocked");
+    assert_eq!(o["file"]["path"], "/home/alice/.ssh/id_rsa");
+    assert_eq!(
+        o["actor"]["authorizations"][0]["policy"]["desc"],
+        "rules/claude-code.yaml:30 (files.deny[0])"
+    );
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(AUDIT_DB);
+    // Hold the write lock so the writer cannot commit; the queue (2) fills.
+    let lock = Connection::open(&db).unwrap();
+    lock.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+    let mut sink = AuditSink::open(AuditConfig {
+        path: db.clone(),
+        queue: 2,
+        max_age: None,
+        max_bytes: None,
+    })
+    .unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    let start = std::time::Instant::now();
+    for i in session_items(0).into_iter().cycle().take(200) {
+        sink.send(i);
+    }
+    assert!(start.elapsed() < Duration::from_millis(200), "send blocked");
+    let s = sink.stats().snapshot();
+    assert!(s.dropped >= 190, "{s:?}");
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(sink.stats().snapshot().write_errors >= 1);
+    lock.execute_batch("COMMIT;").unwrap();
+    sink.close();
+    let s = sink.stats().snapshot();
+    assert_eq!(s.written + s.dropped, 200, "{s:?}");
+    assert_eq!(s.backlog, 0);
+    // What did land is a whole chain.
+    assert_eq!(verify(&db).unwrap().broken, None);
+}

@@ -1,0 +1,244 @@
+//! Prometheus metrics in the text exposition format, served over plain HTTP on an
+//! address of the operator's choosing (loopback by default). Off unless asked for.
+//!
+//! The HTTP side is a few lines by hand: one fixed path, `GET` only, one response per
+//! connection; a web framework would add more surface than it saves.
+
+use std::{collections::HashMap, fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
+
+use agent_common::stats::Stat;
+use anyhow::{Context as _, Result};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tracing::{info, warn};
+
+use super::Shared;
+use crate::event::Event;
+
+/// Events emitted, by agent (profile; empty for daemon-wide events), kind and decision.
+#[derive(Debug, Default)]
+pub struct EventCounts(HashMap<String, HashMap<String, [u64; 3]>>);
+
+const DECISIONS: [&str; 3] = ["none", "allow", "deny"];
+
+impl EventCounts {
+    pub fn count(&mut self, ev: &Event) {
+        let d = match ev.decision.as_ref().map(|d| d.decision.as_str()) {
+            Some("allow") => 1,
+            Some("deny") => 2,
+            _ => 0,
+        };
+        let agent = ev.session.profile.as_str();
+        if !self.0.contains_key(agent) {
+            self.0.insert(agent.to_owned(), HashMap::new());
+        }
+        let kinds = self.0.get_mut(agent).expect("inserted above");
+        match kinds.get_mut(ev.kind.as_str()) {
+            Some(c) => c[d] += 1,
+            None => {
+                let mut c = [0; 3];
+                c[d] = 1;
+                kinds.insert(ev.kind.clone(), c);
+            }
+        }
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let l = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+    info!(%addr, "metrics at http://{addr}/metrics");
+    Ok(l)
+}
+
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let Ok((conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(Duration::from_secs(5), answer(&shared, conn)).await;
+            if let Ok(Err(e)) = r {
+                warn!(error = %e, "metrics request failed");
+            }
+        });
+    }
+}
+
+async fn answer(shared: &Shared, mut conn: TcpStream) -> Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&buf);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body, ctype) = if method != "GET" {
+        ("405 Method Not Allowed", "GET only\n".to_owned(), "text/plain")
+    } else if path == "/metrics" || path.starts_with("/metrics?") {
+        (
+            "200 OK",
+            render(shared),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    } else {
+        ("404 Not Found", "see /metrics\n".to_owned(), "text/plain")
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    conn.write_all(body.as_bytes()).await?;
+    conn.shutdown().await?;
+    Ok(())
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The exposition text, from one consistent look at the daemon's state.
+fn render(shared: &Shared) -> String {
+    let core = shared.core();
+    let mut out = String::new();
+    family(
+        &mut out,
+        "agentwarden_events_total",
+        "counter",
+        "Events recorded, by agent (profile), kind and policy decision.",
+    );
+    let mut rows: Vec<(&String, &String, &[u64; 3])> = core
+        .event_counts
+        .0
+        .iter()
+        .flat_map(|(a, kinds)| kinds.iter().map(move |(k, c)| (a, k, c)))
+        .collect();
+    rows.sort();
+    for (agent, kind, c) in rows {
+        for (i, d) in DECISIONS.iter().enumerate() {
+            if c[i] > 0 {
+                let _ = writeln!(
+                    out,
+                    "agentwarden_events_total{{agent=\"{}\",kind=\"{}\",decision=\"{d}\"}} {}",
+                    label(agent),
+                    label(kind),
+                    c[i]
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "agentwarden_kernel_counter_total",
+        "counter",
+        "Kernel-side counters (ring-buffer drops, session map full, stash full, ...).",
+    );
+    for stat in Stat::ALL {
+        let c = core.counter(stat);
+        let _ = writeln!(
+            out,
+            "agentwarden_kernel_counter_total{{counter=\"{}\"}} {}",
+            c.name, c.total
+        );
+    }
+    let d = &core.counters;
+    family(
+        &mut out,
+        "agentwarden_daemon_counter_total",
+        "counter",
+        "Daemon-side counters (records read, undecodable records, log write errors, lagging followers).",
+    );
+    for (name, v) in [
+        ("records_read", d.records_read),
+        ("decode_errors", d.decode_errors),
+        ("events_logged", d.events_logged),
+        ("log_write_errors", d.log_write_errors),
+        ("subscriber_lagged", d.subscriber_lagged),
+    ] {
+        let _ = writeln!(
+            out,
+            "agentwarden_daemon_counter_total{{counter=\"{name}\"}} {v}"
+        );
+    }
+    family(
+        &mut out,
+        "agentwarden_map_entries",
+        "gauge",
+        "Entries in a kernel map.",
+    );
+    let _ = writeln!(
+        out,
+        "agentwarden_map_entries{{map=\"sessions\"}} {}",
+        core.sessions_map.iter().filter(|r| r.is_ok()).count()
+    );
+    family(
+        &mut out,
+        "agentwarden_map_capacity",
+        "gauge",
+        "Capacity of a kernel map.",
+    );
+    let _ = writeln!(
+        out,
+        "agentwarden_map_capacity{{map=\"sessions\"}} {}",
+        shared.cfg.max_tracked_processes
+    );
+    family(
+        &mut out,
+        "agentwarden_sessions",
+        "gauge",
+        "Sessions known to the daemon, by state.",
+    );
+    let live = core.registry.all().filter(|s| s.ended.is_none()).count();
+    let ended = core.registry.all().count() - live;
+    let _ = writeln!(out, "agentwarden_sessions{{state=\"active\"}} {live}");
+    let _ = writeln!(out, "agentwarden_sessions{{state=\"ended\"}} {ended}");
+    let a = core.audit.stats().snapshot();
+    family(
+        &mut out,
+        "agentwarden_audit_backlog",
+        "gauge",
+        "Records queued for the audit store and not yet committed.",
+    );
+    let _ = writeln!(out, "agentwarden_audit_backlog {}", a.backlog);
+    family(
+        &mut out,
+        "agentwarden_audit_records_total",
+        "counter",
+        "Audit store records by outcome (written, dropped: queue full, pruned: retention).",
+    );
+    for (outcome, v) in [
+        ("written", a.written),
+        ("dropped", a.dropped),
+        ("pruned", a.pruned),
+    ] {
+        let _ = writeln!(
+            out,
+            "agentwarden_audit_records_total{{outcome=\"{outcome}\"}} {v}"
+        );
+    }
+    family(
+        &mut out,
+        "agentwarden_audit_write_errors_total",
+        "counter",
+        "Failed audit commits (each retried).",
+    );
+    let _ = writeln!(out, "agentwarden_audit_write_errors_total {}", a.write_errors);
+    out
+}
