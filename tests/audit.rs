@@ -10,14 +10,14 @@ use super::*;
 
 impl Daemon {
     /// `agentwarden audit ARGS --db <this daemon's store>`.
-    fn audit(&self, args: &[&str]) -> Output {
+    pub(crate) fn audit(&self, args: &[&str]) -> Output {
         let mut c = self.cli();
         c.arg("audit").args(args).arg("--db").arg(self.db());
         c.output_within()
     }
 
     /// `audit query --json` records (as JSON values).
-    fn audit_query(&self, args: &[&str]) -> Vec<serde_json::Value> {
+    pub(crate) fn audit_query(&self, args: &[&str]) -> Vec<serde_json::Value> {
         let mut a = vec!["query", "--json"];
         a.extend_from_slice(args);
         let out = self.audit(&a);
@@ -29,7 +29,7 @@ impl Daemon {
     }
 
     /// Polls `audit query` until it holds the session's end (commits are batched).
-    fn audit_session(&self, session: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn audit_session(&self, session: &str) -> Vec<serde_json::Value> {
         let start = Instant::now();
         loop {
             let recs = self.audit_query(&["--session", session]);
@@ -135,7 +135,8 @@ fn the_audit_trail_holds_each_action_in_context_and_names_an_edited_row() {
     assert_eq!(*pids(lineage).last().unwrap(), u64::from(root), "{lineage}");
     assert_eq!(lineage[1]["argv"][0], "sh", "{lineage}");
     assert!(
-        recs.iter().any(|r| r["kind"] == "exit" && r["exit"]["signal"] == 9),
+        recs.iter()
+            .any(|r| r["kind"] == "exit" && r["exit"]["signal"] == 9),
         "the kill is recorded"
     );
 
@@ -154,14 +155,23 @@ fn the_audit_trail_holds_each_action_in_context_and_names_an_edited_row() {
     );
     assert!(n(&["--owner", "b", "--kind", "exec"]) >= 3);
     assert_eq!(n(&["--owner", "nobody"]), 0);
-    assert_eq!(n(&["--session", "audit-1", "--since", "2099-01-01T00:00:00Z"]), 0);
-    assert_eq!(n(&["--session", "audit-1", "--until", "2000-01-01T00:00:00Z"]), 0);
+    assert_eq!(
+        n(&["--session", "audit-1", "--since", "2099-01-01T00:00:00Z"]),
+        0
+    );
+    assert_eq!(
+        n(&["--session", "audit-1", "--until", "2000-01-01T00:00:00Z"]),
+        0
+    );
 
     // The timeline: header with owners, the tree, the kill under cat.
     let t = d.audit(&["timeline", "--session", "audit-1"]);
     assert!(t.status.success(), "{t:?}");
     let text = String::from_utf8_lossy(&t.stdout);
-    assert!(text.contains("owners     business: b, technical: t"), "{text}");
+    assert!(
+        text.contains("owners     business: b, technical: t"),
+        "{text}"
+    );
     assert!(text.contains(&format!("[{root}]")), "{text}");
     let cat = text.find("└─ [").expect(&text);
     let kill = text.find("DENY killed").expect(&text);
@@ -278,7 +288,14 @@ fn kill_9_loses_less_than_the_documented_window_and_the_store_survives_a_restart
     assert!(v.status.success(), "after kill -9: {v:?}");
     let prefix = format!("{}/", marks.display());
     let kept: BTreeSet<usize> = d
-        .audit_query(&["--session", "k9", "--kind", "open", "--path-prefix", &prefix])
+        .audit_query(&[
+            "--session",
+            "k9",
+            "--kind",
+            "open",
+            "--path-prefix",
+            &prefix,
+        ])
         .iter()
         .map(|r| {
             r["open"]["path"].as_str().unwrap()[prefix.len()..]
@@ -347,10 +364,7 @@ fn a_stalled_audit_store_never_stalls_the_kernel_path_and_its_losses_are_counted
         opens_of(evs, &file).count() == 3000
     });
     assert!(evs.iter().any(|e| e.kind == "exit"));
-    println!(
-        "stalled store: 3000 opens logged in {:?}",
-        start.elapsed()
-    );
+    println!("stalled store: 3000 opens logged in {:?}", start.elapsed());
     let st = d.status();
     assert!(st.audit.dropped > 0, "{:?}", st.audit);
     assert!(st.audit.backlog > 0, "{:?}", st.audit);
@@ -417,14 +431,22 @@ fn metrics_are_served_in_the_prometheus_text_format() {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or_else(|| panic!("no {prefix} in\n{body}"))
     };
-    assert!(value("agentwarden_events_total{agent=\"demo\",kind=\"exec\",decision=\"allow\"}") >= 1);
+    assert!(
+        value("agentwarden_events_total{agent=\"demo\",kind=\"exec\",decision=\"allow\"}") >= 1
+    );
     assert!(value("agentwarden_events_total{agent=\"demo\",kind=\"open\",") >= 1);
-    assert_eq!(value("agentwarden_kernel_counter_total{counter=\"ringbuf_drops\"}"), 0);
+    assert_eq!(
+        value("agentwarden_kernel_counter_total{counter=\"ringbuf_drops\"}"),
+        0
+    );
     assert!(value("agentwarden_map_capacity{map=\"sessions\"}") > 0);
     value("agentwarden_map_entries{map=\"sessions\"}");
     assert!(value("agentwarden_sessions{state=\"ended\"}") >= 1);
     value("agentwarden_audit_backlog");
-    assert_eq!(value("agentwarden_audit_records_total{outcome=\"dropped\"}"), 0);
+    assert_eq!(
+        value("agentwarden_audit_records_total{outcome=\"dropped\"}"),
+        0
+    );
     assert!(body.contains("# TYPE agentwarden_events_total counter"));
     assert!(get("/other").starts_with("HTTP/1.1 404"));
 }

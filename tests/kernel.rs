@@ -1899,6 +1899,66 @@ fn claude_code_works_under_its_profile_and_is_stopped_at_credentials_and_foreign
         "{}",
         dump(&evs)
     );
+    // The audit trail answers who did what: the timeline shows what it ran, read and
+    // connected to with the decisions and the owners; the chain verifies, and editing
+    // one row makes verification fail naming that row.
+    let _ = d.audit_session("claude-e2e");
+    let t = d.audit(&["timeline", "--session", "claude-e2e"]);
+    assert!(t.status.success(), "{t:?}");
+    let timeline = String::from_utf8_lossy(&t.stdout);
+    for needle in [
+        "agent      claude-code".to_owned(),
+        format!("principal  {} (uid ", user.name),
+        "cat ~/.ssh/id_rsa".to_owned(),
+        format!("{key} O_RDONLY"),
+        "DENY killed by signal".to_owned(),
+        format!("{}:8080", foreign.addr),
+        "DENY blocked by cgroup: network.default".to_owned(),
+        "echo hello-from-claude".to_owned(),
+    ] {
+        assert!(
+            timeline.contains(&needle),
+            "no `{needle}` in the timeline:\n{timeline}"
+        );
+    }
+    let profile = agentwarden::profiles::ProfileSet::embedded().unwrap();
+    let owners = &profile.get("claude-code").unwrap().file.owners;
+    assert!(
+        timeline.contains(&format!(
+            "business: {}, technical: {}",
+            owners.business, owners.technical
+        )),
+        "{timeline}"
+    );
+    let to_foreign = d.audit_query(&["--session", "claude-e2e", "--dest", &foreign.addr]);
+    assert!(
+        to_foreign
+            .iter()
+            .any(|r| r["decision"]["action"] == "blocked"),
+        "{to_foreign:?}"
+    );
+    let v = d.audit(&["verify"]);
+    assert!(v.status.success(), "{v:?}");
+    let db = rusqlite::Connection::open(d.db()).unwrap();
+    let seq: i64 = db
+        .query_row(
+            "SELECT seq FROM actions WHERE kind = 'open' AND path = ?1",
+            [&key],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        "UPDATE actions SET path = '/tmp/nothing-to-see' WHERE seq = ?1",
+        [seq],
+    )
+    .unwrap();
+    let v = d.audit(&["verify"]);
+    assert_eq!(v.status.code(), Some(1), "{v:?}");
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains(&format!("(actions row seq={seq}) was edited")),
+        "{v:?}"
+    );
+    println!("claude code audit timeline:\n{timeline}");
     println!(
         "claude code under claude-code: worked in {}, key read {} by {}, connect to {} {} by {}",
         project.display(),

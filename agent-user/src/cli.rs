@@ -59,7 +59,11 @@ fn parse_size(s: &str) -> Result<Size, String> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
-        u => return Err(format!("unknown size unit `{u}` (use K, M, G, KiB, MiB, GiB)")),
+        u => {
+            return Err(format!(
+                "unknown size unit `{u}` (use K, M, G, KiB, MiB, GiB)"
+            ));
+        }
     };
     Ok(Size(Some(n.saturating_mul(mult))))
 }
@@ -217,9 +221,8 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 audit_max_age: audit_retention.0,
                 audit_max_bytes: audit_max_size.0,
                 audit_queue,
-                metrics: metrics_addr.or(metrics.then(|| {
-                    std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))
-                })),
+                metrics: metrics_addr.or(metrics
+                    .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)))),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

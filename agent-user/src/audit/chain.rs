@@ -116,9 +116,9 @@ impl Break {
     /// The first record the break concerns.
     pub fn seq(&self) -> i64 {
         match self {
-            Break::Edited { seq, .. } | Break::Inserted { seq, .. } | Break::Unlinked { seq, .. } => {
-                *seq
-            }
+            Break::Edited { seq, .. }
+            | Break::Inserted { seq, .. }
+            | Break::Unlinked { seq, .. } => *seq,
             Break::Deleted { from_seq, .. } => *from_seq,
             Break::Truncated { db_seq, .. } => *db_seq + 1,
             Break::Rewritten { seq } => *seq,

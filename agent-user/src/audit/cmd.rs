@@ -39,13 +39,13 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
-    /// One session as a process tree with its actions in order.
+    /// One session (`--session`, required) as a process tree with its actions in order;
+    /// the other filters narrow the actions shown (`--kind exec,connect`, `--decision deny`).
     Timeline {
         #[command(flatten)]
         db: DbArg,
-        /// Session id or name.
-        #[arg(long)]
-        session: String,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Records for a SIEM: JSON lines with context, or OCSF (Process, File System and
     /// Network Activity).
@@ -226,17 +226,16 @@ pub fn run(cmd: AuditCmd) -> Result<ExitCode> {
             w.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        AuditCmd::Timeline { db, session } => {
+        AuditCmd::Timeline { db, filter } => {
+            let Some(session) = filter.session.clone() else {
+                anyhow::bail!("audit timeline needs --session ID|NAME");
+            };
             let conn = store::open_read_only(&db.db)?;
             let mut r = Reader::new(&conn);
             let s = r.find_session(&session)?;
-            let records = r.query(
-                &Filter {
-                    session: Some(s.session_id.clone()),
-                    ..Filter::default()
-                },
-                false,
-            )?;
+            let mut filter = filter.filter()?;
+            filter.session = Some(s.session_id.clone());
+            let records = r.query(&filter, false)?;
             print!("{}", timeline::render(&s, &records));
             Ok(ExitCode::SUCCESS)
         }

@@ -15,11 +15,27 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
     let (class_uid, class_name, category_uid, category_name, activity_id, activity_name) =
         match e.kind.as_str() {
             "exec" | "fork" => (1007, "Process Activity", 1, "System Activity", 1, "Launch"),
-            "exit" => (1007, "Process Activity", 1, "System Activity", 2, "Terminate"),
-            "open" => (1001, "File System Activity", 1, "System Activity", 14, "Open"),
+            "exit" => (
+                1007,
+                "Process Activity",
+                1,
+                "System Activity",
+                2,
+                "Terminate",
+            ),
+            "open" => (
+                1001,
+                "File System Activity",
+                1,
+                "System Activity",
+                14,
+                "Open",
+            ),
             "connect" | "net_decision" => {
                 let refused = e.decision.as_ref().is_some_and(|d| d.action == "blocked")
-                    || e.connect.as_ref().is_some_and(|c| c.result < 0 && c.result != -115);
+                    || e.connect
+                        .as_ref()
+                        .is_some_and(|c| c.result < 0 && c.result != -115);
                 if refused {
                     (4001, "Network Activity", 4, "Network Activity", 5, "Refuse")
                 } else {
@@ -42,8 +58,13 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
         _ => 1,
     };
     let failed = e.open.as_ref().is_some_and(|o| o.result < 0)
-        || e.connect.as_ref().is_some_and(|c| c.result < 0 && c.result != -115)
-        || matches!(d.map(|d| d.action.as_str()), Some("blocked") | Some("killed"));
+        || e.connect
+            .as_ref()
+            .is_some_and(|c| c.result < 0 && c.result != -115)
+        || matches!(
+            d.map(|d| d.action.as_str()),
+            Some("blocked") | Some("killed")
+        );
     let ctx = r.context.as_ref();
     let p = e.process.as_ref();
     let actor_process = p.map(|p| {
@@ -133,7 +154,14 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
     let dst = e
         .net
         .as_ref()
-        .map(|n| (n.address.clone(), n.port, n.protocol.clone(), n.family.clone()))
+        .map(|n| {
+            (
+                n.address.clone(),
+                n.port,
+                n.protocol.clone(),
+                n.family.clone(),
+            )
+        })
         .or(e
             .connect
             .as_ref()

@@ -251,11 +251,8 @@ impl<'c> Reader<'c> {
     pub fn lineage(&mut self, session: &str, tgid: u32, seq: i64) -> Result<Vec<Ancestor>> {
         let root = self.session(session).map(|s| s.root_pid);
         let rows = self.processes(session)?;
-        let latest = |tgid: u32, seq: i64| {
-            rows.iter()
-                .rev()
-                .find(|r| r.tgid == tgid && r.seq <= seq)
-        };
+        let latest =
+            |tgid: u32, seq: i64| rows.iter().rev().find(|r| r.tgid == tgid && r.seq <= seq);
         let mut out = Vec::new();
         let mut cur = (tgid, seq);
         for _ in 0..64 {

@@ -254,7 +254,10 @@ pub fn event_rows(ev: &Event) -> EventRows {
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "one argument per column of the row")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per column of the row"
+)]
 fn process_row(
     ev: &Event,
     t: i64,

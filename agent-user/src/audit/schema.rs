@@ -301,7 +301,8 @@ mod tests {
     #[test]
     fn a_newer_schema_is_refused() {
         let mut conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "user_version", VERSION + 1).unwrap();
+        conn.pragma_update(None, "user_version", VERSION + 1)
+            .unwrap();
         let e = migrate(&mut conn).unwrap_err().to_string();
         assert!(e.contains("newer than this agentwarden"), "{e}");
     }

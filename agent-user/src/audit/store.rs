@@ -375,8 +375,10 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut pruned = 0u64;
         for t in TABLES {
-            pruned += tx.execute(&format!("DELETE FROM {} WHERE seq < ?1", t.name), [keep_from])?
-                as u64;
+            pruned += tx.execute(
+                &format!("DELETE FROM {} WHERE seq < ?1", t.name),
+                [keep_from],
+            )? as u64;
         }
         let now_ns = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -397,7 +399,8 @@ impl Writer {
                     "retention (max age {}, max size {})",
                     self.max_age
                         .map_or("none".into(), |a| humantime::format_duration(a).to_string()),
-                    self.max_bytes.map_or("none".into(), |b| format!("{b} bytes"))
+                    self.max_bytes
+                        .map_or("none".into(), |b| format!("{b} bytes"))
                 )),
             ],
         )?;

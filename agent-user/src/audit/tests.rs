@@ -306,7 +306,10 @@ fn queries_return_context_lineage_and_decisions() {
         .unwrap();
     assert_eq!(denied.len(), 1);
     let d = &denied[0];
-    assert_eq!(d.event.open.as_ref().unwrap().path, "/home/alice/.ssh/id_rsa");
+    assert_eq!(
+        d.event.open.as_ref().unwrap().path,
+        "/home/alice/.ssh/id_rsa"
+    );
     let ctx = d.context.as_ref().unwrap();
     assert_eq!(
         (ctx.owners.business.as_str(), ctx.principal.uid),
@@ -367,7 +370,10 @@ fn queries_return_context_lineage_and_decisions() {
         )
         .unwrap();
     let text = timeline::render(&s, &all);
-    assert!(text.contains("business: platform, technical: secops"), "{text}");
+    assert!(
+        text.contains("business: platform, technical: secops"),
+        "{text}"
+    );
     let cat = text.find("└─ [101]").expect(&text);
     let kill = text.find("DENY killed").expect(&text);
     assert!(cat < kill, "{text}");

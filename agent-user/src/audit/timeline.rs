@@ -16,7 +16,12 @@ pub fn render(s: &SessionRecord, records: &[AuditRecord]) -> String {
         .map(|r| r.event.time.clone());
     let denied: Vec<&AuditRecord> = records
         .iter()
-        .filter(|r| r.event.decision.as_ref().is_some_and(|d| d.decision == "deny"))
+        .filter(|r| {
+            r.event
+                .decision
+                .as_ref()
+                .is_some_and(|d| d.decision == "deny")
+        })
         .collect();
     let mut by_action: HashMap<&str, usize> = HashMap::new();
     for r in &denied {

@@ -83,7 +83,11 @@ async fn answer(shared: &Shared, mut conn: TcpStream) -> Result<()> {
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, body, ctype) = if method != "GET" {
-        ("405 Method Not Allowed", "GET only\n".to_owned(), "text/plain")
+        (
+            "405 Method Not Allowed",
+            "GET only\n".to_owned(),
+            "text/plain",
+        )
     } else if path == "/metrics" || path.starts_with("/metrics?") {
         (
             "200 OK",
@@ -239,6 +243,10 @@ fn render(shared: &Shared) -> String {
         "counter",
         "Failed audit commits (each retried).",
     );
-    let _ = writeln!(out, "agentwarden_audit_write_errors_total {}", a.write_errors);
+    let _ = writeln!(
+        out,
+        "agentwarden_audit_write_errors_total {}",
+        a.write_errors
+    );
     out
 }

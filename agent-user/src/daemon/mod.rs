@@ -552,14 +552,11 @@ impl Core {
     /// Raises an event for every new loss: kernel-side, and records the audit store
     /// could not take (its queue was full).
     fn report_losses(&mut self) {
-        let mut totals: Vec<(&'static str, u64)> = [
-            Stat::RingbufDrops,
-            Stat::SessionMapFull,
-            Stat::StashFull,
-        ]
-        .into_iter()
-        .map(|stat| (stat.name(), self.counter(stat).total))
-        .collect();
+        let mut totals: Vec<(&'static str, u64)> =
+            [Stat::RingbufDrops, Stat::SessionMapFull, Stat::StashFull]
+                .into_iter()
+                .map(|stat| (stat.name(), self.counter(stat).total))
+                .collect();
         totals.push(("audit_dropped", self.audit.stats().snapshot().dropped));
         for (name, total) in totals {
             let seen = self.reported_losses.entry(name).or_insert(0);
@@ -681,7 +678,9 @@ impl Core {
             mode: p
                 .map(|p| format!("{:?}", p.file.mode).to_lowercase())
                 .unwrap_or_default(),
-            business_owner: p.map(|p| p.file.owners.business.clone()).unwrap_or_default(),
+            business_owner: p
+                .map(|p| p.file.owners.business.clone())
+                .unwrap_or_default(),
             technical_owner: p
                 .map(|p| p.file.owners.technical.clone())
                 .unwrap_or_default(),
