@@ -182,8 +182,13 @@ pub fn status(s: &StatusReport) -> String {
     let _ = writeln!(
         out,
         "\ndaemon counters: records_read={} decode_errors={} events_logged={} \
-         log_write_errors={} subscriber_lagged={}",
-        d.records_read, d.decode_errors, d.events_logged, d.log_write_errors, d.subscriber_lagged
+         log_write_errors={} subscriber_lagged={} stdout_dropped={}",
+        d.records_read,
+        d.decode_errors,
+        d.events_logged,
+        d.log_write_errors,
+        d.subscriber_lagged,
+        d.stdout_dropped
     );
     let a = &s.audit;
     let _ = writeln!(

@@ -81,6 +81,9 @@ pub struct DaemonCounters {
     pub log_write_errors: u64,
     /// Events a slow `events --follow` client did not receive.
     pub subscriber_lagged: u64,
+    /// Events not copied to stdout because its reader fell behind.
+    #[serde(default)]
+    pub stdout_dropped: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

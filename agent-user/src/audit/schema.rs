@@ -262,9 +262,6 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         );
     }
     if version == 0 {
-        // Must precede the first table: pruned pages can then be returned to the file
-        // system without a full VACUUM.
-        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         let tx = conn.transaction()?;
         tx.execute_batch(V1)?;
         tx.pragma_update(None, "user_version", VERSION)?;

@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
     },
     thread::JoinHandle,
@@ -70,6 +70,9 @@ pub struct AuditStats {
     pub write_errors: AtomicU64,
     /// Records removed by retention.
     pub pruned: AtomicU64,
+    /// Set by [`AuditSink::close`]: a commit that keeps failing is given up after a
+    /// bounded number of tries instead of holding the daemon's exit forever.
+    closing: AtomicBool,
 }
 
 /// A point-in-time copy of [`AuditStats`].
@@ -138,6 +141,7 @@ impl AuditSink {
 
     /// Commits what is queued and stops the writer.
     pub fn close(&mut self) {
+        self.stats.closing.store(true, Relaxed);
         self.tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -196,6 +200,9 @@ impl Writer {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(0o600))?;
         }
+        // Only takes on a new database, and only before WAL is turned on: pruned pages
+        // can then go back to the file system without a full VACUUM.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(Duration::from_millis(250))?;
@@ -237,7 +244,7 @@ impl Writer {
                 batch.extend(rx.try_iter());
             }
             if !batch.is_empty() {
-                self.commit_until_done(&batch, stats, closing);
+                self.commit_until_done(&batch, stats);
             }
             if last_prune.elapsed() >= PRUNE_PERIOD {
                 last_prune = Instant::now();
@@ -253,7 +260,7 @@ impl Writer {
 
     /// Retries a failed commit with backoff: the records stay in order and the chain
     /// stays whole; the queue behind takes the backlog (and drops, counted, when full).
-    fn commit_until_done(&mut self, batch: &[Item], stats: &AuditStats, closing: bool) {
+    fn commit_until_done(&mut self, batch: &[Item], stats: &AuditStats) {
         let mut backoff = Duration::from_millis(50);
         let mut tries = 0;
         loop {
@@ -274,7 +281,7 @@ impl Writer {
                 Err(e) => {
                     stats.write_errors.fetch_add(1, Relaxed);
                     warn!(error = %format!("{e:#}"), records = batch.len(), tries, "audit commit failed; retrying");
-                    if closing && tries >= 20 {
+                    if stats.closing.load(Relaxed) && tries >= 10 {
                         // Shutting down: do not hang forever; what is lost is counted.
                         stats.dropped.fetch_add(batch.len() as u64, Relaxed);
                         stats.backlog.fetch_sub(batch.len() as u64, Relaxed);
@@ -406,7 +413,12 @@ impl Writer {
         )?;
         tx.commit()?;
         (self.seq, self.hash) = link;
-        let _ = self.conn.execute_batch("PRAGMA incremental_vacuum;");
+        // Each step of the pragma frees pages; it runs until it has no more rows.
+        if let Ok(mut stmt) = self.conn.prepare("PRAGMA incremental_vacuum") {
+            if let Ok(mut rows) = stmt.query([]) {
+                while let Ok(Some(_)) = rows.next() {}
+            }
+        }
         let _ = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -500,12 +512,17 @@ fn db_bytes(conn: &Connection) -> Result<u64> {
 }
 
 #[cfg(test)]
-pub(crate) fn test_prune(db: &Path, max_age: Option<Duration>, now: SystemTime) -> Result<u64> {
+pub(crate) fn test_prune(
+    db: &Path,
+    max_age: Option<Duration>,
+    max_bytes: Option<u64>,
+    now: SystemTime,
+) -> Result<u64> {
     let mut w = Writer::open(&AuditConfig {
         path: db.to_owned(),
         queue: 1,
         max_age,
-        max_bytes: None,
+        max_bytes,
     })?;
     w.prune(now)
 }

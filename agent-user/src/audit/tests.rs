@@ -115,7 +115,7 @@ fn write(dir: &Path, items: Vec<Item>) -> PathBuf {
     let db = dir.join(AUDIT_DB);
     let mut sink = AuditSink::open(AuditConfig {
         path: db.clone(),
-        queue: 1024,
+        queue: 1 << 16,
         max_age: None,
         max_bytes: None,
     })
@@ -276,7 +276,7 @@ fn retention_prunes_through_a_checkpoint_and_what_remains_verifies() {
     items.extend(session_items(1_000)[1..].iter().cloned());
     let db = write(dir.path(), items);
     // Keep what is younger than 500 s at "now" = t0 + 1 100 s: the first session goes.
-    let pruned = store::test_prune(&db, Some(Duration::from_secs(500)), at(1_100)).unwrap();
+    let pruned = store::test_prune(&db, Some(Duration::from_secs(500)), None, at(1_100)).unwrap();
     assert!(pruned >= 10, "pruned {pruned}");
     let v = verify(&db).unwrap();
     assert_eq!(v.broken, None, "{v:?}");
@@ -287,6 +287,35 @@ fn retention_prunes_through_a_checkpoint_and_what_remains_verifies() {
         exec(&db, &format!("DELETE FROM {t} WHERE seq = {first}"));
     }
     assert_eq!(broken(&db).seq(), first);
+}
+
+#[test]
+fn retention_by_size_shrinks_the_file_and_what_remains_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let items: Vec<Item> = (0..400)
+        .flat_map(|i| session_items(i * 10)[1..].to_vec())
+        .collect();
+    let db = write(dir.path(), items);
+    let size = |db: &Path| {
+        let c = Connection::open(db).unwrap();
+        let p: i64 = c
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap();
+        let s: i64 = c
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .unwrap();
+        (p * s) as u64
+    };
+    let before = size(&db);
+    let cap = before / 2;
+    let pruned = store::test_prune(&db, None, Some(cap), at(0)).unwrap();
+    assert!(pruned > 1000, "pruned {pruned}");
+    let after = size(&db);
+    assert!(after <= cap, "{before} -> {after} bytes, cap {cap}");
+    let v = verify(&db).unwrap();
+    assert_eq!(v.broken, None, "{v:?}");
+    // Under the cap nothing more goes.
+    assert_eq!(store::test_prune(&db, None, Some(cap), at(0)).unwrap(), 0);
 }
 
 #[test]
@@ -393,9 +422,6 @@ fn queries_return_context_lineage_and_decisions() {
 fn a_full_queue_drops_and_counts_instead_of_blocking() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join(AUDIT_DB);
-    // Hold the write lock so the writer cannot commit; the queue (2) fills.
-    let lock = Connection::open(&db).unwrap();
-    lock.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
     let mut sink = AuditSink::open(AuditConfig {
         path: db.clone(),
         queue: 2,
@@ -403,21 +429,29 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
         max_bytes: None,
     })
     .unwrap();
+    // Declared after the sink, so a failing assertion releases the lock before the
+    // sink's drop waits for its writer.
+    let lock = Connection::open(&db).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE;").unwrap();
-    let start = std::time::Instant::now();
-    for i in session_items(0).into_iter().cycle().take(200) {
-        sink.send(i);
+    // One record gets the writer stuck retrying its commit; the queue (2) then fills.
+    let items = session_items(0);
+    sink.send(items[0].clone());
+    let t = std::time::Instant::now();
+    while sink.stats().snapshot().write_errors == 0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "no failed commit");
+        std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(start.elapsed() < Duration::from_millis(200), "send blocked");
+    let start = std::time::Instant::now();
+    for i in items.iter().cycle().take(200) {
+        sink.send(i.clone());
+    }
+    assert!(start.elapsed() < Duration::from_secs(1), "send blocked");
     let s = sink.stats().snapshot();
-    assert!(s.dropped >= 190, "{s:?}");
-    std::thread::sleep(Duration::from_millis(600));
-    assert!(sink.stats().snapshot().write_errors >= 1);
+    assert_eq!((s.dropped, s.backlog), (198, 3), "{s:?}");
     lock.execute_batch("COMMIT;").unwrap();
     sink.close();
     let s = sink.stats().snapshot();
-    assert_eq!(s.written + s.dropped, 200, "{s:?}");
-    assert_eq!(s.backlog, 0);
+    assert_eq!((s.written, s.dropped, s.backlog), (3, 198, 0), "{s:?}");
     // What did land is a whole chain.
     assert_eq!(verify(&db).unwrap().broken, None);
 }

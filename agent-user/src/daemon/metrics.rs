@@ -175,6 +175,7 @@ fn render(shared: &Shared) -> String {
         ("events_logged", d.events_logged),
         ("log_write_errors", d.log_write_errors),
         ("subscriber_lagged", d.subscriber_lagged),
+        ("stdout_dropped", core.log.stdout_dropped()),
     ] {
         let _ = writeln!(
             out,

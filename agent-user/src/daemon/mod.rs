@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 mod metrics;
 mod policy_maps;
+mod stdout;
 
 use policy_maps::PolicyMaps;
 
@@ -255,7 +256,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     {
         let mut core = shared.core();
         core.drain();
-        core.log.flush();
+        core.log.close();
         // Commits what is queued before the process exits.
         core.audit.close();
     }
@@ -558,6 +559,7 @@ impl Core {
                 .map(|stat| (stat.name(), self.counter(stat).total))
                 .collect();
         totals.push(("audit_dropped", self.audit.stats().snapshot().dropped));
+        totals.push(("stdout_dropped", self.log.stdout_dropped()));
         for (name, total) in totals {
             let seen = self.reported_losses.entry(name).or_insert(0);
             if total > *seen {
@@ -860,7 +862,10 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
                 host: shared.probe.clone(),
                 programs: shared.programs.clone(),
                 kernel_counters,
-                daemon_counters: core.counters.clone(),
+                daemon_counters: DaemonCounters {
+                    stdout_dropped: core.log.stdout_dropped(),
+                    ..core.counters.clone()
+                },
                 sessions_active: core.registry.all().filter(|s| s.ended.is_none()).count(),
                 sessions_total: core.registry.all().count(),
                 tracked_processes: tracked,
@@ -1154,7 +1159,7 @@ fn read_log(path: &Path) -> Result<Vec<Event>> {
 /// The JSON-lines event log (state directory) and, optionally, stdout.
 struct EventLog {
     file: BufWriter<File>,
-    stdout: bool,
+    stdout: Option<stdout::StdoutSink>,
     seq: u64,
 }
 
@@ -1170,7 +1175,11 @@ impl EventLog {
         let seq = last_seq(&mut f).unwrap_or(0);
         Ok(Self {
             file: BufWriter::new(f),
-            stdout,
+            stdout: if stdout {
+                Some(stdout::StdoutSink::start()?)
+            } else {
+                None
+            },
             seq,
         })
     }
@@ -1184,9 +1193,8 @@ impl EventLog {
         let mut line = serde_json::to_string(ev)?;
         line.push('\n');
         self.file.write_all(line.as_bytes())?;
-        if self.stdout {
-            let mut out = std::io::stdout().lock();
-            out.write_all(line.as_bytes())?;
+        if let Some(out) = &self.stdout {
+            out.send(line);
         }
         Ok(())
     }
@@ -1195,7 +1203,17 @@ impl EventLog {
         if let Err(e) = self.file.flush() {
             warn!(error = %e, "flushing the event log failed");
         }
-        let _ = std::io::stdout().flush();
+    }
+
+    fn stdout_dropped(&self) -> u64 {
+        self.stdout.as_ref().map_or(0, stdout::StdoutSink::dropped)
+    }
+
+    fn close(&mut self) {
+        self.flush();
+        if let Some(out) = self.stdout.as_mut() {
+            out.close();
+        }
     }
 }
 

@@ -1,0 +1,73 @@
+//! Events copied to stdout (the journal under systemd, `kubectl logs` in a pod) by a
+//! thread of their own: a reader of stdout that stalls fills a bounded queue whose
+//! overflow is counted and raised, and the ring-buffer reader never waits on it.
+
+use std::{
+    io::Write as _,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc::{self, SyncSender, TryRecvError},
+    },
+    thread::JoinHandle,
+};
+
+/// Lines that may wait for stdout before new ones are dropped.
+const QUEUE: usize = 65_536;
+
+pub struct StdoutSink {
+    tx: Option<SyncSender<String>>,
+    dropped: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StdoutSink {
+    pub fn start() -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("stdout-sink".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                while let Ok(line) = rx.recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    // Write what is queued, then flush once the queue is empty.
+                    loop {
+                        match rx.try_recv() {
+                            Ok(l) => {
+                                let _ = out.write_all(l.as_bytes());
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => break,
+                        }
+                    }
+                    let _ = out.flush();
+                }
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            dropped: Arc::new(AtomicU64::new(0)),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a line; never blocks. A full queue drops it and counts the drop.
+    pub fn send(&self, line: String) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(line).is_err()
+        {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+
+    /// Writes what is queued and stops the thread.
+    pub fn close(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
