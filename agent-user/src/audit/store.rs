@@ -414,10 +414,10 @@ impl Writer {
         tx.commit()?;
         (self.seq, self.hash) = link;
         // Each step of the pragma frees pages; it runs until it has no more rows.
-        if let Ok(mut stmt) = self.conn.prepare("PRAGMA incremental_vacuum") {
-            if let Ok(mut rows) = stmt.query([]) {
-                while let Ok(Some(_)) = rows.next() {}
-            }
+        if let Ok(mut stmt) = self.conn.prepare("PRAGMA incremental_vacuum")
+            && let Ok(mut rows) = stmt.query([])
+        {
+            while let Ok(Some(_)) = rows.next() {}
         }
         let _ = self
             .conn
