@@ -266,6 +266,12 @@ fn opens_of<'a>(evs: &'a [Event], path: &'a Path) -> impl Iterator<Item = &'a Ev
         .filter(move |e| e.open.as_ref().is_some_and(|o| o.path == p))
 }
 
+/// Events whose decision ended in `action` (`blocked`, `killed`, `alerted`, ...).
+fn with_action<'a>(evs: &'a [Event], action: &'a str) -> impl Iterator<Item = &'a Event> {
+    evs.iter()
+        .filter(move |e| e.decision.as_ref().is_some_and(|x| x.action == action))
+}
+
 fn tgid(e: &Event) -> u32 {
     e.process.as_ref().expect("process").tgid
 }
@@ -1036,10 +1042,7 @@ fn network_rules_block_in_the_kernel_and_monitor_only_records() {
 
     let mid = d.session("net-monitor").id;
     let evs = d.wait_for(&mid, "monitor decisions", |evs| {
-        evs.iter()
-            .filter(|e| e.decision.as_ref().is_some_and(|x| x.action == "alerted"))
-            .count()
-            >= 3
+        with_action(evs, "alerted").count() >= 3
     });
     let alerted = evs
         .iter()
@@ -1375,15 +1378,9 @@ fn denied_opens_and_execs_are_blocked_with_eperm_by_bpf_lsm_or_refused_without_i
         }
         let sid = d.session("b-lsm").id;
         let evs = d.wait_for(&sid, "blocked decisions", |evs| {
-            evs.iter()
-                .filter(|e| e.decision.as_ref().is_some_and(|x| x.action == "blocked"))
-                .count()
-                >= 5
+            with_action(evs, "blocked").count() >= 5
         });
-        let blocked: Vec<_> = evs
-            .iter()
-            .filter(|e| e.decision.as_ref().is_some_and(|x| x.action == "blocked"))
-            .collect();
+        let blocked: Vec<_> = with_action(&evs, "blocked").collect();
         for e in &blocked {
             let dec = e.decision.as_ref().unwrap();
             assert_eq!(
@@ -1431,10 +1428,7 @@ fn denied_opens_and_execs_are_blocked_with_eperm_by_bpf_lsm_or_refused_without_i
     }
     let sid = d.session("b-monitor").id;
     let evs = d.wait_for(&sid, "alerts", |evs| {
-        evs.iter()
-            .filter(|e| e.decision.as_ref().is_some_and(|x| x.action == "alerted"))
-            .count()
-            >= 5
+        with_action(evs, "alerted").count() >= 5
     });
     assert!(
         evs.iter()

@@ -170,6 +170,9 @@ pub enum Cmd {
     /// The audit trail: verify its hash chain, query it, show a session's timeline,
     /// export it (JSON lines or OCSF).
     Audit {
+        /// The audit database (the daemon keeps it as `audit.db` in its state directory).
+        #[arg(long, global = true, default_value = crate::audit::cmd::DEFAULT_DB)]
+        db: PathBuf,
         #[command(subcommand)]
         cmd: crate::audit::cmd::AuditCmd,
     },
@@ -288,7 +291,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
         } => events(socket, follow, session, json),
         Cmd::Status { json } => status(socket, json),
         Cmd::Profile { cmd } => profile(cmd),
-        Cmd::Audit { cmd } => crate::audit::cmd::run(cmd),
+        Cmd::Audit { db, cmd } => crate::audit::cmd::run(&db, cmd),
     }
 }
 

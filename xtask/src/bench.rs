@@ -368,21 +368,24 @@ fn losses_total(st: &Value) -> u64 {
         .map(|n| kernel_counter(st, n))
         .sum();
     let d = &st["daemon_counters"];
-    k + ["decode_errors", "log_write_errors"]
+    // Sinks count too: a record the audit store or stdout dropped is a loss.
+    k + ["decode_errors", "log_write_errors", "stdout_dropped"]
         .iter()
         .filter_map(|n| d[*n].as_u64())
         .sum::<u64>()
+        + st["audit"]["dropped"].as_u64().unwrap_or(0)
 }
 
-/// Waits until the daemon has read every event the kernel submitted, then returns the
-/// losses since `before`.
+/// Waits until the daemon has read every event the kernel submitted and the audit store
+/// has committed its backlog, then returns the losses since `before`.
 fn loss(env: &Env, before: &Value) -> Result<u64> {
     let start = Instant::now();
     loop {
         let st = status(env)?;
         let submitted = kernel_counter(&st, "events_submitted");
         let read = st["daemon_counters"]["records_read"].as_u64().unwrap_or(0);
-        if read >= submitted || start.elapsed() > Duration::from_secs(10) {
+        let backlog = st["audit"]["backlog"].as_u64().unwrap_or(0);
+        if (read >= submitted && backlog == 0) || start.elapsed() > Duration::from_secs(10) {
             return Ok(losses_total(&st) - losses_total(before));
         }
         thread::sleep(Duration::from_millis(50));

@@ -18,22 +18,19 @@ use super::{
 };
 use crate::{output, policy::net::Cidr};
 
-const DEFAULT_DB: &str = "/var/lib/agentwarden/audit.db";
+/// Where the daemon keeps the store by default (`daemon --state-dir`).
+pub const DEFAULT_DB: &str = "/var/lib/agentwarden/audit.db";
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
     /// Check the hash chain: exit 0 when it is whole, 1 naming the first broken record.
     Verify {
-        #[command(flatten)]
-        db: DbArg,
         #[arg(long)]
         json: bool,
     },
     /// Recorded actions with their decisions, filtered; a table or JSON lines with the
     /// full execution context (session, owners, principal, lineage).
     Query {
-        #[command(flatten)]
-        db: DbArg,
         #[command(flatten)]
         filter: FilterArgs,
         #[arg(long)]
@@ -43,15 +40,11 @@ pub enum AuditCmd {
     /// the other filters narrow the actions shown (`--kind exec,connect`, `--decision deny`).
     Timeline {
         #[command(flatten)]
-        db: DbArg,
-        #[command(flatten)]
         filter: FilterArgs,
     },
     /// Records for a SIEM: JSON lines with context, or OCSF (Process, File System and
     /// Network Activity).
     Export {
-        #[command(flatten)]
-        db: DbArg,
         #[command(flatten)]
         filter: FilterArgs,
         #[arg(long, value_enum, default_value_t = Format::Jsonl)]
@@ -60,13 +53,6 @@ pub enum AuditCmd {
         #[arg(long)]
         output: Option<PathBuf>,
     },
-}
-
-#[derive(Args, Debug)]
-pub struct DbArg {
-    /// The audit database (the daemon's state directory holds it as `audit.db`).
-    #[arg(long, default_value = DEFAULT_DB)]
-    db: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -138,10 +124,10 @@ impl FilterArgs {
     }
 }
 
-pub fn run(cmd: AuditCmd) -> Result<ExitCode> {
+pub fn run(db: &std::path::Path, cmd: AuditCmd) -> Result<ExitCode> {
     match cmd {
-        AuditCmd::Verify { db, json } => {
-            let v = super::verify(&db.db)?;
+        AuditCmd::Verify { json } => {
+            let v = super::verify(db)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -167,8 +153,8 @@ pub fn run(cmd: AuditCmd) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        AuditCmd::Query { db, filter, json } => {
-            let conn = store::open_read_only(&db.db)?;
+        AuditCmd::Query { filter, json } => {
+            let conn = store::open_read_only(db)?;
             let mut r = Reader::new(&conn);
             let records = r.query(&filter.filter()?, json)?;
             let out = std::io::stdout();
@@ -181,27 +167,18 @@ pub fn run(cmd: AuditCmd) -> Result<ExitCode> {
                 let rows: Vec<Vec<String>> = records
                     .iter()
                     .map(|rec| {
-                        let e = &rec.event;
-                        let (pid, comm) = e
-                            .process
-                            .as_ref()
-                            .map_or((String::new(), String::new()), |p| {
-                                (p.tgid.to_string(), p.comm.clone())
-                            });
-                        vec![
-                            rec.audit_seq.to_string(),
-                            e.time.clone(),
-                            e.session.name.clone(),
-                            e.session.profile.clone(),
+                        // The `events` row with the chain position, agent and principal.
+                        let mut row = output::event_row(&rec.event);
+                        row.insert(0, rec.audit_seq.to_string());
+                        row.insert(3, rec.event.session.profile.clone());
+                        row.insert(
+                            4,
                             rec.context
                                 .as_ref()
                                 .and_then(|c| c.principal.user.clone())
                                 .unwrap_or_default(),
-                            pid,
-                            comm,
-                            e.kind.clone(),
-                            output::detail(e),
-                        ]
+                        );
+                        row
                     })
                     .collect();
                 write!(
@@ -226,26 +203,26 @@ pub fn run(cmd: AuditCmd) -> Result<ExitCode> {
             w.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        AuditCmd::Timeline { db, filter } => {
+        AuditCmd::Timeline { filter } => {
             let Some(session) = filter.session.clone() else {
                 anyhow::bail!("audit timeline needs --session ID|NAME");
             };
-            let conn = store::open_read_only(&db.db)?;
+            let conn = store::open_read_only(db)?;
             let mut r = Reader::new(&conn);
             let s = r.find_session(&session)?;
             let mut filter = filter.filter()?;
             filter.session = Some(s.session_id.clone());
             let records = r.query(&filter, false)?;
-            print!("{}", timeline::render(&s, &records));
+            let summary = r.summary(&s.session_id)?;
+            print!("{}", timeline::render(&s, &summary, &records));
             Ok(ExitCode::SUCCESS)
         }
         AuditCmd::Export {
-            db,
             filter,
             format,
             output,
         } => {
-            let conn = store::open_read_only(&db.db)?;
+            let conn = store::open_read_only(db)?;
             let mut r = Reader::new(&conn);
             let records = r.query(&filter.filter()?, true)?;
             let mut w: Box<dyn Write> = match &output {

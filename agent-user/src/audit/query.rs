@@ -119,6 +119,14 @@ impl From<SessionRecord> for SessionContext {
     }
 }
 
+/// A session's totals: when it ended, how many actions, denials by what was done.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub ended: Option<String>,
+    pub actions: u64,
+    pub denied: Vec<(String, u64)>,
+}
+
 /// One process on the way from the acting process up to the session's root.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Ancestor {
@@ -168,6 +176,36 @@ impl<'c> Reader<'c> {
             sessions: HashMap::new(),
             processes: HashMap::new(),
         }
+    }
+
+    /// Totals of a session, whatever a timeline's filters show.
+    pub fn summary(&self, session: &str) -> Result<Summary> {
+        let ended = self
+            .conn
+            .query_row(
+                "SELECT time FROM actions WHERE session_id = ?1 AND kind = 'session_end' \
+                 ORDER BY seq DESC LIMIT 1",
+                [session],
+                |r| r.get(0),
+            )
+            .ok();
+        let actions: i64 = self.conn.query_row(
+            "SELECT count(*) FROM actions WHERE session_id = ?1",
+            [session],
+            |r| r.get(0),
+        )?;
+        let mut stmt = self.conn.prepare(
+            "SELECT action, count(*) FROM decisions WHERE session_id = ?1 AND decision = 'deny' \
+             GROUP BY action ORDER BY action",
+        )?;
+        let denied = stmt
+            .query_map([session], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Summary {
+            ended,
+            actions: actions as u64,
+            denied,
+        })
     }
 
     /// The session with this id or name (the newest of that name).

@@ -398,7 +398,12 @@ fn queries_return_context_lineage_and_decisions() {
             false,
         )
         .unwrap();
-    let text = timeline::render(&s, &all);
+    let sum = r.summary(&s.session_id).unwrap();
+    assert_eq!(
+        (sum.actions, sum.denied.clone()),
+        (5, vec![("killed".to_owned(), 1)])
+    );
+    let text = timeline::render(&s, &sum, &all);
     assert!(
         text.contains("business: platform, technical: secops"),
         "{text}"

@@ -3,34 +3,17 @@
 
 use std::{collections::HashMap, fmt::Write as _};
 
-use super::{query::AuditRecord, records::SessionRecord};
+use super::{
+    query::{AuditRecord, Summary},
+    records::SessionRecord,
+};
 use crate::output;
 
-/// Renders the session header and its process tree.
-pub fn render(s: &SessionRecord, records: &[AuditRecord]) -> String {
+/// Renders the session header (from its totals) and the process tree of `records`.
+pub fn render(s: &SessionRecord, sum: &Summary, records: &[AuditRecord]) -> String {
     let mut out = String::new();
-    let ended = records
-        .iter()
-        .rev()
-        .find(|r| r.event.kind == "session_end")
-        .map(|r| r.event.time.clone());
-    let denied: Vec<&AuditRecord> = records
-        .iter()
-        .filter(|r| {
-            r.event
-                .decision
-                .as_ref()
-                .is_some_and(|d| d.decision == "deny")
-        })
-        .collect();
-    let mut by_action: HashMap<&str, usize> = HashMap::new();
-    for r in &denied {
-        if let Some(d) = &r.event.decision {
-            *by_action.entry(d.action.as_str()).or_default() += 1;
-        }
-    }
-    let mut actions: Vec<String> = by_action.iter().map(|(a, n)| format!("{n} {a}")).collect();
-    actions.sort();
+    let denied: u64 = sum.denied.iter().map(|(_, n)| n).sum();
+    let actions: Vec<String> = sum.denied.iter().map(|(a, n)| format!("{n} {a}")).collect();
     let _ = writeln!(out, "session {} ({})", s.session_id, s.name);
     let _ = writeln!(
         out,
@@ -57,17 +40,24 @@ pub fn render(s: &SessionRecord, records: &[AuditRecord]) -> String {
         out,
         "  time       {} → {}",
         s.time,
-        ended.as_deref().unwrap_or("(no end recorded)")
+        sum.ended
+            .as_deref()
+            .unwrap_or("(running, or its end was not recorded)")
     );
     let _ = writeln!(
         out,
-        "  actions    {} recorded, {} denied{}",
-        records.len(),
-        denied.len(),
+        "  actions    {} recorded, {} denied{}{}",
+        sum.actions,
+        denied,
         if actions.is_empty() {
             String::new()
         } else {
             format!(" ({})", actions.join(", "))
+        },
+        if records.len() as u64 == sum.actions {
+            String::new()
+        } else {
+            format!("; {} shown", records.len())
         }
     );
     out.push('\n');
