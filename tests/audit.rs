@@ -201,13 +201,13 @@ fn the_audit_trail_holds_each_action_in_context_and_names_an_edited_row() {
     let db = rusqlite::Connection::open(d.db()).unwrap();
     let seq: i64 = db
         .query_row(
-            "SELECT seq FROM decisions WHERE action = 'killed'",
+            "SELECT action_seq FROM decisions WHERE action = 'killed'",
             [],
             |r| r.get(0),
         )
         .unwrap();
     db.execute(
-        "UPDATE decisions SET action = 'allowed' WHERE seq = ?1",
+        "UPDATE actions SET outcome = 'allowed' WHERE seq = ?1",
         [seq],
     )
     .unwrap();
@@ -216,7 +216,7 @@ fn the_audit_trail_holds_each_action_in_context_and_names_an_edited_row() {
     let msg = String::from_utf8_lossy(&v.stdout);
     assert!(
         msg.contains(&format!(
-            "BROKEN at record {seq}: record {seq} (decisions row seq={seq}) was edited"
+            "BROKEN at record {seq}: record {seq} (actions row seq={seq}) was edited"
         )),
         "{msg}"
     );

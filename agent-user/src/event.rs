@@ -311,6 +311,10 @@ pub struct Event {
     /// Daemon-wide sequence number (restarts at 1 with the daemon).
     pub seq: u64,
     pub time: String,
+    /// `time` in nanoseconds since the epoch, for the audit store (not serialized: 0 in
+    /// an event read back from JSON).
+    #[serde(skip)]
+    pub time_ns: i64,
     /// `exec`, `open`, `connect`, `fork`, `exit`, `session_start`, `session_end`,
     /// `session_map_full`, `loss`.
     pub kind: String,
@@ -341,6 +345,9 @@ impl Event {
         Self {
             seq: 0,
             time: rfc3339(time),
+            time_ns: time
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
             kind: kind.to_owned(),
             session,
             process: None,

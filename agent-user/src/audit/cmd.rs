@@ -169,6 +169,9 @@ pub fn run(db: &std::path::Path, cmd: AuditCmd) -> Result<ExitCode> {
                     .map(|rec| {
                         // The `events` row with the chain position, agent and principal.
                         let mut row = output::event_row(&rec.event);
+                        if let Some(last) = row.last_mut() {
+                            *last = rec.detail();
+                        }
                         row.insert(0, rec.audit_seq.to_string());
                         row.insert(3, rec.event.session.profile.clone());
                         row.insert(

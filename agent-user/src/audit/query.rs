@@ -149,6 +149,22 @@ pub struct AuditRecord {
     /// The acting process first, the session's root last.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lineage: Vec<Ancestor>,
+    /// How many identical actions this record stands for (opens repeated within one
+    /// commit interval), and when the last of them happened.
+    pub repeats: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<String>,
+}
+
+impl AuditRecord {
+    /// The event's one-line detail, with the repeat count when there is one.
+    pub fn detail(&self) -> String {
+        let d = crate::output::detail(&self.event);
+        match (&self.last_time, self.repeats) {
+            (Some(last), n) if n > 1 => format!("{d}  (×{n}, last at {last})"),
+            _ => d,
+        }
+    }
 }
 
 /// A `processes` row.
@@ -195,8 +211,8 @@ impl<'c> Reader<'c> {
             |r| r.get(0),
         )?;
         let mut stmt = self.conn.prepare(
-            "SELECT action, count(*) FROM decisions WHERE session_id = ?1 AND decision = 'deny' \
-             GROUP BY action ORDER BY action",
+            "SELECT outcome, count(*) FROM actions WHERE session_id = ?1 AND decision = 'deny' \
+             GROUP BY outcome ORDER BY outcome",
         )?;
         let denied = stmt
             .query_map([session], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
@@ -329,8 +345,7 @@ impl<'c> Reader<'c> {
     /// Records matching `f`, in chain order.
     pub fn query(&mut self, f: &Filter, with_lineage: bool) -> Result<Vec<AuditRecord>> {
         let mut sql = String::from(
-            "SELECT a.*, d.decision, d.action AS d_action, d.rule, d.enforced_by \
-             FROM actions a LEFT JOIN decisions d ON d.action_seq = a.seq \
+            "SELECT a.* FROM actions a \
              LEFT JOIN sessions s ON s.session_id = a.session_id WHERE 1",
         );
         let mut params: Vec<Value> = Vec::new();
@@ -362,10 +377,10 @@ impl<'c> Reader<'c> {
             bind(&mut sql, " AND a.time_ns < ?", Value::Integer(t));
         }
         if let Some(d) = &f.decision {
-            bind(&mut sql, " AND d.decision = ?", Value::Text(d.clone()));
+            bind(&mut sql, " AND a.decision = ?", Value::Text(d.clone()));
         }
         if let Some(a) = &f.action {
-            bind(&mut sql, " AND d.action = ?", Value::Text(a.clone()));
+            bind(&mut sql, " AND a.outcome = ?", Value::Text(a.clone()));
         }
         if let Some(p) = &f.path_prefix {
             bind(
@@ -396,6 +411,12 @@ impl<'c> Reader<'c> {
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let (seq, event) = event_from_row(r)?;
+            let repeats = r.get::<_, i64>("repeats")? as u64;
+            let last_time = r.get::<_, Option<i64>>("last_time_ns")?.map(|ns| {
+                crate::event::rfc3339(
+                    SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64),
+                )
+            });
             if let Some(net) = &f.dest {
                 let ip = event
                     .net
@@ -407,7 +428,7 @@ impl<'c> Reader<'c> {
                     continue;
                 }
             }
-            out.push((seq, event));
+            out.push((seq, event, repeats, last_time));
             if f.limit.is_some_and(|l| out.len() >= l) {
                 break;
             }
@@ -415,7 +436,7 @@ impl<'c> Reader<'c> {
         drop(rows);
         drop(stmt);
         let mut records = Vec::with_capacity(out.len());
-        for (seq, mut event) in out {
+        for (seq, mut event, repeats, last_time) in out {
             let sid = event.session.id.clone();
             let context = if sid.is_empty() {
                 None
@@ -435,6 +456,8 @@ impl<'c> Reader<'c> {
                 event,
                 context,
                 lineage,
+                repeats,
+                last_time,
             });
         }
         Ok(records)
@@ -466,7 +489,11 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
         },
     );
     ev.seq = r.get::<_, i64>("event_seq")? as u64;
-    ev.time = r.get("time")?;
+    let ns: i64 = r.get("time_ns")?;
+    ev.time_ns = ns;
+    ev.time = crate::event::rfc3339(
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64),
+    );
     let u32_of = |v: Option<i64>| v.unwrap_or(0) as u32;
     if let Some(pid) = get_i("pid")? {
         ev.process = Some(ProcessInfo {
@@ -494,18 +521,17 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
             });
         }
         "open" => {
+            let flags_raw = get_i("flags")?.unwrap_or(0) as u32;
             ev.open = Some(OpenInfo {
-                syscall: x_str("syscall"),
+                syscall: get_s("op")?.unwrap_or_default(),
                 path: path.unwrap_or_default(),
                 path_resolved: get_i("path_resolved")? == Some(1),
                 path_truncated: x_bool("path_truncated"),
-                flags: get_s("flags")?
-                    .unwrap_or_default()
-                    .split('|')
-                    .filter(|f| !f.is_empty())
+                flags: crate::event::open_flag_names(flags_raw)
+                    .into_iter()
                     .map(str::to_owned)
                     .collect(),
-                flags_raw: extra["flags_raw"].as_u64().unwrap_or(0) as u32,
+                flags_raw,
                 result,
             });
         }
@@ -551,7 +577,7 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
     if let Some(decision) = get_s("decision")? {
         ev.decision = Some(DecisionInfo {
             decision,
-            action: get_s("d_action")?.unwrap_or_default(),
+            action: get_s("outcome")?.unwrap_or_default(),
             rule: get_s("rule")?.unwrap_or_default(),
             enforced_by: get_s("enforced_by")?.unwrap_or_default(),
         });

@@ -38,6 +38,49 @@ pub enum Item {
     Event(Arc<Event>),
 }
 
+/// What makes two opens the same action: the same process opening the same file the
+/// same way with the same outcome and decision (the fd number aside). Within one commit
+/// such repeats are stored as one row with a count (`repeats`) and the last time.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct RepeatKey<'a> {
+    session: &'a str,
+    tgid: u32,
+    path: &'a str,
+    flags: u32,
+    /// 0 for success, the errno otherwise.
+    error: i64,
+    outcome: Option<&'a str>,
+    rule: Option<&'a str>,
+}
+
+pub fn repeat_key(ev: &Event) -> Option<RepeatKey<'_>> {
+    let o = ev.open.as_ref()?;
+    Some(RepeatKey {
+        session: &ev.session.id,
+        tgid: ev.process.as_ref()?.tgid,
+        path: &o.path,
+        flags: o.flags_raw,
+        error: o.result.min(0),
+        outcome: ev.decision.as_ref().map(|d| d.action.as_str()),
+        rule: ev.decision.as_ref().map(|d| d.rule.as_str()),
+    })
+}
+
+/// Counts one more repeat into an `actions` row made by [`event_rows`].
+pub fn add_repeat(action: &mut [Value], time_ns: i64) {
+    let at = |c: &str| {
+        super::schema::ACTIONS
+            .columns
+            .iter()
+            .position(|x| *x == c)
+            .expect("a column of actions")
+    };
+    if let Value::Integer(n) = &mut action[at("repeats")] {
+        *n += 1;
+    }
+    action[at("last_time_ns")] = Value::Integer(time_ns);
+}
+
 /// Nanoseconds since the epoch of an RFC 3339 time (0 when it does not parse).
 pub fn time_ns(t: &str) -> i64 {
     humantime::parse_rfc3339(t)
@@ -93,17 +136,19 @@ impl SessionRecord {
     }
 }
 
-/// The rows one event becomes: its action, the decision (its `action_seq` is filled in
-/// by the writer), and a process row where the event starts a process or an image.
+/// The rows one event becomes: its action (with the decision, if any), and a process
+/// row where the event starts a process or an image.
 pub struct EventRows {
     pub action: Vec<Value>,
-    /// Content after `action_seq`.
-    pub decision: Option<Vec<Value>>,
     pub process: Option<Vec<Value>>,
 }
 
 pub fn event_rows(ev: &Event) -> EventRows {
-    let t = time_ns(&ev.time);
+    let t = if ev.time_ns != 0 {
+        ev.time_ns
+    } else {
+        time_ns(&ev.time)
+    };
     let p = ev.process.as_ref();
     let mut extra = serde_json::Map::new();
     let (mut path, mut path_resolved, mut argv, mut cwd, mut flags) =
@@ -125,10 +170,10 @@ pub fn event_rows(ev: &Event) -> EventRows {
     if let Some(o) = &ev.open {
         path = Some(o.path.clone());
         path_resolved = Some(i64::from(o.path_resolved));
-        flags = Some(o.flags.join("|"));
+        // The raw flags: their names are derived when read.
+        flags = Some(i64::from(o.flags_raw));
+        op = Some(o.syscall.clone());
         result = Some(o.result);
-        extra.insert("syscall".into(), o.syscall.clone().into());
-        extra.insert("flags_raw".into(), o.flags_raw.into());
         if o.path_truncated {
             extra.insert("path_truncated".into(), true.into());
         }
@@ -166,7 +211,6 @@ pub fn event_rows(ev: &Event) -> EventRows {
     let action = vec![
         int(ev.seq as i64),
         int(t),
-        text(ev.time.clone()),
         session_id(ev),
         text(ev.kind.clone()),
         opt_int(p.map(|p| p.pid)),
@@ -181,7 +225,7 @@ pub fn event_rows(ev: &Event) -> EventRows {
         opt_int(path_resolved),
         opt_text(argv.as_deref()),
         opt_text(cwd.as_deref()),
-        opt_text(flags.as_deref()),
+        opt_int(flags),
         opt_text(address.as_deref()),
         opt_int(port),
         opt_text(protocol.as_deref()),
@@ -194,17 +238,17 @@ pub fn event_rows(ev: &Event) -> EventRows {
         } else {
             text(serde_json::Value::Object(extra).to_string())
         },
+        int(1),
+        Value::Null,
     ];
-    let decision = ev.decision.as_ref().map(|d| {
-        vec![
-            int(t),
-            session_id(ev),
-            text(d.decision.clone()),
-            text(d.action.clone()),
-            text(d.rule.clone()),
-            text(d.enforced_by.clone()),
-        ]
-    });
+    let d = ev.decision.as_ref();
+    let mut action = action;
+    action.extend([
+        opt_text(d.map(|d| d.decision.as_str())),
+        opt_text(d.map(|d| d.action.as_str())),
+        opt_text(d.map(|d| d.rule.as_str())),
+        opt_text(d.map(|d| d.enforced_by.as_str())),
+    ]);
     // A refused exec left the old image running.
     let refused = ev
         .decision
@@ -247,11 +291,7 @@ pub fn event_rows(ev: &Event) -> EventRows {
         )),
         _ => None,
     };
-    EventRows {
-        action,
-        decision,
-        process,
-    }
+    EventRows { action, process }
 }
 
 #[expect(
@@ -280,6 +320,5 @@ fn process_row(
         opt_int(p.map(|p| p.uid)),
         opt_text(p.and_then(|p| p.user.as_deref())),
         int(t),
-        text(ev.time.clone()),
     ]
 }

@@ -52,7 +52,6 @@ pub const PROCESSES: Table = Table {
         "uid",
         "user",
         "time_ns",
-        "time",
     ],
 };
 
@@ -61,7 +60,6 @@ pub const ACTIONS: Table = Table {
     columns: &[
         "event_seq",
         "time_ns",
-        "time",
         "session_id",
         "kind",
         "pid",
@@ -85,17 +83,10 @@ pub const ACTIONS: Table = Table {
         "exit_code",
         "exit_signal",
         "extra",
-    ],
-};
-
-pub const DECISIONS: Table = Table {
-    name: "decisions",
-    columns: &[
-        "action_seq",
-        "time_ns",
-        "session_id",
+        "repeats",
+        "last_time_ns",
         "decision",
-        "action",
+        "outcome",
         "rule",
         "enforced_by",
     ],
@@ -106,7 +97,7 @@ pub const CHECKPOINTS: Table = Table {
     columns: &["time_ns", "time", "kept_from", "anchor", "pruned", "reason"],
 };
 
-pub const TABLES: [&Table; 5] = [&SESSIONS, &PROCESSES, &ACTIONS, &DECISIONS, &CHECKPOINTS];
+pub const TABLES: [&Table; 4] = [&SESSIONS, &PROCESSES, &ACTIONS, &CHECKPOINTS];
 
 impl Table {
     pub fn by_name(name: &str) -> Option<&'static Table> {
@@ -170,7 +161,6 @@ CREATE TABLE processes (
     uid INTEGER,
     user TEXT,
     time_ns INTEGER NOT NULL,
-    time TEXT NOT NULL,
     prev_hash BLOB NOT NULL,
     hash BLOB NOT NULL
 ) STRICT;
@@ -180,7 +170,6 @@ CREATE TABLE actions (
     seq INTEGER PRIMARY KEY,
     event_seq INTEGER NOT NULL,
     time_ns INTEGER NOT NULL,
-    time TEXT NOT NULL,
     session_id TEXT,
     kind TEXT NOT NULL,
     pid INTEGER,
@@ -195,7 +184,7 @@ CREATE TABLE actions (
     path_resolved INTEGER,
     argv TEXT,
     cwd TEXT,
-    flags TEXT,
+    flags INTEGER,
     address TEXT,
     port INTEGER,
     protocol TEXT,
@@ -204,27 +193,25 @@ CREATE TABLE actions (
     exit_code INTEGER,
     exit_signal INTEGER,
     extra TEXT,
+    repeats INTEGER NOT NULL,
+    last_time_ns INTEGER,
+    decision TEXT,
+    outcome TEXT,
+    rule TEXT,
+    enforced_by TEXT,
     prev_hash BLOB NOT NULL,
     hash BLOB NOT NULL
 ) STRICT;
+-- Few indexes: each one is paid on every insert, at the rate the agents act.
 CREATE INDEX actions_by_session ON actions (session_id, seq);
 CREATE INDEX actions_by_time ON actions (time_ns);
-CREATE INDEX actions_by_path ON actions (path) WHERE path IS NOT NULL;
-CREATE INDEX actions_by_address ON actions (address) WHERE address IS NOT NULL;
+CREATE INDEX actions_denied ON actions (seq) WHERE decision = 'deny';
 
-CREATE TABLE decisions (
-    seq INTEGER PRIMARY KEY,
-    action_seq INTEGER NOT NULL,
-    time_ns INTEGER NOT NULL,
-    session_id TEXT,
-    decision TEXT NOT NULL,
-    action TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    enforced_by TEXT NOT NULL,
-    prev_hash BLOB NOT NULL,
-    hash BLOB NOT NULL
-) STRICT;
-CREATE UNIQUE INDEX decisions_by_action ON decisions (action_seq);
+-- The policy decisions: the actions that have one.
+CREATE VIEW decisions AS
+SELECT seq AS action_seq, time_ns, session_id, kind, decision, outcome AS action, rule,
+       enforced_by
+FROM actions WHERE decision IS NOT NULL;
 
 CREATE TABLE checkpoints (
     seq INTEGER PRIMARY KEY,
@@ -241,15 +228,15 @@ CREATE TABLE checkpoints (
 -- One row per action with its decision and its session's context: what `audit query`
 -- reads, and the easiest place to start a query by hand.
 CREATE VIEW audit_log AS
-SELECT a.seq, a.time, a.time_ns, a.session_id, s.name AS session_name, s.agent,
+SELECT a.seq, strftime('%Y-%m-%dT%H:%M:%fZ', a.time_ns / 1e9, 'unixepoch') AS time,
+       a.time_ns, a.session_id, s.name AS session_name, s.agent,
        s.profile_sha256, s.business_owner, s.technical_owner, s.principal_uid,
        s.principal_user, s.enrolment, s.host,
        a.kind, a.pid, a.tgid, a.ppid, a.uid, a.user, a.comm, a.exe, a.path, a.argv, a.cwd,
        a.flags, a.address, a.port, a.protocol, a.op, a.result, a.exit_code, a.exit_signal,
-       d.decision, d.action, d.rule, d.enforced_by
+       a.repeats, a.decision, a.outcome AS action, a.rule, a.enforced_by
 FROM actions a
-LEFT JOIN sessions s ON s.session_id = a.session_id
-LEFT JOIN decisions d ON d.action_seq = a.seq;
+LEFT JOIN sessions s ON s.session_id = a.session_id;
 ";
 
 /// Brings a database opened for writing to [`VERSION`]; refuses a newer one.

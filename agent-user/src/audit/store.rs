@@ -13,6 +13,7 @@
 //! `kill -9` of the daemon can lose (plus the reader's coalescing delay).
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -30,8 +31,8 @@ use tracing::{info, warn};
 
 use super::{
     chain::{GENESIS, Hash, Head, hex, link_hash},
-    records::{Item, event_rows},
-    schema::{self, ACTIONS, CHECKPOINTS, DECISIONS, PROCESSES, SESSIONS, TABLES, Table},
+    records::{Item, RepeatKey, add_repeat, event_rows, repeat_key},
+    schema::{self, ACTIONS, CHECKPOINTS, PROCESSES, SESSIONS, TABLES, Table},
 };
 
 /// Longest a record waits in a batch before it is committed.
@@ -188,7 +189,6 @@ struct Writer {
     hash: Hash,
     max_age: Option<Duration>,
     max_bytes: Option<u64>,
-    inserts: Vec<(&'static str, String)>,
 }
 
 impl Writer {
@@ -205,6 +205,7 @@ impl Writer {
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "cache_size", -16384)?;
         conn.busy_timeout(Duration::from_millis(250))?;
         schema::migrate(&mut conn)
             .with_context(|| format!("migrating audit database {}", cfg.path.display()))?;
@@ -217,7 +218,6 @@ impl Writer {
             hash,
             max_age: cfg.max_age,
             max_bytes: cfg.max_bytes,
-            inserts: TABLES.iter().map(|t| (t.name, t.insert_sql())).collect(),
         })
     }
 
@@ -298,25 +298,33 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut link = (self.seq, self.hash);
+        let mut rows: Vec<(&Table, Vec<Value>)> = Vec::with_capacity(batch.len());
+        let mut seen: HashMap<RepeatKey<'_>, usize> = HashMap::new();
         for item in batch {
             match item {
-                Item::Session(s) => {
-                    append(&tx, &self.inserts, &mut link, &SESSIONS, s.row())?;
-                }
+                Item::Session(s) => rows.push((&SESSIONS, s.row())),
                 Item::Event(ev) => {
-                    let rows = event_rows(ev);
-                    let action = append(&tx, &self.inserts, &mut link, &ACTIONS, rows.action)?;
-                    if let Some(mut d) = rows.decision {
-                        d.insert(0, Value::Integer(action));
-                        append(&tx, &self.inserts, &mut link, &DECISIONS, d)?;
+                    if let Some(key) = repeat_key(ev) {
+                        if let Some(&i) = seen.get(&key) {
+                            add_repeat(&mut rows[i].1, ev.time_ns);
+                            continue;
+                        }
+                        seen.insert(key, rows.len());
                     }
-                    if let Some(p) = rows.process {
-                        append(&tx, &self.inserts, &mut link, &PROCESSES, p)?;
+                    let r = event_rows(ev);
+                    rows.push((&ACTIONS, r.action));
+                    if let Some(p) = r.process {
+                        rows.push((&PROCESSES, p));
                     }
                 }
             }
         }
+        let mut link = (self.seq, self.hash);
+        let mut ins = Inserts::new(&tx)?;
+        for (table, values) in &rows {
+            ins.append(&mut link, table, values)?;
+        }
+        drop(ins);
         tx.commit()?;
         (self.seq, self.hash) = link;
         Ok(())
@@ -391,12 +399,10 @@ impl Writer {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
         let mut link = (self.seq, self.hash);
-        append(
-            &tx,
-            &self.inserts,
+        Inserts::new(&tx)?.append(
             &mut link,
             &CHECKPOINTS,
-            vec![
+            &[
                 Value::Integer(now_ns),
                 Value::Text(crate::event::rfc3339(now)),
                 Value::Integer(keep_from),
@@ -427,34 +433,35 @@ impl Writer {
     }
 }
 
-/// Appends one record to the chain; returns its seq.
-fn append(
-    tx: &rusqlite::Transaction<'_>,
-    inserts: &[(&'static str, String)],
-    link: &mut (i64, Hash),
-    table: &Table,
-    values: Vec<Value>,
-) -> Result<i64> {
-    let seq = link.0 + 1;
-    let hash = link_hash(
-        &link.1,
-        seq,
-        table.name,
-        values.iter().map(rusqlite::types::ValueRef::from),
-    );
-    let sql = inserts
-        .iter()
-        .find(|(n, _)| *n == table.name)
-        .map(|(_, s)| s.as_str())
-        .unwrap_or_default();
-    let mut stmt = tx.prepare_cached(sql)?;
-    let params = std::iter::once(Value::Integer(seq))
-        .chain(values)
-        .chain([Value::Blob(link.1.to_vec()), Value::Blob(hash.to_vec())]);
-    stmt.execute(rusqlite::params_from_iter(params))
-        .with_context(|| format!("inserting record {seq} into {}", table.name))?;
-    *link = (seq, hash);
-    Ok(seq)
+/// The inserts of one transaction, prepared once for its whole batch.
+struct Inserts<'t>(Vec<(&'static str, rusqlite::Statement<'t>)>);
+
+impl<'t> Inserts<'t> {
+    fn new(tx: &'t rusqlite::Transaction<'_>) -> Result<Self> {
+        let stmts = TABLES
+            .iter()
+            .map(|t| Ok((t.name, tx.prepare(&t.insert_sql())?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self(stmts))
+    }
+
+    /// Appends one record to the chain; returns its seq.
+    fn append(&mut self, link: &mut (i64, Hash), table: &Table, values: &[Value]) -> Result<i64> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        let seq = link.0 + 1;
+        let hash = link_hash(&link.1, seq, table.name, values.iter().map(ValueRef::from));
+        let Some((_, stmt)) = self.0.iter_mut().find(|(n, _)| *n == table.name) else {
+            anyhow::bail!("no table {}", table.name);
+        };
+        let params = std::iter::once(ValueRef::Integer(seq))
+            .chain(values.iter().map(ValueRef::from))
+            .chain([ValueRef::Blob(&link.1), ValueRef::Blob(&hash)])
+            .map(ToSqlOutput::Borrowed);
+        stmt.execute(rusqlite::params_from_iter(params))
+            .with_context(|| format!("inserting record {seq} into {}", table.name))?;
+        *link = (seq, hash);
+        Ok(seq)
+    }
 }
 
 fn min_seq(conn: &Connection) -> Result<Option<i64>> {

@@ -7,7 +7,6 @@ use super::{
     query::{AuditRecord, Summary},
     records::SessionRecord,
 };
-use crate::output;
 
 /// Renders the session header (from its totals) and the process tree of `records`.
 pub fn render(s: &SessionRecord, sum: &Summary, records: &[AuditRecord]) -> String {
@@ -98,7 +97,7 @@ pub fn render(s: &SessionRecord, sum: &Summary, records: &[AuditRecord]) -> Stri
             "{}  {:<13} {}",
             short_time(&r.event.time),
             r.event.kind,
-            output::detail(&r.event)
+            r.detail()
         );
     }
     out
@@ -150,7 +149,7 @@ impl Tree<'_> {
                 "{indent}    {}  {:<13} {}",
                 short_time(&r.event.time),
                 r.event.kind,
-                output::detail(&r.event)
+                r.detail()
             );
             if let Some(f) = &r.event.fork
                 && r.event.kind == "fork"
