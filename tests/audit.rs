@@ -232,20 +232,20 @@ fn kill_9_loses_less_than_the_documented_window_and_the_store_survives_a_restart
     let Some(d) = Daemon::start() else { return };
     let work = tempfile::tempdir().unwrap();
     let dir = fs::canonicalize(work.path()).unwrap();
+    // Opens of files that do not exist: each path is unique and the failed open is
+    // still recorded (with the path as passed).
     let marks = dir.join("m");
-    fs::create_dir_all(&marks).unwrap();
-    const N: usize = 3000;
-    for i in 0..N {
-        fs::write(marks.join(i.to_string()), "").unwrap();
-    }
-    let times = dir.join("times");
-    // About 1000 opens a second for 3 s, each timed just before it is made.
+    let (times, stop) = (dir.join("times"), dir.join("stop"));
+    // About 1000 opens a second until told to stop, each timed just before it is made.
     let script = format!(
-        "import os, time\nts = []\nfor i in range({N}):\n    ts.append(time.time_ns())\n    \
-         os.close(os.open('{m}/%d' % i, os.O_RDONLY))\n    time.sleep(0.001)\n\
+        "import os, time\nts = []\ni = 0\n\
+         while not os.path.exists('{stop}') and i < 200000:\n    ts.append(time.time_ns())\n    \
+         try:\n        os.close(os.open('{m}/%d' % i, os.O_RDONLY))\n    \
+         except OSError:\n        pass\n    i += 1\n    time.sleep(0.001)\n\
          open('{t}', 'w').write('\\n'.join(map(str, ts)))\n",
         m = marks.display(),
-        t = times.display()
+        t = times.display(),
+        stop = stop.display()
     );
     let mut load = d
         .cli()
@@ -255,7 +255,7 @@ fn kill_9_loses_less_than_the_documented_window_and_the_store_survives_a_restart
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill once a third of the opens happened.
+    // Kill a second after the opens began.
     let start = Instant::now();
     let first = marks.join("0").display().to_string();
     loop {
@@ -275,6 +275,9 @@ fn kill_9_loses_less_than_the_documented_window_and_the_store_survives_a_restart
         .unwrap()
         .as_nanos() as i64;
     let dir_kept = d.kill9();
+    // The workload goes on unwatched a little longer, then stops.
+    thread::sleep(Duration::from_millis(300));
+    fs::write(&stop, "").unwrap();
     let status = load.wait().unwrap();
     assert!(status.success(), "the workload runs on unwatched: {status}");
     let t: Vec<i64> = fs::read_to_string(&times)
@@ -282,6 +285,10 @@ fn kill_9_loses_less_than_the_documented_window_and_the_store_survives_a_restart
         .lines()
         .map(|l| l.parse().unwrap())
         .collect();
+    assert!(
+        t.last().is_some_and(|l| *l > killed_at),
+        "the workload was still running at the kill"
+    );
 
     let d = Daemon::spawn_in(dir_kept, &[]);
     let v = d.audit(&["verify"]);

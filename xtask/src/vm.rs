@@ -48,7 +48,7 @@ pub const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
 /// The active LSMs of the guest: Debian's defaults plus `bpf`.
 const LSM_APPEND: &str = "lsm=lockdown,capability,landlock,yama,apparmor,bpf";
 /// One kernel's boot and test run; past it the guest counts as stalled.
-const PER_KERNEL_TIMEOUT: Duration = Duration::from_secs(600);
+const PER_KERNEL_TIMEOUT: Duration = Duration::from_secs(900);
 /// Printed by the guest after the tests; a guest that never prints it did not report.
 const EXIT_MARKER: &str = "AGENTWARDEN_VM_EXIT=";
 /// Lines the LSM tests print when their refusals took effect, by test: a guest whose
