@@ -12,11 +12,15 @@ use std::{
     thread::JoinHandle,
 };
 
-/// Lines that may wait for stdout before new ones are dropped.
-const QUEUE: usize = 65_536;
+/// Batches (one per drain of the ring buffer) that may wait for stdout before new ones
+/// are dropped.
+const QUEUE: usize = 1024;
 
 pub struct StdoutSink {
     tx: Option<SyncSender<String>>,
+    /// Lines collected since the last flush, and how many.
+    pending: String,
+    lines: u64,
     dropped: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
@@ -45,17 +49,31 @@ impl StdoutSink {
             })?;
         Ok(Self {
             tx: Some(tx),
+            pending: String::new(),
+            lines: 0,
             dropped: Arc::new(AtomicU64::new(0)),
             thread: Some(thread),
         })
     }
 
-    /// Queues a line; never blocks. A full queue drops it and counts the drop.
-    pub fn send(&self, line: String) {
+    /// Collects a line for the next flush.
+    pub fn send(&mut self, line: &str) {
+        self.pending.push_str(line);
+        self.lines += 1;
+    }
+
+    /// Hands the collected lines over; never blocks. A full queue drops them and counts
+    /// the lines dropped.
+    pub fn flush(&mut self) {
+        if self.lines == 0 {
+            return;
+        }
+        let lines = std::mem::take(&mut self.lines);
+        let batch = std::mem::take(&mut self.pending);
         if let Some(tx) = &self.tx
-            && tx.try_send(line).is_err()
+            && tx.try_send(batch).is_err()
         {
-            self.dropped.fetch_add(1, Relaxed);
+            self.dropped.fetch_add(lines, Relaxed);
         }
     }
 
@@ -65,6 +83,7 @@ impl StdoutSink {
 
     /// Writes what is queued and stops the thread.
     pub fn close(&mut self) {
+        self.flush();
         self.tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -35,6 +35,26 @@ fn first_match(
         .map(|i| format!("{}:{} ({field}[{i}])", p.source, list[i].line))
 }
 
+/// Whether the kernel's decision is the whole decision for `access`: the default allows,
+/// every deny rule has a kernel form and no allow list names a rule. A path the kernel
+/// let through is then allowed by the category default, and userspace need not match it.
+pub fn kernel_decides(p: &Profile, access: Access) -> bool {
+    use super::pattern::KernelForm;
+    let (default, deny, allows): (_, &[Located<Pattern>], [&[Located<Pattern>]; 2]) = match access {
+        Access::Exec => (p.file.exec.default, &p.exec_deny, [&p.exec_allow, &[]]),
+        Access::Read | Access::Write => (
+            p.file.files.default,
+            &p.files_deny,
+            [&p.files_read, &p.files_write],
+        ),
+    };
+    default == Default::Allow
+        && deny
+            .iter()
+            .all(|l| l.value.kernel_form() != KernelForm::UserspaceOnly)
+        && allows.iter().all(|a| a.is_empty())
+}
+
 /// Deny wins over allow; then the allow lists; then the category default.
 pub fn decide(p: &Profile, access: Access, path: &str, home: &str) -> Verdict {
     let (category, default, deny, allows): (_, _, Rules<'_>, Vec<Rules<'_>>) = match access {

@@ -249,6 +249,9 @@ pub struct Profile {
     pub net_deny: Vec<Located<CompiledDestination>>,
     /// Non-fatal findings (e.g. rules that can only alert).
     pub warnings: Vec<Diagnostic>,
+    /// For exec and files: whether the kernel's decision is the whole decision
+    /// ([`decide::kernel_decides`]).
+    pub kernel_decides: [bool; 2],
 }
 
 /// Parses and validates one profile; `source` names it in diagnostics.
@@ -319,7 +322,7 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
-    Ok(Profile {
+    let mut p = Profile {
         source: source.to_owned(),
         sha256: {
             use sha2::Digest as _;
@@ -334,7 +337,13 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
         net_allow,
         net_deny,
         warnings: c.warnings,
-    })
+        kernel_decides: [false; 2],
+    };
+    p.kernel_decides = [
+        decide::kernel_decides(&p, decide::Access::Exec),
+        decide::kernel_decides(&p, decide::Access::Read),
+    ];
+    Ok(p)
 }
 
 /// Reads and parses a profile file.

@@ -85,3 +85,29 @@ fn field_paths_from_indentation() {
     assert_eq!(field_at(text, 7), "network.allow");
     assert_eq!(field_at(text, 1), "a");
 }
+
+/// Userspace adds nothing to the kernel's decision (and the daemon skips matching) only
+/// where the default allows, every deny rule has a kernel form and no allow list exists.
+#[test]
+fn the_kernel_decides_alone_only_without_allow_lists_or_alert_only_rules() {
+    let kd = |body: &str| {
+        parse("t.yaml", &format!("{HEAD}{body}"))
+            .unwrap()
+            .kernel_decides
+    };
+    assert_eq!(
+        kd("exec:\n  deny: [/usr/bin/nc]\nfiles:\n  deny: [~/.ssh/**, \"**/.env\"]\n"),
+        [true, true]
+    );
+    assert_eq!(kd("files:\n  deny: [\"/**/*.pem\"]\n"), [true, false]);
+    assert_eq!(kd("files:\n  read: [/srv/**]\n"), [true, false]);
+    assert_eq!(
+        kd("exec:\n  default: deny\n  allow: [/usr/bin/**]\n"),
+        [false, true]
+    );
+    let shipped = crate::profiles::ProfileSet::embedded().unwrap();
+    assert_eq!(
+        shipped.get("claude-code").unwrap().kernel_decides,
+        [true, true]
+    );
+}
