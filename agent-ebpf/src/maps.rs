@@ -17,7 +17,7 @@ pub static SESSIONS: HashMap<u32, SessionEntry> =
 
 /// Events to the daemon.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
 /// Per-CPU counters, indexed by [`Stat`].
 #[map]

@@ -111,6 +111,9 @@ pub struct Registry {
     sessions: BTreeMap<u64, Session>,
     /// Executable per live tgid, for enrichment.
     exe: HashMap<u32, String>,
+    /// Working directory per live tgid at its last exec (inherited at fork): makes a
+    /// relative path absolute when the process is gone before its event is handled.
+    cwd: HashMap<u32, String>,
 }
 
 impl Registry {
@@ -160,10 +163,19 @@ impl Registry {
         if let Some(exe) = self.exe.get(&parent).cloned() {
             self.exe.insert(child, exe);
         }
+        if let Some(cwd) = self.cwd.get(&parent).cloned() {
+            self.cwd.insert(child, cwd);
+        }
     }
 
-    pub fn on_exec(&mut self, tgid: u32, exe: &str) {
+    pub fn on_exec(&mut self, tgid: u32, exe: &str, cwd: &str) {
         self.exe.insert(tgid, exe.to_owned());
+        self.cwd.insert(tgid, cwd.to_owned());
+    }
+
+    /// The working directory `tgid` had at its last exec.
+    pub fn cwd_of(&self, tgid: u32) -> Option<&str> {
+        self.cwd.get(&tgid).map(String::as_str)
     }
 
     pub fn exe_of(&self, tgid: u32) -> Option<&str> {
@@ -177,6 +189,7 @@ impl Registry {
     /// Records an exit; returns true when it ended the session.
     pub fn on_exit(&mut self, id: u64, tgid: u32, now: SystemTime) -> bool {
         self.exe.remove(&tgid);
+        self.cwd.remove(&tgid);
         let Some(s) = self.sessions.get_mut(&id) else {
             return false;
         };
@@ -254,14 +267,18 @@ mod tests {
     }
 
     #[test]
-    fn exe_is_inherited_at_fork_and_replaced_at_exec() {
+    fn exe_and_cwd_are_inherited_at_fork_and_replaced_at_exec() {
         let mut r = Registry::default();
         r.create(1, new("a"), &[100]);
-        r.on_exec(100, "/usr/bin/bash");
+        r.on_exec(100, "/usr/bin/bash", "/home/a");
         r.on_fork(1, 100, 101);
         assert_eq!(r.exe_of(101), Some("/usr/bin/bash"));
-        r.on_exec(101, "/usr/bin/cat");
+        assert_eq!(r.cwd_of(101), Some("/home/a"));
+        r.on_exec(101, "/usr/bin/cat", "/tmp");
         assert_eq!(r.exe_of(101), Some("/usr/bin/cat"));
+        assert_eq!(r.cwd_of(101), Some("/tmp"));
+        r.on_exit(1, 101, SystemTime::now());
+        assert_eq!(r.cwd_of(101), None);
         assert_eq!(r.by_name("a").map(|s| s.id), Some(1));
         assert_eq!(parse_id(&format_id(0xdead_beef)), Some(0xdead_beef));
     }

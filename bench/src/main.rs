@@ -169,9 +169,18 @@ fn connect_loop(iters: u64, udp: bool) -> Result<serde_json::Value> {
         });
     }
     timed(iters, || {
-        TcpStream::connect(addr).context("connect")?;
+        tcp_once(addr).context("connect")?;
         Ok(())
     })
+}
+
+/// One TCP connect, closed with a reset: a normal close leaves the port in TIME_WAIT, and
+/// tens of thousands of them exhaust the ephemeral ports and make `connect` itself slow
+/// (the first bench runs measured that, not agentwarden).
+fn tcp_once(addr: SocketAddr) -> std::io::Result<()> {
+    let s = TcpStream::connect(addr)?;
+    rustix::net::sockopt::set_socket_linger(&s, Some(Duration::ZERO))?;
+    Ok(())
 }
 
 fn mix(rate: u64, secs: f64, path: &Path, threads: u64) -> Result<serde_json::Value> {
@@ -200,7 +209,7 @@ fn mix(rate: u64, secs: f64, path: &Path, threads: u64) -> Result<serde_json::Va
                             if n % 1_000 == 999 {
                                 exec_true()?;
                             } else if n % 50 == 49 {
-                                TcpStream::connect(addr)?;
+                                tcp_once(addr)?;
                             } else {
                                 open_once(path)?;
                             }

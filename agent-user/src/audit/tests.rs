@@ -512,31 +512,3 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     // What did land is a whole chain.
     assert_eq!(verify(&db).unwrap().broken, None);
 }
-
-#[test]
-#[ignore = "ad-hoc throughput probe"]
-fn probe_writer_throughput() {
-    let dir = tempfile::tempdir().unwrap();
-    let items = session_items(0);
-    let n = 200_000;
-    let mut sink = AuditSink::open(AuditConfig {
-        path: dir.path().join(AUDIT_DB),
-        queue: n + 10,
-        max_age: None,
-        max_bytes: None,
-    })
-    .unwrap();
-    let start = std::time::Instant::now();
-    for i in items.iter().skip(5).cycle().take(n) {
-        sink.send(i.clone());
-    }
-    sink.flush();
-    let sent = start.elapsed();
-    sink.close();
-    let all = start.elapsed();
-    eprintln!(
-        "sent {n} in {sent:?}, committed in {all:?}: {:.0}/s {:?}",
-        n as f64 / all.as_secs_f64(),
-        sink.stats().snapshot()
-    );
-}

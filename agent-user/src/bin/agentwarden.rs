@@ -13,13 +13,14 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> ExitCode {
     // Memory freed after start-up (kernel BTF parsing, program loading) and after a burst
-    // goes back to the system a second later instead of staying resident: the idle
-    // daemon's heap drops from ~65 MiB to ~20 MiB (measured with /proc/PID/status). Not
-    // sooner: under load, memory purged at once is faulted straight back in.
+    // goes back to the system (a second later, or when the daemon collects while idle)
+    // instead of staying resident: the idle daemon's heap drops from ~65 MiB to ~13 MiB
+    // (/proc/PID/status). Not sooner: under load, pages purged at once were faulted
+    // (and zeroed) straight back in, half the daemon's time in `perf`.
     // SAFETY: plain option setters of the allocator, called before any thread starts.
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000);
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

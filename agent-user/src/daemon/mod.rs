@@ -341,14 +341,21 @@ async fn read_ring(shared: Arc<Shared>, fd: AsyncFd<OwnedFd>) -> Result<()> {
 
 async fn sweep(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(SWEEP_PERIOD);
+    let mut records = 0;
     loop {
         tick.tick().await;
         let mut core = shared.core();
         core.reconcile();
         core.report_losses();
         core.flush_sinks();
+        let idle = core.counters.records_read == records;
+        records = core.counters.records_read;
         drop(core);
-        release_memory();
+        // Only when idle: under load the memory is about to be used again, and pages
+        // given back are faulted (and zeroed) straight back in.
+        if idle {
+            release_memory();
+        }
     }
 }
 
@@ -406,7 +413,7 @@ impl Core {
         if let Some(exec) = &ev.exec
             && !refused
         {
-            self.registry.on_exec(h.tgid, &exec.path);
+            self.registry.on_exec(h.tgid, &exec.path, &exec.cwd);
         }
         if let Some(p) = ev.process.as_mut() {
             self.enrich(p, !matches!(raw, Raw::Exit(_)));
@@ -472,7 +479,8 @@ impl Core {
         let (access, path) = match (&ev.exec, &ev.open) {
             (Some(x), _) => (Access::Exec, x.path.clone()),
             (None, Some(o)) if landlock_refusal && !is_path_only(o.flags_raw) => {
-                let Some(path) = absolute(&o.path, ev.process.as_ref().map(|p| p.tgid)) else {
+                let tgid = ev.process.as_ref().map(|p| p.tgid);
+                let Some(path) = absolute(&o.path, tgid, &self.registry) else {
                     return;
                 };
                 (
@@ -979,13 +987,17 @@ fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Result<Respon
 
 const EACCES: i64 = 13;
 
-/// `path` as given to a failed open, made absolute with the working directory of `tgid`
-/// (read while the process lives; `None` when it is gone).
-fn absolute(path: &str, tgid: Option<u32>) -> Option<String> {
+/// `path` as given to a failed open, made absolute with the working directory of `tgid`:
+/// its current one while it lives, else the one it had at its last exec (a short-lived
+/// process is often gone before its events are handled). `None` when neither is known.
+fn absolute(path: &str, tgid: Option<u32>, registry: &Registry) -> Option<String> {
     if path.starts_with('/') {
         return Some(path.to_owned());
     }
-    let cwd = fs::read_link(format!("/proc/{}/cwd", tgid?)).ok()?;
+    let tgid = tgid?;
+    let cwd = fs::read_link(format!("/proc/{tgid}/cwd"))
+        .ok()
+        .or_else(|| registry.cwd_of(tgid).map(PathBuf::from))?;
     Some(cwd.join(path).to_string_lossy().into_owned())
 }
 
