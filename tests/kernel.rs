@@ -916,32 +916,48 @@ fn net_profile(name: &str, mode: &str, port: u16) -> String {
     )
 }
 
+/// Two loopback listeners, on a port the test profiles allow and on one they deny, and a
+/// rules directory for the profiles.
+struct NetFixture {
+    _listeners: [TcpListener; 2],
+    p_ok: u16,
+    p_denied: u16,
+    rules: TempDir,
+}
+
+impl NetFixture {
+    fn new() -> Self {
+        let l = || TcpListener::bind("127.0.0.1:0").unwrap();
+        let listeners = [l(), l()];
+        let port = |i: usize| listeners[i].local_addr().unwrap().port();
+        Self {
+            p_ok: port(0),
+            p_denied: port(1),
+            _listeners: listeners,
+            rules: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn profile(&self, name: &str, text: String) {
+        fs::write(self.rules.path().join(format!("{name}.yaml")), text).unwrap();
+    }
+
+    fn daemon(&self) -> Option<Daemon> {
+        let dir = self.rules.path().to_str().unwrap().to_owned();
+        Daemon::start_with(&["--rules-dir", &dir])
+    }
+}
+
 /// Network rules are decided in the kernel by the cgroup layer on the kernel's copy of
 /// the address: EPERM before the connect or send, IPv4-mapped IPv6 judged as IPv4, UDP
 /// caught like TCP; monitor mode records and lets through; outside sessions nothing.
 #[test]
 fn network_rules_block_in_the_kernel_and_monitor_only_records() {
-    let ok = TcpListener::bind("127.0.0.1:0").unwrap();
-    let denied = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (p_ok, p_denied) = (
-        ok.local_addr().unwrap().port(),
-        denied.local_addr().unwrap().port(),
-    );
-    let rules = tempfile::tempdir().unwrap();
-    fs::write(
-        rules.path().join("nettest.yaml"),
-        net_profile("nettest", "enforce", p_ok),
-    )
-    .unwrap();
-    fs::write(
-        rules.path().join("netmon.yaml"),
-        net_profile("netmon", "monitor", p_ok),
-    )
-    .unwrap();
-    let dir = rules.path().to_str().unwrap().to_owned();
-    let Some(d) = Daemon::start_with(&["--rules-dir", &dir]) else {
-        return;
-    };
+    let f = NetFixture::new();
+    let (p_ok, p_denied) = (f.p_ok, f.p_denied);
+    f.profile("nettest", net_profile("nettest", "enforce", p_ok));
+    f.profile("netmon", net_profile("netmon", "monitor", p_ok));
+    let Some(d) = f.daemon() else { return };
     let cwd = std::env::temp_dir();
     let st: StatusReport = d.json(&["status", "--json"]);
     let cg = st
@@ -1522,23 +1538,14 @@ fn default_deny_files_are_fenced_by_landlock_in_run_sessions() {
 /// the process is killed before it returns to user mode, TCP and UDP alike.
 #[test]
 fn network_kill_refuses_and_kills_before_return() {
-    let ok = TcpListener::bind("127.0.0.1:0").unwrap();
-    let denied = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (p_ok, p_denied) = (
-        ok.local_addr().unwrap().port(),
-        denied.local_addr().unwrap().port(),
-    );
-    let rules = tempfile::tempdir().unwrap();
-    fs::write(
-        rules.path().join("netkill.yaml"),
+    let f = NetFixture::new();
+    let (p_ok, p_denied) = (f.p_ok, f.p_denied);
+    f.profile(
+        "netkill",
         net_profile("netkill", "enforce", p_ok)
             .replace("on_violation: block", "on_violation: kill"),
-    )
-    .unwrap();
-    let dir = rules.path().to_str().unwrap().to_owned();
-    let Some(d) = Daemon::start_with(&["--rules-dir", &dir]) else {
-        return;
-    };
+    );
+    let Some(d) = f.daemon() else { return };
     let st: StatusReport = d.json(&["status", "--json"]);
     if !st
         .programs
