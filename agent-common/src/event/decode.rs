@@ -51,6 +51,26 @@ pub fn read_record<T: Plain>(bytes: &[u8], min_len: usize) -> Result<T, DecodeEr
     }
 }
 
+/// Copies `bytes` over an existing `T`, which the caller reuses from record to record: no
+/// zeroing and no allocation of a large type (a 4 KiB path) per record. Bytes past the
+/// record keep what an earlier record left: readers must go by the lengths inside.
+pub fn read_record_into<T: Plain>(
+    bytes: &[u8],
+    min_len: usize,
+    out: &mut T,
+) -> Result<(), DecodeError> {
+    if bytes.len() < min_len {
+        return read_record::<T>(bytes, min_len).map(|_| ());
+    }
+    let n = bytes.len().min(size_of::<T>());
+    // SAFETY: T is Plain (valid for every bit pattern); we copy at most size_of::<T>()
+    // bytes into it.
+    unsafe {
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), (out as *mut T).cast::<u8>(), n);
+    }
+    Ok(())
+}
+
 /// Reads the header of a record.
 pub fn header(bytes: &[u8]) -> Option<EventHeader> {
     read_record::<EventHeader>(bytes, size_of::<EventHeader>()).ok()

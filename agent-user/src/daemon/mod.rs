@@ -109,6 +109,8 @@ struct Core {
     reported_losses: HashMap<&'static str, u64>,
     /// The audit trail's store (a writer thread behind a bounded queue).
     audit: AuditSink,
+    /// Buffers of large records, reused from one record to the next.
+    spare: event::Spare,
     /// Events emitted, by agent, kind and decision (for the metrics).
     event_counts: metrics::EventCounts,
     host: String,
@@ -195,6 +197,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             reported_losses: HashMap::new(),
             landlocked: HashSet::new(),
             audit,
+            spare: event::Spare::default(),
             event_counts: metrics::EventCounts::default(),
             host: rustix::system::uname()
                 .nodename()
@@ -388,7 +391,7 @@ impl Core {
 
     fn handle_record(&mut self, bytes: &[u8]) {
         self.counters.records_read += 1;
-        let raw = match event::decode(bytes) {
+        let raw = match event::decode_reusing(bytes, &mut self.spare) {
             Ok(r) => r,
             Err(e) => {
                 self.counters.decode_errors += 1;
@@ -427,6 +430,7 @@ impl Core {
                 self.session_end(sid, now);
             }
         }
+        self.spare.keep(raw);
     }
 
     fn session_ref(&self, sid: u64) -> SessionRef {
