@@ -232,7 +232,8 @@ fn boot_and_test(
         "mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing; {pin}"
     );
     script.push_str(&format!(
-        "RUST_BACKTRACE=0 CI=true AGENTWARDEN_EXPECT_LSM=1 {} --test-threads=2 --show-output",
+        "RUST_BACKTRACE=0 CI=true AGENTWARDEN_EXPECT_LSM=1 AGENTWARDEN_EMULATED=1 {} \
+         --test-threads=2 --show-output",
         test_bin.display()
     ));
     if let Some(f) = filter {
