@@ -412,11 +412,7 @@ impl<'c> Reader<'c> {
         while let Some(r) = rows.next()? {
             let (seq, event) = event_from_row(r)?;
             let repeats = r.get::<_, i64>("repeats")? as u64;
-            let last_time = r.get::<_, Option<i64>>("last_time_ns")?.map(|ns| {
-                crate::event::rfc3339(
-                    SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64),
-                )
-            });
+            let last_time = r.get::<_, Option<i64>>("last_time_ns")?.map(time_text);
             if let Some(net) = &f.dest {
                 let ip = event
                     .net
@@ -464,6 +460,13 @@ impl<'c> Reader<'c> {
     }
 }
 
+/// RFC 3339 text of a stored `time_ns`.
+fn time_text(ns: i64) -> String {
+    crate::event::rfc3339(
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64),
+    )
+}
+
 fn json_list(s: Option<String>) -> Vec<String> {
     s.and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default()
@@ -491,9 +494,7 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
     ev.seq = r.get::<_, i64>("event_seq")? as u64;
     let ns: i64 = r.get("time_ns")?;
     ev.time_ns = ns;
-    ev.time = crate::event::rfc3339(
-        SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64),
-    );
+    ev.time = time_text(ns);
     let u32_of = |v: Option<i64>| v.unwrap_or(0) as u32;
     if let Some(pid) = get_i("pid")? {
         ev.process = Some(ProcessInfo {
