@@ -10,7 +10,7 @@ use std::{
         unix::fs::{DirBuilderExt, PermissionsExt},
     },
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -118,7 +118,9 @@ struct Core {
 }
 
 struct Shared {
-    core: Mutex<Core>,
+    /// Fair on hand-over (parking_lot): the reader gives the lock up between batches, and
+    /// a waiting control request must get it then, not the reader again.
+    core: parking_lot::Mutex<Core>,
     /// Known profiles; a reload that fails for a file keeps that file's last good version.
     profiles: Mutex<ProfileSet>,
     cfg: DaemonConfig,
@@ -129,9 +131,18 @@ struct Shared {
 }
 
 impl Shared {
-    fn core(&self) -> MutexGuard<'_, Core> {
-        // A panic while holding the lock leaves the data usable (no invariant spans it).
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    fn core(&self) -> parking_lot::MutexGuard<'_, Core> {
+        self.core.lock()
+    }
+
+    /// One batch of the ring; true when records may remain.
+    fn drain_batch(&self) -> bool {
+        let mut core = self.core();
+        let more = core.drain(DRAIN_BATCH);
+        // Hands the lock to a waiting request, if any: a flood that outpaces the reader
+        // would otherwise keep it for as long as the ring has records.
+        parking_lot::MutexGuard::unlock_fair(core);
+        more
     }
 }
 
@@ -178,7 +189,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     info!(profiles = %profiles.names().join(","), "profiles loaded");
     let shared = Arc::new(Shared {
         profiles: Mutex::new(profiles),
-        core: Mutex::new(Core {
+        core: parking_lot::Mutex::new(Core {
             ring: Some(ring),
             sessions_map,
             stats,
@@ -260,7 +271,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let _ = fs::remove_file(&cfg.socket);
     {
         let mut core = shared.core();
-        core.drain();
+        core.drain(usize::MAX);
         core.log.close();
         // Commits what is queued before the process exits.
         core.audit.close();
@@ -331,13 +342,19 @@ fn bind_socket(socket: &Path) -> Result<UnixListener> {
 /// how late an event is seen, never whether.
 const COALESCE: Duration = Duration::from_millis(5);
 
+/// Records handled per hold of the core lock: about 10 ms of work at the daemon's rate on
+/// a host, so a control request waits at most that long behind a flood.
+const DRAIN_BATCH: usize = 1024;
+
 async fn read_ring(shared: Arc<Shared>, fd: AsyncFd<OwnedFd>) -> Result<()> {
     loop {
         let mut guard = fd.readable().await?;
         // Clear before draining: a record committed after the drain sets readiness
         // again, so no wakeup is lost (the kernel only signals an empty-to-data edge).
         guard.clear_ready();
-        shared.core().drain();
+        while shared.drain_batch() {
+            tokio::task::yield_now().await;
+        }
         tokio::time::sleep(COALESCE).await;
     }
 }
@@ -370,16 +387,22 @@ fn release_memory() {
 }
 
 impl Core {
-    /// Consumes every record in the ring buffer.
-    fn drain(&mut self) {
+    /// Consumes up to `max` records from the ring buffer; true when it stopped at `max`
+    /// (records may remain).
+    fn drain(&mut self, max: usize) -> bool {
         let Some(mut ring) = self.ring.take() else {
-            return;
+            return false;
         };
-        while let Some(item) = ring.next() {
+        let mut n = 0;
+        while n < max
+            && let Some(item) = ring.next()
+        {
             self.handle_record(&item);
+            n += 1;
         }
         self.ring = Some(ring);
         self.flush_sinks();
+        n == max
     }
 
     /// Hands what this drain (or request) produced to the sinks: the event log's buffer
@@ -582,10 +605,13 @@ impl Core {
 
     /// Ends sessions with no process left in the kernel map. The map is read first and
     /// the ring drained after, so exit events submitted before a removal are handled
-    /// (and end their session) before reconciliation looks.
+    /// (and end their session) before reconciliation looks. Behind a backlog it waits for
+    /// a later tick: a session is never ended on a map read older than its records.
     fn reconcile(&mut self) {
         let snapshot = self.kernel_sessions();
-        self.drain();
+        if self.drain(DRAIN_BATCH) {
+            return;
+        }
         let now = SystemTime::now();
         for sid in self.registry.reconcile(&snapshot, now) {
             self.session_end(sid, now);
