@@ -68,6 +68,19 @@ fn parse_size(s: &str) -> Result<Size, String> {
     Ok(Size(Some(n.saturating_mul(mult))))
 }
 
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?
+        .0
+        .ok_or_else(|| "the ring buffer needs a size".to_owned())?;
+    if !n.is_power_of_two() || !(64 << 10..=1 << 30).contains(&n) {
+        return Err(format!(
+            "`{s}` is not a power of two between 64KiB and 1GiB (the kernel's rule for a \
+             BPF ring buffer)"
+        ));
+    }
+    Ok(n as u32)
+}
+
 /// Exit status when agentwarden itself could not launch the command (as `env` does).
 pub const EXIT_LAUNCH_FAILED: u8 = 125;
 
@@ -101,6 +114,12 @@ pub enum Cmd {
         /// A child that does not fit is reported (`session_map_full`), never silent.
         #[arg(long, default_value_t = MAX_TRACKED_PROCESSES)]
         max_tracked_processes: u32,
+        /// Size of the kernel-to-daemon ring buffer (a power of two, at least 64KiB). It
+        /// absorbs bursts while the daemon catches up; records that find it full are
+        /// dropped and counted. Its pages count twice in the daemon's RSS (the kernel maps
+        /// the data area twice so records can wrap around).
+        #[arg(long, default_value = "16MiB", value_parser = parse_ring_size)]
+        ring_buffer_size: u32,
         /// Name server (IP:PORT, UDP) for the host names of network rules; default: the
         /// system's resolver configuration.
         #[arg(long)]
@@ -206,6 +225,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             quiet,
             btf,
             max_tracked_processes,
+            ring_buffer_size,
             dns_server,
             audit_retention,
             audit_max_size,
@@ -220,6 +240,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 rules_dir,
                 btf,
                 max_tracked_processes,
+                ring_buffer_size,
                 dns_server,
                 audit_max_age: audit_retention.0,
                 audit_max_bytes: audit_max_size.0,
@@ -505,6 +526,21 @@ fn profile(cmd: ProfileCmd) -> Result<ExitCode> {
         ProfileCmd::Schema => {
             print!("{}", policy::json_schema());
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_buffer_size_must_be_a_power_of_two_the_kernel_accepts() {
+        assert_eq!(parse_ring_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_ring_size("65536"), Ok(64 << 10));
+        for bad in ["10MiB", "32KiB", "2GiB", "none", "lots"] {
+            let e = parse_ring_size(bad).unwrap_err();
+            assert!(e.contains(bad) || e.contains("size"), "{bad}: {e}");
         }
     }
 }

@@ -204,11 +204,13 @@ fn ensure_tracefs() -> Result<()> {
 
 /// Loads the embedded object with `offsets` and attaches every program of [`PROGRAMS`].
 ///
-/// `max_tracked` sizes the `SESSIONS` map (processes across all sessions).
+/// `max_tracked` sizes the `SESSIONS` map (processes across all sessions), `ring_bytes`
+/// the `EVENTS` ring buffer.
 pub fn load(
     offsets: KernelOffsets,
     btf_path: &Path,
     max_tracked: u32,
+    ring_bytes: u32,
     host: &HostProbe,
 ) -> Result<Loaded> {
     ensure_tracefs()?;
@@ -220,6 +222,7 @@ pub fn load(
         // Only the daemon's own opens are recorded for binding rules to inodes.
         .override_global("BINDER_TGID", &std::process::id(), true)
         .map_max_entries("SESSIONS", max_tracked)
+        .map_max_entries("EVENTS", ring_bytes)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let mut programs = Vec::new();

@@ -62,6 +62,8 @@ pub struct DaemonConfig {
     pub btf: PathBuf,
     /// Capacity of the kernel session map (processes across all sessions).
     pub max_tracked_processes: u32,
+    /// Bytes of the kernel-to-daemon ring buffer (a power of two).
+    pub ring_buffer_size: u32,
     /// Name server for the host names of network rules (default: the system's).
     pub dns_server: Option<std::net::SocketAddr>,
     /// Audit store retention and queue (the database is `state_dir/audit.db`).
@@ -151,8 +153,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     refuse_second_daemon(&cfg.socket)?;
     let probe = HostProbe::run();
     let offsets = offsets::resolve(&cfg.btf).context("reading kernel struct offsets")?;
-    let loader::Loaded { mut ebpf, programs } =
-        loader::load(offsets, &cfg.btf, cfg.max_tracked_processes, &probe)?;
+    let loader::Loaded { mut ebpf, programs } = loader::load(
+        offsets,
+        &cfg.btf,
+        cfg.max_tracked_processes,
+        cfg.ring_buffer_size,
+        &probe,
+    )?;
     for p in &programs {
         match &p.reason {
             None => info!(program = %p.name, at = %p.attach_point, "attached"),
