@@ -5,6 +5,7 @@
 //! without it they skip with the reason, and under `CI=true` that is a failure.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::Read,
     net::TcpListener,
@@ -18,7 +19,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agentwarden::{event::Event, proto::StatusReport, session::SessionView, skip::skip};
+use agentwarden::{
+    event::{DecisionInfo, Event},
+    proto::StatusReport,
+    session::SessionView,
+    skip::skip,
+};
 use tempfile::TempDir;
 
 mod audit;
@@ -679,6 +685,17 @@ fn a_full_session_map_is_counted_and_raised_never_silent() {
         .find(|c| c.name == "session_map_full")
         .unwrap();
     assert!(full.total >= lost.len() as u64, "{full:?}");
+    // `demo` is a monitor profile: the untracked children are recorded, not touched.
+    for e in evs.iter().filter(|e| e.kind == "session_map_full") {
+        let dec = e
+            .decision
+            .as_ref()
+            .expect("a decision on every untracked child");
+        assert_eq!(
+            (dec.action.as_str(), dec.enforced_by.as_str()),
+            ("alerted", "none")
+        );
+    }
     // The daemon raises the counter as a loss event too.
     let start = Instant::now();
     while !d.events(None).iter().any(|e| {
@@ -688,6 +705,77 @@ fn a_full_session_map_is_counted_and_raised_never_silent() {
     }) {
         assert!(start.elapsed() < WAIT, "no loss event");
         thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// In an enforce-mode session a child the kernel cannot track would run outside its
+/// profile: the daemon kills it (and only it), and the event says so.
+#[test]
+fn an_enforce_session_child_that_cannot_be_tracked_is_killed() {
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("strict.yaml"),
+        "name: strict\ndescription: t\nowners: { business: b, technical: t }\nmode: enforce\n",
+    )
+    .unwrap();
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--max-tracked-processes", "3", "--rules-dir", &rd]) else {
+        return;
+    };
+    // Six children that would each live 8 s; every wait reports pid and status.
+    let script = "for i in 1 2 3 4 5 6; do sleep 8 & p=\"$p $!\"; done; \
+                  for c in $p; do wait $c; echo \"$c $?\"; done";
+    let out = d.run_profile(
+        "strict",
+        "strict",
+        &std::env::temp_dir(),
+        &["bash", "-c", script],
+    );
+    let status: BTreeMap<u32, i32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (pid, st) = l.split_once(' ')?;
+            Some((pid.parse().ok()?, st.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(status.len(), 6, "{out:?}");
+    let sid = d.session("strict").id;
+    let killed = status
+        .values()
+        .filter(|s| **s == 128 + libc::SIGKILL)
+        .count();
+    let evs = d.wait_for(&sid, "a decision per untracked child", |evs| {
+        evs.iter().filter(|e| e.kind == "session_map_full").count() >= killed
+    });
+    let untracked: BTreeMap<u32, &DecisionInfo> = evs
+        .iter()
+        .filter(|e| e.kind == "session_map_full")
+        .map(|e| {
+            (
+                e.fork.as_ref().unwrap().child_tgid,
+                e.decision.as_ref().unwrap(),
+            )
+        })
+        .collect();
+    assert!(!untracked.is_empty(), "the map (3) cannot hold 6 children");
+    for (pid, st) in &status {
+        match untracked.get(pid) {
+            // Killed before its 8 s sleep ended; the event names the layer.
+            Some(dec) => {
+                assert_eq!(*st, 128 + libc::SIGKILL, "untracked child {pid}");
+                assert_eq!(
+                    (
+                        dec.decision.as_str(),
+                        dec.action.as_str(),
+                        dec.enforced_by.as_str()
+                    ),
+                    ("deny", "killed", "signal")
+                );
+                assert!(dec.rule.starts_with("tracking.capacity"), "{dec:?}");
+            }
+            // A tracked child is untouched.
+            None => assert_eq!(*st, 0, "tracked child {pid}"),
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use tokio::{
 use tracing::{info, warn};
 
 mod metrics;
+mod overflow;
 mod policy_maps;
 mod stdout;
 
@@ -452,6 +453,9 @@ impl Core {
             self.enrich(p, !matches!(raw, Raw::Exit(_)));
         }
         self.decide_in_userspace(&mut ev, sid);
+        if let Raw::SessionMapFull(f) = &raw {
+            self.untracked_child(&mut ev, sid, f.child_tgid, h.ktime_ns);
+        }
         self.registry.count_event(sid);
         self.emit(ev);
         if let Raw::Exit(_) = raw {
@@ -471,6 +475,34 @@ impl Core {
                 id: format_id(sid),
                 ..SessionRef::default()
             })
+    }
+
+    /// A child of the session that the kernel could not track: in an enforce-mode
+    /// session it is killed (it would run outside its profile), in monitor mode recorded.
+    fn untracked_child(&mut self, ev: &mut Event, sid: u64, child: u32, forked_ns: u64) {
+        let enforce = self
+            .registry
+            .get(sid)
+            .and_then(|s| self.profiles.get(&s.profile))
+            .is_some_and(|p| p.file.mode == policy::Mode::Enforce);
+        let action = if !enforce {
+            "alerted"
+        } else {
+            match overflow::kill_untracked(child, forked_ns) {
+                Ok(overflow::Outcome::Killed) => "killed",
+                Ok(overflow::Outcome::Gone) => "alerted",
+                Err(e) => {
+                    warn!(child, error = %e, "could not kill a child the kernel could not track");
+                    "alerted"
+                }
+            }
+        };
+        ev.decision = Some(DecisionInfo {
+            decision: "deny".to_owned(),
+            action: action.to_owned(),
+            rule: "tracking.capacity (--max-tracked-processes)".to_owned(),
+            enforced_by: if action == "killed" { "signal" } else { "none" }.to_owned(),
+        });
     }
 
     /// Exec and file decisions the kernel does not take yet: judged here against the
