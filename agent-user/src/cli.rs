@@ -111,7 +111,8 @@ pub enum Cmd {
         #[arg(long, default_value = VMLINUX_BTF)]
         btf: PathBuf,
         /// Capacity of the kernel session map: processes tracked across all sessions.
-        /// A child that does not fit is reported (`session_map_full`), never silent.
+        /// A child that does not fit is reported (`session_map_full`), never silent, and
+        /// in an enforce-mode session killed (it would run outside its profile).
         #[arg(long, default_value_t = MAX_TRACKED_PROCESSES)]
         max_tracked_processes: u32,
         /// Size of the kernel-to-daemon ring buffer (a power of two, at least 64KiB). It
