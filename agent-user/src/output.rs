@@ -42,7 +42,7 @@ pub fn sessions(list: &[SessionView]) -> String {
                 s.owner_user
                     .clone()
                     .unwrap_or_else(|| s.owner_uid.to_string()),
-                format!("{:?}", s.enrolment).to_lowercase(),
+                s.enrolment.as_str().to_owned(),
                 s.state.clone(),
                 s.processes.to_string(),
                 s.events.to_string(),

@@ -23,6 +23,16 @@ pub enum Enrolment {
     Attach,
 }
 
+impl Enrolment {
+    /// The name used in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enrolment::Run => "run",
+            Enrolment::Attach => "attach",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Session {
     pub id: u64,

@@ -798,7 +798,7 @@ impl Core {
             profile_source: p.map(|p| p.source.clone()).unwrap_or_default(),
             profile_sha256: p.map(|p| p.sha256.clone()).unwrap_or_default(),
             mode: p
-                .map(|p| format!("{:?}", p.file.mode).to_lowercase())
+                .map(|p| p.file.mode.as_str().to_owned())
                 .unwrap_or_default(),
             business_owner: p
                 .map(|p| p.file.owners.business.clone())
@@ -808,7 +808,7 @@ impl Core {
                 .unwrap_or_default(),
             principal_uid: s.owner_uid,
             principal_user: s.owner_user.clone(),
-            enrolment: format!("{:?}", s.enrolment).to_lowercase(),
+            enrolment: s.enrolment.as_str().to_owned(),
             host: self.host.clone(),
             root_pid: root,
             time_ns,
