@@ -149,7 +149,20 @@ fn open_loop(iters: u64, threads: u64, path: &Path) -> Result<serde_json::Value>
 
 /// A listener that accepts and drops connections, so connects never queue.
 fn listener() -> Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
+    // The full accept queue the host allows (somaxconn), not std's 128: a connect whose
+    // SYN finds the queue full waits a 1 s retransmission, and a few of those (the
+    // accepting thread loses the CPU for a moment) were the whole TCP figure.
+    let fd = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        None,
+    )?;
+    rustix::net::bind(
+        &fd,
+        &rustix::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0),
+    )?;
+    rustix::net::listen(&fd, 4096)?;
+    let l = TcpListener::from(fd);
     let addr = l.local_addr()?;
     thread::spawn(move || {
         for c in l.incoming() {
