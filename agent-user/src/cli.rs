@@ -132,6 +132,11 @@ pub enum Cmd {
         /// (bytes, or with K/M/G/KiB/MiB/GiB; `none`: no cap).
         #[arg(long, default_value = "1GiB", value_parser = parse_size)]
         audit_max_size: Size,
+        /// Rotate the event log (`events.jsonl` in the state directory) into
+        /// `events.jsonl.1` past this size, replacing the previous one (`none`: never).
+        /// The audit store is the long-term record.
+        #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+        event_log_max_size: Size,
         /// Audit records that may wait for the writer; past this they are dropped and
         /// counted (the kernel path never waits on the disk).
         #[arg(long, default_value_t = 65_536)]
@@ -231,6 +236,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             audit_retention,
             audit_max_size,
             audit_queue,
+            event_log_max_size,
             metrics,
             metrics_addr,
         } => {
@@ -246,6 +252,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 audit_max_age: audit_retention.0,
                 audit_max_bytes: audit_max_size.0,
                 audit_queue,
+                event_log_max_bytes: event_log_max_size.0,
                 metrics: metrics_addr.or(metrics
                     .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)))),
             };

@@ -3,8 +3,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    fs::{self, File, OpenOptions},
-    io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write},
+    fs,
     os::{
         fd::{AsFd, OwnedFd},
         unix::fs::{DirBuilderExt, PermissionsExt},
@@ -28,11 +27,13 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+mod eventlog;
 mod metrics;
 mod overflow;
 mod policy_maps;
 mod stdout;
 
+use eventlog::EventLog;
 use policy_maps::PolicyMaps;
 
 use crate::{
@@ -71,6 +72,8 @@ pub struct DaemonConfig {
     pub audit_max_age: Option<Duration>,
     pub audit_max_bytes: Option<u64>,
     pub audit_queue: usize,
+    /// The event log rotates into `events.jsonl.1` past this size; `None`: never.
+    pub event_log_max_bytes: Option<u64>,
     /// Where to serve Prometheus metrics (`None`: off).
     pub metrics: Option<std::net::SocketAddr>,
 }
@@ -181,7 +184,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         .mode(0o700)
         .create(&cfg.state_dir)
         .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
-    let log = EventLog::open(&cfg.state_dir.join(EVENT_LOG), cfg.stdout)?;
+    let log = EventLog::open(
+        &cfg.state_dir.join(EVENT_LOG),
+        cfg.stdout,
+        cfg.event_log_max_bytes,
+    )?;
     let audit = AuditSink::open(AuditConfig {
         path: cfg.state_dir.join(audit::AUDIT_DB),
         queue: cfg.audit_queue,
@@ -1221,7 +1228,7 @@ async fn stream_events(
     let matches = |e: &Event| filter.as_ref().is_none_or(|id| &e.session.id == id);
     let path = shared.cfg.state_dir.join(EVENT_LOG);
     shared.core().log.flush();
-    let backlog = tokio::task::spawn_blocking(move || read_log(&path)).await??;
+    let backlog = tokio::task::spawn_blocking(move || eventlog::read(&path)).await??;
     let mut last = 0;
     for e in backlog.into_iter().filter(|e| matches(e)) {
         last = e.seq;
@@ -1261,101 +1268,4 @@ fn resolve_session(shared: &Shared, s: &str) -> Result<String> {
         Some(id) if s.len() == 16 => Ok(format_id(id)),
         _ => bail!("no session named `{s}` (and not a 16-hex-digit session id)"),
     }
-}
-
-/// Reads the JSON-lines log; a line that does not parse is skipped and reported.
-fn read_log(path: &Path) -> Result<Vec<Event>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-    };
-    let mut out = Vec::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        match serde_json::from_str(&line) {
-            Ok(e) => out.push(e),
-            Err(e) => warn!(file = %path.display(), line = n + 1, error = %e, "bad event log line"),
-        }
-    }
-    Ok(out)
-}
-
-/// The JSON-lines event log (state directory) and, optionally, stdout.
-struct EventLog {
-    file: BufWriter<File>,
-    stdout: Option<stdout::StdoutSink>,
-    seq: u64,
-}
-
-impl EventLog {
-    fn open(path: &Path, stdout: bool) -> Result<Self> {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(path)
-            .with_context(|| format!("opening event log {}", path.display()))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-        let seq = last_seq(&mut f).unwrap_or(0);
-        Ok(Self {
-            file: BufWriter::new(f),
-            stdout: if stdout {
-                Some(stdout::StdoutSink::start()?)
-            } else {
-                None
-            },
-            seq,
-        })
-    }
-
-    fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
-        self.seq
-    }
-
-    fn write(&mut self, ev: &Event) -> Result<()> {
-        let mut line = serde_json::to_string(ev)?;
-        line.push('\n');
-        self.file.write_all(line.as_bytes())?;
-        if let Some(out) = self.stdout.as_mut() {
-            out.send(&line);
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) {
-        if let Err(e) = self.file.flush() {
-            warn!(error = %e, "flushing the event log failed");
-        }
-        if let Some(out) = self.stdout.as_mut() {
-            out.flush();
-        }
-    }
-
-    fn stdout_dropped(&self) -> u64 {
-        self.stdout.as_ref().map_or(0, stdout::StdoutSink::dropped)
-    }
-
-    fn close(&mut self) {
-        self.flush();
-        if let Some(out) = self.stdout.as_mut() {
-            out.close();
-        }
-    }
-}
-
-/// Sequence number of the last complete line, so numbering continues across restarts.
-fn last_seq(f: &mut File) -> Option<u64> {
-    let len = f.seek(SeekFrom::End(0)).ok()?;
-    let start = len.saturating_sub(64 * 1024);
-    f.seek(SeekFrom::Start(start)).ok()?;
-    let mut tail = String::new();
-    f.read_to_string(&mut tail).ok()?;
-    tail.lines().rev().find_map(|l| {
-        serde_json::from_str::<serde_json::Value>(l)
-            .ok()?
-            .get("seq")?
-            .as_u64()
-    })
 }
