@@ -598,6 +598,11 @@ fn throughput(env: &Env, sizes: &Sizes) -> Result<Vec<Value>> {
 fn footprint(env: &Env, sizes: &Sizes, daemon: &Daemon, max_rate: f64) -> Result<Value> {
     let pid = daemon.child.id();
     let hz = clock_ticks();
+    // Idle means idle: the previous scenario's records read and committed first (the
+    // audit writer may still be catching up on the top throughput step), then a moment
+    // for the daemon to return its memory.
+    loss(env, &status(env)?)?;
+    thread::sleep(Duration::from_secs(2));
     let cpu0 = proc_cpu_ticks(pid);
     thread::sleep(Duration::from_secs(sizes.idle_secs));
     let idle_mcores = (proc_cpu_ticks(pid) - cpu0) as f64 / hz / sizes.idle_secs as f64 * 1000.0;
