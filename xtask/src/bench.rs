@@ -394,14 +394,23 @@ fn loss(env: &Env, before: &Value) -> Result<u64> {
 
 fn load_cmd(env: &Env, tracked: bool) -> Command {
     if tracked {
-        let mut c = Command::new(&env.agentwarden);
-        c.arg("--socket")
-            .arg(&env.socket)
-            .args(["run", "--profile", "bench", "--"]);
-        c
+        session_cmd(env, None)
     } else {
         Command::new("env")
     }
+}
+
+/// `agentwarden run --profile bench [--session-name NAME] --`, ready for the workload.
+fn session_cmd(env: &Env, name: Option<&str>) -> Command {
+    let mut c = Command::new(&env.agentwarden);
+    c.arg("--socket")
+        .arg(&env.socket)
+        .args(["run", "--profile", "bench"]);
+    if let Some(name) = name {
+        c.args(["--session-name", name]);
+    }
+    c.arg("--");
+    c
 }
 
 /// One block of one scenario: nanoseconds per operation.
@@ -643,17 +652,7 @@ fn kill_session() -> String {
 }
 
 fn latency(env: &Env, sizes: &Sizes) -> Result<Value> {
-    let o = Command::new(&env.agentwarden)
-        .arg("--socket")
-        .arg(&env.socket)
-        .args([
-            "run",
-            "--profile",
-            "bench",
-            "--session-name",
-            &kill_session(),
-            "--",
-        ])
+    let o = session_cmd(env, Some(&kill_session()))
         .arg(&env.awload)
         .args(["kill-latency", "--iters", &sizes.latency_iters.to_string()])
         .arg("--path")

@@ -484,13 +484,16 @@ impl Core {
             })
     }
 
+    /// The profile session `sid` runs under.
+    fn profile_of(&self, sid: u64) -> Option<&Profile> {
+        self.profiles.get(&self.registry.get(sid)?.profile)
+    }
+
     /// A child of the session that the kernel could not track: in an enforce-mode
     /// session it is killed (it would run outside its profile), in monitor mode recorded.
     fn untracked_child(&mut self, ev: &mut Event, sid: u64, child: u32, forked_ns: u64) {
         let enforce = self
-            .registry
-            .get(sid)
-            .and_then(|s| self.profiles.get(&s.profile))
+            .profile_of(sid)
             .is_some_and(|p| p.file.mode == policy::Mode::Enforce);
         let action = if !enforce {
             "alerted"
@@ -535,11 +538,7 @@ impl Core {
         };
         if !landlock_refusal
             && let Some((i, category)) = category
-            && let Some(s) = self.registry.get(sid)
-            && self
-                .profiles
-                .get(&s.profile)
-                .is_some_and(|p| p.kernel_decides[i])
+            && self.profile_of(sid).is_some_and(|p| p.kernel_decides[i])
         {
             ev.decision = Some(DecisionInfo {
                 decision: "allow".to_owned(),
