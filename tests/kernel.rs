@@ -1290,6 +1290,39 @@ fn lsm_attached(d: &Daemon) -> bool {
     attached[0] && attached[1]
 }
 
+/// A re-binding of the deny rules (here forced by SIGHUP; the daemon also does it every
+/// 10 s) after a denied program was renamed keeps it denied: the rule's path names no
+/// file any more, but the program still exists under its new name. Once its last name is
+/// gone, the binding goes too.
+#[test]
+fn a_renamed_denied_program_stays_denied_after_the_rules_are_bound_again() {
+    let f = PathFixture::new();
+    f.profile("rebind", "enforce", "on_violation: kill");
+    let Some(d) = f.daemon() else { return };
+    let dir = &f.dir;
+    // The rules are bound for a session owner at their first session.
+    assert!(
+        d.run_profile("rebind", "rb0", dir, &["true"])
+            .status
+            .success()
+    );
+    fs::rename(dir.join("bin/tool"), dir.join("bin/renamed")).unwrap();
+    let pid = rustix::process::Pid::from_child(d.child.as_ref().unwrap());
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let start = Instant::now();
+    while !d.log().contains("SIGHUP: profiles reloaded") {
+        assert!(start.elapsed() < WAIT, "no reload:\n{}", d.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = d.run_profile("rebind", "rb", dir, &["bin/renamed", "-c", "ok.txt"]);
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("f   i   n   e"));
+    // The same program copied to a new file (a different inode) is not the denied one.
+    fs::copy(dir.join("bin/renamed"), dir.join("bin/copy")).unwrap();
+    let out = d.run_profile("rebind", "rb2", dir, &["bin/copy", "-c", "ok.txt"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// `kill` ends the process before it returns to user mode: a reader of the canary never
 /// holds a byte, through a symlink, a relative `..` path, a file-name rule and a hard link,
 /// and a denied program dies at exec, also renamed or hard-linked. Where BPF-LSM runs the

@@ -155,6 +155,7 @@ impl Shared {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
     refuse_second_daemon(&cfg.socket)?;
+    raise_open_file_limit();
     let probe = HostProbe::run();
     let offsets = offsets::resolve(&cfg.btf).context("reading kernel struct offsets")?;
     let loader::Loaded { mut ebpf, programs } = loader::load(
@@ -356,6 +357,19 @@ fn bind_socket(socket: &Path) -> Result<UnixListener> {
 /// instead of one record, which is most of the cost of tracing a busy agent. It bounds
 /// how late an event is seen, never whether.
 const COALESCE: Duration = Duration::from_millis(5);
+
+/// Every file a deny rule names is held open (see `PolicyMaps::held`): the soft limit on
+/// descriptors goes up to the hard one (systemd's soft default is 1024).
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current != l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            warn!(error = %e, "could not raise the open file limit");
+        }
+    }
+}
 
 /// Records handled per hold of the core lock: about 10 ms of work at the daemon's rate on
 /// a host, so a control request waits at most that long behind a flood.

@@ -1,7 +1,12 @@
 //! Compiled profiles into the kernel's rule maps. New entries go in before stale ones go
 //! out, so a reload never opens a window without the rules that stay.
 
-use std::{collections::HashSet, os::unix::fs::OpenOptionsExt, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
+};
 
 use agent_common::policy::{
     InodeRuleKey, MAX_PROFILES, NetKey, NetRule, PathRuleKey, PathRuleValue, ProfileConfig,
@@ -30,6 +35,10 @@ pub(super) struct PolicyMaps {
     bind_result: BpfHashMap<MapData, u64, [u64; 2]>,
     /// Rules to bind to inodes again when files appear or are replaced.
     bound: Vec<BoundPath>,
+    /// An open descriptor of every bound file, by `(ino, dev)`: it keeps the inode number
+    /// from being reused, and tells whether the file still exists once its rule's path
+    /// names another file or none (renamed, or linked elsewhere and unlinked).
+    held: HashMap<(u64, u32), File>,
 }
 
 impl PolicyMaps {
@@ -46,6 +55,7 @@ impl PolicyMaps {
             inode_rules: BpfHashMap::try_from(take("INODE_RULES")?)?,
             bind_result: BpfHashMap::try_from(take("BIND_RESULT")?)?,
             bound: Vec::new(),
+            held: HashMap::new(),
         })
     }
 
@@ -54,8 +64,12 @@ impl PolicyMaps {
     /// compilation and periodically).
     pub(super) fn rebind_inodes(&mut self) -> Result<()> {
         let results = &mut self.bind_result;
-        let (entries, partial) =
-            compile::bind_inodes(&self.bound, &mut |p| kernel_identity(results, p));
+        let mut opened = HashMap::new();
+        let (entries, partial) = compile::bind_inodes(&self.bound, &mut |p| {
+            let (id, file) = kernel_identity(results, p)?;
+            opened.insert(id, file);
+            Some(id)
+        });
         for dir in partial {
             warn!(
                 directory = %dir,
@@ -69,15 +83,38 @@ impl PolicyMaps {
             self.inode_rules.insert(key, value, 0)?;
             keep.insert(key);
         }
-        let stale: Vec<_> = self
-            .inode_rules
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !keep.contains(k))
-            .collect();
+        // A file bound earlier that its rule's path no longer names stays denied while it
+        // exists under any name: renaming a denied program must not free it. Its binding
+        // goes with its rule, or once its last link is gone.
+        let rule = |k: &InodeRuleKey| InodeRuleKey {
+            ino: 0,
+            dev: 0,
+            ..*k
+        };
+        let rules: HashSet<_> = self.bound.iter().map(|b| rule(&b.key)).collect();
+        let mut held = std::mem::take(&mut self.held);
+        let mut stale = Vec::new();
+        for k in self.inode_rules.keys().filter_map(|k| k.ok()) {
+            if keep.contains(&k) {
+                continue;
+            }
+            let id = (k.ino, k.dev);
+            let linked = held
+                .get(&id)
+                .and_then(|f| rustix::fs::fstat(f).ok())
+                .is_some_and(|st| st.st_nlink > 0);
+            if linked && rules.contains(&rule(&k)) {
+                if let Some(f) = held.remove(&id) {
+                    opened.entry(id).or_insert(f);
+                }
+            } else {
+                stale.push(k);
+            }
+        }
         for k in stale {
             let _ = self.inode_rules.remove(&k);
         }
+        self.held = opened;
         Ok(())
     }
 }
@@ -87,7 +124,7 @@ impl PolicyMaps {
 fn kernel_identity(
     results: &mut BpfHashMap<MapData, u64, [u64; 2]>,
     path: &Path,
-) -> Option<(u64, u32)> {
+) -> Option<((u64, u32), File)> {
     let key = (u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32) << 32)
         | u64::from(rustix::thread::gettid().as_raw_nonzero().get() as u32);
     let file = std::fs::OpenOptions::new()
@@ -97,8 +134,7 @@ fn kernel_identity(
         .ok()?;
     let got = results.get(&key, 0).ok();
     let _ = results.remove(&key);
-    drop(file);
-    got.map(|[ino, dev]| (ino, dev as u32))
+    got.map(|[ino, dev]| ((ino, dev as u32), file))
 }
 
 /// Opening never blocks (a FIFO) nor takes a terminal.
