@@ -15,6 +15,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::OnceLock,
     thread,
     time::{Duration, Instant},
 };
@@ -29,9 +30,41 @@ use tempfile::TempDir;
 
 mod audit;
 
-const BIN: &str = env!("CARGO_BIN_EXE_agentwarden");
-// Upper bound for polling; generous because the VM tier runs under emulation.
-const WAIT: Duration = Duration::from_secs(45);
+/// The daemon and CLI under test: the debug build next to this test binary, or the one
+/// `AGENTWARDEN_BIN` names (the VM tier runs the release daemon: under emulation its
+/// start-up is several times shorter than a debug build's).
+fn bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("AGENTWARDEN_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_agentwarden").to_owned())
+    })
+}
+
+/// How much slower this machine runs than the one the deadlines were set on:
+/// `AGENTWARDEN_TIME_SCALE`, which the VM tier measures at guest boot (a fixed workload
+/// timed in the guest against the host), at least 1.
+fn time_scale() -> f64 {
+    static SCALE: OnceLock<f64> = OnceLock::new();
+    *SCALE.get_or_init(|| {
+        std::env::var("AGENTWARDEN_TIME_SCALE")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|f| f.is_finite())
+            .unwrap_or(1.0)
+            .max(1.0)
+    })
+}
+
+/// A deadline set on a real host, stretched by [`time_scale`].
+fn scaled(d: Duration) -> Duration {
+    d.mul_f64(time_scale())
+}
+
+/// Upper bound for polling.
+fn patience() -> Duration {
+    scaled(Duration::from_secs(45))
+}
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -66,7 +99,15 @@ impl Daemon {
             .append(true)
             .open(dir.path().join("daemon.log"))
             .expect("log");
-        let mut cmd = Command::new(BIN);
+        // The daemon says when it is ready (sd_notify's READY=1, as under systemd's
+        // `Type=notify`) once its socket listens: no polling of the socket.
+        let notify_path = dir.path().join("notify.sock");
+        let _ = fs::remove_file(&notify_path);
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut cmd = Command::new(bin());
         // SAFETY: only an async-signal-safe prctl between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -85,6 +126,7 @@ impl Daemon {
             .arg(dir.path().join("state"))
             .arg("--quiet")
             .args(extra)
+            .env("NOTIFY_SOCKET", &notify_path)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -94,17 +136,28 @@ impl Daemon {
             dir,
         };
         let start = Instant::now();
-        while std::os::unix::net::UnixStream::connect(d.socket()).is_err() {
+        let mut buf = [0u8; 512];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+            {
+                break;
+            }
             if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("daemon exited early ({status}):\n{}", d.log());
             }
             assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "daemon not ready:\n{}",
+                start.elapsed() < scaled(Duration::from_secs(60)),
+                "daemon not ready after {:?} (time scale {}):\n{}",
+                start.elapsed(),
+                time_scale(),
                 d.log()
             );
-            thread::sleep(Duration::from_millis(50));
         }
+        // Readiness means the socket listens: a client connects at once.
+        std::os::unix::net::UnixStream::connect(d.socket()).expect("ready daemon's socket");
         d
     }
 
@@ -122,7 +175,7 @@ impl Daemon {
     }
 
     fn cli(&self) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(bin());
         c.arg("--socket").arg(self.socket());
         c
     }
@@ -180,7 +233,7 @@ impl Daemon {
             .collect()
     }
 
-    /// Polls the events of `session` until `done` holds (or panics after [`WAIT`]).
+    /// Polls the events of `session` until `done` holds (or panics after [`patience`]).
     fn wait_for(&self, session: &str, what: &str, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
         let start = Instant::now();
         loop {
@@ -188,7 +241,7 @@ impl Daemon {
             if done(&evs) {
                 return evs;
             }
-            if start.elapsed() > WAIT {
+            if start.elapsed() > patience() {
                 panic!("timed out waiting for {what}; events:\n{}", dump(&evs));
             }
             thread::sleep(Duration::from_millis(100));
@@ -233,7 +286,7 @@ impl OutputWithin for Command {
             thread::spawn(move || read_all(pipes.0)),
             thread::spawn(move || read_all(pipes.1)),
         );
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + scaled(Duration::from_secs(120));
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 break status;
@@ -241,7 +294,10 @@ impl OutputWithin for Command {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("command did not finish within 120 s: {shown}");
+                panic!(
+                    "command did not finish within {:?}: {shown}",
+                    scaled(Duration::from_secs(120))
+                );
             }
             thread::sleep(Duration::from_millis(20));
         };
@@ -447,7 +503,7 @@ fn processes_outside_every_session_produce_no_event() {
         .unwrap();
     let start = Instant::now();
     while !d.sessions().iter().any(|s| s.name == "live") {
-        assert!(start.elapsed() < WAIT);
+        assert!(start.elapsed() < patience());
         thread::sleep(Duration::from_millis(50));
     }
     let mut buf = String::new();
@@ -507,7 +563,7 @@ fn exit_code_and_fatal_signal_are_reported() {
 fn run_without_a_daemon_refuses_to_start_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .arg("--socket")
         .arg(dir.path().join("none.sock"))
         .args(["run", "--profile", "demo", "--", "touch"])
@@ -527,9 +583,9 @@ fn a_session_cannot_administer_the_daemon() {
     let sock = sock.to_str().unwrap();
     let cwd = std::env::temp_dir();
     for inner in [
-        vec![BIN, "--socket", sock, "sessions"],
+        vec![bin(), "--socket", sock, "sessions"],
         vec![
-            BIN,
+            bin(),
             "--socket",
             sock,
             "run",
@@ -630,7 +686,33 @@ fn status_reports_programs_and_counters_and_sigterm_stops_cleanly() {
     ] {
         let prog = st.programs.iter().find(|x| x.name == p).expect(p);
         assert_eq!(prog.state, "attached", "{prog:?}");
+        assert!(prog.load_us.is_some_and(|us| us > 0), "{prog:?}");
     }
+    // Where the start-up went, phase by phase, ending with the total (and in the log).
+    let phases: Vec<&str> = st.startup.iter().map(|p| p.phase.as_str()).collect();
+    for want in [
+        "offsets (btf-rs)",
+        "programs (verify, attach)",
+        "socket",
+        "total",
+    ] {
+        assert!(
+            phases.contains(&want),
+            "no start-up phase {want}: {phases:?}"
+        );
+    }
+    let total = st.startup.last().expect("phases");
+    assert_eq!(total.phase, "total");
+    let sum: u64 = st.startup[..st.startup.len() - 1]
+        .iter()
+        .map(|p| p.us)
+        .sum();
+    assert!(total.us > 0 && total.us >= sum, "{:?}", st.startup);
+    assert!(
+        d.log().contains("startup="),
+        "ready line with phases:\n{}",
+        d.log()
+    );
     let names: Vec<_> = st.kernel_counters.iter().map(|c| c.name.as_str()).collect();
     assert!(names.contains(&"ringbuf_drops") && names.contains(&"session_map_full"));
     assert_eq!(st.kernel_counters[0].per_cpu.len(), num_cpus());
@@ -703,7 +785,7 @@ fn a_full_session_map_is_counted_and_raised_never_silent() {
             .as_ref()
             .is_some_and(|l| l.counter == "session_map_full")
     }) {
-        assert!(start.elapsed() < WAIT, "no loss event");
+        assert!(start.elapsed() < patience(), "no loss event");
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -805,7 +887,7 @@ fn events_follow_streams_new_events_live() {
     thread::sleep(Duration::from_millis(300));
     let out = d.run_in("live", &std::env::temp_dir(), &["true"]);
     assert!(out.status.success());
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + patience();
     let mut kinds = Vec::new();
     while !kinds.iter().any(|k| k == "session_end") {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -951,7 +1033,7 @@ fn a_bad_profile_is_rejected_and_the_last_good_version_stays() {
     rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
     let start = Instant::now();
     while !d.log().contains("SIGHUP: profiles reloaded") {
-        assert!(start.elapsed() < WAIT, "no reload:\n{}", d.log());
+        assert!(start.elapsed() < patience(), "no reload:\n{}", d.log());
         thread::sleep(Duration::from_millis(50));
     }
     let log = d.log();
@@ -1311,7 +1393,7 @@ fn a_renamed_denied_program_stays_denied_after_the_rules_are_bound_again() {
     rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
     let start = Instant::now();
     while !d.log().contains("SIGHUP: profiles reloaded") {
-        assert!(start.elapsed() < WAIT, "no reload:\n{}", d.log());
+        assert!(start.elapsed() < patience(), "no reload:\n{}", d.log());
         thread::sleep(Duration::from_millis(50));
     }
     let out = d.run_profile("rebind", "rb", dir, &["bin/renamed", "-c", "ok.txt"]);
@@ -1790,7 +1872,10 @@ impl ForeignHost {
         };
         let start = Instant::now();
         while std::net::TcpStream::connect((host.addr.as_str(), 8080)).is_err() {
-            assert!(start.elapsed() < WAIT, "the foreign host never listened");
+            assert!(
+                start.elapsed() < patience(),
+                "the foreign host never listened"
+            );
             thread::sleep(Duration::from_millis(100));
         }
         host
@@ -1842,7 +1927,7 @@ impl ModelServer {
             {
                 break p;
             }
-            assert!(start.elapsed() < WAIT, "model server did not start");
+            assert!(start.elapsed() < patience(), "model server did not start");
             thread::sleep(Duration::from_millis(50));
         };
         Self { child, port, log }
@@ -2203,7 +2288,7 @@ fn host_name_rules_follow_the_answer_when_its_ttl_expires() {
             break;
         }
         assert!(
-            start.elapsed() < WAIT,
+            start.elapsed() < patience(),
             "first answer never took effect: {got}"
         );
         thread::sleep(Duration::from_millis(500));
@@ -2218,7 +2303,7 @@ fn host_name_rules_follow_the_answer_when_its_ttl_expires() {
             break;
         }
         assert!(
-            moved.elapsed() < Duration::from_secs(20),
+            moved.elapsed() < scaled(Duration::from_secs(20)),
             "the rule did not follow the new answer: {got}"
         );
         thread::sleep(Duration::from_millis(500));

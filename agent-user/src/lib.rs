@@ -16,4 +16,5 @@ pub mod profiles;
 pub mod proto;
 pub mod session;
 pub mod skip;
+pub mod startup;
 pub mod users;

@@ -2,8 +2,6 @@
 //! program names its hook and whether the daemon can run without it. `status` shows what
 //! was attached, what was left out, and why.
 
-use std::path::Path;
-
 use agent_common::config::KernelOffsets;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -12,7 +10,7 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::probe::HostProbe;
+use crate::{probe::HostProbe, startup::Startup};
 
 /// The eBPF object built by `build.rs` (aya-build), embedded so the daemon is one binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -169,6 +167,9 @@ pub struct ProgramStatus {
     pub reason: Option<String>,
     /// What covers for it when left out.
     pub fallback: Option<String>,
+    /// Microseconds its load (the verifier) and attach took.
+    #[serde(default)]
+    pub load_us: Option<u64>,
 }
 
 /// The loaded object and the outcome per program.
@@ -208,14 +209,15 @@ fn ensure_tracefs() -> Result<()> {
 /// the `EVENTS` ring buffer.
 pub fn load(
     offsets: KernelOffsets,
-    btf_path: &Path,
+    btf_bytes: &[u8],
     max_tracked: u32,
     ring_bytes: u32,
     host: &HostProbe,
+    startup: &mut Startup,
 ) -> Result<Loaded> {
     ensure_tracefs()?;
-    let btf = Btf::parse_file(btf_path, aya::Endianness::default())
-        .with_context(|| format!("parsing kernel BTF {}", btf_path.display()))?;
+    let btf = Btf::parse(btf_bytes, aya::Endianness::default()).context("parsing kernel BTF")?;
+    startup.mark("btf (aya)");
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("OFFSETS", &offsets, true)
@@ -225,6 +227,7 @@ pub fn load(
         .map_max_entries("EVENTS", ring_bytes)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
+    startup.mark("object and maps");
     let mut programs = Vec::new();
     for spec in PROGRAMS {
         let (kind, point) = match spec.hook {
@@ -238,10 +241,12 @@ pub fn load(
                     .map_or("cgroup v2 root".to_owned(), |m| m.display().to_string()),
             ),
         };
+        let began = std::time::Instant::now();
         let outcome = match spec.needs.map(|f| f.available(host)) {
             Some(Err(why)) => Err(anyhow!(why)),
             _ => attach(&mut ebpf, spec, &btf, host),
         };
+        let load_us = Some(crate::startup::us(began.elapsed()));
         let (state, reason) = match outcome {
             Ok(()) => ("attached", None),
             Err(e) if !spec.required => ("left out", Some(format!("{e:#}"))),
@@ -256,8 +261,10 @@ pub fn load(
             state: state.to_owned(),
             fallback: reason.as_ref().map(|_| spec.fallback.to_owned()),
             reason,
+            load_us,
         });
     }
+    startup.mark("programs (verify, attach)");
     Ok(Loaded { ebpf, programs })
 }
 

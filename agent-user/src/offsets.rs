@@ -10,10 +10,16 @@ use btf_rs::{Btf, Type};
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// The kernel's BTF, read once: the offsets and aya's loader both parse it from these
+/// bytes. (btf-rs's own file reader goes through an 8 KiB buffer, one sysfs read each:
+/// the larger part of a daemon's start-up, seconds of it under emulation.)
+pub fn read_btf(btf_path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(btf_path).with_context(|| format!("reading kernel BTF {}", btf_path.display()))
+}
+
 /// Resolves every offset the programs need; fails naming the first missing field.
-pub fn resolve(btf_path: &Path) -> Result<KernelOffsets> {
-    let btf = Btf::from_file(btf_path)
-        .map_err(|e| anyhow!("reading BTF from {}: {e}", btf_path.display()))?;
+pub fn resolve(btf_bytes: &[u8]) -> Result<KernelOffsets> {
+    let btf = Btf::from_bytes(btf_bytes).map_err(|e| anyhow!("parsing kernel BTF: {e}"))?;
     let f = |s: &str, m: &str| offset_of(&btf, s, m);
     Ok(KernelOffsets {
         task_pid: f("task_struct", "pid")?,
@@ -121,7 +127,8 @@ mod tests {
         let Some(_) = host_btf() else {
             return crate::skip::skip("kernel BTF not readable");
         };
-        let o = resolve(Path::new(VMLINUX_BTF)).expect("offsets");
+        let bytes = read_btf(Path::new(VMLINUX_BTF)).expect("btf");
+        let o = resolve(&bytes).expect("offsets");
         assert_eq!(o.valid, 1);
         // `struct path { struct vfsmount *mnt; struct dentry *dentry; }` on every kernel.
         assert_eq!((o.path_mnt, o.path_dentry), (0, 8));

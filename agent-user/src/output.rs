@@ -156,6 +156,8 @@ pub fn status(s: &StatusReport) -> String {
                 p.kind.clone(),
                 p.attach_point.clone(),
                 p.state.clone(),
+                p.load_us
+                    .map_or(String::new(), |us| format!("{:.1}", us as f64 / 1e3)),
                 match (&p.reason, &p.fallback) {
                     (Some(r), Some(f)) => format!("{r} (fallback: {f})"),
                     (Some(r), None) => r.clone(),
@@ -165,7 +167,14 @@ pub fn status(s: &StatusReport) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["PROGRAM", "KIND", "ATTACH POINT", "STATE", "REASON"],
+        &[
+            "PROGRAM",
+            "KIND",
+            "ATTACH POINT",
+            "STATE",
+            "LOAD MS",
+            "REASON",
+        ],
         &rows,
     ));
     out.push_str("\nkernel counters\n");
@@ -196,6 +205,9 @@ pub fn status(s: &StatusReport) -> String {
         "audit store: written={} backlog={} dropped={} write_errors={} pruned={}",
         a.written, a.backlog, a.dropped, a.write_errors, a.pruned
     );
+    if !s.startup.is_empty() {
+        let _ = writeln!(out, "start-up: {}", crate::startup::summary(&s.startup));
+    }
     out
 }
 

@@ -103,4 +103,7 @@ pub struct StatusReport {
     pub tracked_processes_max: u32,
     /// The audit store's writer: backlog, written, dropped, write errors, pruned.
     pub audit: crate::audit::AuditCounters,
+    /// Where the daemon's start-up went, phase by phase (ms), ending with `total`.
+    #[serde(default)]
+    pub startup: Vec<crate::startup::StartupPhase>,
 }

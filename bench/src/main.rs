@@ -67,6 +67,14 @@ enum Cmd {
         #[arg(long)]
         path: PathBuf,
     },
+    /// How fast this machine runs a fixed workload: 100 spawns of `/bin/true` (kernel:
+    /// fork, exec, exit) and a fixed CPU-bound loop (user space). With `--against`, the
+    /// same figures from a reference machine, it prints only the slow-down factor (the
+    /// larger of the two ratios, at least 1): what the VM tier stretches deadlines by.
+    Calibrate {
+        #[arg(long)]
+        against: Option<String>,
+    },
     /// Duration of `connect` to 127.0.0.1:PORT, N times, with its errno.
     ConnectLatency {
         #[arg(long)]
@@ -93,6 +101,7 @@ fn main() -> Result<()> {
         } => mix(rate, secs, &path, threads)?,
         Cmd::KillLatency { iters, path } => kill_latency(iters, &path)?,
         Cmd::ConnectLatency { iters, port } => connect_latency(iters, port)?,
+        Cmd::Calibrate { against } => calibrate(against.as_deref())?,
     };
     println!("{out}");
     Ok(())
@@ -104,6 +113,40 @@ fn timed(iters: u64, mut op: impl FnMut() -> Result<()>) -> Result<serde_json::V
         op()?;
     }
     Ok(json!({ "ops": iters, "ns": start.elapsed().as_nanos() as u64 }))
+}
+
+fn calibrate(against: Option<&str>) -> Result<serde_json::Value> {
+    let spawns = Instant::now();
+    for _ in 0..100 {
+        exec_true()?;
+    }
+    let exec_ns = spawns.elapsed().as_nanos() as f64;
+    let cpu = Instant::now();
+    // xorshift64: no memory traffic, no syscalls, not foldable by the optimiser.
+    let mut x = std::hint::black_box(0x9e37_79b9_7f4a_7c15_u64);
+    for _ in 0..50_000_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    std::hint::black_box(x);
+    let cpu_ns = cpu.elapsed().as_nanos() as f64;
+    let here = json!({ "exec_ns": exec_ns, "cpu_ns": cpu_ns });
+    let Some(reference) = against else {
+        return Ok(here);
+    };
+    let r: serde_json::Value = serde_json::from_str(reference).context("--against: not JSON")?;
+    let ratio = |key: &str, mine: f64| -> Result<f64> {
+        let theirs = r[key]
+            .as_f64()
+            .filter(|v| *v > 0.0)
+            .with_context(|| format!("--against: no positive `{key}`"))?;
+        Ok(mine / theirs)
+    };
+    let scale = ratio("exec_ns", exec_ns)?
+        .max(ratio("cpu_ns", cpu_ns)?)
+        .max(1.0);
+    Ok(json!((scale * 100.0).ceil() / 100.0))
 }
 
 fn exec_true() -> Result<()> {

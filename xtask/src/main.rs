@@ -4,6 +4,7 @@
 //! it first so the README's two commands work from nothing.
 
 mod bench;
+mod guard;
 mod setup;
 mod test;
 mod vm;

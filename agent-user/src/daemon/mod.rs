@@ -50,6 +50,7 @@ use crate::{
     profiles::{self, ProfileSet},
     proto::{Counter, DaemonCounters, Request, Response, StatusReport},
     session::{Enrolment, NewSession, Registry, format_id, parse_id},
+    startup::{self, Startup, StartupPhase},
     users::Users,
 };
 
@@ -133,6 +134,8 @@ struct Shared {
     probe: HostProbe,
     programs: Vec<ProgramStatus>,
     started: SystemTime,
+    /// Filled once the daemon is ready.
+    startup: Mutex<Vec<StartupPhase>>,
     tx: broadcast::Sender<Arc<Event>>,
 }
 
@@ -154,17 +157,24 @@ impl Shared {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
+    let mut startup = Startup::begin();
     refuse_second_daemon(&cfg.socket)?;
     raise_open_file_limit();
     let probe = HostProbe::run();
-    let offsets = offsets::resolve(&cfg.btf).context("reading kernel struct offsets")?;
+    startup.mark("probe");
+    let btf = offsets::read_btf(&cfg.btf)?;
+    startup.mark("btf read");
+    let offsets = offsets::resolve(&btf).context("reading kernel struct offsets")?;
+    startup.mark("offsets (btf-rs)");
     let loader::Loaded { mut ebpf, programs } = loader::load(
         offsets,
-        &cfg.btf,
+        &btf,
         cfg.max_tracked_processes,
         cfg.ring_buffer_size,
         &probe,
+        &mut startup,
     )?;
+    drop(btf);
     for p in &programs {
         match &p.reason {
             None => info!(program = %p.name, at = %p.attach_point, "attached"),
@@ -203,6 +213,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         report_profile_diagnostics(&profiles.load_dir(dir));
     }
     info!(profiles = %profiles.names().join(","), "profiles loaded");
+    startup.mark("state and profiles parsed");
     let shared = Arc::new(Shared {
         profiles: Mutex::new(profiles),
         core: parking_lot::Mutex::new(Core {
@@ -236,6 +247,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         probe,
         programs,
         started: SystemTime::now(),
+        startup: Mutex::new(Vec::new()),
         tx,
     });
 
@@ -247,11 +259,27 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             .clone();
         shared.core().install_profiles(&set)?;
     }
+    startup.mark("profiles compiled into maps");
     // Loading parsed the kernel's BTF and the object: give that memory back now.
     release_memory();
     // Bound last: a client that can connect finds a daemon ready to answer.
     let listener = bind_socket(&cfg.socket)?;
-    info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), "agentwarden daemon ready");
+    startup.mark("socket");
+    let phases = startup.finish();
+    info!(
+        socket = %cfg.socket.display(),
+        state_dir = %cfg.state_dir.display(),
+        startup = %startup::summary(&phases),
+        "agentwarden daemon ready"
+    );
+    *shared.startup.lock().unwrap_or_else(|e| e.into_inner()) = phases;
+    // systemd's `Type=notify` (and the tests) learn readiness from the daemon itself.
+    if let Err(e) = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("watching; control socket bound"),
+    ]) {
+        warn!("sd_notify READY=1: {e}");
+    }
     let resolver = tokio::spawn(refresh_dns(shared.clone()));
     let binder = tokio::spawn(rebind_inodes(shared.clone()));
     let reader = tokio::spawn(read_ring(shared.clone(), ring_fd));
@@ -1011,6 +1039,11 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
                 tracked_processes: tracked,
                 tracked_processes_max: shared.cfg.max_tracked_processes,
                 audit: core.audit.stats().snapshot(),
+                startup: shared
+                    .startup
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
             };
             Ok(Response::Status {
                 status: Box::new(status),
