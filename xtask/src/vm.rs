@@ -568,21 +568,6 @@ fn parse_counts(s: &str) -> (u32, u32) {
     (num(" passed"), num(" failed"))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn parses_libtest_summary() {
-        assert_eq!(
-            super::parse_counts("ok. 11 passed; 0 failed; 0 ignored; 0 measured"),
-            (11, 0)
-        );
-        assert_eq!(
-            super::parse_counts("FAILED. 9 passed; 2 failed; 0 ignored"),
-            (9, 2)
-        );
-    }
-}
-
 /// A terminated `cargo xtask test --vm` leaves no QEMU behind: starts one (on the kernel
 /// that boots first in the matrix's order), waits until its QEMU runs, ends it with
 /// SIGTERM (as `timeout` and CI limits do) and then with SIGKILL, and checks that no
@@ -637,4 +622,19 @@ pub fn orphan_check() -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_libtest_summary() {
+        assert_eq!(
+            super::parse_counts("ok. 11 passed; 0 failed; 0 ignored; 0 measured"),
+            (11, 0)
+        );
+        assert_eq!(
+            super::parse_counts("FAILED. 9 passed; 2 failed; 0 ignored"),
+            (9, 2)
+        );
+    }
 }

@@ -165,7 +165,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let btf = offsets::read_btf(&cfg.btf)?;
     startup.mark("btf read");
     let offsets = offsets::resolve(&btf).context("reading kernel struct offsets")?;
-    startup.mark("offsets (btf-rs)");
+    startup.mark("offsets");
     let loader::Loaded { mut ebpf, programs } = loader::load(
         offsets,
         &btf,
