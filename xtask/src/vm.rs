@@ -618,7 +618,7 @@ pub fn orphan_check() -> Result<()> {
             );
         }
         eprintln!(
-            "vm: orphan check: {signal:?} to `xtask test --vm` while QEMU ran left no process behind"
+            "vm: orphan check: {name} to `xtask test --vm` while QEMU ran left no process behind"
         );
     }
     Ok(())
