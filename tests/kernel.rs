@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_common::vocab::{Action, Layer, Verdict};
 use agentwarden::{
     event::{DecisionInfo, Event},
     proto::StatusReport,
@@ -329,7 +330,7 @@ fn opens_of<'a>(evs: &'a [Event], path: &'a Path) -> impl Iterator<Item = &'a Ev
 }
 
 /// Events whose decision ended in `action` (`blocked`, `killed`, `alerted`, ...).
-fn with_action<'a>(evs: &'a [Event], action: &'a str) -> impl Iterator<Item = &'a Event> {
+fn with_action(evs: &[Event], action: Action) -> impl Iterator<Item = &Event> {
     evs.iter()
         .filter(move |e| e.decision.as_ref().is_some_and(|x| x.action == action))
 }
@@ -1211,7 +1212,7 @@ fn network_rules_block_in_the_kernel_and_monitor_only_records() {
     assert_eq!(udp[0].0.protocol, "udp");
     let allowed = decided(p_ok, "connect");
     assert!(!allowed.is_empty());
-    assert_eq!(allowed[0].1.decision, "allow");
+    assert_eq!(allowed[0].1.decision, Verdict::Allow);
     assert!(
         allowed[0]
             .1
@@ -1223,12 +1224,12 @@ fn network_rules_block_in_the_kernel_and_monitor_only_records() {
 
     let mid = d.session("net-monitor").id;
     let evs = d.wait_for(&mid, "monitor decisions", |evs| {
-        with_action(evs, "alerted").count() >= 3
+        with_action(evs, Action::Alerted).count() >= 3
     });
     let alerted = evs
         .iter()
         .filter_map(|e| e.decision.as_ref())
-        .find(|x| x.action == "alerted")
+        .find(|x| x.action == Action::Alerted)
         .unwrap();
     assert_eq!(
         (alerted.decision.as_str(), alerted.enforced_by.as_str()),
@@ -1283,19 +1284,19 @@ fn exec_and_file_rules_are_judged_and_recorded_as_alerts() {
         (canary.decision.as_str(), canary.action.as_str()),
         ("deny", "alerted")
     );
-    assert_eq!(canary.enforced_by, "none");
+    assert_eq!(canary.enforced_by, Layer::None);
     assert!(
         canary.rule.ends_with("watch.yaml:11 (files.deny[1])"),
         "{canary:?}"
     );
     let key = decision_of(&dir.join("secret/key"), "open");
     assert!(
-        key.rule.ends_with("(files.deny[0])") && key.action == "alerted",
+        key.rule.ends_with("(files.deny[0])") && key.action == Action::Alerted,
         "{key:?}"
     );
     let odx = decision_of(&od, "exec");
     assert!(
-        odx.rule.ends_with("watch.yaml:6 (exec.deny[0])") && odx.action == "alerted",
+        odx.rule.ends_with("watch.yaml:6 (exec.deny[0])") && odx.action == Action::Alerted,
         "{odx:?}"
     );
     let cat = decision_of(&fs::canonicalize("/bin/cat").unwrap(), "exec");
@@ -1468,12 +1469,19 @@ fn denied_files_and_programs_are_killed_before_returning_to_user_mode() {
     let killed_in = |session: &str, path: &str| {
         let sid = d.session(session).id;
         let evs = d.wait_for(&sid, "the kill decision", |evs| {
-            evs.iter()
-                .any(|e| e.decision.as_ref().is_some_and(|x| x.action == "killed"))
+            evs.iter().any(|e| {
+                e.decision
+                    .as_ref()
+                    .is_some_and(|x| x.action == Action::Killed)
+            })
         });
         let ev = evs
             .iter()
-            .find(|e| e.decision.as_ref().is_some_and(|x| x.action == "killed"))
+            .find(|e| {
+                e.decision
+                    .as_ref()
+                    .is_some_and(|x| x.action == Action::Killed)
+            })
             .unwrap();
         let seen = ev
             .open
@@ -1592,9 +1600,9 @@ fn denied_opens_and_execs_are_blocked_with_eperm_by_bpf_lsm_or_refused_without_i
         }
         let sid = d.session("b-lsm").id;
         let evs = d.wait_for(&sid, "blocked decisions", |evs| {
-            with_action(evs, "blocked").count() >= 5
+            with_action(evs, Action::Blocked).count() >= 5
         });
-        let blocked: Vec<_> = with_action(&evs, "blocked").collect();
+        let blocked: Vec<_> = with_action(&evs, Action::Blocked).collect();
         for e in &blocked {
             let dec = e.decision.as_ref().unwrap();
             assert_eq!(
@@ -1642,12 +1650,12 @@ fn denied_opens_and_execs_are_blocked_with_eperm_by_bpf_lsm_or_refused_without_i
     }
     let sid = d.session("b-monitor").id;
     let evs = d.wait_for(&sid, "alerts", |evs| {
-        with_action(evs, "alerted").count() >= 5
+        with_action(evs, Action::Alerted).count() >= 5
     });
     assert!(
         evs.iter()
             .filter_map(|e| e.decision.as_ref())
-            .all(|x| x.action != "blocked" && x.action != "killed"),
+            .all(|x| x.action != Action::Blocked && x.action != Action::Killed),
         "{}",
         dump(&evs)
     );
@@ -2065,7 +2073,7 @@ fn claude_code_works_under_its_profile_and_is_stopped_at_credentials_and_foreign
         .filter(|e| e.open.as_ref().is_some_and(|o| o.path == key))
         .find_map(|e| e.decision.clone())
         .unwrap_or_else(|| panic!("no decision on {key}:\n{}", dump(&evs)));
-    assert_eq!(on_key.decision, "deny");
+    assert_eq!(on_key.decision, Verdict::Deny);
     assert!(
         matches!(
             (on_key.action.as_str(), on_key.enforced_by.as_str()),
@@ -2097,7 +2105,9 @@ fn claude_code_works_under_its_profile_and_is_stopped_at_credentials_and_foreign
     assert!(
         evs.iter()
             .any(|e| e.net.as_ref().is_some_and(|n| n.port == model.port)
-                && e.decision.as_ref().is_some_and(|x| x.decision == "allow")),
+                && e.decision
+                    .as_ref()
+                    .is_some_and(|x| x.decision == Verdict::Allow)),
         "{}",
         dump(&evs)
     );

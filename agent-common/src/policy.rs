@@ -10,22 +10,15 @@ pub const MAX_PORT_RANGES: usize = 8;
 /// `rule_id` of a decision taken by the category's default, not a listed rule.
 pub const RULE_DEFAULT: u32 = u32::MAX;
 
-pub const MODE_MONITOR: u8 = 0;
-pub const MODE_ENFORCE: u8 = 1;
-
-pub const ACTION_BLOCK: u8 = 0;
-pub const ACTION_KILL: u8 = 1;
-pub const ACTION_ALERT: u8 = 2;
-
 /// Value of `PROFILES`, indexed by profile id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProfileConfig {
-    /// [`MODE_MONITOR`] or [`MODE_ENFORCE`].
+    /// [`crate::vocab::Mode`] as `u8`.
     pub mode: u8,
     /// 1 when the network default is deny.
     pub net_default_deny: u8,
-    /// [`ACTION_BLOCK`], [`ACTION_KILL`] or [`ACTION_ALERT`].
+    /// [`crate::vocab::OnViolation`] as `u8`.
     pub net_action: u8,
     /// 1 once the daemon filled the slot.
     pub loaded: u8,

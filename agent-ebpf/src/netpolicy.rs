@@ -3,14 +3,9 @@
 //! after a tracepoint read it), before the connect or send happens.
 
 use agent_common::{
-    event::{
-        ENFORCED_CGROUP, ENFORCED_NONE, EventKind, NET_ACTION_ALERTED, NET_ACTION_ALLOWED,
-        NET_ACTION_BLOCKED, NET_OP_CONNECT, NET_OP_SENDMSG, NetDecisionEvent, PATH_ACTION_KILLED,
-    },
-    policy::{
-        ACTION_ALERT, ACTION_KILL, MAX_PROFILES, MODE_ENFORCE, NET_RULES_MAX, NetKey, NetRule,
-        ProfileConfig, RULE_DEFAULT,
-    },
+    event::{EventKind, NET_OP_CONNECT, NET_OP_SENDMSG, NetDecisionEvent},
+    policy::{MAX_PROFILES, NET_RULES_MAX, NetKey, NetRule, ProfileConfig, RULE_DEFAULT},
+    vocab::{Action, Layer, Mode, OnViolation},
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -124,13 +119,14 @@ fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
             _ => (cfg.net_default_deny != 0, RULE_DEFAULT),
         },
     };
-    let enforce = denied && cfg.mode == MODE_ENFORCE && cfg.net_action != ACTION_ALERT;
-    let kill = enforce && cfg.net_action == ACTION_KILL;
+    let enforce =
+        denied && cfg.mode == Mode::Enforce as u8 && cfg.net_action != OnViolation::Alert as u8;
+    let kill = enforce && cfg.net_action == OnViolation::Kill as u8;
     let action = match (denied, enforce) {
-        (false, _) => NET_ACTION_ALLOWED,
-        (true, true) if kill => PATH_ACTION_KILLED,
-        (true, true) => NET_ACTION_BLOCKED,
-        (true, false) => NET_ACTION_ALERTED,
+        (false, _) => Action::Allowed,
+        (true, true) if kill => Action::Killed,
+        (true, true) => Action::Blocked,
+        (true, false) => Action::Alerted,
     };
     if kill {
         // The signal follows at the syscall's exit; the operation is refused already.
@@ -146,12 +142,8 @@ fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
             protocol,
             op,
             denied: denied as u8,
-            action,
-            enforced_by: if enforce {
-                ENFORCED_CGROUP
-            } else {
-                ENFORCED_NONE
-            },
+            action: action as u8,
+            enforced_by: (if enforce { Layer::Cgroup } else { Layer::None }) as u8,
             _pad: 0,
             rule_id,
             addr,

@@ -11,16 +11,14 @@
 use core::ffi::c_void;
 
 use agent_common::{
-    event::{
-        ENFORCED_LSM, ENFORCED_NONE, ENFORCED_SIGNAL, KPath, KernelVerdict, NET_ACTION_ALERTED,
-        NET_ACTION_BLOCKED, PATH_ACTION_KILLED, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX,
-    },
+    event::{KPath, KernelVerdict, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX},
     policy::{
-        CATEGORY_EXEC, FNV_OFFSET, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey, MODE_ENFORCE,
-        PathRuleKey, PathRuleValue, fnv_step,
+        CATEGORY_EXEC, FNV_OFFSET, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey, PathRuleKey,
+        PathRuleValue, fnv_step,
     },
     session::SessionEntry,
     stats::Stat,
+    vocab::{Action, Layer, Mode},
 };
 use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_send_signal},
@@ -297,13 +295,13 @@ pub fn enforce(
     };
     out.rule_id = rule;
     out.denied = 1;
-    if a.kill != 0 && a.mode == MODE_ENFORCE {
+    if a.kill != 0 && a.mode == Mode::Enforce as u8 {
         kill_current();
-        out.action = PATH_ACTION_KILLED;
-        out.enforced_by = ENFORCED_SIGNAL;
+        out.action = Action::Killed as u8;
+        out.enforced_by = Layer::Signal as u8;
     } else {
-        out.action = NET_ACTION_ALERTED;
-        out.enforced_by = ENFORCED_NONE;
+        out.action = Action::Alerted as u8;
+        out.enforced_by = Layer::None as u8;
     }
 }
 
@@ -313,7 +311,7 @@ pub fn enforce(
 #[inline(always)]
 pub fn lsm_wanted(entry: &SessionEntry, category: u8) -> bool {
     actions(entry, category)
-        .is_some_and(|a| a.mode == MODE_ENFORCE && (a.block != 0 || a.kill != 0))
+        .is_some_and(|a| a.mode == Mode::Enforce as u8 && (a.block != 0 || a.kill != 0))
 }
 
 /// LSM layer, before the operation: `-EPERM` when a deny rule matches. `block` refuses;
@@ -330,7 +328,7 @@ pub fn lsm_decide(
     let Some(a) = actions(entry, category) else {
         return 0;
     };
-    if a.mode != MODE_ENFORCE {
+    if a.mode != Mode::Enforce as u8 {
         return 0;
     }
     let Some(rule) = judge(file, path, entry, &a, category) else {
@@ -338,12 +336,12 @@ pub fn lsm_decide(
     };
     out.rule_id = rule;
     out.denied = 1;
-    out.enforced_by = ENFORCED_LSM;
+    out.enforced_by = Layer::Lsm as u8;
     if a.block != 0 {
-        out.action = NET_ACTION_BLOCKED;
+        out.action = Action::Blocked as u8;
     } else if a.kill != 0 {
         kill_current();
-        out.action = PATH_ACTION_KILLED;
+        out.action = Action::Killed as u8;
     } else {
         return 0;
     }

@@ -5,12 +5,14 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::event::{
-    ARGV_TRUNCATED, COMM_LEN, ConnectEvent, ENFORCED_CGROUP, ENFORCED_LSM, ENFORCED_SIGNAL,
-    EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, KPath, KernelVerdict,
-    NET_ACTION_ALERTED, NET_ACTION_BLOCKED, NET_OP_SENDMSG, NetDecisionEvent, OpenEvent,
-    OpenSyscall, PATH_ACTION_KILLED, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED,
-    decode::{DecodeError, header, read_record},
+use agent_common::{
+    event::{
+        ARGV_TRUNCATED, COMM_LEN, ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
+        ForkEvent, KPath, KernelVerdict, NET_OP_SENDMSG, NetDecisionEvent, OpenEvent, OpenSyscall,
+        PATH_FLAG_RAW, PATH_FLAG_TRUNCATED,
+        decode::{DecodeError, header, read_record},
+    },
+    vocab::{Action, Layer, Verdict},
 };
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +64,15 @@ impl Spare {
 /// into buffers kept in `spare` instead of a new zeroed allocation each: the daemon's
 /// hottest copy under load.
 pub fn decode_reusing(bytes: &[u8], spare: &mut Spare) -> Result<Raw, DecodeError> {
+    let raw = read_reusing(bytes, spare)?;
+    if let Err(e) = check_vocabulary(&raw) {
+        spare.keep(raw);
+        return Err(e);
+    }
+    Ok(raw)
+}
+
+fn read_reusing(bytes: &[u8], spare: &mut Spare) -> Result<Raw, DecodeError> {
     use agent_common::event::decode::read_record_into;
     match header(bytes).and_then(|h| EventKind::from_u32(h.kind)) {
         Some(EventKind::Open) => match spare.open.take() {
@@ -69,7 +80,7 @@ pub fn decode_reusing(bytes: &[u8], spare: &mut Spare) -> Result<Raw, DecodeErro
                 read_record_into(bytes, OpenEvent::FIXED_LEN, &mut *b)?;
                 Ok(Raw::Open(b))
             }
-            None => decode(bytes),
+            None => read(bytes),
         },
         Some(EventKind::Exec) => match spare.exec.take() {
             Some(mut b) => {
@@ -78,12 +89,45 @@ pub fn decode_reusing(bytes: &[u8], spare: &mut Spare) -> Result<Raw, DecodeErro
             }
             None => decode(bytes),
         },
-        _ => decode(bytes),
+        _ => read(bytes),
     }
 }
 
-/// Decodes one ring-buffer record.
+/// Decodes one ring-buffer record; a decision field with a number the vocabulary does
+/// not know fails it (counted as a decode error, never read as some default).
 pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
+    let raw = read(bytes)?;
+    check_vocabulary(&raw)?;
+    Ok(raw)
+}
+
+/// The decision fields of `raw` are numbers of [`Action`] and [`Layer`].
+fn check_vocabulary(raw: &Raw) -> Result<(), DecodeError> {
+    let (action, layer) = match raw {
+        Raw::Exec(e) => (e.verdict.action, e.verdict.enforced_by),
+        Raw::Open(e) => (e.verdict.action, e.verdict.enforced_by),
+        Raw::NetDecision(e) => (e.action, e.enforced_by),
+        Raw::Exit(_) | Raw::Fork(_) | Raw::SessionMapFull(_) | Raw::Connect(_) => return Ok(()),
+    };
+    let kind = raw.header().kind;
+    if Action::from_u8(action).is_none() {
+        return Err(DecodeError::UnknownValue {
+            kind,
+            field: "action",
+            value: action,
+        });
+    }
+    if Layer::from_u8(layer).is_none() {
+        return Err(DecodeError::UnknownValue {
+            kind,
+            field: "layer",
+            value: layer,
+        });
+    }
+    Ok(())
+}
+
+fn read(bytes: &[u8]) -> Result<Raw, DecodeError> {
     use core::mem::size_of;
     let h = header(bytes).ok_or(DecodeError::Short {
         kind: 0,
@@ -313,15 +357,15 @@ pub struct ForkInfo {
 /// A policy decision and how it was carried out.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DecisionInfo {
-    /// `allow` or `deny` (what the profile says).
-    pub decision: String,
-    /// `allowed`, `blocked`, `killed` or `alerted` (what happened: monitor mode and
-    /// `on_violation: alert` let a denied operation through and record it).
-    pub action: String,
+    /// What the profile says.
+    pub decision: Verdict,
+    /// What happened: monitor mode and `on_violation: alert` let a denied operation
+    /// through and record it.
+    pub action: Action,
     /// The rule that matched: `file:line (field)`, or `<category>.default`.
     pub rule: String,
-    /// `cgroup`, `lsm`, `landlock`, `signal` or `none`.
-    pub enforced_by: String,
+    /// The layer that carried the decision out.
+    pub enforced_by: Layer,
 }
 
 /// A network operation judged by the cgroup layer.
@@ -492,11 +536,8 @@ impl Event {
                         .map_or(ip.to_string(), |v4| v4.to_string()),
                     port: e.port,
                 });
-                ev.decision = Some(DecisionInfo {
-                    decision: if e.denied != 0 { "deny" } else { "allow" }.to_owned(),
-                    action: action_name(e.action).to_owned(),
-                    rule: rule(e.rule_id, "network"),
-                    enforced_by: layer_name(e.enforced_by).to_owned(),
+                ev.decision = decision(e.denied, e.action, e.enforced_by, || {
+                    rule(e.rule_id, "network")
                 });
             }
         }
@@ -504,24 +545,24 @@ impl Event {
     }
 }
 
-/// `NET_ACTION_*` / `PATH_ACTION_KILLED` as written in events.
-fn action_name(a: u8) -> &'static str {
-    match a {
-        NET_ACTION_BLOCKED => "blocked",
-        NET_ACTION_ALERTED => "alerted",
-        PATH_ACTION_KILLED => "killed",
-        _ => "allowed",
-    }
-}
-
-/// `ENFORCED_*` as written in events.
-fn layer_name(l: u8) -> &'static str {
-    match l {
-        ENFORCED_CGROUP => "cgroup",
-        ENFORCED_SIGNAL => "signal",
-        ENFORCED_LSM => "lsm",
-        _ => "none",
-    }
+/// A kernel decision's fields as a [`DecisionInfo`]; `None` for numbers the vocabulary
+/// does not know (decoding already refused those records).
+fn decision(
+    denied: u8,
+    action: u8,
+    layer: u8,
+    rule: impl FnOnce() -> String,
+) -> Option<DecisionInfo> {
+    Some(DecisionInfo {
+        decision: if denied != 0 {
+            Verdict::Deny
+        } else {
+            Verdict::Allow
+        },
+        action: Action::from_u8(action)?,
+        rule: rule(),
+        enforced_by: Layer::from_u8(layer)?,
+    })
 }
 
 /// A deny decision the kernel took on an exec or open (none when nothing matched).
@@ -530,11 +571,11 @@ fn kernel_decision(
     category: &str,
     rule: &dyn Fn(u32, &str) -> String,
 ) -> Option<DecisionInfo> {
-    (v.denied != 0).then(|| DecisionInfo {
-        decision: "deny".to_owned(),
-        action: action_name(v.action).to_owned(),
-        rule: rule(v.rule_id, category),
-        enforced_by: layer_name(v.enforced_by).to_owned(),
+    if v.denied == 0 {
+        return None;
+    }
+    decision(v.denied, v.action, v.enforced_by, || {
+        rule(v.rule_id, category)
     })
 }
 
@@ -698,6 +739,53 @@ mod tests {
                 need: 80
             })
         ));
+    }
+
+    /// Every action and layer number the kernel can write decodes to its word; a number
+    /// the vocabulary does not know fails the record (counted), with or without a reused
+    /// buffer, and is never read as some default.
+    #[test]
+    fn decision_numbers_decode_to_the_vocabulary_or_fail() {
+        let open = |action: u8, layer: u8| OpenEvent {
+            header: hdr(EventKind::Open),
+            syscall: OpenSyscall::Openat as u32,
+            flags: 0,
+            ret: -1,
+            verdict: KernelVerdict {
+                rule_id: 4,
+                denied: 1,
+                action,
+                enforced_by: layer,
+                _pad: 0,
+            },
+            path: kpath("key/secret/", 0),
+        };
+        let clock = Clock { offset_ns: 0 };
+        for a in Action::ALL {
+            for l in Layer::ALL {
+                let ev = open(*a as u8, *l as u8);
+                let raw = decode(&bytes_of(&ev, OpenEvent::FIXED_LEN + 11)).expect("decode");
+                let e = Event::from_raw(&raw, &clock, SessionRef::default(), &|id, c| {
+                    format!("{c}:{id}")
+                });
+                let d = e.decision.expect("decision");
+                assert_eq!(
+                    (d.decision, d.action, d.enforced_by, d.rule.as_str()),
+                    (Verdict::Deny, *a, *l, "files:4")
+                );
+            }
+        }
+        let mut spare = Spare::default();
+        for (ev, field, value) in [(open(9, 0), "action", 9), (open(1, 77), "layer", 77)] {
+            let wire = bytes_of(&ev, OpenEvent::FIXED_LEN + 11);
+            let want = Err(DecodeError::UnknownValue {
+                kind: EventKind::Open as u32,
+                field,
+                value,
+            });
+            assert_eq!(decode(&wire), want);
+            assert_eq!(decode_reusing(&wire, &mut spare), want);
+        }
     }
 
     #[test]

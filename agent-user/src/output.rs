@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use agent_common::vocab::Verdict;
+
 use crate::{event::Event, proto::StatusReport, session::SessionView};
 
 /// Left-aligned columns sized to their widest cell.
@@ -62,7 +64,7 @@ pub fn sessions(list: &[SessionView]) -> String {
 pub fn detail(e: &Event) -> String {
     let body = body(e);
     match &e.decision {
-        Some(d) if d.decision == "deny" => format!(
+        Some(d) if d.decision == Verdict::Deny => format!(
             "{body}  [DENY {} by {}: {}]",
             d.action, d.enforced_by, d.rule
         ),

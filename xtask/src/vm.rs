@@ -96,7 +96,7 @@ pub const VM_TESTS: &[(&str, &str)] = &[
     ),
     (
         "exec_and_file_rules_are_judged_and_recorded_as_alerts",
-        "monitor-mode path rules judged in the LSM hooks instead of the tracepoints",
+        "path rules judged in the kernel beside the LSM hooks, which leave monitor and alert to the tracepoints",
     ),
     (
         "network_rules_block_in_the_kernel_and_monitor_only_records",

@@ -11,6 +11,12 @@ pub enum DecodeError {
     Short { kind: u32, len: usize, need: usize },
     /// The header's kind is not one this build knows.
     UnknownKind(u32),
+    /// A field holds a number its vocabulary (`crate::vocab`) does not know.
+    UnknownValue {
+        kind: u32,
+        field: &'static str,
+        value: u8,
+    },
 }
 
 impl core::fmt::Display for DecodeError {
@@ -23,6 +29,9 @@ impl core::fmt::Display for DecodeError {
                 )
             }
             Self::UnknownKind(k) => write!(f, "unknown event kind {k}"),
+            Self::UnknownValue { kind, field, value } => {
+                write!(f, "record of kind {kind}: unknown {field} {value}")
+            }
         }
     }
 }

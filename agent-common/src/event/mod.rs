@@ -31,20 +31,13 @@ pub struct KernelVerdict {
     /// The deny rule that matched (meaningful when `denied` is 1).
     pub rule_id: u32,
     pub denied: u8,
-    /// `NET_ACTION_*` values: alerted, blocked, or [`PATH_ACTION_KILLED`].
+    /// [`crate::vocab::Action`] as `u8`.
     pub action: u8,
-    /// `ENFORCED_*`.
+    /// [`crate::vocab::Layer`] as `u8`.
     pub enforced_by: u8,
     pub _pad: u8,
 }
 crate::assert_size!(KernelVerdict, 8);
-
-/// The process was sent SIGKILL before it returned to user mode (paths and network).
-pub const PATH_ACTION_KILLED: u8 = 3;
-/// Enforcement layer: a signal from a tracepoint.
-pub const ENFORCED_SIGNAL: u8 = 2;
-/// Enforcement layer: a BPF-LSM hook refused the operation before it happened.
-pub const ENFORCED_LSM: u8 = 3;
 
 /// Marker for `#[repr(C)]` event types that are valid for every bit pattern (integers and
 /// byte arrays only), so they can be decoded by copying bytes.

@@ -1,19 +1,7 @@
 use super::EventHeader;
 
-/// What happened to a connect or send.
-pub const NET_ACTION_ALLOWED: u8 = 0;
-/// Refused before the operation (`EPERM`).
-pub const NET_ACTION_BLOCKED: u8 = 1;
-/// Outside the profile but let through (monitor mode or `on_violation: alert`).
-pub const NET_ACTION_ALERTED: u8 = 2;
-
 pub const NET_OP_CONNECT: u8 = 0;
 pub const NET_OP_SENDMSG: u8 = 1;
-
-/// Enforcement layer: none.
-pub const ENFORCED_NONE: u8 = 0;
-/// Enforcement layer: cgroup sock_addr programs.
-pub const ENFORCED_CGROUP: u8 = 1;
 
 /// A network decision taken by a cgroup sock_addr program on the kernel's own copy of
 /// the destination address, before the operation.
@@ -31,9 +19,9 @@ pub struct NetDecisionEvent {
     pub op: u8,
     /// 1 when the profile denies this destination.
     pub denied: u8,
-    /// `NET_ACTION_*`.
+    /// [`crate::vocab::Action`] as `u8`.
     pub action: u8,
-    /// `ENFORCED_*`.
+    /// [`crate::vocab::Layer`] as `u8`.
     pub enforced_by: u8,
     pub _pad: u16,
     /// The rule that decided (`RULE_DEFAULT` for the category default).

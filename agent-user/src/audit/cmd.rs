@@ -8,8 +8,9 @@ use std::{
     process::ExitCode,
 };
 
+use agent_common::vocab::{Action, Verdict};
 use anyhow::{Context as _, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum, builder::PossibleValuesParser};
 
 use super::{
     ocsf,
@@ -17,6 +18,11 @@ use super::{
     store, timeline,
 };
 use crate::{output, policy::net::Cidr};
+
+/// A filter's possible values: the words of a vocabulary (`agent_common::vocab`).
+fn words(w: impl Iterator<Item = &'static str>) -> PossibleValuesParser {
+    PossibleValuesParser::new(w.collect::<Vec<_>>())
+}
 
 /// Where the daemon keeps the store by default (`daemon --state-dir`).
 pub const DEFAULT_DB: &str = "/var/lib/agentwarden/audit.db";
@@ -79,10 +85,10 @@ pub struct FilterArgs {
     #[arg(long)]
     until: Option<String>,
     /// `allow` or `deny`.
-    #[arg(long, value_parser = ["allow", "deny"])]
+    #[arg(long, value_parser = words(Verdict::ALL.iter().map(|v| v.as_str())))]
     decision: Option<String>,
     /// What happened: `allowed`, `blocked`, `killed` or `alerted`.
-    #[arg(long, value_parser = ["allowed", "blocked", "killed", "alerted"])]
+    #[arg(long, value_parser = words(Action::ALL.iter().map(|v| v.as_str())))]
     action: Option<String>,
     /// Paths starting with this (exec and open).
     #[arg(long)]

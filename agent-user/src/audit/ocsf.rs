@@ -2,6 +2,7 @@
 //! Activity (1001) and Network Activity (4001). What OCSF has no field for (the session,
 //! the lineage, the matched rule, the layer) goes under `unmapped.agentwarden`.
 
+use agent_common::vocab::Action;
 use serde_json::{Value, json};
 
 use super::query::AuditRecord;
@@ -32,10 +33,11 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
                 "Open",
             ),
             "connect" | "net_decision" => {
-                let refused = e.decision.as_ref().is_some_and(|d| d.action == "blocked")
-                    || e.connect
-                        .as_ref()
-                        .is_some_and(|c| c.result < 0 && c.result != -115);
+                let refused = e
+                    .decision
+                    .as_ref()
+                    .is_some_and(|d| d.action == Action::Blocked)
+                    || e.connect.as_ref().is_some_and(|c| connect_failed(c.result));
                 if refused {
                     (4001, "Network Activity", 4, "Network Activity", 5, "Refuse")
                 } else {
@@ -46,25 +48,21 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
         };
     let time_ms = super::records::time_ns(&e.time) / 1_000_000;
     let d = e.decision.as_ref();
-    let (disposition_id, disposition) = match d.map(|d| d.action.as_str()) {
-        Some("blocked") | Some("killed") => (2, "Blocked"),
-        Some("alerted") => (19, "Alert"),
-        Some("allowed") => (1, "Allowed"),
-        _ => (0, "Unknown"),
+    let action = d.map(|d| d.action);
+    let (disposition_id, disposition) = match action {
+        Some(Action::Blocked | Action::Killed) => (2, "Blocked"),
+        Some(Action::Alerted) => (19, "Alert"),
+        Some(Action::Allowed) => (1, "Allowed"),
+        None => (0, "Unknown"),
     };
-    let severity_id = match d.map(|d| d.action.as_str()) {
-        Some("killed") => 4,
-        Some("blocked") | Some("alerted") => 3,
-        _ => 1,
+    let severity_id = match action {
+        Some(Action::Killed) => 4,
+        Some(Action::Blocked | Action::Alerted) => 3,
+        Some(Action::Allowed) | None => 1,
     };
     let failed = e.open.as_ref().is_some_and(|o| o.result < 0)
-        || e.connect
-            .as_ref()
-            .is_some_and(|c| c.result < 0 && c.result != -115)
-        || matches!(
-            d.map(|d| d.action.as_str()),
-            Some("blocked") | Some("killed")
-        );
+        || e.connect.as_ref().is_some_and(|c| connect_failed(c.result))
+        || action.is_some_and(Action::refused);
     let ctx = r.context.as_ref();
     let p = e.process.as_ref();
     let actor_process = p.map(|p| {
@@ -189,4 +187,10 @@ fn file_obj(path: &str) -> Value {
         "type_id": 1,
         "type": "Regular File",
     })
+}
+
+/// A connect that failed: a negative result other than `EINPROGRESS` (a non-blocking
+/// connect under way, as curl's).
+fn connect_failed(result: i64) -> bool {
+    result < 0 && result != -i64::from(libc::EINPROGRESS)
 }

@@ -576,11 +576,17 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
         _ => {}
     }
     if let Some(decision) = get_s("decision")? {
+        let word = |column: &str| -> Result<String> {
+            get_s(column)?.ok_or_else(|| anyhow::anyhow!("row {seq}: a decision without {column}"))
+        };
+        let parse = |column: &str, text: String| anyhow::anyhow!("row {seq}: {column}: {text}");
         ev.decision = Some(DecisionInfo {
-            decision,
-            action: get_s("outcome")?.unwrap_or_default(),
+            decision: decision.parse().map_err(|e| parse("decision", e))?,
+            action: word("outcome")?.parse().map_err(|e| parse("outcome", e))?,
             rule: get_s("rule")?.unwrap_or_default(),
-            enforced_by: get_s("enforced_by")?.unwrap_or_default(),
+            enforced_by: word("enforced_by")?
+                .parse()
+                .map_err(|e| parse("enforced_by", e))?,
         });
     }
     Ok((seq, ev))

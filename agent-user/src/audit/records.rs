@@ -250,10 +250,7 @@ pub fn event_rows(ev: &Event) -> EventRows {
         opt_text(d.map(|d| d.enforced_by.as_str())),
     ]);
     // A refused exec left the old image running.
-    let refused = ev
-        .decision
-        .as_ref()
-        .is_some_and(|d| d.action == "blocked" || d.action == "killed");
+    let refused = ev.decision.as_ref().is_some_and(|d| d.action.refused());
     let process = match (ev.kind.as_str(), p) {
         ("exec", Some(p)) if !refused => ev.exec.as_ref().map(|x| {
             process_row(

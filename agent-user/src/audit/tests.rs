@@ -7,6 +7,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use agent_common::vocab::{Action, Layer, Verdict};
 use rusqlite::Connection;
 
 use super::{chain::Break, query::Filter, *};
@@ -102,10 +103,10 @@ fn session_items(t0: u64) -> Vec<Item> {
         result: 3,
     });
     e.decision = Some(DecisionInfo {
-        decision: "deny".into(),
-        action: "killed".into(),
+        decision: Verdict::Deny,
+        action: Action::Killed,
         rule: "rules/claude-code.yaml:30 (files.deny[0])".into(),
-        enforced_by: "signal".into(),
+        enforced_by: Layer::Signal,
     });
     items.push(Item::Event(Arc::new(e)));
     items

@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
-use agent_common::stats::Stat;
+use agent_common::{stats::Stat, vocab::Verdict};
 use anyhow::{Context as _, Result};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -21,14 +21,15 @@ use crate::event::Event;
 #[derive(Debug, Default)]
 pub struct EventCounts(HashMap<String, HashMap<String, [u64; 3]>>);
 
-const DECISIONS: [&str; 3] = ["none", "allow", "deny"];
+/// The `decision` label: the event's verdict, or `none` for an event without one.
+const DECISIONS: [&str; 3] = ["none", Verdict::Allow.as_str(), Verdict::Deny.as_str()];
 
 impl EventCounts {
     pub fn count(&mut self, ev: &Event) {
-        let d = match ev.decision.as_ref().map(|d| d.decision.as_str()) {
-            Some("allow") => 1,
-            Some("deny") => 2,
-            _ => 0,
+        let d = match ev.decision.as_ref().map(|d| d.decision) {
+            None => 0,
+            Some(Verdict::Allow) => 1,
+            Some(Verdict::Deny) => 2,
         };
         let agent = ev.session.profile.as_str();
         if !self.0.contains_key(agent) {

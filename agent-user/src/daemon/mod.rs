@@ -13,7 +13,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{session::SessionEntry, stats::Stat};
+use agent_common::{
+    session::SessionEntry,
+    stats::Stat,
+    vocab::{Action, Layer, Verdict},
+};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
@@ -489,10 +493,7 @@ impl Core {
             rules.describe(id, cat)
         });
         // A refused exec left the old program running.
-        let refused = ev
-            .decision
-            .as_ref()
-            .is_some_and(|d| d.action == "blocked" || d.action == "killed");
+        let refused = ev.decision.as_ref().is_some_and(|d| d.action.refused());
         if let Some(exec) = &ev.exec
             && !refused
         {
@@ -538,22 +539,25 @@ impl Core {
             .profile_of(sid)
             .is_some_and(|p| p.file.mode == policy::Mode::Enforce);
         let action = if !enforce {
-            "alerted"
+            Action::Alerted
         } else {
             match overflow::kill_untracked(child, forked_ns) {
-                Ok(overflow::Outcome::Killed) => "killed",
-                Ok(overflow::Outcome::Gone) => "alerted",
+                Ok(overflow::Outcome::Killed) => Action::Killed,
+                Ok(overflow::Outcome::Gone) => Action::Alerted,
                 Err(e) => {
                     warn!(child, error = %e, "could not kill a child the kernel could not track");
-                    "alerted"
+                    Action::Alerted
                 }
             }
         };
         ev.decision = Some(DecisionInfo {
-            decision: "deny".to_owned(),
-            action: action.to_owned(),
+            decision: Verdict::Deny,
+            action,
             rule: "tracking.capacity (--max-tracked-processes)".to_owned(),
-            enforced_by: if action == "killed" { "signal" } else { "none" }.to_owned(),
+            enforced_by: match action {
+                Action::Killed => Layer::Signal,
+                Action::Allowed | Action::Blocked | Action::Alerted => Layer::None,
+            },
         });
     }
 
@@ -583,10 +587,10 @@ impl Core {
             && self.profile_of(sid).is_some_and(|p| p.kernel_decides[i])
         {
             ev.decision = Some(DecisionInfo {
-                decision: "allow".to_owned(),
-                action: "allowed".to_owned(),
+                decision: Verdict::Allow,
+                action: Action::Allowed,
                 rule: format!("{category}.default"),
-                enforced_by: "none".to_owned(),
+                enforced_by: Layer::None,
             });
             return;
         }
@@ -630,15 +634,19 @@ impl Core {
             o.path = path;
         }
         let (action, layer) = match (v.denied, landlock_refusal) {
-            (true, true) => ("blocked", "landlock"),
-            (true, false) => ("alerted", "none"),
-            (false, _) => ("allowed", "none"),
+            (true, true) => (Action::Blocked, Layer::Landlock),
+            (true, false) => (Action::Alerted, Layer::None),
+            (false, _) => (Action::Allowed, Layer::None),
         };
         ev.decision = Some(DecisionInfo {
-            decision: if v.denied { "deny" } else { "allow" }.to_owned(),
-            action: action.to_owned(),
+            decision: if v.denied {
+                Verdict::Deny
+            } else {
+                Verdict::Allow
+            },
+            action,
             rule: v.rule,
-            enforced_by: layer.to_owned(),
+            enforced_by: layer,
         });
     }
 

@@ -5,9 +5,9 @@
 use std::net::IpAddr;
 
 use agent_common::policy::{
-    ACTION_ALERT, ACTION_BLOCK, ACTION_KILL, CATEGORY_EXEC, CATEGORY_FILE, FORM_EXACT, FORM_NAME,
-    FORM_PREFIX, InodeRuleKey, MAX_PORT_RANGES, MODE_ENFORCE, MODE_MONITOR, NetKey, NetRule,
-    PathRuleKey, PathRuleValue, PortRange as KPortRange, ProfileConfig, RULE_DEFAULT, fnv,
+    CATEGORY_EXEC, CATEGORY_FILE, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey,
+    MAX_PORT_RANGES, NetKey, NetRule, PathRuleKey, PathRuleValue, PortRange as KPortRange,
+    ProfileConfig, RULE_DEFAULT, fnv,
 };
 use anyhow::{Result, bail};
 
@@ -60,12 +60,25 @@ pub struct CompiledProfile {
     pub unresolved: Vec<String>,
 }
 
+/// The profile's word as the kernel's number.
 fn action(v: OnViolation) -> u8 {
-    match v {
-        OnViolation::Block => ACTION_BLOCK,
-        OnViolation::Kill => ACTION_KILL,
-        OnViolation::Alert => ACTION_ALERT,
-    }
+    use agent_common::vocab::OnViolation as Wire;
+    let wire = match v {
+        OnViolation::Block => Wire::Block,
+        OnViolation::Kill => Wire::Kill,
+        OnViolation::Alert => Wire::Alert,
+    };
+    wire as u8
+}
+
+/// The profile's mode as the kernel's number.
+fn mode(m: Mode) -> u8 {
+    use agent_common::vocab::Mode as Wire;
+    let wire = match m {
+        Mode::Monitor => Wire::Monitor,
+        Mode::Enforce => Wire::Enforce,
+    };
+    wire as u8
 }
 
 /// Whether denials of a category kill: `kill`, or `block` with `fallback: kill`. The
@@ -89,11 +102,7 @@ pub fn compile(
 ) -> Result<CompiledProfile> {
     let net = &p.file.network;
     let mut config = ProfileConfig {
-        mode: if p.file.mode == Mode::Enforce {
-            MODE_ENFORCE
-        } else {
-            MODE_MONITOR
-        },
+        mode: mode(p.file.mode),
         net_default_deny: u8::from(net.default == super::Default::Deny),
         net_action: action(net.on_violation),
         loaded: 1,
@@ -414,7 +423,11 @@ network:\n  default: deny\n  allow:\n    - { cidr: 10.0.0.0/8, ports: \"443\" }\
                 c.config.net_default_deny,
                 c.config.net_action
             ),
-            (MODE_ENFORCE, 1, ACTION_BLOCK)
+            (
+                agent_common::vocab::Mode::Enforce as u8,
+                1,
+                agent_common::vocab::OnViolation::Block as u8
+            )
         );
         assert_eq!(c.net_deny.len(), 1);
         let (bits, key, _) = c.net_deny[0];
