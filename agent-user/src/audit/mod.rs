@@ -12,6 +12,8 @@ pub mod store;
 pub mod timeline;
 
 #[cfg(test)]
+mod golden;
+#[cfg(test)]
 mod tests;
 
 use std::path::Path;
