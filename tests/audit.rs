@@ -291,7 +291,7 @@ fn kill_9_loses_less_than_the_documented_window_and_the_store_survives_a_restart
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str::<Event>(l).ok())
-        .filter_map(|e| e.open.and_then(|o| mark(&o.path)))
+        .filter_map(|e| e.open().cloned().and_then(|o| mark(&o.path)))
         .max()
         .map_or(0, |m| m + 1);
 
@@ -389,7 +389,7 @@ fn a_stalled_audit_store_never_stalls_the_kernel_path_and_its_losses_are_counted
     let evs = d.wait_for(&sid, "all 3000 opens in the event log", |evs| {
         opens_of(evs, &file).count() == 3000
     });
-    assert!(evs.iter().any(|e| e.kind == "exit"));
+    assert!(evs.iter().any(|e| e.kind() == EventKind::Exit));
     println!("stalled store: 3000 opens logged in {:?}", start.elapsed());
     let st = d.status();
     assert!(st.audit.dropped > 0, "{:?}", st.audit);
@@ -404,7 +404,7 @@ fn a_stalled_audit_store_never_stalls_the_kernel_path_and_its_losses_are_counted
         let all = d.events(None);
         if let Some(l) = all
             .iter()
-            .find_map(|e| e.loss.as_ref().filter(|l| l.counter == "audit_dropped"))
+            .find_map(|e| e.loss().filter(|l| l.counter == "audit_dropped"))
         {
             break l.clone();
         }
@@ -445,7 +445,7 @@ fn metrics_are_served_in_the_prometheus_text_format() {
     assert!(out.status.success());
     let sid = d.session("metered").id;
     d.wait_for(&sid, "the end", |evs| {
-        evs.iter().any(|e| e.kind == "session_end")
+        evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
     });
     let get = |path: &str| {
         let mut s = TcpStream::connect(&addr).unwrap();

@@ -20,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::vocab::{Action, Layer, Verdict};
+use agent_common::{
+    event::EventKind,
+    vocab::{Action, Layer, Verdict},
+};
 use agentwarden::{
     event::{DecisionInfo, Event},
     proto::StatusReport,
@@ -318,7 +321,7 @@ fn read_all(mut r: impl Read) -> Vec<u8> {
 
 fn dump(evs: &[Event]) -> String {
     evs.iter()
-        .map(|e| format!("{} {}", e.kind, agentwarden::output::detail(e)))
+        .map(|e| format!("{} {}", e.kind(), agentwarden::output::detail(e)))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -326,7 +329,7 @@ fn dump(evs: &[Event]) -> String {
 fn opens_of<'a>(evs: &'a [Event], path: &'a Path) -> impl Iterator<Item = &'a Event> {
     let p = path.to_string_lossy().into_owned();
     evs.iter()
-        .filter(move |e| e.open.as_ref().is_some_and(|o| o.path == p))
+        .filter(move |e| e.open().is_some_and(|o| o.path == p))
 }
 
 /// Events whose decision ended in `action` (`blocked`, `killed`, `alerted`, ...).
@@ -369,8 +372,8 @@ fn exec_open_and_connect_carry_session_and_resolved_paths() {
     let target = root.join("real/target.txt");
     let evs = d.wait_for(&sid, "open, connects and exits", |evs| {
         opens_of(evs, &target).count() == 1
-            && evs.iter().filter(|e| e.connect.is_some()).count() == 2
-            && evs.iter().any(|e| e.kind == "session_end")
+            && evs.iter().filter(|e| e.connect().is_some()).count() == 2
+            && evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
     });
     assert!(
         evs.iter()
@@ -382,8 +385,7 @@ fn exec_open_and_connect_carry_session_and_resolved_paths() {
     let exec = evs
         .iter()
         .find_map(|e| {
-            e.exec
-                .as_ref()
+            e.exec()
                 .filter(|x| x.argv.first().map(String::as_str) == Some("cat"))
         })
         .unwrap_or_else(|| panic!("no exec of cat:\n{}", dump(&evs)));
@@ -397,7 +399,7 @@ fn exec_open_and_connect_carry_session_and_resolved_paths() {
     assert!(!exec.argv_truncated);
 
     let open = opens_of(&evs, &target).next().expect("open event");
-    let o = open.open.as_ref().expect("open body");
+    let o = open.open().expect("open body");
     assert!(o.path_resolved && !o.path_truncated);
     assert!(o.result >= 0, "open result {}", o.result);
     assert_eq!(o.flags.first().map(String::as_str), Some("O_RDONLY"));
@@ -408,7 +410,7 @@ fn exec_open_and_connect_carry_session_and_resolved_paths() {
     );
     assert!(p.cgroup_id != 0 && p.ppid != 0);
 
-    let connects: Vec<_> = evs.iter().filter_map(|e| e.connect.as_ref()).collect();
+    let connects: Vec<_> = evs.iter().filter_map(|e| e.connect()).collect();
     assert_eq!(
         (
             connects[0].family.as_str(),
@@ -431,9 +433,9 @@ fn exec_open_and_connect_carry_session_and_resolved_paths() {
     let root_pid = d.session("paths").root_pid;
     let exit = evs
         .iter()
-        .find(|e| e.exit.is_some() && tgid(e) == root_pid)
+        .find(|e| e.exit().is_some() && tgid(e) == root_pid)
         .expect("exit");
-    assert_eq!(exit.exit.as_ref().unwrap().code, Some(0));
+    assert_eq!(exit.exit().unwrap().code, Some(0));
 }
 
 #[test]
@@ -461,11 +463,11 @@ fn double_fork_and_setsid_stay_in_session_until_the_last_exit() {
 
     fs::write(&gate, "").unwrap();
     let evs = d.wait_for(&s.id, "the grandchild's open and session end", |evs| {
-        opens_of(evs, &marker).count() == 1 && evs.iter().any(|e| e.kind == "session_end")
+        opens_of(evs, &marker).count() == 1 && evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
     });
     let open = opens_of(&evs, &marker).next().unwrap();
     assert_ne!(tgid(open), s.root_pid);
-    assert_eq!(evs.last().map(|e| e.kind.as_str()), Some("session_end"));
+    assert_eq!(evs.last().map(|e| e.kind()), Some(EventKind::SessionEnd));
     let ended = d.session("detach");
     assert_eq!((ended.state.as_str(), ended.processes), ("ended", 0));
 }
@@ -554,8 +556,8 @@ fn exit_code_and_fatal_signal_are_reported() {
 
     for (name, code, signal) in [("code", Some(7), None), ("killed", None, Some(9))] {
         let s = d.session(name);
-        let evs = d.wait_for(&s.id, "exit", |evs| evs.iter().any(|e| e.exit.is_some()));
-        let exit = evs.iter().find_map(|e| e.exit.as_ref()).unwrap();
+        let evs = d.wait_for(&s.id, "exit", |evs| evs.iter().any(|e| e.exit().is_some()));
+        let exit = evs.iter().find_map(|e| e.exit()).unwrap();
         assert_eq!((exit.code, exit.signal), (code, signal), "{name}");
     }
 }
@@ -615,7 +617,7 @@ fn a_session_cannot_administer_the_daemon() {
             .find(|s| s.name == "nested" && s.state == "active");
         if let Some(s) = sid {
             d.wait_for(&s.id, "end", |evs| {
-                evs.iter().any(|e| e.kind == "session_end")
+                evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
             });
         }
     }
@@ -747,12 +749,15 @@ fn a_full_session_map_is_counted_and_raised_never_silent() {
     assert!(out.status.success());
     let sid = d.session("full").id;
     let evs = d.wait_for(&sid, "session_map_full events", |evs| {
-        evs.iter().filter(|e| e.kind == "session_map_full").count() >= 3
+        evs.iter()
+            .filter(|e| e.kind() == EventKind::SessionMapFull)
+            .count()
+            >= 3
     });
     let lost: Vec<u32> = evs
         .iter()
-        .filter(|e| e.kind == "session_map_full")
-        .map(|e| e.fork.as_ref().expect("child").child_tgid)
+        .filter(|e| e.kind() == EventKind::SessionMapFull)
+        .map(|e| e.fork().expect("child").child_tgid)
         .collect();
     assert!(lost.iter().all(|t| *t != 0));
     let st: StatusReport = d.json(&["status", "--json"]);
@@ -764,7 +769,7 @@ fn a_full_session_map_is_counted_and_raised_never_silent() {
         .unwrap();
     assert!(full.total >= lost.len() as u64, "{full:?}");
     // `demo` is a monitor profile: the untracked children are recorded, not touched.
-    for e in evs.iter().filter(|e| e.kind == "session_map_full") {
+    for e in evs.iter().filter(|e| e.kind() == EventKind::SessionMapFull) {
         let dec = e
             .decision
             .as_ref()
@@ -776,11 +781,11 @@ fn a_full_session_map_is_counted_and_raised_never_silent() {
     }
     // The daemon raises the counter as a loss event too.
     let start = Instant::now();
-    while !d.events(None).iter().any(|e| {
-        e.loss
-            .as_ref()
-            .is_some_and(|l| l.counter == "session_map_full")
-    }) {
+    while !d
+        .events(None)
+        .iter()
+        .any(|e| e.loss().is_some_and(|l| l.counter == "session_map_full"))
+    {
         assert!(start.elapsed() < patience(), "no loss event");
         thread::sleep(Duration::from_millis(100));
     }
@@ -823,17 +828,15 @@ fn an_enforce_session_child_that_cannot_be_tracked_is_killed() {
         .filter(|s| **s == 128 + libc::SIGKILL)
         .count();
     let evs = d.wait_for(&sid, "a decision per untracked child", |evs| {
-        evs.iter().filter(|e| e.kind == "session_map_full").count() >= killed
+        evs.iter()
+            .filter(|e| e.kind() == EventKind::SessionMapFull)
+            .count()
+            >= killed
     });
     let untracked: BTreeMap<u32, &DecisionInfo> = evs
         .iter()
-        .filter(|e| e.kind == "session_map_full")
-        .map(|e| {
-            (
-                e.fork.as_ref().unwrap().child_tgid,
-                e.decision.as_ref().unwrap(),
-            )
-        })
+        .filter(|e| e.kind() == EventKind::SessionMapFull)
+        .map(|e| (e.fork().unwrap().child_tgid, e.decision.as_ref().unwrap()))
         .collect();
     assert!(!untracked.is_empty(), "the map (3) cannot hold 6 children");
     for (pid, st) in &status {
@@ -891,7 +894,7 @@ fn events_follow_streams_new_events_live() {
             .recv_timeout(left)
             .unwrap_or_else(|_| panic!("follow got only {kinds:?}"));
         if ev.session.name == "live" {
-            kinds.push(ev.kind);
+            kinds.push(ev.kind().as_str().to_owned());
         }
     }
     let _ = follow.kill();
@@ -993,10 +996,9 @@ sys.exit(0 if fd >= 0 else 1)\n";
     let sid = d.session("o2").id;
     let target = dir.join("file");
     let evs = d.wait_for(&sid, "the openat2 event", |evs| {
-        opens_of(evs, &target).any(|e| e.open.as_ref().is_some_and(|o| o.syscall == "openat2"))
+        opens_of(evs, &target).any(|e| e.open().is_some_and(|o| o.syscall == "openat2"))
     });
-    let o =
-        opens_of(&evs, &target).find_map(|e| e.open.as_ref().filter(|o| o.syscall == "openat2"));
+    let o = opens_of(&evs, &target).find_map(|e| e.open().filter(|o| o.syscall == "openat2"));
     let o = o.unwrap();
     assert!(o.path_resolved && o.result >= 0);
     assert_eq!(o.flags, ["O_RDONLY", "O_CLOEXEC"]);
@@ -1187,8 +1189,8 @@ fn network_rules_block_in_the_kernel_and_monitor_only_records() {
     });
     let decided = |port: u16, op: &str| {
         evs.iter()
-            .filter(|e| e.net.as_ref().is_some_and(|n| n.port == port && n.op == op))
-            .map(|e| (e.net.clone().unwrap(), e.decision.clone().unwrap()))
+            .filter(|e| e.net().is_some_and(|n| n.port == port && n.op == op))
+            .map(|e| (e.net().cloned().unwrap(), e.decision.clone().unwrap()))
             .collect::<Vec<_>>()
     };
     let blocked = decided(p_denied, "connect");
@@ -1266,15 +1268,15 @@ fn exec_and_file_rules_are_judged_and_recorded_as_alerts() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ck");
     let sid = d.session("watch").id;
     let evs = d.wait_for(&sid, "judged events", |evs| {
-        evs.iter().any(|e| e.kind == "session_end")
+        evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
     });
     let decision_of = |path: &Path, kind: &str| {
         let p = path.to_string_lossy().into_owned();
         evs.iter()
             .find(|e| {
-                e.kind == kind
-                    && (e.open.as_ref().is_some_and(|o| o.path == p)
-                        || e.exec.as_ref().is_some_and(|x| x.path == p))
+                e.kind().as_str() == kind
+                    && (e.open().is_some_and(|o| o.path == p)
+                        || e.exec().is_some_and(|x| x.path == p))
             })
             .and_then(|e| e.decision.clone())
             .unwrap_or_else(|| panic!("no {kind} of {}:\n{}", path.display(), dump(&evs)))
@@ -1484,16 +1486,15 @@ fn denied_files_and_programs_are_killed_before_returning_to_user_mode() {
             })
             .unwrap();
         let seen = ev
-            .open
-            .as_ref()
+            .open()
             .map(|o| o.path.clone())
-            .or_else(|| ev.exec.as_ref().map(|x| x.path.clone()))
+            .or_else(|| ev.exec().map(|x| x.path.clone()))
             .unwrap_or_default();
         assert_eq!(seen, path, "{session}:\n{}", dump(&evs));
         let exit = evs
             .iter()
             .filter(|e| tgid(e) == tgid(ev))
-            .find_map(|e| e.exit.clone())
+            .find_map(|e| e.exit().cloned())
             .expect("exit of the killed process");
         assert_eq!(exit.signal, Some(9));
         ev.decision.clone().unwrap()
@@ -1613,16 +1614,16 @@ fn denied_opens_and_execs_are_blocked_with_eperm_by_bpf_lsm_or_refused_without_i
         let canary = dir.join("canary").to_string_lossy().into_owned();
         let on_canary = blocked
             .iter()
-            .find(|e| e.open.as_ref().is_some_and(|o| o.path == canary))
+            .find(|e| e.open().is_some_and(|o| o.path == canary))
             .unwrap_or_else(|| panic!("no blocked open of the canary:\n{}", dump(&evs)));
-        let o = on_canary.open.as_ref().unwrap();
+        let o = on_canary.open().unwrap();
         assert_eq!(o.result, -1, "EPERM in the event");
         assert!(o.path_resolved);
         let tool = dir.join("bin/tool").to_string_lossy().into_owned();
         assert!(
             blocked
                 .iter()
-                .any(|e| e.exec.as_ref().is_some_and(|x| x.path == tool)),
+                .any(|e| e.exec().is_some_and(|x| x.path == tool)),
             "no blocked exec of bin/tool:\n{}",
             dump(&evs)
         );
@@ -1721,13 +1722,13 @@ fn default_deny_files_are_fenced_by_landlock_in_run_sessions() {
     let other = dir.join("other/b").to_string_lossy().into_owned();
     let evs = d.wait_for(&sid, "the landlock refusal", |evs| {
         evs.iter()
-            .any(|e| e.open.as_ref().is_some_and(|o| o.path == other))
+            .any(|e| e.open().is_some_and(|o| o.path == other))
     });
     let refused = evs
         .iter()
-        .find(|e| e.open.as_ref().is_some_and(|o| o.path == other))
+        .find(|e| e.open().is_some_and(|o| o.path == other))
         .unwrap();
-    assert_eq!(refused.open.as_ref().unwrap().result, -13);
+    assert_eq!(refused.open().unwrap().result, -13);
     let dec = refused.decision.as_ref().expect("decision");
     assert_eq!(
         (
@@ -1776,11 +1777,11 @@ fn network_kill_refuses_and_kills_before_return() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "before\n", "{name}");
         let sid = d.session(name).id;
         let evs = d.wait_for(&sid, "the kill", |evs| {
-            evs.iter().any(|e| e.kind == "session_end")
+            evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
         });
         let dec = evs
             .iter()
-            .find(|e| e.net.as_ref().is_some_and(|n| n.port == p_denied))
+            .find(|e| e.net().is_some_and(|n| n.port == p_denied))
             .and_then(|e| e.decision.clone())
             .unwrap_or_else(|| panic!("{name}: no decision:\n{}", dump(&evs)));
         assert_eq!(
@@ -2065,12 +2066,12 @@ fn claude_code_works_under_its_profile_and_is_stopped_at_credentials_and_foreign
     let session = d.session("claude-e2e");
     assert_eq!(session.owner_user.as_deref(), Some(user.name.as_str()));
     let evs = d.wait_for(&session.id, "the session's end", |evs| {
-        evs.iter().any(|e| e.kind == "session_end")
+        evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
     });
     let key = home.join(".ssh/id_rsa").to_string_lossy().into_owned();
     let on_key = evs
         .iter()
-        .filter(|e| e.open.as_ref().is_some_and(|o| o.path == key))
+        .filter(|e| e.open().is_some_and(|o| o.path == key))
         .find_map(|e| e.decision.clone())
         .unwrap_or_else(|| panic!("no decision on {key}:\n{}", dump(&evs)));
     assert_eq!(on_key.decision, Verdict::Deny);
@@ -2089,7 +2090,7 @@ fn claude_code_works_under_its_profile_and_is_stopped_at_credentials_and_foreign
     );
     let on_net = evs
         .iter()
-        .filter(|e| e.net.as_ref().is_some_and(|n| n.address == foreign.addr))
+        .filter(|e| e.net().is_some_and(|n| n.address == foreign.addr))
         .find_map(|e| e.decision.clone())
         .unwrap_or_else(|| panic!("no decision on {}:\n{}", foreign.addr, dump(&evs)));
     assert_eq!(
@@ -2104,7 +2105,7 @@ fn claude_code_works_under_its_profile_and_is_stopped_at_credentials_and_foreign
     // The model API on loopback was allowed by the profile's rule.
     assert!(
         evs.iter()
-            .any(|e| e.net.as_ref().is_some_and(|n| n.port == model.port)
+            .any(|e| e.net().is_some_and(|n| n.port == model.port)
                 && e.decision
                     .as_ref()
                     .is_some_and(|x| x.decision == Verdict::Allow)),

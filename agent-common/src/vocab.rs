@@ -51,7 +51,8 @@ macro_rules! vocabulary {
 
         impl core::fmt::Display for $name {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                f.write_str(self.as_str())
+                // `pad`, not `write_str`: widths and alignment (`{:<13}`) apply.
+        f.pad(self.as_str())
             }
         }
 

@@ -147,6 +147,10 @@ fn read(bytes: &[u8]) -> Result<Raw, DecodeError> {
         EventKind::NetDecision => {
             Raw::NetDecision(read_record(bytes, size_of::<NetDecisionEvent>())?)
         }
+        // Raised by the daemon: `from_u32` never returns them for a kernel record.
+        EventKind::SessionStart | EventKind::SessionEnd | EventKind::Loss => {
+            return Err(DecodeError::UnknownKind(h.kind));
+        }
     })
 }
 
@@ -391,52 +395,126 @@ pub struct LossInfo {
     pub total: u64,
 }
 
+/// What happened, one variant per kind: every consumer matches it exhaustively, so a
+/// new kind cannot be forgotten by one of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    Exec(ExecInfo),
+    Open(OpenInfo),
+    Connect(ConnectInfo),
+    Fork(ForkInfo),
+    Exit(ExitInfo),
+    /// A child the kernel could not track (the session map was full).
+    SessionMapFull(ForkInfo),
+    /// A network decision of the cgroup layer.
+    NetDecision(NetInfo),
+    SessionStart,
+    SessionEnd,
+    Loss(LossInfo),
+}
+
+impl Body {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Body::Exec(_) => EventKind::Exec,
+            Body::Open(_) => EventKind::Open,
+            Body::Connect(_) => EventKind::Connect,
+            Body::Fork(_) => EventKind::Fork,
+            Body::Exit(_) => EventKind::Exit,
+            Body::SessionMapFull(_) => EventKind::SessionMapFull,
+            Body::NetDecision(_) => EventKind::NetDecision,
+            Body::SessionStart => EventKind::SessionStart,
+            Body::SessionEnd => EventKind::SessionEnd,
+            Body::Loss(_) => EventKind::Loss,
+        }
+    }
+}
+
 /// One enriched event, as written to the JSON-lines log and streamed to clients.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+///
+/// On the wire the body is the `kind` field plus one object named after its payload
+/// (`"kind":"exec",…,"exec":{…}`), as it always was: see [`Wire`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Wire")]
 pub struct Event {
     /// Daemon-wide sequence number (restarts at 1 with the daemon).
     pub seq: u64,
     pub time: String,
     /// `time` in nanoseconds since the epoch, for the audit store (not serialized: 0 in
     /// an event read back from JSON).
-    #[serde(skip)]
     pub time_ns: i64,
-    /// `exec`, `open`, `connect`, `fork`, `exit`, `session_start`, `session_end`,
-    /// `session_map_full`, `loss`.
-    pub kind: String,
     pub session: SessionRef,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exec: Option<ExecInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub open: Option<OpenInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connect: Option<ConnectInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fork: Option<ForkInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit: Option<ExitInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<LossInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub net: Option<NetInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Body,
     pub decision: Option<DecisionInfo>,
 }
 
-impl Event {
-    /// An event with only the common fields set.
-    pub fn new(kind: &str, time: SystemTime, session: SessionRef) -> Self {
-        Self {
-            seq: 0,
-            time: rfc3339(time),
-            time_ns: time
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64),
-            kind: kind.to_owned(),
-            session,
-            process: None,
+/// The JSON shape of an [`Event`] as read: the kind, then at most one payload object
+/// keyed by its name.
+#[derive(Deserialize)]
+struct Wire {
+    seq: u64,
+    time: String,
+    kind: EventKind,
+    session: SessionRef,
+    #[serde(default)]
+    process: Option<ProcessInfo>,
+    #[serde(default)]
+    exec: Option<ExecInfo>,
+    #[serde(default)]
+    open: Option<OpenInfo>,
+    #[serde(default)]
+    connect: Option<ConnectInfo>,
+    /// The child of a `fork` or of a `session_map_full`.
+    #[serde(default)]
+    fork: Option<ForkInfo>,
+    #[serde(default)]
+    exit: Option<ExitInfo>,
+    #[serde(default)]
+    loss: Option<LossInfo>,
+    #[serde(default)]
+    net: Option<NetInfo>,
+    #[serde(default)]
+    decision: Option<DecisionInfo>,
+}
+
+/// The JSON shape as written, borrowing the event (serializing is on the daemon's hot
+/// path: no copy). Field order is the order of the lines written since the first
+/// release (the golden tests hold it).
+#[derive(Serialize)]
+struct WireRef<'a> {
+    seq: u64,
+    time: &'a str,
+    kind: EventKind,
+    session: &'a SessionRef,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process: Option<&'a ProcessInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exec: Option<&'a ExecInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open: Option<&'a OpenInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connect: Option<&'a ConnectInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fork: Option<&'a ForkInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit: Option<&'a ExitInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss: Option<&'a LossInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    net: Option<&'a NetInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<&'a DecisionInfo>,
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut w = WireRef {
+            seq: self.seq,
+            time: &self.time,
+            kind: self.kind(),
+            session: &self.session,
+            process: self.process.as_ref(),
             exec: None,
             open: None,
             connect: None,
@@ -444,7 +522,128 @@ impl Event {
             exit: None,
             loss: None,
             net: None,
+            decision: self.decision.as_ref(),
+        };
+        match &self.body {
+            Body::Exec(x) => w.exec = Some(x),
+            Body::Open(x) => w.open = Some(x),
+            Body::Connect(x) => w.connect = Some(x),
+            Body::Fork(x) | Body::SessionMapFull(x) => w.fork = Some(x),
+            Body::Exit(x) => w.exit = Some(x),
+            Body::NetDecision(x) => w.net = Some(x),
+            Body::Loss(x) => w.loss = Some(x),
+            Body::SessionStart | Body::SessionEnd => {}
+        }
+        w.serialize(s)
+    }
+}
+
+impl TryFrom<Wire> for Event {
+    type Error = String;
+
+    fn try_from(w: Wire) -> Result<Self, String> {
+        let kind = w.kind;
+        let missing = |field: &str| format!("a `{kind}` event without its `{field}` object");
+        let body = match kind {
+            EventKind::Exec => Body::Exec(w.exec.ok_or_else(|| missing("exec"))?),
+            EventKind::Open => Body::Open(w.open.ok_or_else(|| missing("open"))?),
+            EventKind::Connect => Body::Connect(w.connect.ok_or_else(|| missing("connect"))?),
+            EventKind::Fork => Body::Fork(w.fork.ok_or_else(|| missing("fork"))?),
+            EventKind::SessionMapFull => {
+                Body::SessionMapFull(w.fork.ok_or_else(|| missing("fork"))?)
+            }
+            EventKind::Exit => Body::Exit(w.exit.ok_or_else(|| missing("exit"))?),
+            EventKind::NetDecision => Body::NetDecision(w.net.ok_or_else(|| missing("net"))?),
+            EventKind::Loss => Body::Loss(w.loss.ok_or_else(|| missing("loss"))?),
+            EventKind::SessionStart => Body::SessionStart,
+            EventKind::SessionEnd => Body::SessionEnd,
+        };
+        Ok(Event {
+            seq: w.seq,
+            time: w.time,
+            time_ns: 0,
+            session: w.session,
+            process: w.process,
+            body,
+            decision: w.decision,
+        })
+    }
+}
+
+impl Event {
+    /// An event with only the common fields and its body set.
+    pub fn new(body: Body, time: SystemTime, session: SessionRef) -> Self {
+        Self {
+            seq: 0,
+            time: rfc3339(time),
+            time_ns: time
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
+            session,
+            process: None,
+            body,
             decision: None,
+        }
+    }
+
+    pub fn kind(&self) -> EventKind {
+        self.body.kind()
+    }
+
+    pub fn exec(&self) -> Option<&ExecInfo> {
+        match &self.body {
+            Body::Exec(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    pub fn open(&self) -> Option<&OpenInfo> {
+        match &self.body {
+            Body::Open(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    pub fn open_mut(&mut self) -> Option<&mut OpenInfo> {
+        match &mut self.body {
+            Body::Open(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    pub fn connect(&self) -> Option<&ConnectInfo> {
+        match &self.body {
+            Body::Connect(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    /// The child of a `fork` or of a `session_map_full`.
+    pub fn fork(&self) -> Option<&ForkInfo> {
+        match &self.body {
+            Body::Fork(x) | Body::SessionMapFull(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    pub fn exit(&self) -> Option<&ExitInfo> {
+        match &self.body {
+            Body::Exit(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    pub fn net(&self) -> Option<&NetInfo> {
+        match &self.body {
+            Body::NetDecision(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    pub fn loss(&self) -> Option<&LossInfo> {
+        match &self.body {
+            Body::Loss(x) => Some(x),
+            _ => None,
         }
     }
 
@@ -457,16 +656,38 @@ impl Event {
         rule: &dyn Fn(u32, &str) -> String,
     ) -> Self {
         let h = raw.header();
-        let kind = match raw {
-            Raw::Exec(_) => "exec",
-            Raw::Exit(_) => "exit",
-            Raw::Fork(_) => "fork",
-            Raw::SessionMapFull(_) => "session_map_full",
-            Raw::Open(_) => "open",
-            Raw::Connect(_) => "connect",
-            Raw::NetDecision(_) => "net_decision",
+        let (body, decision) = match raw {
+            Raw::Exec(e) => (
+                Body::Exec(exec_info(e)),
+                kernel_decision(&e.verdict, "exec", rule),
+            ),
+            Raw::Exit(e) => (Body::Exit(ExitInfo::from_wait_status(e.exit_code)), None),
+            Raw::Fork(e) => (
+                Body::Fork(ForkInfo {
+                    child_tgid: e.child_tgid,
+                }),
+                None,
+            ),
+            Raw::SessionMapFull(e) => (
+                Body::SessionMapFull(ForkInfo {
+                    child_tgid: e.child_tgid,
+                }),
+                None,
+            ),
+            Raw::Open(e) => (
+                Body::Open(open_info(e)),
+                kernel_decision(&e.verdict, "files", rule),
+            ),
+            Raw::Connect(e) => (Body::Connect(connect_info(e)), None),
+            Raw::NetDecision(e) => (
+                Body::NetDecision(net_info(e)),
+                decision(e.denied, e.action, e.enforced_by, || {
+                    rule(e.rule_id, "network")
+                }),
+            ),
         };
-        let mut ev = Event::new(kind, clock.wall(h.ktime_ns), session);
+        let mut ev = Event::new(body, clock.wall(h.ktime_ns), session);
+        ev.decision = decision;
         ev.process = Some(ProcessInfo {
             pid: h.pid,
             tgid: h.tgid,
@@ -478,70 +699,59 @@ impl Event {
             cgroup_id: h.cgroup_id,
             exe: None,
         });
-        match raw {
-            Raw::Exec(e) => {
-                ev.decision = kernel_decision(&e.verdict, "exec", rule);
-                let exe = path_text(&e.exe);
-                let len = (e.argv_len as usize).min(e.argv.len());
-                ev.exec = Some(ExecInfo {
-                    path: exe.path,
-                    path_truncated: exe.truncated,
-                    argv: argv(&e.argv[..len]),
-                    argv_truncated: e.argv_flags & ARGV_TRUNCATED != 0,
-                    cwd: path_text(&e.cwd).path,
-                });
-            }
-            Raw::Exit(e) => ev.exit = Some(ExitInfo::from_wait_status(e.exit_code)),
-            Raw::Fork(e) | Raw::SessionMapFull(e) => {
-                ev.fork = Some(ForkInfo {
-                    child_tgid: e.child_tgid,
-                });
-            }
-            Raw::Open(e) => {
-                ev.decision = kernel_decision(&e.verdict, "files", rule);
-                let p = path_text(&e.path);
-                ev.open = Some(OpenInfo {
-                    syscall: OpenSyscall::from_u32(e.syscall)
-                        .map_or("unknown", OpenSyscall::name)
-                        .to_owned(),
-                    path: p.path,
-                    path_resolved: p.resolved,
-                    path_truncated: p.truncated,
-                    flags: open_flag_names(e.flags)
-                        .into_iter()
-                        .map(str::to_owned)
-                        .collect(),
-                    flags_raw: e.flags,
-                    result: e.ret,
-                });
-            }
-            Raw::Connect(e) => ev.connect = Some(connect_info(e)),
-            Raw::NetDecision(e) => {
-                let ip = Ipv6Addr::from(e.addr);
-                ev.net = Some(NetInfo {
-                    op: if e.op == NET_OP_SENDMSG {
-                        "sendmsg"
-                    } else {
-                        "connect"
-                    }
-                    .to_owned(),
-                    protocol: match e.protocol {
-                        6 => "tcp".to_owned(),
-                        17 => "udp".to_owned(),
-                        n => n.to_string(),
-                    },
-                    family: if e.family == 10 { "inet6" } else { "inet" }.to_owned(),
-                    address: ip
-                        .to_ipv4_mapped()
-                        .map_or(ip.to_string(), |v4| v4.to_string()),
-                    port: e.port,
-                });
-                ev.decision = decision(e.denied, e.action, e.enforced_by, || {
-                    rule(e.rule_id, "network")
-                });
-            }
-        }
         ev
+    }
+}
+
+fn exec_info(e: &ExecEvent) -> ExecInfo {
+    let exe = path_text(&e.exe);
+    let len = (e.argv_len as usize).min(e.argv.len());
+    ExecInfo {
+        path: exe.path,
+        path_truncated: exe.truncated,
+        argv: argv(&e.argv[..len]),
+        argv_truncated: e.argv_flags & ARGV_TRUNCATED != 0,
+        cwd: path_text(&e.cwd).path,
+    }
+}
+
+fn open_info(e: &OpenEvent) -> OpenInfo {
+    let p = path_text(&e.path);
+    OpenInfo {
+        syscall: OpenSyscall::from_u32(e.syscall)
+            .map_or("unknown", OpenSyscall::name)
+            .to_owned(),
+        path: p.path,
+        path_resolved: p.resolved,
+        path_truncated: p.truncated,
+        flags: open_flag_names(e.flags)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        flags_raw: e.flags,
+        result: e.ret,
+    }
+}
+
+fn net_info(e: &NetDecisionEvent) -> NetInfo {
+    let ip = Ipv6Addr::from(e.addr);
+    NetInfo {
+        op: if e.op == NET_OP_SENDMSG {
+            "sendmsg"
+        } else {
+            "connect"
+        }
+        .to_owned(),
+        protocol: match e.protocol {
+            6 => "tcp".to_owned(),
+            17 => "udp".to_owned(),
+            n => n.to_string(),
+        },
+        family: if e.family == 10 { "inet6" } else { "inet" }.to_owned(),
+        address: ip
+            .to_ipv4_mapped()
+            .map_or(ip.to_string(), |v4| v4.to_string()),
+        port: e.port,
     }
 }
 
@@ -671,7 +881,7 @@ mod tests {
             SessionRef::default(),
             &|_, _| String::new(),
         );
-        let open = e.open.expect("open body");
+        let open = e.open().expect("open body");
         assert_eq!(open.path, "/etc/hostname");
         assert_eq!(open.flags, ["O_WRONLY", "O_CREAT", "O_CLOEXEC"]);
         assert_eq!(e.process.expect("process").comm, "cat");
@@ -697,8 +907,8 @@ mod tests {
         let text = |raw: Raw, spare: &mut Spare| {
             let e = Event::from_raw(&raw, &clock, SessionRef::default(), &|_, _| String::new());
             spare.keep(raw);
-            let o = e.open.expect("open");
-            (o.path, o.path_resolved, o.result)
+            let o = e.open().expect("open");
+            (o.path.clone(), o.path_resolved, o.result)
         };
         for ev in [&long, &short, &long, &short] {
             let wire = bytes_of(ev, OpenEvent::FIXED_LEN + usize::from(ev.path.len));
@@ -786,6 +996,34 @@ mod tests {
             assert_eq!(decode(&wire), want);
             assert_eq!(decode_reusing(&wire, &mut spare), want);
         }
+    }
+
+    /// A line whose kind lacks its payload, or names no kind, is refused naming why.
+    #[test]
+    fn a_kind_without_its_payload_is_refused() {
+        let line = |kind: &str| {
+            format!(
+                r#"{{"seq":1,"time":"t","kind":"{kind}","session":{{"id":"","name":"","profile":""}}}}"#
+            )
+        };
+        let err = serde_json::from_str::<Event>(&line("exec")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`exec` event without its `exec` object"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<Event>(&line("session_map_full")).unwrap_err();
+        assert!(
+            err.to_string().contains("without its `fork` object"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<Event>(&line("teleport")).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown event kind `teleport`"),
+            "{err}"
+        );
+        let ok: Event = serde_json::from_str(&line("session_end")).unwrap();
+        assert_eq!(ok.body, Body::SessionEnd);
     }
 
     #[test]

@@ -4,7 +4,11 @@ use std::fmt::Write as _;
 
 use agent_common::vocab::Verdict;
 
-use crate::{event::Event, proto::StatusReport, session::SessionView};
+use crate::{
+    event::{Body, Event},
+    proto::StatusReport,
+    session::SessionView,
+};
 
 /// Left-aligned columns sized to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -74,44 +78,40 @@ pub fn detail(e: &Event) -> String {
 }
 
 fn body(e: &Event) -> String {
-    if let Some(n) = &e.net {
-        let addr = if n.address.contains(':') {
-            format!("[{}]:{}", n.address, n.port)
-        } else {
-            format!("{}:{}", n.address, n.port)
-        };
-        return format!("{} {} {addr}", n.protocol, n.op);
-    }
-    if let Some(x) = &e.exec {
-        let trunc = if x.argv_truncated { " …" } else { "" };
-        return format!("{} [{}{trunc}] cwd={}", x.path, x.argv.join(" "), x.cwd);
-    }
-    if let Some(o) = &e.open {
-        let note = if o.path_resolved { "" } else { " (unresolved)" };
-        return format!("{}{note} {} = {}", o.path, o.flags.join("|"), o.result);
-    }
-    if let Some(c) = &e.connect {
-        let addr = if c.family == "inet6" {
-            format!("[{}]:{}", c.address, c.port)
-        } else {
-            format!("{}:{}", c.address, c.port)
-        };
-        return format!("{addr} = {}", c.result);
-    }
-    if let Some(x) = &e.exit {
-        return match (x.code, x.signal) {
+    match &e.body {
+        Body::NetDecision(n) => {
+            let addr = if n.address.contains(':') {
+                format!("[{}]:{}", n.address, n.port)
+            } else {
+                format!("{}:{}", n.address, n.port)
+            };
+            format!("{} {} {addr}", n.protocol, n.op)
+        }
+        Body::Exec(x) => {
+            let trunc = if x.argv_truncated { " …" } else { "" };
+            format!("{} [{}{trunc}] cwd={}", x.path, x.argv.join(" "), x.cwd)
+        }
+        Body::Open(o) => {
+            let note = if o.path_resolved { "" } else { " (unresolved)" };
+            format!("{}{note} {} = {}", o.path, o.flags.join("|"), o.result)
+        }
+        Body::Connect(c) => {
+            let addr = if c.family == "inet6" {
+                format!("[{}]:{}", c.address, c.port)
+            } else {
+                format!("{}:{}", c.address, c.port)
+            };
+            format!("{addr} = {}", c.result)
+        }
+        Body::Exit(x) => match (x.code, x.signal) {
             (Some(c), _) => format!("code {c}"),
             (_, Some(s)) => format!("signal {s}"),
             _ => String::new(),
-        };
+        },
+        Body::Fork(f) | Body::SessionMapFull(f) => format!("child {}", f.child_tgid),
+        Body::Loss(l) => format!("{} +{} (total {})", l.counter, l.delta, l.total),
+        Body::SessionStart | Body::SessionEnd => String::new(),
     }
-    if let Some(f) = &e.fork {
-        return format!("child {}", f.child_tgid);
-    }
-    if let Some(l) = &e.loss {
-        return format!("{} +{} (total {})", l.counter, l.delta, l.total);
-    }
-    String::new()
 }
 
 pub fn event_row(e: &Event) -> Vec<String> {
@@ -126,7 +126,7 @@ pub fn event_row(e: &Event) -> Vec<String> {
         e.session.name.clone(),
         pid,
         comm,
-        e.kind.clone(),
+        e.kind().as_str().to_owned(),
         detail(e),
     ]
 }

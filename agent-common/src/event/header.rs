@@ -1,9 +1,11 @@
 /// Length of the kernel's `task->comm`.
 pub const COMM_LEN: usize = 16;
 
-/// Stable event kind numbers (never renumber: they are the wire format of the ring buffer).
+/// Every kind of event, kernel and daemon: one enum gives each its stable number (the
+/// ring buffer's wire format for kernel kinds: never renumber) and its name (events,
+/// the audit store, OCSF, the CLI).
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
     Exec = 1,
     Exit = 2,
@@ -14,9 +16,30 @@ pub enum EventKind {
     SessionMapFull = 6,
     /// A network decision of the cgroup layer.
     NetDecision = 7,
+    /// Raised by the daemon, never sent by the kernel: a session was enrolled.
+    SessionStart = 64,
+    /// Raised by the daemon: a session's last process exited.
+    SessionEnd = 65,
+    /// Raised by the daemon: a kernel or daemon loss counter grew.
+    Loss = 66,
 }
 
 impl EventKind {
+    /// Every kind, kernel kinds first.
+    pub const ALL: &'static [Self] = &[
+        Self::Exec,
+        Self::Exit,
+        Self::Fork,
+        Self::Open,
+        Self::Connect,
+        Self::SessionMapFull,
+        Self::NetDecision,
+        Self::SessionStart,
+        Self::SessionEnd,
+        Self::Loss,
+    ];
+
+    /// A kind the kernel sends (the daemon's own kinds never come from the ring).
     pub const fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
             1 => Self::Exec,
@@ -28,6 +51,50 @@ impl EventKind {
             7 => Self::NetDecision,
             _ => return None,
         })
+    }
+
+    /// The name used in events, records and the CLI.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Exit => "exit",
+            Self::Fork => "fork",
+            Self::Open => "open",
+            Self::Connect => "connect",
+            Self::SessionMapFull => "session_map_full",
+            Self::NetDecision => "net_decision",
+            Self::SessionStart => "session_start",
+            Self::SessionEnd => "session_end",
+            Self::Loss => "loss",
+        }
+    }
+
+    /// The kind of a name (as `as_str` spells it).
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == s)
+    }
+}
+
+impl core::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // `pad`, not `write_str`: widths and alignment (`{:<13}`) apply.
+        f.pad(self.as_str())
+    }
+}
+
+#[cfg(feature = "user")]
+impl serde::Serialize for EventKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(feature = "user")]
+impl<'de> serde::Deserialize<'de> for EventKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::from_name(&s)
+            .ok_or_else(|| serde::de::Error::custom(format_args!("unknown event kind `{s}`")))
     }
 }
 

@@ -6,6 +6,7 @@ use agent_common::vocab::Action;
 use serde_json::{Value, json};
 
 use super::query::AuditRecord;
+use crate::event::Body;
 
 pub const OCSF_VERSION: &str = "1.3.0";
 
@@ -13,38 +14,32 @@ pub const OCSF_VERSION: &str = "1.3.0";
 /// (session start/end, losses).
 pub fn record(r: &AuditRecord) -> Option<Value> {
     let e = &r.event;
-    let (class_uid, class_name, category_uid, category_name, activity_id, activity_name) =
-        match e.kind.as_str() {
-            "exec" | "fork" => (1007, "Process Activity", 1, "System Activity", 1, "Launch"),
-            "exit" => (
-                1007,
-                "Process Activity",
-                1,
-                "System Activity",
-                2,
-                "Terminate",
-            ),
-            "open" => (
-                1001,
-                "File System Activity",
-                1,
-                "System Activity",
+    let process = (1007, "Process Activity", 1, "System Activity");
+    let network = (4001, "Network Activity", 4, "Network Activity");
+    let ((class_uid, class_name, category_uid, category_name), activity_id, activity_name) =
+        match &e.body {
+            Body::Exec(_) | Body::Fork(_) => (process, 1, "Launch"),
+            Body::Exit(_) => (process, 2, "Terminate"),
+            Body::Open(_) => (
+                (1001, "File System Activity", 1, "System Activity"),
                 14,
                 "Open",
             ),
-            "connect" | "net_decision" => {
+            Body::Connect(_) | Body::NetDecision(_) => {
                 let refused = e
                     .decision
                     .as_ref()
                     .is_some_and(|d| d.action == Action::Blocked)
-                    || e.connect.as_ref().is_some_and(|c| connect_failed(c.result));
+                    || e.connect().is_some_and(|c| connect_failed(c.result));
                 if refused {
-                    (4001, "Network Activity", 4, "Network Activity", 5, "Refuse")
+                    (network, 5, "Refuse")
                 } else {
-                    (4001, "Network Activity", 4, "Network Activity", 1, "Open")
+                    (network, 1, "Open")
                 }
             }
-            _ => return None,
+            Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {
+                return None;
+            }
         };
     let time_ms = super::records::time_ns(&e.time) / 1_000_000;
     let d = e.decision.as_ref();
@@ -60,8 +55,8 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
         Some(Action::Blocked | Action::Alerted) => 3,
         Some(Action::Allowed) | None => 1,
     };
-    let failed = e.open.as_ref().is_some_and(|o| o.result < 0)
-        || e.connect.as_ref().is_some_and(|c| connect_failed(c.result))
+    let failed = e.open().is_some_and(|o| o.result < 0)
+        || e.connect().is_some_and(|c| connect_failed(c.result))
         || action.is_some_and(Action::refused);
     let ctx = r.context.as_ref();
     let p = e.process.as_ref();
@@ -124,46 +119,46 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
             "event_seq": e.seq,
         } },
     });
-    if let Some(x) = &e.exec {
-        out["process"] = json!({
-            "pid": p.map(|p| p.tgid),
-            "name": x.path.rsplit('/').next(),
-            "cmd_line": x.argv.join(" "),
-            "file": file_obj(&x.path),
-            "parent_process": { "pid": p.map(|p| p.ppid) },
-            "working_directory": x.cwd,
-        });
-    }
-    if let Some(f) = &e.fork {
-        out["process"] = json!({
-            "pid": f.child_tgid,
-            "parent_process": { "pid": p.map(|p| p.tgid) },
-            "file": p.and_then(|p| p.exe.as_deref()).map(file_obj),
-        });
-    }
-    if let Some(x) = &e.exit {
-        out["process"] = json!({ "pid": p.map(|p| p.tgid), "name": p.map(|p| p.comm.clone()) });
-        out["exit_code"] = json!(x.code.or(x.signal.map(|s| 128 + s)));
-    }
-    if let Some(o) = &e.open {
-        out["file"] = file_obj(&o.path);
-        out["status_code"] = json!(o.result.to_string());
-    }
-    let dst = e
-        .net
-        .as_ref()
-        .map(|n| {
-            (
+    let mut dst = None;
+    match &e.body {
+        Body::Exec(x) => {
+            out["process"] = json!({
+                "pid": p.map(|p| p.tgid),
+                "name": x.path.rsplit('/').next(),
+                "cmd_line": x.argv.join(" "),
+                "file": file_obj(&x.path),
+                "parent_process": { "pid": p.map(|p| p.ppid) },
+                "working_directory": x.cwd,
+            });
+        }
+        Body::Fork(f) => {
+            out["process"] = json!({
+                "pid": f.child_tgid,
+                "parent_process": { "pid": p.map(|p| p.tgid) },
+                "file": p.and_then(|p| p.exe.as_deref()).map(file_obj),
+            });
+        }
+        Body::Exit(x) => {
+            out["process"] = json!({ "pid": p.map(|p| p.tgid), "name": p.map(|p| p.comm.clone()) });
+            out["exit_code"] = json!(x.code.or(x.signal.map(|s| 128 + s)));
+        }
+        Body::Open(o) => {
+            out["file"] = file_obj(&o.path);
+            out["status_code"] = json!(o.result.to_string());
+        }
+        Body::NetDecision(n) => {
+            dst = Some((
                 n.address.clone(),
                 n.port,
                 n.protocol.clone(),
                 n.family.clone(),
-            )
-        })
-        .or(e
-            .connect
-            .as_ref()
-            .map(|c| (c.address.clone(), c.port, String::new(), c.family.clone())));
+            ));
+        }
+        Body::Connect(c) => {
+            dst = Some((c.address.clone(), c.port, String::new(), c.family.clone()));
+        }
+        Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {}
+    }
     if let Some((ip, port, proto, family)) = dst {
         out["dst_endpoint"] = json!({ "ip": ip, "port": port });
         out["src_endpoint"] = json!({ "hostname": ctx.map(|c| c.host.clone()) });

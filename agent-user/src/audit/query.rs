@@ -2,6 +2,7 @@
 
 use std::{collections::HashMap, net::IpAddr, time::SystemTime};
 
+use agent_common::event::EventKind;
 use anyhow::{Context as _, Result, bail};
 use rusqlite::{Connection, Row, types::Value};
 use serde::Serialize;
@@ -9,7 +10,7 @@ use serde::Serialize;
 use super::records::SessionRecord;
 use crate::{
     event::{
-        ConnectInfo, DecisionInfo, Event, ExecInfo, ExitInfo, ForkInfo, LossInfo, NetInfo,
+        Body, ConnectInfo, DecisionInfo, Event, ExecInfo, ExitInfo, ForkInfo, LossInfo, NetInfo,
         OpenInfo, ProcessInfo, SessionRef,
     },
     policy::net::Cidr,
@@ -415,10 +416,9 @@ impl<'c> Reader<'c> {
             let last_time = r.get::<_, Option<i64>>("last_time_ns")?.map(time_text);
             if let Some(net) = &f.dest {
                 let ip = event
-                    .net
-                    .as_ref()
+                    .net()
                     .map(|n| n.address.as_str())
-                    .or(event.connect.as_ref().map(|c| c.address.as_str()))
+                    .or(event.connect().map(|c| c.address.as_str()))
                     .and_then(|a| a.parse::<IpAddr>().ok());
                 if !ip.is_some_and(|ip| net.contains(ip)) {
                     continue;
@@ -483,8 +483,68 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
     let x_bool = |k: &str| extra[k].as_bool().unwrap_or(false);
     let x_str = |k: &str| extra[k].as_str().unwrap_or_default().to_owned();
     let sid = get_s("session_id")?.unwrap_or_default();
+    let kind_name: String = r.get("kind")?;
+    let kind = EventKind::from_name(&kind_name)
+        .ok_or_else(|| anyhow::anyhow!("row {seq}: unknown kind `{kind_name}`"))?;
+    let path = get_s("path")?;
+    let result = get_i("result")?.unwrap_or(0);
+    let child = || ForkInfo {
+        child_tgid: extra["child_tgid"].as_u64().unwrap_or(0) as u32,
+    };
+    let body = match kind {
+        EventKind::Exec => Body::Exec(ExecInfo {
+            path: path.unwrap_or_default(),
+            path_truncated: x_bool("path_truncated"),
+            argv: json_list(get_s("argv")?),
+            argv_truncated: x_bool("argv_truncated"),
+            cwd: get_s("cwd")?.unwrap_or_default(),
+        }),
+        EventKind::Open => {
+            let flags_raw = get_i("flags")?.unwrap_or(0) as u32;
+            Body::Open(OpenInfo {
+                syscall: get_s("op")?.unwrap_or_default(),
+                path: path.unwrap_or_default(),
+                path_resolved: get_i("path_resolved")? == Some(1),
+                path_truncated: x_bool("path_truncated"),
+                flags: crate::event::open_flag_names(flags_raw)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                flags_raw,
+                result,
+            })
+        }
+        EventKind::Connect => Body::Connect(ConnectInfo {
+            family: x_str("family"),
+            address: get_s("address")?.unwrap_or_default(),
+            port: get_i("port")?.unwrap_or(0) as u16,
+            fd: extra["fd"].as_i64().unwrap_or(-1) as i32,
+            result,
+        }),
+        EventKind::NetDecision => Body::NetDecision(NetInfo {
+            op: get_s("op")?.unwrap_or_default(),
+            protocol: get_s("protocol")?.unwrap_or_default(),
+            family: x_str("family"),
+            address: get_s("address")?.unwrap_or_default(),
+            port: get_i("port")?.unwrap_or(0) as u16,
+        }),
+        EventKind::Exit => Body::Exit(ExitInfo {
+            code: get_i("exit_code")?.map(|c| c as i32),
+            signal: get_i("exit_signal")?.map(|c| c as i32),
+            core_dumped: x_bool("core_dumped"),
+        }),
+        EventKind::Fork => Body::Fork(child()),
+        EventKind::SessionMapFull => Body::SessionMapFull(child()),
+        EventKind::Loss => Body::Loss(LossInfo {
+            counter: x_str("counter"),
+            delta: extra["delta"].as_u64().unwrap_or(0),
+            total: extra["total"].as_u64().unwrap_or(0),
+        }),
+        EventKind::SessionStart => Body::SessionStart,
+        EventKind::SessionEnd => Body::SessionEnd,
+    };
     let mut ev = Event::new(
-        &r.get::<_, String>("kind")?,
+        body,
         SystemTime::UNIX_EPOCH,
         SessionRef {
             id: sid,
@@ -508,72 +568,6 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
             cgroup_id: 0,
             exe: get_s("exe")?,
         });
-    }
-    let path = get_s("path")?;
-    let result = get_i("result")?.unwrap_or(0);
-    match ev.kind.as_str() {
-        "exec" => {
-            ev.exec = Some(ExecInfo {
-                path: path.unwrap_or_default(),
-                path_truncated: x_bool("path_truncated"),
-                argv: json_list(get_s("argv")?),
-                argv_truncated: x_bool("argv_truncated"),
-                cwd: get_s("cwd")?.unwrap_or_default(),
-            });
-        }
-        "open" => {
-            let flags_raw = get_i("flags")?.unwrap_or(0) as u32;
-            ev.open = Some(OpenInfo {
-                syscall: get_s("op")?.unwrap_or_default(),
-                path: path.unwrap_or_default(),
-                path_resolved: get_i("path_resolved")? == Some(1),
-                path_truncated: x_bool("path_truncated"),
-                flags: crate::event::open_flag_names(flags_raw)
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect(),
-                flags_raw,
-                result,
-            });
-        }
-        "connect" => {
-            ev.connect = Some(ConnectInfo {
-                family: x_str("family"),
-                address: get_s("address")?.unwrap_or_default(),
-                port: get_i("port")?.unwrap_or(0) as u16,
-                fd: extra["fd"].as_i64().unwrap_or(-1) as i32,
-                result,
-            });
-        }
-        "net_decision" => {
-            ev.net = Some(NetInfo {
-                op: get_s("op")?.unwrap_or_default(),
-                protocol: get_s("protocol")?.unwrap_or_default(),
-                family: x_str("family"),
-                address: get_s("address")?.unwrap_or_default(),
-                port: get_i("port")?.unwrap_or(0) as u16,
-            });
-        }
-        "exit" => {
-            ev.exit = Some(ExitInfo {
-                code: get_i("exit_code")?.map(|c| c as i32),
-                signal: get_i("exit_signal")?.map(|c| c as i32),
-                core_dumped: x_bool("core_dumped"),
-            });
-        }
-        "fork" | "session_map_full" => {
-            ev.fork = Some(ForkInfo {
-                child_tgid: extra["child_tgid"].as_u64().unwrap_or(0) as u32,
-            });
-        }
-        "loss" => {
-            ev.loss = Some(LossInfo {
-                counter: x_str("counter"),
-                delta: extra["delta"].as_u64().unwrap_or(0),
-                total: extra["total"].as_u64().unwrap_or(0),
-            });
-        }
-        _ => {}
     }
     if let Some(decision) = get_s("decision")? {
         let word = |column: &str| -> Result<String> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
+use crate::event::{Body, Event};
 
 /// A session's execution context, recorded once at enrolment.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub struct RepeatKey<'a> {
 }
 
 pub fn repeat_key(ev: &Event) -> Option<RepeatKey<'_>> {
-    let o = ev.open.as_ref()?;
+    let o = ev.open()?;
     Some(RepeatKey {
         session: &ev.session.id,
         tgid: ev.process.as_ref()?.tgid,
@@ -143,6 +143,85 @@ pub struct EventRows {
     pub process: Option<Vec<Value>>,
 }
 
+/// The kind-specific columns of an `actions` row (`extra` holds what has no column).
+#[derive(Default)]
+struct BodyColumns {
+    path: Option<String>,
+    path_resolved: Option<i64>,
+    argv: Option<String>,
+    cwd: Option<String>,
+    flags: Option<i64>,
+    address: Option<String>,
+    port: Option<i64>,
+    protocol: Option<String>,
+    op: Option<String>,
+    result: Option<i64>,
+    exit_code: Option<i32>,
+    exit_signal: Option<i32>,
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn body_columns(body: &Body) -> BodyColumns {
+    let mut c = BodyColumns::default();
+    match body {
+        Body::Exec(x) => {
+            c.path = Some(x.path.clone());
+            c.path_resolved = Some(1);
+            c.argv = serde_json::to_string(&x.argv).ok();
+            c.cwd = Some(x.cwd.clone());
+            if x.path_truncated {
+                c.extra.insert("path_truncated".into(), true.into());
+            }
+            if x.argv_truncated {
+                c.extra.insert("argv_truncated".into(), true.into());
+            }
+        }
+        Body::Open(o) => {
+            c.path = Some(o.path.clone());
+            c.path_resolved = Some(i64::from(o.path_resolved));
+            // The raw flags: their names are derived when read.
+            c.flags = Some(i64::from(o.flags_raw));
+            c.op = Some(o.syscall.clone());
+            c.result = Some(o.result);
+            if o.path_truncated {
+                c.extra.insert("path_truncated".into(), true.into());
+            }
+        }
+        Body::Connect(x) => {
+            c.address = Some(x.address.clone());
+            c.port = Some(i64::from(x.port));
+            c.op = Some("connect".to_owned());
+            c.result = Some(x.result);
+            c.extra.insert("family".into(), x.family.clone().into());
+            c.extra.insert("fd".into(), x.fd.into());
+        }
+        Body::NetDecision(n) => {
+            c.address = Some(n.address.clone());
+            c.port = Some(i64::from(n.port));
+            c.protocol = Some(n.protocol.clone());
+            c.op = Some(n.op.clone());
+            c.extra.insert("family".into(), n.family.clone().into());
+        }
+        Body::Exit(x) => {
+            c.exit_code = x.code;
+            c.exit_signal = x.signal;
+            if x.core_dumped {
+                c.extra.insert("core_dumped".into(), true.into());
+            }
+        }
+        Body::Fork(f) | Body::SessionMapFull(f) => {
+            c.extra.insert("child_tgid".into(), f.child_tgid.into());
+        }
+        Body::Loss(l) => {
+            c.extra.insert("counter".into(), l.counter.clone().into());
+            c.extra.insert("delta".into(), l.delta.into());
+            c.extra.insert("total".into(), l.total.into());
+        }
+        Body::SessionStart | Body::SessionEnd => {}
+    }
+    c
+}
+
 pub fn event_rows(ev: &Event) -> EventRows {
     let t = if ev.time_ns != 0 {
         ev.time_ns
@@ -150,69 +229,13 @@ pub fn event_rows(ev: &Event) -> EventRows {
         time_ns(&ev.time)
     };
     let p = ev.process.as_ref();
-    let mut extra = serde_json::Map::new();
-    let (mut path, mut path_resolved, mut argv, mut cwd, mut flags) =
-        (None, None, None, None, None);
-    let (mut address, mut port, mut protocol, mut op, mut result) = (None, None, None, None, None);
-    let (mut exit_code, mut exit_signal) = (None, None);
-    if let Some(x) = &ev.exec {
-        path = Some(x.path.clone());
-        path_resolved = Some(1);
-        argv = serde_json::to_string(&x.argv).ok();
-        cwd = Some(x.cwd.clone());
-        if x.path_truncated {
-            extra.insert("path_truncated".into(), true.into());
-        }
-        if x.argv_truncated {
-            extra.insert("argv_truncated".into(), true.into());
-        }
-    }
-    if let Some(o) = &ev.open {
-        path = Some(o.path.clone());
-        path_resolved = Some(i64::from(o.path_resolved));
-        // The raw flags: their names are derived when read.
-        flags = Some(i64::from(o.flags_raw));
-        op = Some(o.syscall.clone());
-        result = Some(o.result);
-        if o.path_truncated {
-            extra.insert("path_truncated".into(), true.into());
-        }
-    }
-    if let Some(c) = &ev.connect {
-        address = Some(c.address.clone());
-        port = Some(i64::from(c.port));
-        op = Some("connect".to_owned());
-        result = Some(c.result);
-        extra.insert("family".into(), c.family.clone().into());
-        extra.insert("fd".into(), c.fd.into());
-    }
-    if let Some(n) = &ev.net {
-        address = Some(n.address.clone());
-        port = Some(i64::from(n.port));
-        protocol = Some(n.protocol.clone());
-        op = Some(n.op.clone());
-        extra.insert("family".into(), n.family.clone().into());
-    }
-    if let Some(x) = &ev.exit {
-        exit_code = x.code;
-        exit_signal = x.signal;
-        if x.core_dumped {
-            extra.insert("core_dumped".into(), true.into());
-        }
-    }
-    if let Some(f) = &ev.fork {
-        extra.insert("child_tgid".into(), f.child_tgid.into());
-    }
-    if let Some(l) = &ev.loss {
-        extra.insert("counter".into(), l.counter.clone().into());
-        extra.insert("delta".into(), l.delta.into());
-        extra.insert("total".into(), l.total.into());
-    }
+    let c = body_columns(&ev.body);
+    let d = ev.decision.as_ref();
     let action = vec![
         int(ev.seq as i64),
         int(t),
         session_id(ev),
-        text(ev.kind.clone()),
+        text(ev.kind().as_str().to_owned()),
         opt_int(p.map(|p| p.pid)),
         opt_int(p.map(|p| p.tgid)),
         opt_int(p.map(|p| p.ppid)),
@@ -221,62 +244,54 @@ pub fn event_rows(ev: &Event) -> EventRows {
         opt_int(p.map(|p| p.gid)),
         opt_text(p.map(|p| p.comm.as_str())),
         opt_text(p.and_then(|p| p.exe.as_deref())),
-        opt_text(path.as_deref()),
-        opt_int(path_resolved),
-        opt_text(argv.as_deref()),
-        opt_text(cwd.as_deref()),
-        opt_int(flags),
-        opt_text(address.as_deref()),
-        opt_int(port),
-        opt_text(protocol.as_deref()),
-        opt_text(op.as_deref()),
-        opt_int(result),
-        opt_int(exit_code),
-        opt_int(exit_signal),
-        if extra.is_empty() {
+        opt_text(c.path.as_deref()),
+        opt_int(c.path_resolved),
+        opt_text(c.argv.as_deref()),
+        opt_text(c.cwd.as_deref()),
+        opt_int(c.flags),
+        opt_text(c.address.as_deref()),
+        opt_int(c.port),
+        opt_text(c.protocol.as_deref()),
+        opt_text(c.op.as_deref()),
+        opt_int(c.result),
+        opt_int(c.exit_code),
+        opt_int(c.exit_signal),
+        if c.extra.is_empty() {
             Value::Null
         } else {
-            text(serde_json::Value::Object(extra).to_string())
+            text(serde_json::Value::Object(c.extra).to_string())
         },
         int(1),
         Value::Null,
-    ];
-    let d = ev.decision.as_ref();
-    let mut action = action;
-    action.extend([
         opt_text(d.map(|d| d.decision.as_str())),
         opt_text(d.map(|d| d.action.as_str())),
         opt_text(d.map(|d| d.rule.as_str())),
         opt_text(d.map(|d| d.enforced_by.as_str())),
-    ]);
+    ];
     // A refused exec left the old image running.
-    let refused = ev.decision.as_ref().is_some_and(|d| d.action.refused());
-    let process = match (ev.kind.as_str(), p) {
-        ("exec", Some(p)) if !refused => ev.exec.as_ref().map(|x| {
-            process_row(
-                ev,
-                t,
-                p.tgid,
-                p.ppid,
-                "exec",
-                Some(&x.path),
-                argv.as_deref(),
-                Some(&x.cwd),
-            )
-        }),
-        ("fork", Some(p)) => ev.fork.as_ref().map(|f| {
-            process_row(
-                ev,
-                t,
-                f.child_tgid,
-                p.tgid,
-                "fork",
-                p.exe.as_deref(),
-                None,
-                None,
-            )
-        }),
-        ("session_start", Some(p)) => Some(process_row(
+    let refused = d.is_some_and(|d| d.action.refused());
+    let process = p.and_then(|p| match &ev.body {
+        Body::Exec(x) if !refused => Some(process_row(
+            ev,
+            t,
+            p.tgid,
+            p.ppid,
+            "exec",
+            Some(&x.path),
+            c.argv.as_deref(),
+            Some(&x.cwd),
+        )),
+        Body::Fork(f) => Some(process_row(
+            ev,
+            t,
+            f.child_tgid,
+            p.tgid,
+            "fork",
+            p.exe.as_deref(),
+            None,
+            None,
+        )),
+        Body::SessionStart => Some(process_row(
             ev,
             t,
             p.tgid,
@@ -286,8 +301,15 @@ pub fn event_rows(ev: &Event) -> EventRows {
             None,
             None,
         )),
-        _ => None,
-    };
+        Body::Exec(_)
+        | Body::Open(_)
+        | Body::Connect(_)
+        | Body::Exit(_)
+        | Body::SessionMapFull(_)
+        | Body::NetDecision(_)
+        | Body::SessionEnd
+        | Body::Loss(_) => None,
+    });
     EventRows { action, process }
 }
 

@@ -11,7 +11,9 @@ use agent_common::vocab::{Action, Layer, Verdict};
 use rusqlite::Connection;
 
 use super::{chain::Break, query::Filter, *};
-use crate::event::{DecisionInfo, Event, ExecInfo, ForkInfo, OpenInfo, ProcessInfo, SessionRef};
+use crate::event::{
+    Body, DecisionInfo, Event, ExecInfo, ForkInfo, OpenInfo, ProcessInfo, SessionRef,
+};
 
 fn session_ref() -> SessionRef {
     SessionRef {
@@ -59,49 +61,61 @@ fn session_items(t0: u64) -> Vec<Item> {
         time: crate::event::rfc3339(at(t0)),
     }))];
     let mut seq = 0;
-    let mut ev = |kind: &str, secs: u64, p: ProcessInfo| {
+    let mut ev = |body: Body, secs: u64, p: ProcessInfo| {
         seq += 1;
-        let mut e = Event::new(kind, at(secs), session_ref());
+        let mut e = Event::new(body, at(secs), session_ref());
         e.seq = seq;
         e.process = Some(p);
         e
     };
     items.push(Item::Event(Arc::new(ev(
-        "session_start",
+        Body::SessionStart,
         t0,
         process(100, 1, "agentwarden"),
     ))));
-    let mut e = ev("exec", t0 + 1, process(100, 1, "bash"));
-    e.exec = Some(ExecInfo {
-        path: "/usr/bin/bash".into(),
-        path_truncated: false,
-        argv: vec!["bash".into(), "-c".into(), "cat ~/.ssh/id_rsa".into()],
-        argv_truncated: false,
-        cwd: "/home/alice/proj".into(),
-    });
+    let e = ev(
+        Body::Exec(ExecInfo {
+            path: "/usr/bin/bash".into(),
+            path_truncated: false,
+            argv: vec!["bash".into(), "-c".into(), "cat ~/.ssh/id_rsa".into()],
+            argv_truncated: false,
+            cwd: "/home/alice/proj".into(),
+        }),
+        t0 + 1,
+        process(100, 1, "bash"),
+    );
     items.push(Item::Event(Arc::new(e)));
-    let mut e = ev("fork", t0 + 2, process(100, 1, "bash"));
-    e.fork = Some(ForkInfo { child_tgid: 101 });
+    let e = ev(
+        Body::Fork(ForkInfo { child_tgid: 101 }),
+        t0 + 2,
+        process(100, 1, "bash"),
+    );
     items.push(Item::Event(Arc::new(e)));
-    let mut e = ev("exec", t0 + 3, process(101, 100, "cat"));
-    e.exec = Some(ExecInfo {
-        path: "/usr/bin/cat".into(),
-        path_truncated: false,
-        argv: vec!["cat".into(), "/home/alice/.ssh/id_rsa".into()],
-        argv_truncated: false,
-        cwd: "/home/alice/proj".into(),
-    });
+    let e = ev(
+        Body::Exec(ExecInfo {
+            path: "/usr/bin/cat".into(),
+            path_truncated: false,
+            argv: vec!["cat".into(), "/home/alice/.ssh/id_rsa".into()],
+            argv_truncated: false,
+            cwd: "/home/alice/proj".into(),
+        }),
+        t0 + 3,
+        process(101, 100, "cat"),
+    );
     items.push(Item::Event(Arc::new(e)));
-    let mut e = ev("open", t0 + 4, process(101, 100, "cat"));
-    e.open = Some(OpenInfo {
-        syscall: "openat".into(),
-        path: "/home/alice/.ssh/id_rsa".into(),
-        path_resolved: true,
-        path_truncated: false,
-        flags: vec!["O_RDONLY".into()],
-        flags_raw: 0,
-        result: 3,
-    });
+    let mut e = ev(
+        Body::Open(OpenInfo {
+            syscall: "openat".into(),
+            path: "/home/alice/.ssh/id_rsa".into(),
+            path_resolved: true,
+            path_truncated: false,
+            flags: vec!["O_RDONLY".into()],
+            flags_raw: 0,
+            result: 3,
+        }),
+        t0 + 4,
+        process(101, 100, "cat"),
+    );
     e.decision = Some(DecisionInfo {
         decision: Verdict::Deny,
         action: Action::Killed,
@@ -334,11 +348,11 @@ fn identical_opens_in_one_commit_are_one_row_with_a_count() {
     let Item::Event(ev) = &open else { panic!() };
     let mut again = (**ev).clone();
     again.time_ns += 5_000;
-    if let Some(o) = again.open.as_mut() {
+    if let Some(o) = again.open_mut() {
         o.result = 4; // another fd: still the same action
     }
     let mut other = (**ev).clone();
-    other.open.as_mut().unwrap().path = "/home/alice/.ssh/id_ed25519".into();
+    other.open_mut().unwrap().path = "/home/alice/.ssh/id_ed25519".into();
     let mut all = items.clone();
     all.extend([
         Item::Event(Arc::new(again.clone())),
@@ -358,7 +372,7 @@ fn identical_opens_in_one_commit_are_one_row_with_a_count() {
         .unwrap();
     assert_eq!(opens.len(), 2, "{opens:?}");
     assert_eq!(opens[0].repeats, 3);
-    assert_eq!(opens[0].event.open.as_ref().unwrap().result, 3);
+    assert_eq!(opens[0].event.open().unwrap().result, 3);
     assert!(
         opens[0].detail().contains("(×3, last at "),
         "{}",
@@ -385,10 +399,7 @@ fn queries_return_context_lineage_and_decisions() {
         .unwrap();
     assert_eq!(denied.len(), 1);
     let d = &denied[0];
-    assert_eq!(
-        d.event.open.as_ref().unwrap().path,
-        "/home/alice/.ssh/id_rsa"
-    );
+    assert_eq!(d.event.open().unwrap().path, "/home/alice/.ssh/id_rsa");
     let ctx = d.context.as_ref().unwrap();
     assert_eq!(
         (ctx.owners.business.as_str(), ctx.principal.uid),

@@ -7,6 +7,7 @@ use super::{
     query::{AuditRecord, Summary},
     records::SessionRecord,
 };
+use crate::event::Body;
 
 /// Renders the session header (from its totals) and the process tree of `records`.
 pub fn render(s: &SessionRecord, sum: &Summary, records: &[AuditRecord]) -> String {
@@ -96,7 +97,7 @@ pub fn render(s: &SessionRecord, sum: &Summary, records: &[AuditRecord]) -> Stri
             out,
             "{}  {:<13} {}",
             short_time(&r.event.time),
-            r.event.kind,
+            r.event.kind(),
             r.detail()
         );
     }
@@ -128,8 +129,7 @@ impl Tree<'_> {
         let indent = "    ".repeat(depth);
         let first = &self.records[pending[0]].event;
         let name = first
-            .exec
-            .as_ref()
+            .exec()
             .map(|x| x.argv.join(" "))
             .or_else(|| first.process.as_ref().map(|p| p.comm.clone()))
             .unwrap_or_default();
@@ -148,16 +148,20 @@ impl Tree<'_> {
                 self.out,
                 "{indent}    {}  {:<13} {}",
                 short_time(&r.event.time),
-                r.event.kind,
+                r.event.kind(),
                 r.detail()
             );
-            if let Some(f) = &r.event.fork
-                && r.event.kind == "fork"
-            {
-                self.node(f.child_tgid, r.audit_seq, depth + 1);
-            }
-            if r.event.kind == "exit" {
-                break;
+            match &r.event.body {
+                Body::Fork(f) => self.node(f.child_tgid, r.audit_seq, depth + 1),
+                Body::Exit(_) => break,
+                Body::Exec(_)
+                | Body::Open(_)
+                | Body::Connect(_)
+                | Body::SessionMapFull(_)
+                | Body::NetDecision(_)
+                | Body::SessionStart
+                | Body::SessionEnd
+                | Body::Loss(_) => {}
             }
         }
     }

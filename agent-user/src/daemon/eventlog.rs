@@ -172,6 +172,7 @@ mod tests {
             "time": "2026-11-25T00:00:00Z",
             "kind": "exit",
             "session": { "id": "0000000000000001", "name": "s", "profile": "demo" },
+            "exit": { "code": 0 },
         }))
         .unwrap()
     }
@@ -181,8 +182,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let mut log = EventLog::open(&path, false, Some(1000)).unwrap();
-        for _ in 0..40 {
-            let seq = log.next_seq();
+        // At least 40 events, and the last of them in the current file (not rotated
+        // away with an empty file left behind), for the restart below.
+        let mut seq = 0;
+        while seq < 40 || fs::metadata(&path).unwrap().len() == 0 {
+            seq = log.next_seq();
             log.write(&event(seq)).unwrap();
             log.flush();
         }
@@ -195,7 +199,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         // What both files hold is the newest events, without a gap.
         let seqs: Vec<u64> = read(&path).unwrap().iter().map(|e| e.seq).collect();
-        assert_eq!(*seqs.last().unwrap(), 40);
+        assert_eq!(*seqs.last().unwrap(), seq);
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
         assert!(seqs[0] > 1, "older events rotated out");
 
@@ -203,6 +207,6 @@ mod tests {
         drop(log);
         fs::rename(&path, previous(&path)).unwrap();
         let mut log = EventLog::open(&path, false, Some(1000)).unwrap();
-        assert_eq!(log.next_seq(), 41);
+        assert_eq!(log.next_seq(), seq + 1);
     }
 }

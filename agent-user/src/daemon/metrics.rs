@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
-use agent_common::{stats::Stat, vocab::Verdict};
+use agent_common::{event::EventKind, stats::Stat, vocab::Verdict};
 use anyhow::{Context as _, Result};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -19,7 +19,7 @@ use crate::event::Event;
 
 /// Events emitted, by agent (profile; empty for daemon-wide events), kind and decision.
 #[derive(Debug, Default)]
-pub struct EventCounts(HashMap<String, HashMap<String, [u64; 3]>>);
+pub struct EventCounts(HashMap<String, HashMap<EventKind, [u64; 3]>>);
 
 /// The `decision` label: the event's verdict, or `none` for an event without one.
 const DECISIONS: [&str; 3] = ["none", Verdict::Allow.as_str(), Verdict::Deny.as_str()];
@@ -36,14 +36,7 @@ impl EventCounts {
             self.0.insert(agent.to_owned(), HashMap::new());
         }
         let kinds = self.0.get_mut(agent).expect("inserted above");
-        match kinds.get_mut(ev.kind.as_str()) {
-            Some(c) => c[d] += 1,
-            None => {
-                let mut c = [0; 3];
-                c[d] = 1;
-                kinds.insert(ev.kind.clone(), c);
-            }
-        }
+        kinds.entry(ev.kind()).or_insert([0; 3])[d] += 1;
     }
 }
 
@@ -129,11 +122,11 @@ fn render(shared: &Shared) -> String {
         "counter",
         "Events recorded, by agent (profile), kind and policy decision.",
     );
-    let mut rows: Vec<(&String, &String, &[u64; 3])> = core
+    let mut rows: Vec<(&String, &str, &[u64; 3])> = core
         .event_counts
         .0
         .iter()
-        .flat_map(|(a, kinds)| kinds.iter().map(move |(k, c)| (a, k, c)))
+        .flat_map(|(a, kinds)| kinds.iter().map(move |(k, c)| (a, k.as_str(), c)))
         .collect();
     rows.sort();
     for (agent, kind, c) in rows {

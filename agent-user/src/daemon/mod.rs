@@ -43,7 +43,7 @@ use policy_maps::PolicyMaps;
 use crate::{
     audit::{self, AuditConfig, AuditSink, SessionRecord},
     dns::{self, Dns},
-    event::{self, Clock, DecisionInfo, Event, LossInfo, ProcessInfo, Raw, SessionRef},
+    event::{self, Body, Clock, DecisionInfo, Event, LossInfo, ProcessInfo, Raw, SessionRef},
     loader::{self, ProgramStatus},
     offsets,
     policy::{
@@ -494,7 +494,7 @@ impl Core {
         });
         // A refused exec left the old program running.
         let refused = ev.decision.as_ref().is_some_and(|d| d.action.refused());
-        if let Some(exec) = &ev.exec
+        if let Some(exec) = ev.exec()
             && !refused
         {
             self.registry.on_exec(h.tgid, &exec.path, &exec.cwd);
@@ -572,10 +572,10 @@ impl Core {
         // Landlock refuses with EACCES before any file exists to resolve: judge the
         // path the process passed, made absolute with its working directory.
         let landlock_refusal =
-            ev.open.as_ref().is_some_and(|o| o.result == -EACCES) && self.landlocked.contains(&sid);
+            ev.open().is_some_and(|o| o.result == -EACCES) && self.landlocked.contains(&sid);
         // Where the kernel's decision is the whole decision (see `kernel_decides`), a path
         // it let through is allowed by the default: nothing to match again here.
-        let category = match (&ev.exec, &ev.open) {
+        let category = match (ev.exec(), ev.open()) {
             (Some(x), _) if !x.path_truncated => Some((0, "exec")),
             (None, Some(o)) if o.path_resolved && !o.path_truncated => {
                 (!is_path_only(o.flags_raw)).then_some((1, "files"))
@@ -594,7 +594,7 @@ impl Core {
             });
             return;
         }
-        let (access, path) = match (&ev.exec, &ev.open) {
+        let (access, path) = match (ev.exec(), ev.open()) {
             (Some(x), _) => (Access::Exec, x.path.clone()),
             (None, Some(o)) if landlock_refusal && !is_path_only(o.flags_raw) => {
                 let tgid = ev.process.as_ref().map(|p| p.tgid);
@@ -629,7 +629,7 @@ impl Core {
             return;
         };
         let v = decide(p, access, &path, &home);
-        if landlock_refusal && let Some(o) = ev.open.as_mut() {
+        if landlock_refusal && let Some(o) = ev.open_mut() {
             // Recorded absolute (still `path_resolved: false`: no file was opened).
             o.path = path;
         }
@@ -684,7 +684,7 @@ impl Core {
     }
 
     fn session_end(&mut self, sid: u64, now: SystemTime) {
-        let ev = Event::new("session_end", now, self.session_ref(sid));
+        let ev = Event::new(Body::SessionEnd, now, self.session_ref(sid));
         info!(session = %format_id(sid), "session ended");
         self.emit(ev);
     }
@@ -742,12 +742,15 @@ impl Core {
                 let delta = total - *seen;
                 *seen = total;
                 warn!(counter = name, delta, total, "events lost");
-                let mut ev = Event::new("loss", SystemTime::now(), SessionRef::default());
-                ev.loss = Some(LossInfo {
-                    counter: name.to_owned(),
-                    delta,
-                    total,
-                });
+                let ev = Event::new(
+                    Body::Loss(LossInfo {
+                        counter: name.to_owned(),
+                        delta,
+                        total,
+                    }),
+                    SystemTime::now(),
+                    SessionRef::default(),
+                );
                 self.emit(ev);
             }
         }
@@ -802,7 +805,7 @@ impl Core {
             }
         }
         self.record_session(id, root);
-        let mut ev = Event::new("session_start", started, sref);
+        let mut ev = Event::new(Body::SessionStart, started, sref);
         ev.process = self.process_info(root);
         self.emit(ev);
         Ok((id, tgids))
