@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod event;
+pub mod maps;
 pub mod policy;
 pub mod session;
 pub mod stats;

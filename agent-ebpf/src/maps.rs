@@ -1,4 +1,6 @@
 //! Maps shared by all programs.
+//! The maps the daemon takes by name are spelled as in `agent_common::maps` (checked
+//! against the built object by a unit test of the daemon).
 
 use agent_common::{
     event::{ExecEvent, OpenEvent},

@@ -2,7 +2,7 @@
 //! program names its hook and whether the daemon can run without it. `status` shows what
 //! was attached, what was left out, and why.
 
-use agent_common::config::KernelOffsets;
+use agent_common::{config::KernelOffsets, maps};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -220,11 +220,11 @@ pub fn load(
     startup.mark("btf (aya)");
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
-        .override_global("OFFSETS", &offsets, true)
+        .override_global(maps::OFFSETS, &offsets, true)
         // Only the daemon's own opens are recorded for binding rules to inodes.
-        .override_global("BINDER_TGID", &std::process::id(), true)
-        .map_max_entries("SESSIONS", max_tracked)
-        .map_max_entries("EVENTS", ring_bytes)
+        .override_global(maps::BINDER_TGID, &std::process::id(), true)
+        .map_max_entries(maps::SESSIONS, max_tracked)
+        .map_max_entries(maps::EVENTS, ring_bytes)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     startup.mark("object and maps");
@@ -312,5 +312,33 @@ impl Loaded {
         self.programs
             .iter()
             .any(|p| p.name == name && p.state == "attached")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names userspace uses are the names in the object it embeds: every map the
+    /// daemon takes, and every program of the table (and no program left out of it).
+    #[test]
+    fn map_and_program_names_match_the_embedded_object() {
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        for name in agent_common::maps::DAEMON_MAPS {
+            assert!(obj.maps.contains_key(*name), "no map {name} in the object");
+        }
+        let table: Vec<&str> = PROGRAMS.iter().map(|p| p.name).collect();
+        for p in &table {
+            assert!(
+                obj.programs.contains_key(*p),
+                "no program {p} in the object"
+            );
+        }
+        for p in obj.programs.keys() {
+            assert!(
+                table.contains(&p.as_str()),
+                "program {p} is in no row of PROGRAMS"
+            );
+        }
     }
 }

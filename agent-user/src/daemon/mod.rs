@@ -14,6 +14,7 @@ use std::{
 };
 
 use agent_common::{
+    maps,
     session::SessionEntry,
     stats::Stat,
     vocab::{Action, Layer, Verdict},
@@ -342,9 +343,9 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
             .ok_or_else(|| anyhow!("map {name} missing"))
     };
     Ok((
-        BpfHashMap::try_from(take("SESSIONS")?)?,
-        PerCpuArray::try_from(take("STATS")?)?,
-        RingBuf::try_from(take("EVENTS")?)?,
+        BpfHashMap::try_from(take(maps::SESSIONS)?)?,
+        PerCpuArray::try_from(take(maps::STATS)?)?,
+        RingBuf::try_from(take(maps::EVENTS)?)?,
     ))
 }
 

@@ -8,8 +8,11 @@ use std::{
     path::Path,
 };
 
-use agent_common::policy::{
-    InodeRuleKey, MAX_PROFILES, NetKey, NetRule, PathRuleKey, PathRuleValue, ProfileConfig,
+use agent_common::{
+    maps,
+    policy::{
+        InodeRuleKey, MAX_PROFILES, NetKey, NetRule, PathRuleKey, PathRuleValue, ProfileConfig,
+    },
 };
 use anyhow::{Result, anyhow, bail};
 use aya::{
@@ -48,12 +51,12 @@ impl PolicyMaps {
                 .ok_or_else(|| anyhow!("map {name} missing"))
         };
         Ok(Self {
-            profiles: Array::try_from(take("PROFILES")?)?,
-            net_allow: LpmTrie::try_from(take("NET_ALLOW")?)?,
-            net_deny: LpmTrie::try_from(take("NET_DENY")?)?,
-            path_rules: BpfHashMap::try_from(take("PATH_RULES")?)?,
-            inode_rules: BpfHashMap::try_from(take("INODE_RULES")?)?,
-            bind_result: BpfHashMap::try_from(take("BIND_RESULT")?)?,
+            profiles: Array::try_from(take(maps::PROFILES)?)?,
+            net_allow: LpmTrie::try_from(take(maps::NET_ALLOW)?)?,
+            net_deny: LpmTrie::try_from(take(maps::NET_DENY)?)?,
+            path_rules: BpfHashMap::try_from(take(maps::PATH_RULES)?)?,
+            inode_rules: BpfHashMap::try_from(take(maps::INODE_RULES)?)?,
+            bind_result: BpfHashMap::try_from(take(maps::BIND_RESULT)?)?,
             bound: Vec::new(),
             held: HashMap::new(),
         })

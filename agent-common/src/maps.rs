@@ -1,0 +1,36 @@
+//! Names of the maps and globals the daemon reaches by name. aya names a map after its
+//! `static` in `agent-ebpf`, which must be spelled as here; a unit test of the daemon
+//! checks every map name against the object it embeds.
+
+/// Session of each tracked process (tgid → `SessionEntry`).
+pub const SESSIONS: &str = "SESSIONS";
+/// The kernel-to-daemon ring buffer.
+pub const EVENTS: &str = "EVENTS";
+/// Per-CPU loss and activity counters (`stats::Stat`).
+pub const STATS: &str = "STATS";
+/// Compiled profiles by id.
+pub const PROFILES: &str = "PROFILES";
+pub const NET_ALLOW: &str = "NET_ALLOW";
+pub const NET_DENY: &str = "NET_DENY";
+pub const PATH_RULES: &str = "PATH_RULES";
+pub const INODE_RULES: &str = "INODE_RULES";
+/// The `(dev, ino)` the kernel saw for the daemon's own binding opens.
+pub const BIND_RESULT: &str = "BIND_RESULT";
+
+/// Every map the daemon takes by name.
+pub const DAEMON_MAPS: &[&str] = &[
+    SESSIONS,
+    EVENTS,
+    STATS,
+    PROFILES,
+    NET_ALLOW,
+    NET_DENY,
+    PATH_RULES,
+    INODE_RULES,
+    BIND_RESULT,
+];
+
+/// Global: kernel struct offsets (`config::KernelOffsets`).
+pub const OFFSETS: &str = "OFFSETS";
+/// Global: the daemon's tgid, whose opens bind rules to inodes.
+pub const BINDER_TGID: &str = "BINDER_TGID";
