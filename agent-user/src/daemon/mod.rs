@@ -13,12 +13,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{
-    maps,
-    session::SessionEntry,
-    stats::Stat,
-    vocab::{Action, Layer, Verdict},
-};
+use agent_common::{maps, session::SessionEntry, stats::Stat};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
@@ -32,6 +27,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+mod decide;
 mod eventlog;
 mod metrics;
 mod overflow;
@@ -44,7 +40,7 @@ use policy_maps::PolicyMaps;
 use crate::{
     audit::{self, AuditConfig, AuditSink, SessionRecord},
     dns::{self, Dns},
-    event::{self, Body, Clock, DecisionInfo, Event, LossInfo, ProcessInfo, Raw, SessionRef},
+    event::{self, Body, Clock, Event, LossInfo, ProcessInfo, Raw, SessionRef},
     loader::{self, ProgramStatus},
     offsets,
     policy::{
@@ -539,116 +535,28 @@ impl Core {
         let enforce = self
             .profile_of(sid)
             .is_some_and(|p| p.file.mode == policy::Mode::Enforce);
-        let action = if !enforce {
-            Action::Alerted
-        } else {
-            match overflow::kill_untracked(child, forked_ns) {
-                Ok(overflow::Outcome::Killed) => Action::Killed,
-                Ok(overflow::Outcome::Gone) => Action::Alerted,
-                Err(e) => {
-                    warn!(child, error = %e, "could not kill a child the kernel could not track");
-                    Action::Alerted
-                }
-            }
-        };
-        ev.decision = Some(DecisionInfo {
-            decision: Verdict::Deny,
-            action,
-            rule: "tracking.capacity (--max-tracked-processes)".to_owned(),
-            enforced_by: match action {
-                Action::Killed => Layer::Signal,
-                Action::Allowed | Action::Blocked | Action::Alerted => Layer::None,
-            },
-        });
+        let outcome = enforce.then(|| overflow::kill_untracked(child, forked_ns));
+        if let Some(Err(e)) = &outcome {
+            warn!(child, error = %e, "could not kill a child the kernel could not track");
+        }
+        ev.decision = Some(decide::untracked_child(outcome.map(|o| o.ok())));
     }
 
-    /// Exec and file decisions the kernel does not take yet: judged here against the
-    /// session's profile, so they can only be recorded (`alerted`, enforced by `none`).
+    /// Exec and file decisions the kernel does not take: judged here against the
+    /// session's profile (see [`decide::userspace`]).
     fn decide_in_userspace(&mut self, ev: &mut Event, sid: u64) {
-        if ev.decision.is_some() {
-            // The kernel already decided (deny rule matched in kernel).
-            return;
-        }
-        use crate::policy::decide::{Access, decide, is_path_only, is_write};
-        // Landlock refuses with EACCES before any file exists to resolve: judge the
-        // path the process passed, made absolute with its working directory.
-        let landlock_refusal =
-            ev.open().is_some_and(|o| o.result == -EACCES) && self.landlocked.contains(&sid);
-        // Where the kernel's decision is the whole decision (see `kernel_decides`), a path
-        // it let through is allowed by the default: nothing to match again here.
-        let category = match (ev.exec(), ev.open()) {
-            (Some(x), _) if !x.path_truncated => Some((0, "exec")),
-            (None, Some(o)) if o.path_resolved && !o.path_truncated => {
-                (!is_path_only(o.flags_raw)).then_some((1, "files"))
-            }
-            _ => None,
-        };
-        if !landlock_refusal
-            && let Some((i, category)) = category
-            && self.profile_of(sid).is_some_and(|p| p.kernel_decides[i])
-        {
-            ev.decision = Some(DecisionInfo {
-                decision: Verdict::Allow,
-                action: Action::Allowed,
-                rule: format!("{category}.default"),
-                enforced_by: Layer::None,
-            });
-            return;
-        }
-        let (access, path) = match (ev.exec(), ev.open()) {
-            (Some(x), _) => (Access::Exec, x.path.clone()),
-            (None, Some(o)) if landlock_refusal && !is_path_only(o.flags_raw) => {
-                let tgid = ev.process.as_ref().map(|p| p.tgid);
-                let Some(path) = absolute(&o.path, tgid, &self.registry) else {
-                    return;
-                };
-                (
-                    if is_write(o.flags_raw) {
-                        Access::Write
-                    } else {
-                        Access::Read
-                    },
-                    path,
-                )
-            }
-            (None, Some(o)) if o.path_resolved && !is_path_only(o.flags_raw) => (
-                if is_write(o.flags_raw) {
-                    Access::Write
-                } else {
-                    Access::Read
-                },
-                o.path.clone(),
-            ),
-            _ => return,
-        };
         let Some(s) = self.registry.get(sid) else {
             return;
         };
-        let (profile, owner) = (s.profile.clone(), s.owner_uid);
-        let home = self.users.home(owner).unwrap_or_default();
-        let Some(p) = self.profiles.get(&profile) else {
-            return;
+        let owner = s.owner_uid;
+        let users = &mut self.users;
+        let mut ctx = decide::Context {
+            profile: self.profiles.get(&s.profile),
+            landlocked: self.landlocked.contains(&sid),
+            home: &mut || users.home(owner).unwrap_or_default(),
+            registry: &self.registry,
         };
-        let v = decide(p, access, &path, &home);
-        if landlock_refusal && let Some(o) = ev.open_mut() {
-            // Recorded absolute (still `path_resolved: false`: no file was opened).
-            o.path = path;
-        }
-        let (action, layer) = match (v.denied, landlock_refusal) {
-            (true, true) => (Action::Blocked, Layer::Landlock),
-            (true, false) => (Action::Alerted, Layer::None),
-            (false, _) => (Action::Allowed, Layer::None),
-        };
-        ev.decision = Some(DecisionInfo {
-            decision: if v.denied {
-                Verdict::Deny
-            } else {
-                Verdict::Allow
-            },
-            action,
-            rule: v.rule,
-            enforced_by: layer,
-        });
+        decide::userspace(ev, &mut ctx);
     }
 
     /// Adds what the kernel record lacks: user name and executable (procfs if unknown).
@@ -1118,23 +1026,6 @@ fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Result<Respon
         landlock,
     })
 }
-
-const EACCES: i64 = 13;
-
-/// `path` as given to a failed open, made absolute with the working directory of `tgid`:
-/// its current one while it lives, else the one it had at its last exec (a short-lived
-/// process is often gone before its events are handled). `None` when neither is known.
-fn absolute(path: &str, tgid: Option<u32>, registry: &Registry) -> Option<String> {
-    if path.starts_with('/') {
-        return Some(path.to_owned());
-    }
-    let tgid = tgid?;
-    let cwd = fs::read_link(format!("/proc/{tgid}/cwd"))
-        .ok()
-        .or_else(|| registry.cwd_of(tgid).map(PathBuf::from))?;
-    Some(cwd.join(path).to_string_lossy().into_owned())
-}
-
 /// Period of re-binding deny rules to the inodes of the files they name.
 const REBIND_PERIOD: Duration = Duration::from_secs(10);
 
