@@ -806,13 +806,16 @@ fn connect_info(e: &ConnectEvent) -> ConnectInfo {
     }
 }
 
+/// Kernel records built in memory, for the tests of the modules that consume them.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_records {
     use agent_common::event::PATH_MAX;
 
     use super::*;
 
-    fn kpath(s: &str, flags: u16) -> KPath {
+    /// A kernel path: components in reverse order, each followed by `/`
+    /// (`"hostname/etc/"` is `/etc/hostname`).
+    pub fn kpath(s: &str, flags: u16) -> KPath {
         let mut p = KPath {
             len: s.len() as u16,
             flags,
@@ -823,17 +826,22 @@ mod tests {
         p
     }
 
-    fn hdr(kind: EventKind) -> EventHeader {
+    /// A header of `cat`, tgid 10, in session 0xabc.
+    pub fn hdr(kind: EventKind) -> EventHeader {
+        header_of(kind, 0xabc, 10)
+    }
+
+    pub fn header_of(kind: EventKind, session_id: u64, tgid: u32) -> EventHeader {
         let mut comm = [0u8; COMM_LEN];
         comm[..3].copy_from_slice(b"cat");
         EventHeader {
             kind: kind as u32,
             _reserved: 0,
             ktime_ns: 5_000_000_000,
-            session_id: 0xabc,
+            session_id,
             cgroup_id: 7,
-            pid: 11,
-            tgid: 10,
+            pid: tgid + 1,
+            tgid,
             ppid: 9,
             uid: 1000,
             gid: 1000,
@@ -841,6 +849,33 @@ mod tests {
             comm,
         }
     }
+
+    /// An exec of `exe` (a plain absolute path) in `cwd`, with the kernel's `verdict`.
+    pub fn exec(h: EventHeader, exe: &str, cwd: &str, verdict: KernelVerdict) -> ExecEvent {
+        let rev = |p: &str| {
+            let mut parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+            parts.reverse();
+            parts.iter().map(|c| format!("{c}/")).collect::<String>()
+        };
+        ExecEvent {
+            header: h,
+            exe: kpath(&rev(exe), 0),
+            cwd: kpath(&rev(cwd), 0),
+            argv_len: 0,
+            argv_flags: 0,
+            verdict,
+            argv: [0; agent_common::event::ARGV_MAX],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::{
+        test_records::{hdr, kpath},
+        *,
+    };
 
     fn bytes_of<T>(v: &T, len: usize) -> Vec<u8> {
         // SAFETY: reading the bytes of a repr(C) value.

@@ -204,8 +204,13 @@ fn render(shared: &Shared) -> String {
         "gauge",
         "Sessions known to the daemon, by state.",
     );
-    let live = core.registry.all().filter(|s| s.ended.is_none()).count();
-    let ended = core.registry.all().count() - live;
+    let live = core
+        .attribution
+        .registry
+        .all()
+        .filter(|s| s.ended.is_none())
+        .count();
+    let ended = core.attribution.registry.all().count() - live;
     let _ = writeln!(out, "agentwarden_sessions{{state=\"active\"}} {live}");
     let _ = writeln!(out, "agentwarden_sessions{{state=\"ended\"}} {ended}");
     let a = core.audit.stats().snapshot();

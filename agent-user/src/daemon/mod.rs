@@ -27,6 +27,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+mod attribute;
 mod decide;
 mod eventlog;
 mod metrics;
@@ -40,7 +41,7 @@ use policy_maps::PolicyMaps;
 use crate::{
     audit::{self, AuditConfig, AuditSink, SessionRecord},
     dns::{self, Dns},
-    event::{self, Body, Clock, Event, LossInfo, ProcessInfo, Raw, SessionRef},
+    event::{self, Body, Clock, Event, LossInfo, Raw, SessionRef},
     loader::{self, ProgramStatus},
     offsets,
     policy::{
@@ -50,9 +51,8 @@ use crate::{
     probe::HostProbe,
     profiles::{self, ProfileSet},
     proto::{Counter, DaemonCounters, Request, Response, StatusReport},
-    session::{Enrolment, NewSession, Registry, format_id, parse_id},
+    session::{Enrolment, NewSession, format_id, parse_id},
     startup::{self, Startup, StartupPhase},
-    users::Users,
 };
 
 /// Daemon settings; every field has an embedded default (no config file needed).
@@ -106,10 +106,9 @@ struct Core {
     profiles: ProfileSet,
     /// Host name → addresses, filled by the background resolver.
     dns: HashMap<String, Vec<std::net::IpAddr>>,
-    registry: Registry,
-    users: Users,
+    /// Sessions, processes and users: who did what.
+    attribution: attribute::Attribution,
     log: EventLog,
-    clock: Clock,
     counters: DaemonCounters,
     /// Sessions whose `run` client restricted itself with Landlock.
     landlocked: HashSet<u64>,
@@ -228,10 +227,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             profiles: ProfileSet::default(),
             owners: BTreeSet::new(),
             homes: HashMap::new(),
-            registry: Registry::default(),
-            users: Users::default(),
+            attribution: attribute::Attribution::new(Clock::now()),
             log,
-            clock: Clock::now(),
             counters: DaemonCounters::default(),
             reported_losses: HashMap::new(),
             landlocked: HashSet::new(),
@@ -470,6 +467,8 @@ impl Core {
         self.audit.flush();
     }
 
+    /// One record, in a straight line: decode → attribute → decide (what the kernel
+    /// left undecided) → respond (a child it could not track) → sinks.
     fn handle_record(&mut self, bytes: &[u8]) {
         self.counters.records_read += 1;
         let raw = match event::decode_reusing(bytes, &mut self.spare) {
@@ -481,52 +480,22 @@ impl Core {
             }
         };
         let h = *raw.header();
-        let sid = h.session_id;
-        if let Raw::Fork(f) = &raw {
-            self.registry.on_fork(sid, h.tgid, f.child_tgid);
-        }
-        let rules = &self.rules;
-        let mut ev = Event::from_raw(&raw, &self.clock, self.session_ref(sid), &|id, cat| {
-            rules.describe(id, cat)
-        });
-        // A refused exec left the old program running.
-        let refused = ev.decision.as_ref().is_some_and(|d| d.action.refused());
-        if let Some(exec) = ev.exec()
-            && !refused
-        {
-            self.registry.on_exec(h.tgid, &exec.path, &exec.cwd);
-        }
-        if let Some(p) = ev.process.as_mut() {
-            self.enrich(p, !matches!(raw, Raw::Exit(_)));
-        }
-        self.decide_in_userspace(&mut ev, sid);
+        let mut ev = self.attribution.event(&raw, &self.rules);
+        self.decide_in_userspace(&mut ev, h.session_id);
         if let Raw::SessionMapFull(f) = &raw {
-            self.untracked_child(&mut ev, sid, f.child_tgid, h.ktime_ns);
+            self.untracked_child(&mut ev, h.session_id, f.child_tgid, h.ktime_ns);
         }
-        self.registry.count_event(sid);
         self.emit(ev);
-        if let Raw::Exit(_) = raw {
-            let now = self.clock.wall(h.ktime_ns);
-            if self.registry.on_exit(sid, h.tgid, now) {
-                self.session_end(sid, now);
-            }
+        if let Some((sid, now)) = self.attribution.ended_by(&raw) {
+            self.session_end(sid, now);
         }
         self.spare.keep(raw);
     }
 
-    fn session_ref(&self, sid: u64) -> SessionRef {
-        self.registry
-            .get(sid)
-            .map(|s| s.reference())
-            .unwrap_or_else(|| SessionRef {
-                id: format_id(sid),
-                ..SessionRef::default()
-            })
-    }
-
     /// The profile session `sid` runs under.
     fn profile_of(&self, sid: u64) -> Option<&Profile> {
-        self.profiles.get(&self.registry.get(sid)?.profile)
+        self.profiles
+            .get(&self.attribution.registry.get(sid)?.profile)
     }
 
     /// A child of the session that the kernel could not track: in an enforce-mode
@@ -545,35 +514,18 @@ impl Core {
     /// Exec and file decisions the kernel does not take: judged here against the
     /// session's profile (see [`decide::userspace`]).
     fn decide_in_userspace(&mut self, ev: &mut Event, sid: u64) {
-        let Some(s) = self.registry.get(sid) else {
+        let Some(s) = self.attribution.registry.get(sid) else {
             return;
         };
         let owner = s.owner_uid;
-        let users = &mut self.users;
+        let users = &mut self.attribution.users;
         let mut ctx = decide::Context {
             profile: self.profiles.get(&s.profile),
             landlocked: self.landlocked.contains(&sid),
             home: &mut || users.home(owner).unwrap_or_default(),
-            registry: &self.registry,
+            registry: &self.attribution.registry,
         };
         decide::userspace(ev, &mut ctx);
-    }
-
-    /// Adds what the kernel record lacks: user name and executable (procfs if unknown).
-    fn enrich(&mut self, p: &mut ProcessInfo, alive: bool) {
-        p.user = self.users.name(p.uid);
-        p.exe = match self.registry.exe_of(p.tgid) {
-            Some(exe) => Some(exe.to_owned()),
-            None if alive => procfs::process::Process::new(p.tgid as i32)
-                .and_then(|pr| pr.exe())
-                .ok()
-                .map(|exe| {
-                    let exe = exe.display().to_string();
-                    self.registry.remember_exe(p.tgid, exe.clone());
-                    exe
-                }),
-            None => None,
-        };
     }
 
     fn emit(&mut self, mut ev: Event) {
@@ -593,7 +545,7 @@ impl Core {
     }
 
     fn session_end(&mut self, sid: u64, now: SystemTime) {
-        let ev = Event::new(Body::SessionEnd, now, self.session_ref(sid));
+        let ev = Event::new(Body::SessionEnd, now, self.attribution.session_ref(sid));
         info!(session = %format_id(sid), "session ended");
         self.emit(ev);
     }
@@ -617,7 +569,7 @@ impl Core {
             return;
         }
         let now = SystemTime::now();
-        for sid in self.registry.reconcile(&snapshot, now) {
+        for sid in self.attribution.registry.reconcile(&snapshot, now) {
             self.session_end(sid, now);
         }
     }
@@ -679,7 +631,7 @@ impl Core {
             .profile_ids
             .get(&new.profile)
             .ok_or_else(|| anyhow!("profile `{}` is not compiled into the kernel", new.profile))?;
-        if let Some(home) = self.users.home(new.owner_uid) {
+        if let Some(home) = self.attribution.users.home(new.owner_uid) {
             self.homes.insert(new.owner_uid, home);
         }
         if self.owners.insert(new.owner_uid) {
@@ -706,16 +658,18 @@ impl Core {
                 }
             }
         }
-        let s = self.registry.create(id, new, &tgids);
+        let s = self.attribution.registry.create(id, new, &tgids);
         let (sref, started) = (s.reference(), s.started);
         for t in &tgids {
             if let Ok(exe) = procfs::process::Process::new(*t as i32).and_then(|p| p.exe()) {
-                self.registry.remember_exe(*t, exe.display().to_string());
+                self.attribution
+                    .registry
+                    .remember_exe(*t, exe.display().to_string());
             }
         }
         self.record_session(id, root);
         let mut ev = Event::new(Body::SessionStart, started, sref);
-        ev.process = self.process_info(root);
+        ev.process = self.attribution.process_info(root);
         self.emit(ev);
         Ok((id, tgids))
     }
@@ -751,7 +705,7 @@ impl Core {
     /// The session's execution context, recorded once in the audit trail: the profile
     /// as it was (name, source, content hash), its owners, the principal, the host.
     fn record_session(&mut self, id: u64, root: u32) {
-        let Some(s) = self.registry.get(id) else {
+        let Some(s) = self.attribution.registry.get(id) else {
             return;
         };
         let p = self.profiles.get(&s.profile);
@@ -784,26 +738,7 @@ impl Core {
         };
         self.audit.send(audit::Item::Session(Box::new(rec)));
     }
-
-    fn process_info(&mut self, tgid: u32) -> Option<ProcessInfo> {
-        let p = procfs::process::Process::new(tgid as i32).ok()?;
-        let stat = p.stat().ok()?;
-        let status = p.status().ok()?;
-        let uid = status.ruid;
-        Some(ProcessInfo {
-            pid: tgid,
-            tgid,
-            ppid: stat.ppid as u32,
-            uid,
-            user: self.users.name(uid),
-            gid: status.rgid,
-            comm: stat.comm,
-            cgroup_id: 0,
-            exe: p.exe().ok().map(|e| e.display().to_string()),
-        })
-    }
 }
-
 fn new_session_id() -> Result<u64> {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).map_err(|e| anyhow!("random session id: {e}"))?;
@@ -935,7 +870,7 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
         }
         Request::Sessions => {
             core.reconcile();
-            let sessions = core.registry.all().map(|s| s.view()).collect();
+            let sessions = core.attribution.registry.all().map(|s| s.view()).collect();
             Ok(Response::Sessions { sessions })
         }
         Request::Status => {
@@ -954,8 +889,13 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
                     stdout_dropped: core.log.stdout_dropped(),
                     ..core.counters.clone()
                 },
-                sessions_active: core.registry.all().filter(|s| s.ended.is_none()).count(),
-                sessions_total: core.registry.all().count(),
+                sessions_active: core
+                    .attribution
+                    .registry
+                    .all()
+                    .filter(|s| s.ended.is_none())
+                    .count(),
+                sessions_total: core.attribution.registry.all().count(),
                 tracked_processes: tracked,
                 tracked_processes_max: shared.cfg.max_tracked_processes,
                 audit: core.audit.stats().snapshot(),
@@ -988,11 +928,15 @@ fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Result<Respon
     };
     check_name(core, new.name.as_deref())?;
     let flags = enforceable_flags(shared, &profile)?;
-    new.owner_user = core.users.name(new.owner_uid);
+    new.owner_user = core.attribution.users.name(new.owner_uid);
     // Landlock carries default-deny allow lists for sessions started by `run`, which
     // restricts itself before it executes the agent.
     let landlock = if new.enrolment == Enrolment::Run && shared.probe.landlock_abi.is_some() {
-        let home = core.users.home(new.owner_uid).unwrap_or_default();
+        let home = core
+            .attribution
+            .users
+            .home(new.owner_uid)
+            .unwrap_or_default();
         policy::landlock::plan(&profile, &home)
     } else {
         None
@@ -1004,6 +948,7 @@ fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Result<Respon
         core.landlocked.insert(id);
     }
     let session = core
+        .attribution
         .registry
         .get(id)
         .map(|s| s.view())
@@ -1154,7 +1099,11 @@ fn enforceable_flags(shared: &Shared, p: &Profile) -> Result<u32> {
 
 fn check_name(core: &Core, name: Option<&str>) -> Result<()> {
     if let Some(n) = name
-        && core.registry.by_name(n).is_some_and(|s| s.ended.is_none())
+        && core
+            .attribution
+            .registry
+            .by_name(n)
+            .is_some_and(|s| s.ended.is_none())
     {
         bail!("an active session is already named `{n}`");
     }
@@ -1210,7 +1159,7 @@ async fn stream_events(
 
 fn resolve_session(shared: &Shared, s: &str) -> Result<String> {
     let core = shared.core();
-    if let Some(sess) = core.registry.by_name(s) {
+    if let Some(sess) = core.attribution.registry.by_name(s) {
         return Ok(format_id(sess.id));
     }
     match parse_id(s) {
