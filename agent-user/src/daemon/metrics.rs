@@ -123,7 +123,8 @@ fn render(shared: &Shared) -> String {
         "Events recorded, by agent (profile), kind and policy decision.",
     );
     let mut rows: Vec<(&String, &str, &[u64; 3])> = core
-        .event_counts
+        .sinks
+        .counts
         .0
         .iter()
         .flat_map(|(a, kinds)| kinds.iter().map(move |(k, c)| (a, k.as_str(), c)))
@@ -149,14 +150,14 @@ fn render(shared: &Shared) -> String {
         "Kernel-side counters (ring-buffer drops, session map full, stash full, ...).",
     );
     for stat in Stat::ALL {
-        let c = core.counter(stat);
+        let c = core.kernel.counter(stat);
         let _ = writeln!(
             out,
             "agentwarden_kernel_counter_total{{counter=\"{}\"}} {}",
             c.name, c.total
         );
     }
-    let d = &core.counters;
+    let d = core.daemon_counters();
     family(
         &mut out,
         "agentwarden_daemon_counter_total",
@@ -169,7 +170,7 @@ fn render(shared: &Shared) -> String {
         ("events_logged", d.events_logged),
         ("log_write_errors", d.log_write_errors),
         ("subscriber_lagged", d.subscriber_lagged),
-        ("stdout_dropped", core.log.stdout_dropped()),
+        ("stdout_dropped", d.stdout_dropped),
     ] {
         let _ = writeln!(
             out,
@@ -185,7 +186,7 @@ fn render(shared: &Shared) -> String {
     let _ = writeln!(
         out,
         "agentwarden_map_entries{{map=\"sessions\"}} {}",
-        core.sessions_map.iter().filter(|r| r.is_ok()).count()
+        core.kernel.sessions.iter().filter(|r| r.is_ok()).count()
     );
     family(
         &mut out,
@@ -213,7 +214,7 @@ fn render(shared: &Shared) -> String {
     let ended = core.attribution.registry.all().count() - live;
     let _ = writeln!(out, "agentwarden_sessions{{state=\"active\"}} {live}");
     let _ = writeln!(out, "agentwarden_sessions{{state=\"ended\"}} {ended}");
-    let a = core.audit.stats().snapshot();
+    let a = core.sinks.audit.stats().snapshot();
     family(
         &mut out,
         "agentwarden_audit_backlog",

@@ -13,12 +13,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{maps, session::SessionEntry, stats::Stat};
+use agent_common::{session::SessionEntry, stats::Stat};
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::{
-    Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader, unix::AsyncFd},
     net::{UnixListener, UnixStream},
@@ -30,13 +26,16 @@ use tracing::{info, warn};
 mod attribute;
 mod decide;
 mod eventlog;
+mod kernel;
 mod metrics;
 mod overflow;
 mod policy_maps;
+mod sinks;
 mod stdout;
 
 use eventlog::EventLog;
-use policy_maps::PolicyMaps;
+use kernel::KernelMaps;
+use sinks::Sinks;
 
 use crate::{
     audit::{self, AuditConfig, AuditSink, SessionRecord},
@@ -50,7 +49,7 @@ use crate::{
     },
     probe::HostProbe,
     profiles::{self, ProfileSet},
-    proto::{Counter, DaemonCounters, Request, Response, StatusReport},
+    proto::{DaemonCounters, Request, Response, StatusReport},
     session::{Enrolment, NewSession, format_id, parse_id},
     startup::{self, Startup, StartupPhase},
 };
@@ -89,11 +88,8 @@ const SWEEP_PERIOD: Duration = Duration::from_millis(500);
 /// Everything the ring-buffer reader, the sweeper and the control handlers share. One lock
 /// keeps enrolment, draining and reconciliation consistent with each other.
 struct Core {
-    /// Taken out while a drain runs (records are handled in place, without a copy).
-    ring: Option<RingBuf<MapData>>,
-    sessions_map: BpfHashMap<MapData, u32, SessionEntry>,
-    stats: PerCpuArray<MapData, u64>,
-    policy: PolicyMaps,
+    /// Every map handle: the kernel side.
+    kernel: KernelMaps,
     /// `file:line` of every compiled rule, by the id the kernel reports.
     rules: RuleTable,
     /// Profile name → kernel id; ids are never reused while the daemon runs, so a
@@ -102,41 +98,36 @@ struct Core {
     /// Owners of sessions so far (`~` rules are expanded for each) and their homes.
     owners: BTreeSet<u32>,
     homes: HashMap<u32, String>,
-    /// The profiles compiled into the kernel, for the decisions finished in userspace.
+    /// The profiles compiled into the kernel (a reload that fails for a file keeps that
+    /// file's last good version), for enrolment and the decisions finished in userspace.
     profiles: ProfileSet,
     /// Host name → addresses, filled by the background resolver.
     dns: HashMap<String, Vec<std::net::IpAddr>>,
     /// Sessions, processes and users: who did what.
     attribution: attribute::Attribution,
-    log: EventLog,
+    /// Where events go: event log, audit store, metrics counts, followers.
+    sinks: Sinks,
+    /// Records read and undecodable; the sinks count their own.
     counters: DaemonCounters,
     /// Sessions whose `run` client restricted itself with Landlock.
     landlocked: HashSet<u64>,
     /// Kernel loss counters already reported as events.
     reported_losses: HashMap<&'static str, u64>,
-    /// The audit trail's store (a writer thread behind a bounded queue).
-    audit: AuditSink,
     /// Buffers of large records, reused from one record to the next.
     spare: event::Spare,
-    /// Events emitted, by agent, kind and decision (for the metrics).
-    event_counts: metrics::EventCounts,
     host: String,
-    tx: broadcast::Sender<Arc<Event>>,
 }
 
 struct Shared {
     /// Fair on hand-over (parking_lot): the reader gives the lock up between batches, and
     /// a waiting control request must get it then, not the reader again.
     core: parking_lot::Mutex<Core>,
-    /// Known profiles; a reload that fails for a file keeps that file's last good version.
-    profiles: Mutex<ProfileSet>,
     cfg: DaemonConfig,
     probe: HostProbe,
     programs: Vec<ProgramStatus>,
     started: SystemTime,
     /// Filled once the daemon is ready.
     startup: Mutex<Vec<StartupPhase>>,
-    tx: broadcast::Sender<Arc<Event>>,
 }
 
 impl Shared {
@@ -181,11 +172,15 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             Some(r) => warn!(program = %p.name, at = %p.attach_point, reason = %r, "left out"),
         }
     }
-    let (sessions_map, stats, ring) = take_maps(&mut ebpf)?;
-    let policy = PolicyMaps::take(&mut ebpf)?;
+    let kernel = KernelMaps::take(&mut ebpf)?;
     // A duplicate of the ring buffer's fd, polled for readiness only; the map itself
     // stays in `Core` so draining happens under the shared lock.
-    let dup = ring.as_fd().try_clone_to_owned()?;
+    let dup = kernel
+        .ring
+        .as_ref()
+        .ok_or_else(|| anyhow!("no ring buffer"))?
+        .as_fd()
+        .try_clone_to_owned()?;
     // SAFETY: the fd is owned by the AsyncFd and stays open until it is dropped.
     let ring_fd =
         unsafe { AsyncFd::register(dup) }.map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
@@ -206,8 +201,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         max_age: cfg.audit_max_age,
         max_bytes: cfg.audit_max_bytes,
     })?;
-    let (tx, _) = broadcast::channel(4096);
-
     let mut profiles = ProfileSet::embedded().map_err(policy::to_error)?;
     if let Some(dir) = &cfg.rules_dir {
         report_profile_diagnostics(&profiles.load_dir(dir));
@@ -215,12 +208,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     info!(profiles = %profiles.names().join(","), "profiles loaded");
     startup.mark("state and profiles parsed");
     let shared = Arc::new(Shared {
-        profiles: Mutex::new(profiles),
         core: parking_lot::Mutex::new(Core {
-            ring: Some(ring),
-            sessions_map,
-            stats,
-            policy,
+            kernel,
             rules: RuleTable::default(),
             profile_ids: HashMap::new(),
             dns: HashMap::new(),
@@ -228,35 +217,23 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             owners: BTreeSet::new(),
             homes: HashMap::new(),
             attribution: attribute::Attribution::new(Clock::now()),
-            log,
+            sinks: Sinks::new(log, audit),
             counters: DaemonCounters::default(),
             reported_losses: HashMap::new(),
             landlocked: HashSet::new(),
-            audit,
             spare: event::Spare::default(),
-            event_counts: metrics::EventCounts::default(),
             host: rustix::system::uname()
                 .nodename()
                 .to_string_lossy()
                 .into_owned(),
-            tx: tx.clone(),
         }),
         cfg: cfg.clone(),
         probe,
         programs,
         started: SystemTime::now(),
         startup: Mutex::new(Vec::new()),
-        tx,
     });
-
-    {
-        let set = shared
-            .profiles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        shared.core().install_profiles(&set)?;
-    }
+    shared.core().install_profiles(&profiles)?;
     startup.mark("profiles compiled into maps");
     // Loading parsed the kernel's BTF and the object: give that memory back now.
     release_memory();
@@ -314,32 +291,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     {
         let mut core = shared.core();
         core.drain(usize::MAX);
-        core.log.close();
         // Commits what is queued before the process exits.
-        core.audit.close();
+        core.sinks.close();
     }
     // Dropping `ebpf` detaches every program.
     drop(ebpf);
     info!("stopped");
     Ok(())
-}
-
-type Maps = (
-    BpfHashMap<MapData, u32, SessionEntry>,
-    PerCpuArray<MapData, u64>,
-    RingBuf<MapData>,
-);
-
-fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
-    let mut take = |name: &str| {
-        ebpf.take_map(name)
-            .ok_or_else(|| anyhow!("map {name} missing"))
-    };
-    Ok((
-        BpfHashMap::try_from(take(maps::SESSIONS)?)?,
-        PerCpuArray::try_from(take(maps::STATS)?)?,
-        RingBuf::try_from(take(maps::EVENTS)?)?,
-    ))
 }
 
 /// A live daemon on the socket means this one must not start; a stale socket file is
@@ -445,7 +403,7 @@ impl Core {
     /// Consumes up to `max` records from the ring buffer; true when it stopped at `max`
     /// (records may remain).
     fn drain(&mut self, max: usize) -> bool {
-        let Some(mut ring) = self.ring.take() else {
+        let Some(mut ring) = self.kernel.ring.take() else {
             return false;
         };
         let mut n = 0;
@@ -455,7 +413,7 @@ impl Core {
             self.handle_record(&item);
             n += 1;
         }
-        self.ring = Some(ring);
+        self.kernel.ring = Some(ring);
         self.flush_sinks();
         n == max
     }
@@ -463,8 +421,7 @@ impl Core {
     /// Hands what this drain (or request) produced to the sinks: the event log's buffer
     /// to the file, the audit records to the writer in one batch.
     fn flush_sinks(&mut self) {
-        self.log.flush();
-        self.audit.flush();
+        self.sinks.flush();
     }
 
     /// One record, in a straight line: decode → attribute → decide (what the kernel
@@ -528,20 +485,18 @@ impl Core {
         decide::userspace(ev, &mut ctx);
     }
 
-    fn emit(&mut self, mut ev: Event) {
-        ev.seq = self.log.next_seq();
-        match self.log.write(&ev) {
-            Ok(()) => self.counters.events_logged += 1,
-            Err(e) => {
-                self.counters.log_write_errors += 1;
-                warn!(error = %e, "writing the event log failed");
-            }
+    fn emit(&mut self, ev: Event) {
+        self.sinks.emit(ev);
+    }
+
+    /// The daemon's counters: its own and those the sinks keep.
+    fn daemon_counters(&self) -> DaemonCounters {
+        DaemonCounters {
+            events_logged: self.sinks.logged,
+            log_write_errors: self.sinks.log_write_errors,
+            stdout_dropped: self.sinks.log.stdout_dropped(),
+            ..self.counters.clone()
         }
-        self.event_counts.count(&ev);
-        let ev = Arc::new(ev);
-        self.audit.send(audit::Item::Event(ev.clone()));
-        // No subscriber is fine; lagging ones are counted on their side.
-        let _ = self.tx.send(ev);
     }
 
     fn session_end(&mut self, sid: u64, now: SystemTime) {
@@ -550,21 +505,12 @@ impl Core {
         self.emit(ev);
     }
 
-    /// Snapshot of the kernel session map (tgid → session id).
-    fn kernel_sessions(&self) -> HashMap<u32, u64> {
-        self.sessions_map
-            .iter()
-            .filter_map(|r| r.ok())
-            .map(|(tgid, e)| (tgid, e.session_id))
-            .collect()
-    }
-
     /// Ends sessions with no process left in the kernel map. The map is read first and
     /// the ring drained after, so exit events submitted before a removal are handled
     /// (and end their session) before reconciliation looks. Behind a backlog it waits for
     /// a later tick: a session is never ended on a map read older than its records.
     fn reconcile(&mut self) {
-        let snapshot = self.kernel_sessions();
+        let snapshot = self.kernel.sessions_snapshot();
         if self.drain(DRAIN_BATCH) {
             return;
         }
@@ -574,29 +520,16 @@ impl Core {
         }
     }
 
-    fn counter(&self, stat: Stat) -> Counter {
-        let per_cpu: Vec<u64> = self
-            .stats
-            .get(&(stat as u32), 0)
-            .map(|v| v.iter().copied().collect())
-            .unwrap_or_default();
-        Counter {
-            name: stat.name().to_owned(),
-            total: per_cpu.iter().sum(),
-            per_cpu,
-        }
-    }
-
     /// Raises an event for every new loss: kernel-side, and records the audit store
     /// could not take (its queue was full).
     fn report_losses(&mut self) {
         let mut totals: Vec<(&'static str, u64)> =
             [Stat::RingbufDrops, Stat::SessionMapFull, Stat::StashFull]
                 .into_iter()
-                .map(|stat| (stat.name(), self.counter(stat).total))
+                .map(|stat| (stat.name(), self.kernel.counter(stat).total))
                 .collect();
-        totals.push(("audit_dropped", self.audit.stats().snapshot().dropped));
-        totals.push(("stdout_dropped", self.log.stdout_dropped()));
+        totals.push(("audit_dropped", self.sinks.audit.stats().snapshot().dropped));
+        totals.push(("stdout_dropped", self.sinks.log.stdout_dropped()));
         for (name, total) in totals {
             let seen = self.reported_losses.entry(name).or_insert(0);
             if total > *seen {
@@ -615,10 +548,6 @@ impl Core {
                 self.emit(ev);
             }
         }
-    }
-
-    fn in_session(&self, tgid: u32) -> Option<u64> {
-        self.sessions_map.get(&tgid, 0).ok().map(|e| e.session_id)
     }
 
     /// Puts `root` and all its descendants into a new session. Children forked by an
@@ -646,7 +575,8 @@ impl Core {
             owner_uid: new.owner_uid,
             _pad: 0,
         };
-        self.sessions_map
+        self.kernel
+            .sessions
             .insert(root, entry, 0)
             .map_err(|e| anyhow!("adding pid {root} to the kernel session map: {e}"))?;
         let mut tgids = vec![root];
@@ -687,7 +617,7 @@ impl Core {
             let mut progress = false;
             for (pid, ppid) in &parents {
                 if tgids.contains(ppid) && !tgids.contains(pid) {
-                    if self.sessions_map.insert(*pid, entry, 0).is_ok() {
+                    if self.kernel.sessions.insert(*pid, entry, 0).is_ok() {
                         tgids.push(*pid);
                         added += 1;
                         progress = true;
@@ -736,7 +666,7 @@ impl Core {
             time_ns,
             time: event::rfc3339(s.started),
         };
-        self.audit.send(audit::Item::Session(Box::new(rec)));
+        self.sinks.session(rec);
     }
 }
 fn new_session_id() -> Result<u64> {
@@ -813,7 +743,7 @@ fn authorize(shared: &Shared, uid: u32, pid: u32) -> Result<()> {
     if uid != me && uid != 0 {
         bail!("permission denied: uid {uid} is not the daemon's owner (uid {me})");
     }
-    if let Some(sid) = shared.core().in_session(pid) {
+    if let Some(sid) = shared.core().kernel.session_of(pid) {
         bail!(
             "refused: the caller (pid {pid}) is inside agentwarden session {}; \
              a session cannot administer agentwarden",
@@ -855,7 +785,7 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
             }
             let target = procfs::process::Process::new(pid as i32)
                 .map_err(|e| anyhow!("no process {pid}: {e}"))?;
-            if let Some(sid) = core.in_session(pid) {
+            if let Some(sid) = core.kernel.session_of(pid) {
                 bail!("pid {pid} is already in session {}", format_id(sid));
             }
             let new = NewSession {
@@ -874,8 +804,8 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
             Ok(Response::Sessions { sessions })
         }
         Request::Status => {
-            let kernel_counters = Stat::ALL.iter().map(|s| core.counter(*s)).collect();
-            let tracked = core.kernel_sessions().len();
+            let kernel_counters = Stat::ALL.iter().map(|s| core.kernel.counter(*s)).collect();
+            let tracked = core.kernel.sessions_snapshot().len();
             let status = StatusReport {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 daemon_pid: std::process::id(),
@@ -885,10 +815,7 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
                 host: shared.probe.clone(),
                 programs: shared.programs.clone(),
                 kernel_counters,
-                daemon_counters: DaemonCounters {
-                    stdout_dropped: core.log.stdout_dropped(),
-                    ..core.counters.clone()
-                },
+                daemon_counters: core.daemon_counters(),
                 sessions_active: core
                     .attribution
                     .registry
@@ -898,7 +825,7 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
                 sessions_total: core.attribution.registry.all().count(),
                 tracked_processes: tracked,
                 tracked_processes_max: shared.cfg.max_tracked_processes,
-                audit: core.audit.stats().snapshot(),
+                audit: core.sinks.audit.stats().snapshot(),
                 startup: shared
                     .startup
                     .lock()
@@ -916,16 +843,13 @@ fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Re
 /// Creates a session for `new.root_pid` (and, for attach, its descendants).
 fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Result<Response> {
     // One lookup: the profile as it is now is what the session is checked against.
-    let profile = {
-        let set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
-        set.get(&new.profile).cloned().ok_or_else(|| {
-            anyhow!(
-                "unknown profile `{}` (known: {})",
-                new.profile,
-                set.names().join(", ")
-            )
-        })?
-    };
+    let profile = core.profiles.get(&new.profile).cloned().ok_or_else(|| {
+        anyhow!(
+            "unknown profile `{}` (known: {})",
+            new.profile,
+            core.profiles.names().join(", ")
+        )
+    })?;
     check_name(core, new.name.as_deref())?;
     let flags = enforceable_flags(shared, &profile)?;
     new.owner_user = core.attribution.users.name(new.owner_uid);
@@ -979,7 +903,7 @@ const REBIND_PERIOD: Duration = Duration::from_secs(10);
 async fn rebind_inodes(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(REBIND_PERIOD).await;
-        if let Err(e) = shared.core().policy.rebind_inodes() {
+        if let Err(e) = shared.core().kernel.policy.rebind_inodes() {
             warn!(error = %format!("{e:#}"), "re-binding deny rules to inodes failed");
         }
     }
@@ -1004,17 +928,15 @@ async fn refresh_dns(shared: Arc<Shared>) {
     let mut answers: HashMap<String, Vec<std::net::IpAddr>> = HashMap::new();
     let mut due: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
-        let set = shared
-            .profiles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let hosts: BTreeSet<String> = set
-            .names()
-            .iter()
-            .filter_map(|n| set.get(n))
-            .flat_map(compile::host_names)
-            .collect();
+        let hosts: BTreeSet<String> = {
+            let core = shared.core();
+            let set = &core.profiles;
+            set.names()
+                .iter()
+                .filter_map(|n| set.get(n))
+                .flat_map(compile::host_names)
+                .collect()
+        };
         answers.retain(|h, _| hosts.contains(h));
         due.retain(|h, _| hosts.contains(h));
         let now = tokio::time::Instant::now();
@@ -1038,6 +960,7 @@ async fn refresh_dns(shared: Arc<Shared>) {
             let mut core = shared.core();
             if core.dns != answers {
                 core.dns = answers.clone();
+                let set = core.profiles.clone();
                 if let Err(e) = core.install_profiles(&set) {
                     warn!(error = %format!("{e:#}"), "recompiling after DNS refresh failed");
                 }
@@ -1054,12 +977,11 @@ fn reload_profiles(shared: &Shared) {
         info!("SIGHUP: no rules directory configured; shipped profiles unchanged");
         return;
     };
-    // Lock order: never hold `profiles` while taking `core`.
-    let set = {
-        let mut set = shared.profiles.lock().unwrap_or_else(|e| e.into_inner());
-        report_profile_diagnostics(&set.load_dir(dir));
-        set.clone()
-    };
+    // The files are read and parsed without the lock (the reader keeps draining); the
+    // set starts from what is installed, so a file that turned bad keeps its last good
+    // version, and nothing changes when compiling into the kernel fails.
+    let mut set = shared.core().profiles.clone();
+    report_profile_diagnostics(&set.load_dir(dir));
     if let Err(e) = shared.core().install_profiles(&set) {
         warn!(error = %format!("{e:#}"), "compiling profiles into the kernel failed; previous maps kept");
         return;
@@ -1118,14 +1040,14 @@ async fn stream_events(
     session: Option<String>,
     follow: bool,
 ) -> Result<()> {
-    let mut rx = shared.tx.subscribe();
+    let mut rx = shared.core().sinks.follow();
     let filter = match session {
         None => None,
         Some(s) => Some(resolve_session(shared, &s)?),
     };
     let matches = |e: &Event| filter.as_ref().is_none_or(|id| &e.session.id == id);
     let path = shared.cfg.state_dir.join(EVENT_LOG);
-    shared.core().log.flush();
+    shared.core().sinks.log.flush();
     let backlog = tokio::task::spawn_blocking(move || eventlog::read(&path)).await??;
     let mut last = 0;
     for e in backlog.into_iter().filter(|e| matches(e)) {

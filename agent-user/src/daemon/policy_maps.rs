@@ -177,7 +177,7 @@ impl Core {
             }
             compiled.push((id, c));
         }
-        let m = &mut self.policy;
+        let m = &mut self.kernel.policy;
         let (mut deny, mut allow, mut paths) = (Vec::new(), Vec::new(), HashSet::new());
         let mut bound = Vec::new();
         for (id, c) in compiled {

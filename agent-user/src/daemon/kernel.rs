@@ -1,0 +1,71 @@
+//! The kernel side as the daemon holds it: every map handle, in one place. Attribution,
+//! decisions and sinks never see these.
+
+use std::collections::HashMap;
+
+use agent_common::{maps, session::SessionEntry, stats::Stat};
+use anyhow::{Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+};
+
+use super::policy_maps::PolicyMaps;
+use crate::proto::Counter;
+
+pub struct KernelMaps {
+    /// Taken out while a drain runs (records are handled in place, without a copy).
+    pub ring: Option<RingBuf<MapData>>,
+    /// Session of every tracked process.
+    pub sessions: BpfHashMap<MapData, u32, SessionEntry>,
+    stats: PerCpuArray<MapData, u64>,
+    /// Compiled profiles and rules.
+    pub policy: PolicyMaps,
+}
+
+impl KernelMaps {
+    /// Takes every map the daemon uses out of the loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing"))
+        };
+        let sessions = BpfHashMap::try_from(take(maps::SESSIONS)?)?;
+        let stats = PerCpuArray::try_from(take(maps::STATS)?)?;
+        let ring = RingBuf::try_from(take(maps::EVENTS)?)?;
+        Ok(Self {
+            ring: Some(ring),
+            sessions,
+            stats,
+            policy: PolicyMaps::take(ebpf)?,
+        })
+    }
+
+    /// Snapshot of the session map (tgid → session id).
+    pub fn sessions_snapshot(&self) -> HashMap<u32, u64> {
+        self.sessions
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(tgid, e)| (tgid, e.session_id))
+            .collect()
+    }
+
+    /// The session `tgid` is tracked in, if any.
+    pub fn session_of(&self, tgid: u32) -> Option<u64> {
+        self.sessions.get(&tgid, 0).ok().map(|e| e.session_id)
+    }
+
+    /// A per-CPU counter and its total.
+    pub fn counter(&self, stat: Stat) -> Counter {
+        let per_cpu: Vec<u64> = self
+            .stats
+            .get(&(stat as u32), 0)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default();
+        Counter {
+            name: stat.name().to_owned(),
+            total: per_cpu.iter().sum(),
+            per_cpu,
+        }
+    }
+}
