@@ -1,0 +1,315 @@
+//! The control socket: one JSON request per connection, answered by the daemon;
+//! enrolment (`run`, `attach`), sessions, status and the event stream. A session's own
+//! processes cannot administer the daemon.
+
+use super::*;
+
+pub(super) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_client(shared, stream).await {
+                        warn!(error = %e, "control connection failed");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+pub(super) async fn send(stream: &mut (impl AsyncWriteExt + Unpin), resp: &Response) -> Result<()> {
+    let mut line = serde_json::to_string(resp)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).await?;
+    Ok(())
+}
+
+pub(super) async fn handle_client(shared: Arc<Shared>, stream: UnixStream) -> Result<()> {
+    let cred = stream.peer_cred()?;
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    AsyncBufReader::new(rd).read_line(&mut line).await?;
+    let peer_pid = cred.pid().unwrap_or(0) as u32;
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("malformed request: {e}");
+            return send(&mut wr, &Response::Error { message }).await;
+        }
+    };
+    if let Err(e) = authorize(&shared, cred.uid(), peer_pid) {
+        return send(
+            &mut wr,
+            &Response::Error {
+                message: format!("{e:#}"),
+            },
+        )
+        .await;
+    }
+    if let Request::Events { session, follow } = req {
+        return stream_events(&shared, &mut wr, session, follow).await;
+    }
+    let resp = match dispatch(&shared, req, cred.uid(), peer_pid) {
+        Ok(r) => r,
+        Err(e) => Response::Error {
+            message: format!("{e:#}"),
+        },
+    };
+    send(&mut wr, &resp).await
+}
+
+/// Only the daemon's owner (or root) may talk to it, and never from inside a session:
+/// an agent must not be able to administer the tool that watches it.
+pub(super) fn authorize(shared: &Shared, uid: u32, pid: u32) -> Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    if uid != me && uid != 0 {
+        bail!("permission denied: uid {uid} is not the daemon's owner (uid {me})");
+    }
+    if let Some(sid) = shared.core().kernel.session_of(pid) {
+        bail!(
+            "refused: the caller (pid {pid}) is inside agentwarden session {}; \
+             a session cannot administer agentwarden",
+            format_id(sid)
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Response> {
+    let mut core = shared.core();
+    match req {
+        Request::Enroll {
+            profile,
+            session_name,
+            as_uid,
+        } => {
+            if as_uid.is_some_and(|u| u != uid) && uid != 0 {
+                bail!("only root may run an agent as another user");
+            }
+            let new = NewSession {
+                name: session_name,
+                profile,
+                // The agent's user owns the session: `~` in its profile is that home.
+                owner_uid: as_uid.unwrap_or(uid),
+                owner_user: None,
+                enrolment: Enrolment::Run,
+                root_pid: peer_pid,
+            };
+            enrol(shared, &mut core, new)
+        }
+        Request::Attach {
+            pid,
+            profile,
+            session_name,
+        } => {
+            if pid <= 1 || pid == std::process::id() {
+                bail!("refusing to attach pid {pid}");
+            }
+            let target = procfs::process::Process::new(pid as i32)
+                .map_err(|e| anyhow!("no process {pid}: {e}"))?;
+            if let Some(sid) = core.kernel.session_of(pid) {
+                bail!("pid {pid} is already in session {}", format_id(sid));
+            }
+            let new = NewSession {
+                name: session_name,
+                profile,
+                owner_uid: target.status().map(|s| s.ruid).unwrap_or(uid),
+                owner_user: None,
+                enrolment: Enrolment::Attach,
+                root_pid: pid,
+            };
+            enrol(shared, &mut core, new)
+        }
+        Request::Sessions => {
+            core.reconcile();
+            let sessions = core.attribution.registry.all().map(|s| s.view()).collect();
+            Ok(Response::Sessions { sessions })
+        }
+        Request::Status => {
+            let kernel_counters = Stat::ALL.iter().map(|s| core.kernel.counter(*s)).collect();
+            let tracked = core.kernel.sessions_snapshot().len();
+            let status = StatusReport {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                daemon_pid: std::process::id(),
+                started: event::rfc3339(shared.started),
+                socket: shared.cfg.socket.clone(),
+                state_dir: shared.cfg.state_dir.clone(),
+                host: shared.probe.clone(),
+                programs: shared.programs.clone(),
+                kernel_counters,
+                daemon_counters: core.daemon_counters(),
+                sessions_active: core
+                    .attribution
+                    .registry
+                    .all()
+                    .filter(|s| s.ended.is_none())
+                    .count(),
+                sessions_total: core.attribution.registry.all().count(),
+                tracked_processes: tracked,
+                tracked_processes_max: shared.cfg.max_tracked_processes,
+                audit: core.sinks.audit.stats().snapshot(),
+                startup: shared
+                    .startup
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            };
+            Ok(Response::Status {
+                status: Box::new(status),
+            })
+        }
+        Request::Events { .. } => unreachable!("streamed by handle_client"),
+    }
+}
+
+/// Creates a session for `new.root_pid` (and, for attach, its descendants).
+pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Result<Response> {
+    // One lookup: the profile as it is now is what the session is checked against.
+    let profile = core.profiles.get(&new.profile).cloned().ok_or_else(|| {
+        anyhow!(
+            "unknown profile `{}` (known: {})",
+            new.profile,
+            core.profiles.names().join(", ")
+        )
+    })?;
+    check_name(core, new.name.as_deref())?;
+    let flags = enforceable_flags(shared, &profile)?;
+    new.owner_user = core.attribution.users.name(new.owner_uid);
+    // Landlock carries default-deny allow lists for sessions started by `run`, which
+    // restricts itself before it executes the agent.
+    let landlock = if new.enrolment == Enrolment::Run && shared.probe.landlock_abi.is_some() {
+        let home = core
+            .attribution
+            .users
+            .home(new.owner_uid)
+            .unwrap_or_default();
+        policy::landlock::plan(&profile, &home)
+    } else {
+        None
+    };
+    let (root, how) = (new.root_pid, new.enrolment);
+    let (id, processes) = core.enroll(new, flags)?;
+    core.flush_sinks();
+    if landlock.is_some() {
+        core.landlocked.insert(id);
+    }
+    let session = core
+        .attribution
+        .registry
+        .get(id)
+        .map(|s| s.view())
+        .ok_or_else(|| anyhow!("session {} vanished", format_id(id)))?;
+    info!(session = %session.id, name = %session.name, pid = root, processes = processes.len(), via = ?how, landlock = landlock.is_some(), "enrolled");
+    let attached = |name: &str| {
+        shared
+            .programs
+            .iter()
+            .any(|s| s.name == name && s.state == "attached")
+    };
+    let warnings = profiles::enforcement_gaps(&profile, &attached, landlock.as_ref());
+    for w in &warnings {
+        warn!(session = %session.id, "{w}");
+    }
+    Ok(Response::Enrolled {
+        session: Box::new(session),
+        processes,
+        warnings,
+        landlock,
+    })
+}
+
+/// The kernel flags of `profile`, or an error naming the missing layer when this host
+/// cannot carry them out (never a silent downgrade).
+pub(super) fn enforceable_flags(shared: &Shared, p: &Profile) -> Result<u32> {
+    let profile = &p.file.name;
+    let (flags, required) = (profiles::session_flags(p).0, profiles::required_programs(p));
+    for program in required {
+        let p = shared.programs.iter().find(|p| p.name == program);
+        if p.is_none_or(|p| p.state != "attached") {
+            let why = p.and_then(|p| p.reason.clone()).unwrap_or_default();
+            bail!(
+                "profile `{profile}` needs the {program} program to block, \
+                 not available on this host: {why} (name `fallback: kill` in the profile to \
+                 kill instead where no layer can block)"
+            );
+        }
+    }
+    Ok(flags)
+}
+
+pub(super) fn check_name(core: &Core, name: Option<&str>) -> Result<()> {
+    if let Some(n) = name
+        && core
+            .attribution
+            .registry
+            .by_name(n)
+            .is_some_and(|s| s.ended.is_none())
+    {
+        bail!("an active session is already named `{n}`");
+    }
+    Ok(())
+}
+
+/// Sends stored events (filtered), then live ones when following. Subscribing before
+/// reading the log and skipping already-sent sequence numbers leaves no gap.
+pub(super) async fn stream_events(
+    shared: &Shared,
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    session: Option<String>,
+    follow: bool,
+) -> Result<()> {
+    let mut rx = shared.core().sinks.follow();
+    let filter = match session {
+        None => None,
+        Some(s) => Some(resolve_session(shared, &s)?),
+    };
+    let matches = |e: &Event| filter.as_ref().is_none_or(|id| &e.session.id == id);
+    let path = shared.cfg.state_dir.join(EVENT_LOG);
+    shared.core().sinks.log.flush();
+    let backlog = tokio::task::spawn_blocking(move || eventlog::read(&path)).await??;
+    let mut last = 0;
+    for e in backlog.into_iter().filter(|e| matches(e)) {
+        last = e.seq;
+        send(wr, &Response::Event { event: Box::new(e) }).await?;
+    }
+    send(wr, &Response::EndOfBacklog).await?;
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        match rx.recv().await {
+            Ok(e) if e.seq > last && matches(&e) => {
+                send(
+                    wr,
+                    &Response::Event {
+                        event: Box::new((*e).clone()),
+                    },
+                )
+                .await?;
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                shared.core().counters.subscriber_lagged += n;
+                warn!(missed = n, "events --follow client lagged");
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+pub(super) fn resolve_session(shared: &Shared, s: &str) -> Result<String> {
+    let core = shared.core();
+    if let Some(sess) = core.attribution.registry.by_name(s) {
+        return Ok(format_id(sess.id));
+    }
+    match parse_id(s) {
+        Some(id) if s.len() == 16 => Ok(format_id(id)),
+        _ => bail!("no session named `{s}` (and not a 16-hex-digit session id)"),
+    }
+}

@@ -1,0 +1,154 @@
+//! The daemon's background tasks: the ring-buffer reader, the sweeper (reconciliation
+//! and loss reports), re-binding deny rules to inodes, the DNS refresher for host-name
+//! rules, and profile reloads on SIGHUP.
+
+use super::*;
+
+/// After a drain the reader lets records gather this long before it looks again. The
+/// kernel signals only when a record lands in an empty ring, so while records wait here
+/// the programs wake nobody: under load one wakeup (and one drain) carries a batch
+/// instead of one record, which is most of the cost of tracing a busy agent. It bounds
+/// how late an event is seen, never whether.
+pub(super) const COALESCE: Duration = Duration::from_millis(5);
+
+/// Records handled per hold of the core lock: about 10 ms of work at the daemon's rate on
+/// a host, so a control request waits at most that long behind a flood.
+pub(super) const DRAIN_BATCH: usize = 1024;
+
+pub(super) async fn read_ring(shared: Arc<Shared>, fd: AsyncFd<OwnedFd>) -> Result<()> {
+    loop {
+        let mut guard = fd.readable().await?;
+        // Clear before draining: a record committed after the drain sets readiness
+        // again, so no wakeup is lost (the kernel only signals an empty-to-data edge).
+        guard.clear_ready();
+        while shared.drain_batch() {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(COALESCE).await;
+    }
+}
+
+pub(super) async fn sweep(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SWEEP_PERIOD);
+    let mut records = 0;
+    loop {
+        tick.tick().await;
+        let mut core = shared.core();
+        core.reconcile();
+        core.report_losses();
+        core.flush_sinks();
+        let idle = core.counters.records_read == records;
+        records = core.counters.records_read;
+        drop(core);
+        // Only when idle: under load the memory is about to be used again, and pages
+        // given back are faulted (and zeroed) straight back in.
+        if idle {
+            release_memory();
+        }
+    }
+}
+
+/// Period of re-binding deny rules to the inodes of the files they name.
+pub(super) const REBIND_PERIOD: Duration = Duration::from_secs(10);
+
+/// Keeps the inode binding of deny rules current: a file created or replaced under a
+/// denied directory is denied under its other names within one period.
+pub(super) async fn rebind_inodes(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(REBIND_PERIOD).await;
+        if let Err(e) = shared.core().kernel.policy.rebind_inodes() {
+            warn!(error = %format!("{e:#}"), "re-binding deny rules to inodes failed");
+        }
+    }
+}
+
+/// How often the refresher looks for names added by a reload, between expiries.
+pub(super) const DNS_POLL: Duration = Duration::from_secs(5);
+
+/// Resolves the host names of all profiles off the hot path, each again when its answer
+/// expires (its TTL), and recompiles the maps when the answers change. Until a name
+/// resolves its rule matches nothing (an allow rule then falls back to the default: fail
+/// closed); a failed refresh keeps the previous answer and asks again after
+/// [`dns::RETRY`].
+pub(super) async fn refresh_dns(shared: Arc<Shared>) {
+    let dns = match Dns::new(shared.cfg.dns_server) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "no resolver: network rules naming hosts stay inactive");
+            return;
+        }
+    };
+    let mut answers: HashMap<String, Vec<std::net::IpAddr>> = HashMap::new();
+    let mut due: HashMap<String, tokio::time::Instant> = HashMap::new();
+    loop {
+        let hosts: BTreeSet<String> = {
+            let core = shared.core();
+            let set = &core.profiles;
+            set.names()
+                .iter()
+                .filter_map(|n| set.get(n))
+                .flat_map(compile::host_names)
+                .collect()
+        };
+        answers.retain(|h, _| hosts.contains(h));
+        due.retain(|h, _| hosts.contains(h));
+        let now = tokio::time::Instant::now();
+        for h in &hosts {
+            if due.get(h).is_some_and(|t| *t > now) {
+                continue;
+            }
+            match dns.resolve(h).await {
+                Ok((ips, ttl)) => {
+                    answers.insert(h.clone(), ips);
+                    due.insert(h.clone(), now + ttl);
+                }
+                Err(e) => {
+                    tracing::debug!(host = %h, error = %format!("{e:#}"), "lookup failed");
+                    answers.entry(h.clone()).or_default();
+                    due.insert(h.clone(), now + dns::RETRY);
+                }
+            }
+        }
+        {
+            let mut core = shared.core();
+            if core.dns != answers {
+                core.dns = answers.clone();
+                let set = core.profiles.clone();
+                if let Err(e) = core.install_profiles(&set) {
+                    warn!(error = %format!("{e:#}"), "recompiling after DNS refresh failed");
+                }
+            }
+        }
+        let next = due.values().min().copied().unwrap_or(now + DNS_POLL);
+        tokio::time::sleep_until(next.min(tokio::time::Instant::now() + DNS_POLL)).await;
+    }
+}
+
+/// SIGHUP: re-reads the rules directory over the current set.
+pub(super) fn reload_profiles(shared: &Shared) {
+    let Some(dir) = &shared.cfg.rules_dir else {
+        info!("SIGHUP: no rules directory configured; shipped profiles unchanged");
+        return;
+    };
+    // The files are read and parsed without the lock (the reader keeps draining); the
+    // set starts from what is installed, so a file that turned bad keeps its last good
+    // version, and nothing changes when compiling into the kernel fails.
+    let mut set = shared.core().profiles.clone();
+    report_profile_diagnostics(&set.load_dir(dir));
+    if let Err(e) = shared.core().install_profiles(&set) {
+        warn!(error = %format!("{e:#}"), "compiling profiles into the kernel failed; previous maps kept");
+        return;
+    }
+    info!(profiles = %set.names().join(","), "SIGHUP: profiles reloaded");
+}
+
+pub(super) fn report_profile_diagnostics(diags: &[policy::Diagnostic]) {
+    for d in diags {
+        match d.severity {
+            policy::Severity::Error => {
+                warn!("profile rejected, last good version kept: {d}");
+            }
+            policy::Severity::Warning => info!("profile: {d}"),
+        }
+    }
+}
