@@ -35,8 +35,9 @@ pub const EMBEDDED: &[(&str, &str)] = &[
 ];
 
 /// Kernel session flags a profile asks for, and the program that must be attached to
-/// carry them out. Until rule compilation into maps lands (issue #4), the only flag is
-/// deny-every-exec: `exec.default: deny` with no allow list, in enforce mode.
+/// carry them out. Rules live in the policy maps; the one flag is deny-every-exec
+/// (`exec.default: deny` with no allow list, `block`, in enforce mode), decided in
+/// `bprm_check_security` without a rule lookup.
 pub fn session_flags(profile: &Profile) -> (u32, Option<&'static str>) {
     let f = &profile.file;
     if f.mode == policy::Mode::Enforce
