@@ -59,55 +59,55 @@ const PER_KERNEL_TIMEOUT: Duration = Duration::from_secs(1500);
 /// name that no longer exists fails the tier (a rename must not drop coverage silently).
 pub const VM_TESTS: &[(&str, &str)] = &[
     (
-        "status_reports_programs_and_counters_and_sigterm_stops_cleanly",
+        "control::status_reports_programs_and_counters_and_sigterm_stops_cleanly",
         "every program, the BPF-LSM ones included, passes each kernel's verifier and attaches",
     ),
     (
-        "exec_open_and_connect_carry_session_and_resolved_paths",
+        "sessions::exec_open_and_connect_carry_session_and_resolved_paths",
         "struct offsets from each kernel's BTF: the dentry walk, cwd and argv reads",
     ),
     (
-        "double_fork_and_setsid_stay_in_session_until_the_last_exit",
+        "sessions::double_fork_and_setsid_stay_in_session_until_the_last_exit",
         "tp_btf sched_process_fork/exit arguments on each kernel",
     ),
     (
-        "exit_code_and_fatal_signal_are_reported",
+        "sessions::exit_code_and_fatal_signal_are_reported",
         "task_struct exit_code and signal layout",
     ),
     (
-        "openat2_opens_are_observed_and_resolved",
+        "sessions::openat2_opens_are_observed_and_resolved",
         "the openat2 tracepoints of each kernel",
     ),
     (
-        "lockdown_exec_is_denied_by_bpf_lsm_or_refused_without_it",
+        "paths::lockdown_exec_is_denied_by_bpf_lsm_or_refused_without_it",
         "BPF-LSM bprm_check_security refuses (EPERM)",
     ),
     (
-        "denied_opens_and_execs_are_blocked_with_eperm_by_bpf_lsm_or_refused_without_it",
+        "paths::denied_opens_and_execs_are_blocked_with_eperm_by_bpf_lsm_or_refused_without_it",
         "BPF-LSM file_open and bprm_check_security refuse on the resolved path and inode",
     ),
     (
-        "denied_files_and_programs_are_killed_before_returning_to_user_mode",
+        "paths::denied_files_and_programs_are_killed_before_returning_to_user_mode",
         "kill where BPF-LSM runs: the LSM refusal plus SIGKILL",
     ),
     (
-        "a_renamed_denied_program_stays_denied_after_the_rules_are_bound_again",
+        "paths::a_renamed_denied_program_stays_denied_after_the_rules_are_bound_again",
         "inode bindings judged in bprm_check_security",
     ),
     (
-        "exec_and_file_rules_are_judged_and_recorded_as_alerts",
+        "paths::exec_and_file_rules_are_judged_and_recorded_as_alerts",
         "path rules judged in the kernel beside the LSM hooks, which leave monitor and alert to the tracepoints",
     ),
     (
-        "network_rules_block_in_the_kernel_and_monitor_only_records",
+        "network::network_rules_block_in_the_kernel_and_monitor_only_records",
         "cgroup sock_addr programs (connect4/6, sendmsg4/6) on each kernel",
     ),
     (
-        "network_kill_refuses_and_kills_before_return",
+        "network::network_kill_refuses_and_kills_before_return",
         "cgroup refusal plus the signal at the syscall's exit",
     ),
     (
-        "default_deny_files_are_fenced_by_landlock_in_run_sessions",
+        "landlock::default_deny_files_are_fenced_by_landlock_in_run_sessions",
         "each kernel's Landlock ABI (6.1 has ABI 2, 6.12 ABI 6)",
     ),
 ];
@@ -117,11 +117,11 @@ const EXIT_MARKER: &str = "AGENTWARDEN_VM_EXIT=";
 /// BPF-LSM layer silently did nothing fails even if a test was somehow skipped.
 const LSM_PROOFS: &[(&str, &str)] = &[
     (
-        "lockdown_exec_is_denied_by_bpf_lsm_or_refused_without_it",
+        "paths::lockdown_exec_is_denied_by_bpf_lsm_or_refused_without_it",
         "bpf-lsm deny took effect on ",
     ),
     (
-        "denied_opens_and_execs_are_blocked_with_eperm_by_bpf_lsm_or_refused_without_it",
+        "paths::denied_opens_and_execs_are_blocked_with_eperm_by_bpf_lsm_or_refused_without_it",
         "bpf-lsm file/exec block took effect on ",
     ),
 ];

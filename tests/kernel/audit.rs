@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeSet, io::Write as _, net::TcpStream};
 
-use super::*;
+use crate::support::*;
 
 impl Daemon {
     /// `agentwarden audit ARGS --db <this daemon's store>`.

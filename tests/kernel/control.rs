@@ -1,0 +1,202 @@
+//! The daemon as its operators and its sessions see it: the control socket, status,
+//! the live event stream, profile reloads, and refusal to run an agent unwatched.
+
+use crate::support::*;
+
+#[test]
+fn run_without_a_daemon_refuses_to_start_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let out = Command::new(bin())
+        .arg("--socket")
+        .arg(dir.path().join("none.sock"))
+        .args(["run", "--profile", "demo", "--", "touch"])
+        .arg(&marker)
+        .output_within();
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the agentwarden daemon"), "{err}");
+    assert!(err.contains("not running the agent unwatched"), "{err}");
+    assert!(!marker.exists(), "the agent ran unwatched");
+}
+
+#[test]
+fn a_session_cannot_administer_the_daemon() {
+    let Some(d) = Daemon::start() else { return };
+    let sock = d.socket();
+    let sock = sock.to_str().unwrap();
+    let cwd = std::env::temp_dir();
+    for inner in [
+        vec![bin(), "--socket", sock, "sessions"],
+        vec![
+            bin(),
+            "--socket",
+            sock,
+            "run",
+            "--profile",
+            "demo",
+            "--",
+            "true",
+        ],
+    ] {
+        let mut args = vec!["bash", "-c", "\"$@\"", "inner"];
+        args.extend(inner.iter().copied());
+        let out = d.run_in("nested", &cwd, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{inner:?} succeeded from inside a session"
+        );
+        assert!(
+            err.contains("a session cannot administer agentwarden"),
+            "{err}"
+        );
+        // Wait for the session to end so the next iteration can reuse the name.
+        let sid = d
+            .sessions()
+            .into_iter()
+            .find(|s| s.name == "nested" && s.state == "active");
+        if let Some(s) = sid {
+            d.wait_for(&s.id, "end", |evs| {
+                evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
+            });
+        }
+    }
+    let mode = fs::metadata(d.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket must be owner-only");
+}
+
+#[test]
+fn status_reports_programs_and_counters_and_sigterm_stops_cleanly() {
+    let Some(mut d) = Daemon::start() else { return };
+    let st: StatusReport = d.json(&["status", "--json"]);
+    assert!(st.host.btf && st.host.ringbuf);
+    assert!(st.host.cgroup2_mount.is_some());
+    for p in [
+        "sched_process_fork",
+        "sched_process_exec",
+        "sched_process_exit",
+        "sys_exit_openat",
+    ] {
+        let prog = st.programs.iter().find(|x| x.name == p).expect(p);
+        assert_eq!(prog.state, "attached", "{prog:?}");
+        assert!(prog.load_us.is_some_and(|us| us > 0), "{prog:?}");
+    }
+    // Where the start-up went, phase by phase, ending with the total (and in the log).
+    let phases: Vec<&str> = st.startup.iter().map(|p| p.phase.as_str()).collect();
+    for want in ["offsets", "programs (verify, attach)", "socket", "total"] {
+        assert!(
+            phases.contains(&want),
+            "no start-up phase {want}: {phases:?}"
+        );
+    }
+    let total = st.startup.last().expect("phases");
+    assert_eq!(total.phase, "total");
+    let sum: u64 = st.startup[..st.startup.len() - 1]
+        .iter()
+        .map(|p| p.us)
+        .sum();
+    assert!(total.us > 0 && total.us >= sum, "{:?}", st.startup);
+    assert!(
+        d.log().contains("startup="),
+        "ready line with phases:\n{}",
+        d.log()
+    );
+    let names: Vec<_> = st.kernel_counters.iter().map(|c| c.name.as_str()).collect();
+    assert!(names.contains(&"ringbuf_drops") && names.contains(&"session_map_full"));
+    assert_eq!(st.kernel_counters[0].per_cpu.len(), num_cpus());
+    let status = d.stop();
+    assert!(status.success(), "daemon exit: {status}\n{}", d.log());
+    assert!(!d.socket().exists(), "socket removed on shutdown");
+}
+
+#[test]
+fn events_follow_streams_new_events_live() {
+    let Some(d) = Daemon::start() else { return };
+    use std::io::BufRead;
+    let mut follow = d
+        .cli()
+        .args(["events", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Ok(ev) = serde_json::from_str::<Event>(&line) else {
+                continue;
+            };
+            if tx.send(ev).is_err() {
+                break;
+            }
+        }
+    });
+    thread::sleep(Duration::from_millis(300));
+    let out = d.run_in("live", &std::env::temp_dir(), &["true"]);
+    assert!(out.status.success());
+    let deadline = Instant::now() + patience();
+    let mut kinds = Vec::new();
+    while !kinds.iter().any(|k| k == "session_end") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("follow got only {kinds:?}"));
+        if ev.session.name == "live" {
+            kinds.push(ev.kind().as_str().to_owned());
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(kinds.first().map(String::as_str), Some("session_start"));
+    assert!(kinds.iter().any(|k| k == "exec"), "{kinds:?}");
+}
+
+/// A profile file that turns bad is rejected with file, line and field, and the daemon
+/// keeps running on the last good version (reload on SIGHUP).
+#[test]
+fn a_bad_profile_is_rejected_and_the_last_good_version_stays() {
+    let rules = tempfile::tempdir().unwrap();
+    let good = "name: team\ndescription: d\nowners: { business: b, technical: t }\nmode: monitor\n";
+    fs::write(rules.path().join("team.yaml"), good).unwrap();
+    let dir = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &dir]) else {
+        return;
+    };
+    let cwd = std::env::temp_dir();
+    let run = |name: &str, profile: &str| d.run_profile(profile, name, &cwd, &["true"]);
+    assert!(run("t1", "team").status.success());
+
+    let bad =
+        "name: team\ndescription: d\nowners: { business: b, technical: t }\nmode: sometimes\n";
+    fs::write(rules.path().join("team.yaml"), bad).unwrap();
+    fs::write(
+        rules.path().join("other.yaml"),
+        "name: other\nmode: enforce\n",
+    )
+    .unwrap();
+    let pid = rustix::process::Pid::from_child(d.child.as_ref().unwrap());
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let start = Instant::now();
+    while !d.log().contains("SIGHUP: profiles reloaded") {
+        assert!(start.elapsed() < patience(), "no reload:\n{}", d.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let log = d.log();
+    assert!(
+        log.contains("team.yaml:4:7: error: mode: unknown variant `sometimes`"),
+        "{log}"
+    );
+    assert!(
+        log.contains("other.yaml:2:1: error: description: missing field `description`"),
+        "{log}"
+    );
+    assert!(
+        run("t2", "team").status.success(),
+        "last good `team` still in force"
+    );
+    let out = run("t3", "other");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown profile `other`"));
+}

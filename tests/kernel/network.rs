@@ -1,0 +1,388 @@
+//! Network rules decided by the cgroup layer on the kernel's copy of the address:
+//! refusals, kills, monitor mode, and host-name rules that follow their DNS answers.
+
+use crate::support::*;
+
+/// Tries each network operation and prints `label=ok` or `label=errno`.
+const NET_PROBE: &str = r#"
+import socket, sys
+ok, denied = int(sys.argv[1]), int(sys.argv[2])
+def attempt(label, fam, kind, addr, udp=False):
+    s = socket.socket(fam, kind)
+    s.settimeout(5)
+    try:
+        if udp:
+            s.sendto(b"x", addr)
+        else:
+            s.connect(addr)
+        print(label + "=ok")
+    except OSError as e:
+        print(label + "=" + str(e.errno))
+    finally:
+        s.close()
+attempt("v4_allowed", socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", ok))
+attempt("v4_denied", socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", denied))
+attempt("mapped_denied", socket.AF_INET6, socket.SOCK_STREAM, ("::ffff:127.0.0.1", denied))
+attempt("mapped_allowed", socket.AF_INET6, socket.SOCK_STREAM, ("::ffff:127.0.0.1", ok))
+attempt("udp_denied", socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", denied), udp=True)
+"#;
+
+fn net_profile(name: &str, mode: &str, port: u16) -> String {
+    format!(
+        "name: {name}\ndescription: test\nowners: {{ business: b, technical: t }}\nmode: {mode}\n\
+         network:\n  default: deny\n  allow:\n    - {{ cidr: 127.0.0.1, ports: \"{port}\" }}\n  \
+         on_violation: block\n"
+    )
+}
+
+/// Two loopback listeners, on a port the test profiles allow and on one they deny, and a
+/// rules directory for the profiles.
+struct NetFixture {
+    _listeners: [TcpListener; 2],
+    p_ok: u16,
+    p_denied: u16,
+    rules: TempDir,
+}
+
+impl NetFixture {
+    fn new() -> Self {
+        let l = || TcpListener::bind("127.0.0.1:0").unwrap();
+        let listeners = [l(), l()];
+        let port = |i: usize| listeners[i].local_addr().unwrap().port();
+        Self {
+            p_ok: port(0),
+            p_denied: port(1),
+            _listeners: listeners,
+            rules: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn profile(&self, name: &str, text: String) {
+        fs::write(self.rules.path().join(format!("{name}.yaml")), text).unwrap();
+    }
+
+    fn daemon(&self) -> Option<Daemon> {
+        let dir = self.rules.path().to_str().unwrap().to_owned();
+        Daemon::start_with(&["--rules-dir", &dir])
+    }
+}
+
+/// Network rules are decided in the kernel by the cgroup layer on the kernel's copy of
+/// the address: EPERM before the connect or send, IPv4-mapped IPv6 judged as IPv4, UDP
+/// caught like TCP; monitor mode records and lets through; outside sessions nothing.
+#[test]
+fn network_rules_block_in_the_kernel_and_monitor_only_records() {
+    let f = NetFixture::new();
+    let (p_ok, p_denied) = (f.p_ok, f.p_denied);
+    f.profile("nettest", net_profile("nettest", "enforce", p_ok));
+    f.profile("netmon", net_profile("netmon", "monitor", p_ok));
+    let Some(d) = f.daemon() else { return };
+    let cwd = std::env::temp_dir();
+    let st: StatusReport = d.json(&["status", "--json"]);
+    let cg = st
+        .programs
+        .iter()
+        .find(|p| p.name == "connect4")
+        .expect("connect4 row");
+    if cg.state != "attached" {
+        // No cgroup layer here: a blocking profile is refused, never silently downgraded.
+        let out = d.run_profile("nettest", "net-refused", &cwd, &["true"]);
+        assert_eq!(out.status.code(), Some(125));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("needs the connect4 program"));
+        println!(
+            "cgroup layer absent ({:?}): blocking profile refused",
+            cg.reason
+        );
+        return;
+    }
+    let (a, b) = (p_ok.to_string(), p_denied.to_string());
+    let probe = |profile: &str, name: &str| {
+        let out = d.run_profile(
+            profile,
+            name,
+            &cwd,
+            &["/usr/bin/python3", "-c", NET_PROBE, &a, &b],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let enforced = probe("nettest", "net-enforce");
+    for line in [
+        "v4_allowed=ok",
+        "v4_denied=1",
+        "mapped_denied=1",
+        "mapped_allowed=ok",
+        "udp_denied=1",
+    ] {
+        assert!(
+            enforced.lines().any(|l| l == line),
+            "want {line} (1 = EPERM) in:\n{enforced}"
+        );
+    }
+    let monitored = probe("netmon", "net-monitor");
+    for line in ["v4_denied=ok", "mapped_denied=ok", "udp_denied=ok"] {
+        assert!(
+            monitored.lines().any(|l| l == line),
+            "monitor must not act: {line}\n{monitored}"
+        );
+    }
+    // Outside every session the same destination is untouched.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", p_denied)).is_ok());
+
+    let sid = d.session("net-enforce").id;
+    let evs = d.wait_for(&sid, "decisions", |evs| {
+        evs.iter().filter(|e| e.decision.is_some()).count() >= 5
+    });
+    let decided = |port: u16, op: &str| {
+        evs.iter()
+            .filter(|e| e.net().is_some_and(|n| n.port == port && n.op == op))
+            .map(|e| (e.net().cloned().unwrap(), e.decision.clone().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let blocked = decided(p_denied, "connect");
+    assert_eq!(blocked.len(), 2, "{blocked:?}");
+    for (net, dec) in &blocked {
+        assert_eq!(
+            net.address, "127.0.0.1",
+            "mapped address judged and shown as IPv4"
+        );
+        assert_eq!(
+            (dec.decision.as_str(), dec.action.as_str()),
+            ("deny", "blocked")
+        );
+        assert_eq!(
+            (dec.enforced_by.as_str(), dec.rule.as_str()),
+            ("cgroup", "network.default")
+        );
+    }
+    let udp = decided(p_denied, "sendmsg");
+    assert_eq!(udp.len(), 1, "{udp:?}");
+    assert_eq!(udp[0].0.protocol, "udp");
+    let allowed = decided(p_ok, "connect");
+    assert!(!allowed.is_empty());
+    assert_eq!(allowed[0].1.decision, Verdict::Allow);
+    assert!(
+        allowed[0]
+            .1
+            .rule
+            .ends_with("nettest.yaml:8 (network.allow[0])"),
+        "{:?}",
+        allowed[0].1
+    );
+
+    let mid = d.session("net-monitor").id;
+    let evs = d.wait_for(&mid, "monitor decisions", |evs| {
+        with_action(evs, Action::Alerted).count() >= 3
+    });
+    let alerted = evs
+        .iter()
+        .filter_map(|e| e.decision.as_ref())
+        .find(|x| x.action == Action::Alerted)
+        .unwrap();
+    assert_eq!(
+        (alerted.decision.as_str(), alerted.enforced_by.as_str()),
+        ("deny", "none")
+    );
+}
+
+/// `on_violation: kill` on the network: the cgroup layer refuses the connect or send and
+/// the process is killed before it returns to user mode, TCP and UDP alike.
+#[test]
+fn network_kill_refuses_and_kills_before_return() {
+    let f = NetFixture::new();
+    let (p_ok, p_denied) = (f.p_ok, f.p_denied);
+    f.profile(
+        "netkill",
+        net_profile("netkill", "enforce", p_ok)
+            .replace("on_violation: block", "on_violation: kill"),
+    );
+    let Some(d) = f.daemon() else { return };
+    let st: StatusReport = d.json(&["status", "--json"]);
+    if !st
+        .programs
+        .iter()
+        .any(|p| p.name == "connect4" && p.state == "attached")
+    {
+        return skip("the cgroup layer is not attached on this host");
+    }
+    let cwd = std::env::temp_dir();
+    let tcp = format!(
+        "import socket\ns = socket.socket()\nprint('before', flush=True)\n\
+         s.connect(('127.0.0.1', {p_denied}))\nprint('after', flush=True)\n"
+    );
+    let udp = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         print('before', flush=True)\ns.sendto(b'x', ('127.0.0.1', {p_denied}))\n\
+         print('after', flush=True)\n"
+    );
+    for (name, code) in [("nk-tcp", &tcp), ("nk-udp", &udp)] {
+        let out = d.run_profile("netkill", name, &cwd, &["/usr/bin/python3", "-c", code]);
+        assert_eq!(out.status.signal(), Some(9), "{name}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "before\n", "{name}");
+        let sid = d.session(name).id;
+        let evs = d.wait_for(&sid, "the kill", |evs| {
+            evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
+        });
+        let dec = evs
+            .iter()
+            .find(|e| e.net().is_some_and(|n| n.port == p_denied))
+            .and_then(|e| e.decision.clone())
+            .unwrap_or_else(|| panic!("{name}: no decision:\n{}", dump(&evs)));
+        assert_eq!(
+            (
+                dec.decision.as_str(),
+                dec.action.as_str(),
+                dec.enforced_by.as_str()
+            ),
+            ("deny", "killed", "cgroup")
+        );
+    }
+    // The allowed destination still connects inside the same profile.
+    let fine = format!("import socket\nsocket.create_connection(('127.0.0.1', {p_ok})).close()\n");
+    let out = d.run_profile("netkill", "nk-ok", &cwd, &["/usr/bin/python3", "-c", &fine]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A DNS responder on loopback for one name: A queries get the current address with a
+/// short TTL, everything else an empty answer. The daemon is pointed at it with
+/// `--dns-server`.
+struct DnsResponder {
+    addr: std::net::SocketAddr,
+    answer: std::sync::Arc<std::sync::Mutex<std::net::Ipv4Addr>>,
+    queries: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl DnsResponder {
+    fn start(first: std::net::Ipv4Addr, ttl: u32) -> Self {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let answer = std::sync::Arc::new(std::sync::Mutex::new(first));
+        let queries = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (a, q) = (answer.clone(), queries.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                if let Some(reply) = dns_reply(&buf[..n], *a.lock().unwrap(), ttl) {
+                    q.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = sock.send_to(&reply, peer);
+                }
+            }
+        });
+        Self {
+            addr,
+            answer,
+            queries,
+        }
+    }
+}
+
+/// The reply to one query: the question echoed, one A record for A queries.
+fn dns_reply(q: &[u8], ip: std::net::Ipv4Addr, ttl: u32) -> Option<Vec<u8>> {
+    // Header (12 bytes), then the question: labels up to a zero byte, type, class.
+    let mut end = 12;
+    while *q.get(end)? != 0 {
+        end += 1 + usize::from(q[end]);
+    }
+    let qtype = u16::from_be_bytes([*q.get(end + 1)?, *q.get(end + 2)?]);
+    let question = &q[12..end + 5];
+    let is_a = qtype == 1;
+    let mut r = Vec::with_capacity(64);
+    r.extend_from_slice(&q[..2]); // id
+    r.extend_from_slice(&[0x81, 0x80]); // response, recursion desired and available
+    r.extend_from_slice(&[0, 1, 0, u8::from(is_a), 0, 0, 0, 0]);
+    r.extend_from_slice(question);
+    if is_a {
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]); // name pointer, type A, class IN
+        r.extend_from_slice(&ttl.to_be_bytes());
+        r.extend_from_slice(&[0, 4]);
+        r.extend_from_slice(&ip.octets());
+    }
+    Some(r)
+}
+
+/// A network rule naming a host follows the host's address: the daemon resolves it and
+/// asks again when the answer's TTL runs out, so when the service moves, the allowed
+/// address moves with it and the old one is denied.
+#[test]
+fn host_name_rules_follow_the_answer_when_its_ttl_expires() {
+    use std::net::Ipv4Addr;
+    let (first, second) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    let dns = DnsResponder::start(first, 2);
+    let l1 = TcpListener::bind((first, 0)).unwrap();
+    let l2 = TcpListener::bind((second, 0)).unwrap();
+    let (p1, p2) = (
+        l1.local_addr().unwrap().port(),
+        l2.local_addr().unwrap().port(),
+    );
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("svc.yaml"),
+        "name: svc\ndescription: t\nowners: { business: b, technical: t }\nmode: enforce\n\
+         network:\n  default: deny\n  allow:\n    - { host: svc.agentwarden.test, ports: \"1-65535\" }\n  \
+         on_violation: block\n",
+    )
+    .unwrap();
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let server = dns.addr.to_string();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd, "--dns-server", &server]) else {
+        return;
+    };
+    let st: StatusReport = d.json(&["status", "--json"]);
+    if !st
+        .programs
+        .iter()
+        .any(|p| p.name == "connect4" && p.state == "attached")
+    {
+        return skip("the cgroup layer is not attached on this host");
+    }
+    let probe = format!(
+        "import socket\nfor label, addr in (('first', ('{first}', {p1})), ('second', ('{second}', {p2}))):\n    \
+         s = socket.socket()\n    s.settimeout(5)\n    try:\n        s.connect(addr)\n        print(label + '=ok')\n    \
+         except OSError as e:\n        print(label + '=' + str(e.errno))\n    s.close()\n"
+    );
+    let cwd = std::env::temp_dir();
+    let attempt = |name: &str| {
+        let out = d.run_profile("svc", name, &cwd, &["/usr/bin/python3", "-c", &probe]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The first answer takes effect once resolved.
+    let start = Instant::now();
+    loop {
+        let got = attempt(&format!("svc-a{}", start.elapsed().as_millis()));
+        if got == "first=ok\nsecond=1\n" {
+            break;
+        }
+        assert!(
+            start.elapsed() < patience(),
+            "first answer never took effect: {got}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    // The service moves; within a few TTLs the rule follows (the old fixed 60 s period
+    // could not).
+    *dns.answer.lock().unwrap() = second;
+    let moved = Instant::now();
+    loop {
+        let got = attempt(&format!("svc-b{}", moved.elapsed().as_millis()));
+        if got == "first=1\nsecond=ok\n" {
+            break;
+        }
+        assert!(
+            moved.elapsed() < scaled(Duration::from_secs(20)),
+            "the rule did not follow the new answer: {got}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    let queries = dns.queries.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(queries >= 2, "asked again after the TTL: {queries} queries");
+    println!(
+        "host rule followed the service from {first} to {second} in {:.1} s (TTL 2 s)",
+        moved.elapsed().as_secs_f64()
+    );
+}

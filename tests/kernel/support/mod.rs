@@ -1,0 +1,446 @@
+//! Fixtures shared by the kernel tests: the daemon under test, command deadlines that
+//! scale with the machine, event helpers, and the path-rule fixture.
+
+pub(crate) use std::{
+    collections::BTreeMap,
+    fs,
+    io::Read,
+    net::TcpListener,
+    os::unix::{
+        fs::{PermissionsExt, symlink},
+        process::{CommandExt, ExitStatusExt},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::OnceLock,
+    thread,
+    time::{Duration, Instant},
+};
+
+pub(crate) use agent_common::{
+    event::EventKind,
+    vocab::{Action, Layer, Verdict},
+};
+pub(crate) use agentwarden::{
+    event::{DecisionInfo, Event},
+    proto::StatusReport,
+    session::SessionView,
+    skip::skip,
+};
+pub(crate) use tempfile::TempDir;
+
+/// The daemon and CLI under test: the debug build next to this test binary, or the one
+/// `AGENTWARDEN_BIN` names (the VM tier runs the release daemon: under emulation its
+/// start-up is several times shorter than a debug build's).
+pub(crate) fn bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("AGENTWARDEN_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_agentwarden").to_owned())
+    })
+}
+
+/// How much slower this machine runs than the one the deadlines were set on:
+/// `AGENTWARDEN_TIME_SCALE`, which the VM tier measures at guest boot (a fixed workload
+/// timed in the guest against the host), at least 1.
+pub(crate) fn time_scale() -> f64 {
+    static SCALE: OnceLock<f64> = OnceLock::new();
+    *SCALE.get_or_init(|| {
+        std::env::var("AGENTWARDEN_TIME_SCALE")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|f| f.is_finite())
+            .unwrap_or(1.0)
+            .max(1.0)
+    })
+}
+
+/// A deadline set on a real host, stretched by [`time_scale`].
+pub(crate) fn scaled(d: Duration) -> Duration {
+    d.mul_f64(time_scale())
+}
+
+/// Upper bound for polling.
+pub(crate) fn patience() -> Duration {
+    scaled(Duration::from_secs(45))
+}
+
+pub(crate) fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A daemon for one test; stopped with SIGTERM when dropped.
+pub(crate) struct Daemon {
+    pub(crate) child: Option<Child>,
+    pub(crate) dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts a daemon, or returns `None` (skip) when not root.
+    pub(crate) fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a daemon with extra `daemon` arguments.
+    pub(crate) fn start_with(extra: &[&str]) -> Option<Self> {
+        if !is_root() {
+            skip("loading eBPF programs needs root");
+            return None;
+        }
+        Some(Self::spawn_in(tempfile::tempdir().expect("tempdir"), extra))
+    }
+
+    /// Starts a daemon whose socket, log and state directory are in `dir` (a restart
+    /// reuses the state of the daemon before).
+    pub(crate) fn spawn_in(dir: TempDir, extra: &[&str]) -> Self {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("daemon.log"))
+            .expect("log");
+        // The daemon says when it is ready (sd_notify's READY=1, as under systemd's
+        // `Type=notify`) once its socket listens: no polling of the socket.
+        let notify_path = dir.path().join("notify.sock");
+        let _ = fs::remove_file(&notify_path);
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut cmd = Command::new(bin());
+        // SAFETY: only an async-signal-safe prctl between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The daemon must not outlive a test process that was killed.
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::TERM,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
+            .arg("--socket")
+            .arg(dir.path().join("ctl.sock"))
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--quiet")
+            .args(extra)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn daemon");
+        let mut d = Daemon {
+            child: Some(child),
+            dir,
+        };
+        let start = Instant::now();
+        let mut buf = [0u8; 512];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+            {
+                break;
+            }
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("daemon exited early ({status}):\n{}", d.log());
+            }
+            assert!(
+                start.elapsed() < scaled(Duration::from_secs(60)),
+                "daemon not ready after {:?} (time scale {}):\n{}",
+                start.elapsed(),
+                time_scale(),
+                d.log()
+            );
+        }
+        // Readiness means the socket listens: a client connects at once.
+        std::os::unix::net::UnixStream::connect(d.socket()).expect("ready daemon's socket");
+        d
+    }
+
+    /// The audit database in the state directory.
+    pub(crate) fn db(&self) -> PathBuf {
+        self.dir.path().join("state/audit.db")
+    }
+
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.dir.path().join("ctl.sock")
+    }
+
+    pub(crate) fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub(crate) fn cli(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--socket").arg(self.socket());
+        c
+    }
+
+    /// `agentwarden run --profile demo --session-name NAME -- ARGS` in `cwd`.
+    pub(crate) fn run_in(&self, name: &str, cwd: &Path, args: &[&str]) -> Output {
+        self.run_profile("demo", name, cwd, args)
+    }
+
+    pub(crate) fn run_profile(
+        &self,
+        profile: &str,
+        name: &str,
+        cwd: &Path,
+        args: &[&str],
+    ) -> Output {
+        self.cli()
+            .args(["run", "--profile", profile, "--session-name", name, "--"])
+            .args(args)
+            .current_dir(cwd)
+            .output_within()
+    }
+
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let out = self.cli().args(args).output_within();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    pub(crate) fn sessions(&self) -> Vec<SessionView> {
+        self.json(&["sessions", "--json"])
+    }
+
+    pub(crate) fn session(&self, name: &str) -> SessionView {
+        self.sessions()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no session {name}"))
+    }
+
+    /// All stored events (of one session, or of all).
+    pub(crate) fn events(&self, session: Option<&str>) -> Vec<Event> {
+        let mut c = self.cli();
+        c.args(["events", "--json"]);
+        if let Some(s) = session {
+            c.args(["--session", s]);
+        }
+        let out = c.output_within();
+        assert!(
+            out.status.success(),
+            "events: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("event json"))
+            .collect()
+    }
+
+    /// Polls the events of `session` until `done` holds (or panics after [`patience`]).
+    pub(crate) fn wait_for(
+        &self,
+        session: &str,
+        what: &str,
+        done: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        let start = Instant::now();
+        loop {
+            let evs = self.events(Some(session));
+            if done(&evs) {
+                return evs;
+            }
+            if start.elapsed() > patience() {
+                panic!("timed out waiting for {what}; events:\n{}", dump(&evs));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub(crate) fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // The daemon may already have exited (a failed test); wait reports how.
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::TERM,
+        );
+        child.wait().expect("wait")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// Every command a test runs must finish: a hang becomes a failure naming the command
+/// (and its output so far) instead of a stalled test run.
+pub(crate) trait OutputWithin {
+    fn output_within(&mut self) -> Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self) -> Output {
+        let shown = format!("{self:?}");
+        let mut child = self
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {shown}: {e}"));
+        let pipes = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let readers = (
+            thread::spawn(move || read_all(pipes.0)),
+            thread::spawn(move || read_all(pipes.1)),
+        );
+        let deadline = Instant::now() + scaled(Duration::from_secs(120));
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "command did not finish within {:?}: {shown}",
+                    scaled(Duration::from_secs(120))
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        Output {
+            status,
+            stdout: readers.0.join().unwrap(),
+            stderr: readers.1.join().unwrap(),
+        }
+    }
+}
+
+pub(crate) fn read_all(mut r: impl Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    v
+}
+
+pub(crate) fn dump(evs: &[Event]) -> String {
+    evs.iter()
+        .map(|e| format!("{} {}", e.kind(), agentwarden::output::detail(e)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub(crate) fn opens_of<'a>(evs: &'a [Event], path: &'a Path) -> impl Iterator<Item = &'a Event> {
+    let p = path.to_string_lossy().into_owned();
+    evs.iter()
+        .filter(move |e| e.open().is_some_and(|o| o.path == p))
+}
+
+/// Events whose decision ended in `action` (`blocked`, `killed`, `alerted`, ...).
+pub(crate) fn with_action(evs: &[Event], action: Action) -> impl Iterator<Item = &Event> {
+    evs.iter()
+        .filter(move |e| e.decision.as_ref().is_some_and(|x| x.action == action))
+}
+
+pub(crate) fn tgid(e: &Event) -> u32 {
+    e.process.as_ref().expect("process").tgid
+}
+
+pub(crate) fn num_cpus() -> usize {
+    let text = fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    // e.g. "0-1"
+    text.trim()
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// A directory with a canary, a secret tree, an allowed file, a symlink and a hard link
+/// to the canary, and a copy of a program (`bin/tool`) that the profiles deny.
+pub(crate) struct PathFixture {
+    pub(crate) _work: TempDir,
+    pub(crate) dir: PathBuf,
+    pub(crate) rules: TempDir,
+}
+
+impl PathFixture {
+    pub(crate) fn new() -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let dir = fs::canonicalize(work.path()).unwrap();
+        for sub in ["secret", "app", "bin"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        fs::write(dir.join("canary"), "CANARY-BYTES\n").unwrap();
+        fs::write(dir.join("secret/key"), "KEY-BYTES\n").unwrap();
+        fs::write(dir.join("app/.env-test"), "ENV-BYTES\n").unwrap();
+        fs::write(dir.join("ok.txt"), "fine\n").unwrap();
+        symlink("canary", dir.join("alias")).unwrap();
+        // Another name for the same file: denied by inode, whatever the path says.
+        fs::hard_link(dir.join("canary"), dir.join("app/hardlink")).unwrap();
+        fs::copy("/usr/bin/od", dir.join("bin/tool")).unwrap();
+        Self {
+            _work: work,
+            dir,
+            rules: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes a profile denying the fixture's canary, secret tree, `.env-test` files and
+    /// `bin/tool`, with `on_violation` (and `fallback`) as given.
+    pub(crate) fn profile(&self, name: &str, mode: &str, on_violation: &str) {
+        let text = format!(
+            "name: {name}\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: {mode}\n\
+             exec:\n  deny: [{d}/bin/tool]\n  {on_violation}\n\
+             files:\n  deny:\n    - {d}/canary\n    - {d}/secret/**\n    - \"**/.env-test\"\n  {on_violation}\n",
+            d = self.dir.display()
+        );
+        fs::write(self.rules.path().join(format!("{name}.yaml")), text).unwrap();
+    }
+
+    pub(crate) fn daemon(&self) -> Option<Daemon> {
+        let rd = self.rules.path().to_str().unwrap().to_owned();
+        Daemon::start_with(&["--rules-dir", &rd])
+    }
+}
+
+pub(crate) fn lsm_attached(d: &Daemon) -> bool {
+    let st: StatusReport = d.json(&["status", "--json"]);
+    let expect = std::env::var("AGENTWARDEN_EXPECT_LSM").is_ok_and(|v| v == "1");
+    let attached = ["file_open", "bprm_check_security"].map(|n| {
+        st.programs
+            .iter()
+            .any(|p| p.name == n && p.state == "attached")
+    });
+    if expect {
+        assert_eq!(attached, [true, true], "the VM tier boots with lsm=...,bpf");
+    }
+    attached[0] && attached[1]
+}
+
+/// Tries each access and prints `label=ok` or `label=errno`: `r:label=path` reads a
+/// file, `w:label=path` writes one, `x:label=path` executes a program.
+pub(crate) const PATH_PROBE: &str = r#"
+import subprocess, sys
+for spec in sys.argv[1:]:
+    kind, rest = spec.split(":", 1)
+    label, path = rest.split("=", 1)
+    try:
+        if kind == "r":
+            data = open(path).read()
+            print(label + "=ok" + ("-LEAK" if "BYTES" in data else ""))
+        elif kind == "w":
+            with open(path, "w") as f:
+                f.write("written")
+            print(label + "=ok")
+        else:
+            subprocess.run([path, "-c", "/dev/null"], stdout=subprocess.DEVNULL, check=True)
+            print(label + "=ok")
+    except OSError as e:
+        print(label + "=" + str(e.errno))
+    sys.stdout.flush()
+"#;
