@@ -171,15 +171,77 @@ impl Drop for ModelServer {
 /// and driven by a scripted model on loopback, works in its project directory, while the
 /// command it runs that reads `~/.ssh/id_rsa` is stopped before it holds a byte and its
 /// connect to a host outside the profile is refused; both are recorded with the rule.
-#[test]
-fn claude_code_works_under_its_profile_and_is_stopped_at_credentials_and_foreign_hosts() {
-    let Some(claude) = std::env::var_os("AGENTWARDEN_CLAUDE_CODE").map(PathBuf::from) else {
-        return skip("AGENTWARDEN_CLAUDE_CODE unset: run through `cargo xtask test`");
-    };
-    if !claude.exists() {
-        return skip("Claude Code not installed: run `cargo xtask setup`");
+/// What one run of Claude Code under its profile left behind, for the tests below: each
+/// asserts one claim about the same run (running the agent takes a minute; every claim
+/// holds for the one run).
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    /// `notes.txt` in its project, as Claude Code's first command wrote it.
+    notes: Option<String>,
+    /// What the model was told of each command: (is_error, content).
+    tool_results: Vec<(bool, String)>,
+    user: String,
+    owner_user: Option<String>,
+    events: Vec<Event>,
+    key: String,
+    foreign: String,
+    model_port: u16,
+    timeline: String,
+    to_foreign: Vec<serde_json::Value>,
+    /// The audit store's files after the daemon stopped (name, bytes).
+    store: Vec<(String, Vec<u8>)>,
+    daemon_log: String,
+}
+
+/// The run, or why there is none (`Err(None)`: skipped, with the reason given).
+fn run() -> Result<&'static Run, String> {
+    static RUN: OnceLock<Result<Run, Option<String>>> = OnceLock::new();
+    let r = RUN.get_or_init(|| {
+        let Some(claude) = std::env::var_os("AGENTWARDEN_CLAUDE_CODE").map(PathBuf::from) else {
+            return Err(Some(
+                "AGENTWARDEN_CLAUDE_CODE unset: run through `cargo xtask test`".into(),
+            ));
+        };
+        if !claude.exists() {
+            return Err(Some(
+                "Claude Code not installed: run `cargo xtask setup`".into(),
+            ));
+        }
+        if !is_root() {
+            return Err(Some("loading eBPF programs needs root".into()));
+        }
+        // A failure in the run fails every claim with its message, once.
+        std::panic::catch_unwind(|| run_claude_code(&claude)).map_err(|e| {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            Some(format!("the Claude Code run failed: {msg}"))
+        })
+    });
+    match r {
+        Ok(run) => Ok(run),
+        Err(Some(why)) if why.starts_with("the Claude Code run failed") => panic!("{why}"),
+        Err(why) => Err(why.clone().unwrap_or_default()),
     }
-    let Some(d) = Daemon::start() else { return };
+}
+
+/// The run, or `None` after skipping with the reason (a failure under `CI=true`).
+fn the_run() -> Option<&'static Run> {
+    match run() {
+        Ok(r) => Some(r),
+        Err(why) => {
+            skip(&why);
+            None
+        }
+    }
+}
+
+fn run_claude_code(claude: &Path) -> Run {
+    let mut d = Daemon::start().expect("root");
     let work = tempfile::tempdir().unwrap();
     let root = fs::canonicalize(work.path()).unwrap();
     fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
@@ -203,7 +265,6 @@ fn claude_code_works_under_its_profile_and_is_stopped_at_credentials_and_foreign
         "ls".to_owned(),
     ];
     let model = ModelServer::start(&root, &commands);
-
     let out = d
         .cli()
         .env_clear()
@@ -226,19 +287,78 @@ fn claude_code_works_under_its_profile_and_is_stopped_at_credentials_and_foreign
             "claude-e2e",
         ])
         .args(["--user", &user.name, "--"])
-        .arg(&claude)
+        .arg(claude)
         .args(["-p", "run the scripted commands", "--allowedTools", "Bash"])
         .args(["--output-format", "json", "--no-session-persistence"])
         .current_dir(&project)
         .stdin(Stdio::null())
         .output_within();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let session = d.session("claude-e2e");
+    let events = d.wait_for(&session.id, "the session's end", |evs| {
+        evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
+    });
+    let _ = d.audit_session("claude-e2e");
+    let t = d.audit(&["timeline", "--session", "claude-e2e"]);
+    assert!(t.status.success(), "{t:?}");
+    let timeline = String::from_utf8_lossy(&t.stdout).into_owned();
+    println!("claude code audit timeline:\n{timeline}");
+    let to_foreign = d.audit_query(&["--session", "claude-e2e", "--dest", &foreign.addr]);
+    let daemon_log = d.log();
+    assert!(d.stop().success(), "daemon exit:\n{daemon_log}");
+    // The store as the daemon left it (closed: committed, checkpointed).
+    let db = d.db();
+    let store = fs::read_dir(db.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("audit."))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    Run {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        notes: fs::read_to_string(project.join("notes.txt")).ok(),
+        tool_results: model.tool_results(),
+        user: user.name.clone(),
+        owner_user: session.owner_user,
+        events,
+        key: home.join(".ssh/id_rsa").to_string_lossy().into_owned(),
+        foreign: foreign.addr.clone(),
+        model_port: model.port,
+        timeline,
+        to_foreign,
+        store,
+        daemon_log,
+    }
+}
+
+impl Run {
+    /// The decision on the first event `pick` selects.
+    fn decision_on(&self, what: &str, pick: impl Fn(&Event) -> bool) -> DecisionInfo {
+        self.events
+            .iter()
+            .filter(|e| pick(e))
+            .find_map(|e| e.decision.clone())
+            .unwrap_or_else(|| panic!("no decision on {what}:\n{}", dump(&self.events)))
+    }
+}
+
+#[test]
+fn it_works_in_its_project_under_its_profile() {
+    let Some(r) = the_run() else { return };
     assert!(
-        out.status.success(),
-        "Claude Code failed: {out:?}\n{}",
-        d.log()
+        r.status.success(),
+        "Claude Code failed: {}\n{}\n{}",
+        r.stdout,
+        r.stderr,
+        r.daemon_log
     );
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("claude json");
+    let result: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("claude json");
     assert_eq!(result["result"], "done", "{result}");
     assert_eq!(result["is_error"], false, "{result}");
     assert_eq!(
@@ -246,43 +366,38 @@ fn claude_code_works_under_its_profile_and_is_stopped_at_credentials_and_foreign
         Some(0),
         "Claude Code ran every command: {result}"
     );
-
-    // It worked normally in its project directory.
-    assert_eq!(
-        fs::read_to_string(project.join("notes.txt")).unwrap(),
-        "hello-from-claude\n"
-    );
-    let results = model.tool_results();
-    assert_eq!(results.len(), 4, "{results:?}");
-    assert_eq!(results[0], (false, "hello-from-claude".to_owned()));
-    assert!(results[3].1.contains("notes.txt"), "{results:?}");
-    // The key reader was stopped before it held a byte; the connect was refused.
-    assert!(results[1].0, "{results:?}");
+    assert_eq!(r.notes.as_deref(), Some("hello-from-claude\n"));
+    assert_eq!(r.tool_results.len(), 4, "{:?}", r.tool_results);
+    assert_eq!(r.tool_results[0], (false, "hello-from-claude".to_owned()));
     assert!(
-        results.iter().all(|(_, c)| !c.contains("CANARY")),
-        "the key leaked to the model: {results:?}"
+        r.tool_results[3].1.contains("notes.txt"),
+        "{:?}",
+        r.tool_results
+    );
+    assert_eq!(r.owner_user.as_deref(), Some(r.user.as_str()));
+}
+
+/// `cat ~/.ssh/id_rsa` is stopped before it holds a byte: the model never sees the key,
+/// and the decision names the profile's rule and the layer that carried it out.
+#[test]
+fn its_read_of_a_private_key_is_stopped_before_a_byte() {
+    let Some(r) = the_run() else { return };
+    assert!(
+        r.tool_results.get(1).is_some_and(|t| t.0),
+        "{:?}",
+        r.tool_results
     );
     assert!(
-        results[2].0 && results[2].1.contains("Operation not permitted"),
-        "{results:?}"
+        r.tool_results.iter().all(|(_, c)| !c.contains("CANARY")),
+        "the key leaked to the model: {:?}",
+        r.tool_results
     );
-
-    let session = d.session("claude-e2e");
-    assert_eq!(session.owner_user.as_deref(), Some(user.name.as_str()));
-    let evs = d.wait_for(&session.id, "the session's end", |evs| {
-        evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
-    });
-    let key = home.join(".ssh/id_rsa").to_string_lossy().into_owned();
-    let on_key = evs
-        .iter()
-        .filter(|e| e.open().is_some_and(|o| o.path == key))
-        .find_map(|e| e.decision.clone())
-        .unwrap_or_else(|| panic!("no decision on {key}:\n{}", dump(&evs)));
+    let on_key = r.decision_on(&r.key, |e| e.open().is_some_and(|o| o.path == r.key));
     assert_eq!(on_key.decision, Verdict::Deny);
     assert!(
         matches!(
-            (on_key.action.as_str(), on_key.enforced_by.as_str()),
-            ("killed", "signal") | ("blocked", "lsm")
+            (on_key.action, on_key.enforced_by),
+            (Action::Killed, Layer::Signal) | (Action::Blocked, Layer::Lsm)
         ),
         "{on_key:?}"
     );
@@ -292,97 +407,128 @@ fn claude_code_works_under_its_profile_and_is_stopped_at_credentials_and_foreign
             .starts_with("rules/claude-code.yaml:29 (files.deny[0])"),
         "{on_key:?}"
     );
-    let on_net = evs
-        .iter()
-        .filter(|e| e.net().is_some_and(|n| n.address == foreign.addr))
-        .find_map(|e| e.decision.clone())
-        .unwrap_or_else(|| panic!("no decision on {}:\n{}", foreign.addr, dump(&evs)));
+}
+
+/// Its connect to a host outside the profile is refused in the kernel (`EPERM`).
+#[test]
+fn its_connect_to_a_foreign_host_is_refused() {
+    let Some(r) = the_run() else { return };
+    assert!(
+        r.tool_results
+            .get(2)
+            .is_some_and(|t| t.0 && t.1.contains("Operation not permitted")),
+        "{:?}",
+        r.tool_results
+    );
+    let on_net = r.decision_on(&r.foreign, |e| {
+        e.net().is_some_and(|n| n.address == r.foreign)
+    });
     assert_eq!(
         (
-            on_net.decision.as_str(),
-            on_net.action.as_str(),
-            on_net.enforced_by.as_str(),
+            on_net.decision,
+            on_net.action,
+            on_net.enforced_by,
             on_net.rule.as_str()
         ),
-        ("deny", "blocked", "cgroup", "network.default")
+        (
+            Verdict::Deny,
+            Action::Blocked,
+            Layer::Cgroup,
+            "network.default"
+        )
     );
-    // The model API on loopback was allowed by the profile's rule.
-    assert!(
-        evs.iter()
-            .any(|e| e.net().is_some_and(|n| n.port == model.port)
-                && e.decision
-                    .as_ref()
-                    .is_some_and(|x| x.decision == Verdict::Allow)),
-        "{}",
-        dump(&evs)
+}
+
+/// The model API (here on loopback) is reached under the profile's allow rule.
+#[test]
+fn the_model_api_is_reached_under_its_rule() {
+    let Some(r) = the_run() else { return };
+    let to_model = r.decision_on("the model API", |e| {
+        e.net().is_some_and(|n| n.port == r.model_port)
+    });
+    assert_eq!(
+        (to_model.decision, to_model.action),
+        (Verdict::Allow, Action::Allowed)
     );
-    // The audit trail answers who did what: the timeline shows what it ran, read and
-    // connected to with the decisions and the owners; the chain verifies, and editing
-    // one row makes verification fail naming that row.
-    let _ = d.audit_session("claude-e2e");
-    let t = d.audit(&["timeline", "--session", "claude-e2e"]);
-    assert!(t.status.success(), "{t:?}");
-    let timeline = String::from_utf8_lossy(&t.stdout);
+}
+
+/// The audit trail answers who did what: the timeline shows what it ran, read and
+/// connected to, with the decisions, the owners and the principal; `--dest` finds the
+/// refused connect.
+#[test]
+fn the_audit_timeline_answers_who_did_what() {
+    let Some(r) = the_run() else { return };
     for needle in [
         "agent      claude-code".to_owned(),
-        format!("principal  {} (uid ", user.name),
+        format!("principal  {} (uid ", r.user),
         "cat ~/.ssh/id_rsa".to_owned(),
-        format!("{key} O_RDONLY"),
+        format!("{} O_RDONLY", r.key),
         "DENY killed by signal".to_owned(),
-        format!("{}:8080", foreign.addr),
+        format!("{}:8080", r.foreign),
         "DENY blocked by cgroup: network.default".to_owned(),
         "echo hello-from-claude".to_owned(),
     ] {
         assert!(
-            timeline.contains(&needle),
-            "no `{needle}` in the timeline:\n{timeline}"
+            r.timeline.contains(&needle),
+            "no `{needle}` in the timeline:\n{}",
+            r.timeline
         );
     }
     let profile = agentwarden::profiles::ProfileSet::embedded().unwrap();
     let owners = &profile.get("claude-code").unwrap().file.owners;
     assert!(
-        timeline.contains(&format!(
+        r.timeline.contains(&format!(
             "business: {}, technical: {}",
             owners.business, owners.technical
         )),
-        "{timeline}"
+        "{}",
+        r.timeline
     );
-    let to_foreign = d.audit_query(&["--session", "claude-e2e", "--dest", &foreign.addr]);
     assert!(
-        to_foreign
+        r.to_foreign
             .iter()
-            .any(|r| r["decision"]["action"] == "blocked"),
-        "{to_foreign:?}"
+            .any(|x| x["decision"]["action"] == "blocked"),
+        "{:?}",
+        r.to_foreign
     );
-    let v = d.audit(&["verify"]);
+}
+
+/// The session's audit chain verifies; editing the row of the key read makes
+/// verification fail naming that row.
+#[test]
+fn the_audit_chain_verifies_and_names_an_edited_row() {
+    let Some(r) = the_run() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in &r.store {
+        fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let db = dir.path().join("audit.db");
+    let verify = || {
+        Command::new(bin())
+            .args(["audit", "verify", "--db"])
+            .arg(&db)
+            .output_within()
+    };
+    let v = verify();
     assert!(v.status.success(), "{v:?}");
-    let db = rusqlite::Connection::open(d.db()).unwrap();
-    let seq: i64 = db
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let seq: i64 = conn
         .query_row(
             "SELECT seq FROM actions WHERE kind = 'open' AND path = ?1",
-            [&key],
-            |r| r.get(0),
+            [&r.key],
+            |row| row.get(0),
         )
         .unwrap();
-    db.execute(
+    conn.execute(
         "UPDATE actions SET path = '/tmp/nothing-to-see' WHERE seq = ?1",
         [seq],
     )
     .unwrap();
-    let v = d.audit(&["verify"]);
+    drop(conn);
+    let v = verify();
     assert_eq!(v.status.code(), Some(1), "{v:?}");
     assert!(
         String::from_utf8_lossy(&v.stdout).contains(&format!("(actions row seq={seq}) was edited")),
         "{v:?}"
-    );
-    println!("claude code audit timeline:\n{timeline}");
-    println!(
-        "claude code under claude-code: worked in {}, key read {} by {}, connect to {} {} by {}",
-        project.display(),
-        on_key.action,
-        on_key.enforced_by,
-        foreign.addr,
-        on_net.action,
-        on_net.enforced_by
     );
 }
