@@ -1,270 +1,41 @@
 //! Ring-buffer records → typed kernel events → enriched JSON events.
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr},
-    time::{Duration, SystemTime},
-};
+//!
+//! One file per kind holds the kind's payload and its conversion from the kernel's
+//! record; this module holds the event itself ([`Event`], [`Body`]), its JSON shape and
+//! the decision.
+
+use std::time::{Duration, SystemTime};
 
 use agent_common::{
-    event::{
-        ARGV_TRUNCATED, COMM_LEN, ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
-        ForkEvent, KPath, KernelVerdict, NET_OP_SENDMSG, NetDecisionEvent, OpenEvent, OpenSyscall,
-        PATH_FLAG_RAW, PATH_FLAG_TRUNCATED,
-        decode::{DecodeError, header, read_record},
-    },
+    event::{COMM_LEN, EventKind, KernelVerdict},
     vocab::{Action, Layer, Verdict},
 };
 use serde::{Deserialize, Serialize};
 
-/// A decoded kernel record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Raw {
-    Exec(Box<ExecEvent>),
-    Exit(ExitEvent),
-    Fork(ForkEvent),
-    /// A child that could not be tracked (session map full).
-    SessionMapFull(ForkEvent),
-    Open(Box<OpenEvent>),
-    Connect(ConnectEvent),
-    NetDecision(NetDecisionEvent),
-}
+mod connect;
+mod exec;
+mod exit;
+mod net;
+mod open;
+mod path;
+mod raw;
 
-impl Raw {
-    pub fn header(&self) -> &EventHeader {
-        match self {
-            Raw::Exec(e) => &e.header,
-            Raw::Exit(e) => &e.header,
-            Raw::Fork(e) | Raw::SessionMapFull(e) => &e.header,
-            Raw::Open(e) => &e.header,
-            Raw::Connect(e) => &e.header,
-            Raw::NetDecision(e) => &e.header,
-        }
-    }
-}
-
-/// Buffers of large records kept from one record to the next (see [`decode_reusing`]).
-#[derive(Debug, Default)]
-pub struct Spare {
-    open: Option<Box<OpenEvent>>,
-    exec: Option<Box<ExecEvent>>,
-}
-
-impl Spare {
-    /// Takes back the buffer of a record that has been handled.
-    pub fn keep(&mut self, raw: Raw) {
-        match raw {
-            Raw::Open(b) => self.open = Some(b),
-            Raw::Exec(b) => self.exec = Some(b),
-            _ => {}
-        }
-    }
-}
-
-/// Like [`decode`], but open and exec records (a 4 KiB path; 10 KiB for exec) are copied
-/// into buffers kept in `spare` instead of a new zeroed allocation each: the daemon's
-/// hottest copy under load.
-pub fn decode_reusing(bytes: &[u8], spare: &mut Spare) -> Result<Raw, DecodeError> {
-    let raw = read_reusing(bytes, spare)?;
-    if let Err(e) = check_vocabulary(&raw) {
-        spare.keep(raw);
-        return Err(e);
-    }
-    Ok(raw)
-}
-
-fn read_reusing(bytes: &[u8], spare: &mut Spare) -> Result<Raw, DecodeError> {
-    use agent_common::event::decode::read_record_into;
-    match header(bytes).and_then(|h| EventKind::from_u32(h.kind)) {
-        Some(EventKind::Open) => match spare.open.take() {
-            Some(mut b) => {
-                read_record_into(bytes, OpenEvent::FIXED_LEN, &mut *b)?;
-                Ok(Raw::Open(b))
-            }
-            None => read(bytes),
-        },
-        Some(EventKind::Exec) => match spare.exec.take() {
-            Some(mut b) => {
-                read_record_into(bytes, core::mem::size_of::<ExecEvent>(), &mut *b)?;
-                Ok(Raw::Exec(b))
-            }
-            None => decode(bytes),
-        },
-        _ => read(bytes),
-    }
-}
-
-/// Decodes one ring-buffer record; a decision field with a number the vocabulary does
-/// not know fails it (counted as a decode error, never read as some default).
-pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
-    let raw = read(bytes)?;
-    check_vocabulary(&raw)?;
-    Ok(raw)
-}
-
-/// The decision fields of `raw` are numbers of [`Action`] and [`Layer`].
-fn check_vocabulary(raw: &Raw) -> Result<(), DecodeError> {
-    let (action, layer) = match raw {
-        Raw::Exec(e) => (e.verdict.action, e.verdict.enforced_by),
-        Raw::Open(e) => (e.verdict.action, e.verdict.enforced_by),
-        Raw::NetDecision(e) => (e.action, e.enforced_by),
-        Raw::Exit(_) | Raw::Fork(_) | Raw::SessionMapFull(_) | Raw::Connect(_) => return Ok(()),
-    };
-    let kind = raw.header().kind;
-    if Action::from_u8(action).is_none() {
-        return Err(DecodeError::UnknownValue {
-            kind,
-            field: "action",
-            value: action,
-        });
-    }
-    if Layer::from_u8(layer).is_none() {
-        return Err(DecodeError::UnknownValue {
-            kind,
-            field: "layer",
-            value: layer,
-        });
-    }
-    Ok(())
-}
-
-fn read(bytes: &[u8]) -> Result<Raw, DecodeError> {
-    use core::mem::size_of;
-    let h = header(bytes).ok_or(DecodeError::Short {
-        kind: 0,
-        len: bytes.len(),
-        need: size_of::<EventHeader>(),
-    })?;
-    let kind = EventKind::from_u32(h.kind).ok_or(DecodeError::UnknownKind(h.kind))?;
-    Ok(match kind {
-        EventKind::Exec => Raw::Exec(Box::new(read_record(bytes, size_of::<ExecEvent>())?)),
-        EventKind::Exit => Raw::Exit(read_record(bytes, size_of::<ExitEvent>())?),
-        EventKind::Fork => Raw::Fork(read_record(bytes, size_of::<ForkEvent>())?),
-        EventKind::SessionMapFull => {
-            Raw::SessionMapFull(read_record(bytes, size_of::<ForkEvent>())?)
-        }
-        EventKind::Open => Raw::Open(Box::new(read_record(bytes, OpenEvent::FIXED_LEN)?)),
-        EventKind::Connect => Raw::Connect(read_record(bytes, size_of::<ConnectEvent>())?),
-        EventKind::NetDecision => {
-            Raw::NetDecision(read_record(bytes, size_of::<NetDecisionEvent>())?)
-        }
-        // Raised by the daemon: `from_u32` never returns them for a kernel record.
-        EventKind::SessionStart | EventKind::SessionEnd | EventKind::Loss => {
-            return Err(DecodeError::UnknownKind(h.kind));
-        }
-    })
-}
-
-/// A kernel path turned into text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PathText {
-    pub path: String,
-    pub truncated: bool,
-    /// Resolved by the kernel from the file object (false: the raw syscall argument).
-    pub resolved: bool,
-}
-
-/// Turns a [`KPath`] into a path string. Resolved paths arrive leaf-first
-/// (`hostname/etc/`) and are reversed here.
-pub fn path_text(p: &KPath) -> PathText {
-    let len = usize::from(p.len).min(p.bytes.len());
-    let raw = String::from_utf8_lossy(&p.bytes[..len]);
-    let truncated = p.flags & PATH_FLAG_TRUNCATED != 0;
-    if p.flags & PATH_FLAG_RAW != 0 {
-        return PathText {
-            path: raw.into_owned(),
-            truncated,
-            resolved: false,
-        };
-    }
-    let mut parts: Vec<&str> = raw.split('/').filter(|c| !c.is_empty()).collect();
-    parts.reverse();
-    let path = format!("/{}", parts.join("/"));
-    PathText {
-        path,
-        truncated,
-        resolved: true,
-    }
-}
-
-/// Splits a NUL-separated argument vector.
-pub fn argv(bytes: &[u8]) -> Vec<String> {
-    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-    if bytes.is_empty() {
-        return Vec::new();
-    }
-    bytes
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
+pub use connect::ConnectInfo;
+use connect::connect_info;
+use exec::exec_info;
+pub use exec::{ExecInfo, argv};
+pub use exit::ExitInfo;
+pub use net::NetInfo;
+use net::net_info;
+use open::open_info;
+pub use open::{OpenInfo, open_flag_names};
+pub use path::{PathText, path_text};
+pub use raw::{Raw, Spare, decode, decode_reusing};
 
 pub fn comm(c: &[u8; COMM_LEN]) -> String {
     let end = c.iter().position(|b| *b == 0).unwrap_or(COMM_LEN);
     String::from_utf8_lossy(&c[..end]).into_owned()
-}
-
-/// Names of the `O_*` flags set in `flags` (x86_64/generic values).
-pub fn open_flag_names(flags: u32) -> Vec<&'static str> {
-    let mut out = vec![match flags & 0o3 {
-        0 => "O_RDONLY",
-        1 => "O_WRONLY",
-        2 => "O_RDWR",
-        _ => "O_ACCMODE",
-    }];
-    const NAMES: &[(u32, &str)] = &[
-        (0o100, "O_CREAT"),
-        (0o200, "O_EXCL"),
-        (0o400, "O_NOCTTY"),
-        (0o1000, "O_TRUNC"),
-        (0o2000, "O_APPEND"),
-        (0o4000, "O_NONBLOCK"),
-        (0o10000, "O_DSYNC"),
-        (0o40000, "O_DIRECT"),
-        (0o100000, "O_LARGEFILE"),
-        (0o200000, "O_DIRECTORY"),
-        (0o400000, "O_NOFOLLOW"),
-        (0o1000000, "O_NOATIME"),
-        (0o2000000, "O_CLOEXEC"),
-        (0o4010000, "O_SYNC"),
-        (0o10000000, "O_PATH"),
-        (0o20200000, "O_TMPFILE"),
-    ];
-    for (bit, name) in NAMES {
-        if flags & bit == *bit {
-            out.push(name);
-        }
-    }
-    out
-}
-
-/// Exit status in wait(2) form.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ExitInfo {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<i32>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub core_dumped: bool,
-}
-
-impl ExitInfo {
-    pub fn from_wait_status(status: u32) -> Self {
-        let sig = (status & 0x7f) as i32;
-        if sig == 0 {
-            Self {
-                code: Some(((status >> 8) & 0xff) as i32),
-                signal: None,
-                core_dumped: false,
-            }
-        } else {
-            Self {
-                code: None,
-                signal: Some(sig),
-                core_dumped: status & 0x80 != 0,
-            }
-        }
-    }
 }
 
 /// Converts the kernel's `CLOCK_BOOTTIME` stamps to wall-clock time.
@@ -322,38 +93,6 @@ pub struct ProcessInfo {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ExecInfo {
-    pub path: String,
-    pub path_truncated: bool,
-    pub argv: Vec<String>,
-    pub argv_truncated: bool,
-    pub cwd: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct OpenInfo {
-    pub syscall: String,
-    pub path: String,
-    /// False when the open failed and `path` is the argument as passed.
-    pub path_resolved: bool,
-    pub path_truncated: bool,
-    pub flags: Vec<String>,
-    pub flags_raw: u32,
-    /// The fd, or `-errno`.
-    pub result: i64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ConnectInfo {
-    pub family: String,
-    pub address: String,
-    pub port: u16,
-    pub fd: i32,
-    /// 0, or `-errno`.
-    pub result: i64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ForkInfo {
     pub child_tgid: u32,
 }
@@ -370,20 +109,6 @@ pub struct DecisionInfo {
     pub rule: String,
     /// The layer that carried the decision out.
     pub enforced_by: Layer,
-}
-
-/// A network operation judged by the cgroup layer.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NetInfo {
-    /// `connect` or `sendmsg`.
-    pub op: String,
-    /// `tcp`, `udp` or the protocol number.
-    pub protocol: String,
-    /// `inet` or `inet6`, as the process used it.
-    pub family: String,
-    /// IPv4-mapped IPv6 addresses are shown (and judged) as IPv4.
-    pub address: String,
-    pub port: u16,
 }
 
 /// Counters reported when the kernel or the daemon lost something.
@@ -703,58 +428,6 @@ impl Event {
     }
 }
 
-fn exec_info(e: &ExecEvent) -> ExecInfo {
-    let exe = path_text(&e.exe);
-    let len = (e.argv_len as usize).min(e.argv.len());
-    ExecInfo {
-        path: exe.path,
-        path_truncated: exe.truncated,
-        argv: argv(&e.argv[..len]),
-        argv_truncated: e.argv_flags & ARGV_TRUNCATED != 0,
-        cwd: path_text(&e.cwd).path,
-    }
-}
-
-fn open_info(e: &OpenEvent) -> OpenInfo {
-    let p = path_text(&e.path);
-    OpenInfo {
-        syscall: OpenSyscall::from_u32(e.syscall)
-            .map_or("unknown", OpenSyscall::name)
-            .to_owned(),
-        path: p.path,
-        path_resolved: p.resolved,
-        path_truncated: p.truncated,
-        flags: open_flag_names(e.flags)
-            .into_iter()
-            .map(str::to_owned)
-            .collect(),
-        flags_raw: e.flags,
-        result: e.ret,
-    }
-}
-
-fn net_info(e: &NetDecisionEvent) -> NetInfo {
-    let ip = Ipv6Addr::from(e.addr);
-    NetInfo {
-        op: if e.op == NET_OP_SENDMSG {
-            "sendmsg"
-        } else {
-            "connect"
-        }
-        .to_owned(),
-        protocol: match e.protocol {
-            6 => "tcp".to_owned(),
-            17 => "udp".to_owned(),
-            n => n.to_string(),
-        },
-        family: if e.family == 10 { "inet6" } else { "inet" }.to_owned(),
-        address: ip
-            .to_ipv4_mapped()
-            .map_or(ip.to_string(), |v4| v4.to_string()),
-        port: e.port,
-    }
-}
-
 /// A kernel decision's fields as a [`DecisionInfo`]; `None` for numbers the vocabulary
 /// does not know (decoding already refused those records).
 fn decision(
@@ -789,27 +462,10 @@ fn kernel_decision(
     })
 }
 
-fn connect_info(e: &ConnectEvent) -> ConnectInfo {
-    let (family, address) = match e.family {
-        2 => (
-            "inet",
-            Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string(),
-        ),
-        _ => ("inet6", Ipv6Addr::from(e.addr).to_string()),
-    };
-    ConnectInfo {
-        family: family.to_owned(),
-        address,
-        port: e.port,
-        fd: e.fd,
-        result: e.ret,
-    }
-}
-
 /// Kernel records built in memory, for the tests of the modules that consume them.
 #[cfg(test)]
 pub(crate) mod test_records {
-    use agent_common::event::PATH_MAX;
+    use agent_common::event::{EventHeader, ExecEvent, KPath, PATH_MAX};
 
     use super::*;
 
@@ -871,6 +527,12 @@ pub(crate) mod test_records {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
+    use agent_common::event::{
+        ConnectEvent, ForkEvent, OpenEvent, OpenSyscall, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED,
+        decode::DecodeError,
+    };
 
     use super::{
         test_records::{hdr, kpath},
@@ -951,7 +613,7 @@ mod tests {
             let reused = text(decode_reusing(&wire, &mut spare).unwrap(), &mut spare);
             assert_eq!(fresh, reused);
         }
-        assert!(spare.open.is_some());
+        assert!(spare.holds_open());
         let wire = bytes_of(&short, OpenEvent::FIXED_LEN + 7);
         let got = text(decode_reusing(&wire, &mut spare).unwrap(), &mut spare);
         assert_eq!(got, ("other/b".to_owned(), false, -13));

@@ -1,0 +1,43 @@
+//! `net_decision`: a connect or send judged by the cgroup layer on the kernel's copy of
+//! the destination.
+
+use std::net::Ipv6Addr;
+
+use agent_common::event::{NET_OP_SENDMSG, NetDecisionEvent};
+use serde::{Deserialize, Serialize};
+
+/// A network operation judged by the cgroup layer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetInfo {
+    /// `connect` or `sendmsg`.
+    pub op: String,
+    /// `tcp`, `udp` or the protocol number.
+    pub protocol: String,
+    /// `inet` or `inet6`, as the process used it.
+    pub family: String,
+    /// IPv4-mapped IPv6 addresses are shown (and judged) as IPv4.
+    pub address: String,
+    pub port: u16,
+}
+
+pub(super) fn net_info(e: &NetDecisionEvent) -> NetInfo {
+    let ip = Ipv6Addr::from(e.addr);
+    NetInfo {
+        op: if e.op == NET_OP_SENDMSG {
+            "sendmsg"
+        } else {
+            "connect"
+        }
+        .to_owned(),
+        protocol: match e.protocol {
+            6 => "tcp".to_owned(),
+            17 => "udp".to_owned(),
+            n => n.to_string(),
+        },
+        family: if e.family == 10 { "inet6" } else { "inet" }.to_owned(),
+        address: ip
+            .to_ipv4_mapped()
+            .map_or(ip.to_string(), |v4| v4.to_string()),
+        port: e.port,
+    }
+}

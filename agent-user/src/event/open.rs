@@ -1,0 +1,71 @@
+//! `open`: the file as the kernel resolved it, the flags and the result.
+
+use agent_common::event::{OpenEvent, OpenSyscall};
+use serde::{Deserialize, Serialize};
+
+use super::path_text;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpenInfo {
+    pub syscall: String,
+    pub path: String,
+    /// False when the open failed and `path` is the argument as passed.
+    pub path_resolved: bool,
+    pub path_truncated: bool,
+    pub flags: Vec<String>,
+    pub flags_raw: u32,
+    /// The fd, or `-errno`.
+    pub result: i64,
+}
+
+pub(super) fn open_info(e: &OpenEvent) -> OpenInfo {
+    let p = path_text(&e.path);
+    OpenInfo {
+        syscall: OpenSyscall::from_u32(e.syscall)
+            .map_or("unknown", OpenSyscall::name)
+            .to_owned(),
+        path: p.path,
+        path_resolved: p.resolved,
+        path_truncated: p.truncated,
+        flags: open_flag_names(e.flags)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        flags_raw: e.flags,
+        result: e.ret,
+    }
+}
+
+/// Names of the `O_*` flags set in `flags` (x86_64/generic values).
+pub fn open_flag_names(flags: u32) -> Vec<&'static str> {
+    let mut out = vec![match flags & 0o3 {
+        0 => "O_RDONLY",
+        1 => "O_WRONLY",
+        2 => "O_RDWR",
+        _ => "O_ACCMODE",
+    }];
+    const NAMES: &[(u32, &str)] = &[
+        (0o100, "O_CREAT"),
+        (0o200, "O_EXCL"),
+        (0o400, "O_NOCTTY"),
+        (0o1000, "O_TRUNC"),
+        (0o2000, "O_APPEND"),
+        (0o4000, "O_NONBLOCK"),
+        (0o10000, "O_DSYNC"),
+        (0o40000, "O_DIRECT"),
+        (0o100000, "O_LARGEFILE"),
+        (0o200000, "O_DIRECTORY"),
+        (0o400000, "O_NOFOLLOW"),
+        (0o1000000, "O_NOATIME"),
+        (0o2000000, "O_CLOEXEC"),
+        (0o4010000, "O_SYNC"),
+        (0o10000000, "O_PATH"),
+        (0o20200000, "O_TMPFILE"),
+    ];
+    for (bit, name) in NAMES {
+        if flags & bit == *bit {
+            out.push(name);
+        }
+    }
+    out
+}
