@@ -222,6 +222,7 @@ pub enum ProfileCmd {
 }
 
 /// Runs a parsed command line.
+// Long: one arm per subcommand, each a call and its printing; the CLI reads best in one match.
 pub fn main(cli: Cli) -> Result<ExitCode> {
     let socket = cli.socket.as_path();
     match cli.command {
@@ -325,6 +326,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
 }
 
 /// `agentwarden run`: enrol, then become the agent. Never runs it unwatched.
+// Long: the steps between enrolment and exec (user switch, Landlock, environment) must run in this order in one place.
 fn run(
     socket: &Path,
     profile: String,

@@ -130,6 +130,7 @@ impl FilterArgs {
     }
 }
 
+// Long: one arm per `audit` subcommand, each a query and its printing.
 pub fn run(db: &std::path::Path, cmd: AuditCmd) -> Result<ExitCode> {
     match cmd {
         AuditCmd::Verify { json } => {

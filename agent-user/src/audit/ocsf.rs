@@ -6,7 +6,7 @@ use agent_common::vocab::Action;
 use serde_json::{Value, json};
 
 use super::query::AuditRecord;
-use crate::event::Body;
+use crate::event::{Body, Event, ProcessInfo};
 
 pub const OCSF_VERSION: &str = "1.3.0";
 
@@ -14,33 +14,8 @@ pub const OCSF_VERSION: &str = "1.3.0";
 /// (session start/end, losses).
 pub fn record(r: &AuditRecord) -> Option<Value> {
     let e = &r.event;
-    let process = (1007, "Process Activity", 1, "System Activity");
-    let network = (4001, "Network Activity", 4, "Network Activity");
-    let ((class_uid, class_name, category_uid, category_name), activity_id, activity_name) =
-        match &e.body {
-            Body::Exec(_) | Body::Fork(_) => (process, 1, "Launch"),
-            Body::Exit(_) => (process, 2, "Terminate"),
-            Body::Open(_) => (
-                (1001, "File System Activity", 1, "System Activity"),
-                14,
-                "Open",
-            ),
-            Body::Connect(_) | Body::NetDecision(_) => {
-                let refused = e
-                    .decision
-                    .as_ref()
-                    .is_some_and(|d| d.action == Action::Blocked)
-                    || e.connect().is_some_and(|c| connect_failed(c.result));
-                if refused {
-                    (network, 5, "Refuse")
-                } else {
-                    (network, 1, "Open")
-                }
-            }
-            Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {
-                return None;
-            }
-        };
+    let (class_uid, class_name, category_uid, category_name, activity_id, activity_name) =
+        class_of(e)?;
     let time_ms = super::records::time_ns(&e.time) / 1_000_000;
     let d = e.decision.as_ref();
     let action = d.map(|d| d.action);
@@ -60,24 +35,7 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
         || action.is_some_and(Action::refused);
     let ctx = r.context.as_ref();
     let p = e.process.as_ref();
-    let actor_process = p.map(|p| {
-        let mut v = json!({
-            "pid": p.tgid,
-            "tid": p.pid,
-            "name": p.comm,
-            "user": { "uid": p.uid.to_string(), "name": p.user },
-            "parent_process": { "pid": p.ppid },
-        });
-        if let Some(exe) = &p.exe {
-            v["file"] = file_obj(exe);
-        }
-        if let Some(a) = r.lineage.first()
-            && !a.argv.is_empty()
-        {
-            v["cmd_line"] = a.argv.join(" ").into();
-        }
-        v
-    });
+    let actor_process = p.map(|p| actor_process(r, p));
     let mut out = json!({
         "class_uid": class_uid,
         "class_name": class_name,
@@ -119,6 +77,74 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
             "event_seq": e.seq,
         } },
     });
+    add_body(&mut out, e, ctx.map(|c| c.host.as_str()));
+    Some(out)
+}
+
+/// The OCSF class, category and activity of an event; `None` for kinds without one.
+type Class = (u32, &'static str, u32, &'static str, u32, &'static str);
+
+fn class_of(e: &Event) -> Option<Class> {
+    let process = (1007, "Process Activity", 1, "System Activity");
+    let network = (4001, "Network Activity", 4, "Network Activity");
+    let ((class_uid, class_name, category_uid, category_name), activity_id, activity_name) =
+        match &e.body {
+            Body::Exec(_) | Body::Fork(_) => (process, 1, "Launch"),
+            Body::Exit(_) => (process, 2, "Terminate"),
+            Body::Open(_) => (
+                (1001, "File System Activity", 1, "System Activity"),
+                14,
+                "Open",
+            ),
+            Body::Connect(_) | Body::NetDecision(_) => {
+                let refused = e
+                    .decision
+                    .as_ref()
+                    .is_some_and(|d| d.action == Action::Blocked)
+                    || e.connect().is_some_and(|c| connect_failed(c.result));
+                if refused {
+                    (network, 5, "Refuse")
+                } else {
+                    (network, 1, "Open")
+                }
+            }
+            Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {
+                return None;
+            }
+        };
+    Some((
+        class_uid,
+        class_name,
+        category_uid,
+        category_name,
+        activity_id,
+        activity_name,
+    ))
+}
+
+/// The acting process, with its program and (from the lineage) its command line.
+fn actor_process(r: &AuditRecord, p: &ProcessInfo) -> Value {
+    let mut v = json!({
+        "pid": p.tgid,
+        "tid": p.pid,
+        "name": p.comm,
+        "user": { "uid": p.uid.to_string(), "name": p.user },
+        "parent_process": { "pid": p.ppid },
+    });
+    if let Some(exe) = &p.exe {
+        v["file"] = file_obj(exe);
+    }
+    if let Some(a) = r.lineage.first()
+        && !a.argv.is_empty()
+    {
+        v["cmd_line"] = a.argv.join(" ").into();
+    }
+    v
+}
+
+/// What the event's kind adds: the process launched or ended, the file, the endpoint.
+fn add_body(out: &mut Value, e: &Event, host: Option<&str>) {
+    let p = e.process.as_ref();
     let mut dst = None;
     match &e.body {
         Body::Exec(x) => {
@@ -161,7 +187,7 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
     }
     if let Some((ip, port, proto, family)) = dst {
         out["dst_endpoint"] = json!({ "ip": ip, "port": port });
-        out["src_endpoint"] = json!({ "hostname": ctx.map(|c| c.host.clone()) });
+        out["src_endpoint"] = json!({ "hostname": host });
         let mut conn = json!({
             "direction_id": 2,
             "direction": "Outbound",
@@ -172,7 +198,6 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
         }
         out["connection_info"] = conn;
     }
-    Some(out)
 }
 
 fn file_obj(path: &str) -> Value {

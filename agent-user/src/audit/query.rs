@@ -344,6 +344,7 @@ impl<'c> Reader<'c> {
     }
 
     /// Records matching `f`, in chain order.
+    // Long: one SQL clause per filter field.
     pub fn query(&mut self, f: &Filter, with_lineage: bool) -> Result<Vec<AuditRecord>> {
         let mut sql = String::from(
             "SELECT a.* FROM actions a \
@@ -473,6 +474,7 @@ fn json_list(s: Option<String>) -> Vec<String> {
 }
 
 /// Rebuilds the event an `actions` row (joined with its decision) was made from.
+// Long: one line per column read back, and one arm per kind (exhaustive).
 fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
     let get_s = |c: &str| r.get::<_, Option<String>>(c);
     let get_i = |c: &str| r.get::<_, Option<i64>>(c);

@@ -222,6 +222,7 @@ fn body_columns(body: &Body) -> BodyColumns {
     c
 }
 
+// Long: one line per column of the `actions` row, in schema order.
 pub fn event_rows(ev: &Event) -> EventRows {
     let t = if ev.time_ns != 0 {
         ev.time_ns

@@ -363,6 +363,7 @@ impl Writer {
 
     /// Retention: deletes the oldest records (by age, then by size) and appends a
     /// checkpoint that says where the kept chain starts and what it links to.
+    // Long: one transaction: the deletions by age and size, the checkpoint and the chain link must commit together.
     fn prune(&mut self, now: SystemTime) -> Result<u64> {
         let first: Option<i64> = min_seq(&self.conn)?;
         let Some(first) = first else { return Ok(0) };

@@ -10,6 +10,7 @@ use super::{
 use crate::event::Body;
 
 /// Renders the session header (from its totals) and the process tree of `records`.
+// Long: the header is one line per context field, in display order.
 pub fn render(s: &SessionRecord, sum: &Summary, records: &[AuditRecord]) -> String {
     let mut out = String::new();
     let denied: u64 = sum.denied.iter().map(|(_, n)| n).sum();

@@ -81,6 +81,7 @@ pub(super) fn authorize(shared: &Shared, uid: u32, pid: u32) -> Result<()> {
     Ok(())
 }
 
+// Long: one arm per request of the control protocol, each short.
 pub(super) fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Response> {
     let mut core = shared.core();
     match req {

@@ -113,6 +113,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// The exposition text, from one consistent look at the daemon's state.
+// Long: one metric family after another, all from one hold of the lock (a consistent snapshot).
 fn render(shared: &Shared) -> String {
     let core = shared.core();
     let mut out = String::new();

@@ -93,6 +93,7 @@ pub fn kills(mode: Mode, v: OnViolation, fallback: Option<Fallback>) -> u8 {
 
 /// `resolve` maps a host name to its addresses (the daemon passes its DNS cache);
 /// `owners` lists the session owners (uid, home if known) rules are expanded for.
+// Long: one block per category of the profile (network, exec, files), each filling its own maps.
 pub fn compile(
     p: &Profile,
     id: u32,

@@ -265,6 +265,7 @@ pub struct Profile {
 }
 
 /// Parses and validates one profile; `source` names it in diagnostics.
+// Long: one validation per field, each with its located diagnostic; all are collected before failing.
 pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
     let file: ProfileFile = serde_saphyr::from_str(text).map_err(|e| {
         let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
