@@ -72,15 +72,7 @@ fn recorded_lines_round_trip_byte_for_byte() {
 fn recorded_events_survive_the_store_and_render_as_before() {
     let events = recorded();
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join(AUDIT_DB);
-    let mut sink = AuditSink::open(AuditConfig {
-        path: db.clone(),
-        queue: 1 << 16,
-        max_age: None,
-        max_bytes: None,
-    })
-    .unwrap();
-    sink.send(Item::Session(Box::new(SessionRecord {
+    let mut items = vec![Item::Session(Box::new(SessionRecord {
         session_id: "999e62f17321fdc8".into(),
         name: "g1".into(),
         agent: "gold".into(),
@@ -96,12 +88,9 @@ fn recorded_events_survive_the_store_and_render_as_before() {
         root_pid: 12346,
         time_ns: events[0].1.time_ns,
         time: events[0].1.time.clone(),
-    })));
-    for (_, e) in &events {
-        sink.send(Item::Event(Arc::new(e.clone())));
-    }
-    sink.close();
-    assert_eq!(sink.stats().snapshot().dropped, 0);
+    }))];
+    items.extend(events.iter().map(|(_, e)| Item::Event(Arc::new(e.clone()))));
+    let db = super::tests::write(dir.path(), items);
     let conn = store::open_read_only(&db).unwrap();
     let back = query::Reader::new(&conn)
         .query(&Filter::default(), true)

@@ -126,7 +126,8 @@ fn session_items(t0: u64) -> Vec<Item> {
     items
 }
 
-fn write(dir: &Path, items: Vec<Item>) -> PathBuf {
+/// Writes `items` to a new store in `dir` through the real sink; nothing dropped.
+pub(super) fn write(dir: &Path, items: Vec<Item>) -> PathBuf {
     let db = dir.join(AUDIT_DB);
     let mut sink = AuditSink::open(AuditConfig {
         path: db.clone(),
