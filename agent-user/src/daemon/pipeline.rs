@@ -1,0 +1,157 @@
+//! What happens to each kernel record, in a straight line: decode → attribute → decide
+//! (what the kernel left undecided) → respond → sinks; and the sweeper's work on the
+//! same state (reconciliation, loss reports).
+
+use super::*;
+
+impl Core {
+    /// Consumes up to `max` records from the ring buffer; true when it stopped at `max`
+    /// (records may remain).
+    pub(super) fn drain(&mut self, max: usize) -> bool {
+        let Some(mut ring) = self.kernel.ring.take() else {
+            return false;
+        };
+        let mut n = 0;
+        while n < max
+            && let Some(item) = ring.next()
+        {
+            self.handle_record(&item);
+            n += 1;
+        }
+        self.kernel.ring = Some(ring);
+        self.flush_sinks();
+        n == max
+    }
+
+    /// Hands what this drain (or request) produced to the sinks: the event log's buffer
+    /// to the file, the audit records to the writer in one batch.
+    pub(super) fn flush_sinks(&mut self) {
+        self.sinks.flush();
+    }
+
+    /// One record, in a straight line: decode → attribute → decide (what the kernel
+    /// left undecided) → respond (a child it could not track) → sinks.
+    pub(super) fn handle_record(&mut self, bytes: &[u8]) {
+        self.counters.records_read += 1;
+        let raw = match event::decode_reusing(bytes, &mut self.spare) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.decode_errors += 1;
+                warn!(error = %e, "undecodable ring-buffer record");
+                return;
+            }
+        };
+        let h = *raw.header();
+        let mut ev = self.attribution.event(&raw, &self.rules);
+        self.decide_in_userspace(&mut ev, h.session_id);
+        if let Raw::SessionMapFull(f) = &raw {
+            self.untracked_child(&mut ev, h.session_id, f.child_tgid, h.ktime_ns);
+        }
+        self.emit(ev);
+        if let Some((sid, now)) = self.attribution.ended_by(&raw) {
+            self.session_end(sid, now);
+        }
+        self.spare.keep(raw);
+    }
+
+    /// The profile session `sid` runs under.
+    pub(super) fn profile_of(&self, sid: u64) -> Option<&Profile> {
+        self.profiles
+            .get(&self.attribution.registry.get(sid)?.profile)
+    }
+
+    /// A child of the session that the kernel could not track: in an enforce-mode
+    /// session it is killed (it would run outside its profile), in monitor mode recorded.
+    pub(super) fn untracked_child(&mut self, ev: &mut Event, sid: u64, child: u32, forked_ns: u64) {
+        let enforce = self
+            .profile_of(sid)
+            .is_some_and(|p| p.file.mode == policy::Mode::Enforce);
+        let outcome = enforce.then(|| overflow::kill_untracked(child, forked_ns));
+        if let Some(Err(e)) = &outcome {
+            warn!(child, error = %e, "could not kill a child the kernel could not track");
+        }
+        ev.decision = Some(decide::untracked_child(outcome.map(|o| o.ok())));
+    }
+
+    /// Exec and file decisions the kernel does not take: judged here against the
+    /// session's profile (see [`decide::userspace`]).
+    pub(super) fn decide_in_userspace(&mut self, ev: &mut Event, sid: u64) {
+        let Some(s) = self.attribution.registry.get(sid) else {
+            return;
+        };
+        let owner = s.owner_uid;
+        let users = &mut self.attribution.users;
+        let mut ctx = decide::Context {
+            profile: self.profiles.get(&s.profile),
+            landlocked: self.landlocked.contains(&sid),
+            home: &mut || users.home(owner).unwrap_or_default(),
+            registry: &self.attribution.registry,
+        };
+        decide::userspace(ev, &mut ctx);
+    }
+
+    pub(super) fn emit(&mut self, ev: Event) {
+        self.sinks.emit(ev);
+    }
+
+    /// The daemon's counters: its own and those the sinks keep.
+    pub(super) fn daemon_counters(&self) -> DaemonCounters {
+        DaemonCounters {
+            events_logged: self.sinks.logged,
+            log_write_errors: self.sinks.log_write_errors,
+            stdout_dropped: self.sinks.log.stdout_dropped(),
+            ..self.counters.clone()
+        }
+    }
+
+    pub(super) fn session_end(&mut self, sid: u64, now: SystemTime) {
+        let ev = Event::new(Body::SessionEnd, now, self.attribution.session_ref(sid));
+        info!(session = %format_id(sid), "session ended");
+        self.emit(ev);
+    }
+
+    /// Ends sessions with no process left in the kernel map. The map is read first and
+    /// the ring drained after, so exit events submitted before a removal are handled
+    /// (and end their session) before reconciliation looks. Behind a backlog it waits for
+    /// a later tick: a session is never ended on a map read older than its records.
+    pub(super) fn reconcile(&mut self) {
+        let snapshot = self.kernel.sessions_snapshot();
+        if self.drain(DRAIN_BATCH) {
+            return;
+        }
+        let now = SystemTime::now();
+        for sid in self.attribution.registry.reconcile(&snapshot, now) {
+            self.session_end(sid, now);
+        }
+    }
+
+    /// Raises an event for every new loss: kernel-side, and records the audit store
+    /// could not take (its queue was full).
+    pub(super) fn report_losses(&mut self) {
+        let mut totals: Vec<(&'static str, u64)> =
+            [Stat::RingbufDrops, Stat::SessionMapFull, Stat::StashFull]
+                .into_iter()
+                .map(|stat| (stat.name(), self.kernel.counter(stat).total))
+                .collect();
+        totals.push(("audit_dropped", self.sinks.audit.stats().snapshot().dropped));
+        totals.push(("stdout_dropped", self.sinks.log.stdout_dropped()));
+        for (name, total) in totals {
+            let seen = self.reported_losses.entry(name).or_insert(0);
+            if total > *seen {
+                let delta = total - *seen;
+                *seen = total;
+                warn!(counter = name, delta, total, "events lost");
+                let ev = Event::new(
+                    Body::Loss(LossInfo {
+                        counter: name.to_owned(),
+                        delta,
+                        total,
+                    }),
+                    SystemTime::now(),
+                    SessionRef::default(),
+                );
+                self.emit(ev);
+            }
+        }
+    }
+}

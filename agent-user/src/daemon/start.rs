@@ -1,0 +1,165 @@
+//! Start-up and shutdown: one daemon per socket, the kernel side loaded and attached,
+//! the state opened, readiness announced, signals awaited.
+
+use super::*;
+
+/// Loads and attaches the programs and takes the maps; the ring buffer's fd comes back
+/// duplicated, to be polled for readiness (the map itself stays in `Core`, so draining
+/// happens under the shared lock).
+pub(super) fn load_kernel(
+    cfg: &DaemonConfig,
+    probe: &HostProbe,
+    startup: &mut Startup,
+) -> Result<(aya::Ebpf, Vec<ProgramStatus>, KernelMaps, AsyncFd<OwnedFd>)> {
+    let btf = offsets::read_btf(&cfg.btf)?;
+    startup.mark("btf read");
+    let offsets = offsets::resolve(&btf).context("reading kernel struct offsets")?;
+    startup.mark("offsets");
+    let loader::Loaded { mut ebpf, programs } = loader::load(
+        offsets,
+        &btf,
+        cfg.max_tracked_processes,
+        cfg.ring_buffer_size,
+        probe,
+        startup,
+    )?;
+    for p in &programs {
+        match &p.reason {
+            None => info!(program = %p.name, at = %p.attach_point, "attached"),
+            Some(r) => warn!(program = %p.name, at = %p.attach_point, reason = %r, "left out"),
+        }
+    }
+    let kernel = KernelMaps::take(&mut ebpf)?;
+    let dup = kernel
+        .ring
+        .as_ref()
+        .ok_or_else(|| anyhow!("no ring buffer"))?
+        .as_fd()
+        .try_clone_to_owned()?;
+    // SAFETY: the fd is owned by the AsyncFd and stays open until it is dropped.
+    let ring_fd =
+        unsafe { AsyncFd::register(dup) }.map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
+    Ok((ebpf, programs, kernel, ring_fd))
+}
+
+/// The state directory's event log and audit store, and the profiles (embedded, then
+/// the rules directory's).
+pub(super) fn open_state(cfg: &DaemonConfig) -> Result<(Sinks, ProfileSet)> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.state_dir)
+        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+    let log = EventLog::open(
+        &cfg.state_dir.join(EVENT_LOG),
+        cfg.stdout,
+        cfg.event_log_max_bytes,
+    )?;
+    let audit = AuditSink::open(AuditConfig {
+        path: cfg.state_dir.join(audit::AUDIT_DB),
+        queue: cfg.audit_queue,
+        max_age: cfg.audit_max_age,
+        max_bytes: cfg.audit_max_bytes,
+    })?;
+    let mut profiles = ProfileSet::embedded().map_err(policy::to_error)?;
+    if let Some(dir) = &cfg.rules_dir {
+        report_profile_diagnostics(&profiles.load_dir(dir));
+    }
+    info!(profiles = %profiles.names().join(","), "profiles loaded");
+    Ok((Sinks::new(log, audit), profiles))
+}
+
+/// Logs the start-up phases and tells systemd (`Type=notify`) and the tests that the
+/// daemon is ready.
+pub(super) fn ready(shared: &Shared, startup: Startup) {
+    let phases = startup.finish();
+    info!(
+        socket = %shared.cfg.socket.display(),
+        state_dir = %shared.cfg.state_dir.display(),
+        startup = %startup::summary(&phases),
+        "agentwarden daemon ready"
+    );
+    *shared.startup.lock().unwrap_or_else(|e| e.into_inner()) = phases;
+    if let Err(e) = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("watching; control socket bound"),
+    ]) {
+        warn!("sd_notify READY=1: {e}");
+    }
+}
+
+/// Serves until SIGTERM or SIGINT (SIGHUP reloads the profiles); an error when the
+/// ring-buffer reader stopped first.
+pub(super) async fn until_signal(
+    shared: &Shared,
+    mut reader: tokio::task::JoinHandle<Result<()>>,
+) -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => reload_profiles(shared),
+            r = &mut reader => bail!("ring-buffer reader stopped: {r:?}"),
+        }
+    }
+    reader.abort();
+    Ok(())
+}
+
+/// A live daemon on the socket means this one must not start; a stale socket file is
+/// removed.
+pub(super) fn refuse_second_daemon(socket: &Path) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        bail!(
+            "another agentwarden daemon is listening on {}",
+            socket.display()
+        );
+    }
+    match fs::remove_file(socket) {
+        Ok(()) => warn!(socket = %socket.display(), "removed stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", socket.display())),
+    }
+    Ok(())
+}
+
+/// Binds the control socket, owner-only (0600) in a 0755 directory.
+pub(super) fn bind_socket(socket: &Path) -> Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // Bind under a restrictive umask so the socket is never briefly world-connectable.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(socket);
+    rustix::process::umask(old);
+    let listener = bound.with_context(|| format!("binding {}", socket.display()))?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Every file a deny rule names is held open (see `PolicyMaps::held`): the soft limit on
+/// descriptors goes up to the hard one (systemd's soft default is 1024).
+pub(super) fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current != l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            warn!(error = %e, "could not raise the open file limit");
+        }
+    }
+}
+
+/// Returns memory freed on this thread to the system (mimalloc keeps it otherwise, and
+/// the idle daemon's footprint would be its peak).
+pub(super) fn release_memory() {
+    // SAFETY: a plain call into the allocator, valid on any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
