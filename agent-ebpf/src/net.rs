@@ -112,6 +112,14 @@ pub fn sys_exit_sendmsg(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A raw, packet or ICMP socket refused in a `kill` session: the signal before the
+/// process returns from `socket(2)`.
+#[tracepoint(category = "syscalls", name = "sys_exit_socket")]
+pub fn sys_exit_socket(_ctx: TracePointContext) -> u32 {
+    kill_if_decided(bpf_get_current_pid_tgid());
+    0
+}
+
 #[tracepoint(category = "syscalls", name = "sys_exit_sendmmsg")]
 pub fn sys_exit_sendmmsg(_ctx: TracePointContext) -> u32 {
     kill_if_decided(bpf_get_current_pid_tgid());

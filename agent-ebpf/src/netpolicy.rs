@@ -3,16 +3,16 @@
 //! after a tracepoint read it), before the connect or send happens.
 
 use agent_common::{
-    event::{EventKind, NET_OP_CONNECT, NET_OP_SENDMSG, NetDecisionEvent},
+    event::{EventKind, NET_OP_CONNECT, NET_OP_SENDMSG, NET_OP_SOCKET, NetDecisionEvent},
     policy::{MAX_PROFILES, NET_RULES_MAX, NetKey, NetRule, ProfileConfig, RULE_DEFAULT},
     vocab::{Action, Layer, Mode, OnViolation},
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_get_current_pid_tgid,
-    macros::{cgroup_sock_addr, map},
+    macros::{cgroup_sock, cgroup_sock_addr, map},
     maps::{Array, LpmTrie, LruHashMap, lpm_trie::Key},
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
 };
 
 use crate::{
@@ -42,6 +42,11 @@ const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
+const AF_PACKET: u32 = 17;
+const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+const IPPROTO_ICMP: u32 = 1;
+const IPPROTO_ICMPV6: u32 = 58;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -149,5 +154,61 @@ fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
             addr,
         });
     }
+    if enforce { REJECT } else { ALLOW }
+}
+
+/// Sockets whose traffic no destination rule can judge: raw sockets of any family,
+/// packet sockets, and ICMP "ping" datagram sockets (the cgroup sendmsg hooks see UDP
+/// only). In a session whose profile denies the network by default, their creation is
+/// the decision: refused (`EPERM` from `socket(2)`), killed at the syscall's exit, or
+/// recorded, as the profile says.
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the context of a sock_create program; family, type and protocol are
+    // readable there.
+    let sk = unsafe { &*ctx.sock };
+    let (family, kind, protocol) = (sk.family, sk.type_, sk.protocol);
+    let ip = family == AF_INET as u32 || family == AF_INET6 as u32;
+    let unjudged = kind == SOCK_RAW
+        || family == AF_PACKET
+        || (ip && kind == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6));
+    if !unjudged {
+        return ALLOW;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(entry) = current_session((pid_tgid >> 32) as u32) else {
+        return ALLOW;
+    };
+    let Some(cfg) = PROFILES.get(entry.profile_id) else {
+        return ALLOW;
+    };
+    if cfg.loaded == 0 || cfg.net_default_deny == 0 {
+        return ALLOW;
+    }
+    let enforce = cfg.mode == Mode::Enforce as u8 && cfg.net_action != OnViolation::Alert as u8;
+    let kill = enforce && cfg.net_action == OnViolation::Kill as u8;
+    let action = match (enforce, kill) {
+        (true, true) => Action::Killed,
+        (true, false) => Action::Blocked,
+        (false, _) => Action::Alerted,
+    };
+    if kill {
+        // The signal follows at the syscall's exit; the socket is refused already.
+        let _ = NET_KILL.insert(pid_tgid, 1, 0);
+    }
+    send(&NetDecisionEvent {
+        header: header(EventKind::NetDecision, entry.session_id),
+        family: family as u16,
+        port: 0,
+        protocol: protocol as u16,
+        op: NET_OP_SOCKET,
+        denied: 1,
+        action: action as u8,
+        enforced_by: (if enforce { Layer::Cgroup } else { Layer::None }) as u8,
+        _pad: 0,
+        // Judged by the category default: no destination to match a rule against.
+        rule_id: RULE_DEFAULT,
+        addr: [0; 16],
+    });
     if enforce { REJECT } else { ALLOW }
 }

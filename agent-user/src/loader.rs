@@ -6,7 +6,7 @@ use agent_common::{config::KernelOffsets, maps};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, TracePoint},
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,8 @@ pub enum Hook {
     Lsm(&'static str),
     /// cgroup sock_addr program, attached to the cgroup v2 root.
     CgroupSockAddr,
+    /// cgroup sock program (socket creation), attached to the cgroup v2 root.
+    CgroupSock,
 }
 
 /// A kernel feature a program needs beyond what every supported kernel has.
@@ -134,6 +136,22 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     tp("sys_exit_sendto", true),
     tp("sys_exit_sendmsg", true),
     tp("sys_exit_sendmmsg", true),
+    // Raw, packet and ICMP sockets: refused at creation where the network default is
+    // deny (no destination rule can judge their traffic); a `kill` signals at the exit.
+    ProgramSpec {
+        name: "sock_create",
+        hook: Hook::CgroupSock,
+        needs: Some(Feature::CgroupSockAddr),
+        required: false,
+        fallback: "raw, packet and ICMP sockets of sessions are not refused",
+    },
+    ProgramSpec {
+        name: "sys_exit_socket",
+        hook: Hook::Tracepoint("syscalls", "sys_exit_socket"),
+        needs: None,
+        required: false,
+        fallback: "a `kill` of a raw, packet or ICMP socket refuses it without the signal",
+    },
     cgroup("connect4"),
     cgroup("connect6"),
     cgroup("sendmsg4"),
@@ -234,6 +252,12 @@ pub fn load(
             Hook::BtfTracepoint(f) => ("tp_btf", f.to_owned()),
             Hook::Tracepoint(c, n) => ("tracepoint", format!("{c}/{n}")),
             Hook::Lsm(h) => ("lsm", h.to_owned()),
+            Hook::CgroupSock => (
+                "cgroup_sock",
+                host.cgroup2_mount
+                    .as_ref()
+                    .map_or("cgroup v2 root".to_owned(), |m| m.display().to_string()),
+            ),
             Hook::CgroupSockAddr => (
                 "cgroup_sock_addr",
                 host.cgroup2_mount
@@ -282,6 +306,18 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf, host: &HostProbe) -> R
             let p: &mut TracePoint = prog.try_into()?;
             p.load().context("load")?;
             p.attach(cat, name).context("attach")?;
+        }
+        Hook::CgroupSock => {
+            let root = host
+                .cgroup2_mount
+                .as_ref()
+                .ok_or_else(|| anyhow!("no cgroup v2"))?;
+            let cgroup = std::fs::File::open(root)
+                .with_context(|| format!("opening cgroup root {}", root.display()))?;
+            let p: &mut CgroupSock = prog.try_into()?;
+            p.load().context("load")?;
+            p.attach(cgroup, CgroupAttachMode::Single)
+                .context("attach")?;
         }
         Hook::CgroupSockAddr => {
             let root = host

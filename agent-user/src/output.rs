@@ -79,6 +79,9 @@ pub fn detail(e: &Event) -> String {
 
 fn body(e: &Event) -> String {
     match &e.body {
+        Body::NetDecision(n) if n.op == "socket" => {
+            format!("{} {} socket", n.family, n.protocol)
+        }
         Body::NetDecision(n) => {
             let addr = if n.address.contains(':') {
                 format!("[{}]:{}", n.address, n.port)

@@ -248,6 +248,172 @@ fn network_kill_refuses_and_kills_before_return() {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// `net.ipv4.ping_group_range` opened to every group while it lives, then restored.
+struct PingGroups(String);
+
+impl PingGroups {
+    const PATH: &str = "/proc/sys/net/ipv4/ping_group_range";
+
+    fn open_to_all() -> Self {
+        let before = fs::read_to_string(Self::PATH).expect("ping_group_range");
+        fs::write(Self::PATH, "0 2147483647").expect("opening ping sockets");
+        Self(before)
+    }
+}
+
+impl Drop for PingGroups {
+    fn drop(&mut self) {
+        let _ = fs::write(Self::PATH, self.0.trim().replace('\t', " "));
+    }
+}
+
+/// Creates each socket no destination rule can judge and prints `label=ok` or
+/// `label=errno`; a created one sends nothing (creation is what is decided).
+const SOCKET_PROBE: &str = r#"
+import socket
+for label, fam, kind, proto in [
+    ("raw_icmp", socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+    ("raw_icmpv6", socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6),
+    ("raw_ip", socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW),
+    ("ping", socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP),
+    ("tcp", socket.AF_INET, socket.SOCK_STREAM, 0),
+]:
+    try:
+        socket.socket(fam, kind, proto).close()
+        print(label + "=ok", flush=True)
+    except OSError as e:
+        print(label + "=" + str(e.errno), flush=True)
+"#;
+
+/// Raw and ICMP sockets carry traffic no destination rule can judge: where the network
+/// default is deny they are refused at creation (`EPERM` from `socket(2)`, before a
+/// packet can leave), `kill` ends the process before `socket(2)` returns, and monitor
+/// mode records them. TCP sockets are judged later, by destination. Outside every
+/// session (the test itself, root) raw sockets are untouched. ICMP "ping" sockets are
+/// opened to every group for the test (`net.ipv4.ping_group_range`), as distributions
+/// do for unprivileged ping, so that only agentwarden refuses them.
+#[test]
+fn raw_and_icmp_sockets_are_refused_at_creation() {
+    let f = NetFixture::new();
+    f.profile("rawdeny", net_profile("rawdeny", "enforce", f.p_ok));
+    f.profile("rawmon", net_profile("rawmon", "monitor", f.p_ok));
+    f.profile(
+        "rawkill",
+        net_profile("rawkill", "enforce", f.p_ok)
+            .replace("on_violation: block", "on_violation: kill"),
+    );
+    let Some(d) = f.daemon() else { return };
+    let st: StatusReport = d.json(&["status", "--json"]);
+    let attached = |name: &str| {
+        st.programs
+            .iter()
+            .any(|p| p.name == name && p.state == "attached")
+    };
+    if !attached("sock_create") {
+        return skip("cgroup sock_create is not attached on this host");
+    }
+    assert!(attached("sys_exit_socket"), "{:?}", st.programs);
+    let _ping = PingGroups::open_to_all();
+    let cwd = std::env::temp_dir();
+    let refused = ["raw_icmp", "raw_icmpv6", "raw_ip", "ping"];
+    let run = |profile: &str| {
+        let out = d.run_profile(
+            profile,
+            profile,
+            &cwd,
+            &["/usr/bin/python3", "-c", SOCKET_PROBE],
+        );
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deny = run("rawdeny");
+    for label in refused {
+        assert!(
+            deny.contains(&format!("{label}=1\n")),
+            "{label} not refused with EPERM:\n{deny}"
+        );
+    }
+    assert!(deny.contains("tcp=ok"), "{deny}");
+    let mon = run("rawmon");
+    for label in refused.iter().chain(&["tcp"]) {
+        assert!(
+            mon.contains(&format!("{label}=ok")),
+            "monitor acts on nothing:\n{mon}"
+        );
+    }
+    // Outside every session the same sockets are created (root may).
+    let outside = Command::new("/usr/bin/python3")
+        .args(["-c", SOCKET_PROBE])
+        .output_within();
+    let outside = String::from_utf8_lossy(&outside.stdout).into_owned();
+    assert!(
+        outside.contains("raw_icmp=ok") && outside.contains("ping=ok"),
+        "{outside}"
+    );
+    // `kill`: the process dies before `socket(2)` returns; nothing after it runs.
+    let out = d.run_profile(
+        "rawkill",
+        "rawkill",
+        &cwd,
+        &["/usr/bin/python3", "-c", "import socket\nprint('before', flush=True)\ns = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\nprint('after', flush=True)\n"],
+    );
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "before\n");
+
+    // Each creation is an event naming the decision, the rule and the layer.
+    let decisions = |session: &str, want: usize| {
+        let sid = d.session(session).id;
+        let evs = d.wait_for(&sid, "socket decisions", |evs| {
+            evs.iter()
+                .filter(|e| e.net().is_some_and(|n| n.op == "socket"))
+                .count()
+                >= want
+        });
+        evs.into_iter()
+            .filter_map(|e| {
+                let n = e.net()?.clone();
+                (n.op == "socket").then(|| (n, e.decision.clone().expect("decision")))
+            })
+            .collect::<Vec<_>>()
+    };
+    let denied = decisions("rawdeny", refused.len());
+    assert_eq!(denied.len(), refused.len(), "{denied:?}");
+    for (n, dec) in &denied {
+        assert_eq!(
+            (dec.decision, dec.action, dec.enforced_by, dec.rule.as_str()),
+            (
+                Verdict::Deny,
+                Action::Blocked,
+                Layer::Cgroup,
+                "network.default"
+            ),
+            "{n:?}"
+        );
+        assert!(n.address.is_empty() && n.port == 0, "{n:?}");
+    }
+    let kinds: BTreeSet<(String, String)> = denied
+        .iter()
+        .map(|(n, _)| (n.family.clone(), n.protocol.clone()))
+        .collect();
+    for want in [("inet", "icmp"), ("inet6", "icmpv6"), ("inet", "raw")] {
+        assert!(
+            kinds.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "no {want:?} in {kinds:?}"
+        );
+    }
+    for (_, dec) in decisions("rawmon", refused.len()) {
+        assert_eq!(
+            (dec.action, dec.enforced_by),
+            (Action::Alerted, Layer::None)
+        );
+    }
+    let killed = decisions("rawkill", 1);
+    assert_eq!(
+        (killed[0].1.action, killed[0].1.enforced_by),
+        (Action::Killed, Layer::Cgroup)
+    );
+}
+
 /// A DNS responder on loopback for one name: A queries get the current address with a
 /// short TTL, everything else an empty answer. The daemon is pointed at it with
 /// `--dns-server`.

@@ -103,6 +103,10 @@ pub const VM_TESTS: &[(&str, &str)] = &[
         "cgroup sock_addr programs (connect4/6, sendmsg4/6) on each kernel",
     ),
     (
+        "network::raw_and_icmp_sockets_are_refused_at_creation",
+        "cgroup/sock_create on each kernel, and the signal at socket(2)'s exit",
+    ),
+    (
         "network::network_kill_refuses_and_kills_before_return",
         "cgroup refusal plus the signal at the syscall's exit",
     ),

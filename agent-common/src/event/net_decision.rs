@@ -2,6 +2,9 @@ use super::EventHeader;
 
 pub const NET_OP_CONNECT: u8 = 0;
 pub const NET_OP_SENDMSG: u8 = 1;
+/// The creation of a socket whose traffic no destination rule can judge (raw, packet,
+/// ICMP): decided by kind, before the socket exists (`cgroup/sock_create`).
+pub const NET_OP_SOCKET: u8 = 2;
 
 /// A network decision taken by a cgroup sock_addr program on the kernel's own copy of
 /// the destination address, before the operation.

@@ -172,6 +172,8 @@ fn add_body(out: &mut Value, e: &Event, host: Option<&str>) {
             out["file"] = file_obj(&o.path);
             out["status_code"] = json!(o.result.to_string());
         }
+        // A socket refused at creation has no destination.
+        Body::NetDecision(n) if n.address.is_empty() => {}
         Body::NetDecision(n) => {
             dst = Some((
                 n.address.clone(),

@@ -412,7 +412,16 @@ impl<'c> Reader<'c> {
         let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            let (seq, event) = event_from_row(r)?;
+            // A row this build cannot read back (an edited or foreign word) is named and
+            // passed over: the rest of the trail stays readable, and `audit verify`
+            // names the edit.
+            let (seq, event) = match event_from_row(r) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("audit: record skipped: {e:#}");
+                    continue;
+                }
+            };
             let repeats = r.get::<_, i64>("repeats")? as u64;
             let last_time = r.get::<_, Option<i64>>("last_time_ns")?.map(time_text);
             if let Some(net) = &f.dest {

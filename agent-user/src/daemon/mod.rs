@@ -183,7 +183,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     startup.mark("profiles compiled into maps");
     // Loading parsed the kernel's BTF and the object: give that memory back now.
     release_memory();
-    // Bound last: a client that can connect finds a daemon ready to answer.
+    // The metrics endpoint, then the control socket last: a client that can connect
+    // finds a daemon ready to answer, and READY is never said by one about to fail.
+    let metrics_listener = match cfg.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let listener = bind_socket(&cfg.socket)?;
     startup.mark("socket");
     ready(&shared, startup);
@@ -193,13 +198,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         tokio::spawn(sweep(shared.clone())),
         tokio::spawn(serve(shared.clone(), listener)),
     ];
-    let metrics = match cfg.metrics {
-        Some(addr) => Some(tokio::spawn(metrics::serve(
-            shared.clone(),
-            metrics::bind(addr).await?,
-        ))),
-        None => None,
-    };
+    let metrics = metrics_listener.map(|l| tokio::spawn(metrics::serve(shared.clone(), l)));
     let stopped = until_signal(&shared, tokio::spawn(read_ring(shared.clone(), ring_fd))).await;
     for t in tasks.iter().chain(&metrics) {
         t.abort();

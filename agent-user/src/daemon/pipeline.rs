@@ -135,6 +135,9 @@ impl Core {
                 .collect();
         totals.push(("audit_dropped", self.sinks.audit.stats().snapshot().dropped));
         totals.push(("stdout_dropped", self.sinks.log.stdout_dropped()));
+        // A record refused at decoding (short, unknown kind or decision number) is an
+        // action missing from the trail: raised like the kernel's losses.
+        totals.push(("decode_errors", self.counters.decode_errors));
         for (name, total) in totals {
             let seen = self.reported_losses.entry(name).or_insert(0);
             if total > *seen {

@@ -132,7 +132,9 @@ pub(super) fn reload_profiles(shared: &Shared) {
     };
     // The files are read and parsed without the lock (the reader keeps draining); the
     // set starts from what is installed, so a file that turned bad keeps its last good
-    // version, and nothing changes when compiling into the kernel fails.
+    // version. When compiling into the kernel fails, the userspace set stays the old one;
+    // maps written before the failure keep their new entries (the install is not
+    // transactional).
     let mut set = shared.core().profiles.clone();
     report_profile_diagnostics(&set.load_dir(dir));
     if let Err(e) = shared.core().install_profiles(&set) {

@@ -2,7 +2,7 @@
 //! scale with the machine, event helpers, and the path-rule fixture.
 
 pub(crate) use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::Read,
     net::TcpListener,
