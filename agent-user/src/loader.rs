@@ -307,30 +307,18 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf, host: &HostProbe) -> R
             p.load().context("load")?;
             p.attach(cat, name).context("attach")?;
         }
+        // A bpf_link (what aya creates for cgroup programs) coexists with other links on
+        // the same cgroup, so several daemons (tests, upgrades) can attach side by side.
         Hook::CgroupSock => {
-            let root = host
-                .cgroup2_mount
-                .as_ref()
-                .ok_or_else(|| anyhow!("no cgroup v2"))?;
-            let cgroup = std::fs::File::open(root)
-                .with_context(|| format!("opening cgroup root {}", root.display()))?;
             let p: &mut CgroupSock = prog.try_into()?;
             p.load().context("load")?;
-            p.attach(cgroup, CgroupAttachMode::Single)
+            p.attach(cgroup_root(host)?, CgroupAttachMode::Single)
                 .context("attach")?;
         }
         Hook::CgroupSockAddr => {
-            let root = host
-                .cgroup2_mount
-                .as_ref()
-                .ok_or_else(|| anyhow!("no cgroup v2"))?;
-            let cgroup = std::fs::File::open(root)
-                .with_context(|| format!("opening cgroup root {}", root.display()))?;
             let p: &mut CgroupSockAddr = prog.try_into()?;
             p.load().context("load")?;
-            // A bpf_link (what aya creates here) coexists with other links on the same
-            // cgroup, so several daemons (tests, upgrades) can attach side by side.
-            p.attach(cgroup, CgroupAttachMode::Single)
+            p.attach(cgroup_root(host)?, CgroupAttachMode::Single)
                 .context("attach")?;
         }
         Hook::Lsm(hook) => {
@@ -340,6 +328,15 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf, host: &HostProbe) -> R
         }
     }
     Ok(())
+}
+
+/// The cgroup v2 root, where the cgroup programs attach (they see every process).
+fn cgroup_root(host: &HostProbe) -> Result<std::fs::File> {
+    let root = host
+        .cgroup2_mount
+        .as_ref()
+        .ok_or_else(|| anyhow!("no cgroup v2"))?;
+    std::fs::File::open(root).with_context(|| format!("opening cgroup root {}", root.display()))
 }
 
 impl Loaded {

@@ -202,12 +202,7 @@ fn network_kill_refuses_and_kills_before_return() {
             .replace("on_violation: block", "on_violation: kill"),
     );
     let Some(d) = f.daemon() else { return };
-    let st: StatusReport = d.json(&["status", "--json"]);
-    if !st
-        .programs
-        .iter()
-        .any(|p| p.name == "connect4" && p.state == "attached")
-    {
+    if !d.attached("connect4") {
         return skip("the cgroup layer is not attached on this host");
     }
     let cwd = std::env::temp_dir();
@@ -303,16 +298,10 @@ fn raw_and_icmp_sockets_are_refused_at_creation() {
             .replace("on_violation: block", "on_violation: kill"),
     );
     let Some(d) = f.daemon() else { return };
-    let st: StatusReport = d.json(&["status", "--json"]);
-    let attached = |name: &str| {
-        st.programs
-            .iter()
-            .any(|p| p.name == name && p.state == "attached")
-    };
-    if !attached("sock_create") {
+    if !d.attached("sock_create") {
         return skip("cgroup sock_create is not attached on this host");
     }
-    assert!(attached("sys_exit_socket"), "{:?}", st.programs);
+    assert!(d.attached("sys_exit_socket"));
     let _ping = PingGroups::open_to_all();
     let cwd = std::env::temp_dir();
     let refused = ["raw_icmp", "raw_icmpv6", "raw_ip", "ping"];
@@ -498,12 +487,7 @@ fn host_name_rules_follow_the_answer_when_its_ttl_expires() {
     let Some(d) = Daemon::start_with(&["--rules-dir", &rd, "--dns-server", &server]) else {
         return;
     };
-    let st: StatusReport = d.json(&["status", "--json"]);
-    if !st
-        .programs
-        .iter()
-        .any(|p| p.name == "connect4" && p.state == "attached")
-    {
+    if !d.attached("connect4") {
         return skip("the cgroup layer is not attached on this host");
     }
     let probe = format!(

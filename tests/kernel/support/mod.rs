@@ -160,6 +160,14 @@ impl Daemon {
         d
     }
 
+    /// Whether `status` lists the program `name` as attached.
+    pub(crate) fn attached(&self, name: &str) -> bool {
+        let st: StatusReport = self.json(&["status", "--json"]);
+        st.programs
+            .iter()
+            .any(|p| p.name == name && p.state == "attached")
+    }
+
     /// The audit database in the state directory.
     pub(crate) fn db(&self) -> PathBuf {
         self.dir.path().join("state/audit.db")
