@@ -21,81 +21,59 @@ pub fn read_btf(btf_path: &Path) -> Result<Vec<u8>> {
     std::fs::read(btf_path).with_context(|| format!("reading kernel BTF {}", btf_path.display()))
 }
 
-/// Every `(struct, member)` the programs read.
-const FIELDS: &[(&str, &str)] = &[
-    ("task_struct", "pid"),
-    ("task_struct", "tgid"),
-    ("task_struct", "real_parent"),
-    ("task_struct", "files"),
-    ("task_struct", "fs"),
-    ("task_struct", "mm"),
-    ("task_struct", "signal"),
-    ("task_struct", "exit_code"),
-    ("signal_struct", "live"),
-    ("files_struct", "fdt"),
-    ("fdtable", "max_fds"),
-    ("fdtable", "fd"),
-    ("file", "f_path"),
-    ("path", "mnt"),
-    ("path", "dentry"),
-    ("dentry", "d_parent"),
-    ("dentry", "d_name"),
-    ("qstr", "len"),
-    ("qstr", "name"),
-    ("vfsmount", "mnt_root"),
-    ("mount", "mnt"),
-    ("mount", "mnt_parent"),
-    ("mount", "mnt_mountpoint"),
-    ("fs_struct", "pwd"),
-    ("mm_struct", "arg_start"),
-    ("mm_struct", "arg_end"),
-    ("linux_binprm", "file"),
-    ("file", "f_inode"),
-    ("file", "f_flags"),
-    ("inode", "i_ino"),
-    ("inode", "i_sb"),
-    ("super_block", "s_dev"),
-];
+/// The offsets the programs read, each field of [`KernelOffsets`] with its
+/// `struct.member`, written once: the macro makes both the list of fields (what is
+/// looked up, and what the unit test checks against btf-rs) and [`resolve`].
+macro_rules! kernel_offsets {
+    ($($field:ident: $s:ident . $m:ident),+ $(,)?) => {
+        /// Every `(struct, member)` the programs read.
+        const FIELDS: &[(&str, &str)] = &[$((stringify!($s), stringify!($m))),+];
 
-/// Resolves every offset the programs need; fails naming the first missing field.
-pub fn resolve(btf_bytes: &[u8]) -> Result<KernelOffsets> {
-    let btf = RawBtf::parse(btf_bytes, FIELDS.iter().map(|(s, _)| *s))?;
-    let f = |s: &str, m: &str| btf.offset_of(s, m);
-    Ok(KernelOffsets {
-        task_pid: f("task_struct", "pid")?,
-        task_tgid: f("task_struct", "tgid")?,
-        task_real_parent: f("task_struct", "real_parent")?,
-        task_files: f("task_struct", "files")?,
-        task_fs: f("task_struct", "fs")?,
-        task_mm: f("task_struct", "mm")?,
-        task_signal: f("task_struct", "signal")?,
-        task_exit_code: f("task_struct", "exit_code")?,
-        signal_live: f("signal_struct", "live")?,
-        files_fdt: f("files_struct", "fdt")?,
-        fdtable_max_fds: f("fdtable", "max_fds")?,
-        fdtable_fd: f("fdtable", "fd")?,
-        file_f_path: f("file", "f_path")?,
-        path_mnt: f("path", "mnt")?,
-        path_dentry: f("path", "dentry")?,
-        dentry_d_parent: f("dentry", "d_parent")?,
-        dentry_d_name: f("dentry", "d_name")?,
-        qstr_len: f("qstr", "len")?,
-        qstr_name: f("qstr", "name")?,
-        vfsmount_mnt_root: f("vfsmount", "mnt_root")?,
-        mount_mnt: f("mount", "mnt")?,
-        mount_mnt_parent: f("mount", "mnt_parent")?,
-        mount_mnt_mountpoint: f("mount", "mnt_mountpoint")?,
-        fs_pwd: f("fs_struct", "pwd")?,
-        mm_arg_start: f("mm_struct", "arg_start")?,
-        mm_arg_end: f("mm_struct", "arg_end")?,
-        bprm_file: f("linux_binprm", "file")?,
-        file_f_inode: f("file", "f_inode")?,
-        file_f_flags: f("file", "f_flags")?,
-        inode_i_ino: f("inode", "i_ino")?,
-        inode_i_sb: f("inode", "i_sb")?,
-        super_block_s_dev: f("super_block", "s_dev")?,
-        valid: 1,
-    })
+        /// Resolves every offset the programs need; fails naming the first missing
+        /// field.
+        pub fn resolve(btf_bytes: &[u8]) -> Result<KernelOffsets> {
+            let btf = RawBtf::parse(btf_bytes, FIELDS.iter().map(|(s, _)| *s))?;
+            Ok(KernelOffsets {
+                $($field: btf.offset_of(stringify!($s), stringify!($m))?,)+
+                valid: 1,
+            })
+        }
+    };
+}
+
+kernel_offsets! {
+    task_pid: task_struct.pid,
+    task_tgid: task_struct.tgid,
+    task_real_parent: task_struct.real_parent,
+    task_files: task_struct.files,
+    task_fs: task_struct.fs,
+    task_mm: task_struct.mm,
+    task_signal: task_struct.signal,
+    task_exit_code: task_struct.exit_code,
+    signal_live: signal_struct.live,
+    files_fdt: files_struct.fdt,
+    fdtable_max_fds: fdtable.max_fds,
+    fdtable_fd: fdtable.fd,
+    file_f_path: file.f_path,
+    path_mnt: path.mnt,
+    path_dentry: path.dentry,
+    dentry_d_parent: dentry.d_parent,
+    dentry_d_name: dentry.d_name,
+    qstr_len: qstr.len,
+    qstr_name: qstr.name,
+    vfsmount_mnt_root: vfsmount.mnt_root,
+    mount_mnt: mount.mnt,
+    mount_mnt_parent: mount.mnt_parent,
+    mount_mnt_mountpoint: mount.mnt_mountpoint,
+    fs_pwd: fs_struct.pwd,
+    mm_arg_start: mm_struct.arg_start,
+    mm_arg_end: mm_struct.arg_end,
+    bprm_file: linux_binprm.file,
+    file_f_inode: file.f_inode,
+    file_f_flags: file.f_flags,
+    inode_i_ino: inode.i_ino,
+    inode_i_sb: inode.i_sb,
+    super_block_s_dev: super_block.s_dev,
 }
 
 // BTF kinds (include/uapi/linux/btf.h).
