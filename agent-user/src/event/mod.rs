@@ -5,7 +5,10 @@
 //! record; this module holds the event itself ([`Event`], [`Body`]), its JSON shape and
 //! the decision.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    borrow::Cow,
+    time::{Duration, SystemTime},
+};
 
 use agent_common::{
     event::{COMM_LEN, EventKind, KernelVerdict},
@@ -160,7 +163,7 @@ impl Body {
 /// On the wire the body is the `kind` field plus one object named after its payload
 /// (`"kind":"exec",…,"exec":{…}`), as it always was: see [`Wire`].
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "Wire")]
+#[serde(try_from = "Wire<'static>")]
 pub struct Event {
     /// Daemon-wide sequence number (restarts at 1 with the daemon).
     pub seq: u64,
@@ -174,72 +177,45 @@ pub struct Event {
     pub decision: Option<DecisionInfo>,
 }
 
-/// The JSON shape of an [`Event`] as read: the kind, then at most one payload object
-/// keyed by its name.
-#[derive(Deserialize)]
-struct Wire {
+/// The JSON shape of an [`Event`], both ways: the kind, then at most one payload object
+/// keyed by its name. Written borrowing the event (serializing is on the daemon's hot
+/// path: no copy), read owning. Field order is the order of the lines written since the
+/// first release (the golden tests hold it).
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
     seq: u64,
-    time: String,
+    time: Cow<'a, str>,
     kind: EventKind,
-    session: SessionRef,
-    #[serde(default)]
-    process: Option<ProcessInfo>,
-    #[serde(default)]
-    exec: Option<ExecInfo>,
-    #[serde(default)]
-    open: Option<OpenInfo>,
-    #[serde(default)]
-    connect: Option<ConnectInfo>,
+    session: Cow<'a, SessionRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    process: Option<Cow<'a, ProcessInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exec: Option<Cow<'a, ExecInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    open: Option<Cow<'a, OpenInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connect: Option<Cow<'a, ConnectInfo>>,
     /// The child of a `fork` or of a `session_map_full`.
-    #[serde(default)]
-    fork: Option<ForkInfo>,
-    #[serde(default)]
-    exit: Option<ExitInfo>,
-    #[serde(default)]
-    loss: Option<LossInfo>,
-    #[serde(default)]
-    net: Option<NetInfo>,
-    #[serde(default)]
-    decision: Option<DecisionInfo>,
-}
-
-/// The JSON shape as written, borrowing the event (serializing is on the daemon's hot
-/// path: no copy). Field order is the order of the lines written since the first
-/// release (the golden tests hold it).
-#[derive(Serialize)]
-struct WireRef<'a> {
-    seq: u64,
-    time: &'a str,
-    kind: EventKind,
-    session: &'a SessionRef,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    process: Option<&'a ProcessInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    exec: Option<&'a ExecInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    open: Option<&'a OpenInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    connect: Option<&'a ConnectInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fork: Option<&'a ForkInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    exit: Option<&'a ExitInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    loss: Option<&'a LossInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    net: Option<&'a NetInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    decision: Option<&'a DecisionInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fork: Option<Cow<'a, ForkInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exit: Option<Cow<'a, ExitInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loss: Option<Cow<'a, LossInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    net: Option<Cow<'a, NetInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    decision: Option<Cow<'a, DecisionInfo>>,
 }
 
 impl Serialize for Event {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut w = WireRef {
+        let mut w = Wire {
             seq: self.seq,
-            time: &self.time,
+            time: Cow::Borrowed(&self.time),
             kind: self.kind(),
-            session: &self.session,
-            process: self.process.as_ref(),
+            session: Cow::Borrowed(&self.session),
+            process: self.process.as_ref().map(Cow::Borrowed),
             exec: None,
             open: None,
             connect: None,
@@ -247,50 +223,56 @@ impl Serialize for Event {
             exit: None,
             loss: None,
             net: None,
-            decision: self.decision.as_ref(),
+            decision: self.decision.as_ref().map(Cow::Borrowed),
         };
         match &self.body {
-            Body::Exec(x) => w.exec = Some(x),
-            Body::Open(x) => w.open = Some(x),
-            Body::Connect(x) => w.connect = Some(x),
-            Body::Fork(x) | Body::SessionMapFull(x) => w.fork = Some(x),
-            Body::Exit(x) => w.exit = Some(x),
-            Body::NetDecision(x) => w.net = Some(x),
-            Body::Loss(x) => w.loss = Some(x),
+            Body::Exec(x) => w.exec = Some(Cow::Borrowed(x)),
+            Body::Open(x) => w.open = Some(Cow::Borrowed(x)),
+            Body::Connect(x) => w.connect = Some(Cow::Borrowed(x)),
+            Body::Fork(x) | Body::SessionMapFull(x) => w.fork = Some(Cow::Borrowed(x)),
+            Body::Exit(x) => w.exit = Some(Cow::Borrowed(x)),
+            Body::NetDecision(x) => w.net = Some(Cow::Borrowed(x)),
+            Body::Loss(x) => w.loss = Some(Cow::Borrowed(x)),
             Body::SessionStart | Body::SessionEnd => {}
         }
         w.serialize(s)
     }
 }
 
-impl TryFrom<Wire> for Event {
+impl TryFrom<Wire<'static>> for Event {
     type Error = String;
 
-    fn try_from(w: Wire) -> Result<Self, String> {
+    fn try_from(w: Wire<'static>) -> Result<Self, String> {
         let kind = w.kind;
-        let missing = |field: &str| format!("a `{kind}` event without its `{field}` object");
+        // What was read is owned: `into_owned` moves it out, it does not copy.
+        fn take<T: Clone>(
+            v: Option<Cow<'static, T>>,
+            kind: EventKind,
+            field: &str,
+        ) -> Result<T, String> {
+            v.map(Cow::into_owned)
+                .ok_or_else(|| format!("a `{kind}` event without its `{field}` object"))
+        }
         let body = match kind {
-            EventKind::Exec => Body::Exec(w.exec.ok_or_else(|| missing("exec"))?),
-            EventKind::Open => Body::Open(w.open.ok_or_else(|| missing("open"))?),
-            EventKind::Connect => Body::Connect(w.connect.ok_or_else(|| missing("connect"))?),
-            EventKind::Fork => Body::Fork(w.fork.ok_or_else(|| missing("fork"))?),
-            EventKind::SessionMapFull => {
-                Body::SessionMapFull(w.fork.ok_or_else(|| missing("fork"))?)
-            }
-            EventKind::Exit => Body::Exit(w.exit.ok_or_else(|| missing("exit"))?),
-            EventKind::NetDecision => Body::NetDecision(w.net.ok_or_else(|| missing("net"))?),
-            EventKind::Loss => Body::Loss(w.loss.ok_or_else(|| missing("loss"))?),
+            EventKind::Exec => Body::Exec(take(w.exec, kind, "exec")?),
+            EventKind::Open => Body::Open(take(w.open, kind, "open")?),
+            EventKind::Connect => Body::Connect(take(w.connect, kind, "connect")?),
+            EventKind::Fork => Body::Fork(take(w.fork, kind, "fork")?),
+            EventKind::SessionMapFull => Body::SessionMapFull(take(w.fork, kind, "fork")?),
+            EventKind::Exit => Body::Exit(take(w.exit, kind, "exit")?),
+            EventKind::NetDecision => Body::NetDecision(take(w.net, kind, "net")?),
+            EventKind::Loss => Body::Loss(take(w.loss, kind, "loss")?),
             EventKind::SessionStart => Body::SessionStart,
             EventKind::SessionEnd => Body::SessionEnd,
         };
         Ok(Event {
             seq: w.seq,
-            time: w.time,
+            time: w.time.into_owned(),
             time_ns: 0,
-            session: w.session,
-            process: w.process,
+            session: w.session.into_owned(),
+            process: w.process.map(Cow::into_owned),
             body,
-            decision: w.decision,
+            decision: w.decision.map(Cow::into_owned),
         })
     }
 }
