@@ -211,6 +211,21 @@ pub struct Verdict {
     pub secs: f64,
 }
 
+impl Verdict {
+    /// A kernel's verdict before anything was seen: failed, nothing counted.
+    fn pending(label: &'static str) -> Self {
+        Self {
+            label,
+            passed: 0,
+            failed: 0,
+            ok: false,
+            why: String::new(),
+            time_scale: None,
+            secs: 0.0,
+        }
+    }
+}
+
 /// What the guests run: the kernel test binary (built on the host), the release daemon
 /// and `awload`, and the host's calibration figures.
 struct GuestRun {
@@ -305,13 +320,8 @@ pub fn run(only: Option<&str>, filter: Option<&str>) -> Result<Vec<Verdict>> {
                 scope.spawn(move || {
                     let started = Instant::now();
                     let mut v = boot_and_test(k, image, guest, &log).unwrap_or_else(|e| Verdict {
-                        label: k.label,
-                        passed: 0,
-                        failed: 0,
-                        ok: false,
                         why: format!("{e:#}"),
-                        time_scale: None,
-                        secs: 0.0,
+                        ..Verdict::pending(k.label)
                     });
                     v.secs = started.elapsed().as_secs_f64();
                     v
@@ -464,15 +474,7 @@ fn boot_and_test(
     drop(tx);
     let mut file = fs::File::create(log)?;
     let deadline = Instant::now() + PER_KERNEL_TIMEOUT;
-    let mut v = Verdict {
-        label: k.label,
-        passed: 0,
-        failed: 0,
-        ok: false,
-        why: String::new(),
-        time_scale: None,
-        secs: 0.0,
-    };
+    let mut v = Verdict::pending(k.label);
     let (mut exit, mut kernel_failure) = (None, None);
     let mut proven = vec![false; LSM_PROOFS.len()];
     loop {
