@@ -159,13 +159,7 @@ fn a_renamed_denied_program_stays_denied_after_the_rules_are_bound_again() {
             .success()
     );
     fs::rename(dir.join("bin/tool"), dir.join("bin/renamed")).unwrap();
-    let pid = rustix::process::Pid::from_child(d.child.as_ref().unwrap());
-    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
-    let start = Instant::now();
-    while !d.log().contains("SIGHUP: profiles reloaded") {
-        assert!(start.elapsed() < patience(), "no reload:\n{}", d.log());
-        thread::sleep(Duration::from_millis(50));
-    }
+    d.reload();
     let out = d.run_profile("rebind", "rb", dir, &["bin/renamed", "-c", "ok.txt"]);
     assert_eq!(out.status.signal(), Some(9), "{out:?}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("f   i   n   e"));

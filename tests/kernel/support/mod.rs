@@ -160,6 +160,19 @@ impl Daemon {
         d
     }
 
+    /// SIGHUP, then waits until the daemon logs one more completed reload.
+    pub(crate) fn reload(&self) {
+        let done = "SIGHUP: profiles reloaded";
+        let before = self.log().matches(done).count();
+        let pid = rustix::process::Pid::from_child(self.child.as_ref().expect("running"));
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+        let start = Instant::now();
+        while self.log().matches(done).count() == before {
+            assert!(start.elapsed() < patience(), "no reload:\n{}", self.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether `status` lists the program `name` as attached.
     pub(crate) fn attached(&self, name: &str) -> bool {
         let st: StatusReport = self.json(&["status", "--json"]);
