@@ -112,7 +112,7 @@ pub fn sys_exit_sendmsg(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A raw, packet or ICMP socket refused in a `kill` session: the signal before the
+/// A raw or ICMP socket refused in a `kill` session: the signal before the
 /// process returns from `socket(2)`.
 #[tracepoint(category = "syscalls", name = "sys_exit_socket")]
 pub fn sys_exit_socket(_ctx: TracePointContext) -> u32 {

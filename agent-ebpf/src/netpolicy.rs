@@ -42,7 +42,6 @@ const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-const AF_PACKET: u32 = 17;
 const SOCK_DGRAM: u32 = 2;
 const SOCK_RAW: u32 = 3;
 const IPPROTO_ICMP: u32 = 1;
@@ -157,21 +156,19 @@ fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
     if enforce { REJECT } else { ALLOW }
 }
 
-/// Sockets whose traffic no destination rule can judge: raw sockets of any family,
-/// packet sockets, and ICMP "ping" datagram sockets (the cgroup sendmsg hooks see UDP
-/// only). In a session whose profile denies the network by default, their creation is
-/// the decision: refused (`EPERM` from `socket(2)`), killed at the syscall's exit, or
-/// recorded, as the profile says.
+/// Sockets whose traffic no destination rule can judge: raw sockets and ICMP "ping"
+/// datagram sockets (the cgroup sendmsg hooks see UDP only). The kernel runs this hook
+/// for inet sockets only: packet sockets never reach it. In a session whose profile
+/// denies the network by default, their creation is the decision: refused (`EPERM`
+/// from `socket(2)`), killed at the syscall's exit, or recorded, as the profile says.
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     // SAFETY: the context of a sock_create program; family, type and protocol are
     // readable there.
     let sk = unsafe { &*ctx.sock };
     let (family, kind, protocol) = (sk.family, sk.type_, sk.protocol);
-    let ip = family == AF_INET as u32 || family == AF_INET6 as u32;
     let unjudged = kind == SOCK_RAW
-        || family == AF_PACKET
-        || (ip && kind == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6));
+        || (kind == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6));
     if !unjudged {
         return ALLOW;
     }

@@ -136,21 +136,21 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     tp("sys_exit_sendto", true),
     tp("sys_exit_sendmsg", true),
     tp("sys_exit_sendmmsg", true),
-    // Raw, packet and ICMP sockets: refused at creation where the network default is
+    // Raw and ICMP sockets: refused at creation where the network default is
     // deny (no destination rule can judge their traffic); a `kill` signals at the exit.
     ProgramSpec {
         name: "sock_create",
         hook: Hook::CgroupSock,
         needs: Some(Feature::CgroupSockAddr),
         required: false,
-        fallback: "raw, packet and ICMP sockets of sessions are not refused",
+        fallback: "raw and ICMP sockets of sessions are not refused",
     },
     ProgramSpec {
         name: "sys_exit_socket",
         hook: Hook::Tracepoint("syscalls", "sys_exit_socket"),
         needs: None,
         required: false,
-        fallback: "a `kill` of a raw, packet or ICMP socket refuses it without the signal",
+        fallback: "a `kill` of a raw or ICMP socket refuses it without the signal",
     },
     cgroup("connect4"),
     cgroup("connect6"),
