@@ -136,6 +136,9 @@ vocabulary! {
         Lsm = 3 => "lsm",
         /// The Landlock domain `agentwarden run` applied before it executed the agent.
         Landlock = 4 => "landlock",
+        /// The daemon's fanotify permission marks on the denied files, programs and
+        /// directories refused the open, read or exec (`EPERM`) where BPF-LSM is absent.
+        Fanotify = 5 => "fanotify",
     }
 }
 

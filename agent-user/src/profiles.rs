@@ -92,13 +92,16 @@ fn path_categories(p: &Profile) -> [Category<'_>; 2] {
     ]
 }
 
-/// Programs that must be attached for the profile's `block` and `kill` decisions to be
-/// carried out on this host (principle: never downgrade silently). A `block` of execs or
-/// opens needs BPF-LSM unless the profile names `fallback: kill`.
-pub fn required_programs(p: &Profile) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if let (_, Some(program)) = session_flags(p) {
-        out.push(program);
+/// Programs (or the `fanotify` refusal layer) that must be attached for the profile's
+/// `block` and `kill` decisions to be carried out on this host (principle: never
+/// downgrade silently); each entry lists alternatives, one of which must be attached. A
+/// `block` of execs or opens needs BPF-LSM, or the refusal layer when every deny rule
+/// names a file or a tree (a name pattern has nothing to mark), unless the profile names
+/// `fallback: kill`.
+pub fn required_programs(p: &Profile) -> Vec<&'static [&'static str]> {
+    let mut out: Vec<&'static [&'static str]> = Vec::new();
+    if let (_, Some(_)) = session_flags(p) {
+        out.push(&["bprm_check_security"]);
     }
     let f = &p.file;
     if f.mode != policy::Mode::Enforce {
@@ -110,16 +113,37 @@ pub fn required_programs(p: &Profile) -> Vec<&'static str> {
             .iter()
             .any(|l| l.value.kernel_form() != KernelForm::UserspaceOnly);
         if in_kernel && c.on_violation == policy::OnViolation::Block && c.fallback.is_none() {
-            out.push(lsm_program(c.name));
+            let markable = !has_name_rules(c.deny);
+            out.push(match (c.name, markable) {
+                ("exec", true) => &["bprm_check_security", REFUSAL],
+                ("exec", false) => &["bprm_check_security"],
+                (_, true) => &["file_open", REFUSAL],
+                (_, false) => &["file_open"],
+            });
         }
     }
     let net = &f.network;
     if net.on_violation != policy::OnViolation::Alert
         && (net.default == policy::Default::Deny || !p.net_deny.is_empty())
     {
-        out.extend(["connect4", "connect6", "sendmsg4", "sendmsg6"]);
+        out.extend([
+            &["connect4"][..],
+            &["connect6"][..],
+            &["sendmsg4"][..],
+            &["sendmsg6"][..],
+        ]);
     }
     out
+}
+
+/// The refusal layer's name in the program table.
+pub const REFUSAL: &str = "fanotify";
+
+/// Whether any deny rule is a name pattern (`**/.env`): refused only by BPF-LSM, which
+/// sees every open; the refusal layer marks named objects only.
+fn has_name_rules(deny: &[policy::Located<policy::pattern::Pattern>]) -> bool {
+    deny.iter()
+        .any(|l| l.value.kernel_form() == KernelForm::Basename)
 }
 
 /// What the profile asks for that this host carries out differently than written: a
@@ -148,11 +172,20 @@ pub fn enforcement_gaps(
             && c.fallback == Some(policy::Fallback::Kill)
             && !attached(lsm_program(cat))
         {
-            gaps.push(format!(
-                "{cat} `block` is carried out as its `fallback: kill` on this host: the \
-                 BPF-LSM {} hook is not attached",
-                lsm_program(cat)
-            ));
+            if !attached(REFUSAL) {
+                gaps.push(format!(
+                    "{cat} `block` is carried out as its `fallback: kill` on this host: \
+                     neither the BPF-LSM {} hook nor the fanotify refusal layer is attached",
+                    lsm_program(cat)
+                ));
+            } else if has_name_rules(deny) {
+                gaps.push(format!(
+                    "{cat} deny rules naming a file or a tree are refused (fanotify); name \
+                     patterns (`**/name`) are carried out as the `fallback: kill` on this \
+                     host: the BPF-LSM {} hook is not attached",
+                    lsm_program(cat)
+                ));
+            }
         }
         let wildcard = deny
             .iter()

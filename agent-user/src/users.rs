@@ -36,6 +36,24 @@ pub fn account(name: &str) -> Option<Account> {
         })
 }
 
+/// Accounts whose files deny rules are bound for from the daemon's start, before any
+/// of their sessions: root and login users (uid 1000 to 59999) whose home exists, up to
+/// `limit`, as `(uid, home)`.
+pub fn local_accounts(limit: usize) -> Vec<(u32, String)> {
+    let mut all: Vec<(u32, String)> =
+        parse_passwd(&fs::read_to_string("/etc/passwd").unwrap_or_default())
+            .into_iter()
+            .filter(|(uid, e)| {
+                (*uid == 0 || (1000..60_000).contains(uid))
+                    && std::path::Path::new(&e.home).is_dir()
+            })
+            .map(|(uid, e)| (uid, e.home))
+            .collect();
+    all.sort();
+    all.truncate(limit);
+    all
+}
+
 impl Users {
     fn entry(&mut self, uid: u32) -> Option<&Entry> {
         if !self.entries.contains_key(&uid) {

@@ -109,7 +109,7 @@ struct ModelServer {
 }
 
 impl ModelServer {
-    fn start(dir: &Path, commands: &[String]) -> Self {
+    fn start(dir: &Path, commands: &[serde_json::Value]) -> Self {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/scripted_model.py");
         let (log, port_file) = (dir.join("model.jsonl"), dir.join("model.port"));
@@ -184,6 +184,8 @@ struct Run {
     tool_results: Vec<(bool, String)>,
     user: String,
     owner_user: Option<String>,
+    /// The agent's own process (`run` executes it in place).
+    root_pid: u32,
     events: Vec<Event>,
     key: String,
     foreign: String,
@@ -255,14 +257,20 @@ fn run_claude_code(claude: &Path) -> Run {
     user.chown(&project);
     let foreign = ForeignHost::start(tag);
     let commands = vec![
-        "echo hello-from-claude > notes.txt && cat notes.txt".to_owned(),
-        "cat ~/.ssh/id_rsa".to_owned(),
-        format!(
+        serde_json::json!("echo hello-from-claude > notes.txt && cat notes.txt"),
+        serde_json::json!("cat ~/.ssh/id_rsa"),
+        serde_json::json!(format!(
             "python3 -c \"import socket; socket.create_connection(('{}', 8080), timeout=5); \
              print('connected')\"",
             foreign.addr
-        ),
-        "ls".to_owned(),
+        )),
+        // Claude Code itself opens the key (its Read tool runs in the agent's process):
+        // refused, and the agent goes on with the next step.
+        serde_json::json!({
+            "tool": "Read",
+            "input": { "file_path": home.join(".ssh/id_rsa").to_string_lossy() },
+        }),
+        serde_json::json!("ls"),
     ];
     let model = ModelServer::start(&root, &commands);
     let out = d
@@ -288,7 +296,13 @@ fn run_claude_code(claude: &Path) -> Run {
         ])
         .args(["--user", &user.name, "--"])
         .arg(claude)
-        .args(["-p", "run the scripted commands", "--allowedTools", "Bash"])
+        .args([
+            "-p",
+            "run the scripted commands",
+            "--allowedTools",
+            "Bash",
+            "Read",
+        ])
         .args(["--output-format", "json", "--no-session-persistence"])
         .current_dir(&project)
         .stdin(Stdio::null())
@@ -326,6 +340,7 @@ fn run_claude_code(claude: &Path) -> Run {
         tool_results: model.tool_results(),
         user: user.name.clone(),
         owner_user: session.owner_user,
+        root_pid: session.root_pid,
         events,
         key: home.join(".ssh/id_rsa").to_string_lossy().into_owned(),
         foreign: foreign.addr.clone(),
@@ -367,45 +382,80 @@ fn it_works_in_its_project_under_its_profile() {
         "Claude Code ran every command: {result}"
     );
     assert_eq!(r.notes.as_deref(), Some("hello-from-claude\n"));
-    assert_eq!(r.tool_results.len(), 4, "{:?}", r.tool_results);
+    // Every scripted step ran, the last one after the agent's own refused read: it was
+    // not ended by any of the refusals.
+    assert_eq!(r.tool_results.len(), 5, "{:?}", r.tool_results);
     assert_eq!(r.tool_results[0], (false, "hello-from-claude".to_owned()));
     assert!(
-        r.tool_results[3].1.contains("notes.txt"),
+        r.tool_results[4].1.contains("notes.txt"),
         "{:?}",
         r.tool_results
     );
     assert_eq!(r.owner_user.as_deref(), Some(r.user.as_str()));
 }
 
-/// `cat ~/.ssh/id_rsa` is stopped before it holds a byte: the model never sees the key,
-/// and the decision names the profile's rule and the layer that carried it out.
+/// `cat ~/.ssh/id_rsa` is refused before it holds a byte, and so is Claude Code's own
+/// read of the key (its Read tool, in the agent's process): the model never sees the
+/// key, each decision names the profile's rule and the layer that refused it (`fanotify`
+/// without BPF-LSM, `lsm` with it), and the agent is not killed for it.
 #[test]
-fn its_read_of_a_private_key_is_stopped_before_a_byte() {
+fn its_reads_of_a_private_key_are_refused_and_it_keeps_working() {
     let Some(r) = the_run() else { return };
+    for (step, what) in [(1, "the command's read"), (3, "the agent's own read")] {
+        assert!(
+            r.tool_results.get(step).is_some_and(|t| t.0),
+            "{what} was not refused: {:?}",
+            r.tool_results
+        );
+    }
     assert!(
-        r.tool_results.get(1).is_some_and(|t| t.0),
-        "{:?}",
-        r.tool_results
+        r.tool_results[3].1.contains("EPERM") || r.tool_results[3].1.contains("not permitted"),
+        "the agent was told why: {:?}",
+        r.tool_results[3]
     );
     assert!(
         r.tool_results.iter().all(|(_, c)| !c.contains("CANARY")),
         "the key leaked to the model: {:?}",
         r.tool_results
     );
-    let on_key = r.decision_on(&r.key, |e| e.open().is_some_and(|o| o.path == r.key));
-    assert_eq!(on_key.decision, Verdict::Deny);
+    let on_key: Vec<&Event> = r
+        .events
+        .iter()
+        .filter(|e| e.open().is_some_and(|o| o.path == r.key) && e.decision.is_some())
+        .collect();
+    for e in &on_key {
+        let d = e.decision.as_ref().unwrap();
+        assert_eq!(d.decision, Verdict::Deny, "{e:?}");
+        assert!(
+            matches!(
+                (d.action, d.enforced_by),
+                (Action::Blocked, Layer::Fanotify) | (Action::Blocked, Layer::Lsm)
+            ),
+            "refused, not killed: {d:?}"
+        );
+        assert!(
+            d.rule
+                .starts_with("rules/claude-code.yaml:29 (files.deny[0])"),
+            "{d:?}"
+        );
+    }
     assert!(
-        matches!(
-            (on_key.action, on_key.enforced_by),
-            (Action::Killed, Layer::Signal) | (Action::Blocked, Layer::Lsm)
-        ),
-        "{on_key:?}"
+        on_key.iter().any(|e| tgid(e) == r.root_pid),
+        "no refusal of the agent's own read (pid {}):\n{}",
+        r.root_pid,
+        dump(&r.events)
     );
     assert!(
-        on_key
-            .rule
-            .starts_with("rules/claude-code.yaml:29 (files.deny[0])"),
-        "{on_key:?}"
+        on_key.iter().any(|e| tgid(e) != r.root_pid),
+        "no refusal of the command's read:\n{}",
+        dump(&r.events)
+    );
+    assert!(
+        !r.events
+            .iter()
+            .any(|e| e.exit().is_some_and(|x| x.signal == Some(9))),
+        "nothing in the session was killed:\n{}",
+        dump(&r.events)
     );
 }
 
@@ -463,7 +513,7 @@ fn the_audit_timeline_answers_who_did_what() {
         format!("principal  {} (uid ", r.user),
         "cat ~/.ssh/id_rsa".to_owned(),
         format!("{} O_RDONLY", r.key),
-        "DENY killed by signal".to_owned(),
+        "DENY blocked by".to_owned(),
         format!("{}:8080", r.foreign),
         "DENY blocked by cgroup: network.default".to_owned(),
         "echo hello-from-claude".to_owned(),

@@ -12,5 +12,6 @@ mod control;
 mod landlock;
 mod network;
 mod paths;
+mod routes;
 mod sessions;
 mod support;

@@ -172,14 +172,16 @@ fn a_renamed_denied_program_stays_denied_after_the_rules_are_bound_again() {
 /// `kill` ends the process before it returns to user mode: a reader of the canary never
 /// holds a byte, through a symlink, a relative `..` path, a file-name rule and a hard link,
 /// and a denied program dies at exec, also renamed or hard-linked. Where BPF-LSM runs the
-/// open or exec is refused as well (`enforced_by: lsm`); elsewhere the tracepoint's signal
-/// does it (`signal`).
+/// open or exec is refused as well (`enforced_by: lsm`); elsewhere the fanotify layer
+/// refuses and kills for the objects the rules name (`fanotify`), and the tracepoint's
+/// signal does it for a name pattern (`signal`).
 #[test]
 fn denied_files_and_programs_are_killed_before_returning_to_user_mode() {
     let f = PathFixture::new();
     f.profile("killer", "enforce", "on_violation: kill");
     let Some(d) = f.daemon() else { return };
-    let layer = if lsm_attached(&d) { "lsm" } else { "signal" };
+    let lsm = lsm_attached(&d);
+    let layer = if lsm { "lsm" } else { "fanotify" };
     let dir = &f.dir;
     let run = |name: &str, cwd: &Path, args: &[&str]| d.run_profile("killer", name, cwd, args);
     for (name, cwd, args) in [
@@ -274,6 +276,12 @@ fn denied_files_and_programs_are_killed_before_returning_to_user_mode() {
     assert!(
         canary.rule.ends_with("killer.yaml:10 (files.deny[0])"),
         "{canary:?}"
+    );
+    let name_rule = killed_in("k-name", &d_of("app/.env-test"));
+    assert_eq!(
+        name_rule.enforced_by.as_str(),
+        if lsm { "lsm" } else { "signal" },
+        "a name pattern has no mark: {name_rule:?}"
     );
     let link = killed_in("k-hardlink", &d_of("app/hardlink"));
     assert!(link.rule.ends_with("(files.deny[0])"), "by inode: {link:?}");

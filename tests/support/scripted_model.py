@@ -14,7 +14,8 @@ Script of Bash commands, first match wins:
   --commands-file FILE / env SCRIPTED_COMMANDS_FILE : JSON list, re-read on every request
   env SCRIPTED_COMMANDS                             : JSON list, read at start-up
 An element may be a string (the command) or an object
-{"command": ..., "description": ..., "timeout": ms}.
+{"command": ..., "description": ..., "timeout": ms}, or another tool's call
+{"tool": "Read", "input": {"file_path": ...}} (a tool the agent runs in its own process).
 
 Behaviour of POST /v1/messages:
   * request whose `tools` contain no tool named "Bash" (side requests: titles,
@@ -150,14 +151,17 @@ def plan_reply(body):
     idx = issued_count(body.get("messages") or [])
     if idx < len(cmds):
         item = cmds[idx]
+        name = "Bash"
         if isinstance(item, str):
             inp = {"command": item, "description": "scripted"}
+        elif "tool" in item:
+            name, inp = item["tool"], item["input"]
         else:
             inp = {"command": item["command"], "description": item.get("description", "scripted")}
             if "timeout" in item:
                 inp["timeout"] = item["timeout"]
         block = {"type": "tool_use", "id": TOOL_ID_PREFIX + uuid.uuid4().hex[:20],
-                 "name": "Bash", "input": inp}
+                 "name": name, "input": inp}
         return [block], "tool_use", "command#%d" % idx, summary
     return [{"type": "text", "text": CONFIG["final_text"]}], "end_turn", "final", summary
 

@@ -121,6 +121,9 @@ fn host(filter: Option<&str>) -> Result<()> {
              under CI=true they fail instead"
         );
     }
+    // The escape probes the route tests run: a binary of another package, built beside
+    // the daemon where the tests look for it.
+    run_cmd(Command::new("cargo").args(["build", "--package", "awprobe"]))?;
     let mut test = Command::new("cargo");
     // Unit tests (xtask's own included), then the kernel tests last (no doc-tests: the
     // closing summary line is the kernel tier's).

@@ -274,6 +274,11 @@ pub fn run(only: Option<&str>, filter: Option<&str>) -> Result<Vec<Verdict>> {
         "bench",
         "--bin",
         "awload",
+        // The escape probes the route tests run, beside the daemon they find them by.
+        "--package",
+        "awprobe",
+        "--bin",
+        "awprobe",
     ]))?;
     let root = workspace_root();
     let awload = root.join("target/release/awload");

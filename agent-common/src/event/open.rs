@@ -11,6 +11,9 @@ pub enum OpenSyscall {
     /// An open the kernel made for the process outside these syscalls (the executable
     /// of an `execve`, io_uring), seen only by the LSM hook.
     Other = 5,
+    /// A read from a descriptor the process already held (however it came by it), refused
+    /// by the fanotify layer: not an open, but the same access to the file's content.
+    Read = 6,
 }
 
 impl OpenSyscall {
@@ -21,6 +24,7 @@ impl OpenSyscall {
             3 => Self::Open,
             4 => Self::Creat,
             5 => Self::Other,
+            6 => Self::Read,
             _ => return None,
         })
     }
@@ -32,6 +36,7 @@ impl OpenSyscall {
             Self::Open => "open",
             Self::Creat => "creat",
             Self::Other => "other",
+            Self::Read => "read",
         }
     }
 }

@@ -133,7 +133,11 @@ pub(super) fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -
             Ok(Response::Sessions { sessions })
         }
         Request::Status => {
-            let kernel_counters = Stat::ALL.iter().map(|s| core.kernel.counter(*s)).collect();
+            let mut kernel_counters: Vec<_> =
+                Stat::ALL.iter().map(|s| core.kernel.counter(*s)).collect();
+            if let Some(r) = &core.kernel.policy.refusal {
+                kernel_counters.extend(r.counters());
+            }
             let tracked = core.kernel.sessions_snapshot().len();
             let status = StatusReport {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -230,16 +234,28 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
 pub(super) fn enforceable_flags(shared: &Shared, p: &Profile) -> Result<u32> {
     let profile = &p.file.name;
     let (flags, required) = (profiles::session_flags(p).0, profiles::required_programs(p));
-    for program in required {
-        let p = shared.programs.iter().find(|p| p.name == program);
-        if p.is_none_or(|p| p.state != "attached") {
-            let why = p.and_then(|p| p.reason.clone()).unwrap_or_default();
-            bail!(
-                "profile `{profile}` needs the {program} program to block, \
-                 not available on this host: {why} (name `fallback: kill` in the profile to \
-                 kill instead where no layer can block)"
-            );
+    for alternatives in required {
+        let found = |name: &str| shared.programs.iter().find(|p| p.name == name);
+        if alternatives
+            .iter()
+            .any(|n| found(n).is_some_and(|p| p.state == "attached"))
+        {
+            continue;
         }
+        let why: Vec<String> = alternatives
+            .iter()
+            .map(|n| {
+                let reason = found(n).and_then(|p| p.reason.clone()).unwrap_or_default();
+                format!("{n}: {reason}")
+            })
+            .collect();
+        let names = alternatives.join(" or the ");
+        bail!(
+            "profile `{profile}` needs the {names} program to block, \
+             not available on this host ({}) (name `fallback: kill` in the profile to \
+             kill instead where no layer can block)",
+            why.join("; ")
+        );
     }
     Ok(flags)
 }

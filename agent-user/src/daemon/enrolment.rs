@@ -58,6 +58,17 @@ impl Core {
         Ok((id, tgids))
     }
 
+    /// Expands the `~` deny rules for the host's local accounts before any session: the
+    /// refusal layer can only ask about reads of a descriptor whose file was marked when
+    /// it was opened (the kernel fixes that at open since 6.17), so the marks must be in
+    /// place before an agent's launcher opens anything, not only from its enrolment on.
+    pub(super) fn bind_for_local_accounts(&mut self) {
+        for (uid, home) in crate::users::local_accounts(MAX_PREBOUND_ACCOUNTS) {
+            self.owners.insert(uid);
+            self.homes.insert(uid, home);
+        }
+    }
+
     fn enroll_descendants(&mut self, tgids: &mut Vec<u32>, entry: SessionEntry) -> usize {
         let Ok(all) = procfs::process::all_processes() else {
             return 0;
@@ -123,6 +134,10 @@ impl Core {
         self.sinks.session(rec);
     }
 }
+
+/// Local accounts whose rules are bound from the start; more are bound at their first
+/// session.
+const MAX_PREBOUND_ACCOUNTS: usize = 64;
 
 pub(super) fn new_session_id() -> Result<u64> {
     let mut b = [0u8; 8];

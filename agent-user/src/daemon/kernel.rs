@@ -1,13 +1,13 @@
 //! The kernel side as the daemon holds it: every map handle, in one place. Attribution,
 //! decisions and sinks never see these.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, os::fd::AsFd as _};
 
 use agent_common::{maps, session::SessionEntry, stats::Stat};
 use anyhow::{Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
 };
 
 use super::policy_maps::PolicyMaps;
@@ -21,6 +21,8 @@ pub struct KernelMaps {
     stats: PerCpuArray<MapData, u64>,
     /// Compiled profiles and rules.
     pub policy: PolicyMaps,
+    /// A second handle on the session map, for the refusal layer's thread (taken once).
+    pub sessions_for_refusal: Option<BpfHashMap<MapData, u32, SessionEntry>>,
 }
 
 impl KernelMaps {
@@ -30,7 +32,13 @@ impl KernelMaps {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("map {name} missing"))
         };
-        let sessions = BpfHashMap::try_from(take(maps::SESSIONS)?)?;
+        let sessions_map = take(maps::SESSIONS)?;
+        let second = match &sessions_map {
+            Map::HashMap(d) => MapData::from_fd(d.fd().as_fd().try_clone_to_owned()?)?,
+            _ => return Err(anyhow!("map {} is not a hash map", maps::SESSIONS)),
+        };
+        let sessions = BpfHashMap::try_from(sessions_map)?;
+        let sessions_for_refusal = Some(BpfHashMap::try_from(Map::HashMap(second))?);
         let stats = PerCpuArray::try_from(take(maps::STATS)?)?;
         let ring = RingBuf::try_from(take(maps::EVENTS)?)?;
         Ok(Self {
@@ -38,6 +46,7 @@ impl KernelMaps {
             sessions,
             stats,
             policy: PolicyMaps::take(ebpf)?,
+            sessions_for_refusal,
         })
     }
 

@@ -33,6 +33,7 @@ mod metrics;
 mod overflow;
 mod pipeline;
 mod policy_maps;
+mod refusal;
 mod sinks;
 mod start;
 mod stdout;
@@ -47,7 +48,7 @@ use start::{
     release_memory, until_signal,
 };
 use tasks::{
-    DRAIN_BATCH, read_ring, rebind_inodes, refresh_dns, reload_profiles,
+    DRAIN_BATCH, read_ring, rebind_inodes, refresh_dns, refusals, reload_profiles,
     report_profile_diagnostics, sweep,
 };
 
@@ -168,7 +169,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     raise_open_file_limit();
     let probe = HostProbe::run();
     startup.mark("probe");
-    let (ebpf, programs, kernel, ring_fd) = load_kernel(&cfg, &probe, &mut startup)?;
+    let (ebpf, mut programs, mut kernel, ring_fd) = load_kernel(&cfg, &probe, &mut startup)?;
+    let (refused_tx, refused_rx) = tokio::sync::mpsc::channel(refusal::QUEUE);
+    programs.push(start::refusal_layer(&mut kernel, refused_tx));
+    startup.mark("refusal layer");
     let (sinks, profiles) = open_state(&cfg)?;
     startup.mark("state and profiles parsed");
     let shared = Arc::new(Shared {
@@ -179,7 +183,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         started: SystemTime::now(),
         startup: Mutex::new(Vec::new()),
     });
-    shared.core().install_profiles(&profiles)?;
+    {
+        let mut core = shared.core();
+        core.bind_for_local_accounts();
+        core.install_profiles(&profiles)?;
+    }
     startup.mark("profiles compiled into maps");
     // Loading parsed the kernel's BTF and the object: give that memory back now.
     release_memory();
@@ -196,6 +204,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         tokio::spawn(refresh_dns(shared.clone())),
         tokio::spawn(rebind_inodes(shared.clone())),
         tokio::spawn(sweep(shared.clone())),
+        tokio::spawn(refusals(shared.clone(), refused_rx)),
         tokio::spawn(serve(shared.clone(), listener)),
     ];
     let metrics = metrics_listener.map(|l| tokio::spawn(metrics::serve(shared.clone(), l)));

@@ -138,6 +138,16 @@ impl Core {
         // A record refused at decoding (short, unknown kind or decision number) is an
         // action missing from the trail: raised like the kernel's losses.
         totals.push(("decode_errors", self.counters.decode_errors));
+        // Refusals the pipeline's queue could not take: the refusal happened, its record
+        // is missing.
+        if let Some(r) = &self.kernel.policy.refusal {
+            totals.push((
+                "refusal_records_dropped",
+                r.stats
+                    .records_dropped
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ));
+        }
         for (name, total) in totals {
             let seen = self.reported_losses.entry(name).or_insert(0);
             if total > *seen {

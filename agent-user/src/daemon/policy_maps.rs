@@ -11,7 +11,8 @@ use std::{
 use agent_common::{
     maps,
     policy::{
-        InodeRuleKey, MAX_PROFILES, NetKey, NetRule, PathRuleKey, PathRuleValue, ProfileConfig,
+        CATEGORY_EXEC, InodeRuleKey, MAX_PROFILES, NetKey, NetRule, PathRuleKey, PathRuleValue,
+        ProfileConfig,
     },
 };
 use anyhow::{Result, anyhow, bail};
@@ -21,7 +22,10 @@ use aya::{
 };
 use tracing::warn;
 
-use super::Core;
+use super::{
+    Core,
+    refusal::{self, Act, Binding, MAX_TREE_DIRS, Object, Refusal, Table},
+};
 use crate::{
     policy::compile::{self, BoundPath, RuleTable},
     profiles::ProfileSet,
@@ -42,6 +46,10 @@ pub(super) struct PolicyMaps {
     /// from being reused, and tells whether the file still exists once its rule's path
     /// names another file or none (renamed, or linked elsewhere and unlinked).
     held: HashMap<(u64, u32), File>,
+    /// The fanotify refusal layer (`None` where the host cannot give permission events).
+    pub(super) refusal: Option<Refusal>,
+    /// Per profile id, how the refusal layer meets its exec and file denials.
+    acts: HashMap<u32, [Option<Act>; 2]>,
 }
 
 impl PolicyMaps {
@@ -59,6 +67,8 @@ impl PolicyMaps {
             bind_result: BpfHashMap::try_from(take(maps::BIND_RESULT)?)?,
             bound: Vec::new(),
             held: HashMap::new(),
+            refusal: None,
+            acts: HashMap::new(),
         })
     }
 
@@ -97,6 +107,7 @@ impl PolicyMaps {
         let rules: HashSet<_> = self.bound.iter().map(|b| rule(&b.key)).collect();
         let mut held = std::mem::take(&mut self.held);
         let mut stale = Vec::new();
+        let mut still_linked = Vec::new();
         for k in self.inode_rules.keys().filter_map(|k| k.ok()) {
             if keep.contains(&k) {
                 continue;
@@ -107,19 +118,126 @@ impl PolicyMaps {
                 .and_then(|f| rustix::fs::fstat(f).ok())
                 .is_some_and(|st| st.st_nlink > 0);
             if linked && rules.contains(&rule(&k)) {
-                if let Some(f) = held.remove(&id) {
-                    opened.entry(id).or_insert(f);
-                }
+                // Moved after the loop: the same file is bound once per owner and
+                // profile, and every one of those keys must find it.
+                still_linked.push(id);
             } else {
                 stale.push(k);
+            }
+        }
+        for id in still_linked {
+            if let Some(f) = held.remove(&id) {
+                opened.entry(id).or_insert(f);
             }
         }
         for k in stale {
             let _ = self.inode_rules.remove(&k);
         }
         self.held = opened;
+        self.mark_denied_objects();
         Ok(())
     }
+
+    /// Hands the refusal layer every bound file and every directory of a tree rule of the
+    /// profiles it acts for (enforce mode, `block` or `kill`).
+    fn mark_denied_objects(&mut self) {
+        let Some(refusal) = self.refusal.as_mut() else {
+            return;
+        };
+        let acts = &self.acts;
+        let acted = |profile_id: u32, category: u8| {
+            acts.get(&profile_id)
+                .is_some_and(|a| a[usize::from(category != CATEGORY_EXEC)].is_some())
+        };
+        let mut table = Table {
+            acts: acts.clone(),
+            ..Table::default()
+        };
+        let mut objects = Vec::new();
+        for (k, v) in self.inode_rules.iter().filter_map(|r| r.ok()) {
+            if !acted(k.profile_id, k.category) {
+                continue;
+            }
+            let Some(file) = self.held.get(&(k.ino, k.dev)) else {
+                continue;
+            };
+            let (Ok(st), Ok(fd)) = (rustix::fs::fstat(file), file.try_clone()) else {
+                continue;
+            };
+            table
+                .by_inode
+                .entry((st.st_dev, st.st_ino))
+                .or_default()
+                .push(Binding {
+                    profile_id: k.profile_id,
+                    owner_uid: k.owner_uid,
+                    category: k.category,
+                    rule_id: v.rule_id,
+                });
+            objects.push(Object {
+                fd: fd.into(),
+                dir: false,
+            });
+        }
+        for b in self.bound.iter().filter(|b| b.tree) {
+            if !acted(b.key.profile_id, b.key.category) {
+                continue;
+            }
+            let binding = Binding {
+                profile_id: b.key.profile_id,
+                owner_uid: b.key.owner_uid,
+                category: b.key.category,
+                rule_id: b.rule_id,
+            };
+            table.trees.push((b.path.clone(), binding));
+            let dirs = tree_dirs(Path::new(&b.path));
+            if dirs.len() >= MAX_TREE_DIRS {
+                warn!(directory = %b.path, limit = MAX_TREE_DIRS, "deny rule's tree has more directories than are marked for refusal; the rest are met by the kill backstop");
+            }
+            objects.extend(dirs.into_iter().map(|fd| Object { fd, dir: true }));
+        }
+        refusal.update(table, objects);
+    }
+}
+
+/// Descriptors of `root` and the directories below it (not following symlinks below
+/// the root), up to [`MAX_TREE_DIRS`].
+fn tree_dirs(root: &Path) -> Vec<std::os::fd::OwnedFd> {
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(p)
+            .ok()
+    };
+    let mut out = Vec::new();
+    let Some(first) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(root)
+        .ok()
+    else {
+        return out;
+    };
+    out.push(first.into());
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if out.len() >= MAX_TREE_DIRS {
+                return out;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir())
+                && let Some(f) = open(&e.path())
+            {
+                out.push(f.into());
+                stack.push(e.path());
+            }
+        }
+    }
+    out
 }
 
 /// `(ino, dev)` of the file at `path` as the kernel programs see it: the daemon opens it
@@ -178,6 +296,8 @@ impl Core {
             compiled.push((id, c));
         }
         let m = &mut self.kernel.policy;
+        // Profiles a reload removed leave no acts behind (ids are never reused).
+        m.acts.clear();
         let (mut deny, mut allow, mut paths) = (Vec::new(), Vec::new(), HashSet::new());
         let mut bound = Vec::new();
         for (id, c) in compiled {
@@ -194,6 +314,7 @@ impl Core {
                 paths.insert(key);
             }
             bound.extend(c.bound_paths);
+            m.acts.insert(id, refusal::acts(&c.config));
             m.profiles.set(id, c.config, 0)?;
         }
         m.bound = bound;

@@ -42,6 +42,47 @@ pub(super) fn load_kernel(
     Ok((ebpf, programs, kernel, ring_fd))
 }
 
+/// Starts the fanotify refusal layer and describes it as a row of the program table
+/// (named `fanotify`): enrolment checks it like the programs it stands in for.
+pub(super) fn refusal_layer(
+    kernel: &mut KernelMaps,
+    records: tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> ProgramStatus {
+    let began = std::time::Instant::now();
+    let outcome = kernel
+        .sessions_for_refusal
+        .take()
+        .ok_or_else(|| anyhow!("no session map handle"))
+        .and_then(|sessions| refusal::Refusal::start(sessions, records));
+    let reason = match outcome {
+        Ok(r) => {
+            kernel.policy.refusal = Some(r);
+            info!("refusal layer: fanotify permission marks on denied objects");
+            None
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "refusal layer left out");
+            Some(format!("{e:#}"))
+        }
+    };
+    ProgramStatus {
+        name: crate::profiles::REFUSAL.to_owned(),
+        kind: "fanotify".to_owned(),
+        attach_point: "permission marks on denied files, programs and trees".to_owned(),
+        state: if reason.is_none() {
+            "attached"
+        } else {
+            "left out"
+        }
+        .to_owned(),
+        fallback: reason
+            .as_ref()
+            .map(|_| "file and exec `block` only through BPF-LSM or `fallback: kill`".to_owned()),
+        reason,
+        load_us: Some(startup::us(began.elapsed())),
+    }
+}
+
 /// The state directory's event log and audit store, and the profiles (embedded, then
 /// the rules directory's).
 pub(super) fn open_state(cfg: &DaemonConfig) -> Result<(Sinks, ProfileSet)> {

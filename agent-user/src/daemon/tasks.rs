@@ -51,6 +51,23 @@ pub(super) async fn sweep(shared: Arc<Shared>) {
 /// Period of re-binding deny rules to the inodes of the files they name.
 pub(super) const REBIND_PERIOD: Duration = Duration::from_secs(10);
 
+/// Refusals of the fanotify layer, through the same pipeline as kernel records (the
+/// layer writes them in the kernel's format).
+pub(super) async fn refusals(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>) {
+    while let Some(first) = rx.recv().await {
+        let mut core = shared.core();
+        // The ring's records were sent before the refusal was decided (the exec that
+        // started the refused process, its forks): they go first, so the refusal is
+        // attributed to a known process with its lineage.
+        while core.drain(DRAIN_BATCH) {}
+        core.handle_record(&first);
+        while let Ok(more) = rx.try_recv() {
+            core.handle_record(&more);
+        }
+        core.flush_sinks();
+    }
+}
+
 /// Keeps the inode binding of deny rules current: a file created or replaced under a
 /// denied directory is denied under its other names within one period.
 pub(super) async fn rebind_inodes(shared: Arc<Shared>) {

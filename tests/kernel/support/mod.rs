@@ -40,6 +40,21 @@ pub(crate) fn bin() -> &'static str {
     })
 }
 
+/// The escape probes (`tests/probe`): beside the daemon under test, where `cargo xtask
+/// test` (and the VM tier, for the release daemon) builds them.
+pub(crate) fn probe() -> &'static str {
+    static PROBE: OnceLock<String> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let p = Path::new(bin()).with_file_name("awprobe");
+        assert!(
+            p.exists(),
+            "{} is missing: build it with `cargo build -p awprobe` (cargo xtask test does)",
+            p.display()
+        );
+        p.display().to_string()
+    })
+}
+
 /// How much slower this machine runs than the one the deadlines were set on:
 /// `AGENTWARDEN_TIME_SCALE`, which the VM tier measures at guest boot (a fixed workload
 /// timed in the guest against the host), at least 1.

@@ -1,0 +1,540 @@
+//! The refusal layer for hosts without BPF-LSM: fanotify permission marks on just the
+//! objects deny rules name (the bound files and programs, and every directory of a
+//! `/dir/**` tree for the files it gains later). The kernel asks the daemon before any
+//! open, read or exec of a marked object, by whatever route the process took to it
+//! (`openat`, io_uring, `open_by_handle_at`, a `/proc/<pid>/fd` re-open, another mount
+//! namespace or chroot, the dynamic loader, a descriptor obtained before enrolment read
+//! with `read`, `sendfile`, `splice` or io_uring), and waits for the answer.
+//!
+//! One thread answers: processes outside a session at once, session processes by their
+//! profile (`EPERM` for `block`; `kill` also sends SIGKILL first). It never takes the
+//! daemon's core lock and never opens a marked object itself, so the daemon's own opens
+//! (binding rules to inodes) are answered while the core is held. A refusal is sent on as
+//! a record in the kernel's own format (`enforced_by: fanotify`), through the one
+//! pipeline every kernel record takes.
+
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use agent_common::{
+    event::{
+        EventHeader, EventKind, ExecEvent, KPath, KernelVerdict, OpenEvent, OpenSyscall, PATH_MAX,
+    },
+    policy::CATEGORY_EXEC,
+    session::SessionEntry,
+    vocab::{Action, Layer},
+};
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use nix::sys::fanotify::{
+    EventFFlags, Fanotify, FanotifyEvent, FanotifyResponse, InitFlags, MarkFlags, MaskFlags,
+    Response,
+};
+use parking_lot::RwLock;
+use tracing::warn;
+
+/// Every way to the content of a marked object: opening it, reading from a descriptor of
+/// it (however obtained), executing it; for directories, the same for their entries.
+const MASK: MaskFlags = MaskFlags::FAN_OPEN_PERM
+    .union(MaskFlags::FAN_ACCESS_PERM)
+    .union(MaskFlags::FAN_OPEN_EXEC_PERM);
+
+/// Directories of `/dir/**` rules marked per tree; a larger tree is marked in part and
+/// reported (its unmarked files are met by the kill backstop).
+pub const MAX_TREE_DIRS: usize = 1_024;
+
+/// Refused records waiting for the pipeline; past this they are counted as lost.
+pub const QUEUE: usize = 4_096;
+
+/// How a profile meets a denial of one category where this layer decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// Refuse with `EPERM`.
+    Block,
+    /// Refuse, and end the process with SIGKILL before it returns from the call.
+    Kill,
+}
+
+/// A deny rule bound to an object: which profile and owner it applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub profile_id: u32,
+    pub owner_uid: u32,
+    /// `CATEGORY_EXEC` or `CATEGORY_FILE`.
+    pub category: u8,
+    pub rule_id: u32,
+}
+
+/// What the answering thread decides on: no kernel handles, unit-testable.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    /// `(st_dev, st_ino)` of each marked file → the rules naming it.
+    pub by_inode: HashMap<(u64, u64), Vec<Binding>>,
+    /// `/dir/**` rules as absolute directory paths: files created below after binding.
+    pub trees: Vec<(String, Binding)>,
+    /// Per profile id: the act for exec and for files (`None`: this layer leaves them to
+    /// the others — monitor mode, `alert`).
+    pub acts: HashMap<u32, [Option<Act>; 2]>,
+}
+
+/// One refusal, as decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub binding: Binding,
+    pub act: Act,
+}
+
+impl Table {
+    /// The refusal for session entry `s` touching the object `id` (found by path for
+    /// files not bound when the table was built), or `None` to allow.
+    pub fn judge(
+        &self,
+        s: &SessionEntry,
+        id: (u64, u64),
+        path: &dyn Fn() -> Option<String>,
+    ) -> Option<Refused> {
+        let acts = self.acts.get(&s.profile_id)?;
+        let ours = |b: &&Binding| b.profile_id == s.profile_id && b.owner_uid == s.owner_uid;
+        let binding = match self.by_inode.get(&id).and_then(|v| v.iter().find(ours)) {
+            Some(b) => *b,
+            None => {
+                let p = path()?;
+                self.trees
+                    .iter()
+                    .filter(|(_, b)| ours(&b))
+                    .find(|(dir, _)| {
+                        p.strip_prefix(dir.as_str())
+                            .is_some_and(|rest| rest.starts_with('/'))
+                    })?
+                    .1
+            }
+        };
+        let act = acts[category_index(binding.category)]?;
+        Some(Refused { binding, act })
+    }
+}
+
+/// Index of a category in `[exec, file]` pairs.
+fn category_index(category: u8) -> usize {
+    usize::from(category != CATEGORY_EXEC)
+}
+
+/// Counters of the layer, shown by `status` and raised as losses.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub refused: AtomicU64,
+    pub answered: AtomicU64,
+    /// Refusal records the pipeline's queue could not take.
+    pub records_dropped: AtomicU64,
+    /// Objects that could not be marked (their rules fall back to the kill backstop).
+    pub mark_errors: AtomicU64,
+    pub marked: AtomicU64,
+}
+
+/// The fanotify group, its marks and the answering thread's table.
+pub struct Refusal {
+    group: Arc<Fanotify>,
+    table: Arc<RwLock<Table>>,
+    /// Marked objects by `(st_dev, st_ino)`, with the descriptor the mark was set
+    /// through (kept: the mark is removed through it, whatever the object's name now).
+    marked: HashMap<(u64, u64), OwnedFd>,
+    pub stats: Arc<Stats>,
+}
+
+impl Refusal {
+    /// The layer's counters as `status` shows them (totals; no per-CPU split).
+    pub fn counters(&self) -> Vec<crate::proto::Counter> {
+        let s = &self.stats;
+        [
+            ("fanotify_refused", &s.refused),
+            ("fanotify_answered", &s.answered),
+            ("fanotify_marked", &s.marked),
+            ("fanotify_mark_errors", &s.mark_errors),
+            ("fanotify_records_dropped", &s.records_dropped),
+        ]
+        .into_iter()
+        .map(|(name, v)| crate::proto::Counter {
+            name: name.to_owned(),
+            total: v.load(Ordering::Relaxed),
+            per_cpu: Vec::new(),
+        })
+        .collect()
+    }
+}
+
+/// An object to mark: a bound file or a directory of a tree rule.
+pub struct Object {
+    pub fd: OwnedFd,
+    pub dir: bool,
+}
+
+impl Refusal {
+    /// Creates the group and starts the answering thread; `sessions` is a second handle
+    /// on the kernel's session map, `records` the pipeline's queue.
+    pub fn start(
+        sessions: BpfHashMap<MapData, u32, SessionEntry>,
+        records: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> Result<Self> {
+        let group = Fanotify::init(
+            InitFlags::FAN_CLASS_CONTENT
+                | InitFlags::FAN_CLOEXEC
+                | InitFlags::FAN_UNLIMITED_MARKS
+                | InitFlags::FAN_UNLIMITED_QUEUE,
+            EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
+        )
+        .context("fanotify_init (permission events need CAP_SYS_ADMIN and CONFIG_FANOTIFY_ACCESS_PERMISSIONS)")?;
+        let group = Arc::new(group);
+        let table = Arc::new(RwLock::new(Table::default()));
+        let stats = Arc::new(Stats::default());
+        let worker = Worker {
+            group: group.clone(),
+            table: table.clone(),
+            sessions,
+            records,
+            stats: stats.clone(),
+            me: std::process::id(),
+        };
+        std::thread::Builder::new()
+            .name("aw-refusal".into())
+            .spawn(move || worker.run())
+            .context("starting the refusal thread")?;
+        Ok(Self {
+            group,
+            table,
+            marked: HashMap::new(),
+            stats,
+        })
+    }
+
+    /// Marks `objects` and hands `table` to the answering thread; marks of objects no
+    /// longer named go last, so the rules that stay are never unmarked in between.
+    pub fn update(&mut self, table: Table, objects: Vec<Object>) {
+        let mut next = HashMap::new();
+        for o in objects {
+            let Ok(st) = rustix::fs::fstat(&o.fd) else {
+                continue;
+            };
+            let id = (st.st_dev, st.st_ino);
+            if next.contains_key(&id) {
+                continue;
+            }
+            if let Some(fd) = self.marked.remove(&id) {
+                next.insert(id, fd);
+                continue;
+            }
+            let mask = if o.dir {
+                MASK | MaskFlags::FAN_EVENT_ON_CHILD
+            } else {
+                MASK
+            };
+            match self
+                .group
+                .mark(MarkFlags::FAN_MARK_ADD, mask, o.fd.as_fd(), None::<&str>)
+            {
+                Ok(()) => {
+                    next.insert(id, o.fd);
+                }
+                Err(e) => {
+                    self.stats.mark_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "could not mark a denied object; the kill backstop covers it");
+                }
+            }
+        }
+        *self.table.write() = table;
+        for (_, fd) in std::mem::replace(&mut self.marked, next) {
+            let _ = self.group.mark(
+                MarkFlags::FAN_MARK_REMOVE,
+                MASK | MaskFlags::FAN_EVENT_ON_CHILD,
+                fd.as_fd(),
+                None::<&str>,
+            );
+        }
+        self.stats
+            .marked
+            .store(self.marked.len() as u64, Ordering::Relaxed);
+    }
+}
+
+struct Worker {
+    group: Arc<Fanotify>,
+    table: Arc<RwLock<Table>>,
+    sessions: BpfHashMap<MapData, u32, SessionEntry>,
+    records: tokio::sync::mpsc::Sender<Vec<u8>>,
+    stats: Arc<Stats>,
+    me: u32,
+}
+
+impl Worker {
+    fn run(self) {
+        loop {
+            let events = match self.group.read_events() {
+                Ok(v) => v,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+                Err(e) => {
+                    warn!(error = %e, "reading fanotify events failed");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+            };
+            for ev in &events {
+                self.answer(ev);
+            }
+        }
+    }
+
+    fn answer(&self, ev: &FanotifyEvent) {
+        // A queue overflow has no descriptor; permission events are never dropped by
+        // the kernel (the process waits), so there is nothing to answer.
+        let Some(fd) = ev.fd() else { return };
+        let tgid = ev.pid() as u32;
+        let refused = (tgid != self.me)
+            .then(|| self.sessions.get(&tgid, 0).ok())
+            .flatten()
+            .and_then(|s| {
+                let st = rustix::fs::fstat(fd).ok()?;
+                let r = self
+                    .table
+                    .read()
+                    .judge(&s, (st.st_dev, st.st_ino), &|| path_of(fd))?;
+                Some((s, r))
+            });
+        if let Some((_, r)) = &refused
+            && r.act == Act::Kill
+        {
+            // The process waits for this answer inside the call: its pid cannot be
+            // reused before the signal lands.
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(tgid as i32, libc::SIGKILL) };
+        }
+        let response = if refused.is_some() {
+            Response::FAN_DENY
+        } else {
+            Response::FAN_ALLOW
+        };
+        if let Err(e) = self
+            .group
+            .write_response(FanotifyResponse::new(fd, response))
+        {
+            warn!(error = %e, "answering a fanotify permission event failed");
+        }
+        self.stats.answered.fetch_add(1, Ordering::Relaxed);
+        let Some((s, r)) = refused else { return };
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let mask = ev.mask();
+        let access = if mask.contains(MaskFlags::FAN_OPEN_EXEC_PERM) {
+            Access::Exec
+        } else if mask.contains(MaskFlags::FAN_ACCESS_PERM) {
+            Access::Read
+        } else {
+            Access::Open
+        };
+        let rec = record(&s, &r, tgid, access, &path_of(fd).unwrap_or_default());
+        if self.records.try_send(rec).is_err() {
+            self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The path of the object behind an event's descriptor.
+fn path_of(fd: BorrowedFd<'_>) -> Option<String> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// A path as the kernel programs send resolved ones: components leaf first, each
+/// followed by `/` (see [`KPath`]).
+pub fn kpath(path: &str) -> KPath {
+    let mut k = KPath {
+        len: 0,
+        flags: 0,
+        _pad: 0,
+        bytes: [0; PATH_MAX],
+    };
+    let mut at = 0;
+    for c in path.split('/').filter(|c| !c.is_empty()).rev() {
+        let c = c.as_bytes();
+        if at + c.len() + 1 > PATH_MAX {
+            k.flags |= agent_common::event::PATH_FLAG_TRUNCATED;
+            break;
+        }
+        k.bytes[at..at + c.len()].copy_from_slice(c);
+        k.bytes[at + c.len()] = b'/';
+        at += c.len() + 1;
+    }
+    k.len = at as u16;
+    k
+}
+
+/// The header the kernel would have written for `tgid` (from `/proc`: the process is
+/// still there, waiting or just refused).
+fn header(kind: EventKind, s: &SessionEntry, tgid: u32) -> EventHeader {
+    let stat =
+        procfs::process::Process::new(tgid as i32).and_then(|p| Ok((p.stat()?, p.status()?)));
+    let mut comm = [0u8; agent_common::event::COMM_LEN];
+    let (ppid, uid, gid) = match &stat {
+        Ok((st, status)) => {
+            let n = st.comm.len().min(comm.len() - 1);
+            comm[..n].copy_from_slice(&st.comm.as_bytes()[..n]);
+            (st.ppid as u32, status.ruid, status.rgid)
+        }
+        Err(_) => (0, 0, 0),
+    };
+    let ktime_ns = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    EventHeader {
+        kind: kind as u32,
+        _reserved: 0,
+        ktime_ns: ktime_ns.tv_sec as u64 * 1_000_000_000 + ktime_ns.tv_nsec as u64,
+        session_id: s.session_id,
+        cgroup_id: 0,
+        pid: tgid,
+        tgid,
+        ppid,
+        uid,
+        gid,
+        _pad: 0,
+        comm,
+    }
+}
+
+/// What the refused process was doing to the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Open,
+    /// Reading from a descriptor it held.
+    Read,
+    Exec,
+}
+
+/// The refusal as a kernel-format record: an exec when the program was being
+/// executed, else an open that failed with `EPERM` (`syscall: other`: which syscall or
+/// ring submission opened it is not known here; `read` for a read of a held descriptor).
+pub fn record(s: &SessionEntry, r: &Refused, tgid: u32, access: Access, path: &str) -> Vec<u8> {
+    let verdict = KernelVerdict {
+        rule_id: r.binding.rule_id,
+        denied: 1,
+        action: match r.act {
+            Act::Block => Action::Blocked,
+            Act::Kill => Action::Killed,
+        } as u8,
+        enforced_by: Layer::Fanotify as u8,
+        _pad: 0,
+    };
+    if access == Access::Exec {
+        let cwd = std::fs::read_link(format!("/proc/{tgid}/cwd"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ev = Box::new(ExecEvent {
+            header: header(EventKind::Exec, s, tgid),
+            exe: kpath(path),
+            cwd: kpath(&cwd),
+            argv_len: 0,
+            argv_flags: 0,
+            verdict,
+            argv: [0; agent_common::event::ARGV_MAX],
+        });
+        return bytes_of(&*ev).to_vec();
+    }
+    let ev = Box::new(OpenEvent {
+        header: header(EventKind::Open, s, tgid),
+        syscall: if access == Access::Read {
+            OpenSyscall::Read
+        } else {
+            OpenSyscall::Other
+        } as u32,
+        flags: libc::O_RDONLY as u32,
+        ret: -i64::from(libc::EPERM),
+        verdict,
+        path: kpath(path),
+    });
+    bytes_of(&*ev).to_vec()
+}
+
+fn bytes_of<T: agent_common::event::Plain>(v: &T) -> &[u8] {
+    // SAFETY: `Plain` types are repr(C) integers and arrays, every byte initialised.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// The acts of a compiled profile's config: `[exec, file]`.
+pub fn acts(c: &agent_common::policy::ProfileConfig) -> [Option<Act>; 2] {
+    // `block` (with or without `fallback: kill`) is refused here: the fallback is for
+    // what no layer can refuse. `kill` refuses and kills. Both flags are 0 outside
+    // enforce mode.
+    let act = |block: u8, kill: u8| match (block, kill) {
+        (1, _) => Some(Act::Block),
+        (_, 1) => Some(Act::Kill),
+        _ => None,
+    };
+    [
+        act(c.exec_block, c.exec_kill),
+        act(c.file_block, c.file_kill),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::policy::CATEGORY_FILE;
+
+    use super::*;
+    use crate::event::path_text;
+
+    fn entry(profile_id: u32, owner_uid: u32) -> SessionEntry {
+        SessionEntry {
+            session_id: 9,
+            profile_id,
+            flags: 0,
+            owner_uid,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn judged_by_inode_then_by_tree_for_the_session_profile_and_owner() {
+        let b = |profile_id, category, rule_id| Binding {
+            profile_id,
+            owner_uid: 1000,
+            category,
+            rule_id,
+        };
+        let mut t = Table::default();
+        t.by_inode.insert((1, 10), vec![b(2, CATEGORY_FILE, 5)]);
+        t.trees
+            .push(("/home/a/.ssh".into(), b(2, CATEGORY_FILE, 6)));
+        t.by_inode.insert((1, 11), vec![b(3, CATEGORY_EXEC, 7)]);
+        t.acts.insert(2, [None, Some(Act::Block)]);
+        t.acts.insert(3, [Some(Act::Kill), None]);
+        let none = || None;
+        let s = entry(2, 1000);
+        assert_eq!(
+            t.judge(&s, (1, 10), &none).map(|r| r.binding.rule_id),
+            Some(5)
+        );
+        // Another owner's expansion of the same profile does not apply.
+        assert_eq!(t.judge(&entry(2, 0), (1, 10), &none), None);
+        // A file the binding has not seen yet, below a denied tree, by path.
+        let newer = || Some("/home/a/.ssh/id_new".to_owned());
+        assert_eq!(
+            t.judge(&s, (1, 99), &newer).map(|r| r.binding.rule_id),
+            Some(6)
+        );
+        let sibling = || Some("/home/a/.sshfoo/x".to_owned());
+        assert_eq!(t.judge(&s, (1, 99), &sibling), None);
+        let r = t.judge(&entry(3, 1000), (1, 11), &none).unwrap();
+        assert_eq!((r.act, r.binding.category), (Act::Kill, CATEGORY_EXEC));
+        // A profile this layer does not act for (monitor, alert): allowed here.
+        assert_eq!(t.judge(&entry(4, 1000), (1, 10), &none), None);
+    }
+
+    #[test]
+    fn kpath_is_what_the_kernel_sends() {
+        let k = kpath("/home/a/.ssh/id_rsa");
+        let p = path_text(&k);
+        assert_eq!((p.path.as_str(), p.resolved), ("/home/a/.ssh/id_rsa", true));
+    }
+}

@@ -1,0 +1,292 @@
+//! Side doors: every route to a denied file, program or destination, each tried by a
+//! real process in a real session with `awprobe` (one route per run). Judged on what the
+//! process got back (the errno, or the secret's bytes), the recorded decision (rule and
+//! layer) and the audit row. Where BPF-LSM runs (the VM tier's 6.12) it refuses opens
+//! first (`lsm`); reads of descriptors held before enrolment are refused by the fanotify
+//! layer everywhere.
+
+use crate::support::*;
+
+/// A fixture profile whose every deny rule names a file or a tree, so `block` is
+/// carried out by refusal on any host with fanotify (no name pattern, which only BPF-LSM
+/// can refuse).
+fn marked_profile(f: &PathFixture, name: &str, on_violation: &str) {
+    let text = format!(
+        "name: {name}\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: enforce\n\
+         exec:\n  deny: [{d}/bin/tool]\n  on_violation: {on_violation}\n\
+         files:\n  deny:\n    - {d}/canary\n    - {d}/secret/**\n  on_violation: {on_violation}\n\
+         network:\n  default: deny\n  allow:\n    - {{ cidr: 127.0.0.2 }}\n  on_violation: {on_violation}\n",
+        d = f.dir.display()
+    );
+    fs::write(f.rules.path().join(format!("{name}.yaml")), text).unwrap();
+}
+
+/// The probe's one-line verdict.
+fn verdict(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "the probe must keep working after a refusal: {out:?}"
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The blocked decision of `session`, and that it is in the audit trail.
+fn blocked(d: &Daemon, session: &str) -> Event {
+    let sid = d.session(session).id;
+    let evs = d.wait_for(&sid, "the refusal", |evs| {
+        with_action(evs, Action::Blocked).next().is_some()
+    });
+    let ev = with_action(&evs, Action::Blocked).next().unwrap().clone();
+    let rows = d.audit_session(&sid);
+    assert!(
+        rows.iter().any(|r| r["decision"]["action"] == "blocked"
+            && r["decision"]["enforced_by"] == ev.decision.as_ref().unwrap().enforced_by.as_str()),
+        "{session}: no blocked row in the audit trail: {rows:?}"
+    );
+    ev
+}
+
+fn layer_of(e: &Event) -> Layer {
+    e.decision.as_ref().unwrap().enforced_by
+}
+
+/// Opening the denied key and canary without an `open(path)` the simplest rules see:
+/// io_uring, a file handle, a `/proc/self/fd` re-open of an `O_PATH` handle, a directory
+/// descriptor, `/proc/self/root`, another mount namespace (a bind mount), a chroot, and a
+/// file created in the denied tree after the rules were bound. Each gets `EPERM`, the
+/// process goes on, and the decision names the rule and the layer. Outside every session
+/// the same files read normally.
+#[test]
+fn file_routes_without_an_open_by_path_are_refused() {
+    let f = PathFixture::new();
+    marked_profile(&f, "routes", "block");
+    let Some(d) = f.daemon() else { return };
+    let lsm = lsm_attached(&d);
+    let dir = f.dir.display().to_string();
+    let key = format!("{dir}/secret/key");
+    let probe = probe();
+    let mnt = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("r-plain", vec![probe.into(), "read".into(), key.clone()]),
+        (
+            "r-uring",
+            vec![probe.into(), "uring-open".into(), key.clone()],
+        ),
+        ("r-handle", vec![probe.into(), "handle".into(), key.clone()]),
+        (
+            "r-procfd",
+            vec![probe.into(), "proc-fd".into(), key.clone()],
+        ),
+        (
+            "r-dirfd",
+            vec![
+                probe.into(),
+                "dirfd".into(),
+                format!("{dir}/secret"),
+                "key".into(),
+            ],
+        ),
+        (
+            "r-procroot",
+            vec![
+                probe.into(),
+                "read".into(),
+                format!("/proc/self/root{dir}/canary"),
+            ],
+        ),
+        (
+            "r-mntns",
+            vec![
+                "unshare".into(),
+                "-m".into(),
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "mount --bind {dir}/secret {m} && exec {probe} read {m}/key",
+                    m = mnt.path().display()
+                ),
+            ],
+        ),
+        (
+            "r-chroot",
+            vec![
+                "/usr/bin/python3".into(),
+                "-c".into(),
+                format!(
+                    "import os\nos.chroot('{dir}')\nos.chdir('/')\n\
+                     try:\n  print('ok-LEAK' if 'BYTES' in open('/secret/key').read() else 'ok')\n\
+                     except OSError as e:\n  print('errno', e.errno)"
+                ),
+            ],
+        ),
+    ];
+    for (name, args) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = d.run_profile("routes", name, &f.dir, &args);
+        assert_eq!(verdict(&out), "errno 1", "{name}: {out:?}");
+    }
+    // A key written into the denied tree after the rules were bound: the tree's
+    // directory mark refuses it by path.
+    fs::write(f.dir.join("secret/new-key"), "NEW-KEY-BYTES\n").unwrap();
+    let out = d.run_profile(
+        "routes",
+        "r-newfile",
+        &f.dir,
+        &[probe, "read", &format!("{dir}/secret/new-key")],
+    );
+    assert_eq!(verdict(&out), "errno 1", "r-newfile: {out:?}");
+
+    for (name, _) in cases.iter().chain([&("r-newfile", Vec::new())]) {
+        let ev = blocked(&d, name);
+        let dec = ev.decision.as_ref().unwrap();
+        assert_eq!(dec.decision, Verdict::Deny, "{name}");
+        let want = if lsm { Layer::Lsm } else { Layer::Fanotify };
+        assert_eq!(dec.enforced_by, want, "{name}: {ev:?}");
+        assert!(dec.rule.contains("routes.yaml"), "{name}: {dec:?}");
+        assert!(dec.rule.contains("files.deny"), "{name}: {dec:?}");
+    }
+    // Outside every session nothing is refused.
+    let out = Command::new(probe)
+        .args(["uring-open", &key])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok-LEAK");
+    let st: StatusReport = d.json(&["status", "--json"]);
+    let fan = st.programs.iter().find(|p| p.name == "fanotify").unwrap();
+    assert_eq!(fan.state, "attached", "{fan:?}");
+}
+
+/// A descriptor of the key opened before enrolment (the session inherits it) is no way
+/// around the rule: `read`, `sendfile`, `splice`, `copy_file_range` and an io_uring read
+/// of it are refused with `EPERM` (the fanotify layer on every kernel: BPF-LSM is not
+/// asked about reads), recorded as a blocked `read` with the rule.
+#[test]
+fn descriptors_held_before_enrolment_cannot_be_read() {
+    let f = PathFixture::new();
+    marked_profile(&f, "held", "block");
+    let Some(d) = f.daemon() else { return };
+    let key = f.dir.join("secret/key");
+    for route in ["fd-read", "fd-sendfile", "fd-splice", "fd-copy", "fd-uring"] {
+        let name = format!("h-{route}");
+        // copy_file_range copies into an unnamed file in the fixture (same filesystem).
+        let script = format!(
+            "exec 3<{key}; exec {bin} --socket {sock} run --profile held --session-name {name} -- {probe} {route} 3 {scratch}",
+            scratch = f.dir.display(),
+            key = key.display(),
+            bin = bin(),
+            sock = d.socket().display(),
+            probe = probe(),
+        );
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(&f.dir)
+            .output_within();
+        assert_eq!(verdict(&out), "errno 1", "{name}: {out:?}");
+        let ev = blocked(&d, &name);
+        assert_eq!(layer_of(&ev), Layer::Fanotify, "{name}");
+        let o = ev.open().expect("recorded as an access to the file");
+        assert_eq!(
+            (o.syscall.as_str(), o.path.as_str(), o.result),
+            ("read", key.to_str().unwrap(), -1),
+            "{name}"
+        );
+    }
+}
+
+/// A denied program runs by no route: its path, a hard link, the dynamic loader mapping
+/// it, and a copy (reading its bytes is refused too) all get `EPERM`; the caller goes on.
+#[test]
+fn program_routes_are_refused() {
+    let f = PathFixture::new();
+    marked_profile(&f, "progs", "block");
+    let Some(d) = f.daemon() else { return };
+    let lsm = lsm_attached(&d);
+    let dir = f.dir.display().to_string();
+    let tool = format!("{dir}/bin/tool");
+    fs::hard_link(&tool, f.dir.join("bin/linked")).unwrap();
+    let loader = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-x86-64.so.2"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("the dynamic loader");
+    let sh = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+    let cases = [
+        ("p-path", sh(&format!("{tool} -c /dev/null; echo rc=$?"))),
+        (
+            "p-link",
+            sh(&format!("{dir}/bin/linked -c /dev/null; echo rc=$?")),
+        ),
+        (
+            "p-loader",
+            sh(&format!("{loader} {tool} -c /dev/null; echo rc=$?")),
+        ),
+        (
+            "p-copy",
+            sh(&format!("cp {tool} {dir}/bin/copied; echo rc=$?")),
+        ),
+    ];
+    for (name, args) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = d.run_profile("progs", name, &f.dir, &args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: the caller goes on: {out:?}");
+        assert!(
+            !stdout.contains("rc=0"),
+            "{name}: the program ran or was copied: {stdout}{stderr}"
+        );
+        assert!(
+            stderr.contains("not permitted"),
+            "{name}: EPERM expected: {stderr}"
+        );
+        let ev = blocked(&d, name);
+        let dec = ev.decision.as_ref().unwrap();
+        assert!(dec.rule.contains("exec.deny[0]"), "{name}: {dec:?}");
+        if !lsm {
+            assert_eq!(dec.enforced_by, Layer::Fanotify, "{name}");
+        }
+    }
+    assert!(
+        !f.dir.join("bin/copied").exists()
+            || fs::read(f.dir.join("bin/copied")).unwrap().is_empty()
+    );
+}
+
+/// Connects and datagrams submitted through io_uring are judged by destination like
+/// their syscalls (the cgroup hooks run for both), IPv4-mapped IPv6 included: refused
+/// outside the allow list, let through inside it.
+#[test]
+fn io_uring_connects_and_sends_are_judged_by_destination() {
+    let f = PathFixture::new();
+    marked_profile(&f, "net", "block");
+    let Some(d) = f.daemon() else { return };
+    let probe = probe();
+    let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    for (name, args, want) in [
+        (
+            "n-connect",
+            vec!["uring-connect", "127.0.0.1", port.as_str()],
+            "errno 1",
+        ),
+        (
+            "n-mapped",
+            vec!["uring-connect", "::ffff:127.0.0.1", port.as_str()],
+            "errno 1",
+        ),
+        ("n-send", vec!["uring-sendto", "127.0.0.1", "9"], "errno 1"),
+        (
+            "n-allowed",
+            vec!["uring-connect", "127.0.0.2", port.as_str()],
+            "ok",
+        ),
+    ] {
+        let mut a = vec![probe];
+        a.extend(args);
+        let out = d.run_profile("net", name, &f.dir, &a);
+        assert_eq!(verdict(&out), want, "{name}: {out:?}");
+        if want != "ok" {
+            let ev = blocked(&d, name);
+            assert_eq!(layer_of(&ev), Layer::Cgroup, "{name}");
+        }
+    }
+}
