@@ -36,8 +36,23 @@ pub struct ProfileConfig {
     pub exec_prefix_depths: u64,
     /// As `exec_prefix_depths`, for file deny trees.
     pub file_prefix_depths: u64,
+    /// How an exec of a file with no name (memfd, `O_TMPFILE`, deleted) is met:
+    /// `FILELESS_*`, already resolved against the mode and `on_violation`.
+    pub fileless: u8,
+    pub _pad: [u8; 3],
+    /// The rule id of `exec.fileless`.
+    pub fileless_rule: u32,
 }
-crate::assert_size!(ProfileConfig, 24);
+crate::assert_size!(ProfileConfig, 32);
+
+/// `ProfileConfig::fileless`: let it run.
+pub const FILELESS_ALLOW: u8 = 0;
+/// Record it (`alerted`).
+pub const FILELESS_ALERT: u8 = 1;
+/// Refuse it with `EPERM` where BPF-LSM runs; elsewhere the tracepoint kills it.
+pub const FILELESS_BLOCK: u8 = 2;
+/// Refuse and kill.
+pub const FILELESS_KILL: u8 = 3;
 
 /// LPM-trie key data of `NET_ALLOW`/`NET_DENY`: the profile id (big-endian, matched in
 /// full) then the address as IPv6, IPv4 as `::ffff:a.b.c.d` — so IPv4-mapped IPv6

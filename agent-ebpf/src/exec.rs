@@ -47,6 +47,9 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         CATEGORY_EXEC,
         &mut ev.verdict,
     );
+    if ev.verdict.denied == 0 {
+        crate::fileless::enforce(file.unwrap_or(core::ptr::null()), &entry, &mut ev.verdict);
+    }
     resolve_embedded(read_ptr(task, off!(task_fs)), off!(fs_pwd), &mut ev.cwd);
 
     ev.argv_len = 0;

@@ -39,6 +39,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_ino: 0,
     inode_i_sb: 0,
     super_block_s_dev: 0,
+    inode_i_nlink: 0,
     valid: 0,
 };
 

@@ -56,7 +56,8 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         count(Stat::LsmExecDenied);
         return -EPERM;
     }
-    if !lsm_wanted(&entry, CATEGORY_EXEC) {
+    let fileless = crate::fileless::lsm_wanted(&entry);
+    if !lsm_wanted(&entry, CATEGORY_EXEC) && !fileless {
         return 0;
     }
     let Some(ev) = LSM_EXEC_SCRATCH.get_ptr_mut(0) else {
@@ -69,7 +70,10 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         return 0;
     };
     resolve(file.wrapping_add(off!(file_f_path) as usize), &mut ev.exe);
-    let ret = lsm_decide(file, &ev.exe, &entry, CATEGORY_EXEC, &mut ev.verdict);
+    let mut ret = lsm_decide(file, &ev.exe, &entry, CATEGORY_EXEC, &mut ev.verdict);
+    if ret == 0 && fileless {
+        ret = crate::fileless::lsm_decide(file, &entry, &mut ev.verdict);
+    }
     if ret == 0 {
         return 0;
     }

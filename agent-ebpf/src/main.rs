@@ -7,6 +7,7 @@ mod bind;
 mod emit;
 mod exec;
 mod file;
+mod fileless;
 mod kernel;
 mod lsm;
 mod maps;

@@ -269,7 +269,7 @@ fn judge(
 }
 
 #[inline(always)]
-fn kill_current() {
+pub fn kill_current() {
     // SAFETY: signals the current task; allowed from tracepoints and LSM hooks.
     unsafe { bpf_send_signal(SIGKILL) };
     count(Stat::Kills);

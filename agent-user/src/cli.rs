@@ -147,6 +147,11 @@ pub enum Cmd {
         /// Serve Prometheus metrics on this address instead (implies --metrics).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Leave the fanotify refusal layer out (file and exec `block` then needs
+        /// BPF-LSM or `fallback: kill`; copies and fileless execs on real filesystems
+        /// are not decided). For measuring its cost, and hosts that cannot spare it.
+        #[arg(long)]
+        no_refusal: bool,
     },
     /// Enrol this process in a new session, then execute CMD in it.
     Run {
@@ -240,6 +245,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             event_log_max_size,
             metrics,
             metrics_addr,
+            no_refusal,
         } => {
             let cfg = DaemonConfig {
                 socket: socket.to_owned(),
@@ -256,6 +262,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 event_log_max_bytes: event_log_max_size.0,
                 metrics: metrics_addr.or(metrics
                     .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)))),
+                refusal: !no_refusal,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -74,6 +74,7 @@ kernel_offsets! {
     inode_i_ino: inode.i_ino,
     inode_i_sb: inode.i_sb,
     super_block_s_dev: super_block.s_dev,
+    inode_i_nlink: inode.i_nlink,
 }
 
 // BTF kinds (include/uapi/linux/btf.h).

@@ -435,7 +435,7 @@ fn its_reads_of_a_private_key_are_refused_and_it_keeps_working() {
         );
         assert!(
             d.rule
-                .starts_with("rules/claude-code.yaml:29 (files.deny[0])"),
+                .starts_with("rules/claude-code.yaml:31 (files.deny[0])"),
             "{d:?}"
         );
     }

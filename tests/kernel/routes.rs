@@ -13,7 +13,7 @@ use crate::support::*;
 fn marked_profile(f: &PathFixture, name: &str, on_violation: &str) {
     let text = format!(
         "name: {name}\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: enforce\n\
-         exec:\n  deny: [{d}/bin/tool]\n  on_violation: {on_violation}\n\
+         exec:\n  deny: [{d}/bin/tool]\n  on_violation: {on_violation}\n  fileless: deny\n\
          files:\n  deny:\n    - {d}/canary\n    - {d}/secret/**\n  on_violation: {on_violation}\n\
          network:\n  default: deny\n  allow:\n    - {{ cidr: 127.0.0.2 }}\n  on_violation: {on_violation}\n",
         d = f.dir.display()
@@ -194,7 +194,11 @@ fn descriptors_held_before_enrolment_cannot_be_read() {
 }
 
 /// A denied program runs by no route: its path, a hard link, the dynamic loader mapping
-/// it, and a copy (reading its bytes is refused too) all get `EPERM`; the caller goes on.
+/// it, a copy made in the session (reading its bytes is refused) and one made before it
+/// under another name (matched by content digest) all get `EPERM`; the caller goes on.
+/// With `exec.fileless: deny`, a program run from a deleted file is refused too, and one
+/// run from a memory file is refused by BPF-LSM or, where it is absent, killed at exec
+/// (memory files live where fanotify cannot mark).
 #[test]
 fn program_routes_are_refused() {
     let f = PathFixture::new();
@@ -223,7 +227,20 @@ fn program_routes_are_refused() {
             "p-copy",
             sh(&format!("cp {tool} {dir}/bin/copied; echo rc=$?")),
         ),
+        (
+            "p-copy-before",
+            sh(&format!("{dir}/bin/other-name -c /dev/null; echo rc=$?")),
+        ),
+        (
+            "p-deleted",
+            sh(&format!(
+                "cp /usr/bin/true {dir}/gone; exec 3<{dir}/gone; rm {dir}/gone; \
+                 /proc/self/fd/3; echo rc=$?"
+            )),
+        ),
     ];
+    // A copy made outside the session, before it started: another inode, same bytes.
+    fs::copy(&tool, f.dir.join("bin/other-name")).unwrap();
     for (name, args) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = d.run_profile("progs", name, &f.dir, &args);
@@ -240,11 +257,41 @@ fn program_routes_are_refused() {
         );
         let ev = blocked(&d, name);
         let dec = ev.decision.as_ref().unwrap();
-        assert!(dec.rule.contains("exec.deny[0]"), "{name}: {dec:?}");
-        if !lsm {
+        let rule = if *name == "p-deleted" {
+            "(exec.fileless)"
+        } else {
+            "(exec.deny[0])"
+        };
+        assert!(dec.rule.ends_with(rule), "{name}: {dec:?}");
+        if !lsm || *name == "p-copy-before" {
             assert_eq!(dec.enforced_by, Layer::Fanotify, "{name}");
         }
     }
+    // From memory: no filesystem holds it.
+    let out = d.run_profile(
+        "progs",
+        "p-memfd",
+        &f.dir,
+        &[probe(), "memfd-exec", "/usr/bin/true"],
+    );
+    let sid = d.session("p-memfd").id;
+    let want = if lsm {
+        assert_eq!(verdict(&out), "errno 1", "{out:?}");
+        (Action::Blocked, Layer::Lsm)
+    } else {
+        assert_eq!(out.status.signal(), Some(9), "{out:?}");
+        (Action::Killed, Layer::Signal)
+    };
+    let fileless = |x: &DecisionInfo| x.rule.ends_with("(exec.fileless)");
+    let evs = d.wait_for(&sid, "the fileless decision", |evs| {
+        evs.iter()
+            .any(|e| e.decision.as_ref().is_some_and(fileless))
+    });
+    let dec = evs
+        .iter()
+        .find_map(|e| e.decision.clone().filter(fileless))
+        .unwrap();
+    assert_eq!((dec.action, dec.enforced_by), want, "{dec:?}");
     assert!(
         !f.dir.join("bin/copied").exists()
             || fs::read(f.dir.join("bin/copied")).unwrap().is_empty()

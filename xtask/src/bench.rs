@@ -121,7 +121,7 @@ pub fn run(quick: bool) -> Result<()> {
         awload: root.join("target/release/awload"),
         socket: work.join("ctl.sock"),
         file: work.join("allowed.txt"),
-        canary: work.join("canary"),
+        canary: work.join("bench-canary"),
         rules: work.join("rules"),
         crate_dir: work.join("crate"),
         dir: work,
@@ -211,6 +211,7 @@ pub fn run(quick: bool) -> Result<()> {
         drop(daemon);
     }
 
+    let refusal = refusal_cost(&env, sizes, &scenarios)?;
     let daemon = start_daemon(&env)?;
     let throughput = throughput(&env, sizes)?;
     let max_rate = throughput
@@ -240,6 +241,7 @@ pub fn run(quick: bool) -> Result<()> {
         "footprint": footprint,
         "latency": latency,
         "connect_off": off_latency,
+        "refusal_layer": refusal,
     });
     let out = workspace_root().join("target/bench");
     fs::write(
@@ -279,16 +281,19 @@ pub fn run(quick: bool) -> Result<()> {
 fn bench_profile(canary: &Path) -> String {
     format!(
         "# Shaped like the shipped claude-code profile: deny lists decided in the kernel,\n\
-         # loopback-only network, plus a canary to time kills on.\n\
+         # loopback-only network, fileless execs recorded, plus a canary to time kills on\n\
+         # (a name rule: the kill in the kernel, which the refusal layer does not take).\n\
          name: bench\ndescription: benchmark profile\n\
          owners: {{ business: bench, technical: bench }}\nmode: enforce\n\
          exec:\n  deny: [/usr/bin/nc, /usr/bin/ncat, /usr/bin/netcat, /usr/bin/socat, /usr/bin/telnet]\n  \
-         on_violation: kill\n\
+         on_violation: kill\n  fileless: alert\n\
          files:\n  deny: [~/.ssh/**, ~/.aws/**, ~/.config/gcloud/**, ~/.kube/**, ~/.netrc, /etc/shadow, \
-         \"**/.env\", {}]\n  on_violation: kill\n\
+         \"**/.env\", \"**/{}\"]\n  on_violation: kill\n\
          network:\n  default: deny\n  allow:\n    - {{ cidr: 127.0.0.0/8 }}\n    - {{ cidr: \"::1\" }}\n  \
          deny:\n    - {{ cidr: 127.0.0.1, ports: \"{DENIED_PORT}\" }}\n  on_violation: block\n",
-        canary.display()
+        canary
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned())
     )
 }
 
@@ -312,11 +317,17 @@ fn small_crate(dir: &Path) -> Result<()> {
 }
 
 fn start_daemon(env: &Env) -> Result<Daemon> {
+    start_daemon_with(env, false)
+}
+
+/// The daemon, with the refusal layer left out when `no_refusal`.
+fn start_daemon_with(env: &Env, no_refusal: bool) -> Result<Daemon> {
     let _ = fs::remove_file(&env.socket);
     let child = Command::new(&env.agentwarden)
         .arg("--socket")
         .arg(&env.socket)
         .arg("daemon")
+        .args(no_refusal.then_some("--no-refusal"))
         .arg("--state-dir")
         .arg(env.dir.join("state"))
         .arg("--rules-dir")
@@ -338,6 +349,57 @@ fn start_daemon(env: &Env) -> Result<Daemon> {
         thread::sleep(Duration::from_millis(50));
     }
     Ok(d)
+}
+
+/// What the fanotify refusal layer adds where it refuses nothing: the daemon with it and
+/// without it (`--no-refusal`), in alternating order per round, on the allowed-file open
+/// loop and the exec storm, outside and inside a session. Its marks sit on the profile's
+/// denied files and trees, and every filesystem is watched for execs (copies of denied
+/// programs, fileless execs), so execs pay a round trip to the daemon and opens of other
+/// files nothing.
+fn refusal_cost(env: &Env, sizes: &Sizes, scenarios: &[Scenario]) -> Result<Value> {
+    let picked: Vec<&Scenario> = scenarios
+        .iter()
+        .filter(|s| s.name == "open loop, 1 thread" || s.name == "exec storm")
+        .collect();
+    // samples[scenario][tracked][layer on]
+    let mut samples = vec![[[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]]; picked.len()];
+    for round in 0..sizes.rounds {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for on in order {
+            let daemon = start_daemon_with(env, !on)?;
+            for (i, sc) in picked.iter().enumerate() {
+                for tracked in [false, true] {
+                    samples[i][usize::from(tracked)][usize::from(on)]
+                        .push(block(env, sc, tracked)?);
+                }
+            }
+            drop(daemon);
+        }
+    }
+    let rows: Vec<Value> = picked
+        .iter()
+        .zip(&samples)
+        .flat_map(|(sc, s)| {
+            [false, true].map(|tracked| {
+                let [off, on] = &s[usize::from(tracked)];
+                let (off, on) = (median(off), median(on));
+                json!({
+                    "name": sc.name,
+                    "tracked": tracked,
+                    "without_ns": off,
+                    "with_ns": on,
+                    "ratio": on / off,
+                    "added_ns": on - off,
+                })
+            })
+        })
+        .collect();
+    Ok(Value::Array(rows))
 }
 
 fn status(env: &Env) -> Result<Value> {
@@ -810,6 +872,28 @@ fn markdown(r: &Value) -> String {
             ratio_cell(&sc["tracked"]),
             fmt_ns(sc["tracked"]["added_ns"].as_f64().unwrap_or(0.0)),
             sc["losses"],
+        ));
+    }
+    s.push_str(
+        "\n| refusal layer (fanotify): scenario | session | without | with | ratio | added per op |\n|---|---|---|---|---|---|\n",
+    );
+    for x in r["refusal_layer"].as_array().into_iter().flatten() {
+        let (without, with) = (
+            x["without_ns"].as_f64().unwrap_or(0.0),
+            x["with_ns"].as_f64().unwrap_or(0.0),
+        );
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.3} | {} |\n",
+            x["name"].as_str().unwrap_or(""),
+            if x["tracked"] == true {
+                "tracked"
+            } else {
+                "untracked"
+            },
+            fmt_ns(without),
+            fmt_ns(with),
+            x["ratio"].as_f64().unwrap_or(0.0),
+            fmt_ns(with - without),
         ));
     }
     s.push_str(

@@ -92,6 +92,8 @@ pub struct DaemonConfig {
     pub event_log_max_bytes: Option<u64>,
     /// Where to serve Prometheus metrics (`None`: off).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Run the fanotify refusal layer.
+    pub refusal: bool,
 }
 
 /// Name of the event log in the state directory.
@@ -171,7 +173,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     startup.mark("probe");
     let (ebpf, mut programs, mut kernel, ring_fd) = load_kernel(&cfg, &probe, &mut startup)?;
     let (refused_tx, refused_rx) = tokio::sync::mpsc::channel(refusal::QUEUE);
-    programs.push(start::refusal_layer(&mut kernel, refused_tx));
+    programs.push(start::refusal_layer(&mut kernel, refused_tx, cfg.refusal));
     startup.mark("refusal layer");
     let (sinks, profiles) = open_state(&cfg)?;
     startup.mark("state and profiles parsed");

@@ -4,7 +4,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    os::unix::fs::OpenOptionsExt,
+    os::{fd::AsFd as _, unix::fs::OpenOptionsExt},
     path::Path,
 };
 
@@ -50,6 +50,11 @@ pub(super) struct PolicyMaps {
     pub(super) refusal: Option<Refusal>,
     /// Per profile id, how the refusal layer meets its exec and file denials.
     acts: HashMap<u32, [Option<Act>; 2]>,
+    /// Per profile id, how it meets an exec from memory, and the rule's id.
+    fileless: HashMap<u32, (Act, u32)>,
+    /// Digests of the denied programs by identity and modification: a binding every
+    /// 10 s does not read them again.
+    digests: HashMap<(u64, u64, i64, u64), refusal::Digest>,
 }
 
 impl PolicyMaps {
@@ -69,6 +74,8 @@ impl PolicyMaps {
             held: HashMap::new(),
             refusal: None,
             acts: HashMap::new(),
+            fileless: HashMap::new(),
+            digests: HashMap::new(),
         })
     }
 
@@ -151,8 +158,10 @@ impl PolicyMaps {
         };
         let mut table = Table {
             acts: acts.clone(),
+            fileless: self.fileless.clone(),
             ..Table::default()
         };
+        let mut digests = HashMap::new();
         let mut objects = Vec::new();
         for (k, v) in self.inode_rules.iter().filter_map(|r| r.ok()) {
             if !acted(k.profile_id, k.category) {
@@ -164,16 +173,32 @@ impl PolicyMaps {
             let (Ok(st), Ok(fd)) = (rustix::fs::fstat(file), file.try_clone()) else {
                 continue;
             };
+            let binding = Binding {
+                profile_id: k.profile_id,
+                owner_uid: k.owner_uid,
+                category: k.category,
+                rule_id: v.rule_id,
+            };
             table
                 .by_inode
                 .entry((st.st_dev, st.st_ino))
                 .or_default()
-                .push(Binding {
-                    profile_id: k.profile_id,
-                    owner_uid: k.owner_uid,
-                    category: k.category,
-                    rule_id: v.rule_id,
-                });
+                .push(binding);
+            if k.category == CATEGORY_EXEC {
+                let key = (st.st_dev, st.st_ino, st.st_mtime, st.st_mtime_nsec);
+                let digest = match self.digests.get(&key) {
+                    Some(d) => Some(*d),
+                    None => refusal::digest_of(file.as_fd()),
+                };
+                if let Some(d) = digest {
+                    digests.insert(key, d);
+                    table
+                        .digests
+                        .entry(st.st_size as u64)
+                        .or_default()
+                        .push((d, binding));
+                }
+            }
             objects.push(Object {
                 fd: fd.into(),
                 dir: false,
@@ -196,6 +221,8 @@ impl PolicyMaps {
             }
             objects.extend(dirs.into_iter().map(|fd| Object { fd, dir: true }));
         }
+        self.digests = digests;
+        refusal.watch_execs(!table.digests.is_empty() || !table.fileless.is_empty());
         refusal.update(table, objects);
     }
 }
@@ -293,14 +320,18 @@ impl Core {
             for h in c.unresolved.iter().filter(|h| dns.contains_key(*h)) {
                 warn!(profile = %name, host = %h, "host name does not resolve; its rule is inactive");
             }
-            compiled.push((id, c));
+            compiled.push((id, c, refusal::fileless_act(p)));
         }
         let m = &mut self.kernel.policy;
         // Profiles a reload removed leave no acts behind (ids are never reused).
         m.acts.clear();
+        m.fileless.clear();
         let (mut deny, mut allow, mut paths) = (Vec::new(), Vec::new(), HashSet::new());
         let mut bound = Vec::new();
-        for (id, c) in compiled {
+        for (id, c, fileless) in compiled {
+            if let (Some(act), Some(rule)) = (fileless, c.fileless_rule) {
+                m.fileless.insert(id, (act, rule));
+            }
             for (bits, key, rule) in c.net_deny {
                 m.net_deny.insert(&Key::new(bits, key), rule, 0)?;
                 deny.push((bits, key));

@@ -15,7 +15,10 @@
 
 use std::{
     collections::HashMap,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    os::{
+        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+        unix::fs::OpenOptionsExt,
+    },
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -59,6 +62,8 @@ pub enum Act {
     Block,
     /// Refuse, and end the process with SIGKILL before it returns from the call.
     Kill,
+    /// Let it happen and record it (`exec.fileless: alert`).
+    Alert,
 }
 
 /// A deny rule bound to an object: which profile and owner it applies to.
@@ -81,6 +86,22 @@ pub struct Table {
     /// Per profile id: the act for exec and for files (`None`: this layer leaves them to
     /// the others — monitor mode, `alert`).
     pub acts: HashMap<u32, [Option<Act>; 2]>,
+    /// SHA-256 of each denied program, by size: an exec of a copy under any name is
+    /// matched by content, and a file of another size is let through on a stat.
+    pub digests: HashMap<u64, Vec<(Digest, Binding)>>,
+    /// Per profile id: how an exec of a program with no name is met, and the rule.
+    pub fileless: HashMap<u32, (Act, u32)>,
+}
+
+pub type Digest = [u8; 32];
+
+/// What an exec's file is, beyond its identity: for the fileless and digest checks.
+pub struct ExecFile<'a> {
+    /// No name in any filesystem (memfd, `O_TMPFILE`, deleted).
+    pub unnamed: bool,
+    pub size: u64,
+    /// The content's digest, computed only when a denied program has this size.
+    pub digest: &'a mut dyn FnMut() -> Option<Digest>,
 }
 
 /// One refusal, as decided.
@@ -118,6 +139,54 @@ impl Table {
         let act = acts[category_index(binding.category)]?;
         Some(Refused { binding, act })
     }
+
+    /// The decision on executing a file no rule names: run from memory (`fileless`), or
+    /// a copy of a denied program (same content under another name or inode).
+    pub fn judge_exec(&self, s: &SessionEntry, f: &mut ExecFile<'_>) -> Option<Refused> {
+        let binding = |rule_id| Binding {
+            profile_id: s.profile_id,
+            owner_uid: s.owner_uid,
+            category: CATEGORY_EXEC,
+            rule_id,
+        };
+        if f.unnamed {
+            let (act, rule_id) = *self.fileless.get(&s.profile_id)?;
+            return Some(Refused {
+                binding: binding(rule_id),
+                act,
+            });
+        }
+        let act = self.acts.get(&s.profile_id)?[category_index(CATEGORY_EXEC)]?;
+        let ours: Vec<&(Digest, Binding)> = self
+            .digests
+            .get(&f.size)?
+            .iter()
+            .filter(|(_, b)| b.profile_id == s.profile_id && b.owner_uid == s.owner_uid)
+            .collect();
+        if ours.is_empty() {
+            return None;
+        }
+        let digest = (f.digest)()?;
+        let (_, b) = ours.into_iter().find(|(d, _)| *d == digest)?;
+        Some(Refused { binding: *b, act })
+    }
+}
+
+/// SHA-256 of what `fd` holds, read from its start (`pread`: the descriptor's position
+/// is left alone).
+pub fn digest_of(fd: BorrowedFd<'_>) -> Option<Digest> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0u64;
+    loop {
+        let n = rustix::io::pread(fd, &mut buf, at).ok()?;
+        if n == 0 {
+            return Some(h.finalize().into());
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
 }
 
 /// Index of a category in `[exec, file]` pairs.
@@ -144,8 +213,36 @@ pub struct Refusal {
     /// Marked objects by `(st_dev, st_ino)`, with the descriptor the mark was set
     /// through (kept: the mark is removed through it, whatever the object's name now).
     marked: HashMap<(u64, u64), OwnedFd>,
+    /// Filesystems whose execs are asked about (fileless and copy checks), by `st_dev`,
+    /// with the descriptor the mark was set through.
+    exec_watched: HashMap<u64, OwnedFd>,
+    /// The memory-file filesystem could be marked: fileless execs are refused here.
+    pub memfd_watched: bool,
     pub stats: Arc<Stats>,
 }
+
+/// Filesystems that hold no programs (kernel interfaces): not watched for execs.
+const PSEUDO_FS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "pstore",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "binfmt_misc",
+    "autofs",
+    "efivarfs",
+    "nsfs",
+    "rpc_pipefs",
+    "selinuxfs",
+];
 
 impl Refusal {
     /// The layer's counters as `status` shows them (totals; no per-CPU split).
@@ -193,6 +290,7 @@ impl Refusal {
         let table = Arc::new(RwLock::new(Table::default()));
         let stats = Arc::new(Stats::default());
         let worker = Worker {
+            digests: parking_lot::Mutex::new(HashMap::new()),
             group: group.clone(),
             table: table.clone(),
             sessions,
@@ -208,8 +306,84 @@ impl Refusal {
             group,
             table,
             marked: HashMap::new(),
+            exec_watched: HashMap::new(),
+            memfd_watched: false,
             stats,
         })
+    }
+
+    /// Asks about every exec on the host's filesystems (and of memory files) while some
+    /// profile needs it: copies of denied programs and fileless execs have no mark of
+    /// their own. The answer for a process outside every session is immediate; one in a
+    /// session is let through on a stat unless a denied program has that file's size.
+    /// Filesystems mounted later are picked up at the next binding.
+    pub fn watch_execs(&mut self, wanted: bool) {
+        if !wanted {
+            for (_, fd) in self.exec_watched.drain() {
+                let _ = self.group.mark(
+                    MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_FILESYSTEM,
+                    MaskFlags::FAN_OPEN_EXEC_PERM,
+                    fd.as_fd(),
+                    None::<&str>,
+                );
+            }
+            self.memfd_watched = false;
+            return;
+        }
+        let mut roots: Vec<OwnedFd> = Vec::new();
+        if let Ok(mounts) = procfs::process::Process::myself().and_then(|p| p.mountinfo()) {
+            for m in mounts {
+                if PSEUDO_FS.contains(&m.fs_type.as_str()) {
+                    continue;
+                }
+                // Not O_PATH: fanotify_mark refuses those descriptors.
+                if let Ok(f) = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .open(&m.mount_point)
+                {
+                    roots.push(f.into());
+                }
+            }
+        }
+        // The kernel's internal filesystem of memory files, reached through one.
+        let memfd =
+            rustix::fs::memfd_create("agentwarden-exec-watch", rustix::fs::MemfdFlags::CLOEXEC)
+                .ok();
+        let memfd_dev = memfd
+            .as_ref()
+            .and_then(|m| rustix::fs::fstat(m).ok())
+            .map(|st| st.st_dev);
+        roots.extend(memfd);
+        for fd in roots {
+            let Ok(st) = rustix::fs::fstat(&fd) else {
+                continue;
+            };
+            if self.exec_watched.contains_key(&st.st_dev) {
+                continue;
+            }
+            match self.group.mark(
+                MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
+                MaskFlags::FAN_OPEN_EXEC_PERM,
+                fd.as_fd(),
+                None::<&str>,
+            ) {
+                Ok(()) => {
+                    if Some(st.st_dev) == memfd_dev {
+                        self.memfd_watched = true;
+                    }
+                    self.exec_watched.insert(st.st_dev, fd);
+                }
+                Err(e) => {
+                    tracing::debug!(dev = st.st_dev, error = %e, "filesystem not watched for execs");
+                    if Some(st.st_dev) == memfd_dev {
+                        warn!(error = %e, "memory files cannot be watched for execs: `exec.fileless: deny` is met by BPF-LSM only");
+                    }
+                    // Remembered so it is not tried again at every binding.
+                    self.exec_watched.insert(st.st_dev, fd);
+                }
+            }
+        }
     }
 
     /// Marks `objects` and hands `table` to the answering thread; marks of objects no
@@ -261,7 +435,13 @@ impl Refusal {
     }
 }
 
+/// Digests of executed files, by identity and modification (bounded: cleared when full).
+const DIGEST_CACHE: usize = 4_096;
+
+type DigestKey = (u64, u64, i64, u64, i64);
+
 struct Worker {
+    digests: parking_lot::Mutex<HashMap<DigestKey, Digest>>,
     group: Arc<Fanotify>,
     table: Arc<RwLock<Table>>,
     sessions: BpfHashMap<MapData, u32, SessionEntry>,
@@ -293,15 +473,46 @@ impl Worker {
         // the kernel (the process waits), so there is nothing to answer.
         let Some(fd) = ev.fd() else { return };
         let tgid = ev.pid() as u32;
+        let exec = ev.mask().contains(MaskFlags::FAN_OPEN_EXEC_PERM);
         let refused = (tgid != self.me)
             .then(|| self.sessions.get(&tgid, 0).ok())
             .flatten()
             .and_then(|s| {
                 let st = rustix::fs::fstat(fd).ok()?;
-                let r = self
-                    .table
-                    .read()
-                    .judge(&s, (st.st_dev, st.st_ino), &|| path_of(fd))?;
+                let table = self.table.read();
+                let by_name = table.judge(&s, (st.st_dev, st.st_ino), &|| path_of(fd));
+                let r = by_name.or_else(|| {
+                    let key = (
+                        st.st_dev,
+                        st.st_ino,
+                        st.st_mtime,
+                        st.st_mtime_nsec,
+                        st.st_size,
+                    );
+                    let mut digest = || {
+                        let mut cache = self.digests.lock();
+                        if let Some(d) = cache.get(&key) {
+                            return Some(*d);
+                        }
+                        let d = digest_of(fd)?;
+                        if cache.len() >= DIGEST_CACHE {
+                            cache.clear();
+                        }
+                        cache.insert(key, d);
+                        Some(d)
+                    };
+                    exec.then(|| {
+                        table.judge_exec(
+                            &s,
+                            &mut ExecFile {
+                                unnamed: st.st_nlink == 0,
+                                size: st.st_size as u64,
+                                digest: &mut digest,
+                            },
+                        )
+                    })
+                    .flatten()
+                })?;
                 Some((s, r))
             });
         if let Some((_, r)) = &refused
@@ -312,10 +523,9 @@ impl Worker {
             // SAFETY: plain syscall.
             unsafe { libc::kill(tgid as i32, libc::SIGKILL) };
         }
-        let response = if refused.is_some() {
-            Response::FAN_DENY
-        } else {
-            Response::FAN_ALLOW
+        let response = match &refused {
+            Some((_, r)) if r.act != Act::Alert => Response::FAN_DENY,
+            _ => Response::FAN_ALLOW,
         };
         if let Err(e) = self
             .group
@@ -325,9 +535,11 @@ impl Worker {
         }
         self.stats.answered.fetch_add(1, Ordering::Relaxed);
         let Some((s, r)) = refused else { return };
-        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        if r.act != Act::Alert {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        }
         let mask = ev.mask();
-        let access = if mask.contains(MaskFlags::FAN_OPEN_EXEC_PERM) {
+        let access = if exec {
             Access::Exec
         } else if mask.contains(MaskFlags::FAN_ACCESS_PERM) {
             Access::Read
@@ -422,8 +634,13 @@ pub fn record(s: &SessionEntry, r: &Refused, tgid: u32, access: Access, path: &s
         action: match r.act {
             Act::Block => Action::Blocked,
             Act::Kill => Action::Killed,
+            Act::Alert => Action::Alerted,
         } as u8,
-        enforced_by: Layer::Fanotify as u8,
+        enforced_by: if r.act == Act::Alert {
+            Layer::None
+        } else {
+            Layer::Fanotify
+        } as u8,
         _pad: 0,
     };
     if access == Access::Exec {
@@ -459,6 +676,19 @@ pub fn record(s: &SessionEntry, r: &Refused, tgid: u32, access: Access, path: &s
 fn bytes_of<T: agent_common::event::Plain>(v: &T) -> &[u8] {
     // SAFETY: `Plain` types are repr(C) integers and arrays, every byte initialised.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// How a profile meets an exec from memory (`exec.fileless`): `deny` as its exec
+/// `on_violation` in enforce mode, recorded only otherwise.
+pub fn fileless_act(p: &crate::policy::Profile) -> Option<Act> {
+    use crate::policy::{Fileless, Mode, OnViolation};
+    let f = &p.file;
+    match (f.exec.fileless, f.mode, f.exec.on_violation) {
+        (Fileless::Allow, _, _) => None,
+        (Fileless::Deny, Mode::Enforce, OnViolation::Block) => Some(Act::Block),
+        (Fileless::Deny, Mode::Enforce, OnViolation::Kill) => Some(Act::Kill),
+        _ => Some(Act::Alert),
+    }
 }
 
 /// The acts of a compiled profile's config: `[exec, file]`.

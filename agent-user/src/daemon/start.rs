@@ -47,12 +47,14 @@ pub(super) fn load_kernel(
 pub(super) fn refusal_layer(
     kernel: &mut KernelMaps,
     records: tokio::sync::mpsc::Sender<Vec<u8>>,
+    wanted: bool,
 ) -> ProgramStatus {
     let began = std::time::Instant::now();
     let outcome = kernel
         .sessions_for_refusal
         .take()
-        .ok_or_else(|| anyhow!("no session map handle"))
+        .filter(|_| wanted)
+        .ok_or_else(|| anyhow!("left out by --no-refusal"))
         .and_then(|sessions| refusal::Refusal::start(sessions, records));
     let reason = match outcome {
         Ok(r) => {

@@ -58,6 +58,8 @@ pub struct CompiledProfile {
     pub bound_paths: Vec<BoundPath>,
     /// Host names that resolved to nothing (reported, the rule is inactive until they do).
     pub unresolved: Vec<String>,
+    /// The rule id of `exec.fileless` when it is not `allow`.
+    pub fileless_rule: Option<u32>,
 }
 
 /// The profile's word as the kernel's number.
@@ -117,6 +119,7 @@ pub fn compile(
         file_block: blocks(p.file.mode, p.file.files.on_violation),
         exec_prefix_depths: 0,
         file_prefix_depths: 0,
+        ..ProfileConfig::default()
     };
     let mut path_rules = Vec::new();
     let mut bound_paths = Vec::new();
@@ -165,6 +168,10 @@ pub fn compile(
             }
         }
     }
+    let fileless_rule = (p.file.exec.fileless != super::Fileless::Allow)
+        .then(|| rules.add(p, "exec.fileless", p.fileless_line));
+    config.fileless = fileless(p);
+    config.fileless_rule = fileless_rule.unwrap_or(RULE_DEFAULT);
     let mut unresolved = Vec::new();
     let mut ctx = Ctx {
         rules,
@@ -180,7 +187,21 @@ pub fn compile(
         path_rules,
         bound_paths,
         unresolved,
+        fileless_rule,
     })
+}
+
+/// `exec.fileless` as the kernel's `FILELESS_*`, resolved against the mode and the
+/// exec `on_violation`: `deny` acts only in enforce mode, and as the category acts.
+pub fn fileless(p: &Profile) -> u8 {
+    use agent_common::policy::{FILELESS_ALERT, FILELESS_ALLOW, FILELESS_BLOCK, FILELESS_KILL};
+    let f = &p.file;
+    match (f.exec.fileless, f.mode, f.exec.on_violation) {
+        (super::Fileless::Allow, _, _) => FILELESS_ALLOW,
+        (super::Fileless::Deny, Mode::Enforce, OnViolation::Block) => FILELESS_BLOCK,
+        (super::Fileless::Deny, Mode::Enforce, OnViolation::Kill) => FILELESS_KILL,
+        _ => FILELESS_ALERT,
+    }
 }
 
 /// Whether denials of a category are refused before the operation where the LSM layer

@@ -110,6 +110,20 @@ pub struct PathRules {
     /// What to do where no layer on the host can `block`.
     #[serde(default)]
     pub fallback: Option<Fallback>,
+    /// Programs run from memory: an executable with no name in any filesystem (a
+    /// `memfd`, an `O_TMPFILE` or deleted file). `deny` meets it like a deny rule
+    /// (`on_violation`), `alert` records it. Decided by the refusal layer (fanotify).
+    #[serde(default)]
+    pub fileless: Fileless,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Fileless {
+    #[default]
+    Allow,
+    Alert,
+    Deny,
 }
 
 /// File access.
@@ -262,6 +276,8 @@ pub struct Profile {
     /// For exec and files: whether the kernel's decision is the whole decision
     /// ([`decide::kernel_decides`]).
     pub kernel_decides: [bool; 2],
+    /// Line of `exec.fileless` (0: not written), for the rule its decisions name.
+    pub fileless_line: u64,
 }
 
 /// Parses and validates one profile; `source` names it in diagnostics.
@@ -349,6 +365,7 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
         net_deny,
         warnings: c.warnings,
         kernel_decides: [false; 2],
+        fileless_line: text_line(text, "exec.fileless"),
     };
     p.kernel_decides = [
         decide::kernel_decides(&p, decide::Access::Exec),
