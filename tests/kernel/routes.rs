@@ -298,6 +298,46 @@ fn program_routes_are_refused() {
     );
 }
 
+/// A program the daemon stopped asking about (its execs let through, no rule naming it)
+/// is asked about again once a rule denies it: a reload that adds the rule takes the
+/// shortcut away.
+#[test]
+fn a_program_denied_after_it_ran_is_refused() {
+    let f = PathFixture::new();
+    let dir = f.dir.display().to_string();
+    fs::copy("/usr/bin/true", f.dir.join("bin/later")).unwrap();
+    let profile = |deny: &str| {
+        let text = format!(
+            "name: late\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: enforce\n\
+             exec:\n  deny: [{deny}]\n  on_violation: block\n"
+        );
+        fs::write(f.rules.path().join("late.yaml"), text).unwrap();
+    };
+    profile(&format!("{dir}/bin/tool"));
+    let Some(d) = f.daemon() else { return };
+    let later = format!("{dir}/bin/later");
+    for i in 0..3 {
+        let out = d.run_profile("late", &format!("l-ok{i}"), &f.dir, &[later.as_str()]);
+        assert!(out.status.success(), "allowed before the rule: {out:?}");
+    }
+    profile(&later);
+    d.reload();
+    let out = d.run_profile("late", "l-denied", &f.dir, &[later.as_str()]);
+    assert_eq!(
+        out.status.code(),
+        Some(126),
+        "refused after the rule: {out:?}"
+    );
+    let ev = blocked(&d, "l-denied");
+    assert!(
+        ev.decision
+            .as_ref()
+            .unwrap()
+            .rule
+            .ends_with("(exec.deny[0])")
+    );
+}
+
 /// Connects and datagrams submitted through io_uring are judged by destination like
 /// their syscalls (the cgroup hooks run for both), IPv4-mapped IPv6 included: refused
 /// outside the allow list, let through inside it.

@@ -95,6 +95,58 @@ pub struct Table {
 
 pub type Digest = [u8; 32];
 
+impl Table {
+    /// Whether an exec of this file would be let through for every session under any
+    /// profile, now and until the file changes: it has a name, no rule names it (by
+    /// inode, or as a file below a denied tree) and its content is no denied program's.
+    /// Such a file gets an ignore mark: its next execs are not asked about at all.
+    pub fn exec_never_refused(
+        &self,
+        id: (u64, u64),
+        f: &mut ExecFile<'_>,
+        path: &dyn Fn() -> Option<String>,
+    ) -> bool {
+        if f.unnamed || self.by_inode.contains_key(&id) {
+            return false;
+        }
+        if !self.trees.is_empty() {
+            let Some(p) = path() else { return false };
+            let below = |dir: &str| p.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
+            if self.trees.iter().any(|(dir, _)| below(dir)) {
+                return false;
+            }
+        }
+        match self.digests.get(&f.size) {
+            None => true,
+            Some(known) => (f.digest)().is_some_and(|d| known.iter().all(|(k, _)| *k != d)),
+        }
+    }
+
+    /// What the ignore marks were decided on: when it changes they are all removed.
+    fn exec_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut inodes: Vec<_> = self.by_inode.keys().collect();
+        inodes.sort();
+        inodes.hash(&mut h);
+        let mut trees: Vec<_> = self.trees.iter().map(|(d, _)| d).collect();
+        trees.sort();
+        trees.hash(&mut h);
+        let mut digests: Vec<_> = self
+            .digests
+            .iter()
+            .flat_map(|(size, v)| v.iter().map(move |(d, _)| (*size, *d)))
+            .collect();
+        digests.sort();
+        digests.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// Files whose execs are no longer asked about (an ignore mark each, kept with the
+/// descriptor to remove it through); bounded: past it, execs are asked every time.
+pub const MAX_IGNORED: usize = 16_384;
+
 /// What an exec's file is, beyond its identity: for the fileless and digest checks.
 pub struct ExecFile<'a> {
     /// No name in any filesystem (memfd, `O_TMPFILE`, deleted).
@@ -218,6 +270,10 @@ pub struct Refusal {
     exec_watched: HashMap<u64, OwnedFd>,
     /// The memory-file filesystem could be marked: fileless execs are refused here.
     pub memfd_watched: bool,
+    /// Files with an exec ignore mark, shared with the answering thread.
+    ignored: Arc<parking_lot::Mutex<Vec<OwnedFd>>>,
+    /// [`Table::exec_fingerprint`] of the table the ignore marks were set under.
+    fingerprint: u64,
     pub stats: Arc<Stats>,
 }
 
@@ -289,7 +345,9 @@ impl Refusal {
         let group = Arc::new(group);
         let table = Arc::new(RwLock::new(Table::default()));
         let stats = Arc::new(Stats::default());
+        let ignored = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let worker = Worker {
+            ignored: ignored.clone(),
             digests: parking_lot::Mutex::new(HashMap::new()),
             group: group.clone(),
             table: table.clone(),
@@ -308,8 +366,23 @@ impl Refusal {
             marked: HashMap::new(),
             exec_watched: HashMap::new(),
             memfd_watched: false,
+            ignored,
+            fingerprint: Table::default().exec_fingerprint(),
             stats,
         })
+    }
+
+    /// Removes every exec ignore mark.
+    fn clear_ignores(&self) {
+        let fds = std::mem::take(&mut *self.ignored.lock());
+        for fd in fds {
+            let _ = self.group.mark(
+                MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_IGNORED_MASK,
+                MaskFlags::FAN_OPEN_EXEC_PERM,
+                fd.as_fd(),
+                None::<&str>,
+            );
+        }
     }
 
     /// Asks about every exec on the host's filesystems (and of memory files) while some
@@ -420,7 +493,15 @@ impl Refusal {
                 }
             }
         }
+        let fingerprint = table.exec_fingerprint();
         *self.table.write() = table;
+        if fingerprint != self.fingerprint {
+            // A rule or a digest changed: a file let through before may be denied now.
+            // Removed after the new table is in place, so a mark set in between was
+            // judged on the new one.
+            self.fingerprint = fingerprint;
+            self.clear_ignores();
+        }
         for (_, fd) in std::mem::replace(&mut self.marked, next) {
             let _ = self.group.mark(
                 MarkFlags::FAN_MARK_REMOVE,
@@ -441,6 +522,7 @@ const DIGEST_CACHE: usize = 4_096;
 type DigestKey = (u64, u64, i64, u64, i64);
 
 struct Worker {
+    ignored: Arc<parking_lot::Mutex<Vec<OwnedFd>>>,
     digests: parking_lot::Mutex<HashMap<DigestKey, Digest>>,
     group: Arc<Fanotify>,
     table: Arc<RwLock<Table>>,
@@ -474,47 +556,38 @@ impl Worker {
         let Some(fd) = ev.fd() else { return };
         let tgid = ev.pid() as u32;
         let exec = ev.mask().contains(MaskFlags::FAN_OPEN_EXEC_PERM);
+        let Ok(st) = rustix::fs::fstat(fd) else {
+            self.respond(fd, Response::FAN_ALLOW);
+            return;
+        };
+        let id = (st.st_dev, st.st_ino);
+        let key = (
+            st.st_dev,
+            st.st_ino,
+            st.st_mtime,
+            st.st_mtime_nsec,
+            st.st_size,
+        );
+        let mut digest = || self.digest(fd, key);
+        let mut file = ExecFile {
+            unnamed: st.st_nlink == 0,
+            size: st.st_size as u64,
+            digest: &mut digest,
+        };
+        let table = self.table.read();
         let refused = (tgid != self.me)
             .then(|| self.sessions.get(&tgid, 0).ok())
             .flatten()
             .and_then(|s| {
-                let st = rustix::fs::fstat(fd).ok()?;
-                let table = self.table.read();
-                let by_name = table.judge(&s, (st.st_dev, st.st_ino), &|| path_of(fd));
-                let r = by_name.or_else(|| {
-                    let key = (
-                        st.st_dev,
-                        st.st_ino,
-                        st.st_mtime,
-                        st.st_mtime_nsec,
-                        st.st_size,
-                    );
-                    let mut digest = || {
-                        let mut cache = self.digests.lock();
-                        if let Some(d) = cache.get(&key) {
-                            return Some(*d);
-                        }
-                        let d = digest_of(fd)?;
-                        if cache.len() >= DIGEST_CACHE {
-                            cache.clear();
-                        }
-                        cache.insert(key, d);
-                        Some(d)
-                    };
-                    exec.then(|| {
-                        table.judge_exec(
-                            &s,
-                            &mut ExecFile {
-                                unnamed: st.st_nlink == 0,
-                                size: st.st_size as u64,
-                                digest: &mut digest,
-                            },
-                        )
-                    })
-                    .flatten()
-                })?;
+                let r = table
+                    .judge(&s, id, &|| path_of(fd))
+                    .or_else(|| exec.then(|| table.judge_exec(&s, &mut file)).flatten())?;
                 Some((s, r))
             });
+        // An exec let through that no session could be refused: not asked again until
+        // the file changes (the ignore mark goes with a modification) or a rule does.
+        let ignore =
+            exec && refused.is_none() && table.exec_never_refused(id, &mut file, &|| path_of(fd));
         if let Some((_, r)) = &refused
             && r.act == Act::Kill
         {
@@ -527,13 +600,13 @@ impl Worker {
             Some((_, r)) if r.act != Act::Alert => Response::FAN_DENY,
             _ => Response::FAN_ALLOW,
         };
-        if let Err(e) = self
-            .group
-            .write_response(FanotifyResponse::new(fd, response))
-        {
-            warn!(error = %e, "answering a fanotify permission event failed");
+        self.respond(fd, response);
+        if ignore {
+            // Under the table's read lock: a new table (and the removal of every ignore
+            // mark it brings) cannot come between this decision and the mark.
+            self.ignore_execs(fd);
         }
-        self.stats.answered.fetch_add(1, Ordering::Relaxed);
+        drop(table);
         let Some((s, r)) = refused else { return };
         if r.act != Act::Alert {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -549,6 +622,56 @@ impl Worker {
         let rec = record(&s, &r, tgid, access, &path_of(fd).unwrap_or_default());
         if self.records.try_send(rec).is_err() {
             self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Worker {
+    fn respond(&self, fd: BorrowedFd<'_>, response: Response) {
+        if let Err(e) = self
+            .group
+            .write_response(FanotifyResponse::new(fd, response))
+        {
+            warn!(error = %e, "answering a fanotify permission event failed");
+        }
+        self.stats.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The content digest of an executed file, cached by identity and modification.
+    fn digest(&self, fd: BorrowedFd<'_>, key: DigestKey) -> Option<Digest> {
+        if let Some(d) = self.digests.lock().get(&key) {
+            return Some(*d);
+        }
+        let d = digest_of(fd)?;
+        let mut cache = self.digests.lock();
+        if cache.len() >= DIGEST_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, d);
+        Some(d)
+    }
+
+    /// Stops asking about execs of the file behind `fd` (an ignore mark, removed when
+    /// the file is modified, and by [`Refusal::clear_ignores`]).
+    fn ignore_execs(&self, fd: BorrowedFd<'_>) {
+        let mut ignored = self.ignored.lock();
+        if ignored.len() >= MAX_IGNORED {
+            return;
+        }
+        let Ok(own) = fd.try_clone_to_owned() else {
+            return;
+        };
+        if self
+            .group
+            .mark(
+                MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK,
+                MaskFlags::FAN_OPEN_EXEC_PERM,
+                own.as_fd(),
+                None::<&str>,
+            )
+            .is_ok()
+        {
+            ignored.push(own);
         }
     }
 }
