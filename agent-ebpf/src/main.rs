@@ -13,6 +13,7 @@ mod lsm;
 mod maps;
 mod net;
 mod netpolicy;
+mod packet;
 mod path;
 mod pathrules;
 mod session;

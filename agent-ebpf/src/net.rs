@@ -112,11 +112,16 @@ pub fn sys_exit_sendmsg(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A raw or ICMP socket refused in a `kill` session: the signal before the
-/// process returns from `socket(2)`.
+/// A raw or ICMP socket refused in a `kill` session, or a packet socket created in a
+/// session that denies the network: the signal before the process returns from
+/// `socket(2)`.
 #[tracepoint(category = "syscalls", name = "sys_exit_socket")]
-pub fn sys_exit_socket(_ctx: TracePointContext) -> u32 {
-    kill_if_decided(bpf_get_current_pid_tgid());
+pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    kill_if_decided(pid_tgid);
+    // SAFETY: reading the tracepoint record.
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    crate::packet::at_socket_exit(pid_tgid, ret);
     0
 }
 

@@ -152,6 +152,22 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: false,
         fallback: "a `kill` of a raw or ICMP socket refuses it without the signal",
     },
+    // Packet sockets: below IP, never seen by sock_create; refused by BPF-LSM, else the
+    // process is killed once the socket exists (syscall or io_uring alike).
+    ProgramSpec {
+        name: "socket_create",
+        hook: Hook::Lsm("socket_create"),
+        needs: Some(Feature::BpfLsm),
+        required: false,
+        fallback: "packet sockets of sessions are killed at socket(2)'s exit",
+    },
+    ProgramSpec {
+        name: "sys_enter_socket",
+        hook: Hook::Tracepoint("syscalls", "sys_enter_socket"),
+        needs: None,
+        required: false,
+        fallback: "packet sockets of sessions are not stopped without BPF-LSM",
+    },
     cgroup("connect4"),
     cgroup("connect6"),
     cgroup("sendmsg4"),

@@ -211,6 +211,17 @@ pub fn enforcement_gaps(
             ));
         }
     }
+    let net = &f.network;
+    if net.default == policy::Default::Deny
+        && net.on_violation != policy::OnViolation::Alert
+        && !attached("socket_create")
+    {
+        gaps.push(
+            "packet sockets are killed at socket(2)'s exit, not refused, and one made through \
+             io_uring is not stopped: the BPF-LSM socket_create hook is not attached"
+                .to_owned(),
+        );
+    }
     gaps
 }
 

@@ -377,3 +377,50 @@ fn io_uring_connects_and_sends_are_judged_by_destination() {
         }
     }
 }
+
+/// A packet socket (frames below IP, which no destination rule judges) in a session whose
+/// network default is deny: refused by BPF-LSM through the syscall and io_uring alike;
+/// without it the process is killed at `socket(2)`'s exit before it holds the socket.
+/// Recorded with the layer either way. (Without BPF-LSM an io_uring socket submission is
+/// not stopped: the threat model lists it.)
+#[test]
+fn packet_sockets_are_stopped_at_creation() {
+    let f = PathFixture::new();
+    marked_profile(&f, "pkt", "block");
+    let Some(d) = f.daemon() else { return };
+    let lsm = lsm_attached(&d);
+    let probe = probe();
+    let packet_decision = |name: &str| {
+        let sid = d.session(name).id;
+        let evs = d.wait_for(&sid, "the packet socket decision", |evs| {
+            evs.iter()
+                .any(|e| e.net().is_some_and(|n| n.family == "packet"))
+        });
+        let ev = evs
+            .iter()
+            .find(|e| e.net().is_some_and(|n| n.family == "packet"))
+            .unwrap()
+            .clone();
+        let dec = ev.decision.clone().unwrap();
+        assert_eq!(
+            (dec.decision, dec.rule.as_str()),
+            (Verdict::Deny, "network.default")
+        );
+        (dec.action, dec.enforced_by)
+    };
+    let out = d.run_profile("pkt", "k-packet", &f.dir, &[probe, "packet"]);
+    if lsm {
+        assert_eq!(verdict(&out), "errno 1", "{out:?}");
+        assert_eq!(packet_decision("k-packet"), (Action::Blocked, Layer::Lsm));
+        let out = d.run_profile("pkt", "k-uring-packet", &f.dir, &[probe, "uring-packet"]);
+        assert_eq!(verdict(&out), "errno 1", "{out:?}");
+        assert_eq!(
+            packet_decision("k-uring-packet"),
+            (Action::Blocked, Layer::Lsm)
+        );
+    } else {
+        assert_eq!(out.status.signal(), Some(9), "{out:?}");
+        assert!(out.stdout.is_empty(), "it never held the socket: {out:?}");
+        assert_eq!(packet_decision("k-packet"), (Action::Killed, Layer::Signal));
+    }
+}

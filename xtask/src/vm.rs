@@ -114,6 +114,29 @@ pub const VM_TESTS: &[(&str, &str)] = &[
         "landlock::default_deny_files_are_fenced_by_landlock_in_run_sessions",
         "each kernel's Landlock ABI (6.1 has ABI 2, 6.12 ABI 6)",
     ),
+    (
+        "routes::file_routes_without_an_open_by_path_are_refused",
+        "io_uring, file handles, /proc re-opens, mount namespaces: BPF-LSM file_open (6.12) \
+         and the fanotify marks (6.1) on each kernel's open paths",
+    ),
+    (
+        "routes::descriptors_held_before_enrolment_cannot_be_read",
+        "fanotify access permission events on read, sendfile, splice, copy_file_range and \
+         io_uring reads: each kernel decides differently when a file asks (6.17+ at open)",
+    ),
+    (
+        "routes::program_routes_are_refused",
+        "exec permission events and digests on each kernel; fileless execs refused by \
+         BPF-LSM (inode link count offset from BTF)",
+    ),
+    (
+        "routes::io_uring_connects_and_sends_are_judged_by_destination",
+        "the cgroup hooks on each kernel's io_uring connect and sendmsg paths",
+    ),
+    (
+        "routes::packet_sockets_are_stopped_at_creation",
+        "BPF-LSM socket_create refusing the syscall and io_uring alike on each kernel",
+    ),
 ];
 /// Printed by the guest after the tests; a guest that never prints it did not report.
 const EXIT_MARKER: &str = "AGENTWARDEN_VM_EXIT=";

@@ -39,7 +39,12 @@ pub(super) fn net_info(e: &NetDecisionEvent) -> NetInfo {
             255 => "raw".to_owned(),
             n => n.to_string(),
         },
-        family: if e.family == 10 { "inet6" } else { "inet" }.to_owned(),
+        family: match e.family {
+            10 => "inet6",
+            17 => "packet",
+            _ => "inet",
+        }
+        .to_owned(),
         address: if socket {
             String::new()
         } else {

@@ -7,12 +7,21 @@ use super::{
     pattern::{KernelForm, Pattern},
 };
 
-/// How a deny rule is matched.
+/// How a deny rule is matched, and which layers refuse it by which routes.
 fn form(p: &Pattern) -> &'static str {
     match p.kernel_form() {
-        KernelForm::Exact => "kernel: exact path (hash) and its inode",
-        KernelForm::Prefix => "kernel: directory tree (hash per level) and its files' inodes",
-        KernelForm::Basename => "kernel: file name (hash)",
+        KernelForm::Exact => {
+            "kernel: exact path (hash) and its inode; refused by lsm, else by fanotify \
+             (any open, read of a held descriptor, exec or copy by content)"
+        }
+        KernelForm::Prefix => {
+            "kernel: directory tree (hash per level) and its files' inodes; refused by lsm, \
+             else by fanotify (marks on the tree's directories: files added later too)"
+        }
+        KernelForm::Basename => {
+            "kernel: file name (hash); refused by lsm only, else its fallback (kill at the \
+             syscall's exit: open syscalls and execs, not io_uring or handles)"
+        }
         KernelForm::UserspaceOnly => "userspace: alert-only",
     }
 }
@@ -99,6 +108,12 @@ pub fn show(p: &Profile) -> String {
     );
     patterns(&mut out, "allow", &p.exec_allow);
     patterns(&mut out, "deny", &p.exec_deny);
+    let _ = writeln!(
+        out,
+        "    fileless {:?}: programs with no name (memfd, O_TMPFILE, deleted) — deleted and \
+         O_TMPFILE ones refused by fanotify, memory files by lsm, else killed at exec",
+        f.exec.fileless
+    );
     cat(
         &mut out,
         "files",

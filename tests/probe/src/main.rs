@@ -45,6 +45,7 @@ fn main() -> Result<()> {
         "uring-connect" => uring_connect(arg(0)?, arg(1)?.parse()?),
         "uring-sendto" => uring_sendto(arg(0)?, arg(1)?.parse()?),
         "packet" => packet_socket(),
+        "uring-packet" => uring_packet_socket(),
         other => bail!("unknown route `{other}`"),
     };
     let line = match outcome {
@@ -376,5 +377,17 @@ fn packet_socket() -> Outcome {
     )?;
     // SAFETY: a fresh descriptor.
     drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+    Ok(Seen::Nothing)
+}
+
+/// A packet socket created through the ring (`IORING_OP_SOCKET`, 5.19+).
+fn uring_packet_socket() -> Outcome {
+    let mut ring = IoUring::new(4)?;
+    let proto = i32::from((libc::ETH_P_ALL as u16).to_be());
+    let socket =
+        opcode::Socket::new(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto).build();
+    let fd = submit_one(&mut ring, &socket)?;
+    // SAFETY: the ring returned a fresh descriptor.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
     Ok(Seen::Nothing)
 }
