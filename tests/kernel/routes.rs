@@ -58,7 +58,7 @@ fn layer_of(e: &Event) -> Layer {
 /// the same files read normally.
 #[test]
 fn file_routes_without_an_open_by_path_are_refused() {
-    let f = PathFixture::new();
+    let f = PathFixture::on_tmpfs();
     marked_profile(&f, "routes", "block");
     let Some(d) = f.daemon() else { return };
     let lsm = lsm_attached(&d);
@@ -162,7 +162,7 @@ fn file_routes_without_an_open_by_path_are_refused() {
 /// asked about reads), recorded as a blocked `read` with the rule.
 #[test]
 fn descriptors_held_before_enrolment_cannot_be_read() {
-    let f = PathFixture::new();
+    let f = PathFixture::on_tmpfs();
     marked_profile(&f, "held", "block");
     let Some(d) = f.daemon() else { return };
     let key = f.dir.join("secret/key");
@@ -201,7 +201,7 @@ fn descriptors_held_before_enrolment_cannot_be_read() {
 /// (memory files live where fanotify cannot mark).
 #[test]
 fn program_routes_are_refused() {
-    let f = PathFixture::new();
+    let f = PathFixture::on_tmpfs();
     marked_profile(&f, "progs", "block");
     let Some(d) = f.daemon() else { return };
     let lsm = lsm_attached(&d);
@@ -303,7 +303,7 @@ fn program_routes_are_refused() {
 /// shortcut away.
 #[test]
 fn a_program_denied_after_it_ran_is_refused() {
-    let f = PathFixture::new();
+    let f = PathFixture::on_tmpfs();
     let dir = f.dir.display().to_string();
     fs::copy("/usr/bin/true", f.dir.join("bin/later")).unwrap();
     let profile = |deny: &str| {
@@ -340,10 +340,11 @@ fn a_program_denied_after_it_ran_is_refused() {
 
 /// Connects and datagrams submitted through io_uring are judged by destination like
 /// their syscalls (the cgroup hooks run for both), IPv4-mapped IPv6 included: refused
-/// outside the allow list, let through inside it.
+/// outside the allow list, let through inside it. DNS goes only to the resolvers the
+/// profile allows, over UDP and TCP.
 #[test]
 fn io_uring_connects_and_sends_are_judged_by_destination() {
-    let f = PathFixture::new();
+    let f = PathFixture::on_tmpfs();
     marked_profile(&f, "net", "block");
     let Some(d) = f.daemon() else { return };
     let probe = probe();
@@ -366,6 +367,14 @@ fn io_uring_connects_and_sends_are_judged_by_destination() {
             vec!["uring-connect", "127.0.0.2", port.as_str()],
             "ok",
         ),
+        // Name resolution only through the resolvers the profile names.
+        ("n-dns", vec!["dns", "127.0.0.9"], "errno 1"),
+        (
+            "n-dns-tcp",
+            vec!["uring-connect", "127.0.0.9", "53"],
+            "errno 1",
+        ),
+        ("n-dns-allowed", vec!["dns", "127.0.0.2"], "ok"),
     ] {
         let mut a = vec![probe];
         a.extend(args);
@@ -385,7 +394,7 @@ fn io_uring_connects_and_sends_are_judged_by_destination() {
 /// not stopped: the threat model lists it.)
 #[test]
 fn packet_sockets_are_stopped_at_creation() {
-    let f = PathFixture::new();
+    let f = PathFixture::on_tmpfs();
     marked_profile(&f, "pkt", "block");
     let Some(d) = f.daemon() else { return };
     let lsm = lsm_attached(&d);

@@ -137,7 +137,7 @@ impl Core {
 
 /// Local accounts whose rules are bound from the start; more are bound at their first
 /// session.
-const MAX_PREBOUND_ACCOUNTS: usize = 64;
+const MAX_PREBOUND_ACCOUNTS: usize = 16;
 
 pub(super) fn new_session_id() -> Result<u64> {
     let mut b = [0u8; 8];

@@ -428,11 +428,31 @@ impl Refusal {
             .and_then(|m| rustix::fs::fstat(m).ok())
             .map(|st| st.st_dev);
         roots.extend(memfd);
-        for fd in roots {
-            let Ok(st) = rustix::fs::fstat(&fd) else {
-                continue;
-            };
-            if self.exec_watched.contains_key(&st.st_dev) {
+        let roots: Vec<(OwnedFd, u64)> = roots
+            .into_iter()
+            .filter_map(|fd| rustix::fs::fstat(&fd).ok().map(|st| (fd, st.st_dev)))
+            .collect();
+        // Filesystems unmounted since (containers come and go): their marks and the
+        // descriptors that keep them alive are let go.
+        let present: std::collections::HashSet<u64> = roots.iter().map(|(_, d)| *d).collect();
+        let gone: Vec<u64> = self
+            .exec_watched
+            .keys()
+            .filter(|d| !present.contains(d))
+            .copied()
+            .collect();
+        for dev in gone {
+            if let Some(fd) = self.exec_watched.remove(&dev) {
+                let _ = self.group.mark(
+                    MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_FILESYSTEM,
+                    MaskFlags::FAN_OPEN_EXEC_PERM,
+                    fd.as_fd(),
+                    None::<&str>,
+                );
+            }
+        }
+        for (fd, dev) in roots {
+            if self.exec_watched.contains_key(&dev) {
                 continue;
             }
             match self.group.mark(
@@ -442,18 +462,18 @@ impl Refusal {
                 None::<&str>,
             ) {
                 Ok(()) => {
-                    if Some(st.st_dev) == memfd_dev {
+                    if Some(dev) == memfd_dev {
                         self.memfd_watched = true;
                     }
-                    self.exec_watched.insert(st.st_dev, fd);
+                    self.exec_watched.insert(dev, fd);
                 }
                 Err(e) => {
-                    tracing::debug!(dev = st.st_dev, error = %e, "filesystem not watched for execs");
-                    if Some(st.st_dev) == memfd_dev {
+                    tracing::debug!(dev, error = %e, "filesystem not watched for execs");
+                    if Some(dev) == memfd_dev {
                         warn!(error = %e, "memory files cannot be watched for execs: `exec.fileless: deny` is met by BPF-LSM only");
                     }
                     // Remembered so it is not tried again at every binding.
-                    self.exec_watched.insert(st.st_dev, fd);
+                    self.exec_watched.insert(dev, fd);
                 }
             }
         }

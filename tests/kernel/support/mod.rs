@@ -399,15 +399,51 @@ pub(crate) fn num_cpus() -> usize {
 /// A directory with a canary, a secret tree, an allowed file, a symlink and a hard link
 /// to the canary, and a copy of a program (`bin/tool`) that the profiles deny.
 pub(crate) struct PathFixture {
+    /// Unmounted before the directory goes (fields drop in order).
+    _tmpfs: Option<TmpfsMount>,
     pub(crate) _work: TempDir,
     pub(crate) dir: PathBuf,
     pub(crate) rules: TempDir,
 }
 
+/// A tmpfs mounted by a test, detached when dropped.
+pub(crate) struct TmpfsMount(PathBuf);
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
 impl PathFixture {
     pub(crate) fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// The fixture on a tmpfs of its own: a filesystem with file handles and `O_TMPFILE`
+    /// whatever the machine's (or the VM guest's) temporary directory sits on, for the
+    /// routes that need them.
+    pub(crate) fn on_tmpfs() -> Self {
+        Self::build(true)
+    }
+
+    fn build(tmpfs: bool) -> Self {
         let work = tempfile::tempdir().unwrap();
         let dir = fs::canonicalize(work.path()).unwrap();
+        // Without root the test skips when it starts its daemon; the mount needs root too.
+        let mount = tmpfs
+            .then(|| {
+                rustix::mount::mount(
+                    "tmpfs",
+                    &dir,
+                    "tmpfs",
+                    rustix::mount::MountFlags::empty(),
+                    None,
+                )
+                .ok()
+                .map(|()| TmpfsMount(dir.clone()))
+            })
+            .flatten();
         for sub in ["secret", "app", "bin"] {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
@@ -420,6 +456,7 @@ impl PathFixture {
         fs::hard_link(dir.join("canary"), dir.join("app/hardlink")).unwrap();
         fs::copy("/usr/bin/od", dir.join("bin/tool")).unwrap();
         Self {
+            _tmpfs: mount,
             _work: work,
             dir,
             rules: tempfile::tempdir().unwrap(),
@@ -439,8 +476,15 @@ impl PathFixture {
     }
 
     pub(crate) fn daemon(&self) -> Option<Daemon> {
+        self.daemon_with(&[])
+    }
+
+    /// The daemon on the fixture's rules, with more daemon options.
+    pub(crate) fn daemon_with(&self, extra: &[&str]) -> Option<Daemon> {
         let rd = self.rules.path().to_str().unwrap().to_owned();
-        Daemon::start_with(&["--rules-dir", &rd])
+        let mut args = vec!["--rules-dir", rd.as_str()];
+        args.extend(extra);
+        Daemon::start_with(&args)
     }
 }
 

@@ -44,6 +44,7 @@ fn main() -> Result<()> {
         "memfd-exec" => memfd_exec(arg(0)?, &rest[1..]),
         "uring-connect" => uring_connect(arg(0)?, arg(1)?.parse()?),
         "uring-sendto" => uring_sendto(arg(0)?, arg(1)?.parse()?),
+        "dns" => dns_query(arg(0)?),
         "packet" => packet_socket(),
         "uring-packet" => uring_packet_socket(),
         other => bail!("unknown route `{other}`"),
@@ -389,5 +390,26 @@ fn uring_packet_socket() -> Outcome {
     let fd = submit_one(&mut ring, &socket)?;
     // SAFETY: the ring returned a fresh descriptor.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(Seen::Nothing)
+}
+
+/// A DNS query for `example.com` (type A) sent with plain `sendto` to a resolver on port
+/// 53: what a process does when it resolves names itself, not through the system's stub.
+fn dns_query(resolver: &str) -> Outcome {
+    let sa = sockaddr(resolver, 53).map_err(|_| Error::from_raw_os_error(libc::EINVAL))?;
+    let s = socket(libc::SOCK_DGRAM)?;
+    let query: &[u8] =
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01";
+    // SAFETY: valid buffer and address for the duration of the call.
+    check(unsafe {
+        libc::sendto(
+            s.as_raw_fd(),
+            query.as_ptr().cast(),
+            query.len(),
+            0,
+            (&sa as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as u32,
+        )
+    } as i64)?;
     Ok(Seen::Nothing)
 }
