@@ -139,6 +139,9 @@ vocabulary! {
         /// The daemon's fanotify permission marks on the denied files, programs and
         /// directories refused the open, read or exec (`EPERM`) where BPF-LSM is absent.
         Fanotify = 5 => "fanotify",
+        /// The kernel's own capability check: `agentwarden run` dropped the capability
+        /// (`CAP_NET_RAW`) from the agent before executing it.
+        Capabilities = 6 => "capabilities",
     }
 }
 

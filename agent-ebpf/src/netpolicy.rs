@@ -193,6 +193,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         // The signal follows at the syscall's exit; the socket is refused already.
         let _ = NET_KILL.insert(pid_tgid, 1, 0);
     }
+    crate::packet::decided_by_cgroup(pid_tgid);
     send(&NetDecisionEvent {
         header: header(EventKind::NetDecision, entry.session_id),
         family: family as u16,

@@ -1,4 +1,4 @@
-//! Packet sockets (`AF_PACKET`): frames below IP, which no destination rule can judge and
+//! Raw and packet sockets at creation. Packet sockets (`AF_PACKET`): frames below IP, which no destination rule can judge and
 //! which the cgroup `sock_create` hook never sees (the kernel runs it for inet sockets
 //! only). In a session whose profile denies the network by default, their creation is the
 //! decision: refused by BPF-LSM (`socket_create`, `EPERM`, for the syscall and io_uring
@@ -26,7 +26,12 @@ use crate::{
     pathrules::kill_current,
 };
 
+const AF_INET: i32 = 2;
+const AF_INET6: i32 = 10;
 const AF_PACKET: i32 = 17;
+const SOCK_RAW: i32 = 3;
+/// `type` carries `SOCK_NONBLOCK` and `SOCK_CLOEXEC` above the kind.
+const SOCK_TYPE_MASK: i32 = 0xf;
 const EPERM: i32 = 1;
 
 /// How the session's profile meets a packet socket: `None` when it does not decide one
@@ -36,6 +41,13 @@ fn decision(family: i32, kern: i32) -> Option<(SessionEntry, bool, bool)> {
     if family != AF_PACKET || kern != 0 {
         return None;
     }
+    deny_default()
+}
+
+/// The session of the current process when its profile denies the network by default:
+/// (entry, acted on, kill).
+#[inline(always)]
+fn deny_default() -> Option<(SessionEntry, bool, bool)> {
     let entry = current_session((bpf_get_current_pid_tgid() >> 32) as u32)?;
     let cfg = PROFILES.get(entry.profile_id)?;
     if cfg.loaded == 0 || cfg.net_default_deny == 0 {
@@ -46,10 +58,10 @@ fn decision(family: i32, kern: i32) -> Option<(SessionEntry, bool, bool)> {
 }
 
 #[inline(always)]
-fn record(entry: &SessionEntry, protocol: i32, action: Action, layer: Layer) {
+fn record(entry: &SessionEntry, family: i32, protocol: i32, action: Action, layer: Layer) {
     send(&NetDecisionEvent {
         header: header(EventKind::NetDecision, entry.session_id),
-        family: AF_PACKET as u16,
+        family: family as u16,
         port: 0,
         // The ethertype as the process passed it (network byte order).
         protocol: protocol as u16,
@@ -83,51 +95,82 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     } else {
         Action::Blocked
     };
-    record(&entry, protocol, action, Layer::Lsm);
+    record(&entry, AF_PACKET, protocol, action, Layer::Lsm);
     -EPERM
 }
 
-/// Socket families and protocols asked for, from `socket(2)`'s entry to its exit.
+/// Raw and packet sockets asked for in a session that denies the network, from
+/// `socket(2)`'s entry to its exit: `[family, protocol, decided]` (`decided`: the cgroup
+/// `sock_create` hook took and recorded the decision itself).
 #[map]
-static SOCKET_STASH: LruHashMap<u64, [i32; 2]> = LruHashMap::with_max_entries(4_096, 0);
+pub static SOCKET_STASH: LruHashMap<u64, [i32; 3]> = LruHashMap::with_max_entries(4_096, 0);
 
 #[tracepoint(category = "syscalls", name = "sys_enter_socket")]
 pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
-    // SAFETY: reading the tracepoint record (args at 16 and 32: family, protocol).
-    let (family, protocol) = unsafe {
+    // SAFETY: reading the tracepoint record (args at 16, 24 and 32: family, type,
+    // protocol).
+    let (family, kind, protocol) = unsafe {
         (
             ctx.read_at::<u64>(16).unwrap_or(0) as i32,
+            ctx.read_at::<u64>(24).unwrap_or(0) as i32,
             ctx.read_at::<u64>(32).unwrap_or(0) as i32,
         )
     };
-    if family == AF_PACKET && decision(family, 0).is_some() {
-        let _ = SOCKET_STASH.insert(bpf_get_current_pid_tgid(), [family, protocol], 0);
+    let raw = (family == AF_INET || family == AF_INET6) && kind & SOCK_TYPE_MASK == SOCK_RAW;
+    if (family == AF_PACKET || raw) && deny_default().is_some() {
+        let _ = SOCKET_STASH.insert(bpf_get_current_pid_tgid(), [family, protocol, 0], 0);
     }
     0
 }
 
-/// At `socket(2)`'s exit (called by the exit program in `net`): a packet socket was
-/// created in a session that denies the network by default (no BPF-LSM refused it).
-/// Enforce mode kills the process before it returns to user mode with the socket;
-/// monitor and alert record.
+/// Marks the current `socket(2)` as decided by the cgroup layer (it sent the event).
+#[inline(always)]
+pub fn decided_by_cgroup(pid_tgid: u64) {
+    if let Some(s) = SOCKET_STASH.get_ptr_mut(pid_tgid) {
+        // SAFETY: a live map value of this thread.
+        unsafe { (*s)[2] = 1 };
+    }
+}
+
+/// At `socket(2)`'s exit (called by the exit program in `net`), for a raw or packet
+/// socket of a session that denies the network by default:
+/// - refused with `EPERM` and not decided by the cgroup layer: the kernel's capability
+///   check refused it (`run` dropped `CAP_NET_RAW`): recorded, and a `kill` profile's
+///   signal sent;
+/// - a packet socket created (no BPF-LSM refused it, the capability was kept: `attach`):
+///   enforce mode kills the process before it returns to user mode with the socket;
+///   monitor and alert record.
 #[inline(always)]
 pub fn at_socket_exit(pid_tgid: u64, ret: i64) {
     // SAFETY: copied out before removal.
-    let Some([family, protocol]) = (unsafe { SOCKET_STASH.get(pid_tgid) }).copied() else {
+    let Some([family, protocol, decided]) = (unsafe { SOCKET_STASH.get(pid_tgid) }).copied() else {
         return;
     };
     let _ = SOCKET_STASH.remove(pid_tgid);
-    if ret < 0 {
-        return;
-    }
-    let Some((entry, enforce, _)) = decision(family, 0) else {
+    let Some((entry, enforce, kill)) = deny_default() else {
         return;
     };
+    if ret == -i64::from(EPERM) {
+        if decided != 0 || !enforce {
+            return;
+        }
+        let action = if kill {
+            kill_current();
+            Action::Killed
+        } else {
+            Action::Blocked
+        };
+        record(&entry, family, protocol, action, Layer::Capabilities);
+        return;
+    }
+    if ret < 0 || family != AF_PACKET {
+        return;
+    }
     let (action, layer) = if enforce {
         kill_current();
         (Action::Killed, Layer::Signal)
     } else {
         (Action::Alerted, Layer::None)
     };
-    record(&entry, protocol, action, layer);
+    record(&entry, family, protocol, action, layer);
 }

@@ -362,6 +362,7 @@ fn run(
             session,
             warnings,
             landlock,
+            drop_capabilities,
             ..
         }) => {
             for w in warnings {
@@ -383,6 +384,14 @@ fn run(
                         return ExitCode::from(EXIT_LAUNCH_FAILED);
                     }
                 }
+            }
+            if let Err(e) = drop_capabilities_named(&drop_capabilities) {
+                eprintln!(
+                    "agentwarden: cannot drop {}: {e:#}\n\
+                     agentwarden: not running the agent unwatched",
+                    drop_capabilities.join(", ")
+                );
+                return ExitCode::from(EXIT_LAUNCH_FAILED);
             }
             session
         }
@@ -419,6 +428,33 @@ fn run(
     } else {
         126
     })
+}
+
+/// Drops capabilities from this process (and so the agent it becomes) for good: from the
+/// bounding set (no setuid or file-capability program regains them; needs
+/// `CAP_SETPCAP`, which root has), and from the effective, permitted, inheritable and
+/// ambient sets. Without `CAP_SETPCAP` (not root) the process holds none to drop, and
+/// `no_new_privs` keeps programs from granting them.
+fn drop_capabilities_named(names: &[String]) -> anyhow::Result<()> {
+    use rustix::thread::CapabilitySet;
+    for name in names {
+        let set = match name.as_str() {
+            "CAP_NET_RAW" => CapabilitySet::NET_RAW,
+            other => anyhow::bail!("unknown capability {other}"),
+        };
+        match rustix::thread::remove_capability_from_bounding_set(set) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::PERM) => rustix::thread::set_no_new_privs(true)?,
+            Err(e) => return Err(e.into()),
+        }
+        let mut sets = rustix::thread::capabilities(None)?;
+        sets.effective -= set;
+        sets.permitted -= set;
+        sets.inheritable -= set;
+        rustix::thread::set_capabilities(None, sets)?;
+        rustix::thread::configure_capability_in_ambient_set(set, false)?;
+    }
+    Ok(())
 }
 
 fn events(socket: &Path, follow: bool, session: Option<String>, json: bool) -> Result<ExitCode> {

@@ -217,12 +217,30 @@ pub fn enforcement_gaps(
         && !attached("socket_create")
     {
         gaps.push(
-            "packet sockets are killed at socket(2)'s exit, not refused, and one made through \
+            "packet sockets are refused by dropping CAP_NET_RAW in `run` sessions; in \
+             `attach` sessions they are killed at socket(2)'s exit, and one made through \
              io_uring is not stopped: the BPF-LSM socket_create hook is not attached"
                 .to_owned(),
         );
     }
     gaps
+}
+
+/// Capabilities `run` drops before it executes the agent: `CAP_NET_RAW` where the
+/// network default is deny and violations are acted on. Raw and packet sockets are then
+/// refused by the kernel's own capability check, by every route (io_uring included) and
+/// on every kernel, and setuid or file-capability programs cannot bring it back (it
+/// leaves the bounding set). Monitor and `alert` keep it: they record, not refuse.
+pub fn dropped_capabilities(p: &Profile) -> Vec<String> {
+    let f = &p.file;
+    if f.mode == policy::Mode::Enforce
+        && f.network.default == policy::Default::Deny
+        && f.network.on_violation != policy::OnViolation::Alert
+    {
+        vec!["CAP_NET_RAW".to_owned()]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Profiles by name.

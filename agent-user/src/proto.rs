@@ -47,6 +47,9 @@ pub enum Response {
         /// The Landlock domain `run` must restrict itself to before executing the agent.
         #[serde(default)]
         landlock: Option<crate::policy::landlock::LandlockPlan>,
+        /// Capabilities `run` must drop before executing the agent (`CAP_NET_RAW`).
+        #[serde(default)]
+        drop_capabilities: Vec<String>,
     },
     Sessions {
         sessions: Vec<SessionView>,

@@ -198,6 +198,11 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
     } else {
         None
     };
+    let drop_capabilities = if new.enrolment == Enrolment::Run {
+        profiles::dropped_capabilities(&profile)
+    } else {
+        Vec::new()
+    };
     let (root, how) = (new.root_pid, new.enrolment);
     let (id, processes) = core.enroll(new, flags)?;
     core.flush_sinks();
@@ -226,6 +231,7 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
         processes,
         warnings,
         landlock,
+        drop_capabilities,
     })
 }
 
