@@ -3,7 +3,7 @@
 //! after a tracepoint read it), before the connect or send happens.
 
 use agent_common::{
-    event::{EventKind, NET_OP_CONNECT, NET_OP_SENDMSG, NET_OP_SOCKET, NetDecisionEvent},
+    event::{EventKind, NET_OP_CONNECT, NET_OP_SENDMSG, NetDecisionEvent},
     policy::{MAX_PROFILES, NET_RULES_MAX, NetKey, NetRule, ProfileConfig, RULE_DEFAULT},
     vocab::{Action, Layer, Mode, OnViolation},
 };
@@ -40,10 +40,10 @@ pub static NET_KILL: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4_096, 
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+pub(crate) const AF_INET: u16 = 2;
+pub(crate) const AF_INET6: u16 = 10;
 const SOCK_DGRAM: u32 = 2;
-const SOCK_RAW: u32 = 3;
+pub(crate) const SOCK_RAW: u32 = 3;
 const IPPROTO_ICMP: u32 = 1;
 const IPPROTO_ICMPV6: u32 = 58;
 
@@ -194,19 +194,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         let _ = NET_KILL.insert(pid_tgid, 1, 0);
     }
     crate::packet::decided_by_cgroup(pid_tgid);
-    send(&NetDecisionEvent {
-        header: header(EventKind::NetDecision, entry.session_id),
-        family: family as u16,
-        port: 0,
-        protocol: protocol as u16,
-        op: NET_OP_SOCKET,
-        denied: 1,
-        action: action as u8,
-        enforced_by: (if enforce { Layer::Cgroup } else { Layer::None }) as u8,
-        _pad: 0,
-        // Judged by the category default: no destination to match a rule against.
-        rule_id: RULE_DEFAULT,
-        addr: [0; 16],
-    });
+    let layer = if enforce { Layer::Cgroup } else { Layer::None };
+    crate::packet::record(&entry, family as i32, protocol as i32, action, layer);
     if enforce { REJECT } else { ALLOW }
 }

@@ -22,14 +22,11 @@ use aya_ebpf::{
 use crate::{
     emit::{header, send},
     maps::current_session,
-    netpolicy::PROFILES,
+    netpolicy::{AF_INET, AF_INET6, PROFILES, SOCK_RAW},
     pathrules::kill_current,
 };
 
-const AF_INET: i32 = 2;
-const AF_INET6: i32 = 10;
 const AF_PACKET: i32 = 17;
-const SOCK_RAW: i32 = 3;
 /// `type` carries `SOCK_NONBLOCK` and `SOCK_CLOEXEC` above the kind.
 const SOCK_TYPE_MASK: i32 = 0xf;
 const EPERM: i32 = 1;
@@ -57,13 +54,28 @@ fn deny_default() -> Option<(SessionEntry, bool, bool)> {
     Some((entry, enforce, cfg.net_action == OnViolation::Kill as u8))
 }
 
+/// The action on a refused socket: `kill` also signals (before the process returns to
+/// user mode).
 #[inline(always)]
-fn record(entry: &SessionEntry, family: i32, protocol: i32, action: Action, layer: Layer) {
+fn refused(kill: bool) -> Action {
+    if kill {
+        kill_current();
+        Action::Killed
+    } else {
+        Action::Blocked
+    }
+}
+
+/// The `net_decision` event of a socket's creation (used by the cgroup `sock_create`
+/// hook too): judged by the network default, there is no destination to match.
+#[inline(always)]
+pub fn record(entry: &SessionEntry, family: i32, protocol: i32, action: Action, layer: Layer) {
     send(&NetDecisionEvent {
         header: header(EventKind::NetDecision, entry.session_id),
         family: family as u16,
         port: 0,
-        // The ethertype as the process passed it (network byte order).
+        // The IP protocol, or for a packet socket the ethertype as passed (network byte
+        // order).
         protocol: protocol as u16,
         op: NET_OP_SOCKET,
         denied: 1,
@@ -89,13 +101,7 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
         // Monitor and alert are recorded after creation, below.
         return 0;
     };
-    let action = if kill {
-        kill_current();
-        Action::Killed
-    } else {
-        Action::Blocked
-    };
-    record(&entry, AF_PACKET, protocol, action, Layer::Lsm);
+    record(&entry, AF_PACKET, protocol, refused(kill), Layer::Lsm);
     -EPERM
 }
 
@@ -116,7 +122,8 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
             ctx.read_at::<u64>(32).unwrap_or(0) as i32,
         )
     };
-    let raw = (family == AF_INET || family == AF_INET6) && kind & SOCK_TYPE_MASK == SOCK_RAW;
+    let inet = family == i32::from(AF_INET) || family == i32::from(AF_INET6);
+    let raw = inet && kind & SOCK_TYPE_MASK == SOCK_RAW as i32;
     if (family == AF_PACKET || raw) && deny_default().is_some() {
         let _ = SOCKET_STASH.insert(bpf_get_current_pid_tgid(), [family, protocol, 0], 0);
     }
@@ -154,13 +161,7 @@ pub fn at_socket_exit(pid_tgid: u64, ret: i64) {
         if decided != 0 || !enforce {
             return;
         }
-        let action = if kill {
-            kill_current();
-            Action::Killed
-        } else {
-            Action::Blocked
-        };
-        record(&entry, family, protocol, action, Layer::Capabilities);
+        record(&entry, family, protocol, refused(kill), Layer::Capabilities);
         return;
     }
     if ret < 0 || family != AF_PACKET {
