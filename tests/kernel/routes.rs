@@ -9,11 +9,12 @@ use crate::support::*;
 
 /// A fixture profile whose every deny rule names a file or a tree, so `block` is
 /// carried out by refusal on any host with fanotify (no name pattern, which only BPF-LSM
-/// can refuse).
+/// can refuse). It also denies a script, `bin/script.sh`, written here.
 fn marked_profile(f: &PathFixture, name: &str, on_violation: &str) {
+    fs::write(f.dir.join("bin/script.sh"), "echo SCRIPT-RAN\n").unwrap();
     let text = format!(
         "name: {name}\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: enforce\n\
-         exec:\n  deny: [{d}/bin/tool]\n  on_violation: {on_violation}\n  fileless: deny\n\
+         exec:\n  deny: [{d}/bin/tool, {d}/bin/script.sh]\n  on_violation: {on_violation}\n  fileless: deny\n\
          files:\n  deny:\n    - {d}/canary\n    - {d}/secret/**\n  on_violation: {on_violation}\n\
          network:\n  default: deny\n  allow:\n    - {{ cidr: 127.0.0.2 }}\n  on_violation: {on_violation}\n",
         d = f.dir.display()
@@ -194,8 +195,9 @@ fn descriptors_held_before_enrolment_cannot_be_read() {
 }
 
 /// A denied program runs by no route: its path, a hard link, the dynamic loader mapping
-/// it, a copy made in the session (reading its bytes is refused) and one made before it
-/// under another name (matched by content digest) all get `EPERM`; the caller goes on.
+/// it, an interpreter reading a denied script, a copy made in the session (reading its
+/// bytes is refused) and one made before it under another name (matched by content
+/// digest) all get `EPERM`; the caller goes on.
 /// With `exec.fileless: deny`, a program run from a deleted file is refused too, and one
 /// run from a memory file is refused by BPF-LSM or, where it is absent, killed at exec
 /// (memory files live where fanotify cannot mark).
@@ -227,6 +229,11 @@ fn program_routes_are_refused() {
             "p-copy",
             sh(&format!("cp {tool} {dir}/bin/copied; echo rc=$?")),
         ),
+        // A denied script through the interpreter that would read it.
+        (
+            "p-interpreter",
+            sh(&format!("sh {dir}/bin/script.sh; echo rc=$?")),
+        ),
         (
             "p-copy-before",
             sh(&format!("{dir}/bin/other-name -c /dev/null; echo rc=$?")),
@@ -257,10 +264,10 @@ fn program_routes_are_refused() {
         );
         let ev = blocked(&d, name);
         let dec = ev.decision.as_ref().unwrap();
-        let rule = if *name == "p-deleted" {
-            "(exec.fileless)"
-        } else {
-            "(exec.deny[0])"
+        let rule = match *name {
+            "p-deleted" => "(exec.fileless)",
+            "p-interpreter" => "(exec.deny[1])",
+            _ => "(exec.deny[0])",
         };
         assert!(dec.rule.ends_with(rule), "{name}: {dec:?}");
         if !lsm || *name == "p-copy-before" {

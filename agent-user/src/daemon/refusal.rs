@@ -6,6 +6,12 @@
 //! namespace or chroot, the dynamic loader, a descriptor obtained before enrolment read
 //! with `read`, `sendfile`, `splice` or io_uring), and waits for the answer.
 //!
+//! While a profile denies programs (or names `exec.fileless`), every filesystem is also
+//! watched for execs: a copy of a denied program under any name is refused by its
+//! SHA-256 (hashed only when a denied program has the file's size), a deleted or
+//! `O_TMPFILE` program by `exec.fileless`. A program no session could be refused gets an
+//! ignore mark after its first exec, so the round trip is paid once per program.
+//!
 //! One thread answers: processes outside a session at once, session processes by their
 //! profile (`EPERM` for `block`; `kill` also sends SIGKILL first). It never takes the
 //! daemon's core lock and never opens a marked object itself, so the daemon's own opens
