@@ -327,6 +327,18 @@ fn a_program_denied_after_it_ran_is_refused() {
         let out = d.run_profile("late", &format!("l-ok{i}"), &f.dir, &[later.as_str()]);
         assert!(out.status.success(), "allowed before the rule: {out:?}");
     }
+    // The premise: its execs are no longer asked about (an ignore mark).
+    let st: StatusReport = d.json(&["status", "--json"]);
+    let ignored = st
+        .kernel_counters
+        .iter()
+        .find(|c| c.name == "fanotify_exec_ignored")
+        .map_or(0, |c| c.total);
+    assert!(
+        ignored >= 1,
+        "no exec ignore mark was set: {:?}",
+        st.kernel_counters
+    );
     profile(&later);
     d.reload();
     let out = d.run_profile("late", "l-denied", &f.dir, &[later.as_str()]);

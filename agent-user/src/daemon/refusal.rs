@@ -318,9 +318,21 @@ impl Refusal {
             ("fanotify_records_dropped", &s.records_dropped),
         ]
         .into_iter()
-        .map(|(name, v)| crate::proto::Counter {
+        .map(|(name, v)| (name, v.load(Ordering::Relaxed)))
+        .chain([
+            // Filesystems asked about every exec (copies, fileless), and whether memory
+            // files are among them (never, so far: fanotify cannot mark them).
+            (
+                "fanotify_exec_watched_filesystems",
+                self.exec_watched.len() as u64,
+            ),
+            ("fanotify_memfd_watched", u64::from(self.memfd_watched)),
+            // Programs whose execs are no longer asked about.
+            ("fanotify_exec_ignored", self.ignored.lock().len() as u64),
+        ])
+        .map(|(name, total)| crate::proto::Counter {
             name: name.to_owned(),
-            total: v.load(Ordering::Relaxed),
+            total,
             per_cpu: Vec::new(),
         })
         .collect()
