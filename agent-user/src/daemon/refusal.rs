@@ -488,7 +488,9 @@ impl Refusal {
                 Err(e) => {
                     tracing::debug!(dev, error = %e, "filesystem not watched for execs");
                     if Some(dev) == memfd_dev {
-                        warn!(error = %e, "memory files cannot be watched for execs: `exec.fileless: deny` is met by BPF-LSM only");
+                        // Expected (the kernel's internal filesystem takes no
+                        // filesystem marks): memory-file execs are decided in the kernel.
+                        tracing::info!(error = %e, "memory files are not watched for execs: `exec.fileless` decides them in the kernel (refused by BPF-LSM, else killed at exec)");
                     }
                     // Remembered so it is not tried again at every binding.
                     self.exec_watched.insert(dev, fd);
