@@ -102,6 +102,8 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
         return 0;
     };
     record(&entry, AF_PACKET, protocol, refused(kill), Layer::Lsm);
+    // Recorded here: the syscall's exit must not record the same refusal again.
+    decided_by_cgroup(bpf_get_current_pid_tgid());
     -EPERM
 }
 
@@ -130,7 +132,8 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Marks the current `socket(2)` as decided by the cgroup layer (it sent the event).
+/// Marks the current `socket(2)` as decided by a hook that sent the event itself (the
+/// cgroup layer or BPF-LSM).
 #[inline(always)]
 pub fn decided_by_cgroup(pid_tgid: u64) {
     if let Some(s) = SOCKET_STASH.get_ptr_mut(pid_tgid) {

@@ -424,11 +424,12 @@ fn packet_sockets_are_stopped_at_creation() {
             evs.iter()
                 .any(|e| e.net().is_some_and(|n| n.family == "packet"))
         });
-        let ev = evs
+        let packet: Vec<&Event> = evs
             .iter()
-            .find(|e| e.net().is_some_and(|n| n.family == "packet"))
-            .unwrap()
-            .clone();
+            .filter(|e| e.net().is_some_and(|n| n.family == "packet"))
+            .collect();
+        assert_eq!(packet.len(), 1, "one record per refusal:\n{}", dump(&evs));
+        let ev = packet[0].clone();
         let dec = ev.decision.clone().unwrap();
         assert_eq!(
             (dec.decision, dec.rule.as_str()),

@@ -54,7 +54,7 @@ pub(super) struct PolicyMaps {
     fileless: HashMap<u32, (Act, u32)>,
     /// Digests of the denied programs by identity and modification: a binding every
     /// 10 s does not read them again.
-    digests: HashMap<(u64, u64, i64, u64), refusal::Digest>,
+    digests: HashMap<(u64, u64, i64, u64, i64, u64), refusal::Digest>,
 }
 
 impl PolicyMaps {
@@ -163,6 +163,8 @@ impl PolicyMaps {
         };
         let mut digests = HashMap::new();
         let mut objects = Vec::new();
+        // A file bound for several profiles and owners is marked once (one descriptor).
+        let mut marked = std::collections::HashSet::new();
         for (k, v) in self.inode_rules.iter().filter_map(|r| r.ok()) {
             if !acted(k.profile_id, k.category) {
                 continue;
@@ -170,7 +172,7 @@ impl PolicyMaps {
             let Some(file) = self.held.get(&(k.ino, k.dev)) else {
                 continue;
             };
-            let (Ok(st), Ok(fd)) = (rustix::fs::fstat(file), file.try_clone()) else {
+            let Ok(st) = rustix::fs::fstat(file) else {
                 continue;
             };
             let binding = Binding {
@@ -185,7 +187,14 @@ impl PolicyMaps {
                 .or_default()
                 .push(binding);
             if k.category == CATEGORY_EXEC {
-                let key = (st.st_dev, st.st_ino, st.st_mtime, st.st_mtime_nsec);
+                let key = (
+                    st.st_dev,
+                    st.st_ino,
+                    st.st_mtime,
+                    st.st_mtime_nsec,
+                    st.st_ctime,
+                    st.st_ctime_nsec,
+                );
                 let digest = match self.digests.get(&key) {
                     Some(d) => Some(*d),
                     None => refusal::digest_of(file.as_fd()),
@@ -199,11 +208,16 @@ impl PolicyMaps {
                         .push((d, binding));
                 }
             }
-            objects.push(Object {
-                fd: fd.into(),
-                dir: false,
-            });
+            if marked.insert((st.st_dev, st.st_ino))
+                && let Ok(fd) = file.try_clone()
+            {
+                objects.push(Object {
+                    fd: fd.into(),
+                    dir: false,
+                });
+            }
         }
+        let mut walked = std::collections::HashSet::new();
         for b in self.bound.iter().filter(|b| b.tree) {
             if !acted(b.key.profile_id, b.key.category) {
                 continue;
@@ -214,7 +228,19 @@ impl PolicyMaps {
                 category: b.key.category,
                 rule_id: b.rule_id,
             };
+            // Judged on the resolved path the kernel reports: a symlink in the rule's
+            // path must not hide the files added below it.
+            let resolved = std::fs::canonicalize(&b.path)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| b.path.clone());
+            if resolved != b.path {
+                table.trees.push((resolved.clone(), binding));
+            }
             table.trees.push((b.path.clone(), binding));
+            // The same tree named by several profiles is walked and marked once.
+            if !walked.insert(resolved) {
+                continue;
+            }
             let dirs = tree_dirs(Path::new(&b.path));
             if dirs.len() >= MAX_TREE_DIRS {
                 warn!(directory = %b.path, limit = MAX_TREE_DIRS, "deny rule's tree has more directories than are marked for refusal; the rest are met by the kill backstop");
@@ -329,7 +355,11 @@ impl Core {
         let (mut deny, mut allow, mut paths) = (Vec::new(), Vec::new(), HashSet::new());
         let mut bound = Vec::new();
         for (id, c, fileless) in compiled {
-            if let (Some(act), Some(rule)) = (fileless, c.fileless_rule) {
+            // `alert` is recorded by the kernel's exec tracepoint; this layer (and its
+            // watch of every exec) is for refusing.
+            if let (Some(act), Some(rule)) = (fileless, c.fileless_rule)
+                && act != Act::Alert
+            {
                 m.fileless.insert(id, (act, rule));
             }
             for (bits, key, rule) in c.net_deny {

@@ -153,6 +153,9 @@ impl Table {
 /// descriptor to remove it through); bounded: past it, execs are asked every time.
 pub const MAX_IGNORED: usize = 16_384;
 
+/// Ignore-marked files by `(st_dev, st_ino)`, with the descriptor to remove the mark by.
+type Ignored = HashMap<(u64, u64), OwnedFd>;
+
 /// What an exec's file is, beyond its identity: for the fileless and digest checks.
 pub struct ExecFile<'a> {
     /// No name in any filesystem (memfd, `O_TMPFILE`, deleted).
@@ -271,16 +274,36 @@ pub struct Refusal {
     /// Marked objects by `(st_dev, st_ino)`, with the descriptor the mark was set
     /// through (kept: the mark is removed through it, whatever the object's name now).
     marked: HashMap<(u64, u64), OwnedFd>,
-    /// Filesystems whose execs are asked about (fileless and copy checks), by `st_dev`,
-    /// with the descriptor the mark was set through.
-    exec_watched: HashMap<u64, OwnedFd>,
+    /// Filesystems whose execs are asked about (fileless and copy checks), by `st_dev`
+    /// (or tried and refused: not tried again while mounted).
+    exec_watched: std::collections::HashSet<u64>,
     /// The memory-file filesystem could be marked: fileless execs are refused here.
     pub memfd_watched: bool,
     /// Files with an exec ignore mark, shared with the answering thread.
-    ignored: Arc<parking_lot::Mutex<Vec<OwnedFd>>>,
+    ignored: Arc<parking_lot::Mutex<Ignored>>,
     /// [`Table::exec_fingerprint`] of the table the ignore marks were set under.
     fingerprint: u64,
     pub stats: Arc<Stats>,
+}
+
+/// Filesystems whose files a permission event could wait on a network or a user-space
+/// server for (the kernel opens the event's descriptor in the answering thread): not
+/// watched for execs, so a stalled server cannot stall every exec on the host. Copies of
+/// denied programs there are not matched by content.
+fn remote_or_user(fs_type: &str) -> bool {
+    fs_type.starts_with("fuse")
+        || fs_type.starts_with("nfs")
+        || [
+            "cifs",
+            "smb3",
+            "9p",
+            "ceph",
+            "glusterfs",
+            "lustre",
+            "afs",
+            "virtiofs",
+        ]
+        .contains(&fs_type)
 }
 
 /// Filesystems that hold no programs (kernel interfaces): not watched for execs.
@@ -363,7 +386,7 @@ impl Refusal {
         let group = Arc::new(group);
         let table = Arc::new(RwLock::new(Table::default()));
         let stats = Arc::new(Stats::default());
-        let ignored = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let ignored = Arc::new(parking_lot::Mutex::new(Ignored::new()));
         let worker = Worker {
             ignored: ignored.clone(),
             digests: parking_lot::Mutex::new(HashMap::new()),
@@ -382,7 +405,7 @@ impl Refusal {
             group,
             table,
             marked: HashMap::new(),
-            exec_watched: HashMap::new(),
+            exec_watched: std::collections::HashSet::new(),
             memfd_watched: false,
             ignored,
             fingerprint: Table::default().exec_fingerprint(),
@@ -393,14 +416,35 @@ impl Refusal {
     /// Removes every exec ignore mark.
     fn clear_ignores(&self) {
         let fds = std::mem::take(&mut *self.ignored.lock());
-        for fd in fds {
-            let _ = self.group.mark(
-                MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_IGNORED_MASK,
-                MaskFlags::FAN_OPEN_EXEC_PERM,
-                fd.as_fd(),
-                None::<&str>,
-            );
+        for (_, fd) in fds {
+            self.unignore(&fd);
         }
+    }
+
+    /// Lets go of the ignore marks of programs deleted since (their descriptors would
+    /// keep a deleted file's space, and its filesystem busy, for as long as the daemon
+    /// runs). Called at every binding.
+    fn prune_ignores(&self) {
+        let mut ignored = self.ignored.lock();
+        let gone: Vec<(u64, u64)> = ignored
+            .iter()
+            .filter(|(_, fd)| rustix::fs::fstat(fd).is_ok_and(|st| st.st_nlink == 0))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(fd) = ignored.remove(&id) {
+                self.unignore(&fd);
+            }
+        }
+    }
+
+    fn unignore(&self, fd: &OwnedFd) {
+        let _ = self.group.mark(
+            MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_IGNORED_MASK,
+            MaskFlags::FAN_OPEN_EXEC_PERM,
+            fd.as_fd(),
+            None::<&str>,
+        );
     }
 
     /// Asks about every exec on the host's filesystems (and of memory files) while some
@@ -410,21 +454,27 @@ impl Refusal {
     /// Filesystems mounted later are picked up at the next binding.
     pub fn watch_execs(&mut self, wanted: bool) {
         if !wanted {
-            for (_, fd) in self.exec_watched.drain() {
-                let _ = self.group.mark(
-                    MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_FILESYSTEM,
-                    MaskFlags::FAN_OPEN_EXEC_PERM,
-                    fd.as_fd(),
-                    None::<&str>,
-                );
+            if !self.exec_watched.is_empty() {
+                let root = std::fs::File::open("/");
+                if let Ok(root) = &root {
+                    let _ = self.group.mark(
+                        MarkFlags::FAN_MARK_FLUSH | MarkFlags::FAN_MARK_FILESYSTEM,
+                        MaskFlags::empty(),
+                        root.as_fd(),
+                        None::<&str>,
+                    );
+                }
             }
+            self.exec_watched.clear();
             self.memfd_watched = false;
             return;
         }
+        // No descriptor is kept: a held mount root would make the filesystem busy (no
+        // unmount), and the kernel drops a filesystem's marks when it goes away.
         let mut roots: Vec<OwnedFd> = Vec::new();
         if let Ok(mounts) = procfs::process::Process::myself().and_then(|p| p.mountinfo()) {
             for m in mounts {
-                if PSEUDO_FS.contains(&m.fs_type.as_str()) {
+                if PSEUDO_FS.contains(&m.fs_type.as_str()) || remote_or_user(&m.fs_type) {
                     continue;
                 }
                 // Not O_PATH: fanotify_mark refuses those descriptors.
@@ -450,27 +500,12 @@ impl Refusal {
             .into_iter()
             .filter_map(|fd| rustix::fs::fstat(&fd).ok().map(|st| (fd, st.st_dev)))
             .collect();
-        // Filesystems unmounted since (containers come and go): their marks and the
-        // descriptors that keep them alive are let go.
+        // Filesystems gone since are forgotten (a new one may get their number); marking
+        // one again is harmless (the mask is added to the mark it has).
         let present: std::collections::HashSet<u64> = roots.iter().map(|(_, d)| *d).collect();
-        let gone: Vec<u64> = self
-            .exec_watched
-            .keys()
-            .filter(|d| !present.contains(d))
-            .copied()
-            .collect();
-        for dev in gone {
-            if let Some(fd) = self.exec_watched.remove(&dev) {
-                let _ = self.group.mark(
-                    MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_FILESYSTEM,
-                    MaskFlags::FAN_OPEN_EXEC_PERM,
-                    fd.as_fd(),
-                    None::<&str>,
-                );
-            }
-        }
+        self.exec_watched.retain(|d| present.contains(d));
         for (fd, dev) in roots {
-            if self.exec_watched.contains_key(&dev) {
+            if !self.exec_watched.insert(dev) {
                 continue;
             }
             match self.group.mark(
@@ -483,7 +518,6 @@ impl Refusal {
                     if Some(dev) == memfd_dev {
                         self.memfd_watched = true;
                     }
-                    self.exec_watched.insert(dev, fd);
                 }
                 Err(e) => {
                     tracing::debug!(dev, error = %e, "filesystem not watched for execs");
@@ -492,8 +526,6 @@ impl Refusal {
                         // filesystem marks): memory-file execs are decided in the kernel.
                         tracing::info!(error = %e, "memory files are not watched for execs: `exec.fileless` decides them in the kernel (refused by BPF-LSM, else killed at exec)");
                     }
-                    // Remembered so it is not tried again at every binding.
-                    self.exec_watched.insert(dev, fd);
                 }
             }
         }
@@ -533,6 +565,7 @@ impl Refusal {
                 }
             }
         }
+        self.prune_ignores();
         let fingerprint = table.exec_fingerprint();
         *self.table.write() = table;
         if fingerprint != self.fingerprint {
@@ -559,10 +592,12 @@ impl Refusal {
 /// Digests of executed files, by identity and modification (bounded: cleared when full).
 const DIGEST_CACHE: usize = 4_096;
 
-type DigestKey = (u64, u64, i64, u64, i64);
+/// Identity, modification and change times, size: a rewrite that puts the old mtime
+/// back still changes the ctime.
+type DigestKey = (u64, u64, i64, u64, i64, u64, i64);
 
 struct Worker {
-    ignored: Arc<parking_lot::Mutex<Vec<OwnedFd>>>,
+    ignored: Arc<parking_lot::Mutex<Ignored>>,
     digests: parking_lot::Mutex<HashMap<DigestKey, Digest>>,
     group: Arc<Fanotify>,
     table: Arc<RwLock<Table>>,
@@ -606,6 +641,8 @@ impl Worker {
             st.st_ino,
             st.st_mtime,
             st.st_mtime_nsec,
+            st.st_ctime,
+            st.st_ctime_nsec,
             st.st_size,
         );
         let mut digest = || self.digest(fd, key);
@@ -644,7 +681,7 @@ impl Worker {
         if ignore {
             // Under the table's read lock: a new table (and the removal of every ignore
             // mark it brings) cannot come between this decision and the mark.
-            self.ignore_execs(fd);
+            self.ignore_execs(fd, id);
         }
         drop(table);
         let Some((s, r)) = refused else { return };
@@ -693,9 +730,9 @@ impl Worker {
 
     /// Stops asking about execs of the file behind `fd` (an ignore mark, removed when
     /// the file is modified, and by [`Refusal::clear_ignores`]).
-    fn ignore_execs(&self, fd: BorrowedFd<'_>) {
+    fn ignore_execs(&self, fd: BorrowedFd<'_>, id: (u64, u64)) {
         let mut ignored = self.ignored.lock();
-        if ignored.len() >= MAX_IGNORED {
+        if ignored.len() >= MAX_IGNORED || ignored.contains_key(&id) {
             return;
         }
         let Ok(own) = fd.try_clone_to_owned() else {
@@ -711,7 +748,7 @@ impl Worker {
             )
             .is_ok()
         {
-            ignored.push(own);
+            ignored.insert(id, own);
         }
     }
 }
