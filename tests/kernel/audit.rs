@@ -235,17 +235,18 @@ fn kill_9_loses_less_than_the_documented_window_and_the_store_survives_a_restart
     // Opens of files that do not exist: each path is unique and the failed open is
     // still recorded (with the path as passed).
     let marks = dir.join("m");
-    let (times, stop) = (dir.join("times"), dir.join("stop"));
+    let (times, stop, started) = (dir.join("times"), dir.join("stop"), dir.join("started"));
     // About 1000 opens a second until told to stop, each timed just before it is made.
     let script = format!(
-        "import os, time\nts = []\ni = 0\n\
+        "import os, time\nts = []\ni = 0\nopen('{started}', 'w').close()\n\
          while not os.path.exists('{stop}') and i < 200000:\n    ts.append(time.time_ns())\n    \
          try:\n        os.close(os.open('{m}/%d' % i, os.O_RDONLY))\n    \
          except OSError:\n        pass\n    i += 1\n    time.sleep(0.001)\n\
          open('{t}', 'w').write('\\n'.join(map(str, ts)))\n",
         m = marks.display(),
         t = times.display(),
-        stop = stop.display()
+        stop = stop.display(),
+        started = started.display()
     );
     let mut load = d
         .cli()
@@ -255,9 +256,15 @@ fn kill_9_loses_less_than_the_documented_window_and_the_store_survives_a_restart
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill a second after the opens began (the daemon's record count says so; reading
-    // the growing event log to find out is too slow for an emulated guest).
+    // Kill a second after the opens began: the workload says when its loop starts (its
+    // interpreter's start-up makes records too, and takes long on a busy machine), then
+    // the daemon's record count says the opens flow (reading the growing event log to
+    // find out is too slow for an emulated guest).
     let start = Instant::now();
+    while !started.exists() {
+        assert!(start.elapsed() < patience(), "the workload never started");
+        thread::sleep(Duration::from_millis(20));
+    }
     let before = d.status().daemon_counters.records_read;
     while d.status().daemon_counters.records_read < before + 200 {
         assert!(start.elapsed() < patience(), "no opens seen");
