@@ -173,17 +173,10 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         return ALLOW;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(entry) = current_session((pid_tgid >> 32) as u32) else {
+    let Some((entry, enforce, kill)) = crate::packet::deny_default() else {
         return ALLOW;
     };
-    let Some(cfg) = PROFILES.get(entry.profile_id) else {
-        return ALLOW;
-    };
-    if cfg.loaded == 0 || cfg.net_default_deny == 0 {
-        return ALLOW;
-    }
-    let enforce = cfg.mode == Mode::Enforce as u8 && cfg.net_action != OnViolation::Alert as u8;
-    let kill = enforce && cfg.net_action == OnViolation::Kill as u8;
+    let kill = enforce && kill;
     let action = match (enforce, kill) {
         (true, true) => Action::Killed,
         (true, false) => Action::Blocked,

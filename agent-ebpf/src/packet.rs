@@ -42,9 +42,10 @@ fn decision(family: i32, kern: i32) -> Option<(SessionEntry, bool, bool)> {
 }
 
 /// The session of the current process when its profile denies the network by default:
-/// (entry, acted on, kill).
+/// (entry, acted on, `kill` as the profile's action). Shared with the cgroup
+/// `sock_create` hook.
 #[inline(always)]
-fn deny_default() -> Option<(SessionEntry, bool, bool)> {
+pub fn deny_default() -> Option<(SessionEntry, bool, bool)> {
     let entry = current_session((bpf_get_current_pid_tgid() >> 32) as u32)?;
     let cfg = PROFILES.get(entry.profile_id)?;
     if cfg.loaded == 0 || cfg.net_default_deny == 0 {

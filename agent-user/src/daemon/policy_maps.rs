@@ -54,7 +54,7 @@ pub(super) struct PolicyMaps {
     fileless: HashMap<u32, (Act, u32)>,
     /// Digests of the denied programs by identity and modification: a binding every
     /// 10 s does not read them again.
-    digests: HashMap<(u64, u64, i64, u64, i64, u64), refusal::Digest>,
+    digests: HashMap<refusal::DigestKey, refusal::Digest>,
 }
 
 impl PolicyMaps {
@@ -154,7 +154,7 @@ impl PolicyMaps {
         let acts = &self.acts;
         let acted = |profile_id: u32, category: u8| {
             acts.get(&profile_id)
-                .is_some_and(|a| a[usize::from(category != CATEGORY_EXEC)].is_some())
+                .is_some_and(|a| a[refusal::category_index(category)].is_some())
         };
         let mut table = Table {
             acts: acts.clone(),
@@ -187,14 +187,7 @@ impl PolicyMaps {
                 .or_default()
                 .push(binding);
             if k.category == CATEGORY_EXEC {
-                let key = (
-                    st.st_dev,
-                    st.st_ino,
-                    st.st_mtime,
-                    st.st_mtime_nsec,
-                    st.st_ctime,
-                    st.st_ctime_nsec,
-                );
+                let key = refusal::digest_key(&st);
                 let digest = match self.digests.get(&key) {
                     Some(d) => Some(*d),
                     None => refusal::digest_of(file.as_fd()),
@@ -346,7 +339,7 @@ impl Core {
             for h in c.unresolved.iter().filter(|h| dns.contains_key(*h)) {
                 warn!(profile = %name, host = %h, "host name does not resolve; its rule is inactive");
             }
-            compiled.push((id, c, refusal::fileless_act(p)));
+            compiled.push((id, c));
         }
         let m = &mut self.kernel.policy;
         // Profiles a reload removed leave no acts behind (ids are never reused).
@@ -354,7 +347,8 @@ impl Core {
         m.fileless.clear();
         let (mut deny, mut allow, mut paths) = (Vec::new(), Vec::new(), HashSet::new());
         let mut bound = Vec::new();
-        for (id, c, fileless) in compiled {
+        for (id, c) in compiled {
+            let fileless = refusal::fileless_act(&c.config);
             // `alert` is recorded by the kernel's exec tracepoint; this layer (and its
             // watch of every exec) is for refusing.
             if let (Some(act), Some(rule)) = (fileless, c.fileless_rule)

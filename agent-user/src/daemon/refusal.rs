@@ -117,8 +117,7 @@ impl Table {
         }
         if !self.trees.is_empty() {
             let Some(p) = path() else { return false };
-            let below = |dir: &str| p.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
-            if self.trees.iter().any(|(dir, _)| below(dir)) {
+            if self.trees.iter().any(|(dir, _)| below(&p, dir)) {
                 return false;
             }
         }
@@ -190,10 +189,7 @@ impl Table {
                 self.trees
                     .iter()
                     .filter(|(_, b)| ours(&b))
-                    .find(|(dir, _)| {
-                        p.strip_prefix(dir.as_str())
-                            .is_some_and(|rest| rest.starts_with('/'))
-                    })?
+                    .find(|(dir, _)| below(&p, dir))?
                     .1
             }
         };
@@ -251,8 +247,14 @@ pub fn digest_of(fd: BorrowedFd<'_>) -> Option<Digest> {
 }
 
 /// Index of a category in `[exec, file]` pairs.
-fn category_index(category: u8) -> usize {
+pub fn category_index(category: u8) -> usize {
     usize::from(category != CATEGORY_EXEC)
+}
+
+/// Whether `path` is strictly below the directory `dir` (`/a/bc` is not below `/a/b`).
+fn below(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Counters of the layer, shown by `status` and raised as losses.
@@ -594,7 +596,20 @@ const DIGEST_CACHE: usize = 4_096;
 
 /// Identity, modification and change times, size: a rewrite that puts the old mtime
 /// back still changes the ctime.
-type DigestKey = (u64, u64, i64, u64, i64, u64, i64);
+pub type DigestKey = (u64, u64, i64, u64, i64, u64, i64);
+
+/// The key a file's digest is cached under.
+pub fn digest_key(st: &rustix::fs::Stat) -> DigestKey {
+    (
+        st.st_dev,
+        st.st_ino,
+        st.st_mtime,
+        st.st_mtime_nsec,
+        st.st_ctime,
+        st.st_ctime_nsec,
+        st.st_size,
+    )
+}
 
 struct Worker {
     ignored: Arc<parking_lot::Mutex<Ignored>>,
@@ -636,15 +651,7 @@ impl Worker {
             return;
         };
         let id = (st.st_dev, st.st_ino);
-        let key = (
-            st.st_dev,
-            st.st_ino,
-            st.st_mtime,
-            st.st_mtime_nsec,
-            st.st_ctime,
-            st.st_ctime_nsec,
-            st.st_size,
-        );
+        let key = digest_key(&st);
         let mut digest = || self.digest(fd, key);
         let mut file = ExecFile {
             unnamed: st.st_nlink == 0,
@@ -878,16 +885,15 @@ fn bytes_of<T: agent_common::event::Plain>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
-/// How a profile meets an exec from memory (`exec.fileless`): `deny` as its exec
-/// `on_violation` in enforce mode, recorded only otherwise.
-pub fn fileless_act(p: &crate::policy::Profile) -> Option<Act> {
-    use crate::policy::{Fileless, Mode, OnViolation};
-    let f = &p.file;
-    match (f.exec.fileless, f.mode, f.exec.on_violation) {
-        (Fileless::Allow, _, _) => None,
-        (Fileless::Deny, Mode::Enforce, OnViolation::Block) => Some(Act::Block),
-        (Fileless::Deny, Mode::Enforce, OnViolation::Kill) => Some(Act::Kill),
-        _ => Some(Act::Alert),
+/// How a compiled profile meets an exec from memory (`exec.fileless`, already resolved
+/// against the mode and `on_violation` by the compiler).
+pub fn fileless_act(c: &agent_common::policy::ProfileConfig) -> Option<Act> {
+    use agent_common::policy::{FILELESS_ALERT, FILELESS_BLOCK, FILELESS_KILL};
+    match c.fileless {
+        FILELESS_ALERT => Some(Act::Alert),
+        FILELESS_BLOCK => Some(Act::Block),
+        FILELESS_KILL => Some(Act::Kill),
+        _ => None,
     }
 }
 
