@@ -6,8 +6,8 @@
 //! Tests are laid out by concern, fixtures in `support`; which of them also run in the
 //! VM tier's guests is `VM_TESTS` in `xtask/src/vm.rs`.
 
+mod agents;
 mod audit;
-mod claude_code;
 mod control;
 mod landlock;
 mod network;

@@ -1,39 +1,31 @@
 #!/usr/bin/env python3
-"""Scripted Anthropic Messages API server for driving the real Claude Code CLI in the
-end-to-end kernel test (tests/kernel.rs): the model's turns are a fixed list of Bash
-tool calls, so the test knows exactly what the agent will run.
+"""Scripted model server for driving real agents in the end-to-end kernel tests
+(tests/kernel/agents/): the model's turns are a fixed list of tool calls, so a test knows
+exactly what the agent will run, and it judges what the agent sent back.
 
 Stdlib only.  Usage:
 
-    python3 model_server.py [PORT] [--log FILE] [--port-file FILE] [--commands-file FILE]
+    python3 scripted_model.py [PORT] [--log FILE] [--port-file FILE] [--commands-file FILE]
 
-PORT 0 (default) picks a free port.  The chosen port is printed on stdout as
-"PORT=<n>" (flushed) and, with --port-file, written to that file.
+PORT 0 (default) picks a free port, printed on stdout as "PORT=<n>" and, with
+--port-file, written to that file.
 
-Script of Bash commands, first match wins:
+The script of steps (first found wins):
   --commands-file FILE / env SCRIPTED_COMMANDS_FILE : JSON list, re-read on every request
   env SCRIPTED_COMMANDS                             : JSON list, read at start-up
-An element may be a string (the command) or an object
-{"command": ..., "description": ..., "timeout": ms}, or another tool's call
-{"tool": "Read", "input": {"file_path": ...}} (a tool the agent runs in its own process).
+A step is a string (a command for the agent's shell tool) or {"tool": NAME, "input": {...}}
+(a call of one of the agent's own tools, run in its own process).
 
-Behaviour of POST /v1/messages:
-  * request whose `tools` contain no tool named "Bash" (side requests: titles,
-    topic detection, summaries, ...): a short plain-text answer
-    (env SCRIPTED_SIDE_TEXT, default "ok"); never consumes a command.
-  * main-loop request (has the Bash tool): the command index is derived from the
-    conversation itself = number of Bash tool_use blocks we already issued in
-    `messages` (ids starting with "toolu_scripted_").  So the server is
-    stateless, retries are idempotent, and two concurrent sessions do not
-    interfere.  If index < len(commands): one tool_use block
-    {"command": cmd, "description": "scripted"} with stop_reason "tool_use";
-    else a final text (env SCRIPTED_FINAL_TEXT, default "done"), stop_reason "end_turn".
-  * `stream: true` -> SSE exactly like Anthropic's; otherwise one JSON message.
-
-Every request is logged as one JSON line (path, method, selected headers, body
-summary, and the full tool_result contents of the last user message) to
---log FILE / env SCRIPTED_LOG (default ./model_server.log.jsonl).
+Each API is a module `model_<api>.py` beside this file (Anthropic Messages, OpenAI
+Responses, OpenAI chat completions, Gemini); a request goes to the first whose
+`handles(method, path)` is true, and its `reply(req)` returns the status, content type,
+payload and a log record.  Every module is stateless: the step index comes from the
+conversation in the request, so retries and side requests (titles, summaries, routing)
+never consume a step.  Every request is logged as one JSON line (--log FILE / env
+SCRIPTED_LOG), with `tool_results`: what the agent returned to the model for the
+previous turn's tool calls, [{"is_error": bool, "content": str}].
 """
+import importlib
 import json
 import os
 import sys
@@ -41,8 +33,8 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
 
-TOOL_ID_PREFIX = "toolu_scripted_"
 LOG_LOCK = threading.Lock()
 CONFIG = {
     "log": os.environ.get("SCRIPTED_LOG", "model_server.log.jsonl"),
@@ -51,6 +43,17 @@ CONFIG = {
     "final_text": os.environ.get("SCRIPTED_FINAL_TEXT", "done"),
     "side_text": os.environ.get("SCRIPTED_SIDE_TEXT", "ok"),
 }
+MODULES = []
+
+
+def load_modules():
+    """The API modules beside this file, in a fixed order."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    names = sorted(f[:-3] for f in os.listdir(here)
+                   if f.startswith("model_") and f.endswith(".py"))
+    return [importlib.import_module(n) for n in names]
 
 
 def load_commands():
@@ -76,134 +79,15 @@ def log_event(ev):
             f.write(line + "\n")
 
 
-def text_of(content):
-    """Flatten a message/tool_result content (str or list of blocks) to text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    out = []
-    for b in content:
-        if isinstance(b, dict):
-            if b.get("type") == "text":
-                out.append(b.get("text", ""))
-            elif b.get("type") == "tool_result":
-                out.append(text_of(b.get("content")))
-            else:
-                out.append("<%s>" % b.get("type"))
-        else:
-            out.append(str(b))
-    return "\n".join(out)
+class Request:
+    """What a module's reply() sees."""
 
-
-def blocks(msg):
-    c = msg.get("content")
-    if isinstance(c, str):
-        return [{"type": "text", "text": c}]
-    return c or []
-
-
-def summarize(body):
-    msgs = body.get("messages") or []
-    tools = [t.get("name") for t in (body.get("tools") or []) if isinstance(t, dict)]
-    last_user = next((m for m in reversed(msgs) if m.get("role") == "user"), None)
-    tool_results = []
-    if last_user:
-        for b in blocks(last_user):
-            if isinstance(b, dict) and b.get("type") == "tool_result":
-                tool_results.append({
-                    "tool_use_id": b.get("tool_use_id"),
-                    "is_error": b.get("is_error", False),
-                    "content": b.get("content"),
-                })
-    return {
-        "model": body.get("model"),
-        "stream": body.get("stream"),
-        "max_tokens": body.get("max_tokens"),
-        "n_messages": len(msgs),
-        "n_tools": len(tools),
-        "tools": tools if len(tools) <= 12 else tools[:12] + ["...+%d" % (len(tools) - 12)],
-        "has_bash": "Bash" in tools,
-        "system_head": text_of(body.get("system"))[:120] if body.get("system") else None,
-        "last_user_head": text_of(last_user.get("content"))[:200] if last_user else None,
-        "tool_results": tool_results,
-    }, last_user, tools
-
-
-def issued_count(msgs):
-    n = 0
-    for m in msgs:
-        if m.get("role") != "assistant":
-            continue
-        for b in blocks(m):
-            if (isinstance(b, dict) and b.get("type") == "tool_use"
-                    and str(b.get("id", "")).startswith(TOOL_ID_PREFIX)):
-                n += 1
-    return n
-
-
-def plan_reply(body):
-    """Return (content_blocks, stop_reason, kind)."""
-    summary, last_user, tools = summarize(body)
-    if "Bash" not in tools:
-        return [{"type": "text", "text": CONFIG["side_text"]}], "end_turn", "side", summary
-    cmds = load_commands()
-    idx = issued_count(body.get("messages") or [])
-    if idx < len(cmds):
-        item = cmds[idx]
-        name = "Bash"
-        if isinstance(item, str):
-            inp = {"command": item, "description": "scripted"}
-        elif "tool" in item:
-            name, inp = item["tool"], item["input"]
-        else:
-            inp = {"command": item["command"], "description": item.get("description", "scripted")}
-            if "timeout" in item:
-                inp["timeout"] = item["timeout"]
-        block = {"type": "tool_use", "id": TOOL_ID_PREFIX + uuid.uuid4().hex[:20],
-                 "name": name, "input": inp}
-        return [block], "tool_use", "command#%d" % idx, summary
-    return [{"type": "text", "text": CONFIG["final_text"]}], "end_turn", "final", summary
-
-
-def usage(inp=10, out=5):
-    return {"input_tokens": inp, "output_tokens": out,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-
-
-def sse(event, data):
-    return ("event: %s\ndata: %s\n\n" % (event, json.dumps(data, separators=(",", ":")))).encode()
-
-
-def build_sse(msg_id, model, content, stop_reason):
-    parts = [sse("message_start", {"type": "message_start", "message": {
-        "id": msg_id, "type": "message", "role": "assistant", "model": model,
-        "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage(10, 1)}})]
-    for i, b in enumerate(content):
-        if b["type"] == "text":
-            parts.append(sse("content_block_start", {"type": "content_block_start", "index": i,
-                             "content_block": {"type": "text", "text": ""}}))
-            if i == 0:
-                parts.append(sse("ping", {"type": "ping"}))
-            parts.append(sse("content_block_delta", {"type": "content_block_delta", "index": i,
-                             "delta": {"type": "text_delta", "text": b["text"]}}))
-        elif b["type"] == "tool_use":
-            parts.append(sse("content_block_start", {"type": "content_block_start", "index": i,
-                             "content_block": {"type": "tool_use", "id": b["id"], "name": b["name"], "input": {}}}))
-            if i == 0:
-                parts.append(sse("ping", {"type": "ping"}))
-            js = json.dumps(b["input"])
-            # Split the JSON in two chunks, like the real API does incrementally.
-            cut = max(1, len(js) // 2)
-            for piece in (js[:cut], js[cut:]):
-                parts.append(sse("content_block_delta", {"type": "content_block_delta", "index": i,
-                                 "delta": {"type": "input_json_delta", "partial_json": piece}}))
-        parts.append(sse("content_block_stop", {"type": "content_block_stop", "index": i}))
-    parts.append(sse("message_delta", {"type": "message_delta",
-                     "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                     "usage": {"output_tokens": 5}}))
-    parts.append(sse("message_stop", {"type": "message_stop"}))
-    return b"".join(parts)
+    def __init__(self, method, path, query, headers, body):
+        self.method, self.path, self.query, self.headers, self.body = (
+            method, path, query, headers, body)
+        self.commands = load_commands()
+        self.final_text = CONFIG["final_text"]
+        self.side_text = CONFIG["side_text"]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -219,6 +103,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Content-Encoding") == "gzip" and raw:
             import gzip
             raw = gzip.decompress(raw)
+        elif self.headers.get("Content-Encoding") == "zstd" and raw:
+            raise ValueError("zstd request bodies are not supported")
         return raw
 
     def _send(self, code, payload, ctype="application/json", extra=None):
@@ -227,6 +113,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("request-id", "req_" + uuid.uuid4().hex[:24])
+        self.send_header("x-request-id", "req_" + uuid.uuid4().hex[:24])
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -234,63 +121,53 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _hdrs(self):
-        keep = ("user-agent", "anthropic-version", "anthropic-beta", "x-app", "x-api-key",
-                "authorization", "content-type", "x-stainless-retry-count")
-        h = {k.lower(): v for k, v in self.headers.items() if k.lower() in keep}
-        for k in ("x-api-key", "authorization"):
-            if k in h:
-                h[k] = h[k][:10] + "..."
-        return h
+        keep = ("user-agent", "anthropic-version", "anthropic-beta", "x-app", "content-type",
+                "x-stainless-retry-count", "openai-beta", "x-goog-api-client")
+        return {k.lower(): v for k, v in self.headers.items() if k.lower() in keep}
 
     def _handle(self):
-        raw = self._read_body() if self.command in ("POST", "PUT", "PATCH") else b""
-        path = self.path.split("?", 1)[0]
+        url = urlsplit(self.path)
         ev = {"method": self.command, "path": self.path, "headers": self._hdrs()}
-        body = None
-        if raw:
-            try:
-                body = json.loads(raw)
-            except Exception:
-                ev["body_head"] = raw[:200].decode("utf-8", "replace")
         try:
-            if self.command == "POST" and path == "/v1/messages":
-                content, stop, kind, summary = plan_reply(body or {})
-                ev.update(summary)
-                ev["reply"] = {"kind": kind, "stop_reason": stop, "content": content}
+            raw = self._read_body() if self.command in ("POST", "PUT", "PATCH") else b""
+            body = None
+            if raw:
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    ev["body_head"] = raw[:200].decode("utf-8", "replace")
+            req = Request(self.command, url.path, dict(parse_qsl(url.query)),
+                          {k.lower(): v for k, v in self.headers.items()}, body)
+            for m in MODULES:
+                if m.handles(req.method, req.path):
+                    r = m.reply(req)
+                    if r is None:
+                        continue
+                    ev["api"] = m.__name__
+                    ev.update(r.get("log") or {})
+                    log_event(ev)
+                    self._send(r["status"], r["payload"], r["content_type"], r.get("headers"))
+                    return
+            if url.path == "/v1/models" and self.command in ("GET", "HEAD"):
+                # Anthropic's and OpenAI's model lists in one shape (an empty list).
                 log_event(ev)
-                msg_id = "msg_" + uuid.uuid4().hex[:24]
-                model = (body or {}).get("model") or "claude-scripted"
-                if (body or {}).get("stream"):
-                    self._send(200, build_sse(msg_id, model, content, stop), "text/event-stream",
-                               {"Cache-Control": "no-cache"})
-                else:
-                    self._send(200, {"id": msg_id, "type": "message", "role": "assistant",
-                                     "model": model, "content": content, "stop_reason": stop,
-                                     "stop_sequence": None, "usage": usage()})
+                self._send(200, {"object": "list", "data": [], "has_more": False,
+                                 "first_id": None, "last_id": None})
                 return
-            if self.command == "POST" and path == "/v1/messages/count_tokens":
-                ev["n_messages"] = len((body or {}).get("messages") or [])
-                log_event(ev)
-                self._send(200, {"input_tokens": max(1, len(raw) // 4)})
-                return
-            if path in ("/v1/models",) and self.command in ("GET", "HEAD"):
-                log_event(ev)
-                self._send(200, {"data": [], "has_more": False, "first_id": None, "last_id": None})
-                return
-            if path in ("/", "/health", "/healthz", "/api/hello") and self.command in ("GET", "HEAD"):
+            if url.path in ("/", "/health", "/healthz") and self.command in ("GET", "HEAD"):
                 log_event(ev)
                 self._send(200, {"ok": True})
                 return
-            if body is not None:
-                ev["body_keys"] = sorted(body.keys())[:20] if isinstance(body, dict) else type(body).__name__
+            if isinstance(body, dict):
+                ev["body_keys"] = sorted(body.keys())[:20]
             ev["unknown"] = True
             log_event(ev)
-            self._send(404, {"type": "error", "error": {"type": "not_found_error",
-                                                        "message": "scripted server: %s not implemented" % path}})
+            self._send(404, {"error": {"type": "not_found_error", "code": 404,
+                                       "message": "scripted server: %s not implemented" % url.path}})
         except Exception as e:  # report server bugs loudly, both to log and client
             ev["server_error"] = repr(e)
             log_event(ev)
-            self._send(500, {"type": "error", "error": {"type": "api_error", "message": repr(e)}})
+            self._send(500, {"error": {"type": "api_error", "code": 500, "message": repr(e)}})
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
@@ -308,6 +185,7 @@ def main(argv):
         else:
             port = int(a)
     load_commands()  # fail fast on a malformed script
+    MODULES.extend(load_modules())
     srv = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     srv.daemon_threads = True
     real_port = srv.server_address[1]

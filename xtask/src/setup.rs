@@ -7,25 +7,44 @@ use anyhow::{Result, bail};
 
 use crate::{run_cmd, vm};
 
-/// Debian packages bpf-linker's LLVM 22 backend links against.
+/// Debian packages: what bpf-linker's LLVM 22 backend links against, and netcat, the
+/// program every shipped agent profile denies (the agent tests try to run it).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+    "netcat-openbsd",
 ];
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13";
-/// Claude Code, the real agent the end-to-end kernel test runs under its profile
-/// (pinned: the test scripts its tool calls and reads its output format).
-const CLAUDE_CODE_PACKAGE: &str = "@anthropic-ai/claude-code";
-pub const CLAUDE_CODE_VERSION: &str = "2.1.332";
-const AGENTS_DIR: &str = "/var/cache/agentwarden/agents/claude-code";
+/// The real agents the end-to-end kernel tests run under their shipped profiles, pinned
+/// (each test scripts the agent's tool calls and reads its output format), each in a
+/// cache directory of its own under `AGENTS_DIR`.
+pub const AGENTS_DIR: &str = "/var/cache/agentwarden/agents";
 
-/// The Claude Code binary `setup` installs.
-pub fn claude_code_bin() -> String {
-    format!("{AGENTS_DIR}/node_modules/.bin/claude")
+/// Where an agent comes from.
+enum Registry {
+    /// `npm install --prefix <dir> <package>@<version>`.
+    Npm,
+    /// A virtualenv of its own: `<dir>/bin/pip install <package>==<version>`.
+    PyPi,
 }
+
+pub struct Agent {
+    /// Its directory under `AGENTS_DIR`, and what the tests call it.
+    pub dir: &'static str,
+    package: &'static str,
+    pub version: &'static str,
+    registry: Registry,
+}
+
+pub const AGENTS: &[Agent] = &[Agent {
+    dir: "claude-code",
+    package: "@anthropic-ai/claude-code",
+    version: "2.1.332",
+    registry: Registry::Npm,
+}];
 
 pub fn run() -> Result<()> {
     let mut did = Vec::new();
@@ -50,12 +69,17 @@ pub fn run() -> Result<()> {
     nightly(&mut did)?;
     bpf_linker(&mut did)?;
     virtme_ng(&mut did)?;
-    claude_code(&mut did)?;
+    agents(&mut did)?;
     matplotlib(&mut did)?;
     if did.is_empty() {
         eprintln!(
             "setup: everything in place (LLVM 22, nightly {NIGHTLY_COMPONENTS:?}, bpf-linker, \
-             qemu, virtme-ng, Claude Code {CLAUDE_CODE_VERSION}, matplotlib, kernels {})",
+             qemu, virtme-ng, agents {}, matplotlib, kernels {})",
+            AGENTS
+                .iter()
+                .map(|a| format!("{}@{}", a.package, a.version))
+                .collect::<Vec<_>>()
+                .join(" "),
             vm::MATRIX
                 .iter()
                 .map(|k| k.label)
@@ -194,32 +218,68 @@ fn virtme_ng(did: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// Claude Code from npm, pinned, into a cache directory of its own (the package's
-/// postinstall puts the native binary in place).
-fn claude_code(did: &mut Vec<String>) -> Result<()> {
-    let bin = claude_code_bin();
-    if output(Command::new(&bin).arg("--version")).contains(CLAUDE_CODE_VERSION) {
-        return Ok(());
+/// Every agent of `AGENTS`, installed side by side (each download is mostly waiting on
+/// its registry). An agent counts as installed when its directory's stamp names the
+/// pinned package and version: the stamp is written last, so a broken install is redone.
+fn agents(did: &mut Vec<String>) -> Result<()> {
+    let missing: Vec<&Agent> = AGENTS.iter().filter(|a| !a.installed()).collect();
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = missing
+            .iter()
+            .map(|a| s.spawn(move || a.install()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("agent install panicked")))
+            .collect()
+    });
+    for (a, r) in missing.iter().zip(results) {
+        r.map_err(|e| anyhow::anyhow!("installing {}@{}: {e:#}", a.package, a.version))?;
+        did.push(format!("{}@{}", a.package, a.version));
     }
-    std::fs::create_dir_all(AGENTS_DIR)?;
-    run_cmd(
-        Command::new("npm")
-            .args([
-                "install",
-                "--prefer-online",
-                "--no-fund",
-                "--no-audit",
-                "--prefix",
-            ])
-            .arg(AGENTS_DIR)
-            .arg(format!("{CLAUDE_CODE_PACKAGE}@{CLAUDE_CODE_VERSION}")),
-    )?;
-    let version = output(Command::new(&bin).arg("--version"));
-    if !version.contains(CLAUDE_CODE_VERSION) {
-        bail!("Claude Code installed in {AGENTS_DIR} but `{bin} --version` says `{version}`");
-    }
-    did.push(format!("Claude Code {CLAUDE_CODE_VERSION}"));
     Ok(())
+}
+
+impl Agent {
+    fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new(AGENTS_DIR).join(self.dir)
+    }
+
+    fn stamp(&self) -> String {
+        format!("{}@{}\n", self.package, self.version)
+    }
+
+    fn installed(&self) -> bool {
+        std::fs::read_to_string(self.path().join(".installed")).is_ok_and(|s| s == self.stamp())
+    }
+
+    fn install(&self) -> Result<()> {
+        let dir = self.path();
+        // A directory left by another version is replaced, not installed over.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        match self.registry {
+            Registry::Npm => run_cmd(
+                Command::new("npm")
+                    .args(["install", "--prefer-online", "--no-fund", "--no-audit"])
+                    .arg("--prefix")
+                    .arg(&dir)
+                    .arg(format!("{}@{}", self.package, self.version)),
+            )?,
+            Registry::PyPi => {
+                run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+                run_cmd(
+                    Command::new(dir.join("bin/pip"))
+                        .args(["install", "-q", "--disable-pip-version-check"])
+                        .arg(format!("{}=={}", self.package, self.version)),
+                )?;
+            }
+        }
+        std::fs::write(dir.join(".installed"), self.stamp())?;
+        Ok(())
+    }
 }
 
 /// matplotlib draws the benchmark's chart.

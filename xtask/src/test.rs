@@ -129,8 +129,8 @@ fn host(filter: Option<&str>) -> Result<()> {
     // closing summary line is the kernel tier's).
     test.args(["test", "--workspace", "--exclude", "agent-ebpf"])
         .args(["--lib", "--bins", "--tests"])
-        // The end-to-end test runs the real Claude Code that `setup` installed.
-        .env("AGENTWARDEN_CLAUDE_CODE", crate::setup::claude_code_bin());
+        // The end-to-end tests run the real agents that `setup` installed.
+        .env("AGENTWARDEN_AGENTS_DIR", crate::setup::AGENTS_DIR);
     if let Some(f) = filter {
         test.arg("--").arg(f);
     }

@@ -234,6 +234,9 @@ pub fn bind_inodes(
 ) -> (Vec<(InodeRuleKey, PathRuleValue)>, Vec<String>) {
     let mut out = Vec::new();
     let mut partial = Vec::new();
+    // A file several rules name (a program and its alias links, say /usr/bin/nc and
+    // /usr/bin/netcat) is bound to the first of them, the rule a reader finds first.
+    let mut taken = std::collections::HashSet::new();
     // Rules are expanded per owner: each file is asked about once.
     let mut seen_paths = std::collections::HashMap::new();
     let mut identity = |p: &std::path::Path| {
@@ -251,7 +254,10 @@ pub fn bind_inodes(
                 return;
             }
             if let Some((ino, dev)) = identity(path) {
-                out.push((InodeRuleKey { ino, dev, ..b.key }, value));
+                let key = InodeRuleKey { ino, dev, ..b.key };
+                if taken.insert(key) {
+                    out.push((key, value));
+                }
             }
         };
         if !b.tree {
@@ -551,6 +557,36 @@ files:\n  deny: [{0}/token, {0}/secrets/**, {0}/missing]\n  on_violation: kill\n
             2,
             "token and secrets/deep/key; nothing for missing"
         );
+    }
+
+    #[test]
+    fn a_file_several_rules_name_is_bound_to_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nc.openbsd"), "p").unwrap();
+        for alias in ["nc", "netcat"] {
+            std::os::unix::fs::symlink("nc.openbsd", dir.path().join(alias)).unwrap();
+        }
+        let text = format!(
+            "name: t\ndescription: d\nowners: {{ business: b, technical: t }}\nmode: enforce\n\
+exec:\n  deny: [{0}/nc, {0}/netcat]\n  on_violation: block\n",
+            dir.path().display()
+        );
+        let p = parse("t.yaml", &text).unwrap();
+        let mut table = RuleTable::default();
+        let c = compile(&p, 2, &mut table, &|_| Vec::new(), &[(0, None)]).unwrap();
+        let mut by_stat = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.ino(), kernel_dev(m.dev())))
+        };
+        let (inodes, _) = bind_inodes(&c.bound_paths, &mut by_stat);
+        assert_eq!(inodes.len(), 1, "{inodes:?}");
+        let first = c
+            .bound_paths
+            .iter()
+            .find(|b| b.path.ends_with("/nc"))
+            .unwrap();
+        assert_eq!(inodes[0].1.rule_id, first.rule_id);
     }
 
     #[test]

@@ -1,0 +1,124 @@
+//! Claude Code (npm `@anthropic-ai/claude-code`) under `claude-code`, driven through the
+//! Anthropic Messages API.
+
+use super::*;
+
+static RUN: Once = OnceLock::new();
+
+fn the_run() -> Option<&'static AgentRun> {
+    super::the_run(&RUN, "Claude Code", run)
+}
+
+fn run() -> Result<AgentRun, String> {
+    let claude = installed("claude-code", "node_modules/.bin/claude")?;
+    let w = World::new(0);
+    let steps = vec![
+        Step::Write,
+        Step::ReadKey,
+        Step::Connect,
+        Step::DeniedProgram,
+        Step::OwnReadKey,
+        Step::MoreWork,
+    ];
+    let script: Vec<serde_json::Value> = steps
+        .iter()
+        .map(|s| match s {
+            // Its Read tool runs in the agent's own process.
+            Step::OwnReadKey => serde_json::json!({
+                "tool": "Read",
+                "input": { "file_path": w.key.to_string_lossy() },
+            }),
+            s => serde_json::json!(command(*s, &w)),
+        })
+        .collect();
+    let model = ModelServer::start(&w.root, &script);
+    let out = w
+        .run("claude-code", "claude-e2e")
+        .env(
+            "ANTHROPIC_BASE_URL",
+            format!("http://127.0.0.1:{}", model.port),
+        )
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_TELEMETRY", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("CLAUDE_CODE_MAX_RETRIES", "1")
+        .arg(claude)
+        .args(["-p", "run the scripted commands"])
+        .args(["--allowedTools", "Bash", "Read"])
+        .args(["--output-format", "json", "--no-session-persistence"])
+        .output_within();
+    let results = model.tool_results();
+    Ok(AgentRun::collect(
+        w,
+        "claude-code",
+        "claude-e2e",
+        steps,
+        out,
+        results,
+        Some(model.port),
+    ))
+}
+
+agent_claims!();
+
+/// Claude Code reports the run as a success, with no step refused by its own
+/// permission system (every refusal was the kernel's), and the model was told why its
+/// own read failed.
+#[test]
+fn it_reports_success_and_was_told_why() {
+    let Some(r) = the_run() else { return };
+    let result: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("claude json");
+    assert_eq!(result["result"], "done", "{result}");
+    assert_eq!(result["is_error"], false, "{result}");
+    assert_eq!(
+        result["permission_denials"].as_array().map(Vec::len),
+        Some(0),
+        "Claude Code ran every command: {result}"
+    );
+    let own = &r.result(Step::OwnReadKey).1;
+    assert!(
+        own.contains("EPERM") || own.contains("not permitted"),
+        "{own}"
+    );
+}
+
+/// The session's audit chain verifies; editing the row of the key read makes
+/// verification fail naming that row.
+#[test]
+fn the_audit_chain_verifies_and_names_an_edited_row() {
+    let Some(r) = the_run() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in &r.store {
+        fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let db = dir.path().join("audit.db");
+    let verify = || {
+        Command::new(bin())
+            .args(["audit", "verify", "--db"])
+            .arg(&db)
+            .output_within()
+    };
+    let v = verify();
+    assert!(v.status.success(), "{v:?}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let seq: i64 = conn
+        .query_row(
+            "SELECT seq FROM actions WHERE kind = 'open' AND path = ?1",
+            [&r.key],
+            |row| row.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE actions SET path = '/tmp/nothing-to-see' WHERE seq = ?1",
+        [seq],
+    )
+    .unwrap();
+    drop(conn);
+    let v = verify();
+    assert_eq!(v.status.code(), Some(1), "{v:?}");
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains(&format!("(actions row seq={seq}) was edited")),
+        "{v:?}"
+    );
+}

@@ -1,0 +1,710 @@
+//! Every shipped agent profile with its real agent (pinned, installed by `cargo xtask
+//! setup` under `AGENTWARDEN_AGENTS_DIR`), started as an ordinary user with `agentwarden
+//! run --profile <agent>` and driven offline: by a scripted model server on loopback that
+//! speaks the agent's own API (`tests/support/scripted_model.py`), or for MCP servers by
+//! a JSON-RPC client on stdio (`tests/support/mcp_client.py`).
+//!
+//! Each agent does the same script ([`Step`]): allowed work in its project (write, read
+//! back, a developer tool, its model API), then a credential read, a connect outside its
+//! profile and a denied program, each of which must be refused and recorded with the
+//! profile's rule, and more work after them, which shows the agent was not ended by any
+//! refusal. The claims ([`claims`]) judge what the agent sent back to the model, the
+//! events and the audit trail; never the command text. One run per agent serves all of
+//! its claims (an agent run takes tens of seconds); the runs of different agents go in
+//! parallel, each with its own daemon.
+
+mod claude_code;
+
+use crate::support::*;
+
+/// An account for the agent, with its home in a temporary directory; removed on drop.
+pub(crate) struct TestUser {
+    pub(crate) name: String,
+}
+
+impl TestUser {
+    fn create(name: &str, home: &Path) -> Self {
+        let _ = Command::new("userdel").arg(name).output_within();
+        let out = Command::new("useradd")
+            .args(["-M", "-s", "/bin/bash", "-d"])
+            .arg(home)
+            .arg(name)
+            .output_within();
+        assert!(out.status.success(), "useradd: {out:?}");
+        Self {
+            name: name.to_owned(),
+        }
+    }
+
+    fn chown(&self, path: &Path) {
+        let out = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{0}:{0}", self.name))
+            .arg(path)
+            .output_within();
+        assert!(out.status.success(), "chown: {out:?}");
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+/// A network namespace of our own behind a veth pair, with a listener in it: a host that
+/// is reachable from here and outside every shipped profile. Removed on drop.
+pub(crate) struct ForeignHost {
+    ns: String,
+    veth: String,
+    pub(crate) addr: String,
+    listener: Child,
+}
+
+impl ForeignHost {
+    /// `tag` tells the hosts of parallel runs apart (names and a /30 each).
+    fn start(tag: u32) -> Self {
+        let ns = format!("aw-e2e-{tag}");
+        let veth = format!("awe{tag}");
+        let net = format!("198.18.{}", tag % 250);
+        let addr = format!("{net}.1");
+        let sh = |cmd: String| {
+            let out = Command::new("sh").args(["-c", &cmd]).output_within();
+            assert!(out.status.success(), "{cmd}: {out:?}");
+        };
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        let _ = Command::new("ip").args(["link", "del", &veth]).output();
+        sh(format!(
+            "ip netns add {ns} && ip link add {veth} type veth peer name {veth}p && \
+             ip link set {veth}p netns {ns} && ip addr add {net}.2/30 dev {veth} && \
+             ip link set {veth} up && ip -n {ns} addr add {addr}/30 dev {veth}p && \
+             ip -n {ns} link set {veth}p up && ip -n {ns} link set lo up"
+        ));
+        let listener = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-m", "http.server"])
+            .args(["--bind", &addr, "8080"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("listener");
+        let host = Self {
+            ns,
+            veth,
+            addr,
+            listener,
+        };
+        let start = Instant::now();
+        while std::net::TcpStream::connect((host.addr.as_str(), 8080)).is_err() {
+            assert!(
+                start.elapsed() < patience(),
+                "the foreign host never listened"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        host
+    }
+}
+
+impl Drop for ForeignHost {
+    fn drop(&mut self) {
+        let _ = self.listener.kill();
+        let _ = self.listener.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+    }
+}
+
+/// A helper script of `tests/support`.
+pub(crate) fn support_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/support")
+        .join(name)
+}
+
+/// The scripted model server (`tests/support/scripted_model.py`) on loopback.
+pub(crate) struct ModelServer {
+    child: Child,
+    pub(crate) port: u16,
+    log: PathBuf,
+}
+
+impl ModelServer {
+    fn start(dir: &Path, steps: &[serde_json::Value]) -> Self {
+        let (log, port_file) = (dir.join("model.jsonl"), dir.join("model.port"));
+        let child = Command::new("python3")
+            .arg(support_script("scripted_model.py"))
+            .arg("0")
+            .arg("--log")
+            .arg(&log)
+            .arg("--port-file")
+            .arg(&port_file)
+            .env("SCRIPTED_COMMANDS", serde_json::to_string(steps).unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("model server");
+        let start = Instant::now();
+        let port = loop {
+            if let Some(p) = fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break p;
+            }
+            assert!(start.elapsed() < patience(), "model server did not start");
+            thread::sleep(Duration::from_millis(50));
+        };
+        Self { child, port, log }
+    }
+
+    /// Every request the agent made, as logged.
+    fn requests(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// What the agent sent back to the model for each scripted step, in order:
+    /// (is_error, content).
+    fn tool_results(&self) -> Vec<(bool, String)> {
+        self.requests()
+            .iter()
+            .flat_map(|v| v["tool_results"].as_array().cloned().unwrap_or_default())
+            .map(|r| {
+                let content = match &r["content"] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (r["is_error"].as_bool().unwrap_or(false), content)
+            })
+            .collect()
+    }
+}
+
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One step of the script every agent runs, in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Writes `notes.txt` in the project and reads it back.
+    Write,
+    /// `cat ~/.ssh/id_rsa`: a credential read by a command.
+    ReadKey,
+    /// A TCP connect to the foreign host, outside every profile.
+    Connect,
+    /// `nc`, a program every agent profile denies.
+    DeniedProgram,
+    /// The agent's own tool reads the key, in the agent's own process.
+    OwnReadKey,
+    /// After every refusal: a developer tool (git commits the notes) and a listing.
+    MoreWork,
+}
+
+/// The shell command of a step (the agent's own tools are the agent's business).
+pub(crate) fn command(step: Step, w: &World) -> String {
+    match step {
+        Step::Write => "echo hello-from-agent > notes.txt && cat notes.txt".into(),
+        Step::ReadKey => "cat ~/.ssh/id_rsa".into(),
+        Step::Connect => format!(
+            "python3 -c \"import socket; socket.create_connection(('{}', 8080), timeout=5); \
+             print('connected')\"",
+            w.foreign.addr
+        ),
+        Step::DeniedProgram => "nc -z 127.0.0.1 9".into(),
+        Step::OwnReadKey => format!("cat {}", w.key.display()),
+        Step::MoreWork => "git init -q . && git add notes.txt && \
+             git -c user.name=agent -c user.email=agent@example.com commit -qm agent-notes && \
+             git log --format=%s && ls"
+            .into(),
+    }
+}
+
+/// The world one agent's run happens in: its own daemon, an ordinary user whose home
+/// holds a private key, a project directory, a foreign host.
+pub(crate) struct World {
+    pub(crate) d: Daemon,
+    pub(crate) root: PathBuf,
+    pub(crate) home: PathBuf,
+    pub(crate) project: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) user: TestUser,
+    pub(crate) foreign: ForeignHost,
+    _dir: TempDir,
+}
+
+impl World {
+    /// `index` tells the parallel runs of different agents apart.
+    fn new(index: u32) -> Self {
+        let d = Daemon::start().expect("root");
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        let (home, project) = (root.join("home"), root.join("project"));
+        fs::create_dir_all(home.join(".ssh")).unwrap();
+        fs::create_dir_all(&project).unwrap();
+        let key = home.join(".ssh/id_rsa");
+        fs::write(&key, "PRIVATE-KEY-CANARY\n").unwrap();
+        let tag = (std::process::id() % 1000) * 8 + index;
+        let user = TestUser::create(&format!("aw-e2e-{tag}"), &home);
+        user.chown(&home);
+        user.chown(&project);
+        let foreign = ForeignHost::start(tag);
+        Self {
+            d,
+            root,
+            home,
+            project,
+            key,
+            user,
+            foreign,
+            _dir: dir,
+        }
+    }
+
+    /// `agentwarden run --profile P --session-name S --user U --` in the project, with a
+    /// clean environment; the caller appends the agent's argv and its environment.
+    fn run(&self, profile: &str, session: &str) -> Command {
+        let mut c = self.d.cli();
+        c.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("TERM", "dumb")
+            .args(["run", "--profile", profile, "--session-name", session])
+            .args(["--user", &self.user.name, "--"])
+            .current_dir(&self.project)
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+/// The installed agent `dir` (under `AGENTWARDEN_AGENTS_DIR`) and its binary `bin`, or
+/// why it cannot run here.
+pub(crate) fn installed(dir: &str, bin: &str) -> Result<PathBuf, String> {
+    let Some(agents) = std::env::var_os("AGENTWARDEN_AGENTS_DIR").map(PathBuf::from) else {
+        return Err("AGENTWARDEN_AGENTS_DIR unset: run through `cargo xtask test`".into());
+    };
+    let path = agents.join(dir).join(bin);
+    if !path.exists() {
+        return Err(format!(
+            "{} not installed: run `cargo xtask setup`",
+            path.display()
+        ));
+    }
+    if !is_root() {
+        return Err("loading eBPF programs needs root".into());
+    }
+    Ok(path)
+}
+
+/// What one run of an agent under its profile left behind; each claim reads it.
+pub(crate) struct AgentRun {
+    pub(crate) profile: &'static str,
+    /// The steps as scripted, in order.
+    pub(crate) steps: Vec<Step>,
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    /// `notes.txt` in its project, as the first step wrote it.
+    pub(crate) notes: Option<String>,
+    /// What the model was told of each step: (is_error, content).
+    pub(crate) tool_results: Vec<(bool, String)>,
+    pub(crate) user: String,
+    pub(crate) owner_user: Option<String>,
+    pub(crate) events: Vec<Event>,
+    pub(crate) key: String,
+    pub(crate) foreign: String,
+    /// The scripted model server's port, when there is one.
+    pub(crate) model_port: Option<u16>,
+    pub(crate) timeline: String,
+    pub(crate) to_foreign: Vec<serde_json::Value>,
+    /// The audit store's files after the daemon stopped (name, bytes).
+    pub(crate) store: Vec<(String, Vec<u8>)>,
+    pub(crate) daemon_log: String,
+}
+
+impl AgentRun {
+    /// Collects the run once `out` (the agent's `agentwarden run`) has returned.
+    fn collect(
+        mut w: World,
+        profile: &'static str,
+        session: &str,
+        steps: Vec<Step>,
+        out: Output,
+        tool_results: Vec<(bool, String)>,
+        model_port: Option<u16>,
+    ) -> Self {
+        let view = w.d.session(session);
+        let events = w.d.wait_for(&view.id, "the session's end", |evs| {
+            evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
+        });
+        let t = w.d.audit(&["timeline", "--session", session]);
+        assert!(t.status.success(), "{t:?}");
+        let timeline = String::from_utf8_lossy(&t.stdout).into_owned();
+        println!("{profile} audit timeline:\n{timeline}");
+        let to_foreign =
+            w.d.audit_query(&["--session", session, "--dest", &w.foreign.addr]);
+        let daemon_log = w.d.log();
+        assert!(w.d.stop().success(), "daemon exit:\n{daemon_log}");
+        // The store as the daemon left it (closed: committed, checkpointed).
+        let db = w.d.db();
+        let store = fs::read_dir(db.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("audit."))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        Self {
+            profile,
+            steps,
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            notes: fs::read_to_string(w.project.join("notes.txt")).ok(),
+            tool_results,
+            user: w.user.name.clone(),
+            owner_user: view.owner_user,
+            events,
+            key: w.key.to_string_lossy().into_owned(),
+            foreign: w.foreign.addr.clone(),
+            model_port,
+            timeline,
+            to_foreign,
+            store,
+            daemon_log,
+        }
+    }
+
+    /// What the model (or the MCP client) was told of `step`.
+    pub(crate) fn result(&self, step: Step) -> &(bool, String) {
+        let i = self
+            .steps
+            .iter()
+            .position(|s| *s == step)
+            .unwrap_or_else(|| panic!("{step:?} is not in the script"));
+        self.tool_results.get(i).unwrap_or_else(|| {
+            panic!(
+                "no result for {step:?} (step {i}): {:?}\nstderr: {}",
+                self.tool_results, self.stderr
+            )
+        })
+    }
+
+    /// The decision on the first event `pick` selects.
+    pub(crate) fn decision_on(&self, what: &str, pick: impl Fn(&Event) -> bool) -> DecisionInfo {
+        self.events
+            .iter()
+            .filter(|e| pick(e))
+            .find_map(|e| e.decision.clone())
+            .unwrap_or_else(|| panic!("no decision on {what}:\n{}", dump(&self.events)))
+    }
+
+    /// `rules/<profile>.yaml:<line> (<field>)`: the rule id of the profile's line `entry`
+    /// in the section `field` names (read from the shipped file, so a profile edit that
+    /// moves lines does not break the claims).
+    pub(crate) fn rule_id(&self, field: &str, entry: &str) -> String {
+        let file = format!("rules/{}.yaml", self.profile);
+        let text = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&file))
+            .unwrap();
+        let section = field.split('.').next().unwrap();
+        let start = text
+            .lines()
+            .position(|l| l.starts_with(&format!("{section}:")))
+            .unwrap_or_else(|| panic!("no {section} in {file}"));
+        let line = text
+            .lines()
+            .enumerate()
+            .skip(start)
+            .find(|(_, l)| l.trim() == format!("- {entry}"))
+            .unwrap_or_else(|| panic!("no `- {entry}` under {section} in {file}"))
+            .0;
+        format!("{file}:{} ({field})", line + 1)
+    }
+}
+
+/// A run, or why there is none: resolved once per agent, shared by its claims.
+pub(crate) type Once = OnceLock<Result<AgentRun, Option<String>>>;
+
+/// The agent's run (made by `make` the first time), or `None` after skipping with the
+/// reason (a failure under `CI=true`). A failed run fails every claim with its message.
+pub(crate) fn the_run(
+    cell: &'static Once,
+    name: &str,
+    make: impl FnOnce() -> Result<AgentRun, String>,
+) -> Option<&'static AgentRun> {
+    let r =
+        cell.get_or_init(
+            || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) {
+                Ok(Ok(run)) => Ok(run),
+                Ok(Err(why)) => Err(Some(format!("skip: {why}"))),
+                Err(e) => {
+                    let msg = e
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_default();
+                    Err(Some(format!("the {name} run failed: {msg}")))
+                }
+            },
+        );
+    match r {
+        Ok(run) => Some(run),
+        Err(Some(why)) if why.starts_with("skip: ") => {
+            skip(why.trim_start_matches("skip: "));
+            None
+        }
+        Err(why) => panic!("{}", why.clone().unwrap_or_default()),
+    }
+}
+
+/// The claims every agent's run must hold, one test each (see the module comment).
+pub(crate) mod claims {
+    use super::*;
+
+    /// It did the allowed work of every step, the last ones after all the refusals, and
+    /// exited normally; the session belongs to the user it ran as.
+    pub(crate) fn works_and_survives(r: &AgentRun) {
+        assert!(
+            r.status.success(),
+            "the agent failed: {}\n{}\n{}",
+            r.stdout,
+            r.stderr,
+            r.daemon_log
+        );
+        assert_eq!(
+            r.tool_results.len(),
+            r.steps.len(),
+            "every step's result went back: {:?}\nstderr: {}",
+            r.tool_results,
+            r.stderr
+        );
+        assert!(
+            r.result(Step::Write).1.contains("hello-from-agent"),
+            "{:?}",
+            r.tool_results
+        );
+        assert_eq!(r.notes.as_deref(), Some("hello-from-agent\n"));
+        let last = &r.result(Step::MoreWork).1;
+        assert!(
+            last.contains("agent-notes") && last.contains("notes.txt"),
+            "the work after the refusals: {:?}",
+            r.tool_results
+        );
+        assert_eq!(r.owner_user.as_deref(), Some(r.user.as_str()));
+        assert!(
+            !r.events
+                .iter()
+                .any(|e| e.exit().is_some_and(|x| x.signal == Some(9))),
+            "nothing in the session was killed:\n{}",
+            dump(&r.events)
+        );
+    }
+
+    /// Each read of the key — the command's, and the agent's own where it has a read
+    /// tool — is refused before it holds a byte, with `EPERM` (never a kill), by the
+    /// profile's `~/.ssh/**` rule, from the fanotify layer (BPF-LSM where it is attached).
+    pub(crate) fn credential_reads_are_refused(r: &AgentRun) {
+        for step in [Step::ReadKey, Step::OwnReadKey] {
+            if !r.steps.contains(&step) {
+                continue;
+            }
+            let (is_error, content) = r.result(step);
+            assert!(
+                *is_error
+                    || content.contains("Operation not permitted")
+                    || content.contains("EPERM"),
+                "{step:?} was not refused: {:?}",
+                r.tool_results
+            );
+        }
+        assert!(
+            r.tool_results.iter().all(|(_, c)| !c.contains("CANARY")),
+            "the key leaked to the model: {:?}",
+            r.tool_results
+        );
+        let on_key: Vec<&Event> = r
+            .events
+            .iter()
+            .filter(|e| e.open().is_some_and(|o| o.path == r.key) && e.decision.is_some())
+            .collect();
+        let rule = r.rule_id("files.deny[0]", "~/.ssh/**");
+        for e in &on_key {
+            let d = e.decision.as_ref().unwrap();
+            assert_eq!(d.decision, Verdict::Deny, "{e:?}");
+            assert!(
+                matches!(
+                    (d.action, d.enforced_by),
+                    (Action::Blocked, Layer::Fanotify) | (Action::Blocked, Layer::Lsm)
+                ),
+                "refused, not killed: {d:?}"
+            );
+            assert_eq!(d.rule, rule, "{e:?}");
+        }
+        let comm = |e: &Event| {
+            e.process
+                .as_ref()
+                .map_or("", |p| p.comm.as_str())
+                .to_owned()
+        };
+        assert!(
+            on_key.iter().any(|e| comm(e) == "cat"),
+            "no refusal of the command's read:\n{}",
+            dump(&r.events)
+        );
+        if r.steps.contains(&Step::OwnReadKey) {
+            assert!(
+                on_key.iter().any(|e| comm(e) != "cat"),
+                "no refusal of the agent's own read:\n{}",
+                dump(&r.events)
+            );
+        }
+    }
+
+    /// Its connect to a host outside the profile is refused in the kernel (`EPERM`).
+    pub(crate) fn foreign_connect_is_refused(r: &AgentRun) {
+        let (_, content) = r.result(Step::Connect);
+        assert!(
+            content.contains("Operation not permitted") && !content.contains("connected\n"),
+            "{:?}",
+            r.tool_results
+        );
+        let on_net = r.decision_on(&r.foreign, |e| {
+            e.net().is_some_and(|n| n.address == r.foreign)
+        });
+        assert_eq!(
+            (
+                on_net.decision,
+                on_net.action,
+                on_net.enforced_by,
+                on_net.rule.as_str()
+            ),
+            (
+                Verdict::Deny,
+                Action::Blocked,
+                Layer::Cgroup,
+                "network.default"
+            )
+        );
+        assert!(
+            r.to_foreign
+                .iter()
+                .any(|x| x["decision"]["action"] == "blocked"),
+            "`audit query --dest` finds the refused connect: {:?}",
+            r.to_foreign
+        );
+    }
+
+    /// The denied program (`nc`, a symlink to `nc.openbsd`) is refused at exec with
+    /// `EPERM` by the profile's `/usr/bin/nc` rule (bound by inode: the link's target).
+    pub(crate) fn denied_program_is_refused(r: &AgentRun) {
+        let (_, content) = r.result(Step::DeniedProgram);
+        assert!(
+            content.contains("Operation not permitted"),
+            "{:?}",
+            r.tool_results
+        );
+        let d = r.decision_on("the exec of nc", |e| {
+            e.exec().is_some_and(|x| x.path.contains("/nc"))
+        });
+        assert_eq!(
+            (d.decision, d.action),
+            (Verdict::Deny, Action::Blocked),
+            "{d:?}"
+        );
+        assert!(
+            matches!(d.enforced_by, Layer::Fanotify | Layer::Lsm),
+            "{d:?}"
+        );
+        assert_eq!(d.rule, r.rule_id("exec.deny[0]", "/usr/bin/nc"));
+    }
+
+    /// The model API (here on loopback) is reached under the profile's allow rule.
+    pub(crate) fn model_api_is_reached_under_its_rule(r: &AgentRun) {
+        let port = r.model_port.expect("a model server");
+        let to_model = r.decision_on("the model API", |e| e.net().is_some_and(|n| n.port == port));
+        assert_eq!(
+            (to_model.decision, to_model.action),
+            (Verdict::Allow, Action::Allowed)
+        );
+    }
+
+    /// The audit timeline answers who did what: the agent, its owners, the principal,
+    /// the refused read, connect and program with their rules.
+    pub(crate) fn the_audit_timeline_answers_who_did_what(r: &AgentRun) {
+        let profile = agentwarden::profiles::ProfileSet::embedded().unwrap();
+        let owners = &profile.get(r.profile).unwrap().file.owners;
+        for needle in [
+            format!("agent      {}", r.profile),
+            format!("principal  {} (uid ", r.user),
+            format!(
+                "business: {}, technical: {}",
+                owners.business, owners.technical
+            ),
+            format!("{} O_RDONLY", r.key),
+            "DENY blocked by".to_owned(),
+            format!("{}:8080", r.foreign),
+            "DENY blocked by cgroup: network.default".to_owned(),
+            r.rule_id("exec.deny[0]", "/usr/bin/nc"),
+        ] {
+            assert!(
+                r.timeline.contains(&needle),
+                "no `{needle}` in the timeline:\n{}",
+                r.timeline
+            );
+        }
+    }
+}
+
+/// The standard claims as tests, for the agent module this is expanded in (which
+/// defines `fn the_run() -> Option<&'static AgentRun>`).
+macro_rules! agent_claims {
+    () => {
+        #[test]
+        fn it_works_under_its_profile_and_survives_every_refusal() {
+            let Some(r) = the_run() else { return };
+            claims::works_and_survives(r);
+        }
+
+        #[test]
+        fn its_credential_reads_are_refused() {
+            let Some(r) = the_run() else { return };
+            claims::credential_reads_are_refused(r);
+        }
+
+        #[test]
+        fn its_connect_to_a_foreign_host_is_refused() {
+            let Some(r) = the_run() else { return };
+            claims::foreign_connect_is_refused(r);
+        }
+
+        #[test]
+        fn its_denied_program_is_refused() {
+            let Some(r) = the_run() else { return };
+            claims::denied_program_is_refused(r);
+        }
+
+        #[test]
+        fn the_model_api_is_reached_under_its_rule() {
+            let Some(r) = the_run() else { return };
+            claims::model_api_is_reached_under_its_rule(r);
+        }
+
+        #[test]
+        fn the_audit_timeline_answers_who_did_what() {
+            let Some(r) = the_run() else { return };
+            claims::the_audit_timeline_answers_who_did_what(r);
+        }
+    };
+}
+pub(crate) use agent_claims;
