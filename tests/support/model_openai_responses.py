@@ -11,6 +11,7 @@ A string step becomes a call of the shell tool the request offers, first found o
   shell_command {"command": "<string>"}
   shell         {"command": ["bash", "-lc", "<string>"]}
   local_shell   a local_shell_call item, action {"type": "exec", "command": [...]}
+(Codex 0.171 offers exec_command only; the other shapes are older Codex's, untested.)
 A {"tool": NAME, "input": ...} step calls NAME: a dict input is a function_call with those
 arguments (e.g. Codex's view_image {"path": ...}, which reads the file in Codex's own
 process), a string input is a custom_tool_call (freeform tools such as apply_patch).

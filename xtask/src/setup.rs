@@ -39,12 +39,20 @@ pub struct Agent {
     registry: Registry,
 }
 
-pub const AGENTS: &[Agent] = &[Agent {
-    dir: "claude-code",
-    package: "@anthropic-ai/claude-code",
-    version: "2.1.332",
-    registry: Registry::Npm,
-}];
+pub const AGENTS: &[Agent] = &[
+    Agent {
+        dir: "claude-code",
+        package: "@anthropic-ai/claude-code",
+        version: "2.1.332",
+        registry: Registry::Npm,
+    },
+    Agent {
+        dir: "codex-cli",
+        package: "@openai/codex",
+        version: "0.171.0",
+        registry: Registry::Npm,
+    },
+];
 
 pub fn run() -> Result<()> {
     let mut did = Vec::new();

@@ -14,6 +14,7 @@
 //! parallel, each with its own daemon.
 
 mod claude_code;
+mod codex_cli;
 
 use crate::support::*;
 
