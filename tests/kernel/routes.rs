@@ -54,7 +54,8 @@ fn layer_of(e: &Event) -> Layer {
 /// Opening the denied key and canary without an `open(path)` the simplest rules see:
 /// io_uring, a file handle, a `/proc/self/fd` re-open of an `O_PATH` handle, a directory
 /// descriptor, `/proc/self/root`, another mount namespace (a bind mount), a chroot, and a
-/// file created in the denied tree after the rules were bound. Each gets `EPERM`, the
+/// file created in the denied tree after the rules were bound, and a listing of the tree's
+/// directory. Each gets `EPERM`, the
 /// process goes on, and the decision names the rule and the layer. Outside every session
 /// the same files read normally.
 #[test]
@@ -116,6 +117,20 @@ fn file_routes_without_an_open_by_path_are_refused() {
                 format!(
                     "import os\nos.chroot('{dir}')\nos.chdir('/')\n\
                      try:\n  print('ok-LEAK' if 'BYTES' in open('/secret/key').read() else 'ok')\n\
+                     except OSError as e:\n  print('errno', e.errno)"
+                ),
+            ],
+        ),
+        // A listing of the denied tree's own directory (`/dir/**` names it too): what
+        // is in it is not shown.
+        (
+            "r-listing",
+            vec![
+                "/usr/bin/python3".into(),
+                "-c".into(),
+                format!(
+                    "import os\n\
+                     try:\n  print('ok-LEAK' if 'key' in os.listdir('{dir}/secret') else 'ok')\n\
                      except OSError as e:\n  print('errno', e.errno)"
                 ),
             ],

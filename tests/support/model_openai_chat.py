@@ -1,8 +1,8 @@
 """OpenAI Chat Completions API for the scripted model server (tests/support/scripted_model.py),
 shaped for driving the real aider CLI (PyPI aider-chat, via litellm's "openai/<name>" provider).
 
-Endpoints: POST /v1/chat/completions (SSE `data: {chunk}` lines ending with `data: [DONE]`
-when `stream` is true, one chat.completion JSON otherwise), GET /v1/models.
+Endpoint: POST /v1/chat/completions (SSE `data: {chunk}` lines ending with `data: [DONE]`
+when `stream` is true, one chat.completion JSON otherwise; aider streams by default).
 
 Aider has no tool calling.  A scripted turn is an assistant message in aider's own
 "diff" (SEARCH/REPLACE) edit format, starting with a marker line `[scripted-step:N]`:
@@ -21,6 +21,18 @@ Aider has no tool calling.  A scripted turn is an assistant message in aider's o
     needed); P's full content is in that request's "files in the chat" message.
     Aider does not expand "~": give P absolute, or relative to the project dir.
 
+Driving aider (0.86.2) unattended (full command line: see the kernel test); essential: env
+OPENAI_API_BASE=http://127.0.0.1:PORT/v1, OPENAI_API_KEY=anything,
+LITELLM_LOCAL_MODEL_COST_MAP=True, TERM=dumb (plain input(), no prompt_toolkit), a
+--model-metadata-file naming "openai/scripted" (else aider fetches litellm's price list
+from GitHub), NO --yes-always (it refuses every shell command), and stdin = lines "y":
+each line is either a chat message (one main-loop request) or the answer to a
+confirmation.  3 x shell steps + 2 x edit/read steps + 1 lines always suffice (a shell step
+takes message + run + add-output, no add-output if the output is empty; an edit/read step
+message + allow/create; the step after a read comes in aider's automatic re-ask, without
+a message line); stdin EOF at the chat prompt ends aider with exit 0, and surplus lines
+only add "final" requests (no step is consumed).
+
 Stateless: the step index = the number of distinct `[scripted-step:N]` markers in the
 request's assistant messages.  Requests whose first message is not aider's coder system
 prompt ("Act as an expert ...": e.g. chat-history summaries, commit messages) get the side
@@ -29,7 +41,8 @@ text and never consume a step.
 tool_results (for the log): the results of the previous scripted step found in this
 request:
   * shell: every user message "Output from ..." after the last scripted assistant message
-    (is_error false; no such message -> is_error true, content explains);
+    (is_error false: aider never sends an exit status; no such message -> content "" and a
+    "note": aider sends nothing for a command with empty output, nor for a refused one);
   * read: the content aider sent for P in its files-in-chat message (is_error false), or,
     without it, aider's error text (is_error true);
   * edit: aider's reply after the edit ("I updated the files." / a commit note / the match
@@ -48,8 +61,8 @@ NO_MATCH = "SCRIPTED-READ-ONLY: this line is not in the file, nothing is written
 
 
 def handles(method, path):
-    return (method == "POST" and path in ("/v1/chat/completions", "/chat/completions")) or (
-        method in ("GET", "HEAD") and path in ("/v1/models", "/models"))
+    # GET /v1/models is left to the dispatcher's shared fallback (aider never asks for it).
+    return method == "POST" and path.rstrip("/") in ("/v1/chat/completions", "/chat/completions")
 
 
 # ---------------------------------------------------------------- conversation helpers
@@ -127,26 +140,30 @@ def file_in_chat(msgs, path):
     return found
 
 
-def results_of_previous(msgs, steps):
+def results_of_previous(msgs, steps, final_text):
     pos = scripted_positions(msgs)
     if not pos:
         return []
     last_i, last_n = pos[-1]
     if last_n >= len(steps):
         return []
+    later = msgs[last_i + 1:]
+    if any(m.get("role") == "assistant" and text_of(m.get("content")).strip() == final_text.strip()
+           for m in later):
+        return []  # already reported with the first final answer
     kind, inp = step_kind(steps[last_n])
-    after = [text_of(m.get("content")) for m in msgs[last_i + 1:] if m.get("role") == "user"]
+    after = [text_of(m.get("content")) for m in later if m.get("role") == "user"]
     if kind == "shell":
         outs = [t for t in after if t.startswith("Output from ")]
         if outs:
             return [{"is_error": False, "content": "\n".join(outs)}]
-        return [{"is_error": True,
-                 "content": "(aider added no output of this command to the chat: refused, "
-                            "not run, or empty output)"}]
+        # aider sends nothing for a command with empty output (and nothing for a refused one)
+        return [{"is_error": False, "content": "",
+                 "note": "aider added no output of this command to the chat"}]
     path = inp.get("path", "")
     content = file_in_chat(msgs, path) if path else None
-    notes = [t for t in after if "SEARCH/REPLACE" in t or t.startswith("I updated")
-             or t.startswith("I committed") or "Unable to" in t]
+    notes = [t for t in after if t.startswith(("I updated", "I committed"))
+             or "failed to match" in t or "did not conform" in t]
     if kind == "read":
         if content is not None:
             return [{"is_error": False, "content": content}]
@@ -196,7 +213,7 @@ def plan(req):
     if not is_main_loop(msgs):
         return req.side_text, "side", [], summary
     idx = len({n for _, n in scripted_positions(msgs)})
-    results = results_of_previous(msgs, steps)
+    results = results_of_previous(msgs, steps, req.final_text or "done")
     if idx < len(steps):
         return render_step(idx, steps[idx]), "command#%d" % idx, results, summary
     return req.final_text, "final", results, summary
@@ -215,12 +232,6 @@ def _chunk(cid, model, created, delta, finish=None, usage=None):
 
 
 def reply(req):
-    if req.method in ("GET", "HEAD"):
-        return {"status": 200, "content_type": "application/json",
-                "payload": json.dumps({"object": "list", "data": [
-                    {"id": "scripted", "object": "model", "created": 0,
-                     "owned_by": "scripted"}]}).encode(),
-                "log": {"kind": "models", "tool_results": []}}
     body = req.body if isinstance(req.body, dict) else {}
     text, kind, results, summary = plan(req)
     cid = "chatcmpl-" + uuid.uuid4().hex[:24]

@@ -7,14 +7,16 @@ use anyhow::{Result, bail};
 
 use crate::{run_cmd, vm};
 
-/// Debian packages: what bpf-linker's LLVM 22 backend links against, and netcat, the
-/// program every shipped agent profile denies (the agent tests try to run it).
+/// Debian packages: what bpf-linker's LLVM 22 backend links against, netcat (the
+/// program every shipped agent profile denies: the agent tests try to run it), and venv
+/// for the agents from PyPI.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
     "netcat-openbsd",
+    "python3-venv",
 ];
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -51,6 +53,37 @@ pub const AGENTS: &[Agent] = &[
         package: "@openai/codex",
         version: "0.171.0",
         registry: Registry::Npm,
+    },
+    Agent {
+        dir: "gemini-cli",
+        package: "@google/gemini-cli",
+        version: "0.61.0",
+        registry: Registry::Npm,
+    },
+    Agent {
+        dir: "aider",
+        package: "aider-chat",
+        version: "0.86.2",
+        registry: Registry::PyPi,
+    },
+    // MCP servers: the reference filesystem, git and fetch servers.
+    Agent {
+        dir: "mcp-filesystem",
+        package: "@modelcontextprotocol/server-filesystem",
+        version: "2026.8.31",
+        registry: Registry::Npm,
+    },
+    Agent {
+        dir: "mcp-git",
+        package: "mcp-server-git",
+        version: "2026.10.19",
+        registry: Registry::PyPi,
+    },
+    Agent {
+        dir: "mcp-fetch",
+        package: "mcp-server-fetch",
+        version: "2026.10.24",
+        registry: Registry::PyPi,
     },
 ];
 
@@ -277,7 +310,13 @@ impl Agent {
                     .arg(format!("{}@{}", self.package, self.version)),
             )?,
             Registry::PyPi => {
-                run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+                // Debian's interpreter, not one under root's home (a pyenv there is
+                // out of reach of the ordinary user the tests run the agent as).
+                run_cmd(
+                    Command::new("/usr/bin/python3")
+                        .args(["-m", "venv"])
+                        .arg(&dir),
+                )?;
                 run_cmd(
                     Command::new(dir.join("bin/pip"))
                         .args(["install", "-q", "--disable-pip-version-check"])

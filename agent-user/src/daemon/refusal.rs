@@ -53,6 +53,7 @@ use tracing::warn;
 const MASK: MaskFlags = MaskFlags::FAN_OPEN_PERM
     .union(MaskFlags::FAN_ACCESS_PERM)
     .union(MaskFlags::FAN_OPEN_EXEC_PERM);
+const DIR_MASK: MaskFlags = MaskFlags::FAN_EVENT_ON_CHILD.union(MaskFlags::FAN_ONDIR);
 
 /// Directories of `/dir/**` rules marked per tree; a larger tree is marked in part and
 /// reported (its unmarked files are met by the kill backstop).
@@ -251,10 +252,12 @@ pub fn category_index(category: u8) -> usize {
     usize::from(category != CATEGORY_EXEC)
 }
 
-/// Whether `path` is strictly below the directory `dir` (`/a/bc` is not below `/a/b`).
+/// Whether `path` is the directory `dir` or below it (`/a/bc` is not below `/a/b`): a
+/// `/dir/**` rule names the directory itself too (listing it is refused, as BPF-LSM's
+/// file_open hook refuses it).
 fn below(path: &str, dir: &str) -> bool {
     path.strip_prefix(dir)
-        .is_some_and(|rest| rest.starts_with('/'))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Counters of the layer, shown by `status` and raised as losses.
@@ -549,11 +552,9 @@ impl Refusal {
                 next.insert(id, fd);
                 continue;
             }
-            let mask = if o.dir {
-                MASK | MaskFlags::FAN_EVENT_ON_CHILD
-            } else {
-                MASK
-            };
+            // A tree's directories: opens of the files in them, and of the directories
+            // themselves (a listing), which fanotify reports only with FAN_ONDIR.
+            let mask = if o.dir { MASK | DIR_MASK } else { MASK };
             match self
                 .group
                 .mark(MarkFlags::FAN_MARK_ADD, mask, o.fd.as_fd(), None::<&str>)
@@ -580,7 +581,7 @@ impl Refusal {
         for (_, fd) in std::mem::replace(&mut self.marked, next) {
             let _ = self.group.mark(
                 MarkFlags::FAN_MARK_REMOVE,
-                MASK | MaskFlags::FAN_EVENT_ON_CHILD,
+                MASK | DIR_MASK,
                 fd.as_fd(),
                 None::<&str>,
             );
@@ -957,6 +958,12 @@ mod tests {
         let newer = || Some("/home/a/.ssh/id_new".to_owned());
         assert_eq!(
             t.judge(&s, (1, 99), &newer).map(|r| r.binding.rule_id),
+            Some(6)
+        );
+        // The tree's directory itself (a listing of it).
+        let root = || Some("/home/a/.ssh".to_owned());
+        assert_eq!(
+            t.judge(&s, (1, 98), &root).map(|r| r.binding.rule_id),
             Some(6)
         );
         let sibling = || Some("/home/a/.sshfoo/x".to_owned());

@@ -13,8 +13,10 @@
 //! its claims (an agent run takes tens of seconds); the runs of different agents go in
 //! parallel, each with its own daemon.
 
+mod aider;
 mod claude_code;
 mod codex_cli;
+mod gemini_cli;
 
 use crate::support::*;
 
@@ -478,7 +480,8 @@ pub(crate) mod claims {
     pub(crate) fn works_and_survives(r: &AgentRun) {
         assert!(
             r.status.success(),
-            "the agent failed: {}\n{}\n{}",
+            "the agent failed ({}): {}\n{}\n{}",
+            r.status,
             r.stdout,
             r.stderr,
             r.daemon_log

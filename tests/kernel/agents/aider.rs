@@ -1,0 +1,103 @@
+//! aider (PyPI `aider-chat`) under `aider`, driven through an OpenAI-compatible chat API
+//! (`tests/support/model_openai_chat.py`). aider has no tool calls: the scripted model
+//! proposes each command in a fenced block, and aider asks before running it and before
+//! adding its output to the chat, so its answers come from stdin (`y` lines, the way a
+//! user at the terminal says yes; `--yes-always` answers no to running commands).
+
+use super::*;
+
+static RUN: Once = OnceLock::new();
+
+fn the_run() -> Option<&'static AgentRun> {
+    super::the_run(&RUN, "aider", run)
+}
+
+fn run() -> Result<AgentRun, String> {
+    let aider = installed("aider", "bin/aider")?;
+    let w = World::new(3);
+    let steps = vec![
+        Step::Write,
+        Step::ReadKey,
+        Step::Connect,
+        Step::DeniedProgram,
+        Step::OwnReadKey,
+        Step::MoreWork,
+    ];
+    let script: Vec<serde_json::Value> = steps
+        .iter()
+        .map(|s| match s {
+            // An edit of the key that cannot match: aider reads the file in its own
+            // process to apply it.
+            Step::OwnReadKey => serde_json::json!({
+                "tool": "read",
+                "input": { "path": w.key.to_string_lossy() },
+            }),
+            s => serde_json::json!(command(*s, &w)),
+        })
+        .collect();
+    let model = ModelServer::start(&w.root, &script);
+    // The scripted model's limits and price, so that aider does not fetch litellm's
+    // model list from GitHub.
+    let metadata = w.home.join("scripted.model.metadata.json");
+    fs::write(
+        &metadata,
+        serde_json::json!({ "openai/scripted": {
+            "max_input_tokens": 128000, "max_output_tokens": 8192, "max_tokens": 8192,
+            "input_cost_per_token": 0, "output_cost_per_token": 0,
+            "litellm_provider": "openai", "mode": "chat",
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    // Three answers per command (message, run, add the output), two per edit, and one
+    // to spare: end of input at the chat prompt ends aider normally.
+    let answers = w.root.join("answers.txt");
+    fs::write(&answers, "y\n".repeat(3 * steps.len() + 1)).unwrap();
+    let out = w
+        .run("aider", "aider-e2e")
+        .env(
+            "OPENAI_API_BASE",
+            format!("http://127.0.0.1:{}/v1", model.port),
+        )
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .arg(aider)
+        .args(["--model", "openai/scripted", "--model-metadata-file"])
+        .arg(&metadata)
+        .args(["--edit-format", "diff", "--no-git", "--no-gitignore"])
+        .args(["--no-auto-commits", "--no-check-update", "--no-analytics"])
+        .args(["--no-show-release-notes", "--no-show-model-warnings"])
+        .args(["--no-pretty", "--no-fancy-input", "--map-tokens", "0"])
+        .args(["--no-auto-lint", "--no-detect-urls", "--no-notifications"])
+        .stdin(fs::File::open(&answers).unwrap())
+        .output_within();
+    let results = model.tool_results();
+    Ok(AgentRun::collect(
+        w,
+        "aider",
+        "aider-e2e",
+        steps,
+        out,
+        results,
+        Some(model.port),
+    ))
+}
+
+agent_claims!();
+
+/// aider's own read of the key failed on the refusal: it reported the errno on its
+/// terminal, dropped the file from the chat and sent the model nothing of it (aider
+/// tells the model only that it "updated the files").
+#[test]
+fn its_own_read_failed_on_the_refusal() {
+    let Some(r) = the_run() else { return };
+    // Its terminal output is wrapped at 80 columns.
+    let said = r.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        said.contains("id_rsa: unable to read: [Errno 1] Operation not permitted"),
+        "{}",
+        r.stdout
+    );
+    let (is_error, own) = r.result(Step::OwnReadKey);
+    assert!(*is_error && !own.contains("CANARY"), "{own}");
+}
