@@ -673,6 +673,18 @@ impl Worker {
         // the file changes (the ignore mark goes with a modification) or a rule does.
         let ignore =
             exec && refused.is_none() && table.exec_never_refused(id, &mut file, &|| path_of(fd));
+        // The record is made while the process still waits for the answer: its `/proc`
+        // entry (comm, parent, ids) is gone soon after a refusal or a kill.
+        let rec = refused.as_ref().map(|(s, r)| {
+            let access = if exec {
+                Access::Exec
+            } else if ev.mask().contains(MaskFlags::FAN_ACCESS_PERM) {
+                Access::Read
+            } else {
+                Access::Open
+            };
+            record(s, r, tgid, access, &path_of(fd).unwrap_or_default())
+        });
         if let Some((_, r)) = &refused
             && r.act == Act::Kill
         {
@@ -692,19 +704,12 @@ impl Worker {
             self.ignore_execs(fd, id);
         }
         drop(table);
-        let Some((s, r)) = refused else { return };
+        let (Some((_, r)), Some(rec)) = (refused, rec) else {
+            return;
+        };
         if r.act != Act::Alert {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
         }
-        let mask = ev.mask();
-        let access = if exec {
-            Access::Exec
-        } else if mask.contains(MaskFlags::FAN_ACCESS_PERM) {
-            Access::Read
-        } else {
-            Access::Open
-        };
-        let rec = record(&s, &r, tgid, access, &path_of(fd).unwrap_or_default());
         if self.records.try_send(rec).is_err() {
             self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
         }

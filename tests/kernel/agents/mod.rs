@@ -17,6 +17,7 @@ mod aider;
 mod claude_code;
 mod codex_cli;
 mod gemini_cli;
+mod mcp_server;
 
 use crate::support::*;
 
