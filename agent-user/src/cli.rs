@@ -125,6 +125,10 @@ pub enum Cmd {
         /// system's resolver configuration.
         #[arg(long)]
         dns_server: Option<std::net::SocketAddr>,
+        /// Resolver configuration whose name servers a `nameservers: system` rule
+        /// allows (re-read as it changes).
+        #[arg(long, default_value = "/etc/resolv.conf")]
+        resolv_conf: PathBuf,
         /// Audit records older than this are pruned through a checkpoint (`none`: keep).
         #[arg(long, default_value = "90days", value_parser = parse_age)]
         audit_retention: Age,
@@ -239,6 +243,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             max_tracked_processes,
             ring_buffer_size,
             dns_server,
+            resolv_conf,
             audit_retention,
             audit_max_size,
             audit_queue,
@@ -256,6 +261,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 max_tracked_processes,
                 ring_buffer_size,
                 dns_server,
+                resolv_conf,
                 audit_max_age: audit_retention.0,
                 audit_max_bytes: audit_max_size.0,
                 audit_queue,

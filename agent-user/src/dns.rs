@@ -21,6 +21,20 @@ pub const MAX_REFRESH: Duration = Duration::from_secs(300);
 /// After a failed lookup: the previous answer stays in force, the name is asked again.
 pub const RETRY: Duration = Duration::from_secs(30);
 
+/// The name servers a resolver configuration (`resolv.conf`) names, in its order.
+pub fn nameservers(path: &std::path::Path) -> Result<Vec<IpAddr>> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (config, _) = hickory_resolver::system_conf::parse_resolv_conf(data)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ns in config.name_servers() {
+        if !ips.contains(&ns.ip) {
+            ips.push(ns.ip);
+        }
+    }
+    Ok(ips)
+}
+
 pub struct Dns {
     resolver: TokioResolver,
 }
@@ -66,5 +80,30 @@ impl Dns {
         ips.sort();
         ips.dedup();
         Ok((ips, ttl.clamp(MIN_REFRESH, MAX_REFRESH)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nameservers_are_read_in_order_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(
+            &path,
+            "# generated\nsearch example.com\nnameserver 10.96.0.10\nnameserver ::1\n\
+             nameserver 10.96.0.10\noptions ndots:5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            nameservers(&path).unwrap(),
+            [
+                "10.96.0.10".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert!(nameservers(&dir.path().join("missing")).is_err());
     }
 }

@@ -546,3 +546,97 @@ fn host_name_rules_follow_the_answer_when_its_ttl_expires() {
         moved.elapsed().as_secs_f64()
     );
 }
+
+/// `nameservers: system` allows DNS (port 53, UDP and TCP) to exactly the name servers
+/// the resolver configuration names, and follows the file when it changes (DHCP, a VPN):
+/// the server it no longer names is refused, the new one allowed.
+#[test]
+fn the_system_name_servers_are_allowed_and_followed_when_the_configuration_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    let write_resolv = |ns: &str| {
+        let tmp = dir.path().join("resolv.conf.new");
+        fs::write(&tmp, format!("# test\nnameserver {ns}\noptions edns0\n")).unwrap();
+        fs::rename(&tmp, &resolv).unwrap();
+    };
+    write_resolv("127.0.0.77");
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("ns.yaml"),
+        "name: ns\ndescription: t\nowners: { business: b, technical: t }\nmode: enforce\n\
+         network:\n  default: deny\n  allow:\n    - { nameservers: system }\n  \
+         on_violation: block\n",
+    )
+    .unwrap();
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&[
+        "--rules-dir",
+        &rd,
+        "--resolv-conf",
+        resolv.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    if !d.attached("connect4") {
+        return skip("the cgroup layer is not attached on this host");
+    }
+    // No server listens: an allowed TCP connect is refused by the stack (111), a denied
+    // one by the rule (1); an allowed UDP send goes out.
+    let probe = "import socket\n\
+        def udp(label, addr):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
+        try:\n        s.sendto(b'q', addr)\n        print(label + '=ok')\n    \
+        except OSError as e:\n        print(label + '=' + str(e.errno))\n\
+        def tcp(label, addr):\n    s = socket.socket()\n    s.settimeout(5)\n    \
+        try:\n        s.connect(addr)\n        print(label + '=ok')\n    \
+        except OSError as e:\n        print(label + '=' + str(e.errno))\n\
+        udp('a53', ('127.0.0.77', 53))\ntcp('a53tcp', ('127.0.0.77', 53))\n\
+        udp('a54', ('127.0.0.77', 54))\nudp('b53', ('127.0.0.78', 53))\n";
+    let cwd = std::env::temp_dir();
+    let attempt = |name: &str| {
+        let out = d.run_profile("ns", name, &cwd, &["/usr/bin/python3", "-c", probe]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        attempt("ns-first"),
+        "a53=ok\na53tcp=111\na54=1\nb53=1\n",
+        "port 53 of the named server only"
+    );
+    let sid = d.session("ns-first").id;
+    // Decisions recorded: the allowed connect and the refused sends (an allowed UDP
+    // send is not recorded).
+    let evs = d.wait_for(&sid, "the allowed connect and the refused sends", |evs| {
+        evs.iter().filter(|e| e.net().is_some()).count() >= 3
+    });
+    let rule_of = |port: u16, addr: &str| {
+        evs.iter()
+            .filter(|e| e.net().is_some_and(|n| n.port == port && n.address == addr))
+            .find_map(|e| e.decision.clone())
+            .unwrap_or_else(|| panic!("no decision on {addr}:{port}:\n{}", dump(&evs)))
+    };
+    let allowed = rule_of(53, "127.0.0.77");
+    assert_eq!(allowed.action, Action::Allowed, "{allowed:?}");
+    assert!(
+        allowed.rule.ends_with("ns.yaml:8 (network.allow[0])"),
+        "{allowed:?}"
+    );
+    let refused = rule_of(54, "127.0.0.77");
+    assert_eq!(
+        (refused.action, refused.rule.as_str()),
+        (Action::Blocked, "network.default")
+    );
+    // The configuration changes: the rule follows it within a few refresh rounds.
+    write_resolv("127.0.0.78");
+    let moved = Instant::now();
+    loop {
+        let got = attempt(&format!("ns-b{}", moved.elapsed().as_millis()));
+        if got == "a53=1\na53tcp=1\na54=1\nb53=ok\n" {
+            break;
+        }
+        assert!(
+            moved.elapsed() < scaled(Duration::from_secs(30)),
+            "the rule did not follow the new name server: {got}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -84,6 +84,8 @@ pub struct DaemonConfig {
     pub ring_buffer_size: u32,
     /// Name server for the host names of network rules (default: the system's).
     pub dns_server: Option<std::net::SocketAddr>,
+    /// The resolver configuration whose name servers `nameservers: system` allows.
+    pub resolv_conf: PathBuf,
     /// Audit store retention and queue (the database is `state_dir/audit.db`).
     pub audit_max_age: Option<Duration>,
     pub audit_max_bytes: Option<u64>,
@@ -178,7 +180,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let (sinks, profiles) = open_state(&cfg)?;
     startup.mark("state and profiles parsed");
     let shared = Arc::new(Shared {
-        core: parking_lot::Mutex::new(Core::new(kernel, sinks)),
+        core: parking_lot::Mutex::new(Core::new(kernel, sinks, &cfg.resolv_conf)),
         cfg: cfg.clone(),
         probe,
         programs,
@@ -229,12 +231,20 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
 }
 
 impl Core {
-    fn new(kernel: KernelMaps, sinks: Sinks) -> Self {
+    fn new(kernel: KernelMaps, sinks: Sinks, resolv_conf: &Path) -> Self {
         Self {
             kernel,
             rules: RuleTable::default(),
             profile_ids: HashMap::new(),
-            dns: HashMap::new(),
+            // The name servers from the start: a session enrolled before the first DNS
+            // round can resolve names already.
+            dns: HashMap::from([(
+                compile::NAMESERVERS.to_owned(),
+                dns::nameservers(resolv_conf).unwrap_or_else(|e| {
+                    warn!(error = %format!("{e:#}"), "no name servers: rules allowing `nameservers: system` are inactive");
+                    Vec::new()
+                }),
+            )]),
             profiles: ProfileSet::default(),
             owners: BTreeSet::new(),
             homes: HashMap::new(),

@@ -109,6 +109,20 @@ pub(super) async fn refresh_dns(shared: Arc<Shared>) {
         };
         answers.retain(|h, _| hosts.contains(h));
         due.retain(|h, _| hosts.contains(h));
+        // The system's name servers, re-read each round (DHCP, a VPN or a container
+        // runtime rewrites the file); an unreadable file keeps the servers in force.
+        match dns::nameservers(&shared.cfg.resolv_conf) {
+            Ok(ips) => {
+                answers.insert(compile::NAMESERVERS.to_owned(), ips);
+            }
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "name servers not re-read");
+                if !answers.contains_key(compile::NAMESERVERS) {
+                    let known = shared.core().dns.get(compile::NAMESERVERS).cloned();
+                    answers.insert(compile::NAMESERVERS.to_owned(), known.unwrap_or_default());
+                }
+            }
+        }
         let now = tokio::time::Instant::now();
         for h in &hosts {
             if due.get(h).is_some_and(|t| *t > now) {

@@ -336,6 +336,10 @@ fn v6_form(c: &Cidr) -> ([u8; 16], u32) {
     }
 }
 
+/// What `resolve` is asked for the system's name servers: not a host name (no rule's
+/// `host` can be it), so the daemon keeps the servers beside its host answers.
+pub const NAMESERVERS: &str = "<nameservers>";
+
 struct Ctx<'a> {
     rules: &'a mut RuleTable,
     unresolved: &'a mut Vec<String>,
@@ -359,19 +363,25 @@ fn entries(
             .iter()
             .map(|r| KPortRange { lo: r.lo, hi: r.hi })
             .collect();
+        let ips = |ips: Vec<IpAddr>| -> Vec<Cidr> {
+            ips.into_iter()
+                .map(|addr| Cidr {
+                    addr,
+                    prefix: if addr.is_ipv4() { 32 } else { 128 },
+                })
+                .collect()
+        };
         let cidrs: Vec<Cidr> = match &d.value.target {
             Target::Cidr(c) => vec![*c],
+            // An empty list (no resolver configuration) leaves the rule inactive; the
+            // daemon reports it when it reads the configuration.
+            Target::Nameservers => ips((ctx.resolve)(NAMESERVERS)),
             Target::Host(h) => {
-                let ips = (ctx.resolve)(h);
-                if ips.is_empty() {
+                let found = (ctx.resolve)(h);
+                if found.is_empty() {
                     ctx.unresolved.push(h.clone());
                 }
-                ips.into_iter()
-                    .map(|addr| Cidr {
-                        addr,
-                        prefix: if addr.is_ipv4() { 32 } else { 128 },
-                    })
-                    .collect()
+                ips(found)
             }
         };
         for c in cidrs {
@@ -427,7 +437,7 @@ pub fn host_names(p: &Profile) -> Vec<String> {
         .chain(&p.net_deny)
         .filter_map(|d| match &d.value.target {
             Target::Host(h) => Some(h.clone()),
-            Target::Cidr(_) => None,
+            Target::Cidr(_) | Target::Nameservers => None,
         })
         .collect()
 }

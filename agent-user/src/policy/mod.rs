@@ -168,7 +168,8 @@ pub struct NetworkRules {
     pub fallback: Option<Fallback>,
 }
 
-/// Exactly one of `cidr` or `host`, and optional ports (default: all).
+/// Exactly one of `cidr`, `host` or `nameservers`, and optional ports (default: all;
+/// 53 for `nameservers`).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
@@ -178,8 +179,21 @@ pub struct Destination {
     /// A DNS name, resolved by the daemon and refreshed on its TTL.
     #[serde(default)]
     pub host: Option<String>,
+    /// `system`: the name servers the host's `/etc/resolv.conf` names (re-read by the
+    /// daemon as it changes), so that an agent can resolve the hosts it may reach on
+    /// any host: a systemd-resolved stub, a DHCP-given server, a cluster's DNS.
+    #[serde(default)]
+    pub nameservers: Option<Nameservers>,
     #[serde(default)]
     pub ports: Option<Ports>,
+}
+
+/// Whose name servers a `nameservers` destination names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Nameservers {
+    /// The host's, from its resolver configuration.
+    System,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -248,6 +262,9 @@ pub struct Located<T> {
 pub enum Target {
     Cidr(Cidr),
     Host(String),
+    /// The system's name servers (resolved by the daemon from its resolver
+    /// configuration).
+    Nameservers,
 }
 
 #[derive(Clone, Debug)]
@@ -462,12 +479,18 @@ impl Checker<'_> {
         for (i, d) in list.iter().enumerate() {
             let (line, column) = (d.referenced.line(), d.referenced.column());
             let f = format!("{field}[{i}]");
-            let target = match (&d.value.cidr, &d.value.host) {
-                (Some(c), None) => Cidr::parse(c).map(Target::Cidr),
-                (None, Some(h)) => check_host(h).map(|()| Target::Host(h.to_ascii_lowercase())),
-                _ => Err("needs exactly one of `cidr` or `host`".to_owned()),
+            let v = &d.value;
+            let target = match (&v.cidr, &v.host, v.nameservers) {
+                (Some(c), None, None) => Cidr::parse(c).map(Target::Cidr),
+                (None, Some(h), None) => {
+                    check_host(h).map(|()| Target::Host(h.to_ascii_lowercase()))
+                }
+                (None, None, Some(Nameservers::System)) => Ok(Target::Nameservers),
+                _ => Err("needs exactly one of `cidr`, `host` or `nameservers`".to_owned()),
             };
             let ports = match &d.value.ports {
+                // DNS: UDP and TCP to port 53.
+                None if target == Ok(Target::Nameservers) => Ok(vec![PortRange { lo: 53, hi: 53 }]),
                 None => Ok(vec![PortRange::ALL]),
                 Some(Ports::One(p)) => PortRange::parse(&p.to_string()).map(|r| vec![r]),
                 Some(Ports::Range(s)) => PortRange::parse(s).map(|r| vec![r]),
@@ -490,7 +513,8 @@ impl Checker<'_> {
                     column,
                     &f,
                     &e,
-                    "e.g. `{ cidr: 10.0.0.0/8 }` or `{ host: api.example.com, ports: \"443\" }`",
+                    "e.g. `{ cidr: 10.0.0.0/8 }`, `{ host: api.example.com, ports: \"443\" }` \
+                     or `{ nameservers: system }`",
                 ),
                 (_, Err(e)) => self.error(
                     line,

@@ -54,6 +54,7 @@ fn destinations(out: &mut String, label: &str, list: &[Located<CompiledDestinati
         let target = match &l.value.target {
             Target::Cidr(c) => format!("{}/{}", c.addr, c.prefix),
             Target::Host(h) => format!("{h} (resolved by the daemon)"),
+            Target::Nameservers => "the system's name servers (from /etc/resolv.conf)".to_owned(),
         };
         let ports: Vec<String> = l
             .value

@@ -48,6 +48,40 @@ fn bad_destinations_and_ports() {
 }
 
 #[test]
+fn the_system_name_servers_are_a_destination_on_port_53_by_default() {
+    let p = parse(
+        "t.yaml",
+        &format!(
+            "{HEAD}network:\n  allow:\n    - {{ nameservers: system }}\n    - {{ nameservers: system, ports: \"853\" }}\n"
+        ),
+    )
+    .unwrap();
+    let got: Vec<(Target, Vec<(u16, u16)>)> = p
+        .net_allow
+        .iter()
+        .map(|d| {
+            (
+                d.value.target.clone(),
+                d.value.ports.iter().map(|r| (r.lo, r.hi)).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Target::Nameservers, vec![(53, 53)]),
+            (Target::Nameservers, vec![(853, 853)])
+        ]
+    );
+    let d = &errors("network:\n  allow:\n    - { nameservers: mine }\n")[0];
+    assert_eq!(d.line, 9, "{d}");
+    assert!(d.message.contains("unknown variant `mine`"), "{d}");
+    let d = &errors("network:\n  allow:\n    - { nameservers: system, cidr: 10.0.0.1 }\n")[0];
+    assert_eq!((d.line, d.field.as_str()), (9, "network.allow[0]"), "{d}");
+    assert!(d.message.contains("`nameservers`"), "{d}");
+}
+
+#[test]
 fn owners_are_required() {
     let e = parse("t.yaml", "name: t\ndescription: d\nmode: enforce\n").unwrap_err();
     assert_eq!(e[0].field, "owners", "{}", e[0]);
