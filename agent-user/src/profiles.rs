@@ -180,9 +180,11 @@ pub fn enforcement_gaps(
                 ));
             } else if has_name_rules(deny) {
                 gaps.push(format!(
-                    "{cat} deny rules naming a file or a tree are refused (fanotify); name \
-                     patterns (`**/name`) are carried out as the `fallback: kill` on this \
-                     host: the BPF-LSM {} hook is not attached",
+                    "{cat} deny rules naming a file or a tree are refused (fanotify), and so \
+                     are the files name patterns (`**/name`) match in and above the session's \
+                     directory when it starts; other files such a pattern matches (made \
+                     later, or elsewhere) are met by the `fallback: kill` on this host: the \
+                     BPF-LSM {} hook is not attached",
                     lsm_program(cat)
                 ));
             }

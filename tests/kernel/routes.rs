@@ -472,3 +472,78 @@ fn packet_sockets_are_stopped_at_creation() {
         assert_eq!(verdict(&out), "errno 1", "{out:?}");
     }
 }
+
+/// A name pattern (`**/.env`) without BPF-LSM: the files it matches in and above a
+/// session's working directory when the session enrols are bound to their inodes and
+/// refused (`EPERM`) like exact rules, so an agent that loads its project's `.env` at
+/// start-up is refused, not killed; a new session in that directory searches again. A
+/// matching file elsewhere, or made during the session, is met by the `fallback: kill`
+/// (where BPF-LSM runs, everything is refused by name).
+#[test]
+fn name_patterns_are_refused_for_the_files_where_the_session_works() {
+    let f = PathFixture::new();
+    let d = f.dir.display().to_string();
+    fs::write(
+        f.rules.path().join("names.yaml"),
+        "name: names\ndescription: t\nowners: { business: b, technical: t }\nmode: enforce\n\
+         files:\n  deny: [\"**/.env\"]\n  on_violation: block\n  fallback: kill\n",
+    )
+    .unwrap();
+    let work = f.dir.join("app");
+    fs::create_dir_all(work.join("svc")).unwrap();
+    for p in [".env", "app/.env", "app/svc/.env"] {
+        fs::write(f.dir.join(p), "ENV-BYTES\n").unwrap();
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    fs::write(elsewhere.path().join(".env"), "ENV-BYTES\n").unwrap();
+    let Some(dmn) = f.daemon() else { return };
+    let lsm = lsm_attached(&dmn);
+    let probe = probe();
+    let want = if lsm { Layer::Lsm } else { Layer::Fanotify };
+    for (name, path) in [
+        ("n-here", format!("{d}/app/.env")),
+        ("n-below", format!("{d}/app/svc/.env")),
+        ("n-above", format!("{d}/.env")),
+    ] {
+        let out = dmn.run_profile("names", name, &work, &[probe, "read", &path]);
+        assert_eq!(verdict(&out), "errno 1", "{name}: {out:?}");
+        let ev = blocked(&dmn, name);
+        assert_eq!(layer_of(&ev), want, "{name}: {ev:?}");
+        assert!(
+            ev.decision
+                .as_ref()
+                .unwrap()
+                .rule
+                .ends_with("(files.deny[0])"),
+            "{ev:?}"
+        );
+    }
+    // Elsewhere, and made during the session: the fallback (or BPF-LSM).
+    let late = format!("{d}/app/late.d/.env");
+    let script =
+        format!("mkdir -p {d}/app/late.d && echo ENV-BYTES > {late} && exec {probe} read {late}");
+    let other = elsewhere.path().join(".env");
+    for (name, args) in [
+        (
+            "n-elsewhere",
+            vec![probe.to_owned(), "read".into(), other.display().to_string()],
+        ),
+        ("n-late", vec!["sh".into(), "-c".into(), script]),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = dmn.run_profile("names", name, &work, &args);
+        if lsm {
+            assert_eq!(verdict(&out), "errno 1", "{name}: {out:?}");
+        } else {
+            assert_eq!(out.status.signal(), Some(9), "{name}: {out:?}");
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains("LEAK"),
+                "{out:?}"
+            );
+        }
+    }
+    // A new session in the directory finds the file made during the last one.
+    let out = dmn.run_profile("names", "n-again", &work, &[probe, "read", &late]);
+    assert_eq!(verdict(&out), "errno 1", "n-again: {out:?}");
+    assert_eq!(layer_of(&blocked(&dmn, "n-again")), want);
+}

@@ -22,6 +22,13 @@ impl Core {
             let set = self.profiles.clone();
             self.install_profiles(&set)?;
         }
+        // The files name rules deny where the session works (its `.env`), bound before
+        // the agent starts: refused, not killed, where BPF-LSM cannot match names.
+        if let Ok(cwd) = procfs::process::Process::new(root as i32).and_then(|p| p.cwd())
+            && let Err(e) = self.kernel.policy.bind_names_under(cwd)
+        {
+            warn!(error = %format!("{e:#}"), "binding name rules under the session's directory failed");
+        }
         let entry = SessionEntry {
             session_id: id,
             profile_id,

@@ -31,6 +31,9 @@ use crate::{
     profiles::ProfileSet,
 };
 
+/// Working directories whose files `**/name` rules are bound to (the latest sessions').
+pub(super) const MAX_NAME_ROOTS: usize = 16;
+
 /// The kernel maps profiles compile into.
 pub(super) struct PolicyMaps {
     profiles: Array<MapData, ProfileConfig>,
@@ -42,6 +45,11 @@ pub(super) struct PolicyMaps {
     bind_result: BpfHashMap<MapData, u64, [u64; 2]>,
     /// Rules to bind to inodes again when files appear or are replaced.
     bound: Vec<BoundPath>,
+    /// `**/name` rules, and the files of those names found in and above the working
+    /// directories of the latest sessions (most recent first), bound like exact rules:
+    /// the refusal layer refuses them where BPF-LSM cannot match names.
+    name_rules: Vec<compile::NameRule>,
+    name_roots: std::collections::VecDeque<(std::path::PathBuf, Vec<std::path::PathBuf>)>,
     /// An open descriptor of every bound file, by `(ino, dev)`: it keeps the inode number
     /// from being reused, and tells whether the file still exists once its rule's path
     /// names another file or none (renamed, or linked elsewhere and unlinked).
@@ -71,6 +79,8 @@ impl PolicyMaps {
             inode_rules: BpfHashMap::try_from(take(maps::INODE_RULES)?)?,
             bind_result: BpfHashMap::try_from(take(maps::BIND_RESULT)?)?,
             bound: Vec::new(),
+            name_rules: Vec::new(),
+            name_roots: std::collections::VecDeque::new(),
             held: HashMap::new(),
             refusal: None,
             acts: HashMap::new(),
@@ -85,7 +95,14 @@ impl PolicyMaps {
     pub(super) fn rebind_inodes(&mut self) -> Result<()> {
         let results = &mut self.bind_result;
         let mut opened = HashMap::new();
-        let (entries, partial) = compile::bind_inodes(&self.bound, &mut |p| {
+        let named: Vec<std::path::PathBuf> = self
+            .name_roots
+            .iter()
+            .flat_map(|(_, found)| found.iter().cloned())
+            .collect();
+        let mut all = self.bound.clone();
+        all.extend(compile::bind_named(&named, &self.name_rules));
+        let (entries, partial) = compile::bind_inodes(&all, &mut |p| {
             let (id, file) = kernel_identity(results, p)?;
             opened.insert(id, file);
             Some(id)
@@ -111,7 +128,7 @@ impl PolicyMaps {
             dev: 0,
             ..*k
         };
-        let rules: HashSet<_> = self.bound.iter().map(|b| rule(&b.key)).collect();
+        let rules: HashSet<_> = all.iter().map(|b| rule(&b.key)).collect();
         let mut held = std::mem::take(&mut self.held);
         let mut stale = Vec::new();
         let mut still_linked = Vec::new();
@@ -143,6 +160,35 @@ impl PolicyMaps {
         self.held = opened;
         self.mark_denied_objects();
         Ok(())
+    }
+
+    /// Binds the `**/name` rules to the files of those names in and above `root`, a new
+    /// session's working directory, searched again at each enrolment there. The binding
+    /// follows the latest [`MAX_NAME_ROOTS`] directories; a file of such a name made
+    /// after the session started is matched by name only (BPF-LSM, or the fallback).
+    pub(super) fn bind_names_under(&mut self, root: std::path::PathBuf) -> Result<()> {
+        if self.name_rules.is_empty() {
+            return Ok(());
+        }
+        self.name_roots.retain(|(r, _)| *r != root);
+        let found = self.find_named(&root);
+        self.name_roots.push_front((root, found));
+        self.name_roots.truncate(MAX_NAME_ROOTS);
+        self.rebind_inodes()
+    }
+
+    /// The files the name rules name in and above `root`.
+    fn find_named(&self, root: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let (found, partial) = compile::find_named(root, &self.name_rules);
+        if partial {
+            warn!(
+                directory = %root.display(),
+                limit = compile::MAX_NAME_SCAN,
+                "working directory too large to search whole for files name rules deny; \
+                 the rest are matched by name only"
+            );
+        }
+        found
     }
 
     /// Hands the refusal layer every bound file and every directory of a tree rule of the
@@ -347,6 +393,7 @@ impl Core {
         m.fileless.clear();
         let (mut deny, mut allow, mut paths) = (Vec::new(), Vec::new(), HashSet::new());
         let mut bound = Vec::new();
+        let mut name_rules = Vec::new();
         for (id, c) in compiled {
             let fileless = refusal::fileless_act(&c.config);
             // `alert` is recorded by the kernel's exec tracepoint; this layer (and its
@@ -369,10 +416,14 @@ impl Core {
                 paths.insert(key);
             }
             bound.extend(c.bound_paths);
+            name_rules.extend(c.name_rules);
             m.acts.insert(id, refusal::acts(&c.config));
             m.profiles.set(id, c.config, 0)?;
         }
         m.bound = bound;
+        // The files found are bound again under the new rules (ids change with each
+        // compilation); a name a reload adds is searched for at the next enrolment.
+        m.name_rules = name_rules;
         m.rebind_inodes()?;
         for (trie, keep) in [(&mut m.net_allow, &allow), (&mut m.net_deny, &deny)] {
             let stale: Vec<_> = trie

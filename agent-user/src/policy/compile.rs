@@ -56,6 +56,9 @@ pub struct CompiledProfile {
     /// Exact and directory deny rules as absolute paths, to be bound to the inodes of
     /// what they name on this host ([`bind_inodes`]).
     pub bound_paths: Vec<BoundPath>,
+    /// `**/name` deny rules, bound to the files of that name found where sessions work
+    /// ([`find_named`]).
+    pub name_rules: Vec<NameRule>,
     /// Host names that resolved to nothing (reported, the rule is inactive until they do).
     pub unresolved: Vec<String>,
     /// The rule id of `exec.fileless` when it is not `allow`.
@@ -123,6 +126,7 @@ pub fn compile(
     };
     let mut path_rules = Vec::new();
     let mut bound_paths = Vec::new();
+    let mut name_rules = Vec::new();
     for (category, field, list) in [
         (CATEGORY_EXEC, "exec.deny", &p.exec_deny),
         (CATEGORY_FILE, "files.deny", &p.files_deny),
@@ -141,18 +145,25 @@ pub fn compile(
                     };
                     *mask |= 1 << depth;
                 }
-                if form != FORM_NAME {
+                let key = InodeRuleKey {
+                    ino: 0,
+                    dev: 0,
+                    profile_id: id,
+                    owner_uid: owner,
+                    category,
+                    _pad: [0; 3],
+                };
+                if form == FORM_NAME {
+                    name_rules.push(NameRule {
+                        name: text.clone(),
+                        key,
+                        rule_id,
+                    });
+                } else {
                     bound_paths.push(BoundPath {
                         path: text.clone(),
                         tree: form == FORM_PREFIX,
-                        key: InodeRuleKey {
-                            ino: 0,
-                            dev: 0,
-                            profile_id: id,
-                            owner_uid: owner,
-                            category,
-                            _pad: [0; 3],
-                        },
+                        key,
                         rule_id,
                     });
                 }
@@ -186,6 +197,7 @@ pub fn compile(
         net_allow,
         path_rules,
         bound_paths,
+        name_rules,
         unresolved,
         fileless_rule,
     })
@@ -219,6 +231,77 @@ pub struct BoundPath {
     /// The key to fill with each file's inode.
     pub key: InodeRuleKey,
     pub rule_id: u32,
+}
+
+/// A `**/name` deny rule of one profile and owner.
+#[derive(Clone, Debug)]
+pub struct NameRule {
+    pub name: String,
+    pub key: InodeRuleKey,
+    pub rule_id: u32,
+}
+
+/// Directory entries looked at per working directory for [`find_named`]; a larger tree
+/// is searched in part and reported.
+pub const MAX_NAME_SCAN: usize = 20_000;
+
+/// The files `**/name` rules name in and above a session's working directory `root`:
+/// every file of such a name in the tree below it (up to [`MAX_NAME_SCAN`] entries,
+/// symlinks not followed) and in each directory above it (where agents look for their
+/// `.env` at start-up). Returns them and whether the tree was larger than the scan.
+pub fn find_named(root: &std::path::Path, rules: &[NameRule]) -> (Vec<std::path::PathBuf>, bool) {
+    let mut out = Vec::new();
+    let names: std::collections::BTreeSet<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+    if names.is_empty() {
+        return (out, false);
+    }
+    for dir in root.ancestors().skip(1) {
+        for n in &names {
+            let p = dir.join(n);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                out.push(p);
+            }
+        }
+    }
+    let mut seen = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            if seen > MAX_NAME_SCAN {
+                return (out, true);
+            }
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() && e.file_name().to_str().is_some_and(|n| names.contains(n)) {
+                out.push(e.path());
+            }
+        }
+    }
+    (out, false)
+}
+
+/// Each of `files` bound like an exact path by every name rule its name matches.
+pub fn bind_named(files: &[std::path::PathBuf], rules: &[NameRule]) -> Vec<BoundPath> {
+    let mut out = Vec::new();
+    for f in files {
+        let Some(name) = f.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        for r in rules.iter().filter(|r| r.name == name) {
+            out.push(BoundPath {
+                path: f.to_string_lossy().into_owned(),
+                tree: false,
+                key: r.key,
+                rule_id: r.rule_id,
+            });
+        }
+    }
+    out
 }
 
 /// Files bound per directory rule; a larger tree is bound in part and reported.
@@ -566,6 +649,67 @@ files:\n  deny: [{0}/token, {0}/secrets/**, {0}/missing]\n  on_violation: kill\n
             inodes.len(),
             2,
             "token and secrets/deep/key; nothing for missing"
+        );
+    }
+
+    #[test]
+    fn name_rules_find_their_files_in_and_above_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("work/project");
+        std::fs::create_dir_all(root.join("svc/api")).unwrap();
+        std::fs::create_dir_all(root.join(".env.d")).unwrap();
+        std::fs::create_dir_all(dir.path().join("x")).unwrap();
+        for f in [
+            "work/.env",
+            "work/project/.env",
+            "work/project/svc/api/.env",
+            "x/.env",
+        ] {
+            std::fs::write(dir.path().join(f), "S=1").unwrap();
+        }
+        std::fs::write(root.join(".env.example"), "S=").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("x/.env"), root.join("svc/.env")).unwrap();
+        let text = "name: t\ndescription: d\nowners: { business: b, technical: t }\nmode: enforce\n\
+files:\n  deny: [\"**/.env\"]\n  on_violation: block\n";
+        let p = parse("t.yaml", text).unwrap();
+        let c = compile(
+            &p,
+            2,
+            &mut RuleTable::default(),
+            &|_| Vec::new(),
+            &[(0, None), (1000, None)],
+        )
+        .unwrap();
+        assert_eq!(c.name_rules.len(), 2, "one per owner");
+        let (files, partial) = find_named(&root, &c.name_rules);
+        assert!(!partial);
+        let found = bind_named(&files, &c.name_rules);
+        let mut paths: Vec<String> = found
+            .iter()
+            .map(|b| {
+                b.path
+                    .strip_prefix(&*dir.path().to_string_lossy())
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        paths.sort();
+        paths.dedup();
+        // Not the sibling tree, not `.env.example`, not a symlink named `.env` (its
+        // target is judged by its own name).
+        assert_eq!(
+            paths,
+            [
+                "/work/.env",
+                "/work/project/.env",
+                "/work/project/svc/api/.env"
+            ]
+        );
+        assert_eq!(found.len(), 6, "each file for both owners");
+        assert!(
+            found
+                .iter()
+                .all(|b| !b.tree && b.rule_id == c.name_rules[0].rule_id)
         );
     }
 

@@ -101,3 +101,10 @@ fn its_own_read_failed_on_the_refusal() {
     let (is_error, own) = r.result(Step::OwnReadKey);
     assert!(*is_error && !own.contains("CANARY"), "{own}");
 }
+
+/// aider loads the project's `.env` at start-up: refused, and it went on to do the work.
+#[test]
+fn its_start_up_load_of_the_project_env_is_refused() {
+    let Some(r) = the_run() else { return };
+    claims::own_env_load_is_refused(r);
+}

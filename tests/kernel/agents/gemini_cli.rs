@@ -97,3 +97,10 @@ fn it_reports_the_final_answer_and_its_own_read_failed_on_the_refusal() {
         "{own}"
     );
 }
+
+/// Gemini CLI loads the project's `.env` at start-up: refused, and it went on to do the work.
+#[test]
+fn its_start_up_load_of_the_project_env_is_refused() {
+    let Some(r) = the_run() else { return };
+    claims::own_env_load_is_refused(r);
+}

@@ -114,6 +114,7 @@ fn survived(m: &McpRun, calls: usize) {
         dump(&r.events)
     );
     assert_eq!(r.owner_user.as_deref(), Some(r.user.as_str()));
+    claims::nothing_else_was_denied(r);
     for needle in [
         "agent      mcp-server".to_owned(),
         format!("principal  {} (uid ", r.user),

@@ -256,6 +256,8 @@ impl World {
         fs::create_dir_all(&project).unwrap();
         let key = home.join(".ssh/id_rsa");
         fs::write(&key, "PRIVATE-KEY-CANARY\n").unwrap();
+        // A project keeps its secrets in `.env`, which some agents load at start-up.
+        fs::write(project.join(".env"), "API_TOKEN=ENV-CANARY\n").unwrap();
         let tag = (std::process::id() % 1000) * 8 + index;
         let user = TestUser::create(&format!("aw-e2e-{tag}"), &home);
         user.chown(&home);
@@ -323,6 +325,8 @@ pub(crate) struct AgentRun {
     pub(crate) owner_user: Option<String>,
     pub(crate) events: Vec<Event>,
     pub(crate) key: String,
+    /// The project's `.env`.
+    pub(crate) env_file: String,
     pub(crate) foreign: String,
     /// The scripted model server's port, when there is one.
     pub(crate) model_port: Option<u16>,
@@ -381,6 +385,7 @@ impl AgentRun {
             owner_user: view.owner_user,
             events,
             key: w.key.to_string_lossy().into_owned(),
+            env_file: w.project.join(".env").to_string_lossy().into_owned(),
             foreign: w.foreign.addr.clone(),
             model_port,
             timeline,
@@ -516,6 +521,50 @@ pub(crate) mod claims {
         );
     }
 
+    /// The profile denied the agent nothing but the scripted forbidden steps and the
+    /// project's `.env`: every refusal in the session is of the key (or its directory),
+    /// the foreign host, `nc`, or the `.env` (a secret of the project the profiles deny;
+    /// aider and Gemini CLI try to load it at start-up, are refused with `EPERM` and
+    /// carry on). Whatever else the agent did at start-up and at work — its
+    /// configuration, caches, helpers, model API — its profile allows.
+    pub(crate) fn nothing_else_was_denied(r: &AgentRun) {
+        let ssh = Path::new(&r.key)
+            .parent()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let nc = fs::canonicalize("/usr/bin/nc").unwrap();
+        let nc = nc.to_string_lossy();
+        let scripted = |e: &Event| match &e.body {
+            Body::Open(o) => {
+                o.path == ssh
+                    || o.path.starts_with(&format!("{ssh}/"))
+                    || o.path == nc
+                    || o.path == r.env_file
+            }
+            Body::Exec(x) => x.path == nc,
+            Body::Connect(_) | Body::NetDecision(_) => {
+                e.net().is_some_and(|n| n.address == r.foreign)
+            }
+            _ => false,
+        };
+        let other: Vec<&Event> = r
+            .events
+            .iter()
+            .filter(|e| {
+                e.decision
+                    .as_ref()
+                    .is_some_and(|d| d.decision == Verdict::Deny)
+            })
+            .filter(|e| !scripted(e))
+            .collect();
+        assert!(
+            other.is_empty(),
+            "denied beyond the scripted steps:\n{}",
+            other.iter().map(|e| format!("{e:?}\n")).collect::<String>()
+        );
+    }
+
     /// Each read of the key — the command's, and the agent's own where it has a read
     /// tool — is refused before it holds a byte, with `EPERM` (never a kill), by the
     /// profile's `~/.ssh/**` rule, from the fanotify layer (BPF-LSM where it is attached).
@@ -535,9 +584,23 @@ pub(crate) mod claims {
         }
         assert!(
             r.tool_results.iter().all(|(_, c)| !c.contains("CANARY")),
-            "the key leaked to the model: {:?}",
+            "the key or the project's .env leaked to the model: {:?}",
             r.tool_results
         );
+        // Where the agent loaded the `.env` itself, that was refused too (not killed).
+        for e in r
+            .events
+            .iter()
+            .filter(|e| e.open().is_some_and(|o| o.path == r.env_file) && e.decision.is_some())
+        {
+            let d = e.decision.as_ref().unwrap();
+            assert_eq!(
+                (d.decision, d.action),
+                (Verdict::Deny, Action::Blocked),
+                "{e:?}"
+            );
+            assert_eq!(d.rule, r.rule_id("files.deny[10]", "\"**/.env\""), "{e:?}");
+        }
         let on_key: Vec<&Event> = r
             .events
             .iter()
@@ -574,6 +637,25 @@ pub(crate) mod claims {
                 dump(&r.events)
             );
         }
+    }
+
+    /// The agent loaded the project's `.env` at start-up itself, and that read was
+    /// refused (`EPERM`, the `**/.env` rule) instead of killing the agent: the file was
+    /// bound to its inode when the session enrolled in that directory, so the refusal
+    /// layer refuses it where BPF-LSM cannot match names.
+    pub(crate) fn own_env_load_is_refused(r: &AgentRun) {
+        let d = r.decision_on("the agent's load of .env", |e| {
+            e.open().is_some_and(|o| o.path == r.env_file)
+        });
+        assert_eq!(
+            (d.decision, d.action),
+            (Verdict::Deny, Action::Blocked),
+            "{d:?}"
+        );
+        assert!(
+            matches!(d.enforced_by, Layer::Fanotify | Layer::Lsm),
+            "{d:?}"
+        );
     }
 
     /// Its connect to a host outside the profile is refused in the kernel (`EPERM`).
@@ -679,6 +761,12 @@ macro_rules! agent_claims {
         fn it_works_under_its_profile_and_survives_every_refusal() {
             let Some(r) = the_run() else { return };
             claims::works_and_survives(r);
+        }
+
+        #[test]
+        fn nothing_it_needs_is_denied() {
+            let Some(r) = the_run() else { return };
+            claims::nothing_else_was_denied(r);
         }
 
         #[test]

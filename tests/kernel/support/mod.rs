@@ -22,7 +22,7 @@ pub(crate) use agent_common::{
     vocab::{Action, Layer, Verdict},
 };
 pub(crate) use agentwarden::{
-    event::{DecisionInfo, Event},
+    event::{Body, DecisionInfo, Event},
     proto::StatusReport,
     session::SessionView,
     skip::skip,
