@@ -597,10 +597,15 @@ fn the_system_name_servers_are_allowed_and_followed_when_the_configuration_chang
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert_eq!(
-        attempt("ns-first"),
-        "a53=ok\na53tcp=111\na54=1\nb53=1\n",
-        "port 53 of the named server only"
+    // (A DNS server of the host's own listening on 0.0.0.0:53 accepts the connect.)
+    let first = attempt("ns-first");
+    assert!(
+        [
+            "a53=ok\na53tcp=111\na54=1\nb53=1\n",
+            "a53=ok\na53tcp=ok\na54=1\nb53=1\n"
+        ]
+        .contains(&first.as_str()),
+        "port 53 of the named server only: {first}"
     );
     let sid = d.session("ns-first").id;
     // Decisions recorded: the allowed connect and the refused sends (an allowed UDP

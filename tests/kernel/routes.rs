@@ -518,22 +518,11 @@ fn name_patterns_are_refused_for_the_files_where_the_session_works() {
             "{ev:?}"
         );
     }
-    // Elsewhere, and made during the session: the fallback (or BPF-LSM).
-    let late = format!("{d}/app/late.d/.env");
-    let script =
-        format!("mkdir -p {d}/app/late.d && echo ENV-BYTES > {late} && exec {probe} read {late}");
-    let other = elsewhere.path().join(".env");
-    for (name, args) in [
-        (
-            "n-elsewhere",
-            vec![probe.to_owned(), "read".into(), other.display().to_string()],
-        ),
-        ("n-late", vec!["sh".into(), "-c".into(), script]),
-    ] {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = dmn.run_profile("names", name, &work, &args);
+    // Elsewhere, and made during the session (by someone outside it, once it runs): the
+    // fallback (or BPF-LSM).
+    let judged_by_name = |name: &str, out: &Output| {
         if lsm {
-            assert_eq!(verdict(&out), "errno 1", "{name}: {out:?}");
+            assert_eq!(verdict(out), "errno 1", "{name}: {out:?}");
         } else {
             assert_eq!(out.status.signal(), Some(9), "{name}: {out:?}");
             assert!(
@@ -541,7 +530,36 @@ fn name_patterns_are_refused_for_the_files_where_the_session_works() {
                 "{out:?}"
             );
         }
+    };
+    let other = elsewhere.path().join(".env").display().to_string();
+    let out = dmn.run_profile("names", "n-elsewhere", &work, &[probe, "read", &other]);
+    judged_by_name("n-elsewhere", &out);
+    let late = format!("{d}/app/late.d/.env");
+    fs::create_dir_all(work.join("late.d")).unwrap();
+    let script = format!("while [ ! -e {late} ]; do sleep 0.05; done; exec {probe} read {late}");
+    let child = dmn
+        .cli()
+        .args([
+            "run",
+            "--profile",
+            "names",
+            "--session-name",
+            "n-late",
+            "--",
+        ])
+        .args(["sh", "-c", &script])
+        .current_dir(&work)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !dmn.sessions().iter().any(|s| s.name == "n-late") {
+        assert!(start.elapsed() < patience(), "the session never started");
+        thread::sleep(Duration::from_millis(50));
     }
+    fs::write(&late, "ENV-BYTES\n").unwrap();
+    judged_by_name("n-late", &child.wait_with_output().unwrap());
     // A new session in the directory finds the file made during the last one.
     let out = dmn.run_profile("names", "n-again", &work, &[probe, "read", &late]);
     assert_eq!(verdict(&out), "errno 1", "n-again: {out:?}");

@@ -39,6 +39,16 @@ pub struct Agent {
     package: &'static str,
     pub version: &'static str,
     registry: Registry,
+    /// What must work before the install counts (a postinstall step can fail quietly).
+    check: Check,
+}
+
+/// How an installed agent is checked, by a path in its directory.
+enum Check {
+    /// `<path> --version` names the pinned version.
+    Version(&'static str),
+    /// The program is there (servers without a version flag).
+    Exists(&'static str),
 }
 
 pub const AGENTS: &[Agent] = &[
@@ -47,24 +57,28 @@ pub const AGENTS: &[Agent] = &[
         package: "@anthropic-ai/claude-code",
         version: "2.1.332",
         registry: Registry::Npm,
+        check: Check::Version("node_modules/.bin/claude"),
     },
     Agent {
         dir: "codex-cli",
         package: "@openai/codex",
         version: "0.171.0",
         registry: Registry::Npm,
+        check: Check::Version("node_modules/.bin/codex"),
     },
     Agent {
         dir: "gemini-cli",
         package: "@google/gemini-cli",
         version: "0.61.0",
         registry: Registry::Npm,
+        check: Check::Version("node_modules/.bin/gemini"),
     },
     Agent {
         dir: "aider",
         package: "aider-chat",
         version: "0.86.2",
         registry: Registry::PyPi,
+        check: Check::Version("bin/aider"),
     },
     // MCP servers: the reference filesystem, git and fetch servers.
     Agent {
@@ -72,18 +86,21 @@ pub const AGENTS: &[Agent] = &[
         package: "@modelcontextprotocol/server-filesystem",
         version: "2026.8.31",
         registry: Registry::Npm,
+        check: Check::Exists("node_modules/@modelcontextprotocol/server-filesystem/dist/index.js"),
     },
     Agent {
         dir: "mcp-git",
         package: "mcp-server-git",
         version: "2026.10.19",
         registry: Registry::PyPi,
+        check: Check::Exists("bin/mcp-server-git"),
     },
     Agent {
         dir: "mcp-fetch",
         package: "mcp-server-fetch",
         version: "2026.10.24",
         registry: Registry::PyPi,
+        check: Check::Exists("bin/mcp-server-fetch"),
     },
 ];
 
@@ -322,6 +339,19 @@ impl Agent {
                         .args(["install", "-q", "--disable-pip-version-check"])
                         .arg(format!("{}=={}", self.package, self.version)),
                 )?;
+            }
+        }
+        match self.check {
+            Check::Version(bin) => {
+                let said = output(Command::new(dir.join(bin)).arg("--version"));
+                if !said.contains(self.version) {
+                    bail!("`{bin} --version` says `{}`", said.trim());
+                }
+            }
+            Check::Exists(path) => {
+                if !dir.join(path).exists() {
+                    bail!("{path} is missing after the install");
+                }
             }
         }
         std::fs::write(dir.join(".installed"), self.stamp())?;

@@ -25,7 +25,10 @@ impl Core {
         // The files name rules deny where the session works (its `.env`), bound before
         // the agent starts: refused, not killed, where BPF-LSM cannot match names.
         if let Ok(cwd) = procfs::process::Process::new(root as i32).and_then(|p| p.cwd())
-            && let Err(e) = self.kernel.policy.bind_names_under(cwd)
+            && let Err(e) = self
+                .kernel
+                .policy
+                .bind_names_under(cwd, profile_id, new.owner_uid)
         {
             warn!(error = %format!("{e:#}"), "binding name rules under the session's directory failed");
         }

@@ -34,6 +34,15 @@ use crate::{
 /// Working directories whose files `**/name` rules are bound to (the latest sessions').
 pub(super) const MAX_NAME_ROOTS: usize = 16;
 
+/// A session's working directory and the files name rules of its profile and owner
+/// found in and above it.
+struct NameRoot {
+    dir: std::path::PathBuf,
+    profile_id: u32,
+    owner_uid: u32,
+    files: Vec<std::path::PathBuf>,
+}
+
 /// The kernel maps profiles compile into.
 pub(super) struct PolicyMaps {
     profiles: Array<MapData, ProfileConfig>,
@@ -49,7 +58,7 @@ pub(super) struct PolicyMaps {
     /// directories of the latest sessions (most recent first), bound like exact rules:
     /// the refusal layer refuses them where BPF-LSM cannot match names.
     name_rules: Vec<compile::NameRule>,
-    name_roots: std::collections::VecDeque<(std::path::PathBuf, Vec<std::path::PathBuf>)>,
+    name_roots: std::collections::VecDeque<NameRoot>,
     /// An open descriptor of every bound file, by `(ino, dev)`: it keeps the inode number
     /// from being reused, and tells whether the file still exists once its rule's path
     /// names another file or none (renamed, or linked elsewhere and unlinked).
@@ -95,13 +104,15 @@ impl PolicyMaps {
     pub(super) fn rebind_inodes(&mut self) -> Result<()> {
         let results = &mut self.bind_result;
         let mut opened = HashMap::new();
-        let named: Vec<std::path::PathBuf> = self
-            .name_roots
-            .iter()
-            .flat_map(|(_, found)| found.iter().cloned())
-            .collect();
         let mut all = self.bound.clone();
-        all.extend(compile::bind_named(&named, &self.name_rules));
+        for r in &self.name_roots {
+            all.extend(compile::bind_named(
+                &r.files,
+                &self.name_rules,
+                r.profile_id,
+                r.owner_uid,
+            ));
+        }
         let (entries, partial) = compile::bind_inodes(&all, &mut |p| {
             let (id, file) = kernel_identity(results, p)?;
             opened.insert(id, file);
@@ -116,9 +127,19 @@ impl PolicyMaps {
             );
         }
         let mut keep = HashSet::new();
+        let mut failed = None;
         for (key, value) in entries {
-            self.inode_rules.insert(key, value, 0)?;
-            keep.insert(key);
+            // A full map leaves the rest to path and name matching; the stale entries
+            // below still go, and the refusal layer is still told what is bound.
+            match self.inode_rules.insert(key, value, 0) {
+                Ok(()) => {
+                    keep.insert(key);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            warn!(error = %e, "not every file deny rules name could be bound by inode; the rest are denied by path only");
         }
         // A file bound earlier that its rule's path no longer names stays denied while it
         // exists under any name: renaming a denied program must not free it. Its binding
@@ -128,7 +149,9 @@ impl PolicyMaps {
             dev: 0,
             ..*k
         };
-        let rules: HashSet<_> = all.iter().map(|b| rule(&b.key)).collect();
+        // Only exact and tree rules keep a moved file: a file found by its name is bound
+        // while it is found (its directory among the latest, its rule in force).
+        let rules: HashSet<_> = self.bound.iter().map(|b| rule(&b.key)).collect();
         let mut held = std::mem::take(&mut self.held);
         let mut stale = Vec::new();
         let mut still_linked = Vec::new();
@@ -162,33 +185,52 @@ impl PolicyMaps {
         Ok(())
     }
 
-    /// Binds the `**/name` rules to the files of those names in and above `root`, a new
-    /// session's working directory, searched again at each enrolment there. The binding
-    /// follows the latest [`MAX_NAME_ROOTS`] directories; a file of such a name made
-    /// after the session started is matched by name only (BPF-LSM, or the fallback).
-    pub(super) fn bind_names_under(&mut self, root: std::path::PathBuf) -> Result<()> {
-        if self.name_rules.is_empty() {
+    /// Binds the `**/name` rules of a session's profile and owner to the files of those
+    /// names in and above `dir`, its working directory, searched at each enrolment there
+    /// (the binding is redone only when what is found changed). The latest
+    /// [`MAX_NAME_ROOTS`] directories stay bound; a file of such a name made after the
+    /// session started is matched by name only (BPF-LSM, or the fallback).
+    pub(super) fn bind_names_under(
+        &mut self,
+        dir: std::path::PathBuf,
+        profile_id: u32,
+        owner_uid: u32,
+    ) -> Result<()> {
+        let rules: Vec<compile::NameRule> = self
+            .name_rules
+            .iter()
+            .filter(|r| r.key.profile_id == profile_id && r.key.owner_uid == owner_uid)
+            .cloned()
+            .collect();
+        if rules.is_empty() {
             return Ok(());
         }
-        self.name_roots.retain(|(r, _)| *r != root);
-        let found = self.find_named(&root);
-        self.name_roots.push_front((root, found));
-        self.name_roots.truncate(MAX_NAME_ROOTS);
-        self.rebind_inodes()
-    }
-
-    /// The files the name rules name in and above `root`.
-    fn find_named(&self, root: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let (found, partial) = compile::find_named(root, &self.name_rules);
+        let (files, partial) = compile::find_named(&dir, &rules);
         if partial {
             warn!(
-                directory = %root.display(),
-                limit = compile::MAX_NAME_SCAN,
-                "working directory too large to search whole for files name rules deny; \
+                directory = %dir.display(),
+                entries = compile::MAX_NAME_SCAN,
+                files = compile::MAX_NAMED_FILES,
+                "stopped searching the session's directory for files name rules deny; \
                  the rest are matched by name only"
             );
         }
-        found
+        let same =
+            |r: &NameRoot| r.dir == dir && r.profile_id == profile_id && r.owner_uid == owner_uid;
+        let unchanged = self.name_roots.iter().any(|r| same(r) && r.files == files);
+        self.name_roots.retain(|r| !same(r));
+        self.name_roots.push_front(NameRoot {
+            dir,
+            profile_id,
+            owner_uid,
+            files,
+        });
+        let evicted = self.name_roots.len() > MAX_NAME_ROOTS;
+        self.name_roots.truncate(MAX_NAME_ROOTS);
+        if unchanged && !evicted {
+            return Ok(());
+        }
+        self.rebind_inodes()
     }
 
     /// Hands the refusal layer every bound file and every directory of a tree rule of the
@@ -422,7 +464,8 @@ impl Core {
         }
         m.bound = bound;
         // The files found are bound again under the new rules (ids change with each
-        // compilation); a name a reload adds is searched for at the next enrolment.
+        // compilation; a rule the reload removed binds nothing); a name a reload adds is
+        // searched for at the next enrolment.
         m.name_rules = name_rules;
         m.rebind_inodes()?;
         for (trie, keep) in [(&mut m.net_allow, &allow), (&mut m.net_deny, &deny)] {

@@ -88,13 +88,10 @@ pub(super) const DNS_POLL: Duration = Duration::from_secs(5);
 /// closed); a failed refresh keeps the previous answer and asks again after
 /// [`dns::RETRY`].
 pub(super) async fn refresh_dns(shared: Arc<Shared>) {
-    let dns = match Dns::new(shared.cfg.dns_server) {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(error = %format!("{e:#}"), "no resolver: network rules naming hosts stay inactive");
-            return;
-        }
-    };
+    // Without a resolver configuration (a host before DHCP) the loop goes on: the name
+    // servers are read each round, and the resolver is made once there is one.
+    let mut resolver: Option<Dns> = None;
+    let mut warned = false;
     let mut answers: HashMap<String, Vec<std::net::IpAddr>> = HashMap::new();
     let mut due: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
@@ -123,20 +120,33 @@ pub(super) async fn refresh_dns(shared: Arc<Shared>) {
                 }
             }
         }
-        let now = tokio::time::Instant::now();
-        for h in &hosts {
-            if due.get(h).is_some_and(|t| *t > now) {
-                continue;
-            }
-            match dns.resolve(h).await {
-                Ok((ips, ttl)) => {
-                    answers.insert(h.clone(), ips);
-                    due.insert(h.clone(), now + ttl);
+        if resolver.is_none() {
+            match Dns::new(shared.cfg.dns_server) {
+                Ok(d) => resolver = Some(d),
+                Err(e) if !warned => {
+                    warned = true;
+                    warn!(error = %format!("{e:#}"), "no resolver yet: network rules naming hosts stay inactive until there is one");
                 }
-                Err(e) => {
-                    tracing::debug!(host = %h, error = %format!("{e:#}"), "lookup failed");
-                    answers.entry(h.clone()).or_default();
-                    due.insert(h.clone(), now + dns::RETRY);
+                Err(_) => {}
+            }
+        }
+        let now = tokio::time::Instant::now();
+        // No resolver yet: the names wait (their rules stay inactive).
+        if let Some(r) = &resolver {
+            for h in &hosts {
+                if due.get(h).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                match r.resolve(h).await {
+                    Ok((ips, ttl)) => {
+                        answers.insert(h.clone(), ips);
+                        due.insert(h.clone(), now + ttl);
+                    }
+                    Err(e) => {
+                        tracing::debug!(host = %h, error = %format!("{e:#}"), "lookup failed");
+                        answers.entry(h.clone()).or_default();
+                        due.insert(h.clone(), now + dns::RETRY);
+                    }
                 }
             }
         }

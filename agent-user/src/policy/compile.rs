@@ -165,6 +165,7 @@ pub fn compile(
                         tree: form == FORM_PREFIX,
                         key,
                         rule_id,
+                        no_follow: false,
                     });
                 }
                 let key = PathRuleKey {
@@ -231,6 +232,9 @@ pub struct BoundPath {
     /// The key to fill with each file's inode.
     pub key: InodeRuleKey,
     pub rule_id: u32,
+    /// Found by a name rule: bound only while the path itself is a regular file (a
+    /// symlink put in its place is not followed).
+    pub no_follow: bool,
 }
 
 /// A `**/name` deny rule of one profile and owner.
@@ -245,13 +249,22 @@ pub struct NameRule {
 /// is searched in part and reported.
 pub const MAX_NAME_SCAN: usize = 20_000;
 
+/// Files bound per working directory by name rules; more are matched by name only.
+pub const MAX_NAMED_FILES: usize = 256;
+
 /// The files `**/name` rules name in and above a session's working directory `root`:
-/// every file of such a name in the tree below it (up to [`MAX_NAME_SCAN`] entries,
-/// symlinks not followed) and in each directory above it (where agents look for their
-/// `.env` at start-up). Returns them and whether the tree was larger than the scan.
+/// every file of such a name in the tree below it, breadth first (the files nearest the
+/// directory first), on its filesystem only (no `/proc`, no mounted network or FUSE
+/// filesystem), up to [`MAX_NAME_SCAN`] entries and [`MAX_NAMED_FILES`] files, symlinks
+/// not followed; and in each directory above it (where agents look for their `.env` at
+/// start-up). Returns them and whether the search stopped at a bound.
 pub fn find_named(root: &std::path::Path, rules: &[NameRule]) -> (Vec<std::path::PathBuf>, bool) {
+    use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
     let names: std::collections::BTreeSet<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+    let Ok(dev) = std::fs::metadata(root).map(|m| m.dev()) else {
+        return (out, false);
+    };
     if names.is_empty() {
         return (out, false);
     }
@@ -264,19 +277,21 @@ pub fn find_named(root: &std::path::Path, rules: &[NameRule]) -> (Vec<std::path:
         }
     }
     let mut seen = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
+    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
+    while let Some(dir) = queue.pop_front() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for e in entries.flatten() {
             seen += 1;
-            if seen > MAX_NAME_SCAN {
+            if seen > MAX_NAME_SCAN || out.len() >= MAX_NAMED_FILES {
                 return (out, true);
             }
             let Ok(t) = e.file_type() else { continue };
             if t.is_dir() {
-                stack.push(e.path());
+                if e.metadata().is_ok_and(|m| m.dev() == dev) {
+                    queue.push_back(e.path());
+                }
             } else if t.is_file() && e.file_name().to_str().is_some_and(|n| names.contains(n)) {
                 out.push(e.path());
             }
@@ -285,19 +300,27 @@ pub fn find_named(root: &std::path::Path, rules: &[NameRule]) -> (Vec<std::path:
     (out, false)
 }
 
-/// Each of `files` bound like an exact path by every name rule its name matches.
-pub fn bind_named(files: &[std::path::PathBuf], rules: &[NameRule]) -> Vec<BoundPath> {
+/// Each of `files` bound like an exact path by the name rules of one profile and owner
+/// (the session's) that its name matches.
+pub fn bind_named(
+    files: &[std::path::PathBuf],
+    rules: &[NameRule],
+    profile_id: u32,
+    owner_uid: u32,
+) -> Vec<BoundPath> {
     let mut out = Vec::new();
+    let ours = |r: &&NameRule| r.key.profile_id == profile_id && r.key.owner_uid == owner_uid;
     for f in files {
         let Some(name) = f.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        for r in rules.iter().filter(|r| r.name == name) {
+        for r in rules.iter().filter(ours).filter(|r| r.name == name) {
             out.push(BoundPath {
                 path: f.to_string_lossy().into_owned(),
                 tree: false,
                 key: r.key,
                 rule_id: r.rule_id,
+                no_follow: true,
             });
         }
     }
@@ -345,7 +368,12 @@ pub fn bind_inodes(
         };
         if !b.tree {
             let path = std::path::Path::new(&b.path);
-            if let Ok(m) = std::fs::metadata(path) {
+            let m = if b.no_follow {
+                std::fs::symlink_metadata(path)
+            } else {
+                std::fs::metadata(path)
+            };
+            if let Ok(m) = m {
                 push(path, &m);
             }
             continue;
@@ -683,7 +711,14 @@ files:\n  deny: [\"**/.env\"]\n  on_violation: block\n";
         assert_eq!(c.name_rules.len(), 2, "one per owner");
         let (files, partial) = find_named(&root, &c.name_rules);
         assert!(!partial);
-        let found = bind_named(&files, &c.name_rules);
+        let found: Vec<BoundPath> = [0, 1000]
+            .into_iter()
+            .flat_map(|owner| bind_named(&files, &c.name_rules, 2, owner))
+            .collect();
+        assert!(
+            bind_named(&files, &c.name_rules, 3, 0).is_empty(),
+            "another profile's"
+        );
         let mut paths: Vec<String> = found
             .iter()
             .map(|b| {

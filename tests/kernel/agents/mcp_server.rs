@@ -259,28 +259,25 @@ struct LoopbackWeb {
 impl LoopbackWeb {
     fn start(dir: &Path) -> Self {
         fs::write(dir.join("hello.txt"), "hello-from-loopback\n").unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1"])
-            .arg(port.to_string())
-            .arg("--directory")
+        // It picks its own port and says which once it listens (no port race).
+        let server = "import functools, http.server, sys\n\
+            h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])\n\
+            s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), h)\n\
+            print(s.server_address[1], flush=True)\ns.serve_forever()\n";
+        let mut child = Command::new("python3")
+            .args(["-c", server])
             .arg(dir)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("web server");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < patience(),
-                "the web server never listened"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line.trim().parse().expect("the web server's port");
         Self { child, port }
     }
 }

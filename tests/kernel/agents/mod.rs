@@ -52,6 +52,10 @@ impl TestUser {
 
 impl Drop for TestUser {
     fn drop(&mut self) {
+        // Whatever of the agent is left (a run that timed out) would keep the account.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", &self.name])
+            .output();
         let _ = Command::new("userdel").arg(&self.name).output();
     }
 }
@@ -72,12 +76,18 @@ impl ForeignHost {
         let veth = format!("awe{tag}");
         let net = format!("198.18.{}", tag % 250);
         let addr = format!("{net}.1");
+        let clean = || {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+            let _ = Command::new("ip").args(["link", "del", &veth]).output();
+        };
         let sh = |cmd: String| {
             let out = Command::new("sh").args(["-c", &cmd]).output_within();
-            assert!(out.status.success(), "{cmd}: {out:?}");
+            if !out.status.success() {
+                clean();
+                panic!("{cmd}: {out:?}");
+            }
         };
-        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-        let _ = Command::new("ip").args(["link", "del", &veth]).output();
+        clean();
         sh(format!(
             "ip netns add {ns} && ip link add {veth} type veth peer name {veth}p && \
              ip link set {veth}p netns {ns} && ip addr add {net}.2/30 dev {veth} && \
@@ -297,7 +307,8 @@ pub(crate) fn installed(dir: &str, bin: &str) -> Result<PathBuf, String> {
         return Err("AGENTWARDEN_AGENTS_DIR unset: run through `cargo xtask test`".into());
     };
     let path = agents.join(dir).join(bin);
-    if !path.exists() {
+    // Setup writes the stamp last: without it the install did not finish.
+    if !path.exists() || !agents.join(dir).join(".installed").exists() {
         return Err(format!(
             "{} not installed: run `cargo xtask setup`",
             path.display()
