@@ -6,35 +6,15 @@
 
 use super::*;
 
-static RUN: Once = OnceLock::new();
-
-fn the_run() -> Option<&'static AgentRun> {
-    super::the_run(&RUN, "aider", run)
-}
-
 fn run() -> Result<AgentRun, String> {
     let aider = installed("aider", "bin/aider")?;
     let w = World::new(3);
-    let steps = vec![
-        Step::Write,
-        Step::ReadKey,
-        Step::Connect,
-        Step::DeniedProgram,
-        Step::OwnReadKey,
-        Step::MoreWork,
-    ];
-    let script: Vec<serde_json::Value> = steps
-        .iter()
-        .map(|s| match s {
-            // An edit of the key that cannot match: aider reads the file in its own
-            // process to apply it.
-            Step::OwnReadKey => serde_json::json!({
-                "tool": "read",
-                "input": { "path": w.key.to_string_lossy() },
-            }),
-            s => serde_json::json!(command(*s, &w)),
-        })
-        .collect();
+    // An edit of the key that cannot match: aider reads the file in its own process to
+    // apply it.
+    let (steps, script) = standard_script(
+        &w,
+        |key| serde_json::json!({ "tool": "read", "input": { "path": key } }),
+    );
     let model = ModelServer::start(&w.root, &script);
     // The scripted model's limits and price, so that aider does not fetch litellm's
     // model list from GitHub.
@@ -71,19 +51,17 @@ fn run() -> Result<AgentRun, String> {
         .args(["--no-auto-lint", "--no-detect-urls", "--no-notifications"])
         .stdin(fs::File::open(&answers).unwrap())
         .output_within();
-    let results = model.tool_results();
-    Ok(AgentRun::collect(
+    Ok(AgentRun::collect_model(
         w,
         "aider",
         "aider-e2e",
         steps,
         out,
-        results,
-        Some(model.port),
+        &model,
     ))
 }
 
-agent_claims!();
+agent_claims!("aider", run);
 
 /// aider's own read of the key failed on the refusal: it reported the errno on its
 /// terminal, dropped the file from the chat and sent the model nothing of it (aider

@@ -3,34 +3,14 @@
 
 use super::*;
 
-static RUN: Once = OnceLock::new();
-
-fn the_run() -> Option<&'static AgentRun> {
-    super::the_run(&RUN, "Claude Code", run)
-}
-
 fn run() -> Result<AgentRun, String> {
     let claude = installed("claude-code", "node_modules/.bin/claude")?;
     let w = World::new(0);
-    let steps = vec![
-        Step::Write,
-        Step::ReadKey,
-        Step::Connect,
-        Step::DeniedProgram,
-        Step::OwnReadKey,
-        Step::MoreWork,
-    ];
-    let script: Vec<serde_json::Value> = steps
-        .iter()
-        .map(|s| match s {
-            // Its Read tool runs in the agent's own process.
-            Step::OwnReadKey => serde_json::json!({
-                "tool": "Read",
-                "input": { "file_path": w.key.to_string_lossy() },
-            }),
-            s => serde_json::json!(command(*s, &w)),
-        })
-        .collect();
+    // Its Read tool runs in the agent's own process.
+    let (steps, script) = standard_script(
+        &w,
+        |key| serde_json::json!({ "tool": "Read", "input": { "file_path": key } }),
+    );
     let model = ModelServer::start(&w.root, &script);
     let out = w
         .run("claude-code", "claude-e2e")
@@ -48,19 +28,17 @@ fn run() -> Result<AgentRun, String> {
         .args(["--allowedTools", "Bash", "Read"])
         .args(["--output-format", "json", "--no-session-persistence"])
         .output_within();
-    let results = model.tool_results();
-    Ok(AgentRun::collect(
+    Ok(AgentRun::collect_model(
         w,
         "claude-code",
         "claude-e2e",
         steps,
         out,
-        results,
-        Some(model.port),
+        &model,
     ))
 }
 
-agent_claims!();
+agent_claims!("Claude Code", run);
 
 /// Claude Code reports the run as a success, with no step refused by its own
 /// permission system (every refusal was the kernel's), and the model was told why its

@@ -3,34 +3,14 @@
 
 use super::*;
 
-static RUN: Once = OnceLock::new();
-
-fn the_run() -> Option<&'static AgentRun> {
-    super::the_run(&RUN, "Codex CLI", run)
-}
-
 fn run() -> Result<AgentRun, String> {
     let codex = installed("codex-cli", "node_modules/.bin/codex")?;
     let w = World::new(1);
-    let steps = vec![
-        Step::Write,
-        Step::ReadKey,
-        Step::Connect,
-        Step::DeniedProgram,
-        Step::OwnReadKey,
-        Step::MoreWork,
-    ];
-    let script: Vec<serde_json::Value> = steps
-        .iter()
-        .map(|s| match s {
-            // Codex has no file-read tool; view_image reads a file in its own process.
-            Step::OwnReadKey => serde_json::json!({
-                "tool": "view_image",
-                "input": { "path": w.key.to_string_lossy() },
-            }),
-            s => serde_json::json!(command(*s, &w)),
-        })
-        .collect();
+    // Codex has no file-read tool; view_image reads a file in its own process.
+    let (steps, script) = standard_script(
+        &w,
+        |key| serde_json::json!({ "tool": "view_image", "input": { "path": key } }),
+    );
     let model = ModelServer::start(&w.root, &script);
     // A provider of its own on loopback; nothing that calls out (update check,
     // analytics, feedback, OpenTelemetry, the plugin catalog it fetches with git).
@@ -62,19 +42,17 @@ fn run() -> Result<AgentRun, String> {
         .args(["--skip-git-repo-check", "--color", "never"])
         .arg("run the scripted commands")
         .output_within();
-    let results = model.tool_results();
-    Ok(AgentRun::collect(
+    Ok(AgentRun::collect_model(
         w,
         "codex-cli",
         "codex-e2e",
         steps,
         out,
-        results,
-        Some(model.port),
+        &model,
     ))
 }
 
-agent_claims!();
+agent_claims!("Codex CLI", run);
 
 /// Codex prints the model's final answer, and its own read of the key (view_image)
 /// failed with the refusal's errno, not with the key's content.

@@ -3,34 +3,14 @@
 
 use super::*;
 
-static RUN: Once = OnceLock::new();
-
-fn the_run() -> Option<&'static AgentRun> {
-    super::the_run(&RUN, "Gemini CLI", run)
-}
-
 fn run() -> Result<AgentRun, String> {
     let gemini = installed("gemini-cli", "node_modules/.bin/gemini")?;
     let w = World::new(2);
-    let steps = vec![
-        Step::Write,
-        Step::ReadKey,
-        Step::Connect,
-        Step::DeniedProgram,
-        Step::OwnReadKey,
-        Step::MoreWork,
-    ];
-    let script: Vec<serde_json::Value> = steps
-        .iter()
-        .map(|s| match s {
-            // Its read_file tool runs in the agent's own (node) process.
-            Step::OwnReadKey => serde_json::json!({
-                "tool": "read_file",
-                "input": { "file_path": w.key.to_string_lossy() },
-            }),
-            s => serde_json::json!(command(*s, &w)),
-        })
-        .collect();
+    // Its read_file tool runs in the agent's own (node) process.
+    let (steps, script) = standard_script(
+        &w,
+        |key| serde_json::json!({ "tool": "read_file", "input": { "file_path": key } }),
+    );
     let model = ModelServer::start(&w.root, &script);
     // API-key auth against the base URL below (0.61 takes the URL from the environment
     // but needs the auth type from settings), no folder-trust prompt (it would turn yolo
@@ -70,19 +50,17 @@ fn run() -> Result<AgentRun, String> {
         .arg("--include-directories")
         .arg(w.key.parent().unwrap())
         .output_within();
-    let results = model.tool_results();
-    Ok(AgentRun::collect(
+    Ok(AgentRun::collect_model(
         w,
         "gemini-cli",
         "gemini-e2e",
         steps,
         out,
-        results,
-        Some(model.port),
+        &model,
     ))
 }
 
-agent_claims!();
+agent_claims!("Gemini CLI", run);
 
 /// Gemini CLI prints the model's final answer, and its own read of the key (read_file)
 /// came back to the model as a tool error naming the refusal.

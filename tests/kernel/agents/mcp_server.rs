@@ -65,35 +65,6 @@ fn drive(w: World, index: &str, argv: &[String], script: serde_json::Value) -> M
     }
 }
 
-fn mcp_run(
-    cell: &'static OnceLock<Result<McpRun, Option<String>>>,
-    what: &str,
-    make: impl FnOnce() -> Result<McpRun, String>,
-) -> Option<&'static McpRun> {
-    let r =
-        cell.get_or_init(
-            || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) {
-                Ok(Ok(run)) => Ok(run),
-                Ok(Err(why)) => Err(Some(format!("skip: {why}"))),
-                Err(e) => Err(Some(format!(
-                    "the {what} run failed: {}",
-                    e.downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                        .unwrap_or_default()
-                ))),
-            },
-        );
-    match r {
-        Ok(run) => Some(run),
-        Err(Some(why)) if why.starts_with("skip: ") => {
-            skip(why.trim_start_matches("skip: "));
-            None
-        }
-        Err(why) => panic!("{}", why.clone().unwrap_or_default()),
-    }
-}
-
 /// The server answered every call and was alive until the client let it go.
 fn survived(m: &McpRun, calls: usize) {
     let r = &m.run;
@@ -123,13 +94,13 @@ fn survived(m: &McpRun, calls: usize) {
     }
 }
 
-static FILESYSTEM: OnceLock<Result<McpRun, Option<String>>> = OnceLock::new();
+static FILESYSTEM: Once<McpRun> = OnceLock::new();
 
 /// The filesystem server, serving the user's home and the project: write and read in
 /// the project,
 /// the key (refused), a listing and a read after it.
 fn filesystem() -> Option<&'static McpRun> {
-    mcp_run(&FILESYSTEM, "filesystem server", || {
+    once(&FILESYSTEM, "filesystem server", || {
         let dir = installed("mcp-filesystem", "node_modules/@modelcontextprotocol")?;
         let w = World::new(4);
         let argv = vec![
@@ -181,13 +152,13 @@ fn the_filesystem_server_is_refused_the_key_and_keeps_serving() {
     assert_eq!(d.rule, r.rule_id("files.deny[0]", "~/.ssh/**"));
 }
 
-static GIT: OnceLock<Result<McpRun, Option<String>>> = OnceLock::new();
+static GIT: Once<McpRun> = OnceLock::new();
 
 /// The git server on a repository of the project whose pre-commit hook runs `nc` (a
 /// hook is a program the repository chooses, run by the server's commit): status, add,
 /// a commit the hook fails, then the log.
 fn git() -> Option<&'static McpRun> {
-    mcp_run(&GIT, "git server", || {
+    once(&GIT, "git server", || {
         let server = installed("mcp-git", "bin/mcp-server-git")?;
         let w = World::new(5);
         let repo = w.project.to_string_lossy().into_owned();
@@ -248,7 +219,7 @@ fn the_git_server_hook_is_refused_its_denied_program_and_the_server_keeps_servin
     assert_eq!(d.rule, r.rule_id("exec.deny[0]", "/usr/bin/nc"));
 }
 
-static FETCH: OnceLock<Result<McpRun, Option<String>>> = OnceLock::new();
+static FETCH: Once<McpRun> = OnceLock::new();
 
 /// A web server on loopback (outside the session) serving a text file.
 struct LoopbackWeb {
@@ -293,7 +264,7 @@ impl Drop for LoopbackWeb {
 /// `--allow-private-ips`: its own check refuses private addresses before connecting,
 /// and the hosts here are private; the kernel's refusal is what is tested.
 fn fetch() -> Option<&'static McpRun> {
-    mcp_run(&FETCH, "fetch server", || {
+    once(&FETCH, "fetch server", || {
         let server = installed("mcp-fetch", "bin/mcp-server-fetch")?;
         let w = World::new(6);
         let web_root = tempfile::tempdir().unwrap();
@@ -329,28 +300,5 @@ fn the_fetch_server_is_refused_a_foreign_host_and_keeps_serving() {
         );
     }
     assert!(res[1].0 && res[1].1.contains("Failed to fetch"), "{res:?}");
-    let on_net = r.decision_on(&r.foreign, |e| {
-        e.net().is_some_and(|n| n.address == r.foreign)
-    });
-    assert_eq!(
-        (
-            on_net.decision,
-            on_net.action,
-            on_net.enforced_by,
-            on_net.rule.as_str()
-        ),
-        (
-            Verdict::Deny,
-            Action::Blocked,
-            Layer::Cgroup,
-            "network.default"
-        )
-    );
-    assert!(
-        r.to_foreign
-            .iter()
-            .any(|x| x["decision"]["action"] == "blocked"),
-        "{:?}",
-        r.to_foreign
-    );
+    claims::foreign_connect_was_refused_and_recorded(r);
 }

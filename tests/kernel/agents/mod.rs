@@ -406,6 +406,26 @@ impl AgentRun {
         }
     }
 
+    /// [`AgentRun::collect`] for an agent driven by the scripted model `model`.
+    fn collect_model(
+        w: World,
+        profile: &'static str,
+        session: &str,
+        steps: Vec<Step>,
+        out: Output,
+        model: &ModelServer,
+    ) -> Self {
+        Self::collect(
+            w,
+            profile,
+            session,
+            steps,
+            out,
+            model.tool_results(),
+            Some(model.port),
+        )
+    }
+
     /// What the model (or the MCP client) was told of `step`.
     pub(crate) fn result(&self, step: Step) -> &(bool, String) {
         let i = self
@@ -454,15 +474,16 @@ impl AgentRun {
 }
 
 /// A run, or why there is none: resolved once per agent, shared by its claims.
-pub(crate) type Once = OnceLock<Result<AgentRun, Option<String>>>;
+pub(crate) type Once<T = AgentRun> = OnceLock<Result<T, Option<String>>>;
 
-/// The agent's run (made by `make` the first time), or `None` after skipping with the
-/// reason (a failure under `CI=true`). A failed run fails every claim with its message.
-pub(crate) fn the_run(
-    cell: &'static Once,
+/// The run in `cell` (made by `make` the first time), or `None` after skipping with the
+/// reason `make` gave (a failure under `CI=true`). A run that panicked fails every claim
+/// with its message.
+pub(crate) fn once<T>(
+    cell: &'static Once<T>,
     name: &str,
-    make: impl FnOnce() -> Result<AgentRun, String>,
-) -> Option<&'static AgentRun> {
+    make: impl FnOnce() -> Result<T, String>,
+) -> Option<&'static T> {
     let r =
         cell.get_or_init(
             || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) {
@@ -486,6 +507,31 @@ pub(crate) fn the_run(
         }
         Err(why) => panic!("{}", why.clone().unwrap_or_default()),
     }
+}
+
+/// The steps every model-driven agent runs, in order, and the script for its model:
+/// each shell command as is, and the agent's own read of the key as `own_read` says
+/// (the agent's tool and its input).
+pub(crate) fn standard_script(
+    w: &World,
+    own_read: impl Fn(&str) -> serde_json::Value,
+) -> (Vec<Step>, Vec<serde_json::Value>) {
+    let steps = vec![
+        Step::Write,
+        Step::ReadKey,
+        Step::Connect,
+        Step::DeniedProgram,
+        Step::OwnReadKey,
+        Step::MoreWork,
+    ];
+    let script = steps
+        .iter()
+        .map(|s| match s {
+            Step::OwnReadKey => own_read(&w.key.to_string_lossy()),
+            s => serde_json::json!(command(*s, w)),
+        })
+        .collect();
+    (steps, script)
 }
 
 /// The claims every agent's run must hold, one test each (see the module comment).
@@ -677,6 +723,12 @@ pub(crate) mod claims {
             "{:?}",
             r.tool_results
         );
+        foreign_connect_was_refused_and_recorded(r);
+    }
+
+    /// The session's connect to the foreign host was refused by the cgroup layer under
+    /// `network.default`, and `audit query --dest` finds it.
+    pub(crate) fn foreign_connect_was_refused_and_recorded(r: &AgentRun) {
         let on_net = r.decision_on(&r.foreign, |e| {
             e.net().is_some_and(|n| n.address == r.foreign)
         });
@@ -764,10 +816,15 @@ pub(crate) mod claims {
     }
 }
 
-/// The standard claims as tests, for the agent module this is expanded in (which
-/// defines `fn the_run() -> Option<&'static AgentRun>`).
+/// The agent's run (`$make`, named `$name` in failures) and the standard claims as
+/// tests over it, for the agent module this is expanded in.
 macro_rules! agent_claims {
-    () => {
+    ($name:literal, $make:expr) => {
+        fn the_run() -> Option<&'static AgentRun> {
+            static RUN: Once = OnceLock::new();
+            once(&RUN, $name, $make)
+        }
+
         #[test]
         fn it_works_under_its_profile_and_survives_every_refusal() {
             let Some(r) = the_run() else { return };
