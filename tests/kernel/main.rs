@@ -9,6 +9,7 @@
 mod agents;
 mod audit;
 mod control;
+mod deploy;
 mod landlock;
 mod network;
 mod paths;

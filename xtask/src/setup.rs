@@ -17,6 +17,8 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "netcat-openbsd",
     "python3-venv",
+    // systemd-analyze checks the shipped unit (the deploy tests).
+    "systemd",
 ];
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13";

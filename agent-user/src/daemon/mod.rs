@@ -49,7 +49,7 @@ use start::{
 };
 use tasks::{
     DRAIN_BATCH, read_ring, rebind_inodes, refresh_dns, refusals, reload_profiles,
-    report_profile_diagnostics, sweep,
+    report_profile_diagnostics, sweep, watchdog,
 };
 
 use crate::{
@@ -212,8 +212,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         tokio::spawn(serve(shared.clone(), listener)),
     ];
     let metrics = metrics_listener.map(|l| tokio::spawn(metrics::serve(shared.clone(), l)));
+    // Under systemd with `WatchdogSec=` (and for this process, not a child it spawned).
+    let watchdog =
+        sd_notify::watchdog_enabled().map(|period| tokio::spawn(watchdog(shared.clone(), period)));
     let stopped = until_signal(&shared, tokio::spawn(read_ring(shared.clone(), ring_fd))).await;
-    for t in tasks.iter().chain(&metrics) {
+    for t in tasks.iter().chain(&metrics).chain(&watchdog) {
         t.abort();
     }
     let _ = fs::remove_file(&cfg.socket);

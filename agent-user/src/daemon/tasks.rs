@@ -28,6 +28,30 @@ pub(super) async fn read_ring(shared: Arc<Shared>, fd: AsyncFd<OwnedFd>) -> Resu
     }
 }
 
+/// systemd's watchdog (`WatchdogSec=`): `WATCHDOG=1` at half the period while the
+/// daemon's core can be locked within it (every record, enrolment and decision goes
+/// through it). A deadlocked core or a wedged runtime stops the pings, and systemd
+/// restarts the daemon (`Restart=on-failure`).
+pub(super) async fn watchdog(shared: Arc<Shared>, period: Duration) {
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tick.tick().await;
+        let s = shared.clone();
+        let alive = tokio::task::spawn_blocking(move || s.core.try_lock_for(period / 2).is_some())
+            .await
+            .unwrap_or(false);
+        if !alive {
+            warn!(
+                "watchdog: the daemon's core stayed locked for half the watchdog period; not pinging"
+            );
+            continue;
+        }
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]) {
+            warn!("sd_notify WATCHDOG=1: {e}");
+        }
+    }
+}
+
 pub(super) async fn sweep(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(SWEEP_PERIOD);
     let mut records = 0;

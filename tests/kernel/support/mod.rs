@@ -88,6 +88,9 @@ pub(crate) fn is_root() -> bool {
 pub(crate) struct Daemon {
     pub(crate) child: Option<Child>,
     pub(crate) dir: TempDir,
+    /// Where the daemon sends its sd_notify messages (`READY=1`, `WATCHDOG=1`), kept
+    /// open for the daemon's life.
+    pub(crate) notify: std::os::unix::net::UnixDatagram,
 }
 
 impl Daemon {
@@ -108,6 +111,11 @@ impl Daemon {
     /// Starts a daemon whose socket, log and state directory are in `dir` (a restart
     /// reuses the state of the daemon before).
     pub(crate) fn spawn_in(dir: TempDir, extra: &[&str]) -> Self {
+        Self::spawn_in_env(dir, extra, &[])
+    }
+
+    /// [`Daemon::spawn_in`] with more environment for the daemon.
+    pub(crate) fn spawn_in_env(dir: TempDir, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -141,6 +149,7 @@ impl Daemon {
             .arg("--quiet")
             .args(extra)
             .env("NOTIFY_SOCKET", &notify_path)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -148,11 +157,12 @@ impl Daemon {
         let mut d = Daemon {
             child: Some(child),
             dir,
+            notify,
         };
         let start = Instant::now();
         let mut buf = [0u8; 512];
         loop {
-            if let Ok(n) = notify.recv(&mut buf)
+            if let Ok(n) = d.notify.recv(&mut buf)
                 && String::from_utf8_lossy(&buf[..n])
                     .lines()
                     .any(|l| l == "READY=1")
