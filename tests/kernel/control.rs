@@ -194,3 +194,65 @@ fn a_bad_profile_is_rejected_and_the_last_good_version_stays() {
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown profile `other`"));
 }
+
+/// Self-protection: a root process in a session under an enforcing profile cannot open
+/// the daemon's state directory (its audit store and event log: read or write) nor its
+/// control socket's directory, whatever the profile's own file rules; each refusal is
+/// `EPERM` (the fanotify layer, BPF-LSM where it runs), recorded with the daemon's own
+/// rule. Outside every session they open as before.
+#[test]
+fn a_session_cannot_open_the_daemons_own_directories() {
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("guarded.yaml"),
+        "name: guarded\ndescription: t\nowners: { business: b, technical: t }\nmode: enforce\n\
+         files:\n  on_violation: block\n",
+    )
+    .unwrap();
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
+        return;
+    };
+    let state = fs::canonicalize(d.db().parent().unwrap()).unwrap();
+    let socket_dir = fs::canonicalize(d.socket().parent().unwrap()).unwrap();
+    let probe = format!(
+        "import os\n\
+         def attempt(label, f):\n    try:\n        f()\n        print(label + '=ok')\n    \
+         except OSError as e:\n        print(label + '=' + str(e.errno))\n\
+         attempt('read_db', lambda: open('{db}', 'rb').read(16))\n\
+         attempt('write_state', lambda: open('{state}/planted', 'w').write('x'))\n\
+         attempt('list_state', lambda: os.listdir('{state}'))\n\
+         attempt('read_log', lambda: open('{log}').read(16))\n",
+        db = d.db().display(),
+        state = state.display(),
+        log = socket_dir.join("daemon.log").display(),
+    );
+    let cwd = std::env::temp_dir();
+    let out = d.run_profile("guarded", "self", &cwd, &["/usr/bin/python3", "-c", &probe]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "read_db=1\nwrite_state=1\nlist_state=1\nread_log=1\n",
+        "{out:?}"
+    );
+    // `O_CREAT` makes the name before any open hook can refuse the open: the file is
+    // there, empty; nothing was written (threat model: unlink and rename are not opens).
+    assert_eq!(fs::read(state.join("planted")).unwrap_or_default(), b"");
+    let sid = d.session("self").id;
+    let evs = d.wait_for(&sid, "the refusals", |evs| {
+        with_action(evs, Action::Blocked).count() >= 4
+    });
+    for e in with_action(&evs, Action::Blocked) {
+        let dec = e.decision.as_ref().unwrap();
+        assert!(
+            matches!(dec.enforced_by, Layer::Fanotify | Layer::Lsm),
+            "{e:?}"
+        );
+        assert!(
+            dec.rule.starts_with("agentwarden self-protection: its "),
+            "{e:?}"
+        );
+    }
+    // Outside every session: as before.
+    assert!(fs::read(d.db()).is_ok());
+}

@@ -130,6 +130,8 @@ struct Core {
     counters: DaemonCounters,
     /// Sessions whose `run` client restricted itself with Landlock.
     landlocked: HashSet<u64>,
+    /// The daemon's own directories, denied to every session (self-protection).
+    protected: Vec<(&'static str, PathBuf)>,
     /// Kernel loss counters already reported as events.
     reported_losses: HashMap<&'static str, u64>,
     /// Buffers of large records, reused from one record to the next.
@@ -180,7 +182,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let (sinks, profiles) = open_state(&cfg)?;
     startup.mark("state and profiles parsed");
     let shared = Arc::new(Shared {
-        core: parking_lot::Mutex::new(Core::new(kernel, sinks, &cfg.resolv_conf)),
+        core: parking_lot::Mutex::new(Core::new(kernel, sinks, &cfg)),
         cfg: cfg.clone(),
         probe,
         programs,
@@ -233,8 +235,27 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     Ok(())
 }
 
+/// What no session may open: the state directory (audit store, event log) and the
+/// control socket's directory (made canonical: the kernel reports resolved paths).
+fn protected_dirs(cfg: &DaemonConfig) -> Vec<(&'static str, PathBuf)> {
+    let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    let mut dirs = vec![("its state directory", canonical(&cfg.state_dir))];
+    if let Some(parent) = cfg.socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let parent = canonical(parent);
+        // A socket put in a shared directory (/tmp, /run) does not make it the daemon's.
+        let shared = ["/", "/tmp", "/run", "/var/run", "/var/tmp", "/dev/shm"]
+            .iter()
+            .any(|s| parent == Path::new(s));
+        if !shared && !dirs.iter().any(|(_, d)| parent.starts_with(d)) {
+            dirs.push(("its control socket's directory", parent));
+        }
+    }
+    dirs
+}
+
 impl Core {
-    fn new(kernel: KernelMaps, sinks: Sinks, resolv_conf: &Path) -> Self {
+    fn new(kernel: KernelMaps, sinks: Sinks, cfg: &DaemonConfig) -> Self {
+        let resolv_conf = &cfg.resolv_conf;
         Self {
             kernel,
             rules: RuleTable::default(),
@@ -256,6 +277,7 @@ impl Core {
             counters: DaemonCounters::default(),
             reported_losses: HashMap::new(),
             landlocked: HashSet::new(),
+            protected: protected_dirs(cfg),
             spare: event::Spare::default(),
             host: rustix::system::uname()
                 .nodename()

@@ -58,6 +58,8 @@ pub(super) struct PolicyMaps {
     /// directories of the latest sessions (most recent first), bound like exact rules:
     /// the refusal layer refuses them where BPF-LSM cannot match names.
     name_rules: Vec<compile::NameRule>,
+    /// The ids of the daemon's own rules (self-protection).
+    protect_rules: HashSet<u32>,
     name_roots: std::collections::VecDeque<NameRoot>,
     /// An open descriptor of every bound file, by `(ino, dev)`: it keeps the inode number
     /// from being reused, and tells whether the file still exists once its rule's path
@@ -89,6 +91,7 @@ impl PolicyMaps {
             bind_result: BpfHashMap::try_from(take(maps::BIND_RESULT)?)?,
             bound: Vec::new(),
             name_rules: Vec::new(),
+            protect_rules: HashSet::new(),
             name_roots: std::collections::VecDeque::new(),
             held: HashMap::new(),
             refusal: None,
@@ -295,6 +298,7 @@ impl PolicyMaps {
                 objects.push(Object {
                     fd: fd.into(),
                     dir: false,
+                    opens_only: self.protect_rules.contains(&v.rule_id),
                 });
             }
         }
@@ -326,7 +330,12 @@ impl PolicyMaps {
             if dirs.len() >= MAX_TREE_DIRS {
                 warn!(directory = %b.path, limit = MAX_TREE_DIRS, "deny rule's tree has more directories than are marked for refusal; the rest are met by the kill backstop");
             }
-            objects.extend(dirs.into_iter().map(|fd| Object { fd, dir: true }));
+            let opens_only = self.protect_rules.contains(&b.rule_id);
+            objects.extend(dirs.into_iter().map(|fd| Object {
+                fd,
+                dir: true,
+                opens_only,
+            }));
         }
         self.digests = digests;
         refusal.watch_execs(!table.digests.is_empty() || !table.fileless.is_empty());
@@ -402,6 +411,7 @@ impl Core {
     pub(super) fn install_profiles(&mut self, set: &ProfileSet) -> Result<()> {
         let mut rules = RuleTable::default();
         let mut compiled = Vec::new();
+        let mut protect_rules = HashSet::new();
         for name in set.names() {
             let next = self.profile_ids.len() as u32;
             let id = *self.profile_ids.entry(name.clone()).or_insert(next);
@@ -417,13 +427,20 @@ impl Core {
                 .iter()
                 .map(|uid| (*uid, self.homes.get(uid).cloned()))
                 .collect();
-            let c = compile::compile(
+            let mut c = compile::compile(
                 p,
                 id,
                 &mut rules,
                 &|h| dns.get(h).cloned().unwrap_or_default(),
                 &owners,
             )?;
+            protect_rules.extend(compile::protect_daemon(
+                &mut c,
+                id,
+                &mut rules,
+                &owners,
+                &self.protected,
+            ));
             for h in c.unresolved.iter().filter(|h| dns.contains_key(*h)) {
                 warn!(profile = %name, host = %h, "host name does not resolve; its rule is inactive");
             }
@@ -467,6 +484,7 @@ impl Core {
         // compilation; a rule the reload removed binds nothing); a name a reload adds is
         // searched for at the next enrolment.
         m.name_rules = name_rules;
+        m.protect_rules = protect_rules;
         m.rebind_inodes()?;
         for (trie, keep) in [(&mut m.net_allow, &allow), (&mut m.net_deny, &deny)] {
             let stale: Vec<_> = trie

@@ -371,6 +371,10 @@ impl Refusal {
 pub struct Object {
     pub fd: OwnedFd,
     pub dir: bool,
+    /// Opens only, not reads of held descriptors: the daemon's own files (no session
+    /// holds them from before its enrolment, and the daemon's own reads of its audit
+    /// store must not each wait for an answer).
+    pub opens_only: bool,
 }
 
 impl Refusal {
@@ -554,7 +558,12 @@ impl Refusal {
             }
             // A tree's directories: opens of the files in them, and of the directories
             // themselves (a listing), which fanotify reports only with FAN_ONDIR.
-            let mask = if o.dir { MASK | DIR_MASK } else { MASK };
+            let base = if o.opens_only {
+                MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM
+            } else {
+                MASK
+            };
+            let mask = if o.dir { base | DIR_MASK } else { base };
             match self
                 .group
                 .mark(MarkFlags::FAN_MARK_ADD, mask, o.fd.as_fd(), None::<&str>)

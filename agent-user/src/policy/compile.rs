@@ -30,6 +30,12 @@ impl RuleTable {
         (self.rules.len() - 1) as u32
     }
 
+    /// A rule no profile file states (the daemon's own), by its label.
+    fn add_builtin(&mut self, label: String) -> u32 {
+        self.rules.push(label);
+        (self.rules.len() - 1) as u32
+    }
+
     /// The rule behind a kernel decision.
     pub fn describe(&self, rule_id: u32, category: &str) -> String {
         if rule_id == RULE_DEFAULT {
@@ -248,6 +254,59 @@ pub struct NameRule {
 /// Directory entries looked at per working directory for [`find_named`]; a larger tree
 /// is searched in part and reported.
 pub const MAX_NAME_SCAN: usize = 20_000;
+
+/// Adds the daemon's own directories (`what`, absolute path) to a compiled profile's
+/// file deny rules as trees, for every owner: no session opens, reads or writes them
+/// (its audit store and event log, its control socket's directory), decided like the
+/// profile's own file rules, with a rule id that says so
+/// (`agentwarden self-protection: <what> (<dir>/**)`).
+pub fn protect_daemon(
+    c: &mut CompiledProfile,
+    id: u32,
+    rules: &mut RuleTable,
+    owners: &[(u32, Option<String>)],
+    dirs: &[(&str, std::path::PathBuf)],
+) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for (what, dir) in dirs {
+        let text = dir.to_string_lossy().trim_end_matches('/').to_owned();
+        if !text.starts_with('/') || text.len() < 2 {
+            continue;
+        }
+        let rule_id = rules.add_builtin(format!("agentwarden self-protection: {what} ({text}/**)"));
+        ids.push(rule_id);
+        c.config.file_prefix_depths |= 1 << text.matches('/').count().min(63);
+        for (owner, _) in owners {
+            let key = InodeRuleKey {
+                ino: 0,
+                dev: 0,
+                profile_id: id,
+                owner_uid: *owner,
+                category: CATEGORY_FILE,
+                _pad: [0; 3],
+            };
+            c.bound_paths.push(BoundPath {
+                path: text.clone(),
+                tree: true,
+                key,
+                rule_id,
+                no_follow: false,
+            });
+            c.path_rules.push((
+                PathRuleKey {
+                    hash: fnv(text.as_bytes()),
+                    profile_id: id,
+                    owner_uid: *owner,
+                    category: CATEGORY_FILE,
+                    form: FORM_PREFIX,
+                    _pad: [0; 6],
+                },
+                PathRuleValue { rule_id, _pad: 0 },
+            ));
+        }
+    }
+    ids
+}
 
 /// Files bound per working directory by name rules; more are matched by name only.
 pub const MAX_NAMED_FILES: usize = 256;
