@@ -196,8 +196,8 @@ fn a_bad_profile_is_rejected_and_the_last_good_version_stays() {
 }
 
 /// Self-protection: a root process in a session under an enforcing profile cannot open
-/// the daemon's state directory (its audit store and event log: read or write) nor its
-/// control socket's directory, whatever the profile's own file rules; each refusal is
+/// the daemon's state directory (its audit store and event log: read or write, or list
+/// it), whatever the profile's own file rules; each refusal is
 /// `EPERM` (the fanotify layer, BPF-LSM where it runs), recorded with the daemon's own
 /// rule. Outside every session they open as before.
 #[test]
@@ -214,7 +214,6 @@ fn a_session_cannot_open_the_daemons_own_directories() {
         return;
     };
     let state = fs::canonicalize(d.db().parent().unwrap()).unwrap();
-    let socket_dir = fs::canonicalize(d.socket().parent().unwrap()).unwrap();
     let probe = format!(
         "import os\n\
          def attempt(label, f):\n    try:\n        f()\n        print(label + '=ok')\n    \
@@ -222,10 +221,9 @@ fn a_session_cannot_open_the_daemons_own_directories() {
          attempt('read_db', lambda: open('{db}', 'rb').read(16))\n\
          attempt('write_state', lambda: open('{state}/planted', 'w').write('x'))\n\
          attempt('list_state', lambda: os.listdir('{state}'))\n\
-         attempt('read_log', lambda: open('{log}').read(16))\n",
+         attempt('read_log', lambda: open('{state}/events.jsonl').read(16))\n",
         db = d.db().display(),
         state = state.display(),
-        log = socket_dir.join("daemon.log").display(),
     );
     let cwd = std::env::temp_dir();
     let out = d.run_profile("guarded", "self", &cwd, &["/usr/bin/python3", "-c", &probe]);

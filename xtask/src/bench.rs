@@ -79,6 +79,8 @@ struct Env {
     agentwarden: PathBuf,
     awload: PathBuf,
     socket: PathBuf,
+    /// Where tracked workloads start (see `session_cmd`).
+    cwd: PathBuf,
     file: PathBuf,
     canary: PathBuf,
     rules: PathBuf,
@@ -116,10 +118,12 @@ pub fn run(quick: bool) -> Result<()> {
     let work = dir.join("work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(work.join("rules"))?;
+    fs::create_dir_all(dir.join("cwd"))?;
     let env = Env {
         agentwarden: root.join("target/release/agentwarden"),
         awload: root.join("target/release/awload"),
         socket: work.join("ctl.sock"),
+        cwd: dir.join("cwd"),
         file: work.join("allowed.txt"),
         canary: work.join("bench-canary"),
         rules: work.join("rules"),
@@ -463,8 +467,12 @@ fn load_cmd(env: &Env, tracked: bool) -> Command {
 }
 
 /// `agentwarden run --profile bench [--session-name NAME] --`, ready for the workload.
+/// It starts in a directory of its own, neither holding the canary nor under a
+/// directory that does: the name rules are bound to the files where a session starts,
+/// and the canary stays for the kernel's own kill, as the profile intends.
 fn session_cmd(env: &Env, name: Option<&str>) -> Command {
     let mut c = Command::new(&env.agentwarden);
+    c.current_dir(&env.cwd);
     c.arg("--socket")
         .arg(&env.socket)
         .args(["run", "--profile", "bench"]);

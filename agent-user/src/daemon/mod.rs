@@ -235,22 +235,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     Ok(())
 }
 
-/// What no session may open: the state directory (audit store, event log) and the
-/// control socket's directory (made canonical: the kernel reports resolved paths).
+/// What no session may open: the state directory (audit store, event log; made
+/// canonical: the kernel reports resolved paths). Not the control socket's directory:
+/// a connect is no open, and `--socket` may sit in a directory that is not the
+/// daemon's alone (a project's, `/tmp`).
 fn protected_dirs(cfg: &DaemonConfig) -> Vec<(&'static str, PathBuf)> {
-    let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-    let mut dirs = vec![("its state directory", canonical(&cfg.state_dir))];
-    if let Some(parent) = cfg.socket.parent().filter(|p| !p.as_os_str().is_empty()) {
-        let parent = canonical(parent);
-        // A socket put in a shared directory (/tmp, /run) does not make it the daemon's.
-        let shared = ["/", "/tmp", "/run", "/var/run", "/var/tmp", "/dev/shm"]
-            .iter()
-            .any(|s| parent == Path::new(s));
-        if !shared && !dirs.iter().any(|(_, d)| parent.starts_with(d)) {
-            dirs.push(("its control socket's directory", parent));
-        }
-    }
-    dirs
+    let state = fs::canonicalize(&cfg.state_dir).unwrap_or_else(|_| cfg.state_dir.clone());
+    vec![("its state directory", state)]
 }
 
 impl Core {
