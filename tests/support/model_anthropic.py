@@ -10,31 +10,13 @@ Requests without the Bash tool (titles, topic detection, summaries) get the side
 import json
 import uuid
 
+from scripted_text import text_of
+
 TOOL_ID_PREFIX = "toolu_scripted_"
 
 
 def handles(method, path):
     return path.startswith("/v1/messages")
-
-
-def text_of(content):
-    """Flatten a message/tool_result content (str or list of blocks) to text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    out = []
-    for b in content:
-        if isinstance(b, dict):
-            if b.get("type") == "text":
-                out.append(b.get("text", ""))
-            elif b.get("type") == "tool_result":
-                out.append(text_of(b.get("content")))
-            else:
-                out.append("<%s>" % b.get("type"))
-        else:
-            out.append(str(b))
-    return "\n".join(out)
 
 
 def blocks(msg):

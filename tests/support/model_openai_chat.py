@@ -54,6 +54,8 @@ import re
 import time
 import uuid
 
+from scripted_text import text_of
+
 MARK = "[scripted-step:%d]"
 MARK_RE = re.compile(r"\[scripted-step:(\d+)\]")
 MAIN_SYSTEM_HINT = "Act as an expert"
@@ -66,22 +68,6 @@ def handles(method, path):
 
 
 # ---------------------------------------------------------------- conversation helpers
-
-def text_of(content):
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    out = []
-    for part in content:
-        if isinstance(part, dict):
-            if part.get("type") == "text":
-                out.append(part.get("text", ""))
-            else:
-                out.append("<%s>" % part.get("type"))
-        else:
-            out.append(str(part))
-    return "\n".join(out)
 
 
 def is_main_loop(msgs):

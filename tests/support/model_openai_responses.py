@@ -41,6 +41,8 @@ import re
 import time
 import uuid
 
+from scripted_text import text_of
+
 CALL_ID_PREFIX = "call_scripted_"
 POLL_ID_PREFIX = "call_scriptpoll_"
 SHELL_TOOLS = ("exec_command", "shell_command", "shell", "local_shell")
@@ -61,30 +63,6 @@ def tool_names(body):
         if isinstance(t, dict):
             out.append(t.get("name") or t.get("type"))
     return out
-
-
-def text_of(content):
-    """Flatten an output / message content (str or list of content items) to text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, dict):  # {"content": ..., "success": ...} shapes
-        if "content" in content:
-            return text_of(content.get("content"))
-        if "output" in content:
-            return text_of(content.get("output"))
-        return json.dumps(content)
-    out = []
-    for b in content:
-        if isinstance(b, dict):
-            if "text" in b:
-                out.append(b.get("text") or "")
-            else:
-                out.append("<%s>" % b.get("type"))
-        else:
-            out.append(str(b))
-    return "\n".join(out)
 
 
 EXIT_RE = re.compile(r"(?:^|\n)(?:Exit code:|Process exited with code)\s*(-?\d+)")

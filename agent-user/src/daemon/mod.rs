@@ -246,7 +246,6 @@ fn protected_dirs(cfg: &DaemonConfig) -> Vec<(&'static str, PathBuf)> {
 
 impl Core {
     fn new(kernel: KernelMaps, sinks: Sinks, cfg: &DaemonConfig) -> Self {
-        let resolv_conf = &cfg.resolv_conf;
         Self {
             kernel,
             rules: RuleTable::default(),
@@ -255,7 +254,7 @@ impl Core {
             // round can resolve names already.
             dns: HashMap::from([(
                 compile::NAMESERVERS.to_owned(),
-                dns::nameservers(resolv_conf).unwrap_or_else(|e| {
+                dns::nameservers(&cfg.resolv_conf).unwrap_or_else(|e| {
                     warn!(error = %format!("{e:#}"), "no name servers: rules allowing `nameservers: system` are inactive");
                     Vec::new()
                 }),

@@ -25,12 +25,10 @@ pub struct RuleTable {
 
 impl RuleTable {
     fn add(&mut self, profile: &Profile, field: &str, line: u64) -> u32 {
-        self.rules
-            .push(format!("{}:{line} ({field})", profile.source));
-        (self.rules.len() - 1) as u32
+        self.add_builtin(format!("{}:{line} ({field})", profile.source))
     }
 
-    /// A rule no profile file states (the daemon's own), by its label.
+    /// A rule by its label (also one no profile file states: the daemon's own).
     fn add_builtin(&mut self, label: String) -> u32 {
         self.rules.push(label);
         (self.rules.len() - 1) as u32
@@ -113,7 +111,7 @@ pub fn compile(
     owners: &[(u32, Option<String>)],
 ) -> Result<CompiledProfile> {
     let net = &p.file.network;
-    let mut config = ProfileConfig {
+    let config = ProfileConfig {
         mode: mode(p.file.mode),
         net_default_deny: u8::from(net.default == super::Default::Deny),
         net_action: action(net.on_violation),
@@ -130,9 +128,16 @@ pub fn compile(
         file_prefix_depths: 0,
         ..ProfileConfig::default()
     };
-    let mut path_rules = Vec::new();
-    let mut bound_paths = Vec::new();
-    let mut name_rules = Vec::new();
+    let mut c = CompiledProfile {
+        config,
+        net_deny: Vec::new(),
+        net_allow: Vec::new(),
+        path_rules: Vec::new(),
+        bound_paths: Vec::new(),
+        name_rules: Vec::new(),
+        unresolved: Vec::new(),
+        fileless_rule: None,
+    };
     for (category, field, list) in [
         (CATEGORY_EXEC, "exec.deny", &p.exec_deny),
         (CATEGORY_FILE, "files.deny", &p.files_deny),
@@ -140,74 +145,82 @@ pub fn compile(
         for (i, l) in list.iter().enumerate() {
             let rule_id = rules.add(p, &format!("{field}[{i}]"), l.line);
             for (owner, form, text) in path_texts(&l.value, owners) {
-                let hash = fnv(text.as_bytes());
-                if form == FORM_PREFIX {
-                    // Depth of the tree's root: the kernel looks up prefixes only there.
-                    let depth = text.matches('/').count().min(63);
-                    let mask = if category == CATEGORY_EXEC {
-                        &mut config.exec_prefix_depths
-                    } else {
-                        &mut config.file_prefix_depths
-                    };
-                    *mask |= 1 << depth;
-                }
-                let key = InodeRuleKey {
-                    ino: 0,
-                    dev: 0,
-                    profile_id: id,
-                    owner_uid: owner,
-                    category,
-                    _pad: [0; 3],
-                };
-                if form == FORM_NAME {
-                    name_rules.push(NameRule {
-                        name: text.clone(),
-                        key,
-                        rule_id,
-                    });
-                } else {
-                    bound_paths.push(BoundPath {
-                        path: text.clone(),
-                        tree: form == FORM_PREFIX,
-                        key,
-                        rule_id,
-                        no_follow: false,
-                    });
-                }
-                let key = PathRuleKey {
-                    hash,
-                    profile_id: id,
-                    owner_uid: owner,
-                    category,
-                    form,
-                    _pad: [0; 6],
-                };
-                path_rules.push((key, PathRuleValue { rule_id, _pad: 0 }));
+                c.add_path_rule(id, owner, category, form, text, rule_id);
             }
         }
     }
-    let fileless_rule = (p.file.exec.fileless != super::Fileless::Allow)
+    c.fileless_rule = (p.file.exec.fileless != super::Fileless::Allow)
         .then(|| rules.add(p, "exec.fileless", p.fileless_line));
-    config.fileless = fileless(p);
-    config.fileless_rule = fileless_rule.unwrap_or(RULE_DEFAULT);
-    let mut unresolved = Vec::new();
+    c.config.fileless = fileless(p);
+    c.config.fileless_rule = c.fileless_rule.unwrap_or(RULE_DEFAULT);
     let mut ctx = Ctx {
         rules,
-        unresolved: &mut unresolved,
+        unresolved: &mut c.unresolved,
         resolve,
     };
-    let net_deny = entries(p, id, "network.deny", &p.net_deny, &mut ctx)?;
-    let net_allow = entries(p, id, "network.allow", &p.net_allow, &mut ctx)?;
-    Ok(CompiledProfile {
-        config,
-        net_deny,
-        net_allow,
-        path_rules,
-        bound_paths,
-        name_rules,
-        unresolved,
-        fileless_rule,
-    })
+    c.net_deny = entries(p, id, "network.deny", &p.net_deny, &mut ctx)?;
+    c.net_allow = entries(p, id, "network.allow", &p.net_allow, &mut ctx)?;
+    Ok(c)
+}
+
+impl CompiledProfile {
+    /// One exec or file deny rule in its kernel form for one owner: the path hash the
+    /// kernel looks up (with the depth of a tree's root), and the inode binding of an
+    /// exact or tree rule or the name rule of a `**/name` one.
+    fn add_path_rule(
+        &mut self,
+        id: u32,
+        owner: u32,
+        category: u8,
+        form: u8,
+        text: String,
+        rule_id: u32,
+    ) {
+        if form == FORM_PREFIX {
+            // Depth of the tree's root: the kernel looks up prefixes only there.
+            let depth = text.matches('/').count().min(63);
+            let mask = if category == CATEGORY_EXEC {
+                &mut self.config.exec_prefix_depths
+            } else {
+                &mut self.config.file_prefix_depths
+            };
+            *mask |= 1 << depth;
+        }
+        self.path_rules.push((
+            PathRuleKey {
+                hash: fnv(text.as_bytes()),
+                profile_id: id,
+                owner_uid: owner,
+                category,
+                form,
+                _pad: [0; 6],
+            },
+            PathRuleValue { rule_id, _pad: 0 },
+        ));
+        let key = InodeRuleKey {
+            ino: 0,
+            dev: 0,
+            profile_id: id,
+            owner_uid: owner,
+            category,
+            _pad: [0; 3],
+        };
+        if form == FORM_NAME {
+            self.name_rules.push(NameRule {
+                name: text,
+                key,
+                rule_id,
+            });
+        } else {
+            self.bound_paths.push(BoundPath {
+                path: text,
+                tree: form == FORM_PREFIX,
+                key,
+                rule_id,
+                no_follow: false,
+            });
+        }
+    }
 }
 
 /// `exec.fileless` as the kernel's `FILELESS_*`, resolved against the mode and the
@@ -257,8 +270,8 @@ pub const MAX_NAME_SCAN: usize = 20_000;
 
 /// Adds the daemon's own directories (`what`, absolute path) to a compiled profile's
 /// file deny rules as trees, for every owner: no session opens, reads or writes them
-/// (its audit store and event log, its control socket's directory), decided like the
-/// profile's own file rules, with a rule id that says so
+/// (its audit store and event log), decided like the profile's own file rules, with a
+/// rule id that says so
 /// (`agentwarden self-protection: <what> (<dir>/**)`).
 pub fn protect_daemon(
     c: &mut CompiledProfile,
@@ -275,34 +288,15 @@ pub fn protect_daemon(
         }
         let rule_id = rules.add_builtin(format!("agentwarden self-protection: {what} ({text}/**)"));
         ids.push(rule_id);
-        c.config.file_prefix_depths |= 1 << text.matches('/').count().min(63);
         for (owner, _) in owners {
-            let key = InodeRuleKey {
-                ino: 0,
-                dev: 0,
-                profile_id: id,
-                owner_uid: *owner,
-                category: CATEGORY_FILE,
-                _pad: [0; 3],
-            };
-            c.bound_paths.push(BoundPath {
-                path: text.clone(),
-                tree: true,
-                key,
+            c.add_path_rule(
+                id,
+                *owner,
+                CATEGORY_FILE,
+                FORM_PREFIX,
+                text.clone(),
                 rule_id,
-                no_follow: false,
-            });
-            c.path_rules.push((
-                PathRuleKey {
-                    hash: fnv(text.as_bytes()),
-                    profile_id: id,
-                    owner_uid: *owner,
-                    category: CATEGORY_FILE,
-                    form: FORM_PREFIX,
-                    _pad: [0; 6],
-                },
-                PathRuleValue { rule_id, _pad: 0 },
-            ));
+            );
         }
     }
     ids

@@ -569,6 +569,11 @@ pub(crate) mod claims {
             r.tool_results
         );
         assert_eq!(r.owner_user.as_deref(), Some(r.user.as_str()));
+        nothing_was_killed(r);
+    }
+
+    /// No process of the session ended by SIGKILL: every refusal was an error returned.
+    pub(crate) fn nothing_was_killed(r: &AgentRun) {
         assert!(
             !r.events
                 .iter()
