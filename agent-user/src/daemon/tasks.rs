@@ -116,7 +116,9 @@ pub(super) async fn refresh_dns(shared: Arc<Shared>) {
     // servers are read each round, and the resolver is made once there is one.
     let mut resolver: Option<Dns> = None;
     let mut warned = false;
-    let mut answers: HashMap<String, Vec<std::net::IpAddr>> = HashMap::new();
+    // From what the core holds: the name servers read at start stay in force until the
+    // file is read again.
+    let mut answers: HashMap<String, Vec<std::net::IpAddr>> = shared.core().dns.clone();
     let mut due: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
         let hosts: BTreeSet<String> = {
@@ -128,7 +130,7 @@ pub(super) async fn refresh_dns(shared: Arc<Shared>) {
                 .flat_map(compile::host_names)
                 .collect()
         };
-        answers.retain(|h, _| hosts.contains(h));
+        answers.retain(|h, _| h == compile::NAMESERVERS || hosts.contains(h));
         due.retain(|h, _| hosts.contains(h));
         // The system's name servers, re-read each round (DHCP, a VPN or a container
         // runtime rewrites the file); an unreadable file keeps the servers in force.
@@ -136,13 +138,7 @@ pub(super) async fn refresh_dns(shared: Arc<Shared>) {
             Ok(ips) => {
                 answers.insert(compile::NAMESERVERS.to_owned(), ips);
             }
-            Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), "name servers not re-read");
-                if !answers.contains_key(compile::NAMESERVERS) {
-                    let known = shared.core().dns.get(compile::NAMESERVERS).cloned();
-                    answers.insert(compile::NAMESERVERS.to_owned(), known.unwrap_or_default());
-                }
-            }
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "name servers not re-read"),
         }
         if resolver.is_none() {
             match Dns::new(shared.cfg.dns_server) {
