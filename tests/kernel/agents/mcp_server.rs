@@ -202,15 +202,7 @@ fn the_git_server_hook_is_refused_its_denied_program_and_the_server_keeps_servin
         !res[3].0 && res[3].1.contains("initial-commit") && !res[3].1.contains("four\n"),
         "{res:?}"
     );
-    let d = r.decision_on("the exec of nc", |e| {
-        e.exec().is_some_and(|x| x.path.contains("/nc"))
-    });
-    assert_eq!((d.decision, d.action), (Verdict::Deny, Action::Blocked));
-    assert!(
-        matches!(d.enforced_by, Layer::Fanotify | Layer::Lsm),
-        "{d:?}"
-    );
-    assert_eq!(d.rule, r.rule_id("exec.deny[0]", "/usr/bin/nc"));
+    claims::denied_program_was_refused_and_recorded(r);
 }
 
 static FETCH: Once<McpRun> = OnceLock::new();

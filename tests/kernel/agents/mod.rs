@@ -769,6 +769,12 @@ pub(crate) mod claims {
             "{:?}",
             r.tool_results
         );
+        denied_program_was_refused_and_recorded(r);
+    }
+
+    /// The session's exec of `nc` was refused (`EPERM`, BPF-LSM or the fanotify layer)
+    /// under the profile's `/usr/bin/nc` rule.
+    pub(crate) fn denied_program_was_refused_and_recorded(r: &AgentRun) {
         let d = r.decision_on("the exec of nc", |e| {
             e.exec().is_some_and(|x| x.path.contains("/nc"))
         });
