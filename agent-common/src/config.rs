@@ -49,3 +49,26 @@ crate::assert_size!(KernelOffsets, 34 * 4);
 #[cfg(feature = "user")]
 // SAFETY: plain-old-data, all fields are u32, no padding.
 unsafe impl aya::Pod for KernelOffsets {}
+
+/// The one entry of the `DAEMON` map: which daemon the kernel side answers to. It lives
+/// in a pinned map, so it outlives the daemon that wrote it.
+///
+/// - `generation`: the programs of one load carry its number as a global; only the
+///   programs whose number is the map's act (a starting daemon attaches its programs,
+///   then switches the generation in one write: no window with none acting, none with
+///   two).
+/// - `tgid`, `alive`: the daemon's process; the kernel clears `alive` when that process
+///   exits (any way, `SIGKILL` included), and the programs then stand in for what only
+///   the daemon could do (the fanotify refusal layer is gone: a `block` kills instead).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DaemonState {
+    pub generation: u64,
+    pub tgid: u32,
+    pub alive: u32,
+}
+crate::assert_size!(DaemonState, 16);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C) integers, no padding.
+unsafe impl aya::Pod for DaemonState {}

@@ -16,6 +16,8 @@ pub const PATH_RULES: &str = "PATH_RULES";
 pub const INODE_RULES: &str = "INODE_RULES";
 /// The `(dev, ino)` the kernel saw for the daemon's own binding opens.
 pub const BIND_RESULT: &str = "BIND_RESULT";
+/// The daemon the programs answer to (`config::DaemonState`, one entry).
+pub const DAEMON: &str = "DAEMON";
 
 /// Every map the daemon takes by name.
 pub const DAEMON_MAPS: &[&str] = &[
@@ -28,9 +30,12 @@ pub const DAEMON_MAPS: &[&str] = &[
     PATH_RULES,
     INODE_RULES,
     BIND_RESULT,
+    DAEMON,
 ];
 
 /// Global: kernel struct offsets (`config::KernelOffsets`).
 pub const OFFSETS: &str = "OFFSETS";
 /// Global: the daemon's tgid, whose opens bind rules to inodes.
 pub const BINDER_TGID: &str = "BINDER_TGID";
+/// Global: the generation of this load's programs (`config::DaemonState::generation`).
+pub const GENERATION: &str = "GENERATION";

@@ -21,10 +21,14 @@ pub enum Stat {
     LsmFileDenied = 6,
     /// Processes sent SIGKILL by a `kill` decision.
     Kills = 7,
+    /// Events sent while no daemon was alive to read them: kept in the ring buffer for
+    /// the next daemon (what did not fit is in `RingbufDrops`), decided by the kernel
+    /// alone (a `block` the fanotify layer would have refused was a kill).
+    SentWhileAbsent = 8,
 }
 
 /// Number of entries in `STATS`.
-pub const STAT_COUNT: u32 = 8;
+pub const STAT_COUNT: u32 = 9;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -36,6 +40,7 @@ impl Stat {
         Stat::LsmExecDenied,
         Stat::LsmFileDenied,
         Stat::Kills,
+        Stat::SentWhileAbsent,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -48,6 +53,7 @@ impl Stat {
             Stat::LsmExecDenied => "lsm_exec_denied",
             Stat::LsmFileDenied => "lsm_file_denied",
             Stat::Kills => "kills",
+            Stat::SentWhileAbsent => "sent_while_daemon_absent",
         }
     }
 }

@@ -70,4 +70,7 @@ pub fn send<T: ?Sized>(record: &T) {
         Ok(()) => count(Stat::EventsSubmitted),
         Err(_) => count(Stat::RingbufDrops),
     }
+    if !crate::maps::daemon_alive() {
+        count(Stat::SentWhileAbsent);
+    }
 }

@@ -3,13 +3,14 @@
 //! against the built object by a unit test of the daemon).
 
 use agent_common::{
+    config::DaemonState,
     event::{ExecEvent, OpenEvent},
     session::{MAX_TRACKED_PROCESSES, SessionEntry},
     stats::{STAT_COUNT, Stat},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 
 /// tgid → session. Filled by the daemon at enrolment, inherited at fork, removed at exit.
@@ -41,10 +42,43 @@ pub fn count(stat: Stat) {
     }
 }
 
-/// The session of the current process, if it is in one. This is the only cost a process
-/// outside every session pays.
+/// Which daemon the programs answer to, and which load's programs act (see
+/// [`DaemonState`]). Pinned with the other maps, written only by the daemon (and
+/// `alive` cleared by [`crate::session::sched_process_exit`]).
+#[map]
+pub static DAEMON: Array<DaemonState> = Array::with_max_entries(1, 0);
+
+/// The generation of this load's programs, set by the daemon before load.
+#[unsafe(no_mangle)]
+static GENERATION: u64 = 0;
+
+/// The daemon's entry.
+#[inline(always)]
+pub fn daemon() -> Option<&'static DaemonState> {
+    DAEMON.get(0)
+}
+
+/// True while the daemon the programs answer to runs (its userspace layers with it).
+#[inline(always)]
+pub fn daemon_alive() -> bool {
+    daemon().is_some_and(|d| d.alive != 0)
+}
+
+/// True when this load's programs are the ones that act: a daemon adopting the pinned
+/// state attaches its programs first and switches the generation once they all are.
+#[inline(always)]
+fn acting() -> bool {
+    // SAFETY: reading a global; volatile so the compiler cannot fold the initialiser.
+    let mine = unsafe { core::ptr::read_volatile(&GENERATION) };
+    daemon().is_some_and(|d| d.generation == mine)
+}
+
+/// The session of the current process, if it is in one and this load's programs act.
+/// The session lookup comes first: it is the only cost a process outside every session
+/// pays, and every program's decisions and records go through here.
 #[inline(always)]
 pub fn current_session(tgid: u32) -> Option<SessionEntry> {
     // SAFETY: the value is copied out before the map can change it.
-    unsafe { SESSIONS.get(tgid).copied() }
+    let entry = unsafe { SESSIONS.get(tgid).copied() }?;
+    acting().then_some(entry)
 }

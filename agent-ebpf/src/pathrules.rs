@@ -276,8 +276,9 @@ pub fn kill_current() {
 }
 
 /// Tracepoint layer, after the operation: judges the opened `file` (resolved as `path`)
-/// and, where the profile says kill, sends SIGKILL so the process never returns to user
-/// mode with the result. Where the LSM layer runs, a denied open never gets here.
+/// and, where the profile says kill (or says block and no daemon runs to refuse), sends
+/// SIGKILL so the process never returns to user mode with the result. Where the LSM
+/// layer runs, a denied open never gets here.
 #[inline(always)]
 pub fn enforce(
     file: *const u8,
@@ -295,7 +296,11 @@ pub fn enforce(
     };
     out.rule_id = rule;
     out.denied = 1;
-    if a.kill != 0 && a.mode == Mode::Enforce as u8 {
+    // A `block` got here because no refusal layer stopped it: where BPF-LSM runs that
+    // cannot happen, elsewhere the refusal was the daemon's (fanotify). With no daemon
+    // alive, killing is the only way left to keep the decision.
+    let stand_in = a.block != 0 && !crate::maps::daemon_alive();
+    if (a.kill != 0 || stand_in) && a.mode == Mode::Enforce as u8 {
         kill_current();
         out.action = Action::Killed as u8;
         out.enforced_by = Layer::Signal as u8;

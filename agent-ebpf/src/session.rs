@@ -11,8 +11,27 @@ use aya_ebpf::{
 use crate::{
     emit::{current_task, header, send},
     kernel::{self, off, read, read_ptr},
-    maps::{SESSIONS, count, current_session},
+    maps::{DAEMON, SESSIONS, count, current_session},
 };
+
+/// The daemon's main thread exiting: its process is going (its threads are killed with
+/// it, a daemon never ends its main thread alone), so its userspace layers are. This
+/// runs before the exiting task closes its files, so the programs know before the
+/// fanotify group is gone (whose pending permission events the kernel then allows).
+#[inline(always)]
+fn daemon_exit(tgid: u32, pid: u32) {
+    if tgid != pid {
+        return;
+    }
+    if let Some(d) = DAEMON.get_ptr_mut(0) {
+        // SAFETY: the one entry of an array map; a plain store of one field.
+        unsafe {
+            if (*d).tgid == tgid && (*d).alive != 0 {
+                (*d).alive = 0;
+            }
+        }
+    }
+}
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`; runs in
 /// the parent before the child is first scheduled, so the child cannot act untracked.
@@ -58,7 +77,9 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     if !kernel::ready() {
         return 0;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    daemon_exit(tgid, pid_tgid as u32);
     let Some(entry) = current_session(tgid) else {
         return 0;
     };

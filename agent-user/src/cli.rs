@@ -156,6 +156,23 @@ pub enum Cmd {
         /// are not decided). For measuring its cost, and hosts that cannot spare it.
         #[arg(long)]
         no_refusal: bool,
+        /// Where the kernel side is pinned (on bpffs, mounted at /sys/fs/bpf when the
+        /// host has none): maps and links stay there when the daemon stops or dies, so
+        /// sessions stay tracked and the kernel's decisions stay in force; the next
+        /// daemon adopts them.
+        #[arg(long, env = "AGENTWARDEN_PIN_DIR", default_value = crate::pins::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// On SIGTERM or SIGINT, remove everything pinned (as `agentwarden unload`):
+        /// every program detaches and the enforcement of running sessions ends. Without
+        /// it, stopping the daemon (an upgrade, a restart) leaves enforcement in force.
+        #[arg(long)]
+        detach_on_exit: bool,
+    },
+    /// Remove everything the daemon pinned: every program detaches and the enforcement
+    /// of running sessions ends. Refused while a daemon runs on the socket.
+    Unload {
+        #[arg(long, env = "AGENTWARDEN_PIN_DIR", default_value = crate::pins::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
     },
     /// Enrol this process in a new session, then execute CMD in it.
     Run {
@@ -251,6 +268,8 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             metrics,
             metrics_addr,
             no_refusal,
+            pin_dir,
+            detach_on_exit,
         } => {
             let cfg = DaemonConfig {
                 socket: socket.to_owned(),
@@ -269,12 +288,29 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 metrics: metrics_addr.or(metrics
                     .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)))),
                 refusal: !no_refusal,
+                pin_dir,
+                detach_on_exit,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?
                 .block_on(daemon::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Unload { pin_dir } => {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                anyhow::bail!(
+                    "a daemon is running on {}: stop it first (its pins are adopted by the \
+                     next daemon otherwise)",
+                    socket.display()
+                );
+            }
+            if crate::pins::PinDir::new(&pin_dir).remove()? {
+                println!("unloaded: removed {}", pin_dir.display());
+            } else {
+                println!("nothing pinned at {}", pin_dir.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run {

@@ -10,6 +10,7 @@ pub mod event;
 pub mod loader;
 pub mod offsets;
 pub mod output;
+pub mod pins;
 pub mod policy;
 pub mod probe;
 pub mod profiles;

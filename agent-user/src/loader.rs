@@ -2,15 +2,24 @@
 //! program names its hook and whether the daemon can run without it. `status` shows what
 //! was attached, what was left out, and why.
 
+use std::{collections::BTreeMap, path::Path};
+
 use agent_common::{config::KernelOffsets, maps};
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, TracePoint},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, TracePoint,
+        links::FdLink,
+    },
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{probe::HostProbe, startup::Startup};
+use crate::{
+    pins::{PinDir, Shape, mismatches},
+    probe::HostProbe,
+    startup::Startup,
+};
 
 /// The eBPF object built by `build.rs` (aya-build), embedded so the daemon is one binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -237,31 +246,88 @@ fn ensure_tracefs() -> Result<()> {
     Ok(())
 }
 
-/// Loads the embedded object with `offsets` and attaches every program of [`PROGRAMS`].
+/// The maps of the embedded object (not the sections of globals, which belong to one
+/// load) and their shapes, with the sizes this daemon configures.
+pub fn object_maps(max_tracked: u32, ring_bytes: u32) -> Result<BTreeMap<String, Shape>> {
+    let obj = aya_obj::Object::parse(EBPF_OBJECT).context("parsing the embedded object")?;
+    Ok(obj
+        .maps
+        .iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .map(|(name, m)| {
+            let max_entries = match name.as_str() {
+                maps::SESSIONS => max_tracked,
+                maps::EVENTS => ring_bytes,
+                _ => m.max_entries(),
+            };
+            let shape = Shape {
+                map_type: m.map_type(),
+                key_size: m.key_size(),
+                value_size: m.value_size(),
+                max_entries,
+            };
+            (name.clone(), shape)
+        })
+        .collect())
+}
+
+/// Loads the embedded object with `offsets` against the maps pinned in `pins` (created
+/// and pinned where none are), and attaches every program of [`PROGRAMS`], pinning each
+/// link under `generation`. The programs act only once the daemon writes `generation`
+/// to the `DAEMON` map.
 ///
 /// `max_tracked` sizes the `SESSIONS` map (processes across all sessions), `ring_bytes`
-/// the `EVENTS` ring buffer.
+/// the `EVENTS` ring buffer; pinned maps of another shape are refused, named.
+#[allow(clippy::too_many_arguments, reason = "one call site; each is a separate input")]
 pub fn load(
     offsets: KernelOffsets,
     btf_bytes: &[u8],
     max_tracked: u32,
     ring_bytes: u32,
     host: &HostProbe,
+    pins: &PinDir,
+    generation: u64,
     startup: &mut Startup,
 ) -> Result<Loaded> {
     ensure_tracefs()?;
+    pins.prepare()?;
+    let wanted = object_maps(max_tracked, ring_bytes)?;
+    let wrong = mismatches(&pins.pinned_shapes(), &wanted);
+    if !wrong.is_empty() {
+        bail!(
+            "the maps pinned in {} do not fit this daemon ({}); start it with the sizes \
+             they were made with, or remove them with `agentwarden unload --pin-dir {}` \
+             (which ends the enforcement of running sessions)",
+            pins.root().display(),
+            wrong.join("; "),
+            pins.root().display()
+        );
+    }
     let btf = Btf::parse(btf_bytes, aya::Endianness::default()).context("parsing kernel BTF")?;
     startup.mark("btf (aya)");
-    let mut ebpf = EbpfLoader::new()
+    let pin_paths: Vec<(&str, std::path::PathBuf)> = wanted
+        .keys()
+        .map(|name| (name.as_str(), pins.map(name)))
+        .collect();
+    let binder = std::process::id();
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&btf))
         .override_global(maps::OFFSETS, &offsets, true)
         // Only the daemon's own opens are recorded for binding rules to inodes.
-        .override_global(maps::BINDER_TGID, &std::process::id(), true)
+        .override_global(maps::BINDER_TGID, &binder, true)
+        .override_global(maps::GENERATION, &generation, true)
         .map_max_entries(maps::SESSIONS, max_tracked)
-        .map_max_entries(maps::EVENTS, ring_bytes)
+        .map_max_entries(maps::EVENTS, ring_bytes);
+    for (name, path) in &pin_paths {
+        loader.map_pin_path(*name, path.as_path());
+    }
+    let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     startup.mark("object and maps");
+    let links = pins.links(generation);
+    std::fs::create_dir_all(&links).with_context(|| format!("creating {}", links.display()))?;
     let mut programs = Vec::new();
     for spec in PROGRAMS {
         let (kind, point) = match spec.hook {
@@ -284,7 +350,7 @@ pub fn load(
         let began = std::time::Instant::now();
         let outcome = match spec.needs.map(|f| f.available(host)) {
             Some(Err(why)) => Err(anyhow!(why)),
-            _ => attach(&mut ebpf, spec, &btf, host),
+            _ => attach(&mut ebpf, spec, &btf, host, &links.join(spec.name)),
         };
         let load_us = Some(crate::startup::us(began.elapsed()));
         let (state, reason) = match outcome {
@@ -308,41 +374,58 @@ pub fn load(
     Ok(Loaded { ebpf, programs })
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf, host: &HostProbe) -> Result<()> {
+fn attach(
+    ebpf: &mut Ebpf,
+    spec: &ProgramSpec,
+    btf: &Btf,
+    host: &HostProbe,
+    pin: &Path,
+) -> Result<()> {
     let prog = ebpf
         .program_mut(spec.name)
         .ok_or_else(|| anyhow!("program {} missing from the object", spec.name))?;
-    match spec.hook {
+    // Every link is pinned: the program stays attached when the daemon is gone.
+    let link: FdLink = match spec.hook {
         Hook::BtfTracepoint(func) => {
             let p: &mut BtfTracePoint = prog.try_into()?;
             p.load(func, btf).context("load")?;
-            p.attach().context("attach")?;
+            let id = p.attach().context("attach")?;
+            p.take_link(id)?.into()
         }
         Hook::Tracepoint(cat, name) => {
             let p: &mut TracePoint = prog.try_into()?;
             p.load().context("load")?;
-            p.attach(cat, name).context("attach")?;
+            let id = p.attach(cat, name).context("attach")?;
+            FdLink::try_from(p.take_link(id)?)
+                .context("a tracepoint link this kernel cannot pin (needs bpf_link, 5.15+)")?
         }
         // A bpf_link (what aya creates for cgroup programs) coexists with other links on
         // the same cgroup, so several daemons (tests, upgrades) can attach side by side.
         Hook::CgroupSock => {
             let p: &mut CgroupSock = prog.try_into()?;
             p.load().context("load")?;
-            p.attach(cgroup_root(host)?, CgroupAttachMode::Single)
+            let id = p
+                .attach(cgroup_root(host)?, CgroupAttachMode::Single)
                 .context("attach")?;
+            FdLink::try_from(p.take_link(id)?).context("a cgroup attachment without bpf_link")?
         }
         Hook::CgroupSockAddr => {
             let p: &mut CgroupSockAddr = prog.try_into()?;
             p.load().context("load")?;
-            p.attach(cgroup_root(host)?, CgroupAttachMode::Single)
+            let id = p
+                .attach(cgroup_root(host)?, CgroupAttachMode::Single)
                 .context("attach")?;
+            FdLink::try_from(p.take_link(id)?).context("a cgroup attachment without bpf_link")?
         }
         Hook::Lsm(hook) => {
             let p: &mut Lsm = prog.try_into()?;
             p.load(hook, btf).context("load")?;
-            p.attach().context("attach")?;
+            let id = p.attach().context("attach")?;
+            p.take_link(id)?.into()
         }
-    }
+    };
+    link.pin(pin)
+        .with_context(|| format!("pinning its link at {}", pin.display()))?;
     Ok(())
 }
 

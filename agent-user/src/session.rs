@@ -148,6 +148,16 @@ impl Registry {
         self.sessions.entry(id).or_insert(s)
     }
 
+    /// Registers a session a previous daemon enrolled, with its processes still alive
+    /// and its original start.
+    pub fn adopt(&mut self, id: u64, new: NewSession, tgids: &[u32], started: SystemTime) {
+        let s = self.create(id, new, tgids);
+        let id = s.id;
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.started = started;
+        }
+    }
+
     pub fn get(&self, id: u64) -> Option<&Session> {
         self.sessions.get(&id)
     }

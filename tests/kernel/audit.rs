@@ -45,11 +45,14 @@ impl Daemon {
         }
     }
 
-    /// SIGKILL, then the directory for a restart.
+    /// SIGKILL, then the directory for a restart that starts afresh: the kernel side
+    /// it pinned is removed, so the store's own loss window is what is measured (a
+    /// successor's adoption of the ring is `succession.rs`'s).
     fn kill9(mut self) -> TempDir {
         let mut child = self.child.take().expect("running");
         child.kill().expect("kill -9");
         child.wait().expect("wait");
+        let _ = fs::remove_dir_all(self.pins());
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 

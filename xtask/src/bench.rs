@@ -320,6 +320,9 @@ fn small_crate(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The bench daemons' pin directory (one daemon at a time).
+const BENCH_PINS: &str = "/sys/fs/bpf/agentwarden-bench";
+
 fn start_daemon(env: &Env) -> Result<Daemon> {
     start_daemon_with(env, false)
 }
@@ -327,6 +330,8 @@ fn start_daemon(env: &Env) -> Result<Daemon> {
 /// The daemon, with the refusal layer left out when `no_refusal`.
 fn start_daemon_with(env: &Env, no_refusal: bool) -> Result<Daemon> {
     let _ = fs::remove_file(&env.socket);
+    // A bench that died leaves no state for this daemon to adopt.
+    let _ = fs::remove_dir_all(BENCH_PINS);
     let child = Command::new(&env.agentwarden)
         .arg("--socket")
         .arg(&env.socket)
@@ -336,6 +341,10 @@ fn start_daemon_with(env: &Env, no_refusal: bool) -> Result<Daemon> {
         .arg(env.dir.join("state"))
         .arg("--rules-dir")
         .arg(&env.rules)
+        // Its own pins, removed when it stops: nothing of a bench stays attached.
+        .arg("--pin-dir")
+        .arg(BENCH_PINS)
+        .arg("--detach-on-exit")
         .arg("--quiet")
         .stdout(Stdio::null())
         .stderr(fs::File::create(env.dir.join("daemon.log"))?)

@@ -129,7 +129,9 @@ fn run_demo(args: &[String]) -> Result<()> {
         c.arg(&bin);
         c
     };
-    cmd.arg("daemon").args(args);
+    // A demo leaves nothing attached when it stops (Ctrl-C); the installed daemon keeps
+    // its kernel side pinned across restarts.
+    cmd.arg("daemon").arg("--detach-on-exit").args(args);
     eprintln!(
         "demo daemon: events print here and go to /var/lib/agentwarden/events.jsonl.\n\
          In another terminal try:\n  sudo {bin} run --profile demo -- bash -c 'cat /etc/hostname; curl -s http://127.0.0.1:1 || true'\n  \

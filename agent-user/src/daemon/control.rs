@@ -209,6 +209,9 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
     if landlock.is_some() {
         core.landlocked.insert(id);
     }
+    // Before the client hears back: a daemon that dies from here on leaves the session
+    // to its successor with its identity.
+    core.save_manifest();
     let session = core
         .attribution
         .registry

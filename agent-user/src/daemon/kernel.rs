@@ -3,11 +3,11 @@
 
 use std::{collections::HashMap, os::fd::AsFd as _};
 
-use agent_common::{maps, session::SessionEntry, stats::Stat};
+use agent_common::{config::DaemonState, maps, session::SessionEntry, stats::Stat};
 use anyhow::{Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
 };
 
 use super::policy_maps::PolicyMaps;
@@ -19,6 +19,8 @@ pub struct KernelMaps {
     /// Session of every tracked process.
     pub sessions: BpfHashMap<MapData, u32, SessionEntry>,
     stats: PerCpuArray<MapData, u64>,
+    /// Which daemon and generation of programs act (`DaemonState`).
+    daemon: Array<MapData, DaemonState>,
     /// Compiled profiles and rules.
     pub policy: PolicyMaps,
     /// A second handle on the session map, for the refusal layer's thread (taken once).
@@ -41,13 +43,28 @@ impl KernelMaps {
         let sessions_for_refusal = Some(BpfHashMap::try_from(Map::HashMap(second))?);
         let stats = PerCpuArray::try_from(take(maps::STATS)?)?;
         let ring = RingBuf::try_from(take(maps::EVENTS)?)?;
+        let daemon = Array::try_from(take(maps::DAEMON)?)?;
         Ok(Self {
             ring: Some(ring),
             sessions,
             stats,
+            daemon,
             policy: PolicyMaps::take(ebpf)?,
             sessions_for_refusal,
         })
+    }
+
+    /// Hands the kernel side to this daemon: its programs act from this write on, and
+    /// the previous generation's stop (one map update: never none, never both).
+    pub fn take_over(&mut self, generation: u64) -> Result<()> {
+        let state = DaemonState {
+            generation,
+            tgid: std::process::id(),
+            alive: 1,
+        };
+        self.daemon
+            .set(0, state, 0)
+            .map_err(|e| anyhow!("writing the DAEMON map: {e}"))
     }
 
     /// Snapshot of the session map (tgid → session id).

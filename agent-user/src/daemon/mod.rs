@@ -13,7 +13,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{session::SessionEntry, stats::Stat};
+use agent_common::{config::DaemonState, session::SessionEntry, stats::Stat};
 use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader, unix::AsyncFd},
@@ -23,6 +23,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+mod adopt;
 mod attribute;
 mod control;
 mod decide;
@@ -44,8 +45,8 @@ use eventlog::EventLog;
 use kernel::KernelMaps;
 use sinks::Sinks;
 use start::{
-    bind_socket, load_kernel, open_state, raise_open_file_limit, ready, refuse_second_daemon,
-    release_memory, until_signal,
+    bind_socket, load_kernel, next_generation, open_state, raise_open_file_limit, ready,
+    refuse_held_pins, refuse_second_daemon, release_memory, until_signal,
 };
 use tasks::{
     DRAIN_BATCH, read_ring, rebind_inodes, refresh_dns, refusals, reload_profiles,
@@ -58,6 +59,7 @@ use crate::{
     event::{self, Body, Clock, Event, LossInfo, Raw, SessionRef},
     loader::{self, ProgramStatus},
     offsets,
+    pins::PinDir,
     policy::{
         self, Profile,
         compile::{self, RuleTable},
@@ -96,6 +98,10 @@ pub struct DaemonConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// Run the fanotify refusal layer.
     pub refusal: bool,
+    /// Where the kernel side is pinned (see [`crate::pins`]).
+    pub pin_dir: PathBuf,
+    /// Remove everything pinned on exit (the end of enforcement).
+    pub detach_on_exit: bool,
 }
 
 /// Name of the event log in the state directory.
@@ -132,8 +138,14 @@ struct Core {
     landlocked: HashSet<u64>,
     /// The daemon's own directories, denied to every session (self-protection).
     protected: Vec<(&'static str, PathBuf)>,
-    /// Kernel loss counters already reported as events.
-    reported_losses: HashMap<&'static str, u64>,
+    /// Loss counters already reported as events (the kernel's carried over from the
+    /// previous daemon).
+    reported_losses: HashMap<String, u64>,
+    /// The generation of this daemon's programs.
+    generation: u64,
+    state_dir: PathBuf,
+    /// The last state written for a successor.
+    saved_manifest: Option<adopt::Manifest>,
     /// Buffers of large records, reused from one record to the next.
     spare: event::Spare,
     host: String,
@@ -175,7 +187,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     raise_open_file_limit();
     let probe = HostProbe::run();
     startup.mark("probe");
-    let (ebpf, mut programs, mut kernel, ring_fd) = load_kernel(&cfg, &probe, &mut startup)?;
+    let pins = PinDir::new(&cfg.pin_dir);
+    let previous = pins.previous();
+    refuse_held_pins(&pins, previous)?;
+    let generation = next_generation(previous);
+    let (ebpf, mut programs, mut kernel, ring_fd) =
+        load_kernel(&cfg, &probe, &pins, generation, &mut startup)?;
     let (refused_tx, refused_rx) = tokio::sync::mpsc::channel(refusal::QUEUE);
     programs.push(start::refusal_layer(&mut kernel, refused_tx, cfg.refusal));
     startup.mark("refusal layer");
@@ -191,8 +208,37 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     });
     {
         let mut core = shared.core();
+        core.generation = generation;
+        let adoption = match previous {
+            Some(p) => {
+                let saved = adopt::Manifest::read(&core.manifest_path()).unwrap_or_else(|e| {
+                    warn!(error = %format!("{e:#}"), "the saved state is unreadable; adopting the kernel's sessions without it");
+                    None
+                });
+                Some(core.adopt(saved, p.generation))
+            }
+            None => None,
+        };
         core.bind_for_local_accounts();
         core.install_profiles(&profiles)?;
+        // The profiles are in the maps, the refusal layer's marks in place: this
+        // daemon's programs take over, the previous generation's links go.
+        core.kernel.take_over(generation)?;
+        let retired = pins.retire_except(generation)?;
+        core.save_manifest();
+        match adoption {
+            Some(a) => info!(
+                previous_generation = format_args!("{:016x}", a.previous_generation),
+                generation = format_args!("{generation:016x}"),
+                sessions = a.sessions,
+                processes = a.processes,
+                gone = a.gone,
+                retired_links = retired,
+                pins = %pins.root().display(),
+                "adopted the pinned kernel side"
+            ),
+            None => info!(pins = %pins.root().display(), generation = format_args!("{generation:016x}"), "kernel side pinned"),
+        }
     }
     startup.mark("profiles compiled into maps");
     // Loading parsed the kernel's BTF and the object: give that memory back now.
@@ -228,8 +274,14 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         // Commits what is queued before the process exits.
         core.sinks.close();
     }
-    // Dropping `ebpf` detaches every program.
     drop(ebpf);
+    if cfg.detach_on_exit {
+        // The pins were the programs' last holders: every one detaches.
+        pins.remove()?;
+        info!(pins = %pins.root().display(), "unloaded: every program detached");
+    } else {
+        info!(pins = %pins.root().display(), "the kernel side stays pinned and in force for the next daemon");
+    }
     stopped?;
     info!("stopped");
     Ok(())
@@ -266,6 +318,9 @@ impl Core {
             sinks,
             counters: DaemonCounters::default(),
             reported_losses: HashMap::new(),
+            generation: 0,
+            state_dir: cfg.state_dir.clone(),
+            saved_manifest: None,
             landlocked: HashSet::new(),
             protected: protected_dirs(cfg),
             spare: event::Spare::default(),

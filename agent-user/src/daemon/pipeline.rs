@@ -108,6 +108,7 @@ impl Core {
         let ev = Event::new(Body::SessionEnd, now, self.attribution.session_ref(sid));
         info!(session = %format_id(sid), "session ended");
         self.emit(ev);
+        self.save_manifest();
     }
 
     /// Ends sessions with no process left in the kernel map. The map is read first and
@@ -129,7 +130,12 @@ impl Core {
     /// could not take (its queue was full).
     pub(super) fn report_losses(&mut self) {
         let mut totals: Vec<(&'static str, u64)> =
-            [Stat::RingbufDrops, Stat::SessionMapFull, Stat::StashFull]
+            [
+                Stat::RingbufDrops,
+                Stat::SessionMapFull,
+                Stat::StashFull,
+                Stat::SentWhileAbsent,
+            ]
                 .into_iter()
                 .map(|stat| (stat.name(), self.kernel.counter(stat).total))
                 .collect();
@@ -149,7 +155,7 @@ impl Core {
             ));
         }
         for (name, total) in totals {
-            let seen = self.reported_losses.entry(name).or_insert(0);
+            let seen = self.reported_losses.entry(name.to_owned()).or_insert(0);
             if total > *seen {
                 let delta = total - *seen;
                 *seen = total;
@@ -166,5 +172,6 @@ impl Core {
                 self.emit(ev);
             }
         }
+        self.save_manifest();
     }
 }

@@ -507,6 +507,7 @@ impl Core {
         }
         self.rules = rules;
         self.profiles = set.clone();
+        self.save_manifest();
         Ok(())
     }
 }

@@ -9,6 +9,8 @@ use super::*;
 pub(super) fn load_kernel(
     cfg: &DaemonConfig,
     probe: &HostProbe,
+    pins: &PinDir,
+    generation: u64,
     startup: &mut Startup,
 ) -> Result<(aya::Ebpf, Vec<ProgramStatus>, KernelMaps, AsyncFd<OwnedFd>)> {
     let btf = offsets::read_btf(&cfg.btf)?;
@@ -21,6 +23,8 @@ pub(super) fn load_kernel(
         cfg.max_tracked_processes,
         cfg.ring_buffer_size,
         probe,
+        pins,
+        generation,
         startup,
     )?;
     for p in &programs {
@@ -205,4 +209,30 @@ pub(super) fn raise_open_file_limit() {
 pub(super) fn release_memory() {
     // SAFETY: a plain call into the allocator, valid on any thread at any time.
     unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
+/// A generation number for this daemon's programs: after the previous one's, never 0
+/// (the `DAEMON` map's value before any daemon wrote it).
+pub(super) fn next_generation(previous: Option<DaemonState>) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    now.max(previous.map_or(0, |p| p.generation) + 1).max(1)
+}
+
+/// Pins another live daemon holds are not this one's to take.
+pub(super) fn refuse_held_pins(pins: &PinDir, previous: Option<DaemonState>) -> Result<()> {
+    if let Some(p) = previous
+        && p.alive != 0
+        && p.tgid != std::process::id()
+        && Path::new(&format!("/proc/{}", p.tgid)).exists()
+    {
+        bail!(
+            "the kernel side pinned at {} belongs to the running daemon pid {} (another \
+             --socket?); stop it first or choose another --pin-dir",
+            pins.root().display(),
+            p.tgid
+        );
+    }
+    Ok(())
 }

@@ -84,7 +84,20 @@ pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// A daemon for one test; stopped with SIGTERM when dropped.
+/// Not a daemon flag: tells [`Daemon::spawn_in`] to leave out `--detach-on-exit`, so
+/// the daemon keeps its kernel side pinned when it stops (the product's default).
+pub(crate) const KEEP_PINS: &str = "--keep-pins";
+
+/// The pin directory of the test daemon whose files are in `dir`: its own, so daemons
+/// of tests running side by side never adopt each other's.
+pub(crate) fn pin_dir(dir: &Path) -> PathBuf {
+    let name = dir.file_name().map_or_else(|| "x".into(), |n| n.to_string_lossy().into_owned());
+    // bpffs refuses names with a dot (it keeps them for its own files).
+    PathBuf::from(format!("/sys/fs/bpf/aw-test-{}", name.replace('.', "")))
+}
+
+/// A daemon for one test; stopped with SIGTERM when dropped, and whatever it pinned
+/// removed.
 pub(crate) struct Daemon {
     pub(crate) child: Option<Child>,
     pub(crate) dir: TempDir,
@@ -140,12 +153,22 @@ impl Daemon {
                 .map_err(std::io::Error::from)
             });
         }
+        // Each test daemon pins under its own directory; unless the test asks for the
+        // product's default (pins kept for a successor), it unloads when it stops.
+        let pins = pin_dir(dir.path());
+        let keep = extra.contains(&KEEP_PINS);
+        let mut extra: Vec<&str> = extra.iter().copied().filter(|a| *a != KEEP_PINS).collect();
+        if !keep {
+            extra.push("--detach-on-exit");
+        }
         let child = cmd
             .arg("--socket")
             .arg(dir.path().join("ctl.sock"))
             .arg("daemon")
             .arg("--state-dir")
             .arg(dir.path().join("state"))
+            .arg("--pin-dir")
+            .arg(&pins)
             .arg("--quiet")
             .args(extra)
             .env("NOTIFY_SOCKET", &notify_path)
@@ -304,6 +327,21 @@ impl Daemon {
         }
     }
 
+    /// The daemon's pin directory.
+    pub(crate) fn pins(&self) -> PathBuf {
+        pin_dir(self.dir.path())
+    }
+
+    /// SIGKILL: the daemon gets no chance to do anything (as an OOM kill or a crash).
+    pub(crate) fn sigkill(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::KILL,
+        );
+        child.wait().expect("wait")
+    }
+
     pub(crate) fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         // The daemon may already have exited (a failed test); wait reports how.
@@ -320,6 +358,8 @@ impl Drop for Daemon {
         if self.child.is_some() {
             self.stop();
         }
+        // A daemon killed, or kept pinned by its test: nothing stays attached after it.
+        let _ = fs::remove_dir_all(pin_dir(self.dir.path()));
     }
 }
 

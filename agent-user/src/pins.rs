@@ -1,0 +1,221 @@
+//! The kernel side pinned under bpffs, so that it outlives the daemon: every map (the
+//! session map, the compiled profiles, the ring buffer, the counters) and every link (a
+//! link holds its program). A daemon that dies leaves each session tracked and each
+//! kernel decision in force; the next one loads its programs against the same maps,
+//! attaches them, and switches the acting generation in one map write (see
+//! `agent_common::config::DaemonState`), then drops the previous generation's links.
+//!
+//! Layout under the pin directory (default `/sys/fs/bpf/agentwarden`):
+//! `maps/<MAP>` and `links/<generation>/<program>`. `agentwarden unload` (or
+//! `daemon --detach-on-exit`) removes it all, which detaches every program.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use agent_common::{config::DaemonState, maps};
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{Array, Map, MapData, MapInfo};
+
+/// Where bpffs is mounted by convention (mounted there when the host has none).
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// The default pin directory.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/agentwarden";
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A map's shape: what must match between a pinned map and this build's definition for
+/// the programs to read it right.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {}, key {} B, value {} B, {} entries",
+            self.map_type, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+/// Mismatches between pinned maps and the shapes this build wants (empty: compatible).
+/// A pinned map this build does not have is left alone; one it has and that is not
+/// pinned yet is created.
+pub fn mismatches(pinned: &BTreeMap<String, Shape>, wanted: &BTreeMap<String, Shape>) -> Vec<String> {
+    wanted
+        .iter()
+        .filter_map(|(name, want)| {
+            let have = pinned.get(name)?;
+            (have != want).then(|| format!("map {name}: pinned {have}; this daemon needs {want}"))
+        })
+        .collect()
+}
+
+/// The pin directory of one daemon instance.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+
+    fn links_root(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    /// The directory of one generation's links.
+    pub fn links(&self, generation: u64) -> PathBuf {
+        self.links_root().join(format!("{generation:016x}"))
+    }
+
+    /// Makes sure the directory is on bpffs (mounting bpffs at [`BPFFS`] when the host
+    /// has not) and exists.
+    pub fn prepare(&self) -> Result<()> {
+        if !on_bpffs(Path::new(BPFFS)) {
+            fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+            // Daemons starting side by side (tests, a second instance) must not each
+            // mount one: a second mount would hide the first one's pins. The lock is on
+            // the directory under the mount point; whoever gets it second sees the mount.
+            let dir = fs::File::open(BPFFS).with_context(|| format!("opening {BPFFS}"))?;
+            rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)?;
+            if !on_bpffs(Path::new(BPFFS)) {
+                rustix::mount::mount("bpf", BPFFS, "bpf", rustix::mount::MountFlags::empty(), None)
+                    .with_context(|| format!("mounting bpffs at {BPFFS} (to pin the kernel side)"))?;
+                tracing::info!("mounted bpffs at {BPFFS}");
+            }
+        }
+        if let Ok(rest) = self.root.strip_prefix(BPFFS)
+            && rest.to_string_lossy().contains('.')
+        {
+            bail!(
+                "pin directory {}: bpffs refuses names with a dot",
+                self.root.display()
+            );
+        }
+        fs::create_dir_all(self.maps())
+            .with_context(|| format!("creating {}", self.maps().display()))?;
+        fs::create_dir_all(self.links_root())?;
+        if !on_bpffs(&self.root) {
+            bail!(
+                "pin directory {} is not on a bpf filesystem (mount one there, or choose a \
+                 directory under {BPFFS})",
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The shapes of the maps pinned here.
+    pub fn pinned_shapes(&self) -> BTreeMap<String, Shape> {
+        let Ok(dir) = fs::read_dir(self.maps()) else {
+            return BTreeMap::new();
+        };
+        dir.filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let info = MapInfo::from_pin(e.path()).ok()?;
+                let shape = Shape {
+                    map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+                    key_size: info.key_size(),
+                    value_size: info.value_size(),
+                    max_entries: info.max_entries(),
+                };
+                Some((e.file_name().to_string_lossy().into_owned(), shape))
+            })
+            .collect()
+    }
+
+    /// The state the last daemon left in the pinned `DAEMON` map, if any is pinned.
+    pub fn previous(&self) -> Option<DaemonState> {
+        let path = self.map(maps::DAEMON);
+        let data = MapData::from_pin(&path).ok()?;
+        let array: Array<MapData, DaemonState> = Array::try_from(Map::Array(data)).ok()?;
+        array.get(&0, 0).ok().filter(|s| s.generation != 0)
+    }
+
+    /// Generations whose links are pinned here.
+    pub fn generations(&self) -> Vec<u64> {
+        let Ok(dir) = fs::read_dir(self.links_root()) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok())
+            .filter_map(|e| u64::from_str_radix(&e.file_name().to_string_lossy(), 16).ok())
+            .collect()
+    }
+
+    /// Removes the links of every generation but `keep`: their programs detach (the
+    /// pins were their last holders once their daemon is gone).
+    pub fn retire_except(&self, keep: u64) -> Result<usize> {
+        let mut retired = 0;
+        for g in self.generations().into_iter().filter(|g| *g != keep) {
+            fs::remove_dir_all(self.links(g))
+                .with_context(|| format!("removing {}", self.links(g).display()))?;
+            retired += 1;
+        }
+        Ok(retired)
+    }
+
+    /// Removes everything pinned: programs detach and maps go once no process holds
+    /// them. The end of enforcement for every session: the explicit way out.
+    pub fn remove(&self) -> Result<bool> {
+        match fs::remove_dir_all(&self.root) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(anyhow!(e).context(format!("removing {}", self.root.display()))),
+        }
+    }
+}
+
+fn on_bpffs(path: &Path) -> bool {
+    rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == BPF_FS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(max_entries: u32) -> Shape {
+        Shape {
+            map_type: 1,
+            key_size: 4,
+            value_size: 24,
+            max_entries,
+        }
+    }
+
+    #[test]
+    fn a_pinned_map_of_another_shape_is_named() {
+        let wanted = BTreeMap::from([("SESSIONS".to_owned(), shape(65_536))]);
+        assert!(mismatches(&BTreeMap::new(), &wanted).is_empty());
+        assert!(mismatches(&wanted, &wanted).is_empty());
+        let pinned = BTreeMap::from([
+            ("SESSIONS".to_owned(), shape(1024)),
+            ("GONE".to_owned(), shape(1)),
+        ]);
+        let m = mismatches(&pinned, &wanted);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(m[0].contains("SESSIONS") && m[0].contains("1024 entries"), "{m:?}");
+    }
+}
