@@ -15,4 +15,5 @@ mod network;
 mod paths;
 mod routes;
 mod sessions;
+mod succession;
 mod support;

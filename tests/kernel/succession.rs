@@ -1,0 +1,327 @@
+//! Enforcement that outlives the daemon: the kernel side is pinned, a daemon killed with
+//! SIGKILL leaves every session tracked and every kernel decision in force, and the next
+//! daemon adopts the sessions, the ring's records and the audit chain; an upgrade hands
+//! over without a moment where a session is unwatched.
+
+use std::net::TcpListener;
+
+use crate::support::*;
+
+/// A session that waits for the test between phases, writing what each access gave.
+const SCRIPT: &str = r#"
+W="$1"; PORT="$2"
+echo started > "$W/started"
+while [ ! -e "$W/go" ]; do sleep 0.05; done
+out=$(cat "$W/secret/key" 2>/dev/null); rc=$?
+case "$out" in *KEY*) echo leak >> "$W/log";; esac
+echo "read=$rc" >> "$W/log"
+python3 -c '
+import socket, sys
+s = socket.socket()
+s.settimeout(5)
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+    print("connect=ok")
+except OSError as e:
+    print("connect=%d" % e.errno)
+' "$PORT" >> "$W/log"
+echo gap-done >> "$W/log"
+while [ ! -e "$W/go2" ]; do sleep 0.05; done
+out=$(cat "$W/secret/key" 2>/dev/null); rc=$?
+case "$out" in *KEY*) echo leak >> "$W/log";; esac
+echo "read2=$rc" >> "$W/log"
+echo done >> "$W/log"
+"#;
+
+struct Fixture {
+    _work: tempfile::TempDir,
+    dir: PathBuf,
+    rules: tempfile::TempDir,
+    listener: TcpListener,
+}
+
+impl Fixture {
+    /// A secret tree and a loopback listener the profile `keep` denies, with `block`
+    /// and no `fallback`: while the daemon runs, its fanotify layer (or BPF-LSM)
+    /// refuses the read; with none running, only the kernel's stand-in kill is left.
+    fn new() -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let dir = fs::canonicalize(work.path()).unwrap();
+        fs::create_dir_all(dir.join("secret")).unwrap();
+        fs::write(dir.join("secret/key"), "KEY-BYTES\n").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let rules = tempfile::tempdir().unwrap();
+        let text = format!(
+            "name: keep\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: enforce\n\
+             files:\n  deny:\n    - {d}/secret/**\n  on_violation: block\n\
+             network:\n  default: allow\n  deny:\n    - {{ cidr: 127.0.0.1, ports: \"{port}\" }}\n  \
+             on_violation: block\n",
+            d = dir.display()
+        );
+        fs::write(rules.path().join("keep.yaml"), text).unwrap();
+        Self {
+            _work: work,
+            dir,
+            rules,
+            listener,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.listener.local_addr().unwrap().port()
+    }
+
+    fn rules_dir(&self) -> String {
+        self.rules.path().to_str().unwrap().to_owned()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    fn wait_for_file(&self, name: &str, what: &str) {
+        let start = Instant::now();
+        while !self.dir.join(name).exists() {
+            assert!(start.elapsed() < patience(), "{what}: log so far {:?}", self.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_for_log(&self, line: &str) {
+        let start = Instant::now();
+        while !self.log().lines().any(|l| l == line) {
+            assert!(start.elapsed() < patience(), "no `{line}` in {:?}", self.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Daemon {
+    /// SIGKILL, as an OOM kill or a crash: nothing of the daemon runs any more, what it
+    /// pinned stays. Returns its directory for a successor.
+    fn killed(mut self) -> tempfile::TempDir {
+        assert!(!self.sigkill().success());
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// SIGTERM without `--detach-on-exit` (a restart, an upgrade): the kernel side
+    /// stays pinned. Returns its directory for a successor.
+    fn stopped_keeping_pins(mut self) -> tempfile::TempDir {
+        let status = self.stop();
+        assert!(status.success(), "{status}:\n{}", self.log());
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
+/// The generations whose links are pinned.
+fn generations(pins: &Path) -> Vec<String> {
+    let mut g: Vec<String> = fs::read_dir(pins.join("links"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    g.sort();
+    g
+}
+
+#[test]
+fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_session() {
+    let f = Fixture::new();
+    let rd = f.rules_dir();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd, KEEP_PINS]) else {
+        return;
+    };
+    let pins = d.pins();
+    let port = f.port().to_string();
+    let dir = f.dir.to_str().unwrap().to_owned();
+    let mut session = d
+        .cli()
+        .args(["run", "--profile", "keep", "--session-name", "kept", "--"])
+        .args(["bash", "-c", SCRIPT, "script", &dir, &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    f.wait_for_file("started", "the session never started");
+    let sid = d.session("kept").id;
+    let first_generation = generations(&pins);
+    assert_eq!(first_generation.len(), 1, "{first_generation:?}");
+
+    let dir_kept = d.killed();
+    // No daemon: a new session is refused, its command never runs.
+    let ran = f.dir.join("ran");
+    let out = Command::new(bin())
+        .arg("--socket")
+        .arg(dir_kept.path().join("ctl.sock"))
+        .args(["run", "--profile", "keep", "--", "touch"])
+        .arg(&ran)
+        .output_within();
+    assert!(!out.status.success(), "run without a daemon: {out:?}");
+    assert!(!ran.exists(), "the command ran without a daemon");
+
+    // The session acts with no daemon: the denied read is stopped (the refusal layer
+    // was the daemon's; the kernel kills instead), the denied connect refused.
+    fs::write(f.dir.join("go"), "").unwrap();
+    f.wait_for_log("gap-done");
+    let log = f.log();
+    assert!(!log.contains("leak"), "the key was read with the daemon dead: {log}");
+    assert!(
+        log.lines().any(|l| l == "read=137" || l == "read=1"),
+        "the read was neither killed (137) nor refused (1, BPF-LSM): {log}"
+    );
+    assert!(log.lines().any(|l| l == "connect=1"), "connect not refused (EPERM): {log}");
+
+    // The successor adopts: same session, its records continue the chain.
+    let d = Daemon::spawn_in(dir_kept, &["--rules-dir", &rd, KEEP_PINS]);
+    assert!(d.log().contains("adopted the pinned kernel side"), "{}", d.log());
+    let adopted = d.session("kept");
+    assert_eq!((adopted.id.as_str(), adopted.state.as_str()), (sid.as_str(), "active"));
+    let second_generation = generations(&pins);
+    assert_eq!(second_generation.len(), 1, "the old links are retired: {second_generation:?}");
+    assert_ne!(second_generation, first_generation);
+    fs::write(f.dir.join("go2"), "").unwrap();
+    f.wait_for_log("done");
+    assert!(session.wait().unwrap().success(), "{}", f.log());
+    let log = f.log();
+    assert!(log.lines().any(|l| l == "read2=1"), "refused again under the successor: {log}");
+
+    let evs = d.wait_for(&sid, "the adopted session's end", |evs| {
+        evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
+    });
+    let key = f.dir.join("secret/key").display().to_string();
+    let reads: Vec<&Event> = evs
+        .iter()
+        .filter(|e| e.open().is_some_and(|o| o.path == key) && e.decision.is_some())
+        .collect();
+    // The read in the gap: recorded from the ring by the successor, as the kernel's kill
+    // (or BPF-LSM's refusal), with the profile's rule.
+    let gap = reads
+        .iter()
+        .find(|e| {
+            let dcs = e.decision.as_ref().unwrap();
+            (dcs.action, dcs.enforced_by) == (Action::Killed, Layer::Signal)
+                || dcs.enforced_by == Layer::Lsm
+        })
+        .unwrap_or_else(|| panic!("no record of the read in the gap:\n{}", dump(&evs)));
+    assert!(
+        gap.decision.as_ref().unwrap().rule.contains("keep.yaml:7 (files.deny[0])"),
+        "{gap:?}"
+    );
+    // The read after: refused under the successor, in the same session.
+    assert!(
+        reads.iter().any(|e| {
+            let dcs = e.decision.as_ref().unwrap();
+            dcs.action == Action::Blocked && matches!(dcs.enforced_by, Layer::Fanotify | Layer::Lsm)
+        }),
+        "no refusal after the adoption:\n{}",
+        dump(&evs)
+    );
+    let refused_connect = evs.iter().any(|e| {
+        e.net().is_some_and(|n| n.port == f.port())
+            && e.decision
+                .as_ref()
+                .is_some_and(|dcs| dcs.action == Action::Blocked && dcs.enforced_by == Layer::Cgroup)
+    });
+    assert!(refused_connect, "the refused connect is not recorded:\n{}", dump(&evs));
+    assert_eq!(
+        evs.iter().filter(|e| e.kind() == EventKind::SessionStart).count(),
+        1,
+        "one session, not a second one:\n{}",
+        dump(&evs)
+    );
+    // The gap is raised: what the kernel sent while no daemon read.
+    let all = d.events(None);
+    let loss = all
+        .iter()
+        .filter_map(|e| e.loss())
+        .find(|l| l.counter == "sent_while_daemon_absent")
+        .unwrap_or_else(|| panic!("no loss raised for the gap:\n{}", dump(&all)));
+    assert!(loss.delta > 0, "{loss:?}");
+    let v = d.audit(&["verify"]);
+    assert!(v.status.success(), "the chain across the gap: {v:?}");
+    drop(d);
+    assert!(!pins.exists(), "a test's pins are removed after it");
+}
+
+/// A restart (an upgrade: a new load of the programs) keeps a looping denied reader
+/// stopped at every iteration: refused while a daemon runs, killed in the moment
+/// between, never reading the key; the new programs take over in one write.
+#[test]
+fn an_upgrade_keeps_a_looping_denied_reader_stopped_at_every_iteration() {
+    let f = Fixture::new();
+    let rd = f.rules_dir();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd, KEEP_PINS]) else {
+        return;
+    };
+    let pins = d.pins();
+    let dir = f.dir.to_str().unwrap().to_owned();
+    let looping = r#"
+W="$1"; i=0
+while [ ! -e "$W/stop" ]; do
+  out=$(cat "$W/secret/key" 2>/dev/null); rc=$?
+  case "$out" in *KEY*) echo leak >> "$W/log";; esac
+  echo "rc=$rc" >> "$W/log"
+  i=$((i+1))
+  sleep 0.01
+done
+echo done >> "$W/log"
+"#;
+    let mut session = d
+        .cli()
+        .args(["run", "--profile", "keep", "--session-name", "loop", "--"])
+        .args(["bash", "-c", looping, "loop", &dir])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    f.wait_for_log("rc=1");
+    let sid = d.session("loop").id;
+    let before = generations(&pins);
+    // Two upgrades in a row, each a new load with its own generation.
+    let mut dir_kept = d.stopped_keeping_pins();
+    for _ in 0..2 {
+        let d = Daemon::spawn_in(dir_kept, &["--rules-dir", &rd, KEEP_PINS]);
+        assert_eq!(d.session("loop").id, sid, "the loop's session is adopted");
+        let n = f.log().lines().count();
+        let start = Instant::now();
+        while f.log().lines().count() < n + 5 {
+            assert!(start.elapsed() < patience(), "the loop stopped: {}", f.log());
+            thread::sleep(Duration::from_millis(20));
+        }
+        dir_kept = d.stopped_keeping_pins();
+    }
+    let d = Daemon::spawn_in(dir_kept, &["--rules-dir", &rd, KEEP_PINS]);
+    let after = generations(&pins);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before);
+    fs::write(f.dir.join("stop"), "").unwrap();
+    assert!(session.wait().unwrap().success());
+    let log = f.log();
+    assert!(!log.contains("leak"), "the key was read during an upgrade: {log}");
+    let rcs: Vec<&str> = log.lines().filter(|l| l.starts_with("rc=")).collect();
+    assert!(rcs.len() > 15, "{log}");
+    assert!(
+        rcs.iter().all(|l| *l == "rc=1" || *l == "rc=137"),
+        "every iteration refused (1) or, between daemons, killed (137): {log}"
+    );
+    // The explicit way out: refused while a daemon runs, then everything detaches.
+    let out = d
+        .cli()
+        .args(["unload", "--pin-dir"])
+        .arg(&pins)
+        .output_within();
+    assert!(!out.status.success(), "unload with a daemon running: {out:?}");
+    assert!(pins.exists());
+    let dir_kept = d.stopped_keeping_pins();
+    let out = Command::new(bin())
+        .arg("--socket")
+        .arg(dir_kept.path().join("ctl.sock"))
+        .args(["unload", "--pin-dir"])
+        .arg(&pins)
+        .output_within();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!pins.exists(), "unload removes every pin");
+}
