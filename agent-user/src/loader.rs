@@ -9,8 +9,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, TracePoint,
-        links::FdLink,
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, TracePoint, links::FdLink,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -278,7 +277,10 @@ pub fn object_maps(max_tracked: u32, ring_bytes: u32) -> Result<BTreeMap<String,
 ///
 /// `max_tracked` sizes the `SESSIONS` map (processes across all sessions), `ring_bytes`
 /// the `EVENTS` ring buffer; pinned maps of another shape are refused, named.
-#[allow(clippy::too_many_arguments, reason = "one call site; each is a separate input")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; each is a separate input"
+)]
 pub fn load(
     offsets: KernelOffsets,
     btf_bytes: &[u8],
@@ -320,7 +322,7 @@ pub fn load(
         .map_max_entries(maps::SESSIONS, max_tracked)
         .map_max_entries(maps::EVENTS, ring_bytes);
     for (name, path) in &pin_paths {
-        loader.map_pin_path(*name, path.as_path());
+        loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader
         .load(EBPF_OBJECT)

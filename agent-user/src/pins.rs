@@ -49,7 +49,10 @@ impl std::fmt::Display for Shape {
 /// Mismatches between pinned maps and the shapes this build wants (empty: compatible).
 /// A pinned map this build does not have is left alone; one it has and that is not
 /// pinned yet is created.
-pub fn mismatches(pinned: &BTreeMap<String, Shape>, wanted: &BTreeMap<String, Shape>) -> Vec<String> {
+pub fn mismatches(
+    pinned: &BTreeMap<String, Shape>,
+    wanted: &BTreeMap<String, Shape>,
+) -> Vec<String> {
     wanted
         .iter()
         .filter_map(|(name, want)| {
@@ -102,8 +105,14 @@ impl PinDir {
             let dir = fs::File::open(BPFFS).with_context(|| format!("opening {BPFFS}"))?;
             rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)?;
             if !on_bpffs(Path::new(BPFFS)) {
-                rustix::mount::mount("bpf", BPFFS, "bpf", rustix::mount::MountFlags::empty(), None)
-                    .with_context(|| format!("mounting bpffs at {BPFFS} (to pin the kernel side)"))?;
+                rustix::mount::mount(
+                    "bpf",
+                    BPFFS,
+                    "bpf",
+                    rustix::mount::MountFlags::empty(),
+                    None,
+                )
+                .with_context(|| format!("mounting bpffs at {BPFFS} (to pin the kernel side)"))?;
                 tracing::info!("mounted bpffs at {BPFFS}");
             }
         }
@@ -189,6 +198,11 @@ impl PinDir {
 }
 
 fn on_bpffs(path: &Path) -> bool {
+    // `f_type`'s integer type differs between architectures' `statfs`.
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "i64 on x86_64, not on every target"
+    )]
     rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == BPF_FS_MAGIC)
 }
 
@@ -216,6 +230,9 @@ mod tests {
         ]);
         let m = mismatches(&pinned, &wanted);
         assert_eq!(m.len(), 1, "{m:?}");
-        assert!(m[0].contains("SESSIONS") && m[0].contains("1024 entries"), "{m:?}");
+        assert!(
+            m[0].contains("SESSIONS") && m[0].contains("1024 entries"),
+            "{m:?}"
+        );
     }
 }

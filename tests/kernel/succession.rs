@@ -83,7 +83,11 @@ impl Fixture {
     fn wait_for_file(&self, name: &str, what: &str) {
         let start = Instant::now();
         while !self.dir.join(name).exists() {
-            assert!(start.elapsed() < patience(), "{what}: log so far {:?}", self.log());
+            assert!(
+                start.elapsed() < patience(),
+                "{what}: log so far {:?}",
+                self.log()
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -91,7 +95,11 @@ impl Fixture {
     fn wait_for_log(&self, line: &str) {
         let start = Instant::now();
         while !self.log().lines().any(|l| l == line) {
-            assert!(start.elapsed() < patience(), "no `{line}` in {:?}", self.log());
+            assert!(
+                start.elapsed() < patience(),
+                "no `{line}` in {:?}",
+                self.log()
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -167,26 +175,46 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
     fs::write(f.dir.join("go"), "").unwrap();
     f.wait_for_log("gap-done");
     let log = f.log();
-    assert!(!log.contains("leak"), "the key was read with the daemon dead: {log}");
+    assert!(
+        !log.contains("leak"),
+        "the key was read with the daemon dead: {log}"
+    );
     assert!(
         log.lines().any(|l| l == "read=137" || l == "read=1"),
         "the read was neither killed (137) nor refused (1, BPF-LSM): {log}"
     );
-    assert!(log.lines().any(|l| l == "connect=1"), "connect not refused (EPERM): {log}");
+    assert!(
+        log.lines().any(|l| l == "connect=1"),
+        "connect not refused (EPERM): {log}"
+    );
 
     // The successor adopts: same session, its records continue the chain.
     let d = Daemon::spawn_in(dir_kept, &["--rules-dir", &rd, KEEP_PINS]);
-    assert!(d.log().contains("adopted the pinned kernel side"), "{}", d.log());
+    assert!(
+        d.log().contains("adopted the pinned kernel side"),
+        "{}",
+        d.log()
+    );
     let adopted = d.session("kept");
-    assert_eq!((adopted.id.as_str(), adopted.state.as_str()), (sid.as_str(), "active"));
+    assert_eq!(
+        (adopted.id.as_str(), adopted.state.as_str()),
+        (sid.as_str(), "active")
+    );
     let second_generation = generations(&pins);
-    assert_eq!(second_generation.len(), 1, "the old links are retired: {second_generation:?}");
+    assert_eq!(
+        second_generation.len(),
+        1,
+        "the old links are retired: {second_generation:?}"
+    );
     assert_ne!(second_generation, first_generation);
     fs::write(f.dir.join("go2"), "").unwrap();
     f.wait_for_log("done");
     assert!(session.wait().unwrap().success(), "{}", f.log());
     let log = f.log();
-    assert!(log.lines().any(|l| l == "read2=1"), "refused again under the successor: {log}");
+    assert!(
+        log.lines().any(|l| l == "read2=1"),
+        "refused again under the successor: {log}"
+    );
 
     let evs = d.wait_for(&sid, "the adopted session's end", |evs| {
         evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
@@ -207,7 +235,11 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
         })
         .unwrap_or_else(|| panic!("no record of the read in the gap:\n{}", dump(&evs)));
     assert!(
-        gap.decision.as_ref().unwrap().rule.contains("keep.yaml:7 (files.deny[0])"),
+        gap.decision
+            .as_ref()
+            .unwrap()
+            .rule
+            .contains("keep.yaml:7 (files.deny[0])"),
         "{gap:?}"
     );
     // The read after: refused under the successor, in the same session.
@@ -221,13 +253,19 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
     );
     let refused_connect = evs.iter().any(|e| {
         e.net().is_some_and(|n| n.port == f.port())
-            && e.decision
-                .as_ref()
-                .is_some_and(|dcs| dcs.action == Action::Blocked && dcs.enforced_by == Layer::Cgroup)
+            && e.decision.as_ref().is_some_and(|dcs| {
+                dcs.action == Action::Blocked && dcs.enforced_by == Layer::Cgroup
+            })
     });
-    assert!(refused_connect, "the refused connect is not recorded:\n{}", dump(&evs));
+    assert!(
+        refused_connect,
+        "the refused connect is not recorded:\n{}",
+        dump(&evs)
+    );
     assert_eq!(
-        evs.iter().filter(|e| e.kind() == EventKind::SessionStart).count(),
+        evs.iter()
+            .filter(|e| e.kind() == EventKind::SessionStart)
+            .count(),
         1,
         "one session, not a second one:\n{}",
         dump(&evs)
@@ -288,7 +326,11 @@ echo done >> "$W/log"
         let n = f.log().lines().count();
         let start = Instant::now();
         while f.log().lines().count() < n + 5 {
-            assert!(start.elapsed() < patience(), "the loop stopped: {}", f.log());
+            assert!(
+                start.elapsed() < patience(),
+                "the loop stopped: {}",
+                f.log()
+            );
             thread::sleep(Duration::from_millis(20));
         }
         dir_kept = d.stopped_keeping_pins();
@@ -300,7 +342,10 @@ echo done >> "$W/log"
     fs::write(f.dir.join("stop"), "").unwrap();
     assert!(session.wait().unwrap().success());
     let log = f.log();
-    assert!(!log.contains("leak"), "the key was read during an upgrade: {log}");
+    assert!(
+        !log.contains("leak"),
+        "the key was read during an upgrade: {log}"
+    );
     let rcs: Vec<&str> = log.lines().filter(|l| l.starts_with("rc=")).collect();
     assert!(rcs.len() > 15, "{log}");
     assert!(
@@ -313,7 +358,10 @@ echo done >> "$W/log"
         .args(["unload", "--pin-dir"])
         .arg(&pins)
         .output_within();
-    assert!(!out.status.success(), "unload with a daemon running: {out:?}");
+    assert!(
+        !out.status.success(),
+        "unload with a daemon running: {out:?}"
+    );
     assert!(pins.exists());
     let dir_kept = d.stopped_keeping_pins();
     let out = Command::new(bin())

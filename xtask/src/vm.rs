@@ -59,6 +59,10 @@ const PER_KERNEL_TIMEOUT: Duration = Duration::from_secs(1500);
 /// name that no longer exists fails the tier (a rename must not drop coverage silently).
 pub const VM_TESTS: &[(&str, &str)] = &[
     (
+        "succession::a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_session",
+        "pinned BPF-LSM, tp_btf, tracepoint and cgroup links on each kernel: the LSM refusal holds with no daemon, and a successor adopts",
+    ),
+    (
         "control::status_reports_programs_and_counters_and_sigterm_stops_cleanly",
         "every program, the BPF-LSM ones included, passes each kernel's verifier and attaches",
     ),

@@ -118,7 +118,11 @@ impl Core {
     fn manifest(&self) -> Manifest {
         Manifest {
             generation: self.generation,
-            profile_ids: self.profile_ids.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            profile_ids: self
+                .profile_ids
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
             owners: self.owners.iter().copied().collect(),
             sessions: self
                 .attribution
@@ -181,17 +185,16 @@ impl Core {
             self.owners.insert(uid);
         }
         self.reported_losses = m.reported_losses.into_iter().collect();
-        let kernel: HashMap<u32, SessionEntry> = self
-            .kernel
-            .sessions
-            .iter()
-            .filter_map(|r| r.ok())
-            .collect();
-        let (live, gone) = live_sessions(&kernel, &|tgid| Path::new(&format!("/proc/{tgid}")).exists());
+        let kernel: HashMap<u32, SessionEntry> =
+            self.kernel.sessions.iter().filter_map(|r| r.ok()).collect();
+        let (live, gone) = live_sessions(&kernel, &|tgid| {
+            Path::new(&format!("/proc/{tgid}")).exists()
+        });
         for tgid in &gone {
             let _ = self.kernel.sessions.remove(tgid);
         }
-        let saved: HashMap<u64, AdoptedSession> = m.sessions.into_iter().map(|s| (s.id, s)).collect();
+        let saved: HashMap<u64, AdoptedSession> =
+            m.sessions.into_iter().map(|s| (s.id, s)).collect();
         let names: HashMap<u32, String> = self
             .profile_ids
             .iter()
@@ -258,7 +261,12 @@ mod tests {
 
     #[test]
     fn processes_that_are_gone_are_not_adopted() {
-        let kernel = HashMap::from([(10, entry(1)), (11, entry(1)), (20, entry(2)), (30, entry(3))]);
+        let kernel = HashMap::from([
+            (10, entry(1)),
+            (11, entry(1)),
+            (20, entry(2)),
+            (30, entry(3)),
+        ]);
         let (live, gone) = live_sessions(&kernel, &|tgid| tgid != 11 && tgid != 30);
         assert_eq!(live, BTreeMap::from([(1, vec![10]), (2, vec![20])]));
         assert_eq!(gone, vec![11, 30]);

@@ -237,7 +237,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
                 pins = %pins.root().display(),
                 "adopted the pinned kernel side"
             ),
-            None => info!(pins = %pins.root().display(), generation = format_args!("{generation:016x}"), "kernel side pinned"),
+            None => {
+                info!(pins = %pins.root().display(), generation = format_args!("{generation:016x}"), "kernel side pinned")
+            }
         }
     }
     startup.mark("profiles compiled into maps");

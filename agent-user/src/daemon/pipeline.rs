@@ -129,16 +129,15 @@ impl Core {
     /// Raises an event for every new loss: kernel-side, and records the audit store
     /// could not take (its queue was full).
     pub(super) fn report_losses(&mut self) {
-        let mut totals: Vec<(&'static str, u64)> =
-            [
-                Stat::RingbufDrops,
-                Stat::SessionMapFull,
-                Stat::StashFull,
-                Stat::SentWhileAbsent,
-            ]
-                .into_iter()
-                .map(|stat| (stat.name(), self.kernel.counter(stat).total))
-                .collect();
+        let mut totals: Vec<(&'static str, u64)> = [
+            Stat::RingbufDrops,
+            Stat::SessionMapFull,
+            Stat::StashFull,
+            Stat::SentWhileAbsent,
+        ]
+        .into_iter()
+        .map(|stat| (stat.name(), self.kernel.counter(stat).total))
+        .collect();
         totals.push(("audit_dropped", self.sinks.audit.stats().snapshot().dropped));
         totals.push(("stdout_dropped", self.sinks.log.stdout_dropped()));
         // A record refused at decoding (short, unknown kind or decision number) is an

@@ -91,7 +91,9 @@ pub(crate) const KEEP_PINS: &str = "--keep-pins";
 /// The pin directory of the test daemon whose files are in `dir`: its own, so daemons
 /// of tests running side by side never adopt each other's.
 pub(crate) fn pin_dir(dir: &Path) -> PathBuf {
-    let name = dir.file_name().map_or_else(|| "x".into(), |n| n.to_string_lossy().into_owned());
+    let name = dir
+        .file_name()
+        .map_or_else(|| "x".into(), |n| n.to_string_lossy().into_owned());
     // bpffs refuses names with a dot (it keeps them for its own files).
     PathBuf::from(format!("/sys/fs/bpf/aw-test-{}", name.replace('.', "")))
 }
