@@ -197,6 +197,121 @@ impl PinDir {
     }
 }
 
+/// Holds a descriptor of every object pinned at start, so that a pin removed behind the
+/// daemon's back (a root process with a known name: `maps/SESSIONS`) detaches nothing
+/// while the daemon runs, and is pinned again at the next sweep.
+#[derive(Debug, Default)]
+pub struct Keeper {
+    held: Vec<(PathBuf, std::os::fd::OwnedFd)>,
+}
+
+impl Keeper {
+    /// Takes hold of every object pinned under the maps directory and `links`.
+    pub fn hold(pins: &PinDir, links: &Path) -> Result<Self> {
+        let mut held = Vec::new();
+        for dir in [pins.maps(), links.to_path_buf()] {
+            for e in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                let path = e?.path();
+                let fd =
+                    obj::get(&path).with_context(|| format!("opening pin {}", path.display()))?;
+                held.push((path, fd));
+            }
+        }
+        Ok(Self { held })
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Pins again whatever pin is gone; returns their paths (and the failures).
+    pub fn restore(&self) -> (Vec<PathBuf>, Vec<String>) {
+        let mut restored = Vec::new();
+        let mut failed = Vec::new();
+        for (path, fd) in &self.held {
+            if fs::symlink_metadata(path).is_ok() {
+                continue;
+            }
+            let pinned = path
+                .parent()
+                .map_or(Ok(()), fs::create_dir_all)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| obj::pin(fd, path).map_err(anyhow::Error::from));
+            match pinned {
+                Ok(()) => restored.push(path.clone()),
+                Err(e) => failed.push(format!("{}: {e:#}", path.display())),
+            }
+        }
+        (restored, failed)
+    }
+}
+
+/// `BPF_OBJ_PIN` and `BPF_OBJ_GET` on descriptors aya does not lend out (a link's).
+mod obj {
+    use std::{
+        ffi::CString,
+        os::{
+            fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+            unix::ffi::OsStrExt as _,
+        },
+        path::Path,
+    };
+
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_OBJ_GET: libc::c_long = 7;
+
+    /// The `obj_pin`/`obj_get` member of `union bpf_attr` (its fields up to `path_fd`).
+    #[repr(C)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        /// Explicit: the kernel refuses an attribute whose bytes past the command's
+        /// fields are not zero, and padding would be left undefined.
+        _pad: u32,
+    }
+
+    fn call(cmd: libc::c_long, path: &Path, bpf_fd: u32) -> std::io::Result<libc::c_long> {
+        let c = CString::new(path.as_os_str().as_bytes())?;
+        let attr = ObjAttr {
+            pathname: c.as_ptr() as u64,
+            bpf_fd,
+            file_flags: 0,
+            path_fd: 0,
+            _pad: 0,
+        };
+        // SAFETY: `attr` and the string it points to outlive the call; the kernel reads
+        // `size_of::<ObjAttr>()` bytes of it.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                &attr as *const ObjAttr,
+                std::mem::size_of::<ObjAttr>(),
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(r)
+    }
+
+    pub fn get(path: &Path) -> std::io::Result<OwnedFd> {
+        let fd = call(BPF_OBJ_GET, path, 0)?;
+        // SAFETY: a new descriptor the kernel just returned, owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    pub fn pin(fd: &OwnedFd, path: &Path) -> std::io::Result<()> {
+        call(BPF_OBJ_PIN, path, fd.as_raw_fd() as u32).map(|_| ())
+    }
+}
+
 fn on_bpffs(path: &Path) -> bool {
     // `f_type`'s integer type differs between architectures' `statfs`.
     #[allow(

@@ -87,6 +87,9 @@ pub struct DaemonCounters {
     /// Events not copied to stdout because its reader fell behind.
     #[serde(default)]
     pub stdout_dropped: u64,
+    /// Pins of the kernel side found removed and pinned again.
+    #[serde(default)]
+    pub pins_restored: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -109,4 +112,9 @@ pub struct StatusReport {
     /// Where the daemon's start-up went, phase by phase (ms), ending with `total`.
     #[serde(default)]
     pub startup: Vec<crate::startup::StartupPhase>,
+    /// Where the kernel side is pinned, and the generation of programs acting.
+    #[serde(default)]
+    pub pin_dir: PathBuf,
+    #[serde(default)]
+    pub generation: String,
 }

@@ -221,24 +221,48 @@ fn a_session_cannot_open_the_daemons_own_directories() {
          attempt('read_db', lambda: open('{db}', 'rb').read(16))\n\
          attempt('write_state', lambda: open('{state}/planted', 'w').write('x'))\n\
          attempt('list_state', lambda: os.listdir('{state}'))\n\
-         attempt('read_log', lambda: open('{state}/events.jsonl').read(16))\n",
+         attempt('read_log', lambda: open('{state}/events.jsonl').read(16))\n\
+         attempt('list_pins', lambda: os.listdir('{pins}'))\n\
+         attempt('list_links', lambda: os.listdir('{pins}/links'))\n\
+         attempt('open_pin', lambda: open('{pins}/maps/SESSIONS', 'rb'))\n\
+         attempt('unlink_pin', lambda: os.unlink('{pins}/maps/SESSIONS'))\n",
         db = d.db().display(),
         state = state.display(),
+        pins = d.pins().display(),
     );
     let cwd = std::env::temp_dir();
     let out = d.run_profile("guarded", "self", &cwd, &["/usr/bin/python3", "-c", &probe]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "read_db=1\nwrite_state=1\nlist_state=1\nread_log=1\n",
+        "read_db=1\nwrite_state=1\nlist_state=1\nread_log=1\n\
+         list_pins=1\nlist_links=1\nopen_pin=1\nunlink_pin=ok\n",
         "{out:?}"
     );
+    // An unlink is no open (threat model): the daemon holds every pinned object, so
+    // nothing detached, and its sweep pins the map again for a successor to find.
+    let start = Instant::now();
+    loop {
+        let st: StatusReport = d.json(&["status", "--json"]);
+        if d.pins().join("maps/SESSIONS").exists() && st.daemon_counters.pins_restored >= 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < patience(),
+            "the pin was not restored:\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
     // `O_CREAT` makes the name before any open hook can refuse the open: the file is
     // there, empty; nothing was written (threat model: unlink and rename are not opens).
     assert_eq!(fs::read(state.join("planted")).unwrap_or_default(), b"");
     let sid = d.session("self").id;
     let evs = d.wait_for(&sid, "the refusals", |evs| {
-        with_action(evs, Action::Blocked).count() >= 4
+        // The open of a map's pin is refused by the kernel itself without a record on
+        // the fanotify layer (bpffs objects cannot be opened as files: fanotify cannot
+        // give the daemon a descriptor, and denies the waiting open itself).
+        with_action(evs, Action::Blocked).count() >= 6
     });
     for e in with_action(&evs, Action::Blocked) {
         let dec = e.decision.as_ref().unwrap();

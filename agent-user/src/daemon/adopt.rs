@@ -166,6 +166,19 @@ impl Core {
         }
     }
 
+    /// Pins again what was removed behind the daemon's back (it holds every object, so
+    /// nothing detached meanwhile; a successor would not have found it).
+    pub(super) fn keep_pins(&mut self) {
+        let (restored, failed) = self.keeper.restore();
+        for p in &restored {
+            warn!(pin = %p.display(), "a pin of the kernel side was removed: pinned again");
+        }
+        for f in &failed {
+            warn!(error = %f, "a pin of the kernel side was removed and could not be pinned again");
+        }
+        self.counters.pins_restored += restored.len() as u64;
+    }
+
     /// Takes over what the previous daemon left: profile ids, owners, the sessions the
     /// kernel still tracks, the losses already reported. Before profiles are compiled.
     pub(super) fn adopt(&mut self, manifest: Option<Manifest>, previous: u64) -> Adoption {

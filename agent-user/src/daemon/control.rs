@@ -164,6 +164,8 @@ pub(super) fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone(),
+                pin_dir: shared.cfg.pin_dir.clone(),
+                generation: format!("{:016x}", core.generation),
             };
             Ok(Response::Status {
                 status: Box::new(status),

@@ -172,6 +172,7 @@ fn render(shared: &Shared) -> String {
         ("log_write_errors", d.log_write_errors),
         ("subscriber_lagged", d.subscriber_lagged),
         ("stdout_dropped", d.stdout_dropped),
+        ("pins_restored", d.pins_restored),
     ] {
         let _ = writeln!(
             out,

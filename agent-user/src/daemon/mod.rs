@@ -146,6 +146,8 @@ struct Core {
     state_dir: PathBuf,
     /// The last state written for a successor.
     saved_manifest: Option<adopt::Manifest>,
+    /// A hold on every pinned object, to pin again what is removed.
+    keeper: crate::pins::Keeper,
     /// Buffers of large records, reused from one record to the next.
     spare: event::Spare,
     host: String,
@@ -225,6 +227,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         // daemon's programs take over, the previous generation's links go.
         core.kernel.take_over(generation)?;
         let retired = pins.retire_except(generation)?;
+        core.keeper = crate::pins::Keeper::hold(&pins, &pins.links(generation))?;
         core.save_manifest();
         match adoption {
             Some(a) => info!(
@@ -289,13 +292,18 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     Ok(())
 }
 
-/// What no session may open: the state directory (audit store, event log; made
-/// canonical: the kernel reports resolved paths). Not the control socket's directory:
+/// What no session may open: the state directory (audit store, event log) and the pin
+/// directory (made canonical: the kernel reports resolved paths). Not the control socket's directory:
 /// a connect is no open, and `--socket` may sit in a directory that is not the
 /// daemon's alone (a project's, `/tmp`).
 fn protected_dirs(cfg: &DaemonConfig) -> Vec<(&'static str, PathBuf)> {
-    let state = fs::canonicalize(&cfg.state_dir).unwrap_or_else(|_| cfg.state_dir.clone());
-    vec![("its state directory", state)]
+    let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    vec![
+        ("its state directory", canonical(&cfg.state_dir)),
+        // Listing it is refused, so a link's name (under its generation) stays unknown;
+        // a map's pin removed by its known name is pinned again by the sweep.
+        ("its pinned kernel side", canonical(&cfg.pin_dir)),
+    ]
 }
 
 impl Core {
@@ -323,6 +331,7 @@ impl Core {
             generation: 0,
             state_dir: cfg.state_dir.clone(),
             saved_manifest: None,
+            keeper: crate::pins::Keeper::default(),
             landlocked: HashSet::new(),
             protected: protected_dirs(cfg),
             spare: event::Spare::default(),

@@ -59,6 +59,7 @@ pub(super) async fn sweep(shared: Arc<Shared>) {
         tick.tick().await;
         let mut core = shared.core();
         core.reconcile();
+        core.keep_pins();
         core.report_losses();
         core.flush_sinks();
         let idle = core.counters.records_read == records;
