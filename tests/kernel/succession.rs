@@ -373,3 +373,48 @@ echo done >> "$W/log"
     assert!(out.status.success(), "{out:?}");
     assert!(!pins.exists(), "unload removes every pin");
 }
+
+/// Pinned maps a daemon cannot read right are never adopted: a successor asking for
+/// another session-map size is refused at start, naming the map and the way out, and
+/// the pinned state stays for a daemon that fits.
+#[test]
+fn a_successor_that_does_not_fit_the_pinned_maps_is_refused_naming_them() {
+    let Some(d) = Daemon::start_with(&[KEEP_PINS]) else {
+        return;
+    };
+    let pins = d.pins();
+    let dir_kept = d.stopped_keeping_pins();
+    let out = Command::new(bin())
+        .arg("--socket")
+        .arg(dir_kept.path().join("ctl.sock"))
+        .args([
+            "daemon",
+            "--quiet",
+            "--max-tracked-processes",
+            "1024",
+            "--pin-dir",
+        ])
+        .arg(&pins)
+        .arg("--state-dir")
+        .arg(dir_kept.path().join("state"))
+        .output_within();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("map SESSIONS")
+            && err.contains("1024 entries")
+            && err.contains("agentwarden unload"),
+        "{err}"
+    );
+    assert!(
+        pins.join("maps/SESSIONS").exists(),
+        "the pinned state stays"
+    );
+    // The one that fits adopts it.
+    let d = Daemon::spawn_in(dir_kept, &[]);
+    assert!(
+        d.log().contains("adopted the pinned kernel side"),
+        "{}",
+        d.log()
+    );
+}

@@ -256,6 +256,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     };
     let listener = bind_socket(&cfg.socket)?;
     startup.mark("socket");
+    let signals = start::Signals::take()?;
     ready(&shared, startup);
     let tasks = [
         tokio::spawn(refresh_dns(shared.clone())),
@@ -268,7 +269,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     // Under systemd with `WatchdogSec=` (and for this process, not a child it spawned).
     let watchdog =
         sd_notify::watchdog_enabled().map(|period| tokio::spawn(watchdog(shared.clone(), period)));
-    let stopped = until_signal(&shared, tokio::spawn(read_ring(shared.clone(), ring_fd))).await;
+    let stopped = until_signal(
+        &shared,
+        signals,
+        tokio::spawn(read_ring(shared.clone(), ring_fd)),
+    )
+    .await;
     for t in tasks.iter().chain(&metrics).chain(&watchdog) {
         t.abort();
     }

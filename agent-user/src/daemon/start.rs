@@ -135,15 +135,36 @@ pub(super) fn ready(shared: &Shared, startup: Startup) {
     }
 }
 
+/// The signals the daemon handles, taken before it says READY: a SIGTERM right after
+/// must stop it cleanly, not by the default action.
+pub(super) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub(super) fn take() -> Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Serves until SIGTERM or SIGINT (SIGHUP reloads the profiles); an error when the
 /// ring-buffer reader stopped first.
 pub(super) async fn until_signal(
     shared: &Shared,
+    signals: Signals,
     mut reader: tokio::task::JoinHandle<Result<()>>,
 ) -> Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
