@@ -167,6 +167,11 @@ pub enum Cmd {
         /// it, stopping the daemon (an upgrade, a restart) leaves enforcement in force.
         #[arg(long)]
         detach_on_exit: bool,
+        /// A file or directory no session may open, on top of the daemon's own state and
+        /// pin directories (repeatable): its binary and unit, say. Refused in every
+        /// profile with the daemon's own self-protection rule.
+        #[arg(long = "protect", value_name = "PATH")]
+        protect: Vec<PathBuf>,
     },
     /// Remove everything the daemon pinned: every program detaches and the enforcement
     /// of running sessions ends. Refused while a daemon runs on the socket.
@@ -270,6 +275,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             no_refusal,
             pin_dir,
             detach_on_exit,
+            protect,
         } => {
             let cfg = DaemonConfig {
                 socket: socket.to_owned(),
@@ -290,6 +296,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 refusal: !no_refusal,
                 pin_dir,
                 detach_on_exit,
+                protect,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

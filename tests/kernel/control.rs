@@ -210,7 +210,25 @@ fn a_session_cannot_open_the_daemons_own_directories() {
     )
     .unwrap();
     let rd = rules.path().to_str().unwrap().to_owned();
-    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
+    // What a deployment adds (the unit passes its binary, unit file and socket
+    // directory): a file and a directory.
+    let extra = tempfile::tempdir().unwrap();
+    let extra_dir = fs::canonicalize(extra.path()).unwrap();
+    let unit = extra_dir.join("agentwarden.service");
+    fs::write(&unit, "[Service]\n").unwrap();
+    fs::create_dir(extra_dir.join("run")).unwrap();
+    let (unit_arg, run_arg) = (
+        unit.to_str().unwrap().to_owned(),
+        extra_dir.join("run").to_str().unwrap().to_owned(),
+    );
+    let Some(d) = Daemon::start_with(&[
+        "--rules-dir",
+        &rd,
+        "--protect",
+        &unit_arg,
+        "--protect",
+        &run_arg,
+    ]) else {
         return;
     };
     let state = fs::canonicalize(d.db().parent().unwrap()).unwrap();
@@ -225,10 +243,15 @@ fn a_session_cannot_open_the_daemons_own_directories() {
          attempt('list_pins', lambda: os.listdir('{pins}'))\n\
          attempt('list_links', lambda: os.listdir('{pins}/links'))\n\
          attempt('open_pin', lambda: open('{pins}/maps/SESSIONS', 'rb'))\n\
-         attempt('unlink_pin', lambda: os.unlink('{pins}/maps/SESSIONS'))\n",
+         attempt('unlink_pin', lambda: os.unlink('{pins}/maps/SESSIONS'))\n\
+         attempt('write_unit', lambda: open('{unit}', 'a').write('ExecStart=/bin/false'))\n\
+         attempt('read_unit', lambda: open('{unit}').read())\n\
+         attempt('list_run', lambda: os.listdir('{run}'))\n",
         db = d.db().display(),
         state = state.display(),
         pins = d.pins().display(),
+        unit = unit.display(),
+        run = run_arg,
     );
     let cwd = std::env::temp_dir();
     let out = d.run_profile("guarded", "self", &cwd, &["/usr/bin/python3", "-c", &probe]);
@@ -236,7 +259,8 @@ fn a_session_cannot_open_the_daemons_own_directories() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "read_db=1\nwrite_state=1\nlist_state=1\nread_log=1\n\
-         list_pins=1\nlist_links=1\nopen_pin=1\nunlink_pin=ok\n",
+         list_pins=1\nlist_links=1\nopen_pin=1\nunlink_pin=ok\n\
+         write_unit=1\nread_unit=1\nlist_run=1\n",
         "{out:?}"
     );
     // An unlink is no open (threat model): the daemon holds every pinned object, so
@@ -257,12 +281,17 @@ fn a_session_cannot_open_the_daemons_own_directories() {
     // `O_CREAT` makes the name before any open hook can refuse the open: the file is
     // there, empty; nothing was written (threat model: unlink and rename are not opens).
     assert_eq!(fs::read(state.join("planted")).unwrap_or_default(), b"");
+    assert_eq!(
+        fs::read(&unit).unwrap(),
+        b"[Service]\n",
+        "the unit is unchanged"
+    );
     let sid = d.session("self").id;
     let evs = d.wait_for(&sid, "the refusals", |evs| {
         // The open of a map's pin is refused by the kernel itself without a record on
         // the fanotify layer (bpffs objects cannot be opened as files: fanotify cannot
         // give the daemon a descriptor, and denies the waiting open itself).
-        with_action(evs, Action::Blocked).count() >= 6
+        with_action(evs, Action::Blocked).count() >= 9
     });
     for e in with_action(&evs, Action::Blocked) {
         let dec = e.decision.as_ref().unwrap();
@@ -271,7 +300,7 @@ fn a_session_cannot_open_the_daemons_own_directories() {
             "{e:?}"
         );
         assert!(
-            dec.rule.starts_with("agentwarden self-protection: its "),
+            dec.rule.starts_with("agentwarden self-protection: "),
             "{e:?}"
         );
     }

@@ -102,6 +102,8 @@ pub struct DaemonConfig {
     pub pin_dir: PathBuf,
     /// Remove everything pinned on exit (the end of enforcement).
     pub detach_on_exit: bool,
+    /// More paths no session may open (`--protect`).
+    pub protect: Vec<PathBuf>,
 }
 
 /// Name of the event log in the state directory.
@@ -310,6 +312,13 @@ fn protected_dirs(cfg: &DaemonConfig) -> Vec<(&'static str, PathBuf)> {
         // a map's pin removed by its known name is pinned again by the sweep.
         ("its pinned kernel side", canonical(&cfg.pin_dir)),
     ]
+    .into_iter()
+    .chain(
+        cfg.protect
+            .iter()
+            .map(|p| ("a path it protects (--protect)", canonical(p))),
+    )
+    .collect()
 }
 
 impl Core {

@@ -286,17 +286,17 @@ pub fn protect_daemon(
         if !text.starts_with('/') || text.len() < 2 {
             continue;
         }
-        let rule_id = rules.add_builtin(format!("agentwarden self-protection: {what} ({text}/**)"));
+        // A file is denied as itself (and its inode), a directory as a tree.
+        let file = std::fs::metadata(dir).is_ok_and(|m| !m.is_dir());
+        let (form, shown) = if file {
+            (FORM_EXACT, text.clone())
+        } else {
+            (FORM_PREFIX, format!("{text}/**"))
+        };
+        let rule_id = rules.add_builtin(format!("agentwarden self-protection: {what} ({shown})"));
         ids.push(rule_id);
         for (owner, _) in owners {
-            c.add_path_rule(
-                id,
-                *owner,
-                CATEGORY_FILE,
-                FORM_PREFIX,
-                text.clone(),
-                rule_id,
-            );
+            c.add_path_rule(id, *owner, CATEGORY_FILE, form, text.clone(), rule_id);
         }
     }
     ids
