@@ -17,6 +17,12 @@ pub const INODE_RULES: &str = "INODE_RULES";
 /// The `(dev, ino)` the kernel saw for the daemon's own binding opens.
 pub const BIND_RESULT: &str = "BIND_RESULT";
 
+/// Syscall rules: `(profile id, syscall nr)` → rule (`policy::SyscallRule`).
+pub const SYSCALL_RULES: &str = "SYSCALL_RULES";
+/// Pids a session must not signal, trace or reach (the daemon's: its tgid, threads,
+/// `-pgid`, `-1`), as the syscalls' argument is written (`i32`, sign-extended).
+pub const PROTECTED_PIDS: &str = "PROTECTED_PIDS";
+
 /// Every map the daemon takes by name.
 pub const DAEMON_MAPS: &[&str] = &[
     SESSIONS,
@@ -28,6 +34,8 @@ pub const DAEMON_MAPS: &[&str] = &[
     PATH_RULES,
     INODE_RULES,
     BIND_RESULT,
+    SYSCALL_RULES,
+    PROTECTED_PIDS,
 ];
 
 /// Global: kernel struct offsets (`config::KernelOffsets`).

@@ -12,6 +12,7 @@ mod header;
 mod net_decision;
 mod open;
 mod path;
+mod syscall;
 
 pub use connect::ConnectEvent;
 pub use exec::{ARGV_MAX, ARGV_TRUNCATED, ExecEvent};
@@ -20,6 +21,7 @@ pub use fork::ForkEvent;
 pub use header::{COMM_LEN, EventHeader, EventKind};
 pub use net_decision::*;
 pub use open::{OpenEvent, OpenSyscall};
+pub use syscall::SyscallDecisionEvent;
 pub use path::{
     KPath, NAME_READ_MAX, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX, PATH_WALK_DEPTH,
 };

@@ -23,6 +23,7 @@ mod net;
 mod open;
 mod path;
 mod raw;
+mod syscall;
 
 pub use connect::ConnectInfo;
 use connect::connect_info;
@@ -35,6 +36,8 @@ use open::open_info;
 pub use open::{OpenInfo, open_flag_names};
 pub use path::{PathText, path_text};
 pub use raw::{Raw, Spare, decode, decode_reusing};
+pub use syscall::SyscallInfo;
+use syscall::syscall_info;
 
 pub fn comm(c: &[u8; COMM_LEN]) -> String {
     let end = c.iter().position(|b| *b == 0).unwrap_or(COMM_LEN);
@@ -136,6 +139,8 @@ pub enum Body {
     SessionMapFull(ForkInfo),
     /// A network decision of the cgroup layer.
     NetDecision(NetInfo),
+    /// A syscall a profile (or the daemon's self-protection) names.
+    SyscallDecision(SyscallInfo),
     SessionStart,
     SessionEnd,
     Loss(LossInfo),
@@ -151,6 +156,7 @@ impl Body {
             Body::Exit(_) => EventKind::Exit,
             Body::SessionMapFull(_) => EventKind::SessionMapFull,
             Body::NetDecision(_) => EventKind::NetDecision,
+            Body::SyscallDecision(_) => EventKind::SyscallDecision,
             Body::SessionStart => EventKind::SessionStart,
             Body::SessionEnd => EventKind::SessionEnd,
             Body::Loss(_) => EventKind::Loss,
@@ -205,6 +211,8 @@ struct Wire<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     net: Option<Cow<'a, NetInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    syscall: Option<Cow<'a, SyscallInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     decision: Option<Cow<'a, DecisionInfo>>,
 }
 
@@ -223,6 +231,7 @@ impl Serialize for Event {
             exit: None,
             loss: None,
             net: None,
+            syscall: None,
             decision: self.decision.as_ref().map(Cow::Borrowed),
         };
         match &self.body {
@@ -232,6 +241,7 @@ impl Serialize for Event {
             Body::Fork(x) | Body::SessionMapFull(x) => w.fork = Some(Cow::Borrowed(x)),
             Body::Exit(x) => w.exit = Some(Cow::Borrowed(x)),
             Body::NetDecision(x) => w.net = Some(Cow::Borrowed(x)),
+            Body::SyscallDecision(x) => w.syscall = Some(Cow::Borrowed(x)),
             Body::Loss(x) => w.loss = Some(Cow::Borrowed(x)),
             Body::SessionStart | Body::SessionEnd => {}
         }
@@ -261,6 +271,9 @@ impl TryFrom<Wire<'static>> for Event {
             EventKind::SessionMapFull => Body::SessionMapFull(take(w.fork, kind, "fork")?),
             EventKind::Exit => Body::Exit(take(w.exit, kind, "exit")?),
             EventKind::NetDecision => Body::NetDecision(take(w.net, kind, "net")?),
+            EventKind::SyscallDecision => {
+                Body::SyscallDecision(take(w.syscall, kind, "syscall")?)
+            }
             EventKind::Loss => Body::Loss(take(w.loss, kind, "loss")?),
             EventKind::SessionStart => Body::SessionStart,
             EventKind::SessionEnd => Body::SessionEnd,
@@ -347,6 +360,13 @@ impl Event {
         }
     }
 
+    pub fn syscall(&self) -> Option<&SyscallInfo> {
+        match &self.body {
+            Body::SyscallDecision(x) => Some(x),
+            _ => None,
+        }
+    }
+
     pub fn loss(&self) -> Option<&LossInfo> {
         match &self.body {
             Body::Loss(x) => Some(x),
@@ -390,6 +410,12 @@ impl Event {
                 Body::NetDecision(net_info(e)),
                 decision(e.denied, e.action, e.enforced_by, || {
                     rule(e.rule_id, "network")
+                }),
+            ),
+            Raw::SyscallDecision(e) => (
+                Body::SyscallDecision(syscall_info(e)),
+                decision(e.denied, e.action, e.enforced_by, || {
+                    rule(e.rule_id, "syscalls")
                 }),
             ),
         };
