@@ -21,10 +21,10 @@ pub use fork::ForkEvent;
 pub use header::{COMM_LEN, EventHeader, EventKind};
 pub use net_decision::*;
 pub use open::{OpenEvent, OpenSyscall};
-pub use syscall::SyscallDecisionEvent;
 pub use path::{
     KPath, NAME_READ_MAX, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX, PATH_WALK_DEPTH,
 };
+pub use syscall::SyscallDecisionEvent;
 
 /// A path decision the kernel took (deny rules of exec and files).
 #[repr(C)]

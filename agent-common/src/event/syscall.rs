@@ -13,7 +13,8 @@ pub struct SyscallDecisionEvent {
     pub rule_id: u32,
     /// The syscall's result at exit; 0 when decided at entry.
     pub ret: i64,
-    /// The argument the rule judged (a pid, clone flags), 0 for unconditional rules.
+    /// The argument the rule judged (a pid, clone flags); `u64::MAX` for rules on every
+    /// call.
     pub arg: u64,
     /// 1: the profile denies this call (always, today: only denials are sent).
     pub denied: u8,

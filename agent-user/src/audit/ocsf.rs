@@ -109,11 +109,9 @@ fn class_of(e: &Event) -> Option<Class> {
                 }
             }
             // A syscall invoked (and refused or killed: the decision says which).
-            Body::SyscallDecision(_) => (
-                (1003, "Kernel Activity", 1, "System Activity"),
-                4,
-                "Invoke",
-            ),
+            Body::SyscallDecision(_) => {
+                ((1003, "Kernel Activity", 1, "System Activity"), 4, "Invoke")
+            }
             Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {
                 return None;
             }

@@ -11,8 +11,7 @@ use super::records::SessionRecord;
 use crate::{
     event::{
         Body, ConnectInfo, DecisionInfo, Event, ExecInfo, ExitInfo, ForkInfo, LossInfo, NetInfo,
-        SyscallInfo,
-        OpenInfo, ProcessInfo, SessionRef,
+        OpenInfo, ProcessInfo, SessionRef, SyscallInfo,
     },
     policy::net::Cidr,
 };

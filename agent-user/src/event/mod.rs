@@ -271,9 +271,7 @@ impl TryFrom<Wire<'static>> for Event {
             EventKind::SessionMapFull => Body::SessionMapFull(take(w.fork, kind, "fork")?),
             EventKind::Exit => Body::Exit(take(w.exit, kind, "exit")?),
             EventKind::NetDecision => Body::NetDecision(take(w.net, kind, "net")?),
-            EventKind::SyscallDecision => {
-                Body::SyscallDecision(take(w.syscall, kind, "syscall")?)
-            }
+            EventKind::SyscallDecision => Body::SyscallDecision(take(w.syscall, kind, "syscall")?),
             EventKind::Loss => Body::Loss(take(w.loss, kind, "loss")?),
             EventKind::SessionStart => Body::SessionStart,
             EventKind::SessionEnd => Body::SessionEnd,

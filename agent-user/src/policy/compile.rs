@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use agent_common::policy::{
     CATEGORY_EXEC, CATEGORY_FILE, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey,
     MAX_PORT_RANGES, NetKey, NetRule, PathRuleKey, PathRuleValue, PortRange as KPortRange,
-    ProfileConfig, RULE_DEFAULT, fnv,
+    ProfileConfig, RULE_DEFAULT, SYSCALL_COND_ALWAYS, SYSCALL_COND_ANY_BIT,
+    SYSCALL_COND_PROTECTED_PID, SYSCALL_ENTRY_NONE, SyscallKey, SyscallRule, fnv,
 };
 use anyhow::{Result, bail};
 
@@ -24,7 +25,7 @@ pub struct RuleTable {
 }
 
 impl RuleTable {
-    fn add(&mut self, profile: &Profile, field: &str, line: u64) -> u32 {
+    pub(super) fn add(&mut self, profile: &Profile, field: &str, line: u64) -> u32 {
         self.add_builtin(format!("{}:{line} ({field})", profile.source))
     }
 
@@ -67,6 +68,9 @@ pub struct CompiledProfile {
     pub unresolved: Vec<String>,
     /// The rule id of `exec.fileless` when it is not `allow`.
     pub fileless_rule: Option<u32>,
+    /// `(profile id, syscall nr)` → how sessions meet the call: the profile's
+    /// `syscalls.deny` and the daemon's self-protection.
+    pub syscall_rules: Vec<(SyscallKey, SyscallRule)>,
 }
 
 /// The profile's word as the kernel's number.
@@ -137,6 +141,7 @@ pub fn compile(
         name_rules: Vec::new(),
         unresolved: Vec::new(),
         fileless_rule: None,
+        syscall_rules: syscall_rules(p, id, rules),
     };
     for (category, field, list) in [
         (CATEGORY_EXEC, "exec.deny", &p.exec_deny),
@@ -161,6 +166,90 @@ pub fn compile(
     c.net_deny = entries(p, id, "network.deny", &p.net_deny, &mut ctx)?;
     c.net_allow = entries(p, id, "network.allow", &p.net_allow, &mut ctx)?;
     Ok(c)
+}
+
+/// The profile's syscall rules, then the daemon's self-protection for the calls the
+/// profile does not refuse itself (its own rule names the refusal where it does: it is
+/// what the profile's author wrote).
+pub fn syscall_rules(
+    p: &Profile,
+    id: u32,
+    rules: &mut RuleTable,
+) -> Vec<(SyscallKey, SyscallRule)> {
+    use super::syscalls::{self, Cond};
+    let kernel_cond = |c: Cond| match c {
+        Cond::Always => (SYSCALL_COND_ALWAYS, 0, 0),
+        Cond::AnyBit { arg, mask } => (SYSCALL_COND_ANY_BIT, u32::from(arg), mask),
+        Cond::ProtectedPid { arg, .. } => (SYSCALL_COND_PROTECTED_PID, u32::from(arg), 0),
+    };
+    let entry_of = |v: Option<OnViolation>| v.map_or(SYSCALL_ENTRY_NONE, action);
+    let enf = syscalls::enforcement(p.file.mode, &p.file.syscalls);
+    let mut out: Vec<(SyscallKey, SyscallRule)> = Vec::new();
+    let mut ids: Vec<(String, u32)> = Vec::new();
+    for d in &p.syscall_deny {
+        let rule_id = match ids.iter().find(|(f, _)| *f == d.field) {
+            Some((_, r)) => *r,
+            None => {
+                let r = rules.add(p, &d.field, d.line);
+                ids.push((d.field.clone(), r));
+                r
+            }
+        };
+        let (cond, arg, mask) = kernel_cond(d.cond);
+        out.push((
+            SyscallKey {
+                profile_id: id,
+                nr: d.nr,
+            },
+            SyscallRule {
+                rule_id,
+                entry: entry_of(enf.entry),
+                seccomp: u8::from(enf.seccomp),
+                seccomp_kill: u8::from(enf.seccomp_kill),
+                cond,
+                arg,
+                _pad: 0,
+                mask,
+            },
+        ));
+    }
+    // An unconditional profile rule covers the call; a conditional one (clone with
+    // namespace flags) leaves it to the profile, which is the rarer case here.
+    let refused_by_profile = |nr: u32| enf.seccomp && out.iter().any(|(k, _)| k.nr == nr);
+    let mut labels: Vec<(&str, u32)> = Vec::new();
+    let mut protect = Vec::new();
+    for (name, cond, label) in syscalls::self_protection() {
+        let nr = syscalls::nr(name);
+        if refused_by_profile(nr) {
+            continue;
+        }
+        let rule_id = match labels.iter().find(|(l, _)| *l == label) {
+            Some((_, r)) => *r,
+            None => {
+                let r =
+                    rules.add_builtin(format!("agentwarden self-protection: {label} (seccomp)"));
+                labels.push((label, r));
+                r
+            }
+        };
+        let (cond, arg, mask) = kernel_cond(cond);
+        protect.push((
+            SyscallKey { profile_id: id, nr },
+            SyscallRule {
+                rule_id,
+                entry: action(syscalls::self_protection_entry(p.file.mode)),
+                seccomp: 1,
+                seccomp_kill: 0,
+                cond,
+                arg,
+                _pad: 0,
+                mask,
+            },
+        ));
+    }
+    out.retain(|(k, _)| !protect.iter().any(|(pk, _)| pk.nr == k.nr));
+    out.extend(protect);
+    out
 }
 
 impl CompiledProfile {

@@ -228,10 +228,17 @@ const ENOSYS: i32 = 38;
 pub enum Cond {
     Always,
     /// Argument `arg` has a bit of `mask` set.
-    AnyBit { arg: u8, mask: u64 },
-    /// Argument `arg` (as `i32`) is one of the daemon's pids (its tgid, its threads,
-    /// `-1`, minus its process group).
-    ProtectedPid { arg: u8 },
+    AnyBit {
+        arg: u8,
+        mask: u64,
+    },
+    /// Argument `arg` (as `i32`) is one of the daemon's pids (its tgid, its threads);
+    /// with `groups`, also a process group holding it (`-1`, minus its group, and 0
+    /// where that is the caller's group): for `kill(2)`, where a pid names groups.
+    ProtectedPid {
+        arg: u8,
+        groups: bool,
+    },
 }
 
 /// One syscall a profile denies, with the entry that named it.
@@ -303,17 +310,18 @@ pub fn name_of(nr: u32) -> String {
     Sysno::new(nr as usize).map_or_else(|| format!("syscall_{nr}"), |s| s.name().to_owned())
 }
 
-/// The number of a syscall this module names (always present on x86_64).
-fn nr(name: &str) -> u32 {
-    sysno(name).unwrap_or_else(|| panic!("{name} is no {ARCH} syscall")).id() as u32
+/// The number of a syscall this module names (always present on x86_64: the unit tests
+/// resolve every name the tables hold).
+pub fn nr(name: &str) -> u32 {
+    sysno(name)
+        .unwrap_or_else(|| panic!("{name} is no {ARCH} syscall"))
+        .id() as u32
 }
 
 /// Resolves a profile's `syscalls:` entries. `deny` minus `allow`, in the order written;
 /// a syscall two entries name is listed once, under the first. Errors are located by the
 /// caller (`field`, index, message, hint).
-pub fn resolve(
-    rules: &SyscallRules,
-) -> (Vec<DeniedCall>, Vec<(String, u64, u64, EntryError)>) {
+pub fn resolve(rules: &SyscallRules) -> (Vec<DeniedCall>, Vec<(String, u64, u64, EntryError)>) {
     let mut errors = Vec::new();
     let mut allowed = Vec::new();
     for (i, a) in rules.allow.iter().enumerate() {
@@ -373,14 +381,21 @@ pub fn resolve(
 /// scheduling or limit change aimed at the daemon (argument checked against its pids).
 /// `(syscall, condition, label)`.
 pub fn self_protection() -> Vec<(&'static str, Cond, &'static str)> {
-    let pid = |arg| Cond::ProtectedPid { arg };
+    let pid = |arg| Cond::ProtectedPid { arg, groups: false };
     vec![
         ("bpf", Cond::Always, "bpf()"),
         ("perf_event_open", Cond::Always, "perf_event_open()"),
         ("init_module", Cond::Always, "kernel module loading"),
         ("finit_module", Cond::Always, "kernel module loading"),
         ("delete_module", Cond::Always, "kernel module loading"),
-        ("kill", pid(0), "a signal to the daemon"),
+        (
+            "kill",
+            Cond::ProtectedPid {
+                arg: 0,
+                groups: true,
+            },
+            "a signal to the daemon",
+        ),
         ("tkill", pid(0), "a signal to the daemon"),
         ("tgkill", pid(0), "a signal to the daemon"),
         ("rt_sigqueueinfo", pid(0), "a signal to the daemon"),
@@ -414,24 +429,40 @@ pub const SELF_PROTECTION_ENOSYS: &[&str] = &["pidfd_send_signal"];
 /// The process the filter protects, as `run` and the kernel compare arguments with.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Protected {
-    /// The daemon's tgid, its threads at enrolment, `-1` and `-pgid` (and `0` when the
-    /// session shares the daemon's session id, so a process group it joins could be the
-    /// daemon's).
+    /// The daemon's tgid and its threads at enrolment.
     pub pids: Vec<i32>,
+    /// `kill(2)`'s names of groups holding the daemon: `-1`, minus its process group,
+    /// and 0 when the session shares the daemon's session id (a process group it joins
+    /// could be the daemon's; only `kill` reads 0 as a group: elsewhere it is "self").
+    pub groups: Vec<i32>,
 }
 
-/// The pids a session must not aim at: the daemon's tgid and its threads, `-1`, minus
-/// its process group, and 0 when the enrolling process shares the daemon's session (it
-/// could join the daemon's process group, where pid 0 means the daemon's group).
+/// The pids a session must not aim at (see [`Protected`]).
 pub fn protected_pids(daemon: u32, threads: &[u32], pgid: u32, same_session: bool) -> Protected {
-    let mut pids = vec![daemon as i32, -1, -(pgid as i32)];
+    let mut pids = vec![daemon as i32];
     pids.extend(threads.iter().map(|t| *t as i32));
-    if same_session {
-        pids.push(0);
-    }
     pids.sort_unstable();
     pids.dedup();
-    Protected { pids }
+    let mut groups = vec![-1, -(pgid as i32)];
+    if same_session {
+        groups.push(0);
+    }
+    groups.sort_unstable();
+    groups.dedup();
+    Protected { pids, groups }
+}
+
+impl Protected {
+    /// What the kernel's `PROTECTED_PIDS` holds to recognise refusals: every pid but 0,
+    /// which most syscalls read as "self".
+    pub fn kernel_pids(&self) -> Vec<i32> {
+        self.pids
+            .iter()
+            .chain(&self.groups)
+            .copied()
+            .filter(|p| *p != 0)
+            .collect()
+    }
 }
 
 /// One syscall of a seccomp filter: the errno it returns and when (`any` of the
@@ -502,10 +533,12 @@ pub fn self_protection_entry(mode: Mode) -> OnViolation {
 /// The seccomp filter for a `run` session of a profile whose denied calls are `denied`
 /// (already resolved) under `enf`, protecting `protected`.
 pub fn plan(denied: &[DeniedCall], enf: Enforcement, protected: &Protected) -> SeccompPlan {
-    let pid_alts = |arg: u8| -> Vec<(u8, u64, u64)> {
+    let pid_alts = |arg: u8, groups: bool| -> Vec<(u8, u64, u64)> {
+        let g: &[i32] = if groups { &protected.groups } else { &[] };
         protected
             .pids
             .iter()
+            .chain(g)
             .map(|p| (arg, 0xffff_ffff, u64::from(*p as u32)))
             .collect()
     };
@@ -538,7 +571,7 @@ pub fn plan(denied: &[DeniedCall], enf: Enforcement, protected: &Protected) -> S
                     .filter(|b| mask & (1 << b) != 0)
                     .map(|b| (arg, 1u64 << b, 1u64 << b)),
             ),
-            Cond::ProtectedPid { arg } => r.any.extend(pid_alts(arg)),
+            Cond::ProtectedPid { arg, groups } => r.any.extend(pid_alts(arg, groups)),
         }
         r.any.sort_unstable();
         r.any.dedup();
@@ -675,7 +708,10 @@ mod tests {
         }
         assert_eq!(members("@module").unwrap().len(), 3);
         assert_eq!(members("mount").unwrap(), [("mount", 165)]);
-        assert_eq!(members("io_uring_setup").unwrap(), [("io_uring_setup", 425)]);
+        assert_eq!(
+            members("io_uring_setup").unwrap(),
+            [("io_uring_setup", 425)]
+        );
         assert_eq!(self_protection().len(), 21);
     }
 
@@ -690,11 +726,22 @@ mod tests {
         assert!(names.contains(&"process_vm_readv"));
         assert!(!names.contains(&"ptrace"), "allow removes it from @debug");
         // Named twice: listed once, under the first entry that named it.
-        let mount: Vec<_> = p.syscall_deny.iter().filter(|d| d.name == "mount").collect();
+        let mount: Vec<_> = p
+            .syscall_deny
+            .iter()
+            .filter(|d| d.name == "mount")
+            .collect();
         assert_eq!(mount.len(), 1);
-        assert_eq!((mount[0].entry.as_str(), mount[0].field.as_str()), ("@mount", "syscalls.deny[0]"));
-        assert_eq!((mount[0].line, mount[0].column), (6, 12));
-        let init = p.syscall_deny.iter().find(|d| d.name == "init_module").unwrap();
+        assert_eq!(
+            (mount[0].entry.as_str(), mount[0].field.as_str()),
+            ("@mount", "syscalls.deny[0]")
+        );
+        assert_eq!((mount[0].line, mount[0].column), (6, 10));
+        let init = p
+            .syscall_deny
+            .iter()
+            .find(|d| d.name == "init_module")
+            .unwrap();
         assert_eq!((init.field.as_str(), init.nr), ("syscalls.deny[3]", 175));
     }
 
@@ -702,14 +749,27 @@ mod tests {
     fn ns_group_covers_clone_with_namespace_flags() {
         let p = profile("syscalls:\n  deny: [\"@ns\"]\n").unwrap();
         let clone = p.syscall_deny.iter().find(|d| d.name == "clone").unwrap();
-        assert_eq!(clone.cond, Cond::AnyBit { arg: 0, mask: CLONE_NS_FLAGS });
+        assert_eq!(
+            clone.cond,
+            Cond::AnyBit {
+                arg: 0,
+                mask: CLONE_NS_FLAGS
+            }
+        );
         let enf = enforcement(Mode::Enforce, &p.file.syscalls);
-        let plan = plan(&p.syscall_deny, enf, &protected_pids(100, &[101], 90, false));
+        let plan = plan(
+            &p.syscall_deny,
+            enf,
+            &protected_pids(100, &[101], 90, false),
+        );
         let clone = plan.rules.iter().find(|r| r.nr == 56).unwrap();
         assert_eq!(clone.any.len(), 7, "one alternative per namespace flag");
         let clone3 = plan.rules.iter().find(|r| r.nr == 435).unwrap();
         assert_eq!((clone3.errno, clone3.any.len()), (ENOSYS, 0));
-        assert!(plan.rules.iter().any(|r| r.nr == 272 && r.any.is_empty()), "unshare");
+        assert!(
+            plan.rules.iter().any(|r| r.nr == 272 && r.any.is_empty()),
+            "unshare"
+        );
     }
 
     #[test]
@@ -731,18 +791,29 @@ mod tests {
                 ("syscalls.deny[3]".to_owned(), 10, 7),
             ]
         );
-        assert!(errs[1].message.contains("unknown syscall `mountt`"), "{}", errs[1]);
+        assert!(
+            errs[1].message.contains("unknown syscall `mountt`"),
+            "{}",
+            errs[1]
+        );
         assert!(errs[2].message.contains("unknown syscall group `@mounts`"));
         assert!(errs[2].hint.as_deref().unwrap_or("").contains("@mount"));
         assert!(errs[3].message.contains("`@privileged` is not supported"));
-        assert!(errs[1].to_string().starts_with("t.yaml:8:7: error: syscalls.deny[1]"));
+        assert!(
+            errs[1]
+                .to_string()
+                .starts_with("t.yaml:8:7: error: syscalls.deny[1]")
+        );
     }
 
     #[test]
     fn default_deny_is_refused() {
         let errs = profile("syscalls:\n  default: deny\n  allow: [read]\n").unwrap_err();
         assert_eq!(errs.len(), 1);
-        assert_eq!((errs[0].field.as_str(), errs[0].line), ("syscalls.default", 6));
+        assert_eq!(
+            (errs[0].field.as_str(), errs[0].line),
+            ("syscalls.default", 6)
+        );
         assert!(errs[0].message.contains("not supported"), "{}", errs[0]);
     }
 
@@ -751,25 +822,55 @@ mod tests {
         let p = profile("").unwrap();
         assert!(p.syscall_deny.is_empty());
         let prot = protected_pids(100, &[100, 102], 90, true);
-        assert_eq!(prot.pids, [-90, -1, 0, 100, 102]);
-        let plan = plan(&p.syscall_deny, enforcement(Mode::Enforce, &p.file.syscalls), &prot);
+        assert_eq!(
+            (&prot.pids[..], &prot.groups[..]),
+            (&[100, 102][..], &[-90, -1, 0][..])
+        );
+        assert_eq!(prot.kernel_pids(), [100, 102, -90, -1]);
+        let plan = plan(
+            &p.syscall_deny,
+            enforcement(Mode::Enforce, &p.file.syscalls),
+            &prot,
+        );
         let rule = |nr: u32| plan.rules.iter().find(|r| r.nr == nr).cloned().unwrap();
         assert!(rule(321).any.is_empty(), "bpf always");
         assert!(rule(175).any.is_empty(), "init_module always");
         let kill = rule(62);
         assert_eq!(kill.errno, EPERM);
         assert!(kill.any.contains(&(0, 0xffff_ffff, 0xffff_ffff)), "-1");
-        assert!(kill.any.contains(&(0, 0xffff_ffff, (-90i32) as u32 as u64)), "-pgid");
+        assert!(
+            kill.any.contains(&(0, 0xffff_ffff, (-90i32) as u32 as u64)),
+            "-pgid"
+        );
         assert!(kill.any.contains(&(0, 0xffff_ffff, 102)), "a thread");
-        assert_eq!(rule(101).any[0].0, 1, "ptrace judges its pid argument");
+        assert!(kill.any.contains(&(0, 0xffff_ffff, 0)), "0: same session");
+        let ptrace = rule(101);
+        assert_eq!(ptrace.any[0].0, 1, "ptrace judges its pid argument");
+        assert!(
+            !ptrace.any.iter().any(|a| a.2 == 0),
+            "ptrace(PTRACE_TRACEME, 0) is fine"
+        );
+        assert_eq!(
+            rule(203).any.len(),
+            2,
+            "sched_setaffinity: the daemon's pids only"
+        );
         assert_eq!(rule(424).errno, ENOSYS, "pidfd_send_signal");
-        assert!(!plan.rules.iter().any(|r| r.nr == 435), "clone3 untouched without @ns");
+        assert!(
+            !plan.rules.iter().any(|r| r.nr == 435),
+            "clone3 untouched without @ns"
+        );
         // Monitor mode: the profile's own denials are not in the filter, self-protection is.
         let m = profile("syscalls:\n  deny: [mount]\n").unwrap();
         let mon = plan_for(&m, Mode::Monitor);
         assert!(!mon.rules.iter().any(|r| r.nr == 165));
         assert!(mon.rules.iter().any(|r| r.nr == 321));
-        assert!(plan_for(&m, Mode::Enforce).rules.iter().any(|r| r.nr == 165));
+        assert!(
+            plan_for(&m, Mode::Enforce)
+                .rules
+                .iter()
+                .any(|r| r.nr == 165)
+        );
     }
 
     fn plan_for(p: &crate::policy::Profile, mode: Mode) -> SeccompPlan {
@@ -784,7 +885,14 @@ mod tests {
     fn a_profile_denial_wins_over_a_conditional_self_protection() {
         let p = profile("syscalls:\n  deny: [kill]\n").unwrap();
         let plan = plan_for(&p, Mode::Enforce);
-        assert!(plan.rules.iter().find(|r| r.nr == 62).unwrap().any.is_empty());
+        assert!(
+            plan.rules
+                .iter()
+                .find(|r| r.nr == 62)
+                .unwrap()
+                .any
+                .is_empty()
+        );
     }
 
     #[test]
@@ -814,7 +922,10 @@ mod tests {
         let e = enforcement(Mode::Enforce, &r("fallback: kill"));
         assert_eq!(e.entry, Some(OnViolation::Kill));
         let e = enforcement(Mode::Enforce, &r("on_violation: kill"));
-        assert_eq!((e.seccomp, e.seccomp_kill, e.entry), (true, true, Some(OnViolation::Kill)));
+        assert_eq!(
+            (e.seccomp, e.seccomp_kill, e.entry),
+            (true, true, Some(OnViolation::Kill))
+        );
         let e = enforcement(Mode::Monitor, &r("on_violation: kill"));
         assert_eq!((e.seccomp, e.entry), (false, Some(OnViolation::Alert)));
         assert_eq!(name_of(165), "mount");
