@@ -47,7 +47,12 @@ static PROTECTED_PIDS: HashMap<i32, u8> = HashMap::with_max_entries(PROTECTED_PI
 
 /// Offsets in x86_64's `struct pt_regs` (an ABI: `arch/x86/include/asm/ptrace.h`) of the
 /// syscall arguments (di, si, dx, r10, r8, r9) and of `orig_ax`, the syscall number.
-const ARG_OFFSETS: [usize; 6] = [112, 104, 96, 56, 72, 64];
+const ARG0: usize = 112;
+const ARG1: usize = 104;
+const ARG2: usize = 96;
+const ARG3: usize = 56;
+const ARG4: usize = 72;
+const ARG5: usize = 64;
 const ORIG_AX: usize = 120;
 
 #[inline(always)]
@@ -61,8 +66,16 @@ fn reg(regs: *const u8, off: usize) -> u64 {
 #[inline(always)]
 fn matches(rule: &SyscallRule, regs: *const u8) -> Option<u64> {
     if rule.cond == SYSCALL_COND_PROTECTED_PID || rule.cond == SYSCALL_COND_ANY_BIT {
-        let i = (rule.arg as usize).min(5);
-        let arg = reg(regs, ARG_OFFSETS[i]);
+        // A constant offset per argument: the verifier refuses a variable offset from
+        // the tracepoint's trusted `pt_regs` pointer.
+        let arg = match rule.arg {
+            0 => reg(regs, ARG0),
+            1 => reg(regs, ARG1),
+            2 => reg(regs, ARG2),
+            3 => reg(regs, ARG3),
+            4 => reg(regs, ARG4),
+            _ => reg(regs, ARG5),
+        };
         let hit = if rule.cond == SYSCALL_COND_ANY_BIT {
             arg & rule.mask != 0
         } else {

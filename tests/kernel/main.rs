@@ -16,3 +16,4 @@ mod paths;
 mod routes;
 mod sessions;
 mod support;
+mod syscalls;
