@@ -318,10 +318,13 @@ pub fn nr(name: &str) -> u32 {
         .id() as u32
 }
 
+/// An entry that did not resolve: its field (`syscalls.deny[1]`), line, column and why.
+pub type LocatedError = (String, u64, u64, EntryError);
+
 /// Resolves a profile's `syscalls:` entries. `deny` minus `allow`, in the order written;
 /// a syscall two entries name is listed once, under the first. Errors are located by the
-/// caller (`field`, index, message, hint).
-pub fn resolve(rules: &SyscallRules) -> (Vec<DeniedCall>, Vec<(String, u64, u64, EntryError)>) {
+/// caller.
+pub fn resolve(rules: &SyscallRules) -> (Vec<DeniedCall>, Vec<LocatedError>) {
     let mut errors = Vec::new();
     let mut allowed = Vec::new();
     for (i, a) in rules.allow.iter().enumerate() {
@@ -649,7 +652,8 @@ pub fn compile_filters(plan: &SeccompPlan) -> anyhow::Result<Vec<seccompiler::Bp
 /// stays within the code after it, so the insertion moves none of their targets.
 fn refuse_x32(prog: &mut seccompiler::BpfProgram) {
     use seccompiler::sock_filter;
-    const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+    // BPF_LD (0x00) | BPF_W (0x00) | BPF_ABS (0x20).
+    const BPF_LD_W_ABS: u16 = 0x20;
     const BPF_JGE_K: u16 = 0x05 | 0x30;
     const BPF_RET_K: u16 = 0x06;
     const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;

@@ -49,6 +49,7 @@ fn main() -> Result<()> {
         "uring-packet" => uring_packet_socket(),
         // Syscalls a profile's `syscalls:` section or the daemon's self-protection refuses.
         "mount" => mount_tmpfs(arg(0)?),
+        // SAFETY: plain syscall.
         "unshare" => sys(|| unsafe { libc::unshare(libc::CLONE_NEWUTS) }.into()),
         "clone-ns" => clone_newuts(),
         "thread" => thread_spawns(),
@@ -504,7 +505,7 @@ fn bpf_next_prog_id() -> Outcome {
 /// `PTRACE_SEIZE` (no stop of the tracee), detached again when it worked.
 fn ptrace_seize(pid: i32) -> Outcome {
     // SAFETY: plain syscall.
-    sys(|| unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize) }.into())?;
+    sys(|| unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize) })?;
     // SAFETY: as above.
     unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize) };
     Ok(Seen::Nothing)
