@@ -8,7 +8,8 @@
 //! returns to user mode) or a record.
 //!
 //! Both are BTF tracepoints on the raw `sys_enter`/`sys_exit`, which fire for every
-//! syscall on the host: a process outside every session pays one `SESSIONS` lookup.
+//! syscall on the host: a process outside every session pays one `SESSIONS` lookup at
+//! entry, and none at exit unless the call failed with `EPERM`.
 
 use agent_common::{
     event::{EventKind, SyscallDecisionEvent},
@@ -165,11 +166,15 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
 /// sessions, seen as the refused call returns `-EPERM`.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+    // The result first: every other call, in or out of a session, costs no lookup.
+    let ret: i64 = ctx.arg(1);
+    if ret != -EPERM {
+        return 0;
+    }
     let Some(entry) = current_session((bpf_get_current_pid_tgid() >> 32) as u32) else {
         return 0;
     };
-    let ret: i64 = ctx.arg(1);
-    if ret != -EPERM || entry.flags & SESSION_FLAG_SECCOMP == 0 || !kernel::ready() {
+    if entry.flags & SESSION_FLAG_SECCOMP == 0 || !kernel::ready() {
         return 0;
     }
     let regs: *const u8 = ctx.arg(0);
