@@ -262,7 +262,15 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
             .iter()
             .any(|s| s.name == name && s.state == "attached")
     };
-    let warnings = profiles::enforcement_gaps(&profile, &attached, landlock.as_ref());
+    let mut warnings = profiles::enforcement_gaps(&profile, &attached, landlock.as_ref());
+    if seccomp.is_some() && !attached("sys_exit") {
+        warnings.push(
+            "the seccomp filter refuses this profile's syscalls and the daemon's \
+             self-protection, but the sys_exit program is not attached: refusals are not \
+             recorded"
+                .to_owned(),
+        );
+    }
     for w in &warnings {
         warn!(session = %session.id, "{w}");
     }

@@ -701,6 +701,69 @@ mod tests {
         }
     }
 
+    /// A seccomp refusal seen at the call's exit: decoded, named, its argument shown as
+    /// the int the kernel read, its rule and layer kept, and through JSON unchanged.
+    #[test]
+    fn syscall_decisions_decode_and_round_trip() {
+        use agent_common::event::SyscallDecisionEvent;
+        let ev = SyscallDecisionEvent {
+            header: hdr(EventKind::SyscallDecision),
+            nr: 62,
+            rule_id: 5,
+            ret: -1,
+            arg: u64::from((-1i32) as u32),
+            denied: 1,
+            action: Action::Blocked as u8,
+            enforced_by: Layer::Seccomp as u8,
+            at_entry: 0,
+            _pad: 0,
+        };
+        let raw = decode(&bytes_of(&ev, core::mem::size_of::<SyscallDecisionEvent>())).unwrap();
+        let e = Event::from_raw(
+            &raw,
+            &Clock { offset_ns: 0 },
+            SessionRef::default(),
+            &|id, c| format!("{c}:{id}"),
+        );
+        let s = e.syscall().expect("syscall body");
+        assert_eq!(
+            (s.name.as_str(), s.nr, s.at.as_str(), s.result, s.arg),
+            ("kill", 62, "exit", -1, Some(-1))
+        );
+        let d = e.decision.clone().unwrap();
+        assert_eq!(
+            (d.action, d.enforced_by, d.rule.as_str()),
+            (Action::Blocked, Layer::Seccomp, "syscalls:5")
+        );
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(line.contains(r#""kind":"syscall_decision""#), "{line}");
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.body, e.body);
+        // An unconditional rule has no argument to show; an unknown number is named.
+        let always = SyscallDecisionEvent {
+            nr: 9999,
+            arg: u64::MAX,
+            at_entry: 1,
+            ..ev
+        };
+        let raw = decode(&bytes_of(
+            &always,
+            core::mem::size_of::<SyscallDecisionEvent>(),
+        ))
+        .unwrap();
+        let e = Event::from_raw(
+            &raw,
+            &Clock { offset_ns: 0 },
+            SessionRef::default(),
+            &|_, _| String::new(),
+        );
+        let s = e.syscall().unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.at.as_str(), s.arg),
+            ("syscall_9999", "entry", None)
+        );
+    }
+
     /// A line whose kind lacks its payload, or names no kind, is refused naming why.
     #[test]
     fn a_kind_without_its_payload_is_refused() {

@@ -739,6 +739,80 @@ network:\n  default: deny\n  allow:\n    - { cidr: 10.0.0.0/8, ports: \"443\" }\
         );
         assert_eq!(rules.describe(RULE_DEFAULT, "network"), "network.default");
     }
+
+    fn syscall_profile(mode: &str, section: &str) -> Profile {
+        let text = format!(
+            "name: t\ndescription: d\nowners: {{ business: b, technical: t }}\nmode: {mode}\n{section}"
+        );
+        parse("t.yaml", &text).unwrap()
+    }
+
+    /// The profile's rules carry its line and how each session kind meets them; the
+    /// daemon's self-protection fills in what the profile does not refuse itself, under
+    /// its own label, and conditional rules carry the argument they judge.
+    #[test]
+    fn syscall_rules_carry_the_profile_rule_or_self_protection() {
+        use agent_common::vocab::OnViolation as Wire;
+        let p = syscall_profile(
+            "enforce",
+            "syscalls:\n  deny: [\"@module\", \"@ns\"]\n  fallback: kill\n",
+        );
+        let mut rules = RuleTable::default();
+        let c = syscall_rules(&p, 3, &mut rules);
+        let rule = |nr: u32| {
+            c.iter()
+                .find(|(k, _)| k.nr == nr && k.profile_id == 3)
+                .map(|(_, r)| *r)
+                .unwrap_or_else(|| panic!("no rule for {nr}"))
+        };
+        // init_module: the profile's own rule wins over self-protection's.
+        let init = rule(175);
+        assert_eq!(
+            rules.describe(init.rule_id, "syscalls"),
+            "t.yaml:6 (syscalls.deny[0])"
+        );
+        assert_eq!(
+            (init.seccomp, init.seccomp_kill, init.entry, init.cond),
+            (1, 0, Wire::Kill as u8, SYSCALL_COND_ALWAYS)
+        );
+        let clone = rule(56);
+        assert_eq!((clone.cond, clone.arg), (SYSCALL_COND_ANY_BIT, 0));
+        assert_eq!(clone.mask, super::super::syscalls::CLONE_NS_FLAGS);
+        let bpf = rule(321);
+        assert_eq!(
+            rules.describe(bpf.rule_id, "syscalls"),
+            "agentwarden self-protection: bpf() (seccomp)"
+        );
+        assert_eq!((bpf.seccomp, bpf.entry), (1, Wire::Kill as u8));
+        let ptrace = rule(101);
+        assert_eq!((ptrace.cond, ptrace.arg), (SYSCALL_COND_PROTECTED_PID, 1));
+        // One rule id per label: the five signal calls share theirs.
+        assert_eq!(rule(62).rule_id, rule(200).rule_id);
+        assert_eq!(c.iter().filter(|(k, _)| k.nr == 175).count(), 1);
+    }
+
+    /// Monitor mode: the profile's denials are recorded at entry and not refused;
+    /// self-protection is refused all the same, and recorded (not killed) at entry.
+    #[test]
+    fn monitor_profiles_record_their_syscalls_and_keep_self_protection() {
+        use agent_common::vocab::OnViolation as Wire;
+        let p = syscall_profile("monitor", "syscalls:\n  deny: [mount, bpf]\n");
+        let mut rules = RuleTable::default();
+        let c = syscall_rules(&p, 0, &mut rules);
+        let mount = c.iter().find(|(k, _)| k.nr == 165).unwrap().1;
+        assert_eq!((mount.seccomp, mount.entry), (0, Wire::Alert as u8));
+        let bpf = c.iter().find(|(k, _)| k.nr == 321).unwrap().1;
+        assert_eq!((bpf.seccomp, bpf.entry), (1, Wire::Alert as u8));
+        assert!(
+            rules
+                .describe(bpf.rule_id, "syscalls")
+                .starts_with("agentwarden")
+        );
+        // A profile without the section still gets every self-protection rule.
+        let bare = syscall_rules(&syscall_profile("enforce", ""), 0, &mut rules);
+        assert_eq!(bare.len(), super::super::syscalls::self_protection().len());
+        assert!(bare.iter().all(|(_, r)| r.seccomp == 1));
+    }
 }
 
 #[cfg(test)]
