@@ -199,8 +199,8 @@ fn attach_and_release(d: &Daemon, profile: &str, name: &str, cmd: &str) -> ExitS
 
 /// Attached sessions have no seccomp filter: the syscall-entry program kills
 /// (`on_violation: kill`, SIGKILL at entry, recorded `killed` by `signal`) or records
-/// (`alert`: the call runs, recorded `alerted`). A `block` profile without a fallback is
-/// refused at attach, naming why.
+/// (`alert`: the call runs, recorded `alerted`); the daemon's self-protection kills at
+/// entry. A `block` profile without a fallback is refused at attach, naming why.
 #[test]
 fn attached_sessions_are_killed_or_alerted_at_the_syscalls_entry() {
     let rules = tempfile::tempdir().unwrap();
@@ -235,6 +235,23 @@ fn attached_sessions_are_killed_or_alerted_at_the_syscalls_entry() {
     let evs = syscall_events(&d, &sid, 1);
     let (action, layer, _) = decision_on(&evs, "io_uring_setup");
     assert_eq!((action, layer), (Action::Alerted, Layer::None));
+
+    // The daemon's self-protection in an attached session of an enforcing profile
+    // (whatever its own `on_violation`): SIGKILL at `bpf()`'s entry, so the descriptor it
+    // returns never reaches user mode.
+    let bpf = attach_and_release(&d, "attalert", "att-bpf", &format!("{} bpf", probe()));
+    assert_eq!(bpf.signal(), Some(9), "{bpf:?}");
+    let sid = d.session("att-bpf").id;
+    let evs = syscall_events(&d, &sid, 1);
+    let (action, layer, rule) = decision_on(&evs, "bpf");
+    assert_eq!(
+        (action, layer, rule.as_str()),
+        (
+            Action::Killed,
+            Layer::Signal,
+            "agentwarden self-protection: bpf()"
+        )
+    );
 
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
     let out = d
@@ -334,7 +351,7 @@ fn a_root_session_cannot_signal_trace_or_bpf_the_daemon() {
             (
                 Action::Blocked,
                 Layer::Seccomp,
-                "agentwarden self-protection: a signal to the daemon (seccomp)"
+                "agentwarden self-protection: a signal to the daemon"
             )
         );
     }
@@ -348,13 +365,13 @@ fn a_root_session_cannot_signal_trace_or_bpf_the_daemon() {
     for (name, rule) in [
         (
             "ptrace",
-            "agentwarden self-protection: ptrace of the daemon (seccomp)",
+            "agentwarden self-protection: ptrace of the daemon",
         ),
         (
             "pidfd_open",
-            "agentwarden self-protection: a pidfd of the daemon (seccomp)",
+            "agentwarden self-protection: a pidfd of the daemon",
         ),
-        ("bpf", "agentwarden self-protection: bpf() (seccomp)"),
+        ("bpf", "agentwarden self-protection: bpf()"),
     ] {
         let (action, layer, r) = decision_on(&evs, name);
         assert_eq!(
@@ -366,7 +383,7 @@ fn a_root_session_cannot_signal_trace_or_bpf_the_daemon() {
     assert!(
         rows.iter().any(|r| r["kind"] == "syscall_decision"
             && r["syscall"]["name"] == "bpf"
-            && r["decision"]["rule"] == "agentwarden self-protection: bpf() (seccomp)"
+            && r["decision"]["rule"] == "agentwarden self-protection: bpf()"
             && r["decision"]["enforced_by"] == "seccomp"),
         "{rows:?}"
     );

@@ -205,11 +205,12 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
     };
     let syscalls = &profile.syscall_deny;
     let enf = policy::syscalls::enforcement(profile.file.mode, &profile.file.syscalls);
+    // The daemon's pids as they are now (threads started later are not in a filter: see
+    // the threat model), for the filter of a `run` session and for the kernel, which
+    // judges attached sessions at entry and records refusals by them.
+    let protected = protected_pids(new.root_pid);
+    core.kernel.policy.protect_pids(&protected.kernel_pids())?;
     let seccomp = if new.enrolment == Enrolment::Run {
-        // The daemon's pids as they are now (threads started later are not in the
-        // filter: see the threat model), also for the kernel's records of refusals.
-        let protected = protected_pids(new.root_pid);
-        core.kernel.policy.protect_pids(&protected.kernel_pids())?;
         Some(policy::syscalls::plan(syscalls, enf, &protected))
     } else {
         if !syscalls.is_empty() && enf.seccomp && enf.entry.is_none() {

@@ -226,8 +226,7 @@ pub fn syscall_rules(
         let rule_id = match labels.iter().find(|(l, _)| *l == label) {
             Some((_, r)) => *r,
             None => {
-                let r =
-                    rules.add_builtin(format!("agentwarden self-protection: {label} (seccomp)"));
+                let r = rules.add_builtin(format!("agentwarden self-protection: {label}"));
                 labels.push((label, r));
                 r
             }
@@ -781,7 +780,7 @@ network:\n  default: deny\n  allow:\n    - { cidr: 10.0.0.0/8, ports: \"443\" }\
         let bpf = rule(321);
         assert_eq!(
             rules.describe(bpf.rule_id, "syscalls"),
-            "agentwarden self-protection: bpf() (seccomp)"
+            "agentwarden self-protection: bpf()"
         );
         assert_eq!((bpf.seccomp, bpf.entry), (1, Wire::Kill as u8));
         let ptrace = rule(101);
