@@ -223,6 +223,14 @@ fn attached_sessions_are_killed_or_alerted_at_the_syscalls_entry() {
     );
     let at = evs.iter().find_map(|e| e.syscall()).unwrap();
     assert_eq!(at.at, "entry");
+    let rows = d.audit_session(&sid);
+    assert!(
+        rows.iter().any(|r| r["kind"] == "syscall_decision"
+            && r["syscall"]["name"] == "unshare"
+            && r["decision"]["action"] == "killed"
+            && r["decision"]["enforced_by"] == "signal"),
+        "{rows:?}"
+    );
 
     let alerted = attach_and_release(
         &d,
