@@ -294,11 +294,41 @@ pub fn members(entry: &str) -> Result<Vec<(&'static str, u32)>, EntryError> {
         Some(s) => Ok(vec![(s.name(), s.id() as u32)]),
         None => Err(EntryError {
             message: format!("unknown syscall `{entry}` ({ARCH})"),
-            hint: "a syscall name as in `man 2 syscalls` (e.g. `mount`), or a group such as \
-                   `@mount`; see rules/README.md"
-                .to_owned(),
+            hint: match nearest(entry) {
+                Some(n) => format!(
+                    "did you mean `{n}`? (see `man 2 syscalls`, or a group such as `@mount`)"
+                ),
+                None => "a syscall name as in `man 2 syscalls` (e.g. `mount`), or a group \
+                         such as `@mount`; see rules/README.md"
+                    .to_owned(),
+            },
         }),
     }
+}
+
+/// The x86_64 syscall nearest to a misspelt name (at most two edits away).
+fn nearest(name: &str) -> Option<&'static str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let here = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb))
+                    .min(row[j] + 1)
+                    .min(here + 1);
+                prev = here;
+            }
+        }
+        row[b.len()]
+    }
+    Sysno::iter()
+        .map(|s| (distance(name, s.name()), s.name()))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n)
 }
 
 fn sysno(name: &str) -> Option<Sysno> {
