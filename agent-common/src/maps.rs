@@ -19,6 +19,12 @@ pub const BIND_RESULT: &str = "BIND_RESULT";
 /// The daemon the programs answer to (`config::DaemonState`, one entry).
 pub const DAEMON: &str = "DAEMON";
 
+/// Syscall rules: `(profile id, syscall nr)` → rule (`policy::SyscallRule`).
+pub const SYSCALL_RULES: &str = "SYSCALL_RULES";
+/// Pids a session must not signal, trace or reach (the daemon's: its tgid, threads,
+/// `-pgid`, `-1`), as the syscalls' argument is written (`i32`, sign-extended).
+pub const PROTECTED_PIDS: &str = "PROTECTED_PIDS";
+
 /// Every map the daemon takes by name.
 pub const DAEMON_MAPS: &[&str] = &[
     SESSIONS,
@@ -31,6 +37,8 @@ pub const DAEMON_MAPS: &[&str] = &[
     INODE_RULES,
     BIND_RESULT,
     DAEMON,
+    SYSCALL_RULES,
+    PROTECTED_PIDS,
 ];
 
 /// Global: kernel struct offsets (`config::KernelOffsets`).

@@ -177,8 +177,62 @@ pub struct PathRuleValue {
 }
 crate::assert_size!(PathRuleValue, 8);
 
+/// Syscall rule entries across all profiles.
+pub const SYSCALL_RULES_MAX: u32 = 65_536;
+/// Pids in `PROTECTED_PIDS`.
+pub const PROTECTED_PIDS_MAX: u32 = 1024;
+
+/// Key of `SYSCALL_RULES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SyscallKey {
+    pub profile_id: u32,
+    /// The syscall number (x86_64).
+    pub nr: u32,
+}
+crate::assert_size!(SyscallKey, 8);
+
+/// `SyscallRule::cond`: the rule matches every call.
+pub const SYSCALL_COND_ALWAYS: u8 = 0;
+/// Only calls whose argument `arg` is in `PROTECTED_PIDS` (a signal, trace or memory
+/// access aimed at the daemon).
+pub const SYSCALL_COND_PROTECTED_PID: u8 = 1;
+/// Only calls whose argument `arg` has a bit of `mask` set (clone's namespace flags).
+pub const SYSCALL_COND_ANY_BIT: u8 = 2;
+
+/// Value of `SYSCALL_RULES`: how sessions under the profile meet the syscall.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallRule {
+    pub rule_id: u32,
+    /// What the syscall-entry program does in sessions without a seccomp filter
+    /// (`attach`, or a rule seccomp does not carry): [`crate::vocab::OnViolation`] as
+    /// `u8` (`Kill`: SIGKILL at entry; `Alert`: record), or [`SYSCALL_ENTRY_NONE`].
+    pub entry: u8,
+    /// 1 when the seccomp filter of `run` sessions refuses the call (`EPERM`): the exit
+    /// program records the refusal.
+    pub seccomp: u8,
+    /// 1 when a refusal by seccomp is followed by SIGKILL (`on_violation: kill`).
+    pub seccomp_kill: u8,
+    /// `SYSCALL_COND_*`.
+    pub cond: u8,
+    /// Index of the argument `cond` judges (0..=5).
+    pub arg: u32,
+    pub _pad: u32,
+    /// Bits for `SYSCALL_COND_ANY_BIT`.
+    pub mask: u64,
+}
+crate::assert_size!(SyscallRule, 24);
+
+/// `SyscallRule::entry`: nothing at entry.
+pub const SYSCALL_ENTRY_NONE: u8 = 0xff;
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: repr(C) integers, no padding.
+    unsafe impl aya::Pod for super::SyscallKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SyscallRule {}
     // SAFETY: repr(C) integers and byte arrays, no padding.
     unsafe impl aya::Pod for super::PathRuleKey {}
     // SAFETY: as above.

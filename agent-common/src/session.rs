@@ -7,6 +7,11 @@ pub const MAX_TRACKED_PROCESSES: u32 = 65_536;
 /// `bprm_check_security`). Set for profiles whose exec default is deny with no allow list.
 pub const SESSION_FLAG_DENY_EXEC: u32 = 1;
 
+/// `SessionEntry::flags`: the session's processes run under the seccomp filter
+/// `agentwarden run` installed before it executed the agent, so the syscall-entry program
+/// leaves the calls that filter refuses to it, and the exit program records its refusals.
+pub const SESSION_FLAG_SECCOMP: u32 = 2;
+
 /// Value of the `SESSIONS` map, keyed by tgid. Filled at enrolment by the daemon and
 /// copied to every child process in the fork tracepoint.
 #[repr(C)]

@@ -142,6 +142,9 @@ vocabulary! {
         /// The kernel's own capability check: `agentwarden run` dropped the capability
         /// (`CAP_NET_RAW`) from the agent before executing it.
         Capabilities = 6 => "capabilities",
+        /// The seccomp filter `agentwarden run` installed in itself before it executed
+        /// the agent: the syscall was refused (`EPERM`) before it ran.
+        Seccomp = 7 => "seccomp",
     }
 }
 

@@ -17,6 +17,7 @@ mod packet;
 mod path;
 mod pathrules;
 mod session;
+mod syscalls;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -382,7 +382,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
 }
 
 /// `agentwarden run`: enrol, then become the agent. Never runs it unwatched.
-// Long: the steps between enrolment and exec (user switch, Landlock, environment) must run in this order in one place.
+// Long: the steps between enrolment and exec (user switch, Landlock, capabilities, seccomp, environment) must run in this order in one place.
 fn run(
     socket: &Path,
     profile: String,
@@ -412,6 +412,7 @@ fn run(
             warnings,
             landlock,
             drop_capabilities,
+            seccomp,
             ..
         }) => {
             for w in warnings {
@@ -439,6 +440,20 @@ fn run(
                     "agentwarden: cannot drop {}: {e:#}\n\
                      agentwarden: not running the agent unwatched",
                     drop_capabilities.join(", ")
+                );
+                return ExitCode::from(EXIT_LAUNCH_FAILED);
+            }
+            // Last before the exec, after Landlock and the capabilities (whose calls it
+            // does not refuse, but nothing is left to chance): inherited by everything
+            // the agent runs, and no process in the session can remove it.
+            let applied = match &seccomp {
+                Some(plan) => policy::syscalls::apply(plan),
+                None => Err(anyhow::anyhow!("the daemon sent no seccomp filter")),
+            };
+            if let Err(e) = applied {
+                eprintln!(
+                    "agentwarden: cannot install the seccomp filter: {e:#}\n\
+                     agentwarden: not running the agent unwatched"
                 );
                 return ExitCode::from(EXIT_LAUNCH_FAILED);
             }

@@ -176,6 +176,23 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: false,
         fallback: "packet sockets of sessions are not stopped without BPF-LSM",
     },
+    // Syscall rules: seccomp refuses in `run` sessions, the exit records its refusals;
+    // the entry kills or records in sessions without the filter (`attach`).
+    ProgramSpec {
+        name: "sys_exit",
+        hook: Hook::BtfTracepoint("sys_exit"),
+        needs: None,
+        required: false,
+        fallback: "seccomp refusals in `run` sessions happen but are not recorded",
+    },
+    ProgramSpec {
+        name: "sys_enter",
+        hook: Hook::BtfTracepoint("sys_enter"),
+        needs: None,
+        required: false,
+        fallback: "syscall rules of `attach` sessions and `alert` rules are not met; \
+                   profiles that kill for them are refused at attach",
+    },
     cgroup("connect4"),
     cgroup("connect6"),
     cgroup("sendmsg4"),

@@ -106,6 +106,10 @@ fn body(e: &Event) -> String {
             };
             format!("{addr} = {}", c.result)
         }
+        Body::SyscallDecision(s) => {
+            let arg = s.arg.map_or(String::new(), |a| format!(" arg={a}"));
+            format!("{}{arg} at {} = {}", s.name, s.at, s.result)
+        }
         Body::Exit(x) => match (x.code, x.signal) {
             (Some(c), _) => format!("code {c}"),
             (_, Some(s)) => format!("signal {s}"),

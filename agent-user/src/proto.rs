@@ -50,6 +50,11 @@ pub enum Response {
         /// Capabilities `run` must drop before executing the agent (`CAP_NET_RAW`).
         #[serde(default)]
         drop_capabilities: Vec<String>,
+        /// The seccomp filter `run` must install in itself before executing the agent:
+        /// the profile's syscall denials and the daemon's self-protection (every `run`
+        /// session has one; `run` refuses to start the agent without it).
+        #[serde(default)]
+        seccomp: Option<crate::policy::syscalls::SeccompPlan>,
     },
     Sessions {
         sessions: Vec<SessionView>,

@@ -17,3 +17,4 @@ mod routes;
 mod sessions;
 mod succession;
 mod support;
+mod syscalls;

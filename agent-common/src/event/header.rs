@@ -16,6 +16,9 @@ pub enum EventKind {
     SessionMapFull = 6,
     /// A network decision of the cgroup layer.
     NetDecision = 7,
+    /// A syscall a profile's `syscalls:` section (or the daemon's self-protection)
+    /// names, refused by seccomp, or met at entry by the signal layer or recorded.
+    SyscallDecision = 8,
     /// Raised by the daemon, never sent by the kernel: a session was enrolled.
     SessionStart = 64,
     /// Raised by the daemon: a session's last process exited.
@@ -34,6 +37,7 @@ impl EventKind {
         Self::Connect,
         Self::SessionMapFull,
         Self::NetDecision,
+        Self::SyscallDecision,
         Self::SessionStart,
         Self::SessionEnd,
         Self::Loss,
@@ -49,6 +53,7 @@ impl EventKind {
             5 => Self::Connect,
             6 => Self::SessionMapFull,
             7 => Self::NetDecision,
+            8 => Self::SyscallDecision,
             _ => return None,
         })
     }
@@ -63,6 +68,7 @@ impl EventKind {
             Self::Connect => "connect",
             Self::SessionMapFull => "session_map_full",
             Self::NetDecision => "net_decision",
+            Self::SyscallDecision => "syscall_decision",
             Self::SessionStart => "session_start",
             Self::SessionEnd => "session_end",
             Self::Loss => "loss",

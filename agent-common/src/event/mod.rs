@@ -12,6 +12,7 @@ mod header;
 mod net_decision;
 mod open;
 mod path;
+mod syscall;
 
 pub use connect::ConnectEvent;
 pub use exec::{ARGV_MAX, ARGV_TRUNCATED, ExecEvent};
@@ -23,6 +24,7 @@ pub use open::{OpenEvent, OpenSyscall};
 pub use path::{
     KPath, NAME_READ_MAX, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX, PATH_WALK_DEPTH,
 };
+pub use syscall::SyscallDecisionEvent;
 
 /// A path decision the kernel took (deny rules of exec and files).
 #[repr(C)]

@@ -108,6 +108,10 @@ fn class_of(e: &Event) -> Option<Class> {
                     (network, 1, "Open")
                 }
             }
+            // A syscall invoked (and refused or killed: the decision says which).
+            Body::SyscallDecision(_) => {
+                ((1003, "Kernel Activity", 1, "System Activity"), 4, "Invoke")
+            }
             Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {
                 return None;
             }
@@ -184,6 +188,10 @@ fn add_body(out: &mut Value, e: &Event, host: Option<&str>) {
         }
         Body::Connect(c) => {
             dst = Some((c.address.clone(), c.port, String::new(), c.family.clone()));
+        }
+        Body::SyscallDecision(s) => {
+            out["kernel"] = json!({ "name": s.name, "type_id": 2, "type": "System Call" });
+            out["status_code"] = json!(s.result.to_string());
         }
         Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {}
     }

@@ -11,7 +11,7 @@ use super::records::SessionRecord;
 use crate::{
     event::{
         Body, ConnectInfo, DecisionInfo, Event, ExecInfo, ExitInfo, ForkInfo, LossInfo, NetInfo,
-        OpenInfo, ProcessInfo, SessionRef,
+        OpenInfo, ProcessInfo, SessionRef, SyscallInfo,
     },
     policy::net::Cidr,
 };
@@ -538,6 +538,13 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
             family: x_str("family"),
             address: get_s("address")?.unwrap_or_default(),
             port: get_i("port")?.unwrap_or(0) as u16,
+        }),
+        EventKind::SyscallDecision => Body::SyscallDecision(SyscallInfo {
+            name: get_s("op")?.unwrap_or_default(),
+            nr: extra["nr"].as_u64().unwrap_or(0) as u32,
+            at: x_str("at"),
+            result,
+            arg: extra["arg"].as_i64(),
         }),
         EventKind::Exit => Body::Exit(ExitInfo {
             code: get_i("exit_code")?.map(|c| c as i32),

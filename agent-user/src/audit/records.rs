@@ -202,6 +202,15 @@ fn body_columns(body: &Body) -> BodyColumns {
             c.op = Some(n.op.clone());
             c.extra.insert("family".into(), n.family.clone().into());
         }
+        Body::SyscallDecision(s) => {
+            c.op = Some(s.name.clone());
+            c.result = Some(s.result);
+            c.extra.insert("nr".into(), s.nr.into());
+            c.extra.insert("at".into(), s.at.clone().into());
+            if let Some(a) = s.arg {
+                c.extra.insert("arg".into(), a.into());
+            }
+        }
         Body::Exit(x) => {
             c.exit_code = x.code;
             c.exit_signal = x.signal;
@@ -308,6 +317,7 @@ pub fn event_rows(ev: &Event) -> EventRows {
         | Body::Exit(_)
         | Body::SessionMapFull(_)
         | Body::NetDecision(_)
+        | Body::SyscallDecision(_)
         | Body::SessionEnd
         | Body::Loss(_) => None,
     });

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 
 use super::{chain::Break, query::Filter, *};
 use crate::event::{
-    Body, DecisionInfo, Event, ExecInfo, ForkInfo, OpenInfo, ProcessInfo, SessionRef,
+    Body, DecisionInfo, Event, ExecInfo, ForkInfo, OpenInfo, ProcessInfo, SessionRef, SyscallInfo,
 };
 
 fn session_ref() -> SessionRef {
@@ -523,5 +523,63 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     let s = sink.stats().snapshot();
     assert_eq!((s.written, s.dropped, s.backlog), (2, 199, 0), "{s:?}");
     // What did land is a whole chain.
+    assert_eq!(verify(&db).unwrap().broken, None);
+}
+
+/// A seccomp refusal is a row with its syscall, result, argument and decision, read back
+/// as the same body, and exported to OCSF as Kernel Activity (Invoke) of a system call.
+#[test]
+fn a_syscall_decision_is_stored_read_back_and_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut items = session_items(0);
+    let mut e = Event::new(
+        Body::SyscallDecision(SyscallInfo {
+            name: "kill".into(),
+            nr: 62,
+            at: "exit".into(),
+            result: -1,
+            arg: Some(-1),
+        }),
+        at(9),
+        session_ref(),
+    );
+    e.seq = 99;
+    e.process = Some(process(101, 100, "sh"));
+    e.decision = Some(DecisionInfo {
+        decision: Verdict::Deny,
+        action: Action::Blocked,
+        rule: "agentwarden self-protection: a signal to the daemon".into(),
+        enforced_by: Layer::Seccomp,
+    });
+    let body = e.body.clone();
+    items.push(Item::Event(Arc::new(e)));
+    let db = write(dir.path(), items);
+    let conn = store::open_read_only(&db).unwrap();
+    let mut r = query::Reader::new(&conn);
+    let got = r
+        .query(
+            &Filter {
+                kinds: vec!["syscall_decision".into()],
+                ..Filter::default()
+            },
+            true,
+        )
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event.body, body);
+    let d = got[0].event.decision.as_ref().unwrap();
+    assert_eq!((d.action, d.enforced_by), (Action::Blocked, Layer::Seccomp));
+    assert!(
+        got[0].detail().contains("kill arg=-1 at exit = -1"),
+        "{}",
+        got[0].detail()
+    );
+    let o = ocsf::record(&got[0]).unwrap();
+    assert_eq!(
+        (o["class_uid"].as_u64(), o["type_uid"].as_u64()),
+        (Some(1003), Some(100304))
+    );
+    assert_eq!(o["kernel"]["name"], "kill");
+    assert_eq!(o["disposition"], "Blocked");
     assert_eq!(verify(&db).unwrap().broken, None);
 }

@@ -160,6 +160,7 @@ impl Tree<'_> {
                 | Body::Connect(_)
                 | Body::SessionMapFull(_)
                 | Body::NetDecision(_)
+                | Body::SyscallDecision(_)
                 | Body::SessionStart
                 | Body::SessionEnd
                 | Body::Loss(_) => {}

@@ -205,6 +205,47 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
     } else {
         Vec::new()
     };
+    let syscalls = &profile.syscall_deny;
+    let enf = policy::syscalls::enforcement(profile.file.mode, &profile.file.syscalls);
+    // The daemon's pids as they are now (threads started later are not in a filter: see
+    // the threat model), for the filter of a `run` session and for the kernel, which
+    // judges attached sessions at entry and records refusals by them.
+    let protected = protected_pids(new.root_pid);
+    core.kernel.policy.protect_pids(&protected.kernel_pids())?;
+    let seccomp = if new.enrolment == Enrolment::Run {
+        Some(policy::syscalls::plan(syscalls, enf, &protected))
+    } else {
+        if !syscalls.is_empty() && enf.seccomp && enf.entry.is_none() {
+            bail!(
+                "profile `{}` blocks syscalls, which only the seccomp filter of `agentwarden \
+                 run` can do; an attached process cannot be given one: add \
+                 `syscalls.fallback: kill` (SIGKILL at the syscall's entry) or `alert`",
+                profile.file.name
+            );
+        }
+        None
+    };
+    let attached_program = |name: &str| {
+        shared
+            .programs
+            .iter()
+            .any(|s| s.name == name && s.state == "attached")
+    };
+    let kills_at_entry =
+        new.enrolment == Enrolment::Attach && profile.file.mode == policy::Mode::Enforce;
+    if kills_at_entry && !attached_program("sys_enter") {
+        bail!(
+            "profile `{}` kills for the daemon's self-protection and its syscall rules at the \
+             syscall's entry in attached sessions, and the sys_enter program is not attached \
+             on this host",
+            profile.file.name
+        );
+    }
+    let flags = if seccomp.is_some() {
+        flags | agent_common::session::SESSION_FLAG_SECCOMP
+    } else {
+        flags
+    };
     let (root, how) = (new.root_pid, new.enrolment);
     let (id, processes) = core.enroll(new, flags)?;
     core.flush_sinks();
@@ -227,7 +268,15 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
             .iter()
             .any(|s| s.name == name && s.state == "attached")
     };
-    let warnings = profiles::enforcement_gaps(&profile, &attached, landlock.as_ref());
+    let mut warnings = profiles::enforcement_gaps(&profile, &attached, landlock.as_ref());
+    if seccomp.is_some() && !attached("sys_exit") {
+        warnings.push(
+            "the seccomp filter refuses this profile's syscalls and the daemon's \
+             self-protection, but the sys_exit program is not attached: refusals are not \
+             recorded"
+                .to_owned(),
+        );
+    }
     for w in &warnings {
         warn!(session = %session.id, "{w}");
     }
@@ -237,7 +286,31 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
         warnings,
         landlock,
         drop_capabilities,
+        seccomp,
     })
+}
+
+/// The pids a `run` session's filter protects: this daemon's tgid, its threads, `-1`,
+/// minus its process group, and 0 when the enrolling process `peer` shares the daemon's
+/// session (it could join the daemon's process group, where `kill(0)` reaches it).
+fn protected_pids(peer: u32) -> policy::syscalls::Protected {
+    use rustix::process::{Pid, getpgrp, getpid, getsid};
+    let me = getpid();
+    let threads: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let same_session = Pid::from_raw(peer as i32)
+        .and_then(|p| getsid(Some(p)).ok())
+        .is_some_and(|s| getsid(None).is_ok_and(|mine| mine == s));
+    policy::syscalls::protected_pids(
+        me.as_raw_nonzero().get() as u32,
+        &threads,
+        getpgrp().as_raw_nonzero().get() as u32,
+        same_session,
+    )
 }
 
 /// The kernel flags of `profile`, or an error naming the missing layer when this host

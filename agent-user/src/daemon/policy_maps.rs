@@ -12,7 +12,7 @@ use agent_common::{
     maps,
     policy::{
         CATEGORY_EXEC, InodeRuleKey, MAX_PROFILES, NetKey, NetRule, PathRuleKey, PathRuleValue,
-        ProfileConfig,
+        ProfileConfig, SyscallKey, SyscallRule,
     },
 };
 use anyhow::{Result, anyhow, bail};
@@ -52,6 +52,10 @@ pub(super) struct PolicyMaps {
     inode_rules: BpfHashMap<MapData, InodeRuleKey, PathRuleValue>,
     /// The kernel's `(ino, dev)` of the daemon's own last open, per thread.
     bind_result: BpfHashMap<MapData, u64, [u64; 2]>,
+    /// Syscall rules by `(profile id, nr)`.
+    syscall_rules: BpfHashMap<MapData, SyscallKey, SyscallRule>,
+    /// The daemon's pids, which sessions must not signal, trace or reach.
+    protected_pids: BpfHashMap<MapData, i32, u8>,
     /// Rules to bind to inodes again when files appear or are replaced.
     bound: Vec<BoundPath>,
     /// `**/name` rules, and the files of those names found in and above the working
@@ -89,6 +93,8 @@ impl PolicyMaps {
             path_rules: BpfHashMap::try_from(take(maps::PATH_RULES)?)?,
             inode_rules: BpfHashMap::try_from(take(maps::INODE_RULES)?)?,
             bind_result: BpfHashMap::try_from(take(maps::BIND_RESULT)?)?,
+            syscall_rules: BpfHashMap::try_from(take(maps::SYSCALL_RULES)?)?,
+            protected_pids: BpfHashMap::try_from(take(maps::PROTECTED_PIDS)?)?,
             bound: Vec::new(),
             name_rules: Vec::new(),
             protect_rules: HashSet::new(),
@@ -99,6 +105,24 @@ impl PolicyMaps {
             fileless: HashMap::new(),
             digests: HashMap::new(),
         })
+    }
+
+    /// Sets the daemon's pids the kernel judges syscall arguments against (new ones in
+    /// before stale ones out: no window where a pid the daemon still has is missing).
+    pub(super) fn protect_pids(&mut self, pids: &[i32]) -> Result<()> {
+        for p in pids {
+            self.protected_pids.insert(*p, 1, 0)?;
+        }
+        let stale: Vec<i32> = self
+            .protected_pids
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !pids.contains(k))
+            .collect();
+        for k in stale {
+            let _ = self.protected_pids.remove(&k);
+        }
+        Ok(())
     }
 
     /// Binds the deny rules to the inodes of the files they name now (a file created or
@@ -453,7 +477,12 @@ impl Core {
         let (mut deny, mut allow, mut paths) = (Vec::new(), Vec::new(), HashSet::new());
         let mut bound = Vec::new();
         let mut name_rules = Vec::new();
+        let mut syscalls = HashSet::new();
         for (id, c) in compiled {
+            for (key, rule) in c.syscall_rules {
+                m.syscall_rules.insert(key, rule, 0)?;
+                syscalls.insert(key);
+            }
             let fileless = refusal::fileless_act(&c.config);
             // `alert` is recorded by the kernel's exec tracepoint; this layer (and its
             // watch of every exec) is for refusing.
@@ -504,6 +533,15 @@ impl Core {
             .collect();
         for k in stale {
             let _ = m.path_rules.remove(&k);
+        }
+        let stale: Vec<_> = m
+            .syscall_rules
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !syscalls.contains(k))
+            .collect();
+        for k in stale {
+            let _ = m.syscall_rules.remove(&k);
         }
         self.rules = rules;
         self.profiles = set.clone();

@@ -23,6 +23,7 @@ mod net;
 mod open;
 mod path;
 mod raw;
+mod syscall;
 
 pub use connect::ConnectInfo;
 use connect::connect_info;
@@ -35,6 +36,8 @@ use open::open_info;
 pub use open::{OpenInfo, open_flag_names};
 pub use path::{PathText, path_text};
 pub use raw::{Raw, Spare, decode, decode_reusing};
+pub use syscall::SyscallInfo;
+use syscall::syscall_info;
 
 pub fn comm(c: &[u8; COMM_LEN]) -> String {
     let end = c.iter().position(|b| *b == 0).unwrap_or(COMM_LEN);
@@ -136,6 +139,8 @@ pub enum Body {
     SessionMapFull(ForkInfo),
     /// A network decision of the cgroup layer.
     NetDecision(NetInfo),
+    /// A syscall a profile (or the daemon's self-protection) names.
+    SyscallDecision(SyscallInfo),
     SessionStart,
     SessionEnd,
     Loss(LossInfo),
@@ -151,6 +156,7 @@ impl Body {
             Body::Exit(_) => EventKind::Exit,
             Body::SessionMapFull(_) => EventKind::SessionMapFull,
             Body::NetDecision(_) => EventKind::NetDecision,
+            Body::SyscallDecision(_) => EventKind::SyscallDecision,
             Body::SessionStart => EventKind::SessionStart,
             Body::SessionEnd => EventKind::SessionEnd,
             Body::Loss(_) => EventKind::Loss,
@@ -205,6 +211,8 @@ struct Wire<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     net: Option<Cow<'a, NetInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    syscall: Option<Cow<'a, SyscallInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     decision: Option<Cow<'a, DecisionInfo>>,
 }
 
@@ -223,6 +231,7 @@ impl Serialize for Event {
             exit: None,
             loss: None,
             net: None,
+            syscall: None,
             decision: self.decision.as_ref().map(Cow::Borrowed),
         };
         match &self.body {
@@ -232,6 +241,7 @@ impl Serialize for Event {
             Body::Fork(x) | Body::SessionMapFull(x) => w.fork = Some(Cow::Borrowed(x)),
             Body::Exit(x) => w.exit = Some(Cow::Borrowed(x)),
             Body::NetDecision(x) => w.net = Some(Cow::Borrowed(x)),
+            Body::SyscallDecision(x) => w.syscall = Some(Cow::Borrowed(x)),
             Body::Loss(x) => w.loss = Some(Cow::Borrowed(x)),
             Body::SessionStart | Body::SessionEnd => {}
         }
@@ -261,6 +271,7 @@ impl TryFrom<Wire<'static>> for Event {
             EventKind::SessionMapFull => Body::SessionMapFull(take(w.fork, kind, "fork")?),
             EventKind::Exit => Body::Exit(take(w.exit, kind, "exit")?),
             EventKind::NetDecision => Body::NetDecision(take(w.net, kind, "net")?),
+            EventKind::SyscallDecision => Body::SyscallDecision(take(w.syscall, kind, "syscall")?),
             EventKind::Loss => Body::Loss(take(w.loss, kind, "loss")?),
             EventKind::SessionStart => Body::SessionStart,
             EventKind::SessionEnd => Body::SessionEnd,
@@ -347,6 +358,13 @@ impl Event {
         }
     }
 
+    pub fn syscall(&self) -> Option<&SyscallInfo> {
+        match &self.body {
+            Body::SyscallDecision(x) => Some(x),
+            _ => None,
+        }
+    }
+
     pub fn loss(&self) -> Option<&LossInfo> {
         match &self.body {
             Body::Loss(x) => Some(x),
@@ -390,6 +408,12 @@ impl Event {
                 Body::NetDecision(net_info(e)),
                 decision(e.denied, e.action, e.enforced_by, || {
                     rule(e.rule_id, "network")
+                }),
+            ),
+            Raw::SyscallDecision(e) => (
+                Body::SyscallDecision(syscall_info(e)),
+                decision(e.denied, e.action, e.enforced_by, || {
+                    rule(e.rule_id, "syscalls")
                 }),
             ),
         };
@@ -675,6 +699,69 @@ mod tests {
             assert_eq!(decode(&wire), want);
             assert_eq!(decode_reusing(&wire, &mut spare), want);
         }
+    }
+
+    /// A seccomp refusal seen at the call's exit: decoded, named, its argument shown as
+    /// the int the kernel read, its rule and layer kept, and through JSON unchanged.
+    #[test]
+    fn syscall_decisions_decode_and_round_trip() {
+        use agent_common::event::SyscallDecisionEvent;
+        let ev = SyscallDecisionEvent {
+            header: hdr(EventKind::SyscallDecision),
+            nr: 62,
+            rule_id: 5,
+            ret: -1,
+            arg: u64::from((-1i32) as u32),
+            denied: 1,
+            action: Action::Blocked as u8,
+            enforced_by: Layer::Seccomp as u8,
+            at_entry: 0,
+            _pad: 0,
+        };
+        let raw = decode(&bytes_of(&ev, core::mem::size_of::<SyscallDecisionEvent>())).unwrap();
+        let e = Event::from_raw(
+            &raw,
+            &Clock { offset_ns: 0 },
+            SessionRef::default(),
+            &|id, c| format!("{c}:{id}"),
+        );
+        let s = e.syscall().expect("syscall body");
+        assert_eq!(
+            (s.name.as_str(), s.nr, s.at.as_str(), s.result, s.arg),
+            ("kill", 62, "exit", -1, Some(-1))
+        );
+        let d = e.decision.clone().unwrap();
+        assert_eq!(
+            (d.action, d.enforced_by, d.rule.as_str()),
+            (Action::Blocked, Layer::Seccomp, "syscalls:5")
+        );
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(line.contains(r#""kind":"syscall_decision""#), "{line}");
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.body, e.body);
+        // An unconditional rule has no argument to show; an unknown number is named.
+        let always = SyscallDecisionEvent {
+            nr: 9999,
+            arg: u64::MAX,
+            at_entry: 1,
+            ..ev
+        };
+        let raw = decode(&bytes_of(
+            &always,
+            core::mem::size_of::<SyscallDecisionEvent>(),
+        ))
+        .unwrap();
+        let e = Event::from_raw(
+            &raw,
+            &Clock { offset_ns: 0 },
+            SessionRef::default(),
+            &|_, _| String::new(),
+        );
+        let s = e.syscall().unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.at.as_str(), s.arg),
+            ("syscall_9999", "entry", None)
+        );
     }
 
     /// A line whose kind lacks its payload, or names no kind, is refused naming why.

@@ -5,7 +5,7 @@
 use agent_common::{
     event::{
         ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, NetDecisionEvent,
-        OpenEvent,
+        OpenEvent, SyscallDecisionEvent,
         decode::{DecodeError, header, read_record},
     },
     vocab::{Action, Layer},
@@ -22,6 +22,7 @@ pub enum Raw {
     Open(Box<OpenEvent>),
     Connect(ConnectEvent),
     NetDecision(NetDecisionEvent),
+    SyscallDecision(SyscallDecisionEvent),
 }
 
 impl Raw {
@@ -33,6 +34,7 @@ impl Raw {
             Raw::Open(e) => &e.header,
             Raw::Connect(e) => &e.header,
             Raw::NetDecision(e) => &e.header,
+            Raw::SyscallDecision(e) => &e.header,
         }
     }
 }
@@ -108,6 +110,7 @@ fn check_vocabulary(raw: &Raw) -> Result<(), DecodeError> {
         Raw::Exec(e) => (e.verdict.action, e.verdict.enforced_by),
         Raw::Open(e) => (e.verdict.action, e.verdict.enforced_by),
         Raw::NetDecision(e) => (e.action, e.enforced_by),
+        Raw::SyscallDecision(e) => (e.action, e.enforced_by),
         Raw::Exit(_) | Raw::Fork(_) | Raw::SessionMapFull(_) | Raw::Connect(_) => return Ok(()),
     };
     let kind = raw.header().kind;
@@ -147,6 +150,9 @@ fn read(bytes: &[u8]) -> Result<Raw, DecodeError> {
         EventKind::Connect => Raw::Connect(read_record(bytes, size_of::<ConnectEvent>())?),
         EventKind::NetDecision => {
             Raw::NetDecision(read_record(bytes, size_of::<NetDecisionEvent>())?)
+        }
+        EventKind::SyscallDecision => {
+            Raw::SyscallDecision(read_record(bytes, size_of::<SyscallDecisionEvent>())?)
         }
         // Raised by the daemon: `from_u32` never returns them for a kernel record.
         EventKind::SessionStart | EventKind::SessionEnd | EventKind::Loss => {

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use agent_common::policy::{
     CATEGORY_EXEC, CATEGORY_FILE, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey,
     MAX_PORT_RANGES, NetKey, NetRule, PathRuleKey, PathRuleValue, PortRange as KPortRange,
-    ProfileConfig, RULE_DEFAULT, fnv,
+    ProfileConfig, RULE_DEFAULT, SYSCALL_COND_ALWAYS, SYSCALL_COND_ANY_BIT,
+    SYSCALL_COND_PROTECTED_PID, SYSCALL_ENTRY_NONE, SyscallKey, SyscallRule, fnv,
 };
 use anyhow::{Result, bail};
 
@@ -24,7 +25,7 @@ pub struct RuleTable {
 }
 
 impl RuleTable {
-    fn add(&mut self, profile: &Profile, field: &str, line: u64) -> u32 {
+    pub(super) fn add(&mut self, profile: &Profile, field: &str, line: u64) -> u32 {
         self.add_builtin(format!("{}:{line} ({field})", profile.source))
     }
 
@@ -67,6 +68,9 @@ pub struct CompiledProfile {
     pub unresolved: Vec<String>,
     /// The rule id of `exec.fileless` when it is not `allow`.
     pub fileless_rule: Option<u32>,
+    /// `(profile id, syscall nr)` → how sessions meet the call: the profile's
+    /// `syscalls.deny` and the daemon's self-protection.
+    pub syscall_rules: Vec<(SyscallKey, SyscallRule)>,
 }
 
 /// The profile's word as the kernel's number.
@@ -137,6 +141,7 @@ pub fn compile(
         name_rules: Vec::new(),
         unresolved: Vec::new(),
         fileless_rule: None,
+        syscall_rules: syscall_rules(p, id, rules),
     };
     for (category, field, list) in [
         (CATEGORY_EXEC, "exec.deny", &p.exec_deny),
@@ -161,6 +166,89 @@ pub fn compile(
     c.net_deny = entries(p, id, "network.deny", &p.net_deny, &mut ctx)?;
     c.net_allow = entries(p, id, "network.allow", &p.net_allow, &mut ctx)?;
     Ok(c)
+}
+
+/// The profile's syscall rules, then the daemon's self-protection for the calls the
+/// profile does not refuse itself (its own rule names the refusal where it does: it is
+/// what the profile's author wrote).
+pub fn syscall_rules(
+    p: &Profile,
+    id: u32,
+    rules: &mut RuleTable,
+) -> Vec<(SyscallKey, SyscallRule)> {
+    use super::syscalls::{self, Cond};
+    let kernel_cond = |c: Cond| match c {
+        Cond::Always => (SYSCALL_COND_ALWAYS, 0, 0),
+        Cond::AnyBit { arg, mask } => (SYSCALL_COND_ANY_BIT, u32::from(arg), mask),
+        Cond::ProtectedPid { arg, .. } => (SYSCALL_COND_PROTECTED_PID, u32::from(arg), 0),
+    };
+    let entry_of = |v: Option<OnViolation>| v.map_or(SYSCALL_ENTRY_NONE, action);
+    let enf = syscalls::enforcement(p.file.mode, &p.file.syscalls);
+    let mut out: Vec<(SyscallKey, SyscallRule)> = Vec::new();
+    let mut ids: Vec<(String, u32)> = Vec::new();
+    for d in &p.syscall_deny {
+        let rule_id = match ids.iter().find(|(f, _)| *f == d.field) {
+            Some((_, r)) => *r,
+            None => {
+                let r = rules.add(p, &d.field, d.line);
+                ids.push((d.field.clone(), r));
+                r
+            }
+        };
+        let (cond, arg, mask) = kernel_cond(d.cond);
+        out.push((
+            SyscallKey {
+                profile_id: id,
+                nr: d.nr,
+            },
+            SyscallRule {
+                rule_id,
+                entry: entry_of(enf.entry),
+                seccomp: u8::from(enf.seccomp),
+                seccomp_kill: u8::from(enf.seccomp_kill),
+                cond,
+                arg,
+                _pad: 0,
+                mask,
+            },
+        ));
+    }
+    // An unconditional profile rule covers the call; a conditional one (clone with
+    // namespace flags) leaves it to the profile, which is the rarer case here.
+    let refused_by_profile = |nr: u32| enf.seccomp && out.iter().any(|(k, _)| k.nr == nr);
+    let mut labels: Vec<(&str, u32)> = Vec::new();
+    let mut protect = Vec::new();
+    for (name, cond, label) in syscalls::self_protection() {
+        let nr = syscalls::nr(name);
+        if refused_by_profile(nr) {
+            continue;
+        }
+        let rule_id = match labels.iter().find(|(l, _)| *l == label) {
+            Some((_, r)) => *r,
+            None => {
+                let r = rules.add_builtin(format!("agentwarden self-protection: {label}"));
+                labels.push((label, r));
+                r
+            }
+        };
+        let (cond, arg, mask) = kernel_cond(cond);
+        protect.push((
+            SyscallKey { profile_id: id, nr },
+            SyscallRule {
+                rule_id,
+                entry: action(syscalls::self_protection_entry(p.file.mode)),
+                seccomp: 1,
+                seccomp_kill: 0,
+                cond,
+                arg,
+                _pad: 0,
+                mask,
+            },
+        ));
+    }
+    out.retain(|(k, _)| !protect.iter().any(|(pk, _)| pk.nr == k.nr));
+    out.extend(protect);
+    out
 }
 
 impl CompiledProfile {
@@ -649,6 +737,80 @@ network:\n  default: deny\n  allow:\n    - { cidr: 10.0.0.0/8, ports: \"443\" }\
             "t.yaml:9 (network.allow[1])"
         );
         assert_eq!(rules.describe(RULE_DEFAULT, "network"), "network.default");
+    }
+
+    fn syscall_profile(mode: &str, section: &str) -> Profile {
+        let text = format!(
+            "name: t\ndescription: d\nowners: {{ business: b, technical: t }}\nmode: {mode}\n{section}"
+        );
+        parse("t.yaml", &text).unwrap()
+    }
+
+    /// The profile's rules carry its line and how each session kind meets them; the
+    /// daemon's self-protection fills in what the profile does not refuse itself, under
+    /// its own label, and conditional rules carry the argument they judge.
+    #[test]
+    fn syscall_rules_carry_the_profile_rule_or_self_protection() {
+        use agent_common::vocab::OnViolation as Wire;
+        let p = syscall_profile(
+            "enforce",
+            "syscalls:\n  deny: [\"@module\", \"@ns\"]\n  fallback: kill\n",
+        );
+        let mut rules = RuleTable::default();
+        let c = syscall_rules(&p, 3, &mut rules);
+        let rule = |nr: u32| {
+            c.iter()
+                .find(|(k, _)| k.nr == nr && k.profile_id == 3)
+                .map(|(_, r)| *r)
+                .unwrap_or_else(|| panic!("no rule for {nr}"))
+        };
+        // init_module: the profile's own rule wins over self-protection's.
+        let init = rule(175);
+        assert_eq!(
+            rules.describe(init.rule_id, "syscalls"),
+            "t.yaml:6 (syscalls.deny[0])"
+        );
+        assert_eq!(
+            (init.seccomp, init.seccomp_kill, init.entry, init.cond),
+            (1, 0, Wire::Kill as u8, SYSCALL_COND_ALWAYS)
+        );
+        let clone = rule(56);
+        assert_eq!((clone.cond, clone.arg), (SYSCALL_COND_ANY_BIT, 0));
+        assert_eq!(clone.mask, super::super::syscalls::CLONE_NS_FLAGS);
+        let bpf = rule(321);
+        assert_eq!(
+            rules.describe(bpf.rule_id, "syscalls"),
+            "agentwarden self-protection: bpf()"
+        );
+        assert_eq!((bpf.seccomp, bpf.entry), (1, Wire::Kill as u8));
+        let ptrace = rule(101);
+        assert_eq!((ptrace.cond, ptrace.arg), (SYSCALL_COND_PROTECTED_PID, 1));
+        // One rule id per label: the five signal calls share theirs.
+        assert_eq!(rule(62).rule_id, rule(200).rule_id);
+        assert_eq!(c.iter().filter(|(k, _)| k.nr == 175).count(), 1);
+    }
+
+    /// Monitor mode: the profile's denials are recorded at entry and not refused;
+    /// self-protection is refused all the same, and recorded (not killed) at entry.
+    #[test]
+    fn monitor_profiles_record_their_syscalls_and_keep_self_protection() {
+        use agent_common::vocab::OnViolation as Wire;
+        let p = syscall_profile("monitor", "syscalls:\n  deny: [mount, bpf]\n");
+        let mut rules = RuleTable::default();
+        let c = syscall_rules(&p, 0, &mut rules);
+        let mount = c.iter().find(|(k, _)| k.nr == 165).unwrap().1;
+        assert_eq!((mount.seccomp, mount.entry), (0, Wire::Alert as u8));
+        let bpf = c.iter().find(|(k, _)| k.nr == 321).unwrap().1;
+        assert_eq!((bpf.seccomp, bpf.entry), (1, Wire::Alert as u8));
+        assert!(
+            rules
+                .describe(bpf.rule_id, "syscalls")
+                .starts_with("agentwarden")
+        );
+        // A profile without the section still gets every self-protection rule.
+        let bare = syscall_rules(&syscall_profile("enforce", ""), 0, &mut rules);
+        assert_eq!(bare.len(), super::super::syscalls::self_protection().len());
+        assert!(bare.iter().all(|(_, r)| r.seccomp == 1));
     }
 }
 

@@ -8,6 +8,7 @@ pub mod landlock;
 pub mod net;
 pub mod pattern;
 pub mod show;
+pub mod syscalls;
 
 use std::{fmt, path::Path};
 
@@ -38,6 +39,9 @@ pub struct ProfileFile {
     pub files: FileRules,
     #[serde(default)]
     pub network: NetworkRules,
+    /// Syscalls refused to the session (seccomp in `run` sessions).
+    #[serde(default)]
+    pub syscalls: syscalls::SyscallRules,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -295,6 +299,8 @@ pub struct Profile {
     pub kernel_decides: [bool; 2],
     /// Line of `exec.fileless` (0: not written), for the rule its decisions name.
     pub fileless_line: u64,
+    /// The syscalls `syscalls.deny` names (groups resolved, `allow` removed), x86_64.
+    pub syscall_deny: Vec<syscalls::DeniedCall>,
 }
 
 /// Parses and validates one profile; `source` names it in diagnostics.
@@ -363,6 +369,7 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
     let files_deny = c.patterns("files.deny", &file.files.deny);
     let net_allow = c.destinations("network.allow", &file.network.allow);
     let net_deny = c.destinations("network.deny", &file.network.deny);
+    let syscall_deny = c.syscalls(&file.syscalls);
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
@@ -383,6 +390,7 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
         warnings: c.warnings,
         kernel_decides: [false; 2],
         fileless_line: text_line(text, "exec.fileless"),
+        syscall_deny,
     };
     p.kernel_decides = [
         decide::kernel_decides(&p, decide::Access::Exec),
@@ -468,6 +476,25 @@ impl Checker<'_> {
             }
         }
         out
+    }
+
+    fn syscalls(&mut self, r: &syscalls::SyscallRules) -> Vec<syscalls::DeniedCall> {
+        if r.default.value == Default::Deny {
+            self.error(
+                r.default.referenced.line(),
+                r.default.referenced.column(),
+                "syscalls.default",
+                "`default: deny` is not supported for syscalls",
+                "an agent's runtime (node, python, git, shells) uses hundreds of syscalls and a \
+                 missing one fails in ways that look like bugs: list what to deny (`deny: \
+                 [\"@mount\", \"@module\"]`); `allow` makes exceptions to the groups denied",
+            );
+        }
+        let (denied, errors) = syscalls::resolve(r);
+        for (field, line, column, e) in errors {
+            self.error(line, column, &field, &e.message, &e.hint);
+        }
+        denied
     }
 
     fn destinations(

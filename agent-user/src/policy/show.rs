@@ -134,7 +134,98 @@ pub fn show(p: &Profile) -> String {
     );
     destinations(&mut out, "allow", &p.net_allow);
     destinations(&mut out, "deny", &p.net_deny);
+    syscalls(&mut out, p);
     out
+}
+
+/// The resolved syscall set, entry by entry (a group with its members), the layer that
+/// meets each in `run` and in `attach` sessions, and the daemon's self-protection.
+fn syscalls(out: &mut String, p: &Profile) {
+    use super::syscalls::{self, Cond, SELF_PROTECTION_ENOSYS};
+    let f = &p.file;
+    let enf = syscalls::enforcement(f.mode, &f.syscalls);
+    let _ = writeln!(
+        out,
+        "  syscalls ({}): default {:?}, on violation {:?}, fallback {}",
+        syscalls::ARCH,
+        f.syscalls.default.value,
+        f.syscalls.on_violation,
+        f.syscalls
+            .fallback
+            .map_or("none".into(), |x| format!("{x:?}"))
+    );
+    let run = match (enf.seccomp, enf.seccomp_kill) {
+        (true, false) => "run: seccomp EPERM",
+        (true, true) => "run: seccomp EPERM, then SIGKILL at the exit",
+        (false, _) => "run: recorded at entry (alert)",
+    };
+    let attach = match enf.entry {
+        Some(super::OnViolation::Kill) => {
+            "attach: SIGKILL at entry (signal; the call itself still runs)"
+        }
+        Some(_) => "attach: recorded at entry",
+        None => "attach: refused at enrolment (no fallback)",
+    };
+    let cond = |c: Cond| match c {
+        Cond::Always => String::new(),
+        Cond::AnyBit { arg, mask } => format!(" (when arg{arg} & {mask:#x})"),
+        Cond::ProtectedPid { arg, .. } => format!(" (when arg{arg} is the daemon's)"),
+    };
+    let mut i = 0;
+    while i < p.syscall_deny.len() {
+        let first = &p.syscall_deny[i];
+        let group: Vec<_> = p.syscall_deny[i..]
+            .iter()
+            .take_while(|d| d.field == first.field)
+            .collect();
+        let names: Vec<String> = group
+            .iter()
+            .map(|d| format!("{}{}", d.name, cond(d.cond)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "    deny   {:<16} line {:<4} {}; {}\n           → {}",
+            first.entry,
+            first.line,
+            run,
+            attach,
+            names.join(", ")
+        );
+        i += group.len();
+    }
+    if p.syscall_deny.iter().any(|d| d.name == "clone") {
+        let _ = writeln!(
+            out,
+            "    enosys clone3           (its flags are in memory seccomp cannot read: libc falls \
+             back to clone)"
+        );
+    }
+    let mut labels: Vec<(&str, Vec<String>)> = Vec::new();
+    for (name, c, label) in syscalls::self_protection() {
+        let entry = format!("{name}{}", cond(c));
+        match labels.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, v)) => v.push(entry),
+            None => labels.push((label, vec![entry])),
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  self-protection (every profile; run: seccomp EPERM; attach: {} at entry):",
+        if f.mode == super::Mode::Enforce {
+            "SIGKILL"
+        } else {
+            "recorded"
+        }
+    );
+    for (label, names) in labels {
+        let _ = writeln!(out, "    {label:<28} {}", names.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "    {:<28} {} (ENOSYS: it can aim through a /proc descriptor seccomp cannot see)",
+        "signals by pidfd",
+        SELF_PROTECTION_ENOSYS.join(", ")
+    );
 }
 
 /// One line per file for `lint`.
@@ -150,7 +241,7 @@ pub fn summary(p: &Profile) -> String {
     let count = |k: KernelForm| all.iter().filter(|l| l.value.kernel_form() == k).count();
     format!(
         "{}: ok — profile `{}`: {} path rules ({} exact, {} prefix, {} file name, {} alert-only), \
-         {} network rules",
+         {} network rules, {} syscalls denied",
         p.source,
         p.file.name,
         all.len(),
@@ -158,6 +249,7 @@ pub fn summary(p: &Profile) -> String {
         count(KernelForm::Prefix),
         count(KernelForm::Basename),
         count(KernelForm::UserspaceOnly),
-        p.net_allow.len() + p.net_deny.len()
+        p.net_allow.len() + p.net_deny.len(),
+        p.syscall_deny.len()
     )
 }

@@ -47,6 +47,37 @@ fn main() -> Result<()> {
         "dns" => dns_query(arg(0)?),
         "packet" => packet_socket(),
         "uring-packet" => uring_packet_socket(),
+        // Syscalls a profile's `syscalls:` section or the daemon's self-protection refuses.
+        "mount" => mount_tmpfs(arg(0)?),
+        // SAFETY: plain syscall.
+        "unshare" => sys(|| unsafe { libc::unshare(libc::CLONE_NEWUTS) }.into()),
+        "clone-ns" => clone_newuts(),
+        "thread" => thread_spawns(),
+        "init-module" => sys(|| {
+            // SAFETY: no image (the kernel refuses it after the filter would have).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_init_module,
+                    std::ptr::null::<u8>(),
+                    0,
+                    c"".as_ptr(),
+                )
+            }
+        }),
+        "io-uring-setup" => IoUring::new(4).map(|_| Seen::Nothing),
+        "bpf" => bpf_next_prog_id(),
+        "kill" => {
+            let (pid, sig): (i32, i32) = (arg(0)?.parse()?, arg(1)?.parse()?);
+            // SAFETY: plain syscall.
+            sys(|| unsafe { libc::kill(pid, sig) }.into())
+        }
+        "ptrace" => ptrace_seize(arg(0)?.parse()?),
+        "pidfd-open" => {
+            let pid: i32 = arg(0)?.parse()?;
+            // SAFETY: plain syscall; the descriptor is closed at exit.
+            sys(|| unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
+        }
+        "proc-pidfd-signal" => proc_pidfd_signal(arg(0)?),
         other => bail!("unknown route `{other}`"),
     };
     let line = match outcome {
@@ -391,6 +422,109 @@ fn uring_packet_socket() -> Outcome {
     // SAFETY: the ring returned a fresh descriptor.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
     Ok(Seen::Nothing)
+}
+
+/// One raw syscall's outcome (`-1` with errno on failure).
+fn sys(call: impl FnOnce() -> i64) -> Outcome {
+    check(call()).map(|_| Seen::Nothing)
+}
+
+/// Mounts a tmpfs on `dir` (and unmounts it again when that worked).
+fn mount_tmpfs(dir: &str) -> Outcome {
+    let target = cstr(dir);
+    // SAFETY: valid C strings, no data.
+    sys(|| {
+        unsafe {
+            libc::mount(
+                c"awprobe".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        }
+        .into()
+    })?;
+    // SAFETY: as above.
+    unsafe { libc::umount2(target.as_ptr(), 0) };
+    Ok(Seen::Nothing)
+}
+
+/// A child in a new UTS namespace made by clone(2) itself (not unshare).
+fn clone_newuts() -> Outcome {
+    // SAFETY: a fork-like clone (no new stack, no shared memory): the child only exits.
+    let pid = check(unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_NEWUTS | libc::SIGCHLD,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    })?;
+    if pid == 0 {
+        // SAFETY: the child leaves at once, running nothing of the parent's.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    Ok(Seen::Nothing)
+}
+
+/// A thread started and joined: libc's clone3, or its fallback to clone when clone3 is
+/// refused as absent.
+fn thread_spawns() -> Outcome {
+    std::thread::spawn(|| 7)
+        .join()
+        .map(|_| Seen::Nothing)
+        .map_err(|_| Error::from_raw_os_error(libc::EAGAIN))
+}
+
+/// `bpf(BPF_PROG_GET_NEXT_ID)`: what a process enumerating the host's programs does
+/// first. `ENOENT` (no program after id 0) is also a call the kernel let through.
+fn bpf_next_prog_id() -> Outcome {
+    const BPF_PROG_GET_NEXT_ID: i64 = 11;
+    let mut attr = [0u32; 4];
+    // SAFETY: the attribute outlives the call; its size is passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_NEXT_ID,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    match check(ret) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Seen::Nothing),
+        other => other.map(|_| Seen::Nothing),
+    }
+}
+
+/// `PTRACE_SEIZE` (no stop of the tracee), detached again when it worked.
+fn ptrace_seize(pid: i32) -> Outcome {
+    // SAFETY: plain syscall.
+    sys(|| unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize) })?;
+    // SAFETY: as above.
+    unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize) };
+    Ok(Seen::Nothing)
+}
+
+/// Signal 0 through a descriptor of `/proc/<pid>`, which `pidfd_send_signal` accepts as
+/// a pidfd: no pid in the call's arguments.
+fn proc_pidfd_signal(pid: &str) -> Outcome {
+    let fd = open_path(&format!("/proc/{pid}"), libc::O_DIRECTORY | libc::O_RDONLY)?;
+    // SAFETY: a valid descriptor, no siginfo.
+    sys(|| unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            0,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    })
 }
 
 /// A DNS query for `example.com` (type A) sent with plain `sendto` to a resolver on port

@@ -1,0 +1,398 @@
+//! Syscall profiles and the daemon's self-protection: the seccomp filter of `run`
+//! sessions (`EPERM`, recorded at the refused call's exit with its rule and `seccomp`),
+//! and the syscall-entry program for attached sessions (SIGKILL or a record).
+
+use crate::support::*;
+
+/// A profile denying `@mount`, `@ns`, `@module` and `@io-uring` with `on_violation`.
+fn syscall_profile(rules: &Path, name: &str, mode: &str, on_violation: &str) {
+    let text = format!(
+        "name: {name}\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: {mode}\n\
+         syscalls:\n  deny: [\"@mount\", \"@ns\", \"@module\", \"@io-uring\"]\n  \
+         on_violation: {on_violation}\n"
+    );
+    fs::write(rules.join(format!("{name}.yaml")), text).unwrap();
+}
+
+/// The syscall decisions of a session, once `n` are there.
+fn syscall_events(d: &Daemon, session: &str, n: usize) -> Vec<Event> {
+    let evs = d.wait_for(session, "the syscall decisions", |evs| {
+        evs.iter().filter(|e| e.syscall().is_some()).count() >= n
+    });
+    evs.into_iter().filter(|e| e.syscall().is_some()).collect()
+}
+
+/// `(action, layer, rule)` of the decision on syscall `name`.
+fn decision_on(evs: &[Event], name: &str) -> (Action, Layer, String) {
+    let e = evs
+        .iter()
+        .find(|e| e.syscall().is_some_and(|s| s.name == name))
+        .unwrap_or_else(|| panic!("no decision on {name}:\n{}", dump(evs)));
+    let d = e.decision.as_ref().expect("decision");
+    assert_eq!(d.decision, Verdict::Deny);
+    (d.action, d.enforced_by, d.rule.clone())
+}
+
+/// `mount`, `unshare`, clone with `CLONE_NEWUTS`, `init_module` and `io_uring_setup`
+/// fail with `EPERM` under `run` (the filter `run` installed before it executed the
+/// agent), while threads still start (clone3 is refused as absent, libc falls back to
+/// clone, whose flags the filter judges); each refusal is an event and an audit row with
+/// its rule (`file:line (syscalls.deny[i])`) and layer `seccomp`. Outside the session
+/// the same calls succeed.
+#[test]
+fn denied_syscalls_fail_with_eperm_under_run_and_are_recorded_with_their_rule() {
+    let rules = tempfile::tempdir().unwrap();
+    syscall_profile(rules.path(), "nosys", "enforce", "block");
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let routes = [
+        format!("mount {}", mnt.display()),
+        "unshare".to_owned(),
+        "clone-ns".to_owned(),
+        "init-module".to_owned(),
+        "io-uring-setup".to_owned(),
+        "thread".to_owned(),
+    ];
+    let script: Vec<String> = routes
+        .iter()
+        .map(|r| {
+            let key = r.split(' ').next().unwrap_or_default();
+            format!("echo \"{key}=$({} {r})\"", probe())
+        })
+        .collect();
+    let out = d.run_profile(
+        "nosys",
+        "nosys-run",
+        work.path(),
+        &["/bin/sh", "-c", &script.join("; ")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for want in [
+        "mount=errno 1",
+        "unshare=errno 1",
+        "clone-ns=errno 1",
+        "init-module=errno 1",
+        "io-uring-setup=errno 1",
+        "thread=ok",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == want),
+            "want {want} in:\n{stdout}"
+        );
+    }
+    let sid = d.session("nosys-run").id;
+    let evs = syscall_events(&d, &sid, 5);
+    let file = rules.path().join("nosys.yaml");
+    for (name, index) in [
+        ("mount", 0),
+        ("unshare", 1),
+        ("clone", 1),
+        ("init_module", 2),
+        ("io_uring_setup", 3),
+    ] {
+        let (action, layer, rule) = decision_on(&evs, name);
+        assert_eq!(
+            (action, layer, rule.as_str()),
+            (
+                Action::Blocked,
+                Layer::Seccomp,
+                format!("{}:6 (syscalls.deny[{index}])", file.display()).as_str()
+            ),
+            "{name}"
+        );
+    }
+    let mount = evs
+        .iter()
+        .find_map(|e| e.syscall().filter(|s| s.name == "mount"))
+        .unwrap();
+    assert_eq!(
+        (mount.nr, mount.at.as_str(), mount.result),
+        (165, "exit", -1)
+    );
+    let clone = evs
+        .iter()
+        .find_map(|e| e.syscall().filter(|s| s.name == "clone"))
+        .unwrap();
+    assert_eq!(
+        clone.arg,
+        Some(libc::CLONE_NEWUTS as i64 | libc::SIGCHLD as i64)
+    );
+    assert!(
+        !evs.iter()
+            .any(|e| e.syscall().is_some_and(|s| s.name == "clone3")),
+        "clone3's ENOSYS is not a refusal to record:\n{}",
+        dump(&evs)
+    );
+    let rows = d.audit_session(&sid);
+    let row = rows
+        .iter()
+        .find(|r| r["kind"] == "syscall_decision" && r["syscall"]["name"] == "init_module")
+        .unwrap_or_else(|| panic!("no audit row for init_module: {rows:?}"));
+    assert_eq!(row["decision"]["action"], "blocked");
+    assert_eq!(row["decision"]["enforced_by"], "seccomp");
+    assert_eq!(
+        row["decision"]["rule"],
+        format!("{}:6 (syscalls.deny[2])", file.display())
+    );
+    // The filter is the session's: the same calls outside it are the kernel's to allow.
+    let outside = Command::new(probe())
+        .args(["mount", mnt.to_str().unwrap()])
+        .output_within();
+    assert_eq!(String::from_utf8_lossy(&outside.stdout).trim(), "ok");
+}
+
+/// `on_violation: kill` in a `run` session: refused by seccomp, then SIGKILL at the
+/// refused call's exit (recorded `killed` by `seccomp`).
+#[test]
+fn a_kill_profile_refuses_and_kills_under_run() {
+    let rules = tempfile::tempdir().unwrap();
+    syscall_profile(rules.path(), "killsys", "enforce", "kill");
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let out = d.run_profile("killsys", "killsys-run", work.path(), &[probe(), "unshare"]);
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing printed after the call: {out:?}"
+    );
+    let sid = d.session("killsys-run").id;
+    let evs = syscall_events(&d, &sid, 1);
+    let (action, layer, _) = decision_on(&evs, "unshare");
+    assert_eq!((action, layer), (Action::Killed, Layer::Seccomp));
+}
+
+/// Enrols `cmd` (which waits for `gate` first) with `attach`, opens the gate and returns
+/// its exit status.
+fn attach_and_release(d: &Daemon, profile: &str, name: &str, cmd: &str) -> ExitStatus {
+    let work = tempfile::tempdir().unwrap();
+    let gate = work.path().join("gate");
+    let script = format!(
+        "while [ ! -e {g} ]; do sleep 0.05; done; exec {cmd}",
+        g = gate.display()
+    );
+    let mut child = Command::new("sh").args(["-c", &script]).spawn().unwrap();
+    let out = d
+        .cli()
+        .args([
+            "attach",
+            "--pid",
+            &child.id().to_string(),
+            "--profile",
+            profile,
+            "--session-name",
+            name,
+        ])
+        .output_within();
+    assert!(out.status.success(), "{out:?}");
+    fs::write(&gate, "").unwrap();
+    child.wait().unwrap()
+}
+
+/// Attached sessions have no seccomp filter: the syscall-entry program kills
+/// (`on_violation: kill`, SIGKILL at entry, recorded `killed` by `signal`) or records
+/// (`alert`: the call runs, recorded `alerted`); the daemon's self-protection kills at
+/// entry. A `block` profile without a fallback is refused at attach, naming why.
+#[test]
+fn attached_sessions_are_killed_or_alerted_at_the_syscalls_entry() {
+    let rules = tempfile::tempdir().unwrap();
+    syscall_profile(rules.path(), "attkill", "enforce", "kill");
+    syscall_profile(rules.path(), "attalert", "enforce", "alert");
+    syscall_profile(rules.path(), "attblock", "enforce", "block");
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
+        return;
+    };
+    let killed = attach_and_release(&d, "attkill", "att-kill", &format!("{} unshare", probe()));
+    assert_eq!(killed.signal(), Some(9), "{killed:?}");
+    let sid = d.session("att-kill").id;
+    let evs = syscall_events(&d, &sid, 1);
+    let (action, layer, rule) = decision_on(&evs, "unshare");
+    assert_eq!((action, layer), (Action::Killed, Layer::Signal));
+    assert!(
+        rule.ends_with("attkill.yaml:6 (syscalls.deny[1])"),
+        "{rule}"
+    );
+    let at = evs.iter().find_map(|e| e.syscall()).unwrap();
+    assert_eq!(at.at, "entry");
+    let rows = d.audit_session(&sid);
+    assert!(
+        rows.iter().any(|r| r["kind"] == "syscall_decision"
+            && r["syscall"]["name"] == "unshare"
+            && r["decision"]["action"] == "killed"
+            && r["decision"]["enforced_by"] == "signal"),
+        "{rows:?}"
+    );
+
+    let alerted = attach_and_release(
+        &d,
+        "attalert",
+        "att-alert",
+        &format!("{} io-uring-setup", probe()),
+    );
+    assert!(alerted.success(), "{alerted:?}");
+    let sid = d.session("att-alert").id;
+    let evs = syscall_events(&d, &sid, 1);
+    let (action, layer, _) = decision_on(&evs, "io_uring_setup");
+    assert_eq!((action, layer), (Action::Alerted, Layer::None));
+
+    // The daemon's self-protection in an attached session of an enforcing profile
+    // (whatever its own `on_violation`): SIGKILL at `bpf()`'s entry, so the descriptor it
+    // returns never reaches user mode.
+    let bpf = attach_and_release(&d, "attalert", "att-bpf", &format!("{} bpf", probe()));
+    assert_eq!(bpf.signal(), Some(9), "{bpf:?}");
+    let sid = d.session("att-bpf").id;
+    let evs = syscall_events(&d, &sid, 1);
+    let (action, layer, rule) = decision_on(&evs, "bpf");
+    assert_eq!(
+        (action, layer, rule.as_str()),
+        (
+            Action::Killed,
+            Layer::Signal,
+            "agentwarden self-protection: bpf()"
+        )
+    );
+
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = d
+        .cli()
+        .args([
+            "attach",
+            "--pid",
+            &sleeper.id().to_string(),
+            "--profile",
+            "attblock",
+        ])
+        .output_within();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("syscalls.fallback"), "{err}");
+}
+
+/// A root process in a `run` session (under `demo`, a monitor profile: self-protection is
+/// in every profile) cannot kill or stop the daemon (by pid, by its process group or
+/// `-1`), ptrace it, open a pidfd of it, signal it through a `/proc` descriptor
+/// (`ENOSYS`), or call `bpf()`; the daemon lives on, and each refusal is recorded with
+/// the self-protection rule and `seccomp`.
+#[test]
+fn a_root_session_cannot_signal_trace_or_bpf_the_daemon() {
+    let Some(d) = Daemon::start() else { return };
+    let daemon = d.child.as_ref().unwrap().id().to_string();
+    let pgid = rustix::process::getpgid(rustix::process::Pid::from_raw(daemon.parse().unwrap()))
+        .unwrap()
+        .as_raw_nonzero()
+        .get();
+    let minus_pgid = format!("-{pgid}");
+    let routes: Vec<(&str, Vec<&str>)> = vec![
+        ("kill9", vec!["kill", &daemon, "9"]),
+        ("stop", vec!["kill", &daemon, "19"]),
+        ("group", vec!["kill", &minus_pgid, "0"]),
+        ("all", vec!["kill", "-1", "0"]),
+        ("ptrace", vec!["ptrace", &daemon]),
+        ("pidfd", vec!["pidfd-open", &daemon]),
+        ("procfd", vec!["proc-pidfd-signal", &daemon]),
+        ("bpf", vec!["bpf"]),
+        // Not aimed at the daemon: let through.
+        ("self", vec!["kill", "0", "0"]),
+    ];
+    let script: Vec<String> = routes
+        .iter()
+        .map(|(k, a)| format!("echo \"{k}=$({} {})\"", probe(), a.join(" ")))
+        .collect();
+    let work = tempfile::tempdir().unwrap();
+    let out = d.run_in(
+        "selfprot",
+        work.path(),
+        &["/bin/sh", "-c", &script.join("; ")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    // The test runs daemon and session in one session id, so `kill(0)` is refused too
+    // (the session could join the daemon's process group); `self` checks a pid that
+    // names no daemon: the session's own pid.
+    for want in [
+        "kill9=errno 1",
+        "stop=errno 1",
+        "group=errno 1",
+        "all=errno 1",
+        "ptrace=errno 1",
+        "pidfd=errno 1",
+        "procfd=errno 38",
+        "bpf=errno 1",
+        "self=errno 1",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == want),
+            "want {want} in:\n{stdout}"
+        );
+    }
+    let own = d.run_in(
+        "selfprot-own",
+        work.path(),
+        &["/bin/sh", "-c", &format!("{} kill $$ 0", probe())],
+    );
+    assert_eq!(String::from_utf8_lossy(&own.stdout).trim(), "ok", "{own:?}");
+    // Alive and answering.
+    let st: StatusReport = d.json(&["status", "--json"]);
+    assert_eq!(st.daemon_pid.to_string(), daemon);
+    let sid = d.session("selfprot").id;
+    let evs = syscall_events(&d, &sid, 7);
+    let signals: Vec<&Event> = evs
+        .iter()
+        .filter(|e| e.syscall().is_some_and(|s| s.name == "kill"))
+        .collect();
+    assert!(signals.len() >= 4, "{}", dump(&evs));
+    for e in &signals {
+        let dec = e.decision.as_ref().unwrap();
+        assert_eq!(
+            (dec.action, dec.enforced_by, dec.rule.as_str()),
+            (
+                Action::Blocked,
+                Layer::Seccomp,
+                "agentwarden self-protection: a signal to the daemon"
+            )
+        );
+    }
+    let args: BTreeSet<i64> = signals.iter().filter_map(|e| e.syscall()?.arg).collect();
+    assert!(
+        args.contains(&daemon.parse::<i64>().unwrap())
+            && args.contains(&-1)
+            && args.contains(&-i64::from(pgid)),
+        "{args:?}"
+    );
+    for (name, rule) in [
+        (
+            "ptrace",
+            "agentwarden self-protection: ptrace of the daemon",
+        ),
+        (
+            "pidfd_open",
+            "agentwarden self-protection: a pidfd of the daemon",
+        ),
+        ("bpf", "agentwarden self-protection: bpf()"),
+    ] {
+        let (action, layer, r) = decision_on(&evs, name);
+        assert_eq!(
+            (action, layer, r.as_str()),
+            (Action::Blocked, Layer::Seccomp, rule)
+        );
+    }
+    let rows = d.audit_session(&sid);
+    assert!(
+        rows.iter().any(|r| r["kind"] == "syscall_decision"
+            && r["syscall"]["name"] == "bpf"
+            && r["decision"]["rule"] == "agentwarden self-protection: bpf()"
+            && r["decision"]["enforced_by"] == "seccomp"),
+        "{rows:?}"
+    );
+}
