@@ -215,6 +215,15 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     },
 ];
 
+/// Programs attached only while a session runs: the raw syscall tracepoints run for
+/// every syscall on the host (some 200 ns each on these machines, see the README), a
+/// price a host with no agent running must not pay. Loaded (verified) at start.
+pub const ON_DEMAND: &[&str] = &["sys_exit", "sys_enter"];
+
+/// `ProgramStatus::state` of an [`ON_DEMAND`] program: loaded, attached while a session
+/// runs.
+pub const STATE_ON_DEMAND: &str = "on demand";
+
 /// What happened to one program at load.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProgramStatus {
@@ -367,12 +376,15 @@ pub fn load(
             ),
         };
         let began = std::time::Instant::now();
+        let on_demand = ON_DEMAND.contains(&spec.name);
         let outcome = match spec.needs.map(|f| f.available(host)) {
             Some(Err(why)) => Err(anyhow!(why)),
+            _ if on_demand => load_only(&mut ebpf, spec, &btf),
             _ => attach(&mut ebpf, spec, &btf, host, &links.join(spec.name)),
         };
         let load_us = Some(crate::startup::us(began.elapsed()));
         let (state, reason) = match outcome {
+            Ok(()) if on_demand => (STATE_ON_DEMAND, None),
             Ok(()) => ("attached", None),
             Err(e) if !spec.required => ("left out", Some(format!("{e:#}"))),
             Err(e) => {
@@ -391,6 +403,20 @@ pub fn load(
     }
     startup.mark("programs (verify, attach)");
     Ok(Loaded { ebpf, programs })
+}
+
+/// Loads (verifies) an [`ON_DEMAND`] program without attaching it.
+fn load_only(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
+    let prog = ebpf
+        .program_mut(spec.name)
+        .ok_or_else(|| anyhow!("program {} missing from the object", spec.name))?;
+    match spec.hook {
+        Hook::BtfTracepoint(func) => {
+            let p: &mut BtfTracePoint = prog.try_into()?;
+            p.load(func, btf).context("load")
+        }
+        _ => bail!("only BTF tracepoints are attached on demand"),
+    }
 }
 
 fn attach(
@@ -457,13 +483,35 @@ fn cgroup_root(host: &HostProbe) -> Result<std::fs::File> {
     std::fs::File::open(root).with_context(|| format!("opening cgroup root {}", root.display()))
 }
 
-impl Loaded {
-    /// True when the program `name` is attached.
-    pub fn attached(&self, name: &str) -> bool {
-        self.programs
-            .iter()
-            .any(|p| p.name == name && p.state == "attached")
+impl ProgramStatus {
+    /// True when the program acts whenever a session needs it: attached, or attached on
+    /// demand.
+    pub fn in_effect(&self) -> bool {
+        self.state == "attached" || self.state == STATE_ON_DEMAND
     }
+}
+
+/// Attaches the [`ON_DEMAND`] programs (loaded at start) and pins their links in
+/// `links`; returns the pins.
+pub fn attach_on_demand(ebpf: &mut Ebpf, links: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut pins = Vec::new();
+    for name in ON_DEMAND {
+        let Some(prog) = ebpf.program_mut(name) else {
+            continue;
+        };
+        let p: &mut BtfTracePoint = prog.try_into()?;
+        if p.fd().is_err() {
+            // Left out at load (its reason is in the status).
+            continue;
+        }
+        let id = p.attach().with_context(|| format!("attaching {name}"))?;
+        let link: FdLink = p.take_link(id)?.into();
+        let pin = links.join(name);
+        link.pin(&pin)
+            .with_context(|| format!("pinning {name} at {}", pin.display()))?;
+        pins.push(pin);
+    }
+    Ok(pins)
 }
 
 #[cfg(test)]

@@ -220,6 +220,19 @@ impl Keeper {
         Ok(Self { held })
     }
 
+    /// Takes hold of one more pinned object.
+    pub fn hold_path(&mut self, path: &Path) -> Result<()> {
+        let fd = obj::get(path).with_context(|| format!("opening pin {}", path.display()))?;
+        self.held.push((path.to_owned(), fd));
+        Ok(())
+    }
+
+    /// Lets go of an object whose pin was removed on purpose (it detaches once no one
+    /// else holds it).
+    pub fn release(&mut self, path: &Path) {
+        self.held.retain(|(p, _)| p != path);
+    }
+
     pub fn len(&self) -> usize {
         self.held.len()
     }

@@ -396,3 +396,62 @@ fn a_root_session_cannot_signal_trace_or_bpf_the_daemon() {
         "{rows:?}"
     );
 }
+
+/// The raw syscall programs run for every syscall on the host: they are attached while a
+/// session runs and detached when the last one ends (their pins say which).
+#[test]
+fn the_syscall_programs_are_attached_only_while_a_session_runs() {
+    let Some(d) = Daemon::start() else { return };
+    let st: StatusReport = d.json(&["status", "--json"]);
+    let generation = st.generation.clone();
+    let pin = |name: &str| d.pins().join("links").join(&generation).join(name);
+    let attached = || pin("sys_enter").exists() && pin("sys_exit").exists();
+    assert!(
+        !pin("sys_enter").exists() && !pin("sys_exit").exists(),
+        "attached with no session"
+    );
+    for p in ["sys_enter", "sys_exit"] {
+        let prog = st.programs.iter().find(|x| x.name == p).expect(p);
+        assert_eq!(prog.state, "on demand", "{prog:?}");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let go = work.path().join("go");
+    let mut session = d
+        .cli()
+        .args([
+            "run",
+            "--profile",
+            "demo",
+            "--session-name",
+            "ondemand",
+            "--",
+            "bash",
+            "-c",
+        ])
+        .arg(format!(
+            "while [ ! -e {} ]; do sleep 0.05; done",
+            go.display()
+        ))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !attached() {
+        assert!(
+            start.elapsed() < patience(),
+            "not attached while a session runs"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    fs::write(&go, "").unwrap();
+    assert!(session.wait().unwrap().success());
+    let start = Instant::now();
+    while pin("sys_enter").exists() || pin("sys_exit").exists() {
+        assert!(
+            start.elapsed() < patience(),
+            "still attached with no session:\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}

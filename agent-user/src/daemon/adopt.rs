@@ -177,6 +177,45 @@ impl Core {
             warn!(error = %f, "a pin of the kernel side was removed and could not be pinned again");
         }
         self.counters.pins_restored += restored.len() as u64;
+        // An enrolment that failed after attaching them leaves no session to end.
+        let live = self.sessions_live();
+        if let Err(e) = self.syscall_programs(live) {
+            warn!(error = %format!("{e:#}"), "the syscall programs");
+        }
+    }
+
+    /// True while some session is live.
+    pub(super) fn sessions_live(&self) -> bool {
+        self.attribution.registry.all().any(|s| s.ended.is_none())
+    }
+
+    /// Attaches the on-demand programs (`wanted`: a session is or is about to be live),
+    /// or detaches them (their pins go, and the daemon's hold: they detach). A session
+    /// is never enrolled without them: attaching fails its enrolment.
+    pub(super) fn syscall_programs(&mut self, wanted: bool) -> Result<()> {
+        if wanted == !self.on_demand.is_empty() {
+            return Ok(());
+        }
+        if wanted {
+            let dir = self.pins.links(self.generation);
+            let pins = crate::loader::attach_on_demand(&mut self.ebpf, &dir)
+                .context("attaching the syscall programs")?;
+            for p in &pins {
+                self.keeper.hold_path(p)?;
+            }
+            info!(
+                programs = pins.len(),
+                "syscall programs attached (a session runs)"
+            );
+            self.on_demand = pins;
+        } else {
+            for p in std::mem::take(&mut self.on_demand) {
+                self.keeper.release(&p);
+                let _ = fs::remove_file(&p);
+            }
+            info!("syscall programs detached (no session runs)");
+        }
+        Ok(())
     }
 
     /// Takes over what the previous daemon left: profile ids, owners, the sessions the

@@ -229,7 +229,7 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
         shared
             .programs
             .iter()
-            .any(|s| s.name == name && s.state == "attached")
+            .any(|s| s.name == name && s.in_effect())
     };
     let kills_at_entry =
         new.enrolment == Enrolment::Attach && profile.file.mode == policy::Mode::Enforce;
@@ -266,7 +266,7 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
         shared
             .programs
             .iter()
-            .any(|s| s.name == name && s.state == "attached")
+            .any(|s| s.name == name && s.in_effect())
     };
     let mut warnings = profiles::enforcement_gaps(&profile, &attached, landlock.as_ref());
     if seccomp.is_some() && !attached("sys_exit") {
@@ -293,7 +293,7 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
 /// The pids a `run` session's filter protects: this daemon's tgid, its threads, `-1`,
 /// minus its process group, and 0 when the enrolling process `peer` shares the daemon's
 /// session (it could join the daemon's process group, where `kill(0)` reaches it).
-fn protected_pids(peer: u32) -> policy::syscalls::Protected {
+pub(super) fn protected_pids(peer: u32) -> policy::syscalls::Protected {
     use rustix::process::{Pid, getpgrp, getpid, getsid};
     let me = getpid();
     let threads: Vec<u32> = std::fs::read_dir("/proc/self/task")
@@ -322,7 +322,7 @@ pub(super) fn enforceable_flags(shared: &Shared, p: &Profile) -> Result<u32> {
         let found = |name: &str| shared.programs.iter().find(|p| p.name == name);
         if alternatives
             .iter()
-            .any(|n| found(n).is_some_and(|p| p.state == "attached"))
+            .any(|n| found(n).is_some_and(|p| p.in_effect()))
         {
             continue;
         }

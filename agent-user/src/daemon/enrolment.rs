@@ -10,6 +10,8 @@ impl Core {
     pub(super) fn enroll(&mut self, new: NewSession, flags: u32) -> Result<(u64, Vec<u32>)> {
         let root = new.root_pid;
         let id = new_session_id()?;
+        // Before the first process is in the map: its first syscall is judged.
+        self.syscall_programs(true)?;
         let profile_id = *self
             .profile_ids
             .get(&new.profile)

@@ -150,6 +150,11 @@ struct Core {
     saved_manifest: Option<adopt::Manifest>,
     /// A hold on every pinned object, to pin again what is removed.
     keeper: crate::pins::Keeper,
+    /// The loaded object: the programs attached on demand are attached from it.
+    ebpf: aya::Ebpf,
+    /// The pins of the on-demand programs while they are attached.
+    on_demand: Vec<PathBuf>,
+    pins: PinDir,
     /// Buffers of large records, reused from one record to the next.
     spare: event::Spare,
     host: String,
@@ -203,7 +208,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let (sinks, profiles) = open_state(&cfg)?;
     startup.mark("state and profiles parsed");
     let shared = Arc::new(Shared {
-        core: parking_lot::Mutex::new(Core::new(kernel, sinks, &cfg)),
+        core: parking_lot::Mutex::new(Core::new(kernel, ebpf, sinks, &cfg)),
         cfg: cfg.clone(),
         probe,
         programs,
@@ -225,11 +230,17 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         };
         core.bind_for_local_accounts();
         core.install_profiles(&profiles)?;
+        // Adopted sessions keep their syscall rules judged: attached before the switch.
+        let live = core.sessions_live();
+        core.syscall_programs(live)?;
         // The profiles are in the maps, the refusal layer's marks in place: this
         // daemon's programs take over, the previous generation's links go.
         core.kernel.take_over(generation)?;
         let retired = pins.retire_except(generation)?;
         core.keeper = crate::pins::Keeper::hold(&pins, &pins.links(generation))?;
+        core.kernel
+            .policy
+            .protect_pids(&control::protected_pids(0).kernel_pids())?;
         core.save_manifest();
         match adoption {
             Some(a) => info!(
@@ -287,7 +298,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         // Commits what is queued before the process exits.
         core.sinks.close();
     }
-    drop(ebpf);
     if cfg.detach_on_exit {
         // The pins were the programs' last holders: every one detaches.
         pins.remove()?;
@@ -322,7 +332,7 @@ fn protected_dirs(cfg: &DaemonConfig) -> Vec<(&'static str, PathBuf)> {
 }
 
 impl Core {
-    fn new(kernel: KernelMaps, sinks: Sinks, cfg: &DaemonConfig) -> Self {
+    fn new(kernel: KernelMaps, ebpf: aya::Ebpf, sinks: Sinks, cfg: &DaemonConfig) -> Self {
         Self {
             kernel,
             rules: RuleTable::default(),
@@ -347,6 +357,9 @@ impl Core {
             state_dir: cfg.state_dir.clone(),
             saved_manifest: None,
             keeper: crate::pins::Keeper::default(),
+            ebpf,
+            on_demand: Vec::new(),
+            pins: PinDir::new(&cfg.pin_dir),
             landlocked: HashSet::new(),
             protected: protected_dirs(cfg),
             spare: event::Spare::default(),
