@@ -193,7 +193,8 @@ impl Core {
     /// or detaches them (their pins go, and the daemon's hold: they detach). A session
     /// is never enrolled without them: attaching fails its enrolment.
     pub(super) fn syscall_programs(&mut self, wanted: bool) -> Result<()> {
-        if wanted == !self.on_demand.is_empty() {
+        let attached = !self.on_demand.is_empty();
+        if wanted == attached {
             return Ok(());
         }
         if wanted {
