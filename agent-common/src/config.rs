@@ -66,8 +66,16 @@ pub struct DaemonState {
     pub generation: u64,
     pub tgid: u32,
     pub alive: u32,
+    /// `DAEMON_FLAG_*`.
+    pub flags: u32,
+    pub _pad: u32,
 }
-crate::assert_size!(DaemonState, 16);
+crate::assert_size!(DaemonState, 24);
+
+/// `DaemonState::flags`: the BPF-LSM self-protection hooks (`task_kill`,
+/// `ptrace_access_check`, `bpf`) are attached: they refuse what the syscall-entry
+/// program would otherwise kill for after the fact.
+pub const DAEMON_FLAG_LSM_SELF_PROTECTION: u32 = 1;
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C) integers, no padding.

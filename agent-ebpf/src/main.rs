@@ -16,6 +16,7 @@ mod netpolicy;
 mod packet;
 mod path;
 mod pathrules;
+mod selfprotect;
 mod session;
 mod syscalls;
 

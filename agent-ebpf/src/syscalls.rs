@@ -44,7 +44,8 @@ static SYSCALL_RULES: HashMap<SyscallKey, SyscallRule> =
 
 /// Pids a session must not aim at (the daemon's), as the syscalls' `int` argument.
 #[map]
-static PROTECTED_PIDS: HashMap<i32, u8> = HashMap::with_max_entries(PROTECTED_PIDS_MAX, 0);
+pub(crate) static PROTECTED_PIDS: HashMap<i32, u8> =
+    HashMap::with_max_entries(PROTECTED_PIDS_MAX, 0);
 
 /// Offsets in x86_64's `struct pt_regs` (an ABI: `arch/x86/include/asm/ptrace.h`) of the
 /// syscall arguments (di, si, dx, r10, r8, r9) and of `orig_ax`, the syscall number.
@@ -89,7 +90,7 @@ fn matches(rule: &SyscallRule, regs: *const u8) -> Option<u64> {
 }
 
 #[inline(always)]
-fn rule_of(entry: &SessionEntry, nr: u32) -> Option<SyscallRule> {
+pub(crate) fn rule_of(entry: &SessionEntry, nr: u32) -> Option<SyscallRule> {
     let key = SyscallKey {
         profile_id: entry.profile_id,
         nr,
@@ -101,7 +102,7 @@ fn rule_of(entry: &SessionEntry, nr: u32) -> Option<SyscallRule> {
 /// Sends the decision; one taken by seccomp was seen at the call's exit, the others at
 /// its entry.
 #[inline(always)]
-fn record(
+pub(crate) fn record(
     entry: &SessionEntry,
     nr: u32,
     rule_id: u32,
@@ -143,7 +144,9 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
         // through because its condition did not hold at enrolment: its to judge.
         return 0;
     }
-    if rule.entry == SYSCALL_ENTRY_NONE {
+    if rule.entry == SYSCALL_ENTRY_NONE || crate::selfprotect::refused_by_lsm(nr as u32) {
+        // The BPF-LSM hooks refuse these calls inside them (`EPERM`): a kill here, before
+        // the call, would end a process whose call is refused anyway.
         return 0;
     }
     let regs: *const u8 = ctx.arg(0);

@@ -108,6 +108,22 @@ const fn cgroup(name: &'static str) -> ProgramSpec {
     }
 }
 
+const fn lsm_self_protection(name: &'static str) -> ProgramSpec {
+    ProgramSpec {
+        name,
+        hook: Hook::Lsm(name),
+        needs: Some(Feature::BpfLsm),
+        required: false,
+        fallback: "signals, ptrace and bpf() aimed at the daemon: refused by the seccomp \
+                   filter in `run` sessions, SIGKILL at the call's entry in attached ones \
+                   (the call itself runs)",
+    }
+}
+
+/// The BPF-LSM self-protection hooks; with all of them attached the syscall-entry
+/// program leaves their calls to them (`DAEMON_FLAG_LSM_SELF_PROTECTION`).
+pub const LSM_SELF_PROTECTION: [&str; 3] = ["task_kill", "ptrace_access_check", "bpf"];
+
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: "sched_process_fork",
@@ -193,6 +209,10 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         fallback: "syscall rules of `attach` sessions and `alert` rules are not met; \
                    profiles that kill for them are refused at attach",
     },
+    // The daemon's self-protection inside the calls (attached sessions too).
+    lsm_self_protection("task_kill"),
+    lsm_self_protection("ptrace_access_check"),
+    lsm_self_protection("bpf"),
     cgroup("connect4"),
     cgroup("connect6"),
     cgroup("sendmsg4"),

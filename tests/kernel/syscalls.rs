@@ -455,3 +455,86 @@ fn the_syscall_programs_are_attached_only_while_a_session_runs() {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A root process in an attached session (no seccomp filter can be given to it) aims at
+/// the daemon. Where BPF-LSM runs, the hooks refuse inside the call: SIGKILL and SIGSTOP
+/// to the daemon, `ptrace` of it and `bpf()` all fail with `EPERM`, the process lives on,
+/// and each refusal is recorded with its self-protection rule and `lsm`. Without
+/// BPF-LSM the syscall-entry program kills the process (recorded `signal`), after the
+/// call has run: shown with a harmless SIGCONT, and the daemon lives on.
+#[test]
+fn attached_sessions_cannot_signal_trace_or_bpf_the_daemon_where_bpf_lsm_runs() {
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("guard.yaml"),
+        "name: guard\ndescription: t\nowners: { business: b, technical: t }\nmode: enforce\n",
+    )
+    .unwrap();
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
+        return;
+    };
+    let daemon = d.child.as_ref().unwrap().id().to_string();
+    let lsm = lsm_attached(&d);
+    let work = tempfile::tempdir().unwrap();
+    // An attached process that waits for the test, then makes one call and says how it
+    // went (the probe prints `ok` or `errno N`).
+    let attempt = |name: &str, args: &[&str]| -> (ExitStatus, String) {
+        let (gate, out) = (work.path().join(format!("{name}.go")), work.path().join(name));
+        let script = format!(
+            "while [ ! -e {g} ]; do sleep 0.05; done; exec {p} {a} > {o}",
+            g = gate.display(),
+            p = probe(),
+            a = args.join(" "),
+            o = out.display()
+        );
+        let mut child = Command::new("sh").args(["-c", &script]).spawn().unwrap();
+        let att = d
+            .cli()
+            .args(["attach", "--pid", &child.id().to_string(), "--profile", "guard"])
+            .args(["--session-name", name])
+            .output_within();
+        assert!(att.status.success(), "{att:?}");
+        fs::write(&gate, "").unwrap();
+        let status = child.wait().unwrap();
+        (status, fs::read_to_string(&out).unwrap_or_default().trim().to_owned())
+    };
+    let routes: Vec<(&str, Vec<&str>, &str, &str)> = if lsm {
+        vec![
+            ("sigkill", vec!["kill", &daemon, "9"], "kill", "a signal to the daemon"),
+            ("sigstop", vec!["kill", &daemon, "19"], "kill", "a signal to the daemon"),
+            ("trace", vec!["ptrace", &daemon], "ptrace", "ptrace of the daemon"),
+            ("load", vec!["bpf"], "bpf", "bpf()"),
+        ]
+    } else {
+        vec![("sigcont", vec!["kill", &daemon, "18"], "kill", "a signal to the daemon")]
+    };
+    for (name, args, syscall, what) in routes {
+        let (status, said) = attempt(name, &args);
+        if lsm {
+            assert!(status.success(), "{name}: {status:?}");
+            assert_eq!(said, "errno 1", "{name}");
+        } else {
+            assert_eq!(status.signal(), Some(9), "{name}: {status:?}");
+        }
+        let sid = d.session(name).id;
+        let evs = syscall_events(&d, &sid, 1);
+        let (action, layer, rule) = decision_on(&evs, syscall);
+        let want = if lsm {
+            (Action::Blocked, Layer::Lsm)
+        } else {
+            (Action::Killed, Layer::Signal)
+        };
+        assert_eq!((action, layer), want, "{name}");
+        assert_eq!(rule, format!("agentwarden self-protection: {what}"), "{name}");
+        let rows = d.audit_session(&sid);
+        assert!(
+            rows.iter().any(|r| r["kind"] == "syscall_decision"
+                && r["decision"]["enforced_by"] == layer.as_str()),
+            "{name}: {rows:?}"
+        );
+    }
+    // Alive and answering.
+    let st: StatusReport = d.json(&["status", "--json"]);
+    assert_eq!(st.daemon_pid.to_string(), daemon);
+}

@@ -59,6 +59,14 @@ const PER_KERNEL_TIMEOUT: Duration = Duration::from_secs(1500);
 /// name that no longer exists fails the tier (a rename must not drop coverage silently).
 pub const VM_TESTS: &[(&str, &str)] = &[
     (
+        "syscalls::attached_sessions_cannot_signal_trace_or_bpf_the_daemon_where_bpf_lsm_runs",
+        "the BPF-LSM self-protection hooks (task_kill, ptrace_access_check, bpf) refuse inside the call",
+    ),
+    (
+        "syscalls::denied_syscalls_fail_with_eperm_under_run_and_are_recorded_with_their_rule",
+        "seccomp refusals recorded by the raw sys_exit program (BTF arguments, pt_regs) on each kernel",
+    ),
+    (
         "succession::a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_session",
         "pinned BPF-LSM, tp_btf, tracepoint and cgroup links on each kernel: the LSM refusal holds with no daemon, and a successor adopts",
     ),

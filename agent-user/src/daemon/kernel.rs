@@ -56,11 +56,13 @@ impl KernelMaps {
 
     /// Hands the kernel side to this daemon: its programs act from this write on, and
     /// the previous generation's stop (one map update: never none, never both).
-    pub fn take_over(&mut self, generation: u64) -> Result<()> {
+    pub fn take_over(&mut self, generation: u64, flags: u32) -> Result<()> {
         let state = DaemonState {
             generation,
             tgid: std::process::id(),
             alive: 1,
+            flags,
+            _pad: 0,
         };
         self.daemon
             .set(0, state, 0)

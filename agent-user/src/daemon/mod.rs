@@ -235,7 +235,18 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         core.syscall_programs(live)?;
         // The profiles are in the maps, the refusal layer's marks in place: this
         // daemon's programs take over, the previous generation's links go.
-        core.kernel.take_over(generation)?;
+        let lsm_self_protection = loader::LSM_SELF_PROTECTION.iter().all(|n| {
+            shared
+                .programs
+                .iter()
+                .any(|p| p.name == *n && p.state == "attached")
+        });
+        let flags = if lsm_self_protection {
+            agent_common::config::DAEMON_FLAG_LSM_SELF_PROTECTION
+        } else {
+            0
+        };
+        core.kernel.take_over(generation, flags)?;
         let retired = pins.retire_except(generation)?;
         core.keeper = crate::pins::Keeper::hold(&pins, &pins.links(generation))?;
         core.kernel

@@ -1,0 +1,152 @@
+//! The daemon's self-protection in the BPF-LSM layer, where the kernel runs it: a signal
+//! to the daemon (`task_kill`: kill, tkill, tgkill, rt_sigqueueinfo, pidfd_send_signal,
+//! io_uring alike), an access to it as a tracer (`ptrace_access_check`: ptrace,
+//! process_vm_readv/writev, `/proc/<pid>/mem`) and any `bpf()` call are refused inside the
+//! call (`EPERM`) for every session, attached ones included, which the seccomp filter of
+//! `run` cannot reach. The rule is the session profile's for that syscall (the daemon's
+//! own self-protection rule unless the profile names the call), recorded with layer
+//! `lsm`; a profile whose rule says `kill` also gets SIGKILL.
+//!
+//! Where these hooks run, the syscall-entry program leaves the calls they judge to them
+//! ([`refused_by_lsm`]): its SIGKILL would come before a call that is refused anyway.
+
+use agent_common::{
+    config::DAEMON_FLAG_LSM_SELF_PROTECTION,
+    session::SessionEntry,
+    stats::Stat,
+    vocab::{Action, Layer},
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_send_signal},
+    macros::lsm,
+    programs::LsmContext,
+};
+
+use crate::{
+    kernel::{self, off, read},
+    maps::{count, current_session, daemon},
+    syscalls::{PROTECTED_PIDS, record, rule_of},
+};
+
+const EPERM: i32 = 1;
+const SIGKILL: u32 = 9;
+
+// x86_64 syscall numbers the hooks record decisions under (the hook does not know
+// which of the calls that reach it was made: `kill` stands for every signal, `ptrace`
+// for every access as a tracer).
+const NR_KILL: u32 = 62;
+const NR_PTRACE: u32 = 101;
+const NR_BPF: u32 = 321;
+/// Calls the hooks judge, which the syscall-entry program leaves to them.
+const TAKEN: [u32; 9] = [
+    NR_KILL, 200, // tkill
+    234, // tgkill
+    129, // rt_sigqueueinfo
+    297, // rt_tgsigqueueinfo
+    NR_PTRACE, 310, // process_vm_readv
+    311, // process_vm_writev
+    NR_BPF,
+];
+
+/// True when the hooks are attached and judge syscall `nr`.
+#[inline(always)]
+pub fn refused_by_lsm(nr: u32) -> bool {
+    daemon().is_some_and(|d| d.flags & DAEMON_FLAG_LSM_SELF_PROTECTION != 0) && TAKEN.contains(&nr)
+}
+
+/// The session of the current process, when the hooks have anything to judge.
+#[inline(always)]
+fn session() -> Option<SessionEntry> {
+    if !kernel::ready() {
+        return None;
+    }
+    current_session((bpf_get_current_pid_tgid() >> 32) as u32)
+}
+
+/// Refuses (and records) the call `nr` of a session when `target` is one of the daemon's
+/// pids, or when `target` is `None` (a call refused whatever it aims at).
+#[inline(always)]
+fn refuse(entry: &SessionEntry, nr: u32, target: Option<u32>) -> i32 {
+    if let Some(t) = target {
+        // SAFETY: presence check only.
+        if unsafe { PROTECTED_PIDS.get(t as i32) }.is_none() {
+            return 0;
+        }
+    }
+    let Some(rule) = rule_of(entry, nr) else {
+        return 0;
+    };
+    let action = if rule.seccomp_kill != 0 {
+        // SAFETY: signals the current task, allowed from LSM hooks.
+        unsafe { bpf_send_signal(SIGKILL) };
+        count(Stat::Kills);
+        Action::Killed
+    } else {
+        Action::Blocked
+    };
+    let arg = target.map_or(u64::MAX, u64::from);
+    record(
+        entry,
+        nr,
+        rule.rule_id,
+        arg,
+        -(EPERM as i64),
+        action,
+        Layer::Lsm,
+    );
+    -EPERM
+}
+
+/// `task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct
+/// cred *cred)`, the previous LSM's verdict last. Signal 0 only asks whether the process
+/// exists: let through.
+#[lsm(hook = "task_kill")]
+pub fn task_kill(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let sig: i32 = ctx.arg(2);
+    if sig == 0 {
+        return 0;
+    }
+    let Some(entry) = session() else {
+        return 0;
+    };
+    let target: *const u8 = ctx.arg(0);
+    let Some(tgid) = read::<u32>(target, off!(task_tgid)) else {
+        return 0;
+    };
+    refuse(&entry, NR_KILL, Some(tgid))
+}
+
+/// `ptrace_access_check(struct task_struct *child, unsigned int mode)`: every access to
+/// another process as its tracer (attach, `/proc/<pid>/mem`, process_vm_*, and the
+/// `/proc` files that need it: `environ`, `fd/`, `exe`).
+#[lsm(hook = "ptrace_access_check")]
+pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(entry) = session() else {
+        return 0;
+    };
+    let child: *const u8 = ctx.arg(0);
+    let Some(tgid) = read::<u32>(child, off!(task_tgid)) else {
+        return 0;
+    };
+    refuse(&entry, NR_PTRACE, Some(tgid))
+}
+
+/// `bpf(int cmd, union bpf_attr *attr, unsigned int size[, bool kernel])`: no session
+/// calls `bpf()` (the daemon's own self-protection, or the profile's rule). The previous
+/// verdict's position differs between kernels (6.14 added an argument): not read; a
+/// refusal here is a refusal whatever another LSM said.
+#[lsm(hook = "bpf")]
+pub fn bpf(_ctx: LsmContext) -> i32 {
+    let Some(entry) = session() else {
+        return 0;
+    };
+    refuse(&entry, NR_BPF, None)
+}
