@@ -10,26 +10,16 @@
 //! Where these hooks run, the syscall-entry program leaves the calls they judge to them
 //! ([`refused_by_lsm`]): its SIGKILL would come before a call that is refused anyway.
 
-use agent_common::{
-    config::DAEMON_FLAG_LSM_SELF_PROTECTION,
-    session::SessionEntry,
-    stats::Stat,
-    vocab::{Action, Layer},
-};
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_send_signal},
-    macros::lsm,
-    programs::LsmContext,
-};
+use agent_common::{config::DAEMON_FLAG_LSM_SELF_PROTECTION, session::SessionEntry, vocab::Layer};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext};
 
 use crate::{
     kernel::{self, off, read},
-    maps::{count, current_session, daemon},
-    syscalls::{PROTECTED_PIDS, record, rule_of},
+    maps::{current_session, daemon},
+    syscalls::{PROTECTED_PIDS, record, refused, rule_of},
 };
 
 const EPERM: i32 = 1;
-const SIGKILL: u32 = 9;
 
 // x86_64 syscall numbers the hooks record decisions under (the hook does not know
 // which of the calls that reach it was made: `kill` stands for every signal, `ptrace`
@@ -76,14 +66,7 @@ fn refuse(entry: &SessionEntry, nr: u32, target: Option<u32>) -> i32 {
     let Some(rule) = rule_of(entry, nr) else {
         return 0;
     };
-    let action = if rule.seccomp_kill != 0 {
-        // SAFETY: signals the current task, allowed from LSM hooks.
-        unsafe { bpf_send_signal(SIGKILL) };
-        count(Stat::Kills);
-        Action::Killed
-    } else {
-        Action::Blocked
-    };
+    let action = refused(&rule);
     let arg = target.map_or(u64::MAX, u64::from);
     record(
         entry,

@@ -18,11 +18,10 @@ use agent_common::{
         SYSCALL_RULES_MAX, SyscallKey, SyscallRule,
     },
     session::{SESSION_FLAG_SECCOMP, SessionEntry},
-    stats::Stat,
     vocab::{Action, Layer, OnViolation},
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_send_signal},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
     maps::HashMap,
     programs::BtfTracePointContext,
@@ -31,10 +30,9 @@ use aya_ebpf::{
 use crate::{
     emit::{header, send},
     kernel,
-    maps::{count, current_session},
+    maps::current_session,
 };
 
-const SIGKILL: u32 = 9;
 const EPERM: i64 = 1;
 
 /// `(profile id, syscall nr)` → how the profile meets the call.
@@ -99,6 +97,18 @@ pub(crate) fn rule_of(entry: &SessionEntry, nr: u32) -> Option<SyscallRule> {
     unsafe { SYSCALL_RULES.get(key).copied() }
 }
 
+/// The action on a call refused before it ran (seccomp, BPF-LSM): `on_violation: kill`
+/// adds SIGKILL.
+#[inline(always)]
+pub(crate) fn refused(rule: &SyscallRule) -> Action {
+    if rule.seccomp_kill != 0 {
+        crate::pathrules::kill_current();
+        Action::Killed
+    } else {
+        Action::Blocked
+    }
+}
+
 /// Sends the decision; one taken by seccomp was seen at the call's exit, the others at
 /// its entry.
 #[inline(always)]
@@ -154,9 +164,7 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let action = if rule.entry == OnViolation::Kill as u8 {
-        // SAFETY: signals the current task, allowed from tracepoints.
-        unsafe { bpf_send_signal(SIGKILL) };
-        count(Stat::Kills);
+        crate::pathrules::kill_current();
         (Action::Killed, Layer::Signal)
     } else {
         (Action::Alerted, Layer::None)
@@ -191,14 +199,14 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let Some(arg) = matches(&rule, regs) else {
         return 0;
     };
-    let action = if rule.seccomp_kill != 0 {
-        // SAFETY: signals the current task, allowed from tracepoints.
-        unsafe { bpf_send_signal(SIGKILL) };
-        count(Stat::Kills);
-        Action::Killed
-    } else {
-        Action::Blocked
-    };
-    record(&entry, nr, rule.rule_id, arg, ret, action, Layer::Seccomp);
+    record(
+        &entry,
+        nr,
+        rule.rule_id,
+        arg,
+        ret,
+        refused(&rule),
+        Layer::Seccomp,
+    );
     0
 }

@@ -480,7 +480,10 @@ fn attached_sessions_cannot_signal_trace_or_bpf_the_daemon_where_bpf_lsm_runs() 
     // An attached process that waits for the test, then makes one call and says how it
     // went (the probe prints `ok` or `errno N`).
     let attempt = |name: &str, args: &[&str]| -> (ExitStatus, String) {
-        let (gate, out) = (work.path().join(format!("{name}.go")), work.path().join(name));
+        let (gate, out) = (
+            work.path().join(format!("{name}.go")),
+            work.path().join(name),
+        );
         let script = format!(
             "while [ ! -e {g} ]; do sleep 0.05; done; exec {p} {a} > {o}",
             g = gate.display(),
@@ -491,23 +494,55 @@ fn attached_sessions_cannot_signal_trace_or_bpf_the_daemon_where_bpf_lsm_runs() 
         let mut child = Command::new("sh").args(["-c", &script]).spawn().unwrap();
         let att = d
             .cli()
-            .args(["attach", "--pid", &child.id().to_string(), "--profile", "guard"])
+            .args([
+                "attach",
+                "--pid",
+                &child.id().to_string(),
+                "--profile",
+                "guard",
+            ])
             .args(["--session-name", name])
             .output_within();
         assert!(att.status.success(), "{att:?}");
         fs::write(&gate, "").unwrap();
         let status = child.wait().unwrap();
-        (status, fs::read_to_string(&out).unwrap_or_default().trim().to_owned())
+        (
+            status,
+            fs::read_to_string(&out)
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        )
     };
     let routes: Vec<(&str, Vec<&str>, &str, &str)> = if lsm {
         vec![
-            ("sigkill", vec!["kill", &daemon, "9"], "kill", "a signal to the daemon"),
-            ("sigstop", vec!["kill", &daemon, "19"], "kill", "a signal to the daemon"),
-            ("trace", vec!["ptrace", &daemon], "ptrace", "ptrace of the daemon"),
+            (
+                "sigkill",
+                vec!["kill", &daemon, "9"],
+                "kill",
+                "a signal to the daemon",
+            ),
+            (
+                "sigstop",
+                vec!["kill", &daemon, "19"],
+                "kill",
+                "a signal to the daemon",
+            ),
+            (
+                "trace",
+                vec!["ptrace", &daemon],
+                "ptrace",
+                "ptrace of the daemon",
+            ),
             ("load", vec!["bpf"], "bpf", "bpf()"),
         ]
     } else {
-        vec![("sigcont", vec!["kill", &daemon, "18"], "kill", "a signal to the daemon")]
+        vec![(
+            "sigcont",
+            vec!["kill", &daemon, "18"],
+            "kill",
+            "a signal to the daemon",
+        )]
     };
     for (name, args, syscall, what) in routes {
         let (status, said) = attempt(name, &args);
@@ -526,7 +561,11 @@ fn attached_sessions_cannot_signal_trace_or_bpf_the_daemon_where_bpf_lsm_runs() 
             (Action::Killed, Layer::Signal)
         };
         assert_eq!((action, layer), want, "{name}");
-        assert_eq!(rule, format!("agentwarden self-protection: {what}"), "{name}");
+        assert_eq!(
+            rule,
+            format!("agentwarden self-protection: {what}"),
+            "{name}"
+        );
         let rows = d.audit_session(&sid);
         assert!(
             rows.iter().any(|r| r["kind"] == "syscall_decision"
