@@ -325,7 +325,8 @@ mod obj {
     }
 }
 
-fn on_bpffs(path: &Path) -> bool {
+/// True when `path` is on a bpf filesystem.
+pub fn on_bpffs(path: &Path) -> bool {
     // `f_type`'s integer type differs between architectures' `statfs`.
     #[allow(
         clippy::unnecessary_cast,

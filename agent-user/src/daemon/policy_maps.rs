@@ -408,13 +408,18 @@ fn tree_dirs(root: &Path) -> Vec<std::os::fd::OwnedFd> {
 }
 
 /// `(ino, dev)` of the file at `path` as the kernel programs see it: the daemon opens it
-/// and the `openat` exit program records the opened file for this thread.
+/// and the `openat` exit program records the opened file for this thread. Not a bpffs
+/// object (the daemon's own pins, under its protected pin directory): those cannot be
+/// opened, and the attempt would fail the refusal layer's read of its event.
 fn kernel_identity(
     results: &mut BpfHashMap<MapData, u64, [u64; 2]>,
     path: &Path,
 ) -> Option<((u64, u32), File)> {
     let key = (u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32) << 32)
         | u64::from(rustix::thread::gettid().as_raw_nonzero().get() as u32);
+    if crate::pins::on_bpffs(path) {
+        return None;
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc_flags())

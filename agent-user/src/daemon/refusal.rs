@@ -638,6 +638,19 @@ impl Worker {
             let events = match self.group.read_events() {
                 Ok(v) => v,
                 Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+                // The kernel could not open the file of the first event for this reader
+                // (a bpffs object cannot be opened: an open of a pinned map, say) and has
+                // refused that open itself, unrecorded (it does the same silently when
+                // such an event follows others in one read): read on at once, as a pause
+                // here would hold every opener of a marked file.
+                Err(
+                    e @ (nix::errno::Errno::EIO
+                    | nix::errno::Errno::ENXIO
+                    | nix::errno::Errno::ENODEV),
+                ) => {
+                    tracing::debug!(error = %e, "a permission event whose file cannot be opened was refused by the kernel");
+                    continue;
+                }
                 Err(e) => {
                     warn!(error = %e, "reading fanotify events failed");
                     std::thread::sleep(std::time::Duration::from_millis(10));
