@@ -418,3 +418,27 @@ fn a_successor_that_does_not_fit_the_pinned_maps_is_refused_naming_them() {
         d.log()
     );
 }
+
+/// Two daemons never share one pinned kernel side: a second daemon (on another socket)
+/// pointed at the pins a running daemon holds is refused, naming that daemon's pid, and
+/// the running one is untouched.
+#[test]
+fn a_second_daemon_is_refused_the_pins_a_running_daemon_holds() {
+    let Some(d) = Daemon::start() else { return };
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .arg("--socket")
+        .arg(other.path().join("ctl.sock"))
+        .args(["daemon", "--quiet", "--pin-dir"])
+        .arg(d.pins())
+        .arg("--state-dir")
+        .arg(other.path().join("state"))
+        .output_within();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let pid = d.child.as_ref().unwrap().id();
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("running daemon pid {pid}")), "{err}");
+    let st: StatusReport = d.json(&["status", "--json"]);
+    assert_eq!(st.daemon_pid, pid);
+    assert_eq!(generations(&d.pins()).len(), 1);
+}
