@@ -511,27 +511,27 @@ impl ProgramStatus {
     }
 }
 
-/// Attaches the [`ON_DEMAND`] programs (loaded at start) and pins their links in
-/// `links`; returns the pins.
-pub fn attach_on_demand(ebpf: &mut Ebpf, links: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let mut pins = Vec::new();
-    for name in ON_DEMAND {
-        let Some(prog) = ebpf.program_mut(name) else {
-            continue;
-        };
-        let p: &mut BtfTracePoint = prog.try_into()?;
-        if p.fd().is_err() {
-            // Left out at load (its reason is in the status).
-            continue;
-        }
-        let id = p.attach().with_context(|| format!("attaching {name}"))?;
-        let link: FdLink = p.take_link(id)?.into();
-        let pin = links.join(name);
-        link.pin(&pin)
-            .with_context(|| format!("pinning {name} at {}", pin.display()))?;
-        pins.push(pin);
+/// Attaches the [`ON_DEMAND`] program `name` (loaded at start) and pins its link in
+/// `links`; returns the pin, or `None` when the program was left out at load (its reason
+/// is in the status).
+pub fn attach_on_demand(
+    ebpf: &mut Ebpf,
+    name: &str,
+    links: &Path,
+) -> Result<Option<std::path::PathBuf>> {
+    let Some(prog) = ebpf.program_mut(name) else {
+        return Ok(None);
+    };
+    let p: &mut BtfTracePoint = prog.try_into()?;
+    if p.fd().is_err() {
+        return Ok(None);
     }
-    Ok(pins)
+    let id = p.attach().with_context(|| format!("attaching {name}"))?;
+    let link: FdLink = p.take_link(id)?.into();
+    let pin = links.join(name);
+    link.pin(&pin)
+        .with_context(|| format!("pinning {name} at {}", pin.display()))?;
+    Ok(Some(pin))
 }
 
 #[cfg(test)]

@@ -397,26 +397,39 @@ fn a_root_session_cannot_signal_trace_or_bpf_the_daemon() {
     );
 }
 
-/// The raw syscall programs run for every syscall on the host: they are attached while a
-/// session runs and detached when the last one ends (their pins say which).
+/// The raw syscall programs run for every syscall on the host: the exit program (which
+/// records the seccomp filter's refusals) is attached while any session runs, the entry
+/// program only while a session without a filter (`attach`) or with rules the filter
+/// does not carry runs; both go with the last such session (their pins say which).
 #[test]
-fn the_syscall_programs_are_attached_only_while_a_session_runs() {
+fn the_syscall_programs_are_attached_only_while_a_session_needs_them() {
     let Some(d) = Daemon::start() else { return };
     let st: StatusReport = d.json(&["status", "--json"]);
     let generation = st.generation.clone();
     let pin = |name: &str| d.pins().join("links").join(&generation).join(name);
-    let attached = || pin("sys_enter").exists() && pin("sys_exit").exists();
-    assert!(
-        !pin("sys_enter").exists() && !pin("sys_exit").exists(),
-        "attached with no session"
-    );
+    let state = || (pin("sys_exit").exists(), pin("sys_enter").exists());
+    let wait_for = |want: (bool, bool), what: &str| {
+        let start = Instant::now();
+        while state() != want {
+            assert!(
+                start.elapsed() < patience(),
+                "{what}: (exit, entry) = {:?}\n{}",
+                state(),
+                d.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(state(), (false, false), "attached with no session");
     for p in ["sys_enter", "sys_exit"] {
         let prog = st.programs.iter().find(|x| x.name == p).expect(p);
         assert_eq!(prog.state, "on demand", "{prog:?}");
     }
     let work = tempfile::tempdir().unwrap();
-    let go = work.path().join("go");
-    let mut session = d
+    let (go, go2) = (work.path().join("go"), work.path().join("go2"));
+    let waiting = |gate: &Path| format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    // A `run` session: its filter refuses, the exit program records.
+    let mut run = d
         .cli()
         .args([
             "run",
@@ -428,32 +441,41 @@ fn the_syscall_programs_are_attached_only_while_a_session_runs() {
             "bash",
             "-c",
         ])
-        .arg(format!(
-            "while [ ! -e {} ]; do sleep 0.05; done",
-            go.display()
-        ))
+        .arg(waiting(&go))
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !attached() {
-        assert!(
-            start.elapsed() < patience(),
-            "not attached while a session runs"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for((true, false), "a run session needs the exit program only");
+    // An attached one: the entry program too.
+    let mut attached = Command::new("sh")
+        .args(["-c", &waiting(&go2)])
+        .spawn()
+        .unwrap();
+    let out = d
+        .cli()
+        .args([
+            "attach",
+            "--pid",
+            &attached.id().to_string(),
+            "--profile",
+            "demo",
+        ])
+        .output_within();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        state(),
+        (true, true),
+        "attached before the enrolment answered"
+    );
+    fs::write(&go2, "").unwrap();
+    assert!(attached.wait().unwrap().success());
+    wait_for(
+        (true, false),
+        "the entry program goes with the attached session",
+    );
     fs::write(&go, "").unwrap();
-    assert!(session.wait().unwrap().success());
-    let start = Instant::now();
-    while pin("sys_enter").exists() || pin("sys_exit").exists() {
-        assert!(
-            start.elapsed() < patience(),
-            "still attached with no session:\n{}",
-            d.log()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(run.wait().unwrap().success());
+    wait_for((false, false), "both go with the last session");
 }
 
 /// A root process in an attached session (no seccomp filter can be given to it) aims at

@@ -178,43 +178,58 @@ impl Core {
         }
         self.counters.pins_restored += restored.len() as u64;
         // An enrolment that failed after attaching them leaves no session to end.
-        let live = self.sessions_live();
-        if let Err(e) = self.syscall_programs(live) {
+        if let Err(e) = self.syscall_programs(None) {
             warn!(error = %format!("{e:#}"), "the syscall programs");
         }
     }
 
-    /// True while some session is live.
-    pub(super) fn sessions_live(&self) -> bool {
-        self.attribution.registry.all().any(|s| s.ended.is_none())
+    /// Whether a session of `profile` enrolled `how` needs the syscall-entry program:
+    /// an attached one (no seccomp filter), or a `run` one whose profile's syscall rules
+    /// the filter does not carry (monitor mode, `alert`). Every session needs the exit
+    /// program, which records the filter's refusals.
+    fn needs_syscall_entry(&self, profile: &str, how: Enrolment) -> bool {
+        how == Enrolment::Attach
+            || self.profiles.get(profile).is_some_and(|p| {
+                !p.syscall_deny.is_empty()
+                    && !policy::syscalls::enforcement(p.file.mode, &p.file.syscalls).seccomp
+            })
     }
 
-    /// Attaches the on-demand programs (`wanted`: a session is or is about to be live),
-    /// or detaches them (their pins go, and the daemon's hold: they detach). A session
-    /// is never enrolled without them: attaching fails its enrolment.
-    pub(super) fn syscall_programs(&mut self, wanted: bool) -> Result<()> {
-        let attached = !self.on_demand.is_empty();
-        if wanted == attached {
+    /// Attaches the on-demand programs that the live sessions (and `enrolling`, a session
+    /// about to be) need and detaches the others (their pins go, and the daemon's hold:
+    /// they detach). A session is never enrolled without them: attaching fails its
+    /// enrolment.
+    pub(super) fn syscall_programs(&mut self, enrolling: Option<(&str, Enrolment)>) -> Result<()> {
+        let mut exit = enrolling.is_some();
+        let mut entry = enrolling.is_some_and(|(p, how)| self.needs_syscall_entry(p, how));
+        for s in self
+            .attribution
+            .registry
+            .all()
+            .filter(|s| s.ended.is_none())
+        {
+            exit = true;
+            entry = entry || self.needs_syscall_entry(&s.profile, s.enrolment);
+        }
+        self.on_demand_program("sys_exit", exit)?;
+        self.on_demand_program("sys_enter", entry)
+    }
+
+    fn on_demand_program(&mut self, name: &'static str, wanted: bool) -> Result<()> {
+        if wanted == self.on_demand.contains_key(name) {
             return Ok(());
         }
         if wanted {
             let dir = self.pins.links(self.generation);
-            let pins = crate::loader::attach_on_demand(&mut self.ebpf, &dir)
-                .context("attaching the syscall programs")?;
-            for p in &pins {
-                self.keeper.hold_path(p)?;
+            if let Some(pin) = crate::loader::attach_on_demand(&mut self.ebpf, name, &dir)? {
+                self.keeper.hold_path(&pin)?;
+                info!(program = name, "attached while sessions need it");
+                self.on_demand.insert(name, pin);
             }
-            info!(
-                programs = pins.len(),
-                "syscall programs attached (a session runs)"
-            );
-            self.on_demand = pins;
-        } else {
-            for p in std::mem::take(&mut self.on_demand) {
-                self.keeper.release(&p);
-                let _ = fs::remove_file(&p);
-            }
-            info!("syscall programs detached (no session runs)");
+        } else if let Some(pin) = self.on_demand.remove(name) {
+            self.keeper.release(&pin);
+            let _ = fs::remove_file(&pin);
+            info!(program = name, "detached: no session needs it");
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ impl Core {
         let root = new.root_pid;
         let id = new_session_id()?;
         // Before the first process is in the map: its first syscall is judged.
-        self.syscall_programs(true)?;
+        self.syscall_programs(Some((&new.profile, new.enrolment)))?;
         let profile_id = *self
             .profile_ids
             .get(&new.profile)

@@ -152,8 +152,8 @@ struct Core {
     keeper: crate::pins::Keeper,
     /// The loaded object: the programs attached on demand are attached from it.
     ebpf: aya::Ebpf,
-    /// The pins of the on-demand programs while they are attached.
-    on_demand: Vec<PathBuf>,
+    /// The pins of the on-demand programs while they are attached, by program.
+    on_demand: HashMap<&'static str, PathBuf>,
     pins: PinDir,
     /// Buffers of large records, reused from one record to the next.
     spare: event::Spare,
@@ -231,8 +231,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         core.bind_for_local_accounts();
         core.install_profiles(&profiles)?;
         // Adopted sessions keep their syscall rules judged: attached before the switch.
-        let live = core.sessions_live();
-        core.syscall_programs(live)?;
+        core.syscall_programs(None)?;
         // The profiles are in the maps, the refusal layer's marks in place: this
         // daemon's programs take over, the previous generation's links go.
         let lsm_self_protection = loader::LSM_SELF_PROTECTION.iter().all(|n| {
@@ -369,7 +368,7 @@ impl Core {
             saved_manifest: None,
             keeper: crate::pins::Keeper::default(),
             ebpf,
-            on_demand: Vec::new(),
+            on_demand: HashMap::new(),
             pins: PinDir::new(&cfg.pin_dir),
             landlocked: HashSet::new(),
             protected: protected_dirs(cfg),

@@ -108,8 +108,7 @@ impl Core {
         let ev = Event::new(Body::SessionEnd, now, self.attribution.session_ref(sid));
         info!(session = %format_id(sid), "session ended");
         self.emit(ev);
-        let live = self.sessions_live();
-        if let Err(e) = self.syscall_programs(live) {
+        if let Err(e) = self.syscall_programs(None) {
             warn!(error = %format!("{e:#}"), "detaching the syscall programs");
         }
         self.save_manifest();
