@@ -22,6 +22,32 @@ fn syscall_events(d: &Daemon, session: &str, n: usize) -> Vec<Event> {
     evs.into_iter().filter(|e| e.syscall().is_some()).collect()
 }
 
+/// Runs each probe call `(label, args)` in one `run` session of `profile` and returns
+/// what each said (`label=ok` or `label=errno N`, a line each), after checking that the
+/// session itself ended well.
+fn probe_in_run(d: &Daemon, profile: &str, name: &str, calls: &[(&str, String)]) -> String {
+    let script: Vec<String> = calls
+        .iter()
+        .map(|(label, args)| format!("echo \"{label}=$({} {args})\"", probe()))
+        .collect();
+    let work = tempfile::tempdir().unwrap();
+    let out = d.run_profile(
+        profile,
+        name,
+        work.path(),
+        &["/bin/sh", "-c", &script.join("; ")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every line of `want` is a line of `said`.
+fn assert_said(said: &str, want: &[&str]) {
+    for w in want {
+        assert!(said.lines().any(|l| l == *w), "want {w} in:\n{said}");
+    }
+}
+
 /// `(action, layer, rule)` of the decision on syscall `name`.
 fn decision_on(evs: &[Event], name: &str) -> (Action, Layer, String) {
     let e = evs
@@ -50,42 +76,27 @@ fn denied_syscalls_fail_with_eperm_under_run_and_are_recorded_with_their_rule() 
     let work = tempfile::tempdir().unwrap();
     let mnt = work.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let routes = [
-        format!("mount {}", mnt.display()),
-        "unshare".to_owned(),
-        "clone-ns".to_owned(),
-        "init-module".to_owned(),
-        "io-uring-setup".to_owned(),
-        "thread".to_owned(),
-    ];
-    let script: Vec<String> = routes
-        .iter()
-        .map(|r| {
-            let key = r.split(' ').next().unwrap_or_default();
-            format!("echo \"{key}=$({} {r})\"", probe())
-        })
-        .collect();
-    let out = d.run_profile(
-        "nosys",
-        "nosys-run",
-        work.path(),
-        &["/bin/sh", "-c", &script.join("; ")],
+    let calls: Vec<(&str, String)> = [
+        ("mount", format!("mount {}", mnt.display())),
+        ("unshare", "unshare".to_owned()),
+        ("clone-ns", "clone-ns".to_owned()),
+        ("init-module", "init-module".to_owned()),
+        ("io-uring-setup", "io-uring-setup".to_owned()),
+        ("thread", "thread".to_owned()),
+    ]
+    .into();
+    let said = probe_in_run(&d, "nosys", "nosys-run", &calls);
+    assert_said(
+        &said,
+        &[
+            "mount=errno 1",
+            "unshare=errno 1",
+            "clone-ns=errno 1",
+            "init-module=errno 1",
+            "io-uring-setup=errno 1",
+            "thread=ok",
+        ],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
-    for want in [
-        "mount=errno 1",
-        "unshare=errno 1",
-        "clone-ns=errno 1",
-        "init-module=errno 1",
-        "io-uring-setup=errno 1",
-        "thread=ok",
-    ] {
-        assert!(
-            stdout.lines().any(|l| l == want),
-            "want {want} in:\n{stdout}"
-        );
-    }
     let sid = d.session("nosys-run").id;
     let evs = syscall_events(&d, &sid, 5);
     let file = rules.path().join("nosys.yaml");
@@ -293,49 +304,38 @@ fn a_root_session_cannot_signal_trace_or_bpf_the_daemon() {
         .as_raw_nonzero()
         .get();
     let minus_pgid = format!("-{pgid}");
-    let routes: Vec<(&str, Vec<&str>)> = vec![
-        ("kill9", vec!["kill", &daemon, "9"]),
-        ("stop", vec!["kill", &daemon, "19"]),
-        ("group", vec!["kill", &minus_pgid, "0"]),
-        ("all", vec!["kill", "-1", "0"]),
-        ("ptrace", vec!["ptrace", &daemon]),
-        ("pidfd", vec!["pidfd-open", &daemon]),
-        ("procfd", vec!["proc-pidfd-signal", &daemon]),
-        ("bpf", vec!["bpf"]),
+    let calls: Vec<(&str, String)> = [
+        ("kill9", format!("kill {daemon} 9")),
+        ("stop", format!("kill {daemon} 19")),
+        ("group", format!("kill {minus_pgid} 0")),
+        ("all", "kill -1 0".to_owned()),
+        ("ptrace", format!("ptrace {daemon}")),
+        ("pidfd", format!("pidfd-open {daemon}")),
+        ("procfd", format!("proc-pidfd-signal {daemon}")),
+        ("bpf", "bpf".to_owned()),
         // Not aimed at the daemon: let through.
-        ("self", vec!["kill", "0", "0"]),
-    ];
-    let script: Vec<String> = routes
-        .iter()
-        .map(|(k, a)| format!("echo \"{k}=$({} {})\"", probe(), a.join(" ")))
-        .collect();
-    let work = tempfile::tempdir().unwrap();
-    let out = d.run_in(
-        "selfprot",
-        work.path(),
-        &["/bin/sh", "-c", &script.join("; ")],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
+        ("self", "kill 0 0".to_owned()),
+    ]
+    .into();
+    let said = probe_in_run(&d, "demo", "selfprot", &calls);
     // The test runs daemon and session in one session id, so `kill(0)` is refused too
     // (the session could join the daemon's process group); `self` checks a pid that
     // names no daemon: the session's own pid.
-    for want in [
-        "kill9=errno 1",
-        "stop=errno 1",
-        "group=errno 1",
-        "all=errno 1",
-        "ptrace=errno 1",
-        "pidfd=errno 1",
-        "procfd=errno 38",
-        "bpf=errno 1",
-        "self=errno 1",
-    ] {
-        assert!(
-            stdout.lines().any(|l| l == want),
-            "want {want} in:\n{stdout}"
-        );
-    }
+    assert_said(
+        &said,
+        &[
+            "kill9=errno 1",
+            "stop=errno 1",
+            "group=errno 1",
+            "all=errno 1",
+            "ptrace=errno 1",
+            "pidfd=errno 1",
+            "procfd=errno 38",
+            "bpf=errno 1",
+            "self=errno 1",
+        ],
+    );
+    let work = tempfile::tempdir().unwrap();
     let own = d.run_in(
         "selfprot-own",
         work.path(),
