@@ -16,7 +16,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmCont
 use crate::{
     kernel::{self, off, read},
     maps::{current_session, daemon},
-    syscalls::{PROTECTED_PIDS, record, refused, rule_of},
+    syscalls::{record, refused, rule_of},
 };
 
 const EPERM: i32 = 1;
@@ -57,11 +57,13 @@ fn session() -> Option<SessionEntry> {
 /// pids, or when `target` is `None` (a call refused whatever it aims at).
 #[inline(always)]
 fn refuse(entry: &SessionEntry, nr: u32, target: Option<u32>) -> i32 {
-    if let Some(t) = target {
-        // SAFETY: presence check only.
-        if unsafe { PROTECTED_PIDS.get(t as i32) }.is_none() {
-            return 0;
-        }
+    // The target's process against the daemon's (all its threads share it), not against
+    // the pid list the seccomp filter and the entry program use: that list holds thread
+    // ids of enrolment time, which a later process may reuse.
+    if let Some(t) = target
+        && !daemon().is_some_and(|d| d.alive != 0 && d.tgid == t)
+    {
+        return 0;
     }
     let Some(rule) = rule_of(entry, nr) else {
         return 0;

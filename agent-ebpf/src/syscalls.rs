@@ -42,8 +42,7 @@ static SYSCALL_RULES: HashMap<SyscallKey, SyscallRule> =
 
 /// Pids a session must not aim at (the daemon's), as the syscalls' `int` argument.
 #[map]
-pub(crate) static PROTECTED_PIDS: HashMap<i32, u8> =
-    HashMap::with_max_entries(PROTECTED_PIDS_MAX, 0);
+static PROTECTED_PIDS: HashMap<i32, u8> = HashMap::with_max_entries(PROTECTED_PIDS_MAX, 0);
 
 /// Offsets in x86_64's `struct pt_regs` (an ABI: `arch/x86/include/asm/ptrace.h`) of the
 /// syscall arguments (di, si, dx, r10, r8, r9) and of `orig_ax`, the syscall number.
