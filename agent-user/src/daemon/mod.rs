@@ -307,6 +307,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         core.drain(usize::MAX);
         // Commits what is queued before the process exits.
         core.sinks.close();
+        // No sweep still running may pin again what an unload removes below.
+        core.keeper = crate::pins::Keeper::default();
     }
     if cfg.detach_on_exit {
         // The pins were the programs' last holders: every one detaches.
