@@ -233,14 +233,6 @@ impl Keeper {
         self.held.retain(|(p, _)| p != path);
     }
 
-    pub fn len(&self) -> usize {
-        self.held.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
-    }
-
     /// Pins again whatever pin is gone; returns their paths (and the failures).
     pub fn restore(&self) -> (Vec<PathBuf>, Vec<String>) {
         let mut restored = Vec::new();

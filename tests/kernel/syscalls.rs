@@ -499,42 +499,14 @@ fn attached_sessions_cannot_signal_trace_or_bpf_the_daemon_where_bpf_lsm_runs() 
     let daemon = d.child.as_ref().unwrap().id().to_string();
     let lsm = lsm_attached(&d);
     let work = tempfile::tempdir().unwrap();
-    // An attached process that waits for the test, then makes one call and says how it
-    // went (the probe prints `ok` or `errno N`).
+    // An attached process makes one call and says how it went (the probe prints `ok`
+    // or `errno N`) into a file.
     let attempt = |name: &str, args: &[&str]| -> (ExitStatus, String) {
-        let (gate, out) = (
-            work.path().join(format!("{name}.go")),
-            work.path().join(name),
-        );
-        let script = format!(
-            "while [ ! -e {g} ]; do sleep 0.05; done; exec {p} {a} > {o}",
-            g = gate.display(),
-            p = probe(),
-            a = args.join(" "),
-            o = out.display()
-        );
-        let mut child = Command::new("sh").args(["-c", &script]).spawn().unwrap();
-        let att = d
-            .cli()
-            .args([
-                "attach",
-                "--pid",
-                &child.id().to_string(),
-                "--profile",
-                "guard",
-            ])
-            .args(["--session-name", name])
-            .output_within();
-        assert!(att.status.success(), "{att:?}");
-        fs::write(&gate, "").unwrap();
-        let status = child.wait().unwrap();
-        (
-            status,
-            fs::read_to_string(&out)
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-        )
+        let out = work.path().join(name);
+        let cmd = format!("{} {} > {}", probe(), args.join(" "), out.display());
+        let status = attach_and_release(&d, "guard", name, &cmd);
+        let said = fs::read_to_string(&out).unwrap_or_default();
+        (status, said.trim().to_owned())
     };
     let routes: Vec<(&str, Vec<&str>, &str, &str)> = if lsm {
         vec![
