@@ -287,7 +287,7 @@ impl Daemon {
         self.sessions()
             .into_iter()
             .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no session {name}"))
+            .unwrap_or_else(|| panic!("no session {name}; daemon log:\n{}", self.log()))
     }
 
     /// All stored events (of one session, or of all).
