@@ -145,6 +145,10 @@ vocabulary! {
         /// The seccomp filter `agentwarden run` installed in itself before it executed
         /// the agent: the syscall was refused (`EPERM`) before it ran.
         Seccomp = 7 => "seccomp",
+        /// The agent's own hook asked the daemon before the tool ran and was told no
+        /// (`tools:` rules): the agent did not make the call. An agent that skips its
+        /// hooks skips this layer; the kernel layers stay the backstop.
+        Hook = 8 => "hook",
     }
 }
 

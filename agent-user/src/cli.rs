@@ -172,6 +172,29 @@ pub enum Cmd {
         /// profile with the daemon's own self-protection rule.
         #[arg(long = "protect", value_name = "PATH")]
         protect: Vec<PathBuf>,
+        /// The socket agents' hooks ask (connectable by every user; a process may only
+        /// report for its own session). Default: `hook.sock` beside the control socket.
+        #[arg(long)]
+        hook_socket: Option<PathBuf>,
+        /// What is kept of the prompts agents' hooks report: the text, only its
+        /// SHA-256, or neither.
+        #[arg(long, value_enum, default_value_t = crate::hooks::PromptText::Sha256)]
+        prompts: crate::hooks::PromptText,
+    },
+    /// The command an agent's hook runs (wired by `run`, or `hooks install`): reads the
+    /// hook's JSON on stdin, reports it to the daemon for the caller's own session, and
+    /// answers the agent (a `tools:` refusal, the reason for a refusal in the call).
+    Hook {
+        #[arg(value_enum)]
+        dialect: crate::hooks::Dialect,
+        /// The daemon's hook socket (default: what `run` set, else the system's).
+        #[arg(long)]
+        hook_socket: Option<PathBuf>,
+    },
+    /// Agent hooks for agents started without `agentwarden run`.
+    Hooks {
+        #[command(subcommand)]
+        cmd: HooksCmd,
     },
     /// Remove everything the daemon pinned: every program detaches and the enforcement
     /// of running sessions ends. Refused while a daemon runs on the socket.
@@ -240,6 +263,24 @@ pub enum Cmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum HooksCmd {
+    /// Write agentwarden's hooks into an agent's settings (kept: everything already
+    /// there; installing twice changes nothing).
+    Install {
+        /// The agent whose settings get the hooks.
+        #[arg(long, value_enum, default_value_t = crate::hooks::Dialect::ClaudeCode)]
+        agent: crate::hooks::Dialect,
+        /// The user's settings, a project's, or the host's managed settings (every
+        /// user, not overridable by them).
+        #[arg(long, value_enum, default_value_t = crate::hooks::install::Scope::User)]
+        scope: crate::hooks::install::Scope,
+        /// The project directory (`--scope project`; default: the current directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ProfileCmd {
     /// Check profile files: errors with file, line, column, field and a hint (exit 1).
     Lint {
@@ -276,8 +317,12 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             pin_dir,
             detach_on_exit,
             protect,
+            hook_socket,
+            prompts,
         } => {
             let cfg = DaemonConfig {
+                hook_socket: hook_socket.unwrap_or_else(|| socket.with_file_name("hook.sock")),
+                prompts,
                 socket: socket.to_owned(),
                 state_dir,
                 stdout: !quiet,
@@ -377,6 +422,35 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
         } => events(socket, follow, session, json),
         Cmd::Status { json } => status(socket, json),
         Cmd::Profile { cmd } => profile(cmd),
+        Cmd::Hook {
+            dialect,
+            hook_socket,
+        } => Ok(crate::hooks::cmd::run(dialect, hook_socket)),
+        Cmd::Hooks {
+            cmd: HooksCmd::Install { agent, scope, dir },
+        } => {
+            use crate::hooks::install::{Scope, install, settings_path};
+            let base = match (scope, dir) {
+                (Scope::Project, Some(d)) => d,
+                (Scope::Project, None) => std::env::current_dir()?,
+                (Scope::User, _) => std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .ok_or_else(|| anyhow::anyhow!("HOME is not set"))?,
+                (Scope::Managed, _) => PathBuf::from("/"),
+            };
+            let path = settings_path(agent, scope, &base);
+            let command = hook_command(agent)?;
+            if install(agent, &path, &command)? {
+                println!(
+                    "installed agentwarden's {} hooks in {}",
+                    agent.as_str(),
+                    path.display()
+                );
+            } else {
+                println!("agentwarden's hooks were already in {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Audit { db, cmd } => crate::audit::cmd::run(&db, cmd),
     }
 }
@@ -398,6 +472,7 @@ fn run(
             return ExitCode::from(EXIT_LAUNCH_FAILED);
         }
     };
+    let wiring;
     let enrolled = Client::call(
         socket,
         &Request::Enroll {
@@ -413,8 +488,10 @@ fn run(
             landlock,
             drop_capabilities,
             seccomp,
+            hooks,
             ..
         }) => {
+            wiring = hooks;
             for w in warnings {
                 eprintln!("agentwarden: warning: profile `{}`: {w}", session.profile);
             }
@@ -469,8 +546,36 @@ fn run(
         }
     };
     let mut command = Command::new(&cmd[0]);
+    command.args(&cmd[1..]);
+    if let Some(w) = &wiring {
+        // The agent's hooks ask this session's daemon: Claude Code takes them as one
+        // more `--settings` source (on top of the user's and the host's), Codex as
+        // `-c` overrides. Only the agent's own command line gets its options.
+        command.env(crate::hooks::HOOK_SOCKET_ENV, &w.socket);
+        if w.dialect.is_agent_command(cmd) {
+            match hook_command(w.dialect) {
+                Ok(hook) => {
+                    command.args(w.dialect.wiring_args(&hook));
+                }
+                Err(e) => {
+                    eprintln!(
+                        "agentwarden: cannot wire the agent's hooks: {e:#}\n\
+                         agentwarden: not running the agent"
+                    );
+                    return ExitCode::from(EXIT_LAUNCH_FAILED);
+                }
+            }
+        } else {
+            eprintln!(
+                "agentwarden: warning: profile `{}` wires {} hooks, but `{}` is not that \
+                 agent: no hooks added (its tool calls are inferred from its processes)",
+                session.profile,
+                w.dialect.as_str(),
+                cmd[0].to_string_lossy()
+            );
+        }
+    }
     command
-        .args(&cmd[1..])
         .env("AGENTWARDEN_SESSION", &session.id)
         .env("AGENTWARDEN_SESSION_NAME", &session.name);
     if let Some(a) = &account {
@@ -492,6 +597,20 @@ fn run(
     } else {
         126
     })
+}
+
+/// The command line an agent runs as its hook: this binary, by its absolute path.
+fn hook_command(dialect: crate::hooks::Dialect) -> Result<String> {
+    let exe = std::env::current_exe()?;
+    let exe = exe.to_str().ok_or_else(|| {
+        anyhow::anyhow!("the path of this binary is not UTF-8: {}", exe.display())
+    })?;
+    // Quoted for the shell the agent runs the hook with.
+    Ok(format!(
+        "'{}' hook {}",
+        exe.replace('\'', r"'\''"),
+        dialect.as_str()
+    ))
 }
 
 /// Drops capabilities from this process (and so the agent it becomes) for good: from the

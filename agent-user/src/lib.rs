@@ -7,6 +7,7 @@ pub mod client;
 pub mod daemon;
 pub mod dns;
 pub mod event;
+pub mod hooks;
 pub mod loader;
 pub mod offsets;
 pub mod output;

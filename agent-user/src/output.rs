@@ -66,7 +66,17 @@ pub fn sessions(list: &[SessionView]) -> String {
 
 /// One line of detail per event kind, with the policy decision when there is one.
 pub fn detail(e: &Event) -> String {
-    let body = body(e);
+    let mut body = body(e);
+    if let Some(c) = &e.context
+        && !matches!(e.body, Body::ToolCall(_) | Body::ToolResult(_))
+    {
+        body.push_str(&format!(
+            "  (in {} {}, {})",
+            c.tool,
+            c.tool_call,
+            c.how.as_str()
+        ));
+    }
     match &e.decision {
         Some(d) if d.decision == Verdict::Deny => format!(
             "{body}  [DENY {} by {}: {}]",
@@ -118,6 +128,35 @@ fn body(e: &Event) -> String {
         Body::Fork(f) | Body::SessionMapFull(f) => format!("child {}", f.child_tgid),
         Body::Loss(l) => format!("{} +{} (total {})", l.counter, l.delta, l.total),
         Body::SessionStart | Body::SessionEnd => String::new(),
+        Body::Prompt(x) => {
+            let text = x
+                .text
+                .as_deref()
+                .map(|t| format!("{t:?}"))
+                .or_else(|| {
+                    x.sha256
+                        .as_deref()
+                        .map(|h| format!("sha256 {}", &h[..h.len().min(16)]))
+                })
+                .unwrap_or_else(|| "(not kept)".to_owned());
+            format!("{} reported a prompt: {text}", x.agent)
+        }
+        Body::ToolCall(x) => {
+            let (target, _) = crate::event::agent::cut(&x.target, 200);
+            format!("{} {} [{target}] (reported by {})", x.id, x.tool, x.agent)
+        }
+        Body::ToolResult(x) => {
+            let how = if x.failed { "failed" } else { "done" };
+            let took = x
+                .duration_ms
+                .map_or(String::new(), |d| format!(" in {d} ms"));
+            let refused = if x.refused > 0 {
+                format!(", {} refused", x.refused)
+            } else {
+                String::new()
+            };
+            format!("{} {} {how}{took}{refused}", x.id, x.tool)
+        }
     }
 }
 

@@ -33,6 +33,12 @@ pub enum Request {
         session: Option<String>,
         follow: bool,
     },
+    /// An agent's hook event (hook socket only): recorded for the caller's own session,
+    /// answered with the daemon's decision on a tool call.
+    Hook {
+        dialect: crate::hooks::Dialect,
+        input: serde_json::Value,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -55,6 +61,13 @@ pub enum Response {
         /// session has one; `run` refuses to start the agent without it).
         #[serde(default)]
         seccomp: Option<crate::policy::syscalls::SeccompPlan>,
+        /// The hooks `run` wires into the agent (the profile's `hooks:`), and the
+        /// socket they ask.
+        #[serde(default)]
+        hooks: Option<HookWiring>,
+    },
+    Hook {
+        answer: crate::hooks::HookAnswer,
     },
     Sessions {
         sessions: Vec<SessionView>,
@@ -70,6 +83,13 @@ pub enum Response {
     Error {
         message: String,
     },
+}
+
+/// How `run` wires the agent's hooks to the daemon.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HookWiring {
+    pub dialect: crate::hooks::Dialect,
+    pub socket: PathBuf,
 }
 
 /// A kernel counter summed over CPUs, with the per-CPU values.

@@ -38,13 +38,24 @@ fn blocked(d: &Daemon, session: &str) -> Event {
         with_action(evs, Action::Blocked).next().is_some()
     });
     let ev = with_action(&evs, Action::Blocked).next().unwrap().clone();
-    let rows = d.audit_session(&sid);
-    assert!(
-        rows.iter().any(|r| r["decision"]["action"] == "blocked"
-            && r["decision"]["enforced_by"] == ev.decision.as_ref().unwrap().enforced_by.as_str()),
-        "{session}: no blocked row in the audit trail: {rows:?}"
-    );
-    ev
+    // The refusal layer's record is queued beside the ring: it can reach the store after
+    // the session's end does.
+    let start = Instant::now();
+    loop {
+        let rows = d.audit_session(&sid);
+        if rows.iter().any(|r| {
+            r["decision"]["action"] == "blocked"
+                && r["decision"]["enforced_by"]
+                    == ev.decision.as_ref().unwrap().enforced_by.as_str()
+        }) {
+            return ev;
+        }
+        assert!(
+            start.elapsed() < patience(),
+            "{session}: no blocked row in the audit trail: {rows:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn layer_of(e: &Event) -> Layer {

@@ -46,7 +46,21 @@ def summarize(body):
         "tools": tools if len(tools) <= 12 else tools[:12] + ["...+%d" % (len(tools) - 12)],
         "last_user_head": text_of(last_user.get("content"))[:200] if last_user else None,
         "tool_results": tool_results,
+        # Text the agent sent beside the tool results since the model's last turn:
+        # its own reminders, and what hooks added (Claude Code puts a hook's
+        # `additionalContext` in a message of its own).
+        "notes": notes_since_last_turn(msgs),
     }, tools
+
+
+def notes_since_last_turn(msgs):
+    last = max((i for i, m in enumerate(msgs) if m.get("role") == "assistant"), default=-1)
+    notes = []
+    for m in msgs[last + 1:]:
+        for b in blocks(m):
+            if isinstance(b, dict) and b.get("type") == "text":
+                notes.append(text_of(b.get("text"))[:4000])
+    return notes
 
 
 def issued_count(msgs):

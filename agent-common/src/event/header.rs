@@ -25,6 +25,13 @@ pub enum EventKind {
     SessionEnd = 65,
     /// Raised by the daemon: a kernel or daemon loss counter grew.
     Loss = 66,
+    /// Reported by the agent through its hook: a prompt it was given (its turn).
+    Prompt = 67,
+    /// Reported by the agent through its hook: a tool call it is about to make, with
+    /// the daemon's decision on it where a `tools:` rule matched.
+    ToolCall = 68,
+    /// Reported by the agent through its hook: a tool call finished.
+    ToolResult = 69,
 }
 
 impl EventKind {
@@ -41,6 +48,9 @@ impl EventKind {
         Self::SessionStart,
         Self::SessionEnd,
         Self::Loss,
+        Self::Prompt,
+        Self::ToolCall,
+        Self::ToolResult,
     ];
 
     /// A kind the kernel sends (the daemon's own kinds never come from the ring).
@@ -72,6 +82,9 @@ impl EventKind {
             Self::SessionStart => "session_start",
             Self::SessionEnd => "session_end",
             Self::Loss => "loss",
+            Self::Prompt => "prompt",
+            Self::ToolCall => "tool_call",
+            Self::ToolResult => "tool_result",
         }
     }
 

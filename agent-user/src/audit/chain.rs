@@ -24,20 +24,24 @@ pub const GENESIS: Hash = [0; 32];
 
 const DOMAIN: &[u8] = b"agentwarden-audit-v1";
 
-/// The hash of record `seq` in `table` with these content values.
+/// The hash of record `seq` in `table` with these content values (the columns a
+/// migration added are hashed only where set: see [`Table::first`]).
 pub fn link_hash<'a>(
     prev: &Hash,
     seq: i64,
-    table: &str,
+    table: &Table,
     values: impl IntoIterator<Item = ValueRef<'a>>,
 ) -> Hash {
     let mut h = Sha256::new();
     h.update(DOMAIN);
     h.update(prev);
     h.update(seq.to_be_bytes());
-    h.update((table.len() as u64).to_be_bytes());
-    h.update(table.as_bytes());
-    for v in values {
+    h.update((table.name.len() as u64).to_be_bytes());
+    h.update(table.name.as_bytes());
+    for (i, v) in values.into_iter().enumerate() {
+        if i >= table.first && v == ValueRef::Null {
+            continue;
+        }
         // Type tag, then a length where the size varies: no two value lists share bytes.
         match v {
             ValueRef::Null => h.update([0]),
@@ -281,7 +285,7 @@ fn read_links(conn: &Connection, table: &'static Table, out: &mut Vec<Link>) -> 
         let computed = link_hash(
             prev.as_slice().try_into().unwrap_or(&GENESIS),
             seq,
-            table.name,
+            table,
             values,
         );
         let content_ok = prev.len() == 32 && computed.as_slice() == hash.as_slice();

@@ -105,6 +105,14 @@ pub struct FilterArgs {
     /// At most this many records.
     #[arg(long)]
     limit: Option<usize>,
+    /// One tool call, by the id its agent gave it: the call, its result and every
+    /// action under it.
+    #[arg(long)]
+    tool_call: Option<String>,
+    /// The calls of one tool (`Bash`, `Read`, `mcp__github__create_issue`), with their
+    /// results and actions.
+    #[arg(long)]
+    tool: Option<String>,
 }
 
 impl FilterArgs {
@@ -126,6 +134,8 @@ impl FilterArgs {
             port: self.port,
             kinds: self.kind,
             limit: self.limit,
+            tool_call: self.tool_call,
+            tool: self.tool,
         })
     }
 }

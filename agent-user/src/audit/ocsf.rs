@@ -87,6 +87,7 @@ type Class = (u32, &'static str, u32, &'static str, u32, &'static str);
 fn class_of(e: &Event) -> Option<Class> {
     let process = (1007, "Process Activity", 1, "System Activity");
     let network = (4001, "Network Activity", 4, "Network Activity");
+    let api = (6003, "API Activity", 6, "Application Activity");
     let ((class_uid, class_name, category_uid, category_name), activity_id, activity_name) =
         match &e.body {
             Body::Exec(_) | Body::Fork(_) => (process, 1, "Launch"),
@@ -112,6 +113,21 @@ fn class_of(e: &Event) -> Option<Class> {
             Body::SyscallDecision(_) => {
                 ((1003, "Kernel Activity", 1, "System Activity"), 4, "Invoke")
             }
+            // The agent's claims, from its hook: the API of its tools.
+            Body::Prompt(_) => (api, 99, "Prompt"),
+            Body::ToolCall(_) => {
+                let refused = e.decision.as_ref().is_some_and(|d| d.action.refused());
+                (
+                    api,
+                    99,
+                    if refused {
+                        "Tool Call Refused"
+                    } else {
+                        "Tool Call"
+                    },
+                )
+            }
+            Body::ToolResult(_) => (api, 99, "Tool Result"),
             Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {
                 return None;
             }
@@ -193,7 +209,36 @@ fn add_body(out: &mut Value, e: &Event, host: Option<&str>) {
             out["kernel"] = json!({ "name": s.name, "type_id": 2, "type": "System Call" });
             out["status_code"] = json!(s.result.to_string());
         }
+        Body::Prompt(x) => {
+            out["api"] = json!({
+                "operation": "prompt",
+                "service": { "name": x.agent },
+                "request": { "uid": x.prompt_id },
+            });
+            out["message"] = json!(x.text);
+            out["unmapped"]["agentwarden"]["prompt"] = json!(x);
+        }
+        Body::ToolCall(x) => {
+            out["api"] = json!({
+                "operation": x.tool,
+                "service": { "name": x.agent },
+                "request": { "uid": x.id, "data": x.input },
+            });
+            out["unmapped"]["agentwarden"]["tool_call"] = json!(x);
+        }
+        Body::ToolResult(x) => {
+            out["api"] = json!({
+                "operation": x.tool,
+                "service": { "name": x.agent },
+                "request": { "uid": x.id },
+                "response": { "error": x.failed.then_some("failed"), "message": x.told },
+            });
+            out["unmapped"]["agentwarden"]["tool_result"] = json!(x);
+        }
         Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {}
+    }
+    if let Some(c) = &e.context {
+        out["unmapped"]["agentwarden"]["context"] = json!(c);
     }
     if let Some((ip, port, proto, family)) = dst {
         out["dst_endpoint"] = json!({ "ip": ip, "port": port });

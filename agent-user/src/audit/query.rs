@@ -40,6 +40,10 @@ pub struct Filter {
     /// Event kinds (`exec`, `open`, `connect`, `net_decision`, ...); empty: all.
     pub kinds: Vec<String>,
     pub limit: Option<usize>,
+    /// One tool call (its id): the call, its result and every action under it.
+    pub tool_call: Option<String>,
+    /// Calls of this tool (its name), with their results and actions.
+    pub tool: Option<String>,
 }
 
 /// A time bound: RFC 3339, or a duration meaning that long ago (`90m`, `2h`, `7d`).
@@ -397,6 +401,17 @@ impl<'c> Reader<'c> {
         if f.dest.is_some() {
             sql.push_str(" AND a.address IS NOT NULL");
         }
+        if let Some(id) = &f.tool_call {
+            bind(&mut sql, " AND a.tool_call = ?", Value::Text(id.clone()));
+        }
+        if let Some(tool) = &f.tool {
+            bind(
+                &mut sql,
+                " AND a.tool_call IN (SELECT c.tool_call FROM actions c \
+                 WHERE c.kind = 'tool_call' AND c.op = ?)",
+                Value::Text(tool.clone()),
+            );
+        }
         if !f.kinds.is_empty() {
             sql.push_str(" AND a.kind IN (");
             for (i, k) in f.kinds.iter().enumerate() {
@@ -475,6 +490,12 @@ fn time_text(ns: i64) -> String {
     crate::event::rfc3339(
         SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64),
     )
+}
+
+/// The agent's report a prompt or tool row keeps whole in `extra.agent`.
+fn agent_report<T: serde::de::DeserializeOwned>(extra: &serde_json::Value, seq: i64) -> Result<T> {
+    serde_json::from_value(extra["agent"].clone())
+        .map_err(|e| anyhow::anyhow!("row {seq}: the agent's report in `extra`: {e}"))
 }
 
 fn json_list(s: Option<String>) -> Vec<String> {
@@ -560,7 +581,13 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
         }),
         EventKind::SessionStart => Body::SessionStart,
         EventKind::SessionEnd => Body::SessionEnd,
+        EventKind::Prompt => Body::Prompt(agent_report(&extra, seq)?),
+        EventKind::ToolCall => Body::ToolCall(agent_report(&extra, seq)?),
+        EventKind::ToolResult => Body::ToolResult(agent_report(&extra, seq)?),
     };
+    let context = extra
+        .get("context")
+        .and_then(|c| serde_json::from_value(c.clone()).ok());
     let mut ev = Event::new(
         body,
         SystemTime::UNIX_EPOCH,
@@ -570,6 +597,7 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
         },
     );
     ev.seq = r.get::<_, i64>("event_seq")? as u64;
+    ev.context = context;
     let ns: i64 = r.get("time_ns")?;
     ev.time_ns = ns;
     ev.time = time_text(ns);

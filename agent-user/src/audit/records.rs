@@ -226,6 +226,21 @@ fn body_columns(body: &Body) -> BodyColumns {
             c.extra.insert("delta".into(), l.delta.into());
             c.extra.insert("total".into(), l.total.into());
         }
+        // The agent's report, whole, under `agent`; the tool's name in `op`.
+        Body::Prompt(x) => {
+            c.extra
+                .insert("agent".into(), serde_json::to_value(x).unwrap_or_default());
+        }
+        Body::ToolCall(x) => {
+            c.op = Some(x.tool.clone());
+            c.extra
+                .insert("agent".into(), serde_json::to_value(x).unwrap_or_default());
+        }
+        Body::ToolResult(x) => {
+            c.op = Some(x.tool.clone());
+            c.extra
+                .insert("agent".into(), serde_json::to_value(x).unwrap_or_default());
+        }
         Body::SessionStart | Body::SessionEnd => {}
     }
     c
@@ -239,8 +254,20 @@ pub fn event_rows(ev: &Event) -> EventRows {
         time_ns(&ev.time)
     };
     let p = ev.process.as_ref();
-    let c = body_columns(&ev.body);
+    let mut c = body_columns(&ev.body);
     let d = ev.decision.as_ref();
+    // The call a tool row is, or the call an action happened under (how: `extra`).
+    let tool_call = match &ev.body {
+        Body::ToolCall(x) => Some(x.id.clone()),
+        Body::ToolResult(x) => Some(x.id.clone()),
+        _ => ev.context.as_ref().map(|x| x.tool_call.clone()),
+    };
+    if let Some(x) = &ev.context {
+        c.extra.insert(
+            "context".into(),
+            serde_json::to_value(x).unwrap_or_default(),
+        );
+    }
     let action = vec![
         int(ev.seq as i64),
         int(t),
@@ -277,6 +304,7 @@ pub fn event_rows(ev: &Event) -> EventRows {
         opt_text(d.map(|d| d.action.as_str())),
         opt_text(d.map(|d| d.rule.as_str())),
         opt_text(d.map(|d| d.enforced_by.as_str())),
+        opt_text(tool_call.as_deref()),
     ];
     // A refused exec left the old image running.
     let refused = d.is_some_and(|d| d.action.refused());
@@ -319,7 +347,10 @@ pub fn event_rows(ev: &Event) -> EventRows {
         | Body::NetDecision(_)
         | Body::SyscallDecision(_)
         | Body::SessionEnd
-        | Body::Loss(_) => None,
+        | Body::Loss(_)
+        | Body::Prompt(_)
+        | Body::ToolCall(_)
+        | Body::ToolResult(_) => None,
     });
     EventRows { action, process }
 }

@@ -9,13 +9,18 @@ use anyhow::{Result, bail};
 use rusqlite::Connection;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 /// A chained table: its name and content columns, in hashing order.
 #[derive(Debug)]
 pub struct Table {
     pub name: &'static str,
     pub columns: &'static [&'static str],
+    /// The columns of the table's first version: those added later by a migration
+    /// (after these) are hashed only where they hold a value, so the rows written
+    /// before the migration still verify. A value set or removed later still breaks
+    /// the row's hash (a NULL and a value never hash alike).
+    pub first: usize,
 }
 
 pub const SESSIONS: Table = Table {
@@ -37,6 +42,7 @@ pub const SESSIONS: Table = Table {
         "time_ns",
         "time",
     ],
+    first: 15,
 };
 
 pub const PROCESSES: Table = Table {
@@ -53,6 +59,7 @@ pub const PROCESSES: Table = Table {
         "user",
         "time_ns",
     ],
+    first: 10,
 };
 
 pub const ACTIONS: Table = Table {
@@ -89,12 +96,17 @@ pub const ACTIONS: Table = Table {
         "outcome",
         "rule",
         "enforced_by",
+        // Version 2: the tool call (its id) the action happened under, or the call a
+        // `tool_call`/`tool_result` row is.
+        "tool_call",
     ],
+    first: 31,
 };
 
 pub const CHECKPOINTS: Table = Table {
     name: "checkpoints",
     columns: &["time_ns", "time", "kept_from", "anchor", "pruned", "reason"],
+    first: 6,
 };
 
 pub const TABLES: [&Table; 4] = [&SESSIONS, &PROCESSES, &ACTIONS, &CHECKPOINTS];
@@ -239,6 +251,25 @@ FROM actions a
 LEFT JOIN sessions s ON s.session_id = a.session_id;
 ";
 
+/// Version 2: agent context. Prompts and tool calls are `actions` rows of their own
+/// kinds (`prompt`, `tool_call`, `tool_result`; the agent's report in `extra.agent`),
+/// and every action names the tool call it happened under.
+const V2: &str = "
+ALTER TABLE actions ADD COLUMN tool_call TEXT;
+CREATE INDEX actions_by_tool_call ON actions (tool_call) WHERE tool_call IS NOT NULL;
+DROP VIEW IF EXISTS audit_log;
+CREATE VIEW audit_log AS
+SELECT a.seq, strftime('%Y-%m-%dT%H:%M:%fZ', a.time_ns / 1e9, 'unixepoch') AS time,
+       a.time_ns, a.session_id, s.name AS session_name, s.agent,
+       s.profile_sha256, s.business_owner, s.technical_owner, s.principal_uid,
+       s.principal_user, s.enrolment, s.host,
+       a.kind, a.pid, a.tgid, a.ppid, a.uid, a.user, a.comm, a.exe, a.path, a.argv, a.cwd,
+       a.flags, a.address, a.port, a.protocol, a.op, a.result, a.exit_code, a.exit_signal,
+       a.repeats, a.decision, a.outcome AS action, a.rule, a.enforced_by, a.tool_call
+FROM actions a
+LEFT JOIN sessions s ON s.session_id = a.session_id;
+";
+
 /// Brings a database opened for writing to [`VERSION`]; refuses a newer one.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -248,11 +279,14 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
              ({VERSION}); refusing to write to it"
         );
     }
-    if version == 0 {
-        let tx = conn.transaction()?;
-        tx.execute_batch(V1)?;
-        tx.pragma_update(None, "user_version", VERSION)?;
-        tx.commit()?;
+    // Each step in its own transaction, recorded with the version it reached.
+    for (to, sql) in [(1, V1), (2, V2)] {
+        if version < to {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", to)?;
+            tx.commit()?;
+        }
     }
     Ok(())
 }
@@ -275,9 +309,11 @@ mod tests {
                 .unwrap()
                 .map(|c| c.unwrap())
                 .collect();
+            // Columns a migration added come after `hash`.
             let mut want = vec!["seq".to_owned()];
-            want.extend(t.columns.iter().map(|c| (*c).to_owned()));
+            want.extend(t.columns[..t.first].iter().map(|c| (*c).to_owned()));
             want.extend(["prev_hash".to_owned(), "hash".to_owned()]);
+            want.extend(t.columns[t.first..].iter().map(|c| (*c).to_owned()));
             assert_eq!(cols, want, "table {}", t.name);
         }
     }

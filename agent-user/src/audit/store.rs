@@ -481,7 +481,7 @@ impl<'t> Inserts<'t> {
     fn append(&mut self, link: &mut (i64, Hash), table: &Table, values: &[Value]) -> Result<i64> {
         use rusqlite::types::{ToSqlOutput, ValueRef};
         let seq = link.0 + 1;
-        let hash = link_hash(&link.1, seq, table.name, values.iter().map(ValueRef::from));
+        let hash = link_hash(&link.1, seq, table, values.iter().map(ValueRef::from));
         let Some((_, stmt)) = self.0.iter_mut().find(|(n, _)| *n == table.name) else {
             anyhow::bail!("no table {}", table.name);
         };

@@ -256,8 +256,8 @@ fn an_inserted_row_is_named() {
         "INSERT INTO actions SELECT 3, event_seq, time_ns, session_id, kind, pid, \
          tgid, ppid, uid, user, gid, comm, exe, '/etc/forged', path_resolved, argv, cwd, \
          flags, address, port, protocol, op, result, exit_code, exit_signal, extra, \
-         repeats, last_time_ns, decision, outcome, rule, enforced_by, prev_hash, hash \
-         FROM actions WHERE kind = 'open'",
+         repeats, last_time_ns, decision, outcome, rule, enforced_by, prev_hash, hash, \
+         tool_call FROM actions WHERE kind = 'open'",
     );
     let b = broken(&db);
     assert_eq!(b.seq(), 3, "{b:?}");
@@ -273,7 +273,7 @@ fn an_inserted_row_is_named() {
         "INSERT INTO actions SELECT 11, event_seq, time_ns, session_id, kind, pid, \
          tgid, ppid, uid, user, gid, comm, exe, path, path_resolved, argv, cwd, flags, \
          address, port, protocol, op, result, exit_code, exit_signal, extra, repeats, \
-         last_time_ns, decision, outcome, rule, enforced_by, prev_hash, hash \
+         last_time_ns, decision, outcome, rule, enforced_by, prev_hash, hash, tool_call \
          FROM actions WHERE kind = 'open'",
     );
     assert_eq!(broken(&db).seq(), 11);
@@ -582,4 +582,67 @@ fn a_syscall_decision_is_stored_read_back_and_exported() {
     assert_eq!(o["kernel"]["name"], "kill");
     assert_eq!(o["disposition"], "Blocked");
     assert_eq!(verify(&db).unwrap().broken, None);
+}
+
+/// A store written before version 2 (no `tool_call` column) is migrated when the
+/// daemon opens it, its old rows still verify, and new rows with a tool call link on.
+#[test]
+fn a_version_1_store_migrates_and_its_old_rows_still_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = write(dir.path(), session_items(0));
+    // Back to version 1 as it was: the column, its index and the view that reads it gone.
+    exec(
+        &db,
+        "DROP VIEW audit_log; DROP INDEX actions_by_tool_call; \
+         ALTER TABLE actions DROP COLUMN tool_call; PRAGMA user_version = 1;",
+    );
+    let e1 = verify(&db).unwrap_err().to_string();
+    assert!(e1.contains("version 1"), "{e1}");
+    let mut e = Event::new(
+        Body::Exec(ExecInfo {
+            path: "/usr/bin/ls".into(),
+            path_truncated: false,
+            argv: vec!["ls".into()],
+            argv_truncated: false,
+            cwd: "/".into(),
+        }),
+        at(100),
+        session_ref(),
+    );
+    e.seq = 100;
+    e.process = Some(process(102, 100, "ls"));
+    e.context = Some(crate::event::ContextRef {
+        tool_call: "toolu_1".into(),
+        tool: "Bash".into(),
+        prompt_id: None,
+        how: crate::event::Attribution::Subtree,
+    });
+    let mut sink = AuditSink::open(AuditConfig {
+        path: db.clone(),
+        queue: 1 << 16,
+        max_age: None,
+        max_bytes: None,
+    })
+    .unwrap();
+    sink.send(Item::Event(Arc::new(e)));
+    sink.close();
+    let v = verify(&db).unwrap();
+    assert_eq!(v.broken, None, "{v:?}");
+    let conn = Connection::open(&db).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM actions WHERE tool_call = 'toolu_1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    // Removing the call from the new row is an edit the chain names.
+    conn.execute(
+        "UPDATE actions SET tool_call = NULL WHERE tool_call = 'toolu_1'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    assert!(matches!(broken(&db), Break::Edited { .. }));
 }

@@ -63,46 +63,198 @@ pub fn render(s: &SessionRecord, sum: &Summary, records: &[AuditRecord]) -> Stri
     );
     out.push('\n');
 
-    // Actions per process, in chain order.
-    let mut per_tgid: HashMap<u32, Vec<usize>> = HashMap::new();
-    let mut loose = Vec::new();
-    for (i, r) in records.iter().enumerate() {
-        match &r.event.process {
-            Some(p) => per_tgid.entry(p.tgid).or_default().push(i),
-            None => loose.push(i),
+    Nesting::of(records).render(s.root_pid, &mut out);
+    out
+}
+
+/// A session's records sorted into the agent's turns: prompts, their tool calls, the
+/// actions under each call, and what happened outside any call.
+struct Nesting<'a> {
+    records: &'a [AuditRecord],
+    /// Prompt rows, in order.
+    prompts: Vec<usize>,
+    /// `tool_call` rows, in order, with their `tool_result` row.
+    calls: Vec<(usize, Option<usize>)>,
+    /// Actions by the call they happened under (reported or inferred).
+    under: HashMap<&'a str, Vec<usize>>,
+    /// Inferred invocations (no `tool_call` row), in order of first action.
+    inferred: Vec<&'a str>,
+    /// Actions under no call.
+    outside: Vec<usize>,
+}
+
+impl<'a> Nesting<'a> {
+    fn of(records: &'a [AuditRecord]) -> Self {
+        let mut n = Nesting {
+            records,
+            prompts: Vec::new(),
+            calls: Vec::new(),
+            under: HashMap::new(),
+            inferred: Vec::new(),
+            outside: Vec::new(),
+        };
+        let mut results: HashMap<&str, usize> = HashMap::new();
+        for (i, r) in records.iter().enumerate() {
+            match &r.event.body {
+                Body::Prompt(_) => n.prompts.push(i),
+                Body::ToolCall(_) => n.calls.push((i, None)),
+                Body::ToolResult(x) => {
+                    results.insert(x.id.as_str(), i);
+                }
+                Body::Exec(_)
+                | Body::Open(_)
+                | Body::Connect(_)
+                | Body::Fork(_)
+                | Body::Exit(_)
+                | Body::SessionMapFull(_)
+                | Body::NetDecision(_)
+                | Body::SyscallDecision(_)
+                | Body::SessionStart
+                | Body::SessionEnd
+                | Body::Loss(_) => match &r.event.context {
+                    Some(c) => {
+                        let list = n.under.entry(c.tool_call.as_str()).or_default();
+                        if list.is_empty() && c.how == crate::event::Attribution::Inferred {
+                            n.inferred.push(c.tool_call.as_str());
+                        }
+                        list.push(i);
+                    }
+                    None => n.outside.push(i),
+                },
+            }
+        }
+        for (call, result) in &mut n.calls {
+            if let Body::ToolCall(x) = &records[*call].event.body {
+                *result = results.get(x.id.as_str()).copied();
+            }
+        }
+        n
+    }
+
+    fn render(&self, root: u32, out: &mut String) {
+        let call_of = |i: usize| match &self.records[i].event.body {
+            Body::ToolCall(x) => Some(x),
+            _ => None,
+        };
+        let mut shown = vec![false; self.calls.len()];
+        for &p in &self.prompts {
+            let Body::Prompt(x) = &self.records[p].event.body else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "{}  prompt        {}",
+                short_time(&self.records[p].event.time),
+                crate::output::detail(&self.records[p].event)
+            );
+            for (k, (c, result)) in self.calls.iter().enumerate() {
+                if !shown[k]
+                    && x.prompt_id.is_some()
+                    && call_of(*c).and_then(|t| t.prompt_id.as_ref()) == x.prompt_id.as_ref()
+                {
+                    shown[k] = true;
+                    self.call(*c, *result, 1, out);
+                }
+            }
+        }
+        for (k, (c, result)) in self.calls.iter().enumerate() {
+            if !shown[k] {
+                self.call(*c, *result, 0, out);
+            }
+        }
+        for id in &self.inferred {
+            let list = &self.under[id];
+            let label = self.records[list[0]]
+                .event
+                .context
+                .as_ref()
+                .map_or("", |c| c.tool.as_str());
+            let _ = writeln!(
+                out,
+                "invocation {id} (inferred: no hook reported calls) {label}"
+            );
+            self.tree(list, None, 1, out);
+        }
+        if !self.outside.is_empty() {
+            if !(self.calls.is_empty() && self.inferred.is_empty()) {
+                let _ = writeln!(out, "outside any tool call:");
+            }
+            self.tree(&self.outside, Some(root), 0, out);
         }
     }
-    let mut done = vec![false; records.len()];
-    let mut roots = vec![s.root_pid];
-    // Processes not reached from the root (attach enrols a tree whose members were
-    // forked before the session) become roots of their own, in order of appearance.
-    for r in records {
-        if let Some(p) = &r.event.process
-            && !roots.contains(&p.tgid)
-        {
-            roots.push(p.tgid);
-        }
-    }
-    let mut tree = Tree {
-        records,
-        per_tgid: &per_tgid,
-        done: &mut done,
-        out: &mut out,
-    };
-    for root in roots {
-        tree.node(root, i64::MIN, 0);
-    }
-    for i in loose {
-        let r = &records[i];
+
+    /// A tool call, its result, and the actions under it.
+    fn call(&self, c: usize, result: Option<usize>, depth: usize, out: &mut String) {
+        let indent = "    ".repeat(depth);
+        let ev = &self.records[c].event;
         let _ = writeln!(
             out,
-            "{}  {:<13} {}",
-            short_time(&r.event.time),
-            r.event.kind(),
-            r.detail()
+            "{indent}{}  tool call     {}",
+            short_time(&ev.time),
+            crate::output::detail(ev)
         );
+        let id = match &ev.body {
+            Body::ToolCall(x) => x.id.as_str(),
+            _ => "",
+        };
+        if let Some(list) = self.under.get(id) {
+            self.tree(list, None, depth + 1, out);
+        }
+        if let Some(r) = result {
+            let ev = &self.records[r].event;
+            let _ = writeln!(
+                out,
+                "{indent}{}  tool result   {}",
+                short_time(&ev.time),
+                crate::output::detail(ev)
+            );
+            if let Body::ToolResult(x) = &ev.body
+                && let Some(told) = &x.told
+            {
+                let _ = writeln!(out, "{indent}    told the agent: {told}");
+            }
+        }
     }
-    out
+
+    /// The records `subset` as a process tree, from `root` first (when it acted), then
+    /// each process not reached from an earlier one, in order of appearance.
+    fn tree(&self, subset: &[usize], root: Option<u32>, depth: usize, out: &mut String) {
+        let mut per_tgid: HashMap<u32, Vec<usize>> = HashMap::new();
+        let mut loose = Vec::new();
+        let mut roots: Vec<u32> = root.into_iter().collect();
+        for &i in subset {
+            match &self.records[i].event.process {
+                Some(p) => {
+                    per_tgid.entry(p.tgid).or_default().push(i);
+                    if !roots.contains(&p.tgid) {
+                        roots.push(p.tgid);
+                    }
+                }
+                None => loose.push(i),
+            }
+        }
+        let mut done = vec![false; self.records.len()];
+        let mut tree = Tree {
+            records: self.records,
+            per_tgid: &per_tgid,
+            done: &mut done,
+            out,
+        };
+        for r in roots {
+            tree.node(r, i64::MIN, depth);
+        }
+        for i in loose {
+            let r = &self.records[i];
+            let _ = writeln!(
+                out,
+                "{}{}  {:<13} {}",
+                "    ".repeat(depth),
+                short_time(&r.event.time),
+                r.event.kind(),
+                r.detail()
+            );
+        }
+    }
 }
 
 struct Tree<'a> {
@@ -163,7 +315,10 @@ impl Tree<'_> {
                 | Body::SyscallDecision(_)
                 | Body::SessionStart
                 | Body::SessionEnd
-                | Body::Loss(_) => {}
+                | Body::Loss(_)
+                | Body::Prompt(_)
+                | Body::ToolCall(_)
+                | Body::ToolResult(_) => {}
             }
         }
     }

@@ -298,6 +298,12 @@ impl Core {
                 enrolment: s.enrolment,
                 root_pid: s.root_pid,
             };
+            let hooked = new.enrolment == Enrolment::Run
+                && self
+                    .profiles
+                    .get(&new.profile)
+                    .is_some_and(|p| p.file.hooks.is_some());
+            self.attribution.calls.session(*sid, new.root_pid, hooked);
             self.attribution.registry.adopt(*sid, new, tgids, started);
             for t in tgids {
                 if let Ok(exe) = procfs::process::Process::new(*t as i32).and_then(|p| p.exe()) {

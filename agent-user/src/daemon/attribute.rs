@@ -5,6 +5,7 @@
 
 use std::time::SystemTime;
 
+use super::toolcalls::ToolCalls;
 use crate::{
     event::{Clock, Event, ProcessInfo, Raw, SessionRef},
     policy::compile::RuleTable,
@@ -17,6 +18,8 @@ pub struct Attribution {
     pub registry: Registry,
     pub users: Users,
     pub clock: Clock,
+    /// The tool call each process acts under.
+    pub calls: ToolCalls,
 }
 
 impl Attribution {
@@ -25,6 +28,7 @@ impl Attribution {
             registry: Registry::default(),
             users: Users::default(),
             clock,
+            calls: ToolCalls::default(),
         }
     }
 
@@ -35,6 +39,7 @@ impl Attribution {
         let h = *raw.header();
         if let Raw::Fork(f) = raw {
             self.registry.on_fork(h.session_id, h.tgid, f.child_tgid);
+            self.calls.on_fork(h.session_id, h.tgid, f.child_tgid);
         }
         let mut ev = Event::from_raw(
             raw,
@@ -47,6 +52,11 @@ impl Attribution {
             && !refused
         {
             self.registry.on_exec(h.tgid, &exec.path, &exec.cwd);
+            self.calls.on_exec(h.tgid, &exec.argv);
+        }
+        ev.context = self.calls.context_of(h.session_id, h.tgid);
+        if let Raw::Exit(_) = raw {
+            self.calls.on_exit(h.tgid);
         }
         if let Some(p) = ev.process.as_mut() {
             self.enrich(p, !matches!(raw, Raw::Exit(_)));

@@ -172,6 +172,10 @@ pub(super) fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -
             })
         }
         Request::Events { .. } => unreachable!("streamed by handle_client"),
+        Request::Hook { .. } => bail!(
+            "hook reports go to the hook socket ({})",
+            shared.cfg.hook_socket.display()
+        ),
     }
 }
 
@@ -280,6 +284,9 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
     for w in &warnings {
         warn!(session = %session.id, "{w}");
     }
+    let hooks = (how == Enrolment::Run)
+        .then(|| core.hook_wiring(&shared.cfg, &profile))
+        .flatten();
     Ok(Response::Enrolled {
         session: Box::new(session),
         processes,
@@ -287,6 +294,7 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
         landlock,
         drop_capabilities,
         seccomp,
+        hooks,
     })
 }
 

@@ -54,6 +54,13 @@ impl Core {
                 }
             }
         }
+        // A `run` session whose profile wires the agent's hooks infers no calls.
+        let hooked = new.enrolment == Enrolment::Run
+            && self
+                .profiles
+                .get(&new.profile)
+                .is_some_and(|p| p.file.hooks.is_some());
+        self.attribution.calls.session(id, root, hooked);
         let s = self.attribution.registry.create(id, new, &tgids);
         let (sref, started) = (s.reference(), s.started);
         for t in &tgids {

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 mod adopt;
 mod attribute;
+mod context;
 mod control;
 mod decide;
 mod enrolment;
@@ -39,6 +40,7 @@ mod sinks;
 mod start;
 mod stdout;
 mod tasks;
+mod toolcalls;
 
 use control::serve;
 use eventlog::EventLog;
@@ -104,6 +106,10 @@ pub struct DaemonConfig {
     pub detach_on_exit: bool,
     /// More paths no session may open (`--protect`).
     pub protect: Vec<PathBuf>,
+    /// The socket agents' hooks report to.
+    pub hook_socket: PathBuf,
+    /// What is kept of reported prompts.
+    pub prompts: crate::hooks::PromptText,
 }
 
 /// Name of the event log in the state directory.
@@ -158,6 +164,8 @@ struct Core {
     /// Buffers of large records, reused from one record to the next.
     spare: event::Spare,
     host: String,
+    /// What is kept of reported prompts.
+    prompts: crate::hooks::PromptText,
 }
 
 struct Shared {
@@ -277,6 +285,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
+    let hook_listener = context::bind(&cfg.hook_socket)?;
     let listener = bind_socket(&cfg.socket)?;
     startup.mark("socket");
     let signals = start::Signals::take()?;
@@ -286,6 +295,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         tokio::spawn(rebind_inodes(shared.clone())),
         tokio::spawn(sweep(shared.clone())),
         tokio::spawn(refusals(shared.clone(), refused_rx)),
+        tokio::spawn(context::serve(shared.clone(), hook_listener)),
         tokio::spawn(serve(shared.clone(), listener)),
     ];
     let metrics = metrics_listener.map(|l| tokio::spawn(metrics::serve(shared.clone(), l)));
@@ -302,6 +312,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         t.abort();
     }
     let _ = fs::remove_file(&cfg.socket);
+    let _ = fs::remove_file(&cfg.hook_socket);
     {
         let mut core = shared.core();
         core.drain(usize::MAX);
@@ -379,6 +390,7 @@ impl Core {
                 .nodename()
                 .to_string_lossy()
                 .into_owned(),
+            prompts: cfg.prompts,
         }
     }
 }

@@ -44,6 +44,14 @@ impl Core {
         let h = *raw.header();
         let mut ev = self.attribution.event(&raw, &self.rules);
         self.decide_in_userspace(&mut ev, h.session_id);
+        // A refusal inside a tool call is kept for the call's end, when the agent's hook
+        // asks what to tell the model.
+        if let (Some(d), Some(ctx)) = (&ev.decision, &ev.context)
+            && d.action.refused()
+        {
+            let line = super::context::refusal_line(&ev, d);
+            self.attribution.calls.refused(h.session_id, ctx, line);
+        }
         if let Raw::SessionMapFull(f) = &raw {
             self.untracked_child(&mut ev, h.session_id, f.child_tgid, h.ktime_ns);
         }
@@ -107,6 +115,7 @@ impl Core {
     pub(super) fn session_end(&mut self, sid: u64, now: SystemTime) {
         let ev = Event::new(Body::SessionEnd, now, self.attribution.session_ref(sid));
         info!(session = %format_id(sid), "session ended");
+        self.attribution.calls.session_ended(sid);
         self.emit(ev);
         if let Err(e) = self.syscall_programs(None) {
             warn!(error = %format!("{e:#}"), "detaching the syscall programs");

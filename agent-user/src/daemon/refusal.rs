@@ -289,6 +289,8 @@ pub struct Refusal {
     /// [`Table::exec_fingerprint`] of the table the ignore marks were set under.
     fingerprint: u64,
     pub stats: Arc<Stats>,
+    /// The pipeline's queue (to tell whether records wait in it).
+    records: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
 /// Filesystems whose files a permission event could wait on a network or a user-space
@@ -402,7 +404,7 @@ impl Refusal {
             group: group.clone(),
             table: table.clone(),
             sessions,
-            records,
+            records: records.clone(),
             stats: stats.clone(),
             me: std::process::id(),
         };
@@ -419,7 +421,13 @@ impl Refusal {
             ignored,
             fingerprint: Table::default().exec_fingerprint(),
             stats,
+            records,
         })
+    }
+
+    /// Refusal records queued for the pipeline and not yet taken.
+    pub fn pending(&self) -> usize {
+        self.records.max_capacity() - self.records.capacity()
     }
 
     /// Removes every exec ignore mark.
@@ -719,6 +727,17 @@ impl Worker {
             Some((_, r)) if r.act != Act::Alert => Response::FAN_DENY,
             _ => Response::FAN_ALLOW,
         };
+        // The record is queued before the process hears the answer: whatever the
+        // process does next (its agent's hook asking why the tool failed) comes after
+        // the record is there to be found.
+        if let (Some((_, r)), Some(rec)) = (&refused, rec) {
+            if r.act != Act::Alert {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            if self.records.try_send(rec).is_err() {
+                self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         self.respond(fd, response);
         if ignore {
             // Under the table's read lock: a new table (and the removal of every ignore
@@ -726,15 +745,6 @@ impl Worker {
             self.ignore_execs(fd, id);
         }
         drop(table);
-        let (Some((_, r)), Some(rec)) = (refused, rec) else {
-            return;
-        };
-        if r.act != Act::Alert {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-        }
-        if self.records.try_send(rec).is_err() {
-            self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
-        }
     }
 }
 

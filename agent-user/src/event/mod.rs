@@ -16,6 +16,7 @@ use agent_common::{
 };
 use serde::{Deserialize, Serialize};
 
+pub mod agent;
 mod connect;
 mod exec;
 mod exit;
@@ -25,6 +26,7 @@ mod path;
 mod raw;
 mod syscall;
 
+pub use agent::{Attribution, ContextRef, PromptInfo, ToolCallInfo, ToolResultInfo};
 pub use connect::ConnectInfo;
 use connect::connect_info;
 use exec::exec_info;
@@ -144,6 +146,10 @@ pub enum Body {
     SessionStart,
     SessionEnd,
     Loss(LossInfo),
+    /// The agent's claims, from its hook.
+    Prompt(PromptInfo),
+    ToolCall(ToolCallInfo),
+    ToolResult(ToolResultInfo),
 }
 
 impl Body {
@@ -160,6 +166,9 @@ impl Body {
             Body::SessionStart => EventKind::SessionStart,
             Body::SessionEnd => EventKind::SessionEnd,
             Body::Loss(_) => EventKind::Loss,
+            Body::Prompt(_) => EventKind::Prompt,
+            Body::ToolCall(_) => EventKind::ToolCall,
+            Body::ToolResult(_) => EventKind::ToolResult,
         }
     }
 }
@@ -181,6 +190,9 @@ pub struct Event {
     pub process: Option<ProcessInfo>,
     pub body: Body,
     pub decision: Option<DecisionInfo>,
+    /// The tool call (and prompt) the action happened under, as the agent's hooks let
+    /// the daemon tell.
+    pub context: Option<ContextRef>,
 }
 
 /// The JSON shape of an [`Event`], both ways: the kind, then at most one payload object
@@ -213,7 +225,15 @@ struct Wire<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     syscall: Option<Cow<'a, SyscallInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    prompt: Option<Cow<'a, PromptInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tool_call: Option<Cow<'a, ToolCallInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tool_result: Option<Cow<'a, ToolResultInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     decision: Option<Cow<'a, DecisionInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    context: Option<Cow<'a, ContextRef>>,
 }
 
 impl Serialize for Event {
@@ -232,7 +252,11 @@ impl Serialize for Event {
             loss: None,
             net: None,
             syscall: None,
+            prompt: None,
+            tool_call: None,
+            tool_result: None,
             decision: self.decision.as_ref().map(Cow::Borrowed),
+            context: self.context.as_ref().map(Cow::Borrowed),
         };
         match &self.body {
             Body::Exec(x) => w.exec = Some(Cow::Borrowed(x)),
@@ -243,6 +267,9 @@ impl Serialize for Event {
             Body::NetDecision(x) => w.net = Some(Cow::Borrowed(x)),
             Body::SyscallDecision(x) => w.syscall = Some(Cow::Borrowed(x)),
             Body::Loss(x) => w.loss = Some(Cow::Borrowed(x)),
+            Body::Prompt(x) => w.prompt = Some(Cow::Borrowed(x)),
+            Body::ToolCall(x) => w.tool_call = Some(Cow::Borrowed(x)),
+            Body::ToolResult(x) => w.tool_result = Some(Cow::Borrowed(x)),
             Body::SessionStart | Body::SessionEnd => {}
         }
         w.serialize(s)
@@ -273,6 +300,9 @@ impl TryFrom<Wire<'static>> for Event {
             EventKind::NetDecision => Body::NetDecision(take(w.net, kind, "net")?),
             EventKind::SyscallDecision => Body::SyscallDecision(take(w.syscall, kind, "syscall")?),
             EventKind::Loss => Body::Loss(take(w.loss, kind, "loss")?),
+            EventKind::Prompt => Body::Prompt(take(w.prompt, kind, "prompt")?),
+            EventKind::ToolCall => Body::ToolCall(take(w.tool_call, kind, "tool_call")?),
+            EventKind::ToolResult => Body::ToolResult(take(w.tool_result, kind, "tool_result")?),
             EventKind::SessionStart => Body::SessionStart,
             EventKind::SessionEnd => Body::SessionEnd,
         };
@@ -284,6 +314,7 @@ impl TryFrom<Wire<'static>> for Event {
             process: w.process.map(Cow::into_owned),
             body,
             decision: w.decision.map(Cow::into_owned),
+            context: w.context.map(Cow::into_owned),
         })
     }
 }
@@ -301,6 +332,7 @@ impl Event {
             process: None,
             body,
             decision: None,
+            context: None,
         }
     }
 

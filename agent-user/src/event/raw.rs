@@ -155,7 +155,12 @@ fn read(bytes: &[u8]) -> Result<Raw, DecodeError> {
             Raw::SyscallDecision(read_record(bytes, size_of::<SyscallDecisionEvent>())?)
         }
         // Raised by the daemon: `from_u32` never returns them for a kernel record.
-        EventKind::SessionStart | EventKind::SessionEnd | EventKind::Loss => {
+        EventKind::SessionStart
+        | EventKind::SessionEnd
+        | EventKind::Loss
+        | EventKind::Prompt
+        | EventKind::ToolCall
+        | EventKind::ToolResult => {
             return Err(DecodeError::UnknownKind(h.kind));
         }
     })

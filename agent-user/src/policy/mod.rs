@@ -9,6 +9,7 @@ pub mod net;
 pub mod pattern;
 pub mod show;
 pub mod syscalls;
+pub mod tools;
 
 use std::{fmt, path::Path};
 
@@ -42,6 +43,14 @@ pub struct ProfileFile {
     /// Syscalls refused to the session (seccomp in `run` sessions).
     #[serde(default)]
     pub syscalls: syscalls::SyscallRules,
+    /// The agent's tools, answered by its hook before each call (see `hooks`).
+    #[serde(default)]
+    pub tools: tools::ToolRules,
+    /// The agent's hook mechanism: `agentwarden run` wires agentwarden's hooks into the
+    /// agent it starts (Claude Code: `claude-code`), so prompts and tool calls are
+    /// recorded and `tools:` rules answered.
+    #[serde(default)]
+    pub hooks: Option<crate::hooks::Dialect>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -301,6 +310,8 @@ pub struct Profile {
     pub fileless_line: u64,
     /// The syscalls `syscalls.deny` names (groups resolved, `allow` removed), x86_64.
     pub syscall_deny: Vec<syscalls::DeniedCall>,
+    pub tools_allow: Vec<Located<tools::ToolPattern>>,
+    pub tools_deny: Vec<Located<tools::ToolPattern>>,
 }
 
 /// Parses and validates one profile; `source` names it in diagnostics.
@@ -370,6 +381,8 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
     let net_allow = c.destinations("network.allow", &file.network.allow);
     let net_deny = c.destinations("network.deny", &file.network.deny);
     let syscall_deny = c.syscalls(&file.syscalls);
+    let tools_allow = c.tool_patterns("tools.allow", &file.tools.allow);
+    let tools_deny = c.tool_patterns("tools.deny", &file.tools.deny);
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
@@ -391,6 +404,8 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
         kernel_decides: [false; 2],
         fileless_line: text_line(text, "exec.fileless"),
         syscall_deny,
+        tools_allow,
+        tools_deny,
     };
     p.kernel_decides = [
         decide::kernel_decides(&p, decide::Access::Exec),
@@ -473,6 +488,33 @@ impl Checker<'_> {
                     });
                 }
                 Err(e) => self.error(line, column, &f, &e.message, &e.hint),
+            }
+        }
+        out
+    }
+
+    fn tool_patterns(
+        &mut self,
+        field: &str,
+        list: &[Spanned<String>],
+    ) -> Vec<Located<tools::ToolPattern>> {
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            let (line, column) = (s.referenced.line(), s.referenced.column());
+            match tools::ToolPattern::parse(&s.value, &format!("{field}[{i}]")) {
+                Ok(value) => out.push(Located {
+                    value,
+                    line,
+                    column,
+                }),
+                Err(e) => self.error(
+                    line,
+                    column,
+                    &format!("{field}[{i}]"),
+                    &e,
+                    "`NAME` or `NAME(INPUT)`, `*` and `?` as wildcards: `WebFetch`, \
+                     `mcp__*__delete_*`, `Bash(curl *)`",
+                ),
             }
         }
         out

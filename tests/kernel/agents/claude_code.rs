@@ -7,7 +7,7 @@ fn run() -> Result<AgentRun, String> {
     let claude = installed("claude-code", "node_modules/.bin/claude")?;
     let w = World::new(0);
     // Its Read tool runs in the agent's own process.
-    let (steps, script) = standard_script(
+    let (steps, script) = hooked_script(
         &w,
         |key| serde_json::json!({ "tool": "Read", "input": { "file_path": key } }),
     );
@@ -41,19 +41,22 @@ fn run() -> Result<AgentRun, String> {
 agent_claims!("Claude Code", run);
 
 /// Claude Code reports the run as a success, with no step refused by its own
-/// permission system (every refusal was the kernel's), and the model was told why its
-/// own read failed.
+/// permission system but the one agentwarden's hook refused (every other refusal was
+/// the kernel's), and its own read failed on the refusal's errno.
 #[test]
 fn it_reports_success_and_was_told_why() {
     let Some(r) = the_run() else { return };
     let result: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("claude json");
     assert_eq!(result["result"], "done", "{result}");
     assert_eq!(result["is_error"], false, "{result}");
-    assert_eq!(
-        result["permission_denials"].as_array().map(Vec::len),
-        Some(0),
-        "Claude Code ran every command: {result}"
-    );
+    // The one call refused before it ran is the hook's: agentwarden's `tools:` rule.
+    let denials: Vec<&str> = result["permission_denials"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["tool_input"]["command"].as_str())
+        .collect();
+    assert_eq!(denials, [DENIED_TOOL], "{result}");
     let own = &r.result(Step::OwnReadKey).1;
     assert!(
         own.contains("EPERM") || own.contains("not permitted"),
@@ -99,4 +102,26 @@ fn the_audit_chain_verifies_and_names_an_edited_row() {
         String::from_utf8_lossy(&v.stdout).contains(&format!("(actions row seq={seq}) was edited")),
         "{v:?}"
     );
+}
+
+/// Each scripted call is in the audit trail with its id, its input and the prompt, and
+/// every kernel action sits under the call it happened in.
+#[test]
+fn its_tool_calls_carry_the_prompt_and_their_actions() {
+    let Some(r) = the_run() else { return };
+    claims::tool_calls_carry_the_prompt_and_their_actions(r);
+}
+
+/// The call its `tools:` rules deny never runs, and the model is told which rule.
+#[test]
+fn the_tool_its_rules_deny_never_runs() {
+    let Some(r) = the_run() else { return };
+    claims::the_denied_tool_never_ran(r);
+}
+
+/// The model is told why its own read of the key failed.
+#[test]
+fn the_model_is_told_why_its_read_was_refused() {
+    let Some(r) = the_run() else { return };
+    claims::the_model_was_told_why(r);
 }

@@ -181,6 +181,15 @@ impl ModelServer {
             .collect()
     }
 
+    /// What the agent sent the model beside its tool results, request by request.
+    fn notes(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .flat_map(|v| v["notes"].as_array().cloned().unwrap_or_default())
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// What the agent sent back to the model for each scripted step, in order:
     /// (is_error, content).
     fn tool_results(&self) -> Vec<(bool, String)> {
@@ -220,7 +229,16 @@ pub(crate) enum Step {
     OwnReadKey,
     /// After every refusal: a developer tool (git commits the notes) and a listing.
     MoreWork,
+    /// A call the profile's `tools:` rules deny (`sudo`): refused by the agent's hook
+    /// before it runs (agents with hooks only).
+    DeniedTool,
+    /// A child that outlives its call (`setsid -f`, reading the notes a second later):
+    /// its actions stay the call's (agents with hooks only).
+    Background,
 }
+
+/// The command of [`Step::DeniedTool`].
+pub(crate) const DENIED_TOOL: &str = "sudo -n id";
 
 /// The shell command of a step (the agent's own tools are the agent's business).
 pub(crate) fn command(step: Step, w: &World) -> String {
@@ -238,6 +256,11 @@ pub(crate) fn command(step: Step, w: &World) -> String {
              git -c user.name=agent -c user.email=agent@example.com commit -qm agent-notes && \
              git log --format=%s && ls"
             .into(),
+        Step::DeniedTool => DENIED_TOOL.into(),
+        Step::Background => {
+            "setsid -f sh -c 'sleep 1; cat notes.txt > /dev/null' > /dev/null 2>&1; echo started"
+                .into()
+        }
     }
 }
 
@@ -257,7 +280,8 @@ pub(crate) struct World {
 impl World {
     /// `index` tells the parallel runs of different agents apart.
     fn new(index: u32) -> Self {
-        let d = Daemon::start().expect("root");
+        // Prompts kept as text: the claims read them back.
+        let d = Daemon::start_with(&["--prompts", "store"]).expect("root");
         let dir = tempfile::tempdir().unwrap();
         let root = fs::canonicalize(dir.path()).unwrap();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
@@ -346,6 +370,8 @@ pub(crate) struct AgentRun {
     /// The audit store's files after the daemon stopped (name, bytes).
     pub(crate) store: Vec<(String, Vec<u8>)>,
     pub(crate) daemon_log: String,
+    /// What the agent sent the model beside its tool results (hooks' context).
+    pub(crate) model_notes: Vec<String>,
 }
 
 impl AgentRun {
@@ -403,6 +429,7 @@ impl AgentRun {
             to_foreign,
             store,
             daemon_log,
+            model_notes: Vec::new(),
         }
     }
 
@@ -415,7 +442,9 @@ impl AgentRun {
         out: Output,
         model: &ModelServer,
     ) -> Self {
-        Self::collect(
+        // Read before the world (and the model's log in it) goes.
+        let notes = model.notes();
+        let mut run = Self::collect(
             w,
             profile,
             session,
@@ -423,7 +452,9 @@ impl AgentRun {
             out,
             model.tool_results(),
             Some(model.port),
-        )
+        );
+        run.model_notes = notes;
+        run
     }
 
     /// What the model (or the MCP client) was told of `step`.
@@ -524,6 +555,33 @@ pub(crate) fn standard_script(
         Step::OwnReadKey,
         Step::MoreWork,
     ];
+    script_of(w, steps, own_read)
+}
+
+/// The standard steps with those only an agent with hooks can take: a call in the
+/// background and a call its `tools:` rules deny.
+pub(crate) fn hooked_script(
+    w: &World,
+    own_read: impl Fn(&str) -> serde_json::Value,
+) -> (Vec<Step>, Vec<serde_json::Value>) {
+    let steps = vec![
+        Step::Write,
+        Step::Background,
+        Step::ReadKey,
+        Step::Connect,
+        Step::DeniedProgram,
+        Step::DeniedTool,
+        Step::OwnReadKey,
+        Step::MoreWork,
+    ];
+    script_of(w, steps, own_read)
+}
+
+fn script_of(
+    w: &World,
+    steps: Vec<Step>,
+    own_read: impl Fn(&str) -> serde_json::Value,
+) -> (Vec<Step>, Vec<serde_json::Value>) {
     let script = steps
         .iter()
         .map(|s| match s {
@@ -605,6 +663,7 @@ pub(crate) mod claims {
                     || o.path == r.env_file
             }
             Body::Exec(x) => x.path == nc,
+            Body::ToolCall(x) => x.target == DENIED_TOOL,
             Body::Connect(_) | Body::NetDecision(_) => {
                 e.net().is_some_and(|n| n.address == r.foreign)
             }
@@ -798,6 +857,194 @@ pub(crate) mod claims {
             (to_model.decision, to_model.action),
             (Verdict::Allow, Action::Allowed)
         );
+    }
+
+    /// Every scripted step was a tool call the agent's hook reported (with the prompt of
+    /// its turn), and every kernel action sits under the call it happened in: the
+    /// command's read of the key under its Bash call (its subtree), the agent's own read
+    /// under its read tool (by interval), and the read of a child that outlived its
+    /// call, made after the call ended, under that call. `audit timeline` nests them
+    /// and `audit query --tool-call` finds a call's actions.
+    pub(crate) fn tool_calls_carry_the_prompt_and_their_actions(r: &AgentRun) {
+        let prompt = r
+            .events
+            .iter()
+            .find_map(|e| match &e.body {
+                Body::Prompt(p) => Some(p),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no prompt reported:\n{}", dump(&r.events)));
+        assert_eq!(prompt.text.as_deref(), Some("run the scripted commands"));
+        let calls: Vec<(u64, &ToolCallInfo)> = r
+            .events
+            .iter()
+            .filter_map(|e| match &e.body {
+                Body::ToolCall(c) => Some((e.seq, c)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            calls.len(),
+            r.steps.len(),
+            "one reported call per step: {calls:#?}"
+        );
+        let call = |step: Step| {
+            let i = r.steps.iter().position(|s| *s == step).unwrap();
+            calls[i].1
+        };
+        for (_, c) in &calls {
+            assert_eq!(c.prompt_id, prompt.prompt_id, "{c:?}");
+            assert!(!c.id.is_empty() && c.agent_pid > 1, "{c:?}");
+        }
+        assert_eq!(call(Step::ReadKey).target, "cat ~/.ssh/id_rsa");
+        assert_eq!(call(Step::OwnReadKey).target, r.key);
+        let on_key = |pick: &dyn Fn(&Event) -> bool| {
+            r.events
+                .iter()
+                .filter(|e| e.open().is_some_and(|o| o.path == r.key) && e.decision.is_some())
+                .find(|e| pick(e))
+                .unwrap_or_else(|| panic!("no refused read of the key:\n{}", dump(&r.events)))
+                .context
+                .clone()
+                .unwrap_or_else(|| panic!("a refused read of the key under no call"))
+        };
+        let comm = |e: &Event| e.process.as_ref().map_or(String::new(), |p| p.comm.clone());
+        let by_cat = on_key(&|e| comm(e) == "cat");
+        assert_eq!(
+            (by_cat.tool_call.as_str(), by_cat.how),
+            (call(Step::ReadKey).id.as_str(), Attribution::Subtree)
+        );
+        let own = on_key(&|e| comm(e) != "cat");
+        assert_eq!(
+            (own.tool_call.as_str(), own.how),
+            (call(Step::OwnReadKey).id.as_str(), Attribution::Interval)
+        );
+        // The background child's read, after its call ended.
+        let background = call(Step::Background);
+        let ended = r
+            .events
+            .iter()
+            .find(|e| matches!(&e.body, Body::ToolResult(x) if x.id == background.id))
+            .expect("the background call's end")
+            .seq;
+        let late = r
+            .events
+            .iter()
+            .find(|e| {
+                e.seq > ended
+                    && comm(e) == "cat"
+                    && e.open().is_some_and(|o| o.path.ends_with("/notes.txt"))
+            })
+            .unwrap_or_else(|| panic!("no late read of the notes:\n{}", dump(&r.events)));
+        let ctx = late.context.as_ref().expect("under its call");
+        assert_eq!(
+            (ctx.tool_call.as_str(), ctx.how),
+            (background.id.as_str(), Attribution::Subtree)
+        );
+        // Every action names a call that was reported.
+        for e in &r.events {
+            if let Some(c) = &e.context {
+                assert!(
+                    calls.iter().any(|(_, x)| x.id == c.tool_call),
+                    "an action under an unknown call: {e:?}"
+                );
+            }
+        }
+        // The timeline nests: the prompt, each call, the call's processes and actions.
+        let t = &r.timeline;
+        let at = |needle: &str| {
+            t.find(needle)
+                .unwrap_or_else(|| panic!("no `{needle}` in the timeline:\n{t}"))
+        };
+        let read_call = at(&call(Step::ReadKey).id);
+        assert!(at("prompt") < read_call, "{t}");
+        assert!(at("\"run the scripted commands\"") < read_call, "{t}");
+        let next_call = at(&call(Step::Connect).id);
+        let key_line = t[read_call..]
+            .find(&format!("{} O_RDONLY", r.key))
+            .map(|i| i + read_call)
+            .expect("the key's read in the timeline");
+        assert!(key_line < next_call, "the read sits under its call:\n{t}");
+        // `audit query --tool-call` on the store the daemon left.
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in &r.store {
+            fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let q = Command::new(bin())
+            .args(["audit", "query", "--json", "--db"])
+            .arg(dir.path().join("audit.db"))
+            .args(["--tool-call", &call(Step::ReadKey).id])
+            .output_within();
+        assert!(q.status.success(), "{q:?}");
+        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&q.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let kinds: Vec<&str> = rows.iter().filter_map(|v| v["kind"].as_str()).collect();
+        assert!(
+            kinds.contains(&"tool_call") && kinds.contains(&"tool_result"),
+            "{kinds:?}"
+        );
+        assert!(
+            rows.iter()
+                .any(|v| v["kind"] == "open" && v["open"]["path"] == r.key.as_str()),
+            "the call's refused read: {rows:#?}"
+        );
+    }
+
+    /// The call the profile's `tools:` rules deny never ran: the hook refused it before
+    /// any process started, the model was told the rule, and the refusal is recorded
+    /// with it.
+    pub(crate) fn the_denied_tool_never_ran(r: &AgentRun) {
+        let rule = r.rule_id("tools.deny[0]", "\"Bash(sudo *)\"");
+        let e = r
+            .events
+            .iter()
+            .find(|e| matches!(&e.body, Body::ToolCall(c) if c.target == DENIED_TOOL))
+            .unwrap_or_else(|| panic!("no reported call of `{DENIED_TOOL}`"));
+        let d = e.decision.as_ref().expect("a decision on the call");
+        assert_eq!(
+            (d.decision, d.action, d.enforced_by, d.rule.as_str()),
+            (Verdict::Deny, Action::Blocked, Layer::Hook, rule.as_str())
+        );
+        assert!(
+            !r.events.iter().any(|e| e
+                .exec()
+                .is_some_and(|x| x.path.ends_with("/sudo") || x.argv.iter().any(|a| a == "sudo"))),
+            "sudo ran:\n{}",
+            dump(&r.events)
+        );
+        let (is_error, said) = r.result(Step::DeniedTool);
+        assert!(
+            *is_error
+                && said.contains("agentwarden refused this tool call")
+                && said.contains(&rule),
+            "{said}"
+        );
+    }
+
+    /// After the agent's own read of the key was refused, the model was told why: the
+    /// refused object, the rule and the layer, from agentwarden, with the call's result.
+    pub(crate) fn the_model_was_told_why(r: &AgentRun) {
+        let rule = r.rule_id("files.deny[0]", "~/.ssh/**");
+        assert!(
+            r.model_notes
+                .iter()
+                .any(|n| n.contains("agentwarden (the host's runtime policy")
+                    && n.contains(&r.key)
+                    && n.contains(&rule)),
+            "the model was not told why: {:#?}",
+            r.model_notes
+        );
+        let told = r
+            .events
+            .iter()
+            .find_map(|e| match &e.body {
+                Body::ToolResult(x) if x.refused > 0 => x.told.clone(),
+                _ => None,
+            })
+            .expect("a call's result with what it was told");
+        assert!(told.contains(&r.key), "{told}");
     }
 
     /// The audit timeline answers who did what: the agent, its owners, the principal,

@@ -22,7 +22,7 @@ pub(crate) use agent_common::{
     vocab::{Action, Layer, Verdict},
 };
 pub(crate) use agentwarden::{
-    event::{Body, DecisionInfo, Event},
+    event::{Attribution, Body, DecisionInfo, Event, ToolCallInfo},
     proto::StatusReport,
     session::SessionView,
     skip::skip,
@@ -144,6 +144,9 @@ impl Daemon {
         notify
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("timeout");
+        // The hook socket (beside the control socket) must be reachable by the agents'
+        // users: the directory may be passed, not listed.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
         let mut cmd = Command::new(bin());
         // SAFETY: only an async-signal-safe prctl between fork and exec.
         unsafe {
