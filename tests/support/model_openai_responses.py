@@ -159,7 +159,21 @@ def summarize(body):
         "instructions_head": (body.get("instructions") or "")[:120] or None,
         "last_user_head": text_of(last_user.get("content"))[:200] if last_user else None,
         "tool_results": last_results(items, calls),
+        # Text the agent sent since the model's last call: its own messages, and what
+        # hooks added (Codex sends a hook's `additionalContext` as a developer message).
+        "notes": notes_since_last_call(items),
     }, items, tools, calls
+
+
+def notes_since_last_call(items):
+    last = max((i for i, it in enumerate(items) if isinstance(it, dict)
+                and it.get("type") in ("function_call", "local_shell_call", "custom_tool_call")),
+               default=-1)
+    notes = []
+    for it in items[last + 1:]:
+        if isinstance(it, dict) and it.get("type", "message") == "message":
+            notes.append(text_of(it.get("content"))[:4000])
+    return notes
 
 
 def shell_call(tools, cmd):
