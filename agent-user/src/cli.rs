@@ -180,6 +180,10 @@ pub enum Cmd {
         /// SHA-256, or neither.
         #[arg(long, value_enum, default_value_t = crate::hooks::PromptText::Sha256)]
         prompts: crate::hooks::PromptText,
+        /// Export sessions (`invoke_agent` spans), tool calls (`execute_tool` spans) and
+        /// actions (log records) to an OTLP/HTTP collector: `http://HOST:PORT`.
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<crate::daemon::export::Endpoint>,
     },
     /// The command an agent's hook runs (wired by `run`, or `hooks install`): reads the
     /// hook's JSON on stdin, reports it to the daemon for the caller's own session, and
@@ -319,8 +323,10 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             protect,
             hook_socket,
             prompts,
+            otlp_endpoint,
         } => {
             let cfg = DaemonConfig {
+                otlp: otlp_endpoint,
                 hook_socket: hook_socket.unwrap_or_else(|| socket.with_file_name("hook.sock")),
                 prompts,
                 socket: socket.to_owned(),

@@ -10,6 +10,7 @@ pub mod event;
 pub mod hooks;
 pub mod loader;
 pub mod offsets;
+pub mod otlp;
 pub mod output;
 pub mod pins;
 pub mod policy;

@@ -115,6 +115,14 @@ pub struct DaemonCounters {
     /// Pins of the kernel side found removed and pinned again.
     #[serde(default)]
     pub pins_restored: u64,
+    /// OTLP export: records the collector accepted, records dropped (a full queue or a
+    /// failed request), requests that failed.
+    #[serde(default)]
+    pub otlp_exported: u64,
+    #[serde(default)]
+    pub otlp_dropped: u64,
+    #[serde(default)]
+    pub otlp_errors: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -19,6 +19,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     // systemd-analyze checks the shipped unit (the deploy tests).
     "systemd",
+    // The OTLP collector of the export test (rotel) links against it.
+    "libpython3.11",
 ];
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -104,7 +106,19 @@ pub const AGENTS: &[Agent] = &[
         registry: Registry::PyPi,
         check: Check::Exists("bin/mcp-server-fetch"),
     },
+    // Not an agent: the OpenTelemetry collector (rotel, a Rust collector shipped on
+    // PyPI) the OTLP export test sends to on loopback.
+    Agent {
+        dir: "otel-collector",
+        package: "rotel",
+        version: "0.0.1a15",
+        registry: Registry::PyPi,
+        check: Check::Exists(ROTEL),
+    },
 ];
+
+/// The collector's binary in its directory.
+pub const ROTEL: &str = "lib/python3.11/site-packages/rotel/rotel-agent";
 
 pub fn run() -> Result<()> {
     let mut did = Vec::new();

@@ -30,6 +30,7 @@ mod control;
 mod decide;
 mod enrolment;
 mod eventlog;
+pub mod export;
 mod kernel;
 mod metrics;
 mod overflow;
@@ -110,6 +111,8 @@ pub struct DaemonConfig {
     pub hook_socket: PathBuf,
     /// What is kept of reported prompts.
     pub prompts: crate::hooks::PromptText,
+    /// Where sessions, tool calls and actions are exported (OTLP/HTTP).
+    pub otlp: Option<export::Endpoint>,
 }
 
 /// Name of the event log in the state directory.
@@ -286,6 +289,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         None => None,
     };
     let hook_listener = context::bind(&cfg.hook_socket)?;
+    let exporter = cfg.otlp.clone().map(|endpoint| {
+        let mut core = shared.core();
+        let (queue, task) = export::start(endpoint, core.host.clone());
+        core.sinks.otlp = Some(queue);
+        task
+    });
     let listener = bind_socket(&cfg.socket)?;
     startup.mark("socket");
     let signals = start::Signals::take()?;
@@ -318,8 +327,17 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         core.drain(usize::MAX);
         // Commits what is queued before the process exits.
         core.sinks.close();
+        // The exporter sends what it holds once its queue closes.
+        core.sinks.otlp = None;
         // No sweep still running may pin again what an unload removes below.
         core.keeper = crate::pins::Keeper::default();
+    }
+    if let Some(task) = exporter
+        && tokio::time::timeout(Duration::from_secs(6), task)
+            .await
+            .is_err()
+    {
+        warn!("the OTLP exporter did not finish its last batch");
     }
     if cfg.detach_on_exit {
         // The pins were the programs' last holders: every one detaches.

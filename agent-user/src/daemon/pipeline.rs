@@ -104,10 +104,18 @@ impl Core {
 
     /// The daemon's counters: its own and those the sinks keep.
     pub(super) fn daemon_counters(&self) -> DaemonCounters {
+        use std::sync::atomic::Ordering::Relaxed;
+        let otlp = self.sinks.otlp.as_ref().map(|q| &q.stats);
+        let read = |f: fn(&export::ExportStats) -> &std::sync::atomic::AtomicU64| {
+            otlp.map_or(0, |s| f(s).load(Relaxed))
+        };
         DaemonCounters {
             events_logged: self.sinks.logged,
             log_write_errors: self.sinks.log_write_errors,
             stdout_dropped: self.sinks.log.stdout_dropped(),
+            otlp_exported: read(|s| &s.exported),
+            otlp_dropped: read(|s| &s.dropped),
+            otlp_errors: read(|s| &s.errors),
             ..self.counters.clone()
         }
     }
@@ -152,6 +160,9 @@ impl Core {
         .collect();
         totals.push(("audit_dropped", self.sinks.audit.stats().snapshot().dropped));
         totals.push(("stdout_dropped", self.sinks.log.stdout_dropped()));
+        if self.sinks.otlp.is_some() {
+            totals.push(("otlp_dropped", self.daemon_counters().otlp_dropped));
+        }
         // A record refused at decoding (short, unknown kind or decision number) is an
         // action missing from the trail: raised like the kernel's losses.
         totals.push(("decode_errors", self.counters.decode_errors));

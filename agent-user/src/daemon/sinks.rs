@@ -26,6 +26,8 @@ pub struct Sinks {
     /// Events written to the log, and writes that failed.
     pub logged: u64,
     pub log_write_errors: u64,
+    /// The OTLP exporter's queue (`--otlp-endpoint`).
+    pub otlp: Option<super::export::ExportQueue>,
 }
 
 impl Sinks {
@@ -37,6 +39,7 @@ impl Sinks {
             followers: broadcast::channel(FOLLOW_BACKLOG).0,
             logged: 0,
             log_write_errors: 0,
+            otlp: None,
         }
     }
 
@@ -53,6 +56,9 @@ impl Sinks {
         self.counts.count(&ev);
         let ev = Arc::new(ev);
         self.audit.send(audit::Item::Event(ev.clone()));
+        if let Some(q) = &self.otlp {
+            q.send(&ev);
+        }
         // No follower is fine; lagging ones are counted on their side.
         let _ = self.followers.send(ev);
     }
