@@ -35,6 +35,8 @@ struct Sizes {
     load_secs: f64,
     latency_iters: u64,
     build: bool,
+    /// Tool calls (a PreToolUse and a PostToolUse report each) in the hook measurement.
+    hook_calls: u64,
 }
 
 const FULL: Sizes = Sizes {
@@ -49,6 +51,7 @@ const FULL: Sizes = Sizes {
     load_secs: 10.0,
     latency_iters: 300,
     build: true,
+    hook_calls: 300,
 };
 
 const QUICK: Sizes = Sizes {
@@ -63,6 +66,7 @@ const QUICK: Sizes = Sizes {
     load_secs: 1.0,
     latency_iters: 20,
     build: false,
+    hook_calls: 30,
 };
 
 /// What each scenario is held to (from the issue), as a ratio limit per condition.
@@ -225,6 +229,7 @@ pub fn run(quick: bool) -> Result<()> {
         .fold(0.0, f64::max);
     let footprint = footprint(&env, sizes, &daemon, max_rate)?;
     let latency = latency(&env, sizes)?;
+    let hook = hook_cost(&env, sizes)?;
     drop(daemon);
     let off_latency = connect_latency(&env, sizes, false)?;
 
@@ -245,6 +250,7 @@ pub fn run(quick: bool) -> Result<()> {
         "footprint": footprint,
         "latency": latency,
         "connect_off": off_latency,
+        "hook": hook,
         "refusal_layer": refusal,
     });
     let out = workspace_root().join("target/bench");
@@ -490,6 +496,58 @@ fn session_cmd(env: &Env, name: Option<&str>) -> Command {
     }
     c.arg("--");
     c
+}
+
+/// What agentwarden's hooks add to each tool call of an agent: a session's shell makes
+/// `calls` tool calls' worth of hook runs (`agentwarden hook claude-code` with a
+/// PreToolUse and a PostToolUse report, answered by the daemon), side by side with the
+/// same loop running `/bin/true` as the hook (the least any command hook costs).
+fn hook_cost(env: &Env, sizes: &Sizes) -> Result<Value> {
+    let pre = env.dir.join("hook-pre.json");
+    let post = env.dir.join("hook-post.json");
+    let report = |event: &str| {
+        json!({
+            "session_id": "bench", "hook_event_name": event, "prompt_id": "p",
+            "tool_name": "Bash", "tool_input": {"command": "ls"}, "tool_use_id": "toolu_bench",
+        })
+        .to_string()
+    };
+    fs::write(&pre, report("PreToolUse"))?;
+    fs::write(&post, report("PostToolUse"))?;
+    let hook_socket = env.socket.with_file_name("hook.sock");
+    let time = |hook: &str| -> Result<f64> {
+        let script = format!(
+            "i=0; while [ $i -lt {n} ]; do {hook} < {pre}; {hook} < {post}; i=$((i+1)); done",
+            n = sizes.hook_calls,
+            pre = pre.display(),
+            post = post.display()
+        );
+        let start = Instant::now();
+        let out = session_cmd(env, None)
+            .args(["/bin/sh", "-c", &script])
+            .env("AGENTWARDEN_HOOK_SOCKET", &hook_socket)
+            .stdout(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("hook loop failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(start.elapsed().as_nanos() as f64 / sizes.hook_calls as f64)
+    };
+    let ours = format!("'{}' hook claude-code", env.agentwarden.display());
+    // Alternated, and the median of three of each.
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        a.push(time(&ours)?);
+        b.push(time("/bin/true")?);
+    }
+    let (with, trivial) = (median(&a), median(&b));
+    Ok(json!({
+        "calls": sizes.hook_calls,
+        "per_call_ns": with,
+        "trivial_hook_per_call_ns": trivial,
+        "added_per_call_ns": with - trivial,
+        "ratio": with / trivial,
+    }))
 }
 
 /// One block of one scenario: nanoseconds per operation.
@@ -942,7 +1000,10 @@ fn markdown(r: &Value) -> String {
          canary to `waitpid` returning in the parent (so with the parent's wake-up): p50 {}, p99 {}, \
          max {}; {} of {} killed, {} leaked a byte.\n\n\
          Block latency (cgroup, `connect` to a denied port): p50 {}, p99 {} (`EPERM`); the same call \
-         without agentwarden (`ECONNREFUSED`): p50 {}, p99 {} (target: block adds ≤ 1 µs).\n",
+         without agentwarden (`ECONNREFUSED`): p50 {}, p99 {} (target: block adds ≤ 1 µs).\n\n\
+         Agent hooks: a tool call's two hook runs (`agentwarden hook claude-code`, PreToolUse and \
+         PostToolUse, answered by the daemon) take {} per call, against {} with `/bin/true` as \
+         the hook ({:.2}×; {} added per call, over {} calls).\n",
         r["max_zero_drop_events_per_s"].as_f64().unwrap_or(0.0),
         f["idle_millicores"].as_f64().unwrap_or(0.0),
         f["idle_rss_mib"].as_f64().unwrap_or(0.0),
@@ -966,6 +1027,11 @@ fn markdown(r: &Value) -> String {
         p(&l["block_connect"]["latency"], "p99_ns"),
         p(&r["connect_off"]["latency"], "p50_ns"),
         p(&r["connect_off"]["latency"], "p99_ns"),
+        p(&r["hook"], "per_call_ns"),
+        p(&r["hook"], "trivial_hook_per_call_ns"),
+        r["hook"]["ratio"].as_f64().unwrap_or(0.0),
+        p(&r["hook"], "added_per_call_ns"),
+        r["hook"]["calls"],
     ));
     s
 }

@@ -646,3 +646,156 @@ fn a_version_1_store_migrates_and_its_old_rows_still_verify() {
     drop(conn);
     assert!(matches!(broken(&db), Break::Edited { .. }));
 }
+
+/// A prompt, a tool call refused by its `tools:` rule and one that ran with an exec
+/// under it: stored in the chain, found by `--tool-call` and `--tool`, nested by the
+/// timeline, and in OCSF as API Activity with the call's context on the exec.
+#[test]
+fn prompts_and_tool_calls_are_stored_queried_nested_and_exported() {
+    use crate::event::{Attribution, ContextRef, PromptInfo, ToolCallInfo, ToolResultInfo};
+    let mut items = session_items(0);
+    let mut seq = 100;
+    let mut add = |body: Body, secs: u64, ctx: Option<ContextRef>, d: Option<DecisionInfo>| {
+        seq += 1;
+        let mut e = Event::new(body, at(secs), session_ref());
+        e.seq = seq;
+        e.process = Some(process(100, 1, "bash"));
+        e.context = ctx;
+        e.decision = d;
+        items.push(Item::Event(Arc::new(e)));
+    };
+    let call = |id: &str, command: &str| ToolCallInfo {
+        agent: "claude-code".into(),
+        agent_session: "a1".into(),
+        id: id.into(),
+        tool: "Bash".into(),
+        target: command.into(),
+        input: format!(r#"{{"command":"{command}"}}"#),
+        input_truncated: false,
+        prompt_id: Some("p1".into()),
+        agent_pid: 100,
+    };
+    add(
+        Body::Prompt(PromptInfo {
+            agent: "claude-code".into(),
+            agent_session: "a1".into(),
+            prompt_id: Some("p1".into()),
+            text: Some("tidy the repo".into()),
+            sha256: None,
+            chars: 13,
+        }),
+        10,
+        None,
+        None,
+    );
+    add(
+        Body::ToolCall(call("toolu_sudo", "sudo id")),
+        11,
+        None,
+        Some(DecisionInfo {
+            decision: Verdict::Deny,
+            action: Action::Blocked,
+            rule: "rules/claude-code.yaml:75 (tools.deny[0])".into(),
+            enforced_by: Layer::Hook,
+        }),
+    );
+    add(Body::ToolCall(call("toolu_ls", "ls")), 12, None, None);
+    let ctx = ContextRef {
+        tool_call: "toolu_ls".into(),
+        tool: "Bash".into(),
+        prompt_id: Some("p1".into()),
+        how: Attribution::Subtree,
+    };
+    add(
+        Body::Exec(ExecInfo {
+            path: "/usr/bin/ls".into(),
+            path_truncated: false,
+            argv: vec!["ls".into()],
+            argv_truncated: false,
+            cwd: "/w".into(),
+        }),
+        13,
+        Some(ctx),
+        None,
+    );
+    add(
+        Body::ToolResult(ToolResultInfo {
+            agent: "claude-code".into(),
+            agent_session: "a1".into(),
+            id: "toolu_ls".into(),
+            tool: "Bash".into(),
+            failed: false,
+            duration_ms: Some(2),
+            refused: 0,
+            told: None,
+        }),
+        14,
+        None,
+        None,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = write(dir.path(), items);
+    assert_eq!(verify(&db).unwrap().broken, None);
+    let conn = store::open_read_only(&db).unwrap();
+    let mut r = query::Reader::new(&conn);
+    let of_call = r
+        .query(
+            &Filter {
+                tool_call: Some("toolu_ls".into()),
+                ..Filter::default()
+            },
+            false,
+        )
+        .unwrap();
+    let kinds: Vec<&str> = of_call.iter().map(|x| x.event.kind().as_str()).collect();
+    assert_eq!(kinds, ["tool_call", "exec", "tool_result"]);
+    let bash = r
+        .query(
+            &Filter {
+                tool: Some("Bash".into()),
+                ..Filter::default()
+            },
+            false,
+        )
+        .unwrap();
+    assert_eq!(bash.len(), 4, "both calls, the exec and the result");
+    let all = r.query(&Filter::default(), false).unwrap();
+    let s = r.find_session("s1").unwrap();
+    let sum = r.summary(&s.session_id).unwrap();
+    let text = timeline::render(&s, &sum, &all);
+    let (prompt, sudo, ls, exec, outside) = (
+        text.find("\"tidy the repo\"").expect(&text),
+        text.find("toolu_sudo Bash [sudo id]").expect(&text),
+        text.find("toolu_ls Bash [ls]").expect(&text),
+        text.find("/usr/bin/ls [ls]").expect(&text),
+        text.find("outside any tool call:").expect(&text),
+    );
+    assert!(
+        prompt < sudo && sudo < ls && ls < exec && exec < outside,
+        "{text}"
+    );
+    assert!(text.contains("DENY blocked by hook"), "{text}");
+    // OCSF.
+    let refused = all
+        .iter()
+        .find(|x| matches!(&x.event.body, Body::ToolCall(c) if c.id == "toolu_sudo"))
+        .unwrap();
+    let o = ocsf::record(refused).unwrap();
+    assert_eq!(
+        (o["class_uid"].as_u64(), o["activity_name"].as_str()),
+        (Some(6003), Some("Tool Call Refused"))
+    );
+    assert_eq!(
+        (o["api"]["operation"].as_str(), o["disposition"].as_str()),
+        (Some("Bash"), Some("Blocked"))
+    );
+    let exec = all
+        .iter()
+        .find(|x| x.event.exec().is_some_and(|e| e.path == "/usr/bin/ls"))
+        .unwrap();
+    let o = ocsf::record(exec).unwrap();
+    assert_eq!(
+        o["unmapped"]["agentwarden"]["context"]["tool_call"],
+        "toolu_ls"
+    );
+}

@@ -52,7 +52,8 @@ impl Attribution {
             && !refused
         {
             self.registry.on_exec(h.tgid, &exec.path, &exec.cwd);
-            self.calls.on_exec(h.tgid, &exec.argv);
+            self.calls
+                .on_exec(h.session_id, h.tgid, &exec.path, &exec.argv);
         }
         ev.context = self.calls.context_of(h.session_id, h.tgid);
         if let Raw::Exit(_) = raw {

@@ -41,6 +41,10 @@ struct SessionCalls {
     prompt: Option<String>,
     /// The session's root, whose direct children are inferred invocations.
     root: u32,
+    /// The root's program, and the processes that run it again (an agent that relaunches
+    /// itself, as Gemini CLI does): their children are invocations too.
+    root_exe: Option<String>,
+    relaunched: HashSet<u32>,
 }
 
 /// A call between its start and its end.
@@ -150,7 +154,8 @@ impl ToolCalls {
                     Some(c)
                 }
                 None => self.sessions.get(&sid).and_then(|s| {
-                    (!s.hooked && s.root == parent).then(|| ContextRef {
+                    let agent = s.root == parent || s.relaunched.contains(&parent);
+                    (!s.hooked && agent).then(|| ContextRef {
                         tool_call: format!("inferred-{child}"),
                         tool: String::new(),
                         prompt_id: None,
@@ -164,13 +169,27 @@ impl ToolCalls {
         }
     }
 
-    /// `tgid` executed `argv`: an inferred invocation is named by its first program.
-    pub fn on_exec(&mut self, tgid: u32, argv: &[String]) {
-        if let Some(c) = self.procs.get_mut(&tgid)
-            && c.how == Attribution::Inferred
-            && c.tool.is_empty()
-            && c.tool_call == format!("inferred-{tgid}")
-        {
+    /// `tgid` executed `path` with `argv`: an inferred invocation is named by its first
+    /// program, unless that program is the agent's own (the agent relaunching itself:
+    /// then it is the agent, and its children are the invocations).
+    pub fn on_exec(&mut self, sid: u64, tgid: u32, path: &str, argv: &[String]) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if tgid == s.root {
+            s.root_exe = Some(path.to_owned());
+            return;
+        }
+        let Some(c) = self.procs.get_mut(&tgid) else {
+            return;
+        };
+        if c.how != Attribution::Inferred || c.tool_call != format!("inferred-{tgid}") {
+            return;
+        }
+        if s.root_exe.as_deref() == Some(path) {
+            self.procs.remove(&tgid);
+            s.relaunched.insert(tgid);
+        } else if c.tool.is_empty() {
             c.tool = cut(&argv.join(" "), LABEL_MAX).0;
         }
     }
@@ -193,7 +212,9 @@ impl ToolCalls {
             .sessions
             .get_mut(&sid)
             .and_then(|s| s.open.iter_mut().find(|c| c.id == ctx.tool_call))
+            && !call.refused.contains(&line)
         {
+            // The same refusal twice (a retried open) is said once.
             call.refused.push(line);
         }
     }
@@ -274,10 +295,11 @@ mod tests {
     fn without_hooks_each_child_of_the_root_is_an_inferred_invocation() {
         let mut t = ToolCalls::default();
         t.session(SID, AGENT, false);
+        t.on_exec(SID, AGENT, "/usr/bin/node", &["node".into()]);
         t.on_fork(SID, AGENT, 400);
-        t.on_exec(400, &["git".into(), "status".into()]);
+        t.on_exec(SID, 400, "/usr/bin/git", &["git".into(), "status".into()]);
         t.on_fork(SID, 400, 401);
-        t.on_exec(401, &["less".into()]);
+        t.on_exec(SID, 401, "/usr/bin/less", &["less".into()]);
         for tgid in [400, 401] {
             let c = t.context_of(SID, tgid).unwrap();
             assert_eq!(
@@ -286,6 +308,27 @@ mod tests {
             );
         }
         assert_eq!(t.context_of(SID, AGENT), None);
+        // The agent relaunching itself is the agent: its children are the invocations.
+        t.on_fork(SID, AGENT, 500);
+        t.on_exec(
+            SID,
+            500,
+            "/usr/bin/node",
+            &["node".into(), "--max-old".into()],
+        );
+        assert_eq!(t.context_of(SID, 500), None);
+        t.on_fork(SID, 500, 501);
+        t.on_exec(
+            SID,
+            501,
+            "/bin/bash",
+            &["bash".into(), "-c".into(), "ls".into()],
+        );
+        let c = t.context_of(SID, 501).unwrap();
+        assert_eq!(
+            (c.tool_call.as_str(), c.tool.as_str()),
+            ("inferred-501", "bash -c ls")
+        );
     }
 
     #[test]

@@ -82,3 +82,11 @@ fn its_start_up_load_of_the_project_env_is_refused() {
     let Some(r) = the_run() else { return };
     claims::own_env_load_is_refused(r);
 }
+
+/// Without hooks, each command it ran is an inferred invocation named by its command
+/// line, with the command's actions under it.
+#[test]
+fn its_commands_are_inferred_invocations() {
+    let Some(r) = the_run() else { return };
+    claims::inferred_invocations_name_their_commands(r);
+}

@@ -1047,6 +1047,31 @@ pub(crate) mod claims {
         assert!(told.contains(&r.key), "{told}");
     }
 
+    /// An agent without hooks: each command it ran is an inferred invocation named by
+    /// its command line, and the command's refused read of the key sits under it.
+    pub(crate) fn inferred_invocations_name_their_commands(r: &AgentRun) {
+        let e = r
+            .events
+            .iter()
+            .find(|e| {
+                e.open().is_some_and(|o| o.path == r.key)
+                    && e.decision.is_some()
+                    && e.process.as_ref().is_some_and(|p| p.comm == "cat")
+            })
+            .unwrap_or_else(|| panic!("no refused read by cat:\n{}", dump(&r.events)));
+        let c = e.context.as_ref().expect("an invocation");
+        assert_eq!(c.how, Attribution::Inferred, "{c:?}");
+        assert!(
+            c.tool.contains("id_rsa") && c.tool_call.starts_with("inferred-"),
+            "named by its command line: {c:?}"
+        );
+        assert!(
+            r.timeline.contains("(inferred: no hook reported calls)"),
+            "{}",
+            r.timeline
+        );
+    }
+
     /// The audit timeline answers who did what: the agent, its owners, the principal,
     /// the refused read, connect and program with their rules.
     pub(crate) fn the_audit_timeline_answers_who_did_what(r: &AgentRun) {
