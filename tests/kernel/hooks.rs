@@ -198,3 +198,51 @@ fn the_hook_socket_administers_nothing_and_a_missing_daemon_refuses_calls() {
         .output_within();
     assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
 }
+
+/// What is kept of a prompt follows `daemon --prompts`: by default only its SHA-256 (and
+/// length), with `none` neither; the text itself only with `store` (the agents' runs).
+#[test]
+fn prompts_keep_only_what_the_daemon_is_told_to() {
+    use sha2::Digest as _;
+    let text = "deploy with the token sk-live-1234";
+    let prompt = input(
+        "UserPromptSubmit",
+        "agent-1",
+        serde_json::json!({ "prompt": text }),
+    );
+    let digest: String = sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for (extra, want_sha) in [(&[][..], true), (&["--prompts", "none"][..], false)] {
+        let Some(d) = Daemon::start_with(extra) else {
+            return;
+        };
+        let out = hook(&d, Some("h-prompt"), &prompt);
+        assert!(out.status.success(), "{out:?}");
+        let p = reported(&d)
+            .into_iter()
+            .find_map(|e| match e.body {
+                Body::Prompt(p) => Some(p),
+                _ => None,
+            })
+            .expect("the prompt");
+        assert_eq!(p.text, None, "{extra:?}");
+        assert_eq!(p.sha256.is_some(), want_sha, "{extra:?}");
+        if want_sha {
+            assert_eq!(p.sha256.as_deref(), Some(digest.as_str()));
+        }
+        assert_eq!(p.chars, text.chars().count() as u64);
+        // Nor anywhere in the state directory: the audit store (with its WAL) and the
+        // event log.
+        for f in fs::read_dir(d.db().parent().unwrap()).unwrap() {
+            let f = f.unwrap().path();
+            let bytes = fs::read(&f).unwrap_or_default();
+            assert!(
+                !bytes.windows(12).any(|w| w == b"sk-live-1234"),
+                "the prompt's text is in {}",
+                f.display()
+            );
+        }
+    }
+}
