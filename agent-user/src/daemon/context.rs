@@ -30,22 +30,7 @@ pub(super) fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 pub(super) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle(shared, stream).await {
-                        warn!(error = %format!("{e:#}"), "hook connection failed");
-                    }
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "hook socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    control::accept_each(shared, listener, "hook", handle).await
 }
 
 async fn handle(shared: Arc<Shared>, stream: UnixStream) -> Result<()> {

@@ -5,18 +5,31 @@
 use super::*;
 
 pub(super) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
+    accept_each(shared, listener, "control", handle_client).await
+}
+
+/// Serves every connection of `listener` with `handle`, each in a task of its own.
+pub(super) async fn accept_each<F, Fut>(
+    shared: Arc<Shared>,
+    listener: UnixListener,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<Shared>, UnixStream) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let shared = shared.clone();
+                let task = handle(shared.clone(), stream);
                 tokio::spawn(async move {
-                    if let Err(e) = handle_client(shared, stream).await {
-                        warn!(error = %e, "control connection failed");
+                    if let Err(e) = task.await {
+                        warn!(error = %format!("{e:#}"), socket = what, "connection failed");
                     }
                 });
             }
             Err(e) => {
-                warn!(error = %e, "accept failed");
+                warn!(error = %e, socket = what, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -104,24 +104,4 @@ fn the_audit_chain_verifies_and_names_an_edited_row() {
     );
 }
 
-/// Each scripted call is in the audit trail with its id, its input and the prompt, and
-/// every kernel action sits under the call it happened in.
-#[test]
-fn its_tool_calls_carry_the_prompt_and_their_actions() {
-    let Some(r) = the_run() else { return };
-    claims::tool_calls_carry_the_prompt_and_their_actions(r);
-}
-
-/// The call its `tools:` rules deny never runs, and the model is told which rule.
-#[test]
-fn the_tool_its_rules_deny_never_runs() {
-    let Some(r) = the_run() else { return };
-    claims::the_denied_tool_never_ran(r);
-}
-
-/// The model is told why its own read of the key failed.
-#[test]
-fn the_model_is_told_why_its_read_was_refused() {
-    let Some(r) = the_run() else { return };
-    claims::the_model_was_told_why(r);
-}
+hook_claims!();

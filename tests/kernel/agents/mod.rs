@@ -1152,3 +1152,32 @@ macro_rules! agent_claims {
     };
 }
 pub(crate) use agent_claims;
+
+/// The claims of an agent whose hooks `run` wires, over the run `the_run` gives.
+macro_rules! hook_claims {
+    () => {
+        /// Each scripted call is in the audit trail with its id, its input and the
+        /// turn's prompt, and every kernel action sits under the call it happened in.
+        #[test]
+        fn its_tool_calls_carry_the_prompt_and_their_actions() {
+            let Some(r) = the_run() else { return };
+            claims::tool_calls_carry_the_prompt_and_their_actions(r);
+        }
+
+        /// The call its `tools:` rules deny never runs, and the model is told which
+        /// rule.
+        #[test]
+        fn the_tool_its_rules_deny_never_runs() {
+            let Some(r) = the_run() else { return };
+            claims::the_denied_tool_never_ran(r);
+        }
+
+        /// The model is told why the key could not be read.
+        #[test]
+        fn the_model_is_told_why_its_read_was_refused() {
+            let Some(r) = the_run() else { return };
+            claims::the_model_was_told_why(r);
+        }
+    };
+}
+pub(crate) use hook_claims;
