@@ -479,6 +479,7 @@ fn run(
         }
     };
     let wiring;
+    let env_plan;
     let enrolled = Client::call(
         socket,
         &Request::Enroll {
@@ -495,9 +496,11 @@ fn run(
             drop_capabilities,
             seccomp,
             hooks,
+            environment,
             ..
         }) => {
             wiring = hooks;
+            env_plan = environment;
             for w in warnings {
                 eprintln!("agentwarden: warning: profile `{}`: {w}", session.profile);
             }
@@ -553,6 +556,16 @@ fn run(
     };
     let mut command = Command::new(&cmd[0]);
     command.args(&cmd[1..]);
+    // The profile's environment: credentials it does not need taken away, its own
+    // values set (the daemon recorded the names).
+    if let Some(plan) = &env_plan {
+        for name in &plan.remove {
+            command.env_remove(name);
+        }
+        for (name, value) in &plan.set {
+            command.env(name, value);
+        }
+    }
     if let Some(w) = &wiring {
         // The agent's hooks ask this session's daemon: Claude Code takes them as one
         // more `--settings` source (on top of the user's and the host's), Codex as

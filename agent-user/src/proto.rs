@@ -65,6 +65,9 @@ pub enum Response {
         /// socket they ask.
         #[serde(default)]
         hooks: Option<HookWiring>,
+        /// Variables `run` removes and sets before executing the agent.
+        #[serde(default)]
+        environment: Option<Box<crate::policy::environment::EnvPlan>>,
     },
     Hook {
         answer: crate::hooks::HookAnswer,

@@ -10,6 +10,7 @@ mod agents;
 mod audit;
 mod control;
 mod deploy;
+mod environment;
 mod export;
 mod hooks;
 mod landlock;

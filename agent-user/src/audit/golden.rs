@@ -88,6 +88,7 @@ fn recorded_events_survive_the_store_and_render_as_before() {
         root_pid: 12346,
         time_ns: events[0].1.time_ns,
         time: events[0].1.time.clone(),
+        environment: None,
     }))];
     items.extend(events.iter().map(|(_, e)| Item::Event(Arc::new(e.clone()))));
     let db = super::tests::write(dir.path(), items);

@@ -73,6 +73,9 @@ pub struct SessionContext {
     pub host: String,
     pub root_pid: u32,
     pub started: String,
+    /// What `run` changed in the agent's environment, by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -120,6 +123,10 @@ impl From<SessionRecord> for SessionContext {
             host: s.host,
             root_pid: s.root_pid,
             started: s.time,
+            environment: s
+                .environment
+                .as_deref()
+                .and_then(|e| serde_json::from_str(e).ok()),
         }
     }
 }
@@ -255,7 +262,8 @@ impl<'c> Reader<'c> {
             .query_row(
                 "SELECT session_id, name, agent, profile_source, profile_sha256, mode, \
                  business_owner, technical_owner, principal_uid, principal_user, enrolment, \
-                 host, root_pid, time_ns, time FROM sessions WHERE session_id = ?1",
+                 host, root_pid, time_ns, time, environment FROM sessions \
+                 WHERE session_id = ?1",
                 [id],
                 |r| {
                     Ok(SessionRecord {
@@ -274,6 +282,7 @@ impl<'c> Reader<'c> {
                         root_pid: r.get(12)?,
                         time_ns: r.get(13)?,
                         time: r.get(14)?,
+                        environment: r.get(15)?,
                     })
                 },
             )

@@ -29,6 +29,9 @@ pub struct SessionRecord {
     pub root_pid: u32,
     pub time_ns: i64,
     pub time: String,
+    /// Schema 3: the environment `run` changed before the agent started, by name
+    /// (`{"removed": [...], "replaced": [...], "added": [...], "applied": bool}`).
+    pub environment: Option<String>,
 }
 
 /// One item for the store.
@@ -132,6 +135,7 @@ impl SessionRecord {
             int(self.root_pid),
             int(self.time_ns),
             text(self.time.clone()),
+            opt_text(self.environment.as_deref()),
         ]
     }
 }

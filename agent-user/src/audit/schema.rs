@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use rusqlite::Connection;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// A chained table: its name and content columns, in hashing order.
 #[derive(Debug)]
@@ -41,6 +41,8 @@ pub const SESSIONS: Table = Table {
         "root_pid",
         "time_ns",
         "time",
+        // Version 3: what `run` changed in the agent's environment, by name.
+        "environment",
     ],
     first: 15,
 };
@@ -270,6 +272,10 @@ FROM actions a
 LEFT JOIN sessions s ON s.session_id = a.session_id;
 ";
 
+/// Version 3: the environment a `run` session's agent started with, as changed by its
+/// profile (names only), in the session's identity context.
+const V3: &str = "ALTER TABLE sessions ADD COLUMN environment TEXT;";
+
 /// Brings a database opened for writing to [`VERSION`]; refuses a newer one.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -280,7 +286,7 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         );
     }
     // Each step in its own transaction, recorded with the version it reached.
-    for (to, sql) in [(1, V1), (2, V2)] {
+    for (to, sql) in [(1, V1), (2, V2), (3, V3)] {
         if version < to {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;

@@ -37,6 +37,33 @@ pub fn render(s: &SessionRecord, sum: &Summary, records: &[AuditRecord]) -> Stri
         s.enrolment,
         s.host
     );
+    if let Some(env) = s
+        .environment
+        .as_deref()
+        .and_then(|e| serde_json::from_str::<crate::policy::environment::EnvChange>(e).ok())
+    {
+        let list = |what: &str, names: &[String]| {
+            (!names.is_empty()).then(|| format!("{what} {}", names.join(", ")))
+        };
+        let parts: Vec<String> = [
+            list("removed", &env.removed),
+            list("replaced", &env.replaced),
+            list("set", &env.added),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let _ = writeln!(
+            out,
+            "  environment {}{}",
+            parts.join("; "),
+            if env.applied {
+                ""
+            } else {
+                " (monitor: would be; nothing changed)"
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "  time       {} → {}",

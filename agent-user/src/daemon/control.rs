@@ -263,8 +263,21 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
     } else {
         flags
     };
+    // The agent's environment, changed by name as the profile says (`run` applies it;
+    // the names go into the session's identity context).
+    let (environment, env_change) = if new.enrolment == Enrolment::Run {
+        let inherited: Vec<String> = procfs::process::Process::new(new.root_pid as i32)
+            .and_then(|p| p.environ())
+            .map(|e| e.keys().map(|k| k.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let (plan, change) =
+            policy::environment::plan(&profile, inherited.iter().map(String::as_str));
+        (plan.map(Box::new), (!change.is_empty()).then_some(change))
+    } else {
+        (None, None)
+    };
     let (root, how) = (new.root_pid, new.enrolment);
-    let (id, processes) = core.enroll(new, flags)?;
+    let (id, processes) = core.enroll(new, flags, env_change.as_ref())?;
     core.flush_sinks();
     if landlock.is_some() {
         core.landlocked.insert(id);
@@ -308,6 +321,7 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
         drop_capabilities,
         seccomp,
         hooks,
+        environment,
     })
 }
 

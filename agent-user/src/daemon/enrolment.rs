@@ -7,7 +7,12 @@ impl Core {
     /// Puts `root` and all its descendants into a new session. Children forked by an
     /// enrolled process are inherited in the kernel; the rescans catch those forked by
     /// a process before it was enrolled.
-    pub(super) fn enroll(&mut self, new: NewSession, flags: u32) -> Result<(u64, Vec<u32>)> {
+    pub(super) fn enroll(
+        &mut self,
+        new: NewSession,
+        flags: u32,
+        environment: Option<&crate::policy::environment::EnvChange>,
+    ) -> Result<(u64, Vec<u32>)> {
         let root = new.root_pid;
         let id = new_session_id()?;
         // Before the first process is in the map: its first syscall is judged.
@@ -70,7 +75,7 @@ impl Core {
                     .remember_exe(*t, exe.display().to_string());
             }
         }
-        self.record_session(id, root);
+        self.record_session(id, root, environment);
         let mut ev = Event::new(Body::SessionStart, started, sref);
         ev.process = self.attribution.process_info(root);
         self.emit(ev);
@@ -118,7 +123,12 @@ impl Core {
 
     /// The session's execution context, recorded once in the audit trail: the profile
     /// as it was (name, source, content hash), its owners, the principal, the host.
-    pub(super) fn record_session(&mut self, id: u64, root: u32) {
+    pub(super) fn record_session(
+        &mut self,
+        id: u64,
+        root: u32,
+        environment: Option<&crate::policy::environment::EnvChange>,
+    ) {
         let Some(s) = self.attribution.registry.get(id) else {
             return;
         };
@@ -149,6 +159,7 @@ impl Core {
             root_pid: root,
             time_ns,
             time: event::rfc3339(s.started),
+            environment: environment.and_then(|e| serde_json::to_string(e).ok()),
         };
         self.sinks.session(rec);
     }

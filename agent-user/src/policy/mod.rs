@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod decide;
+pub mod environment;
 pub mod landlock;
 pub mod net;
 pub mod pattern;
@@ -51,6 +52,9 @@ pub struct ProfileFile {
     /// recorded and `tools:` rules answered.
     #[serde(default)]
     pub hooks: Option<crate::hooks::Dialect>,
+    /// Variables removed or set before the agent starts (`run` sessions).
+    #[serde(default)]
+    pub environment: environment::EnvRules,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -312,6 +316,7 @@ pub struct Profile {
     pub syscall_deny: Vec<syscalls::DeniedCall>,
     pub tools_allow: Vec<Located<tools::ToolPattern>>,
     pub tools_deny: Vec<Located<tools::ToolPattern>>,
+    pub env_remove: Vec<Located<environment::EnvPattern>>,
 }
 
 /// Parses and validates one profile; `source` names it in diagnostics.
@@ -383,6 +388,17 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
     let syscall_deny = c.syscalls(&file.syscalls);
     let tools_allow = c.tool_patterns("tools.allow", &file.tools.allow);
     let tools_deny = c.tool_patterns("tools.deny", &file.tools.deny);
+    let mut env_errors = Vec::new();
+    let env_remove = environment::check(&file.environment, text, &mut env_errors);
+    for (line, column, field, message) in env_errors {
+        c.error(
+            line,
+            column,
+            &field,
+            &message,
+            "`remove: [\"AWS_*\", \"*_TOKEN\"]`, `set: { HTTPS_PROXY: http://127.0.0.1:3128 }`",
+        );
+    }
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
@@ -406,6 +422,7 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
         syscall_deny,
         tools_allow,
         tools_deny,
+        env_remove,
     };
     p.kernel_decides = [
         decide::kernel_decides(&p, decide::Access::Exec),
