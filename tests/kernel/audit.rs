@@ -38,8 +38,9 @@ impl Daemon {
             }
             assert!(
                 start.elapsed() < patience(),
-                "the audit store never got the end of {session}: {recs:?}\n{}",
-                self.log()
+                "the audit store never got the end of {session}: {recs:?}\n{}\n{}",
+                self.log(),
+                self.threads()
             );
             thread::sleep(Duration::from_millis(100));
         }

@@ -243,6 +243,39 @@ impl Daemon {
         self.dir.path().join("ctl.sock")
     }
 
+    /// Where each of the daemon's threads is (state and kernel wait channel), for a
+    /// failure that may be a daemon stuck somewhere: read from procfs, so it answers
+    /// even when the daemon does not.
+    pub(crate) fn threads(&self) -> String {
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else {
+            return "the daemon is not running".into();
+        };
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return format!("daemon {pid}: gone");
+        };
+        let mut out = format!("daemon {pid} threads:\n");
+        for t in tasks.filter_map(|t| t.ok()) {
+            let dir = t.path();
+            let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
+            let stat = read("stat");
+            // `pid (comm) state ...`: the state follows the last `)`.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            out.push_str(&format!(
+                "  {} {} state={} wchan={}\n",
+                t.file_name().to_string_lossy(),
+                read("comm").trim(),
+                state.unwrap_or("?"),
+                read("wchan")
+            ));
+        }
+        out
+    }
+
     pub(crate) fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
