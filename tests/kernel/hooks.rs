@@ -210,10 +210,7 @@ fn prompts_keep_only_what_the_daemon_is_told_to() {
         "agent-1",
         serde_json::json!({ "prompt": text }),
     );
-    let digest: String = sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = agentwarden::audit::chain::hex(&sha2::Sha256::digest(text.as_bytes()));
     for (extra, want_sha) in [(&[][..], true), (&["--prompts", "none"][..], false)] {
         let Some(d) = Daemon::start_with(extra) else {
             return;

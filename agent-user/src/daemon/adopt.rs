@@ -298,11 +298,7 @@ impl Core {
                 enrolment: s.enrolment,
                 root_pid: s.root_pid,
             };
-            let hooked = new.enrolment == Enrolment::Run
-                && self
-                    .profiles
-                    .get(&new.profile)
-                    .is_some_and(|p| p.file.hooks.is_some());
+            let hooked = self.hooks_wired(&new.profile, new.enrolment);
             self.attribution.calls.session(*sid, new.root_pid, hooked);
             self.attribution.registry.adopt(*sid, new, tgids, started);
             for t in tgids {

@@ -137,7 +137,7 @@ impl Core {
                 text,
             } => {
                 self.attribution.calls.prompt(sid, prompt_id.clone());
-                let digest = chain_hex(&sha2::Sha256::digest(text.as_bytes()));
+                let digest = crate::audit::chain::hex(&sha2::Sha256::digest(text.as_bytes()));
                 Body::Prompt(PromptInfo {
                     agent: agent_name,
                     agent_session,
@@ -231,17 +231,12 @@ impl Core {
         sid: u64,
         pid: u32,
         body: Body,
-        decision: Option<tools::ToolDecision>,
+        decision: Option<DecisionInfo>,
         answer: HookAnswer,
     ) -> HookAnswer {
         let mut ev = Event::new(body, SystemTime::now(), self.attribution.session_ref(sid));
         ev.process = self.attribution.process_info(pid);
-        ev.decision = decision.map(|d| DecisionInfo {
-            decision: d.verdict,
-            action: d.action,
-            rule: d.rule,
-            enforced_by: d.layer,
-        });
+        ev.decision = decision;
         self.emit(ev);
         answer
     }
@@ -280,13 +275,29 @@ impl Core {
         cur
     }
 
-    /// The hooks `run` wires into a session's agent.
-    pub(super) fn hook_wiring(&self, cfg: &DaemonConfig, profile: &Profile) -> Option<HookWiring> {
-        profile.file.hooks.map(|dialect| HookWiring {
-            dialect,
-            socket: cfg.hook_socket.clone(),
-        })
+    /// Whether a session of `profile` enrolled `how` has its agent's hooks wired by
+    /// `run` (its calls are reported, none inferred).
+    pub(super) fn hooks_wired(&self, profile: &str, how: Enrolment) -> bool {
+        self.profiles
+            .get(profile)
+            .is_some_and(|p| wires_hooks(p, how))
     }
+}
+
+fn wires_hooks(profile: &Profile, how: Enrolment) -> bool {
+    how == Enrolment::Run && profile.file.hooks.is_some()
+}
+
+/// The hooks `run` wires into the agent of a session of `profile` enrolled `how`.
+pub(super) fn hook_wiring(socket: &Path, profile: &Profile, how: Enrolment) -> Option<HookWiring> {
+    profile
+        .file
+        .hooks
+        .filter(|_| wires_hooks(profile, how))
+        .map(|dialect| HookWiring {
+            dialect,
+            socket: socket.to_owned(),
+        })
 }
 
 /// One line for the model about a refusal: what, how, and the rule.
@@ -318,8 +329,4 @@ pub(super) fn refusal_line(ev: &Event, d: &DecisionInfo) -> String {
         "{what} was {how} (rule {}, enforced by {})",
         d.rule, d.enforced_by
     )
-}
-
-fn chain_hex(b: &[u8]) -> String {
-    crate::audit::chain::hex(b)
 }

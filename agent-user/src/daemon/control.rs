@@ -310,9 +310,7 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
     for w in &warnings {
         warn!(session = %session.id, "{w}");
     }
-    let hooks = (how == Enrolment::Run)
-        .then(|| core.hook_wiring(&shared.cfg, &profile))
-        .flatten();
+    let hooks = context::hook_wiring(&shared.cfg.hook_socket, &profile, how);
     Ok(Response::Enrolled {
         session: Box::new(session),
         processes,

@@ -60,11 +60,7 @@ impl Core {
             }
         }
         // A `run` session whose profile wires the agent's hooks infers no calls.
-        let hooked = new.enrolment == Enrolment::Run
-            && self
-                .profiles
-                .get(&new.profile)
-                .is_some_and(|p| p.file.hooks.is_some());
+        let hooked = self.hooks_wired(&new.profile, new.enrolment);
         self.attribution.calls.session(id, root, hooked);
         let s = self.attribution.registry.create(id, new, &tgids);
         let (sref, started) = (s.reference(), s.started);

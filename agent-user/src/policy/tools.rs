@@ -16,6 +16,7 @@ use serde_saphyr::Spanned;
 use wildmatch::WildMatch;
 
 use super::{Default, Located, Profile};
+use crate::event::DecisionInfo;
 
 /// The `tools:` section.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -86,19 +87,9 @@ impl ToolPattern {
     }
 }
 
-/// The daemon's answer to a tool call.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ToolDecision {
-    pub verdict: Verdict,
-    pub action: Action,
-    pub layer: Layer,
-    /// `file:line (tools.deny)`, or `tools.default`.
-    pub rule: String,
-}
-
 /// The profile's decision on calling `tool` on `target`; `None` where nothing is said
 /// (no rule matched and the default allows).
-pub fn decide(p: &Profile, tool: &str, target: &str) -> Option<ToolDecision> {
+pub fn decide(p: &Profile, tool: &str, target: &str) -> Option<DecisionInfo> {
     let rule = |l: &Located<ToolPattern>| format!("{}:{} ({})", p.source, l.line, l.value.field);
     let found = |list: &[Located<ToolPattern>]| {
         list.iter().find(|l| l.value.matches(tool, target)).cloned()
@@ -119,11 +110,11 @@ pub fn decide(p: &Profile, tool: &str, target: &str) -> Option<ToolDecision> {
         Verdict::Deny if enforce => (Action::Blocked, Layer::Hook),
         Verdict::Deny => (Action::Alerted, Layer::None),
     };
-    Some(ToolDecision {
-        verdict,
+    Some(DecisionInfo {
+        decision: verdict,
         action,
-        layer,
         rule,
+        enforced_by: layer,
     })
 }
 
@@ -145,7 +136,7 @@ mod tests {
         );
         let d = decide(&p, "WebFetch", "https://x").expect("decision");
         assert_eq!(
-            (d.verdict, d.action, d.layer, d.rule.as_str()),
+            (d.decision, d.action, d.enforced_by, d.rule.as_str()),
             (
                 Verdict::Deny,
                 Action::Blocked,
@@ -159,7 +150,7 @@ mod tests {
         assert_eq!(d.rule, "t.yaml:11 (tools.deny[2])");
         let d = decide(&p, "Bash", "ls -l").expect("allowed by its rule");
         assert_eq!(
-            (d.verdict, d.rule.as_str()),
+            (d.decision, d.rule.as_str()),
             (Verdict::Allow, "t.yaml:7 (tools.allow[0])")
         );
         assert_eq!(decide(&p, "Read", "/etc/hosts"), None);
@@ -168,7 +159,7 @@ mod tests {
     #[test]
     fn default_deny_lets_only_the_allow_list_run_and_monitor_only_records() {
         let p = profile("tools:\n  default: deny\n  allow: [Read]\n");
-        assert_eq!(decide(&p, "Read", "/x").unwrap().verdict, Verdict::Allow);
+        assert_eq!(decide(&p, "Read", "/x").unwrap().decision, Verdict::Allow);
         let d = decide(&p, "Write", "/x").unwrap();
         assert_eq!(
             (d.action, d.rule.as_str()),
@@ -177,7 +168,7 @@ mod tests {
         let p = profile("tools:\n  deny: [Write]\n  on_violation: alert\n");
         let d = decide(&p, "Write", "/x").unwrap();
         assert_eq!(
-            (d.verdict, d.action, d.layer),
+            (d.decision, d.action, d.enforced_by),
             (Verdict::Deny, Action::Alerted, Layer::None)
         );
     }
