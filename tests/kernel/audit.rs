@@ -490,3 +490,80 @@ fn metrics_are_served_in_the_prometheus_text_format() {
     assert!(body.contains("# TYPE agentwarden_events_total counter"));
     assert!(get("/other").starts_with("HTTP/1.1 404"));
 }
+
+/// Readers of the store while a session keeps it busy (refusals, opens, commits) never
+/// break it: every `audit query` answers, the daemon never fails a commit, the session's
+/// every refusal reaches the store, and the chain verifies. The daemon holds descriptors
+/// of its own files (fanotify hands it one for each reader's open of the marked state
+/// directory; inode binding opens the bound trees' files); closing one in the table
+/// where SQLite holds its locks released them, and a reader then rebuilt the WAL index
+/// under the writer ("database disk image is malformed").
+#[test]
+fn readers_during_a_busy_session_leave_the_store_whole() {
+    let f = PathFixture::new();
+    // Files named, not patterns: refused by the fanotify layer on any host.
+    fs::write(
+        f.rules.path().join("busy.yaml"),
+        format!(
+            "name: busy\ndescription: t\nowners: {{ business: b, technical: t }}\n\
+             mode: enforce\nfiles:\n  deny: [{}/canary]\n  on_violation: block\n",
+            f.dir.display()
+        ),
+    )
+    .unwrap();
+    let Some(d) = f.daemon() else { return };
+    let dir = f.dir.display().to_string();
+    let rounds = 200;
+    let script = format!(
+        "n=0; i=0; while [ $i -lt {rounds} ]; do cat {dir}/ok.txt >/dev/null; \
+         cat {dir}/canary >/dev/null 2>&1 || n=$((n+1)); i=$((i+1)); done; echo refused=$n"
+    );
+    let mut session = d
+        .cli()
+        .args(["run", "--profile", "busy", "--session-name", "busy", "--"])
+        .args(["/bin/sh", "-c", &script])
+        .current_dir(&f.dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut queries = 0;
+    while queries < 20 || session.try_wait().unwrap().is_none() {
+        let out = d.audit(&["query", "--json", "--limit", "50"]);
+        assert!(
+            out.status.success(),
+            "query {queries}: {out:?}\n{}",
+            d.log()
+        );
+        queries += 1;
+        assert!(start.elapsed() < patience(), "the session never ended");
+    }
+    let out = session.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("refused={rounds}")
+    );
+    let sid = d.session("busy").id;
+    // The refusal layer's rows can reach the store after the session's end.
+    let t = Instant::now();
+    loop {
+        let blocked = d
+            .audit_query(&["--session", &sid, "--action", "blocked"])
+            .len();
+        if blocked >= rounds {
+            break;
+        }
+        assert!(
+            t.elapsed() < patience(),
+            "{blocked} of {rounds} refusals in the store\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let log = d.log();
+    assert!(!log.contains("audit commit failed"), "{log}");
+    let v = d.audit(&["verify"]);
+    assert!(v.status.success(), "{v:?}");
+    println!("{queries} queries during the session");
+}

@@ -299,10 +299,12 @@ fn attached_sessions_are_killed_or_alerted_at_the_syscalls_entry() {
 fn a_root_session_cannot_signal_trace_or_bpf_the_daemon() {
     let Some(d) = Daemon::start() else { return };
     let daemon = d.child.as_ref().unwrap().id().to_string();
-    let pgid = rustix::process::getpgid(rustix::process::Pid::from_raw(daemon.parse().unwrap()))
+    // From procfs: the group may be 0 (a harness under a pid 1 that never called setsid).
+    let pgid = procfs::process::Process::new(daemon.parse().unwrap())
         .unwrap()
-        .as_raw_nonzero()
-        .get();
+        .stat()
+        .unwrap()
+        .pgrp;
     let minus_pgid = format!("-{pgid}");
     let calls: Vec<(&str, String)> = [
         ("kill9", format!("kill {daemon} 9")),

@@ -113,19 +113,34 @@ pub struct AuditSink {
 impl AuditSink {
     /// Opens (creating and migrating) the database and starts the writer.
     pub fn open(cfg: AuditConfig) -> Result<Self> {
-        let writer = Writer::open(&cfg)?;
         let stats = Arc::new(AuditStats::default());
         // Batches are bounded by `capacity` records below; this only bounds their number.
         let (tx, rx) = mpsc::sync_channel(cfg.queue.clamp(1, 4096));
+        let (opened_tx, opened) = mpsc::sync_channel(1);
         let s = stats.clone();
+        let queue = cfg.queue;
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer.run(rx, &s))
+            .spawn(move || {
+                let writer = private_descriptors().and_then(|()| Writer::open(&cfg));
+                match writer {
+                    Ok(w) => {
+                        let _ = opened_tx.send(Ok(()));
+                        w.run(rx, &s);
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                    }
+                }
+            })
             .context("starting the audit writer")?;
+        opened
+            .recv()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the audit writer stopped while opening")))?;
         Ok(Self {
             tx: Some(tx),
             pending: Vec::new(),
-            capacity: cfg.queue.max(1) as u64,
+            capacity: queue.max(1) as u64,
             stats,
             thread: Some(thread),
         })
@@ -184,6 +199,39 @@ impl Drop for AuditSink {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Gives the calling thread (the writer) a descriptor table of its own, holding only
+/// stdin, stdout and stderr, before it opens the database.
+///
+/// SQLite locks the database, its WAL and its shared-memory index with POSIX record locks,
+/// which belong to a descriptor table and which Linux drops when *any* descriptor of the
+/// file is closed through that table. The daemon has such descriptors of its own files:
+/// fanotify hands it one for every open of a marked file (its state directory is marked
+/// for self-protection, so every `audit query` makes one) and inode binding opens the
+/// files of bound trees. Closing them in a shared table released the writer's lock on
+/// the shared-memory index, and the next reader rebuilt the index under the writer: the
+/// database went "malformed". Locks held through a private table are not touched by
+/// closes in the daemon's.
+///
+/// So the writer's is the daemon's only connection to the database: SQLite shares the
+/// lock and shared-memory descriptors of a file among all connections of a process,
+/// and another thread's connection would be handed numbers from this table.
+fn private_descriptors() -> Result<()> {
+    // SAFETY: from here on this thread uses only descriptors it opens itself (the
+    // database's) and stderr, and none of them leaves the thread: the writer owns the
+    // connection, and records arrive over a channel in memory.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FILES) }
+        .context("giving the audit writer a descriptor table of its own")?;
+    // The copies of the daemon's descriptors would keep its sockets and files open past
+    // their owners' closes. Closing them here affects only this table.
+    // SAFETY: close_range(2) on this thread's private table, no pointers involved.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("closing the audit writer's copies of the daemon's descriptors");
+    }
+    Ok(())
 }
 
 /// Opens a database for reading (`audit verify|query|timeline|export`).

@@ -486,6 +486,47 @@ fn queries_return_context_lineage_and_decisions() {
     );
 }
 
+/// A write transaction held by another process (`python3`'s sqlite3) until dropped, as an
+/// operator's `sqlite3` or a stuck reader would hold it. Not a connection of this
+/// process: SQLite shares one set of lock descriptors among a process's connections to a
+/// file, and the writer's descriptors live in its own table (`store::private_descriptors`).
+struct ForeignLock(std::process::Child);
+
+impl ForeignLock {
+    fn take(db: &Path) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                 c.execute('BEGIN IMMEDIATE')\n\
+                 print('locked', flush=True)\n\
+                 sys.stdin.read()\n\
+                 c.execute('COMMIT')\n",
+            ])
+            .arg(db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        Self(child)
+    }
+}
+
+impl Drop for ForeignLock {
+    fn drop(&mut self) {
+        // Closing its stdin lets it commit and exit.
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_full_queue_drops_and_counts_instead_of_blocking() {
     let dir = tempfile::tempdir().unwrap();
@@ -499,8 +540,7 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     .unwrap();
     // Declared after the sink, so a failing assertion releases the lock before the
     // sink's drop waits for its writer.
-    let lock = Connection::open(&db).unwrap();
-    lock.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    let lock = ForeignLock::take(&db);
     // One record gets the writer stuck retrying its commit; the queue (2) then fills.
     let items = session_items(0);
     sink.send(items[0].clone());
@@ -519,7 +559,7 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     let s = sink.stats().snapshot();
     // One record is with the writer; one more fits the queue of 2.
     assert_eq!((s.dropped, s.backlog), (199, 2), "{s:?}");
-    lock.execute_batch("COMMIT;").unwrap();
+    drop(lock);
     sink.close();
     let s = sink.stats().snapshot();
     assert_eq!((s.written, s.dropped, s.backlog), (2, 199, 0), "{s:?}");

@@ -327,21 +327,32 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
 /// minus its process group, and 0 when the enrolling process `peer` shares the daemon's
 /// session (it could join the daemon's process group, where `kill(0)` reaches it).
 pub(super) fn protected_pids(peer: u32) -> policy::syscalls::Protected {
-    use rustix::process::{Pid, getpgrp, getpid, getsid};
-    let me = getpid();
+    // Session and group ids come from procfs, not getsid(2)/getpgrp(2) wrappers that take
+    // 0 for "no such id": 0 is a real answer here. A process whose ancestors never called
+    // setsid (children of a container's or a minimal init's pid 1) is in session 0 and
+    // process group 0, and the enrolling process may well share that with the daemon.
+    let ids = |p: procfs::process::Process| p.stat().ok().map(|s| (s.session, s.pgrp));
+    let me = std::process::id();
+    let mine = procfs::process::Process::myself().ok().and_then(ids);
+    let peers = procfs::process::Process::new(peer as i32)
+        .ok()
+        .and_then(ids);
     let threads: Vec<u32> = std::fs::read_dir("/proc/self/task")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                 .collect()
         })
         .unwrap_or_default();
-    let same_session = Pid::from_raw(peer as i32)
-        .and_then(|p| getsid(Some(p)).ok())
-        .is_some_and(|s| getsid(None).is_ok_and(|mine| mine == s));
+    // Unknown counts as shared: protecting `kill(0)` only costs a session its own
+    // group's signals, while a miss would let it signal the daemon.
+    let same_session = match (mine, peers) {
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => true,
+    };
     policy::syscalls::protected_pids(
-        me.as_raw_nonzero().get() as u32,
+        me,
         &threads,
-        getpgrp().as_raw_nonzero().get() as u32,
+        mine.map_or(0, |(_, g)| g.max(0) as u32),
         same_session,
     )
 }

@@ -851,6 +851,16 @@ mod tests {
         assert!(errs[0].message.contains("not supported"), "{}", errs[0]);
     }
 
+    /// A daemon whose ancestors never called setsid (under a container's or a minimal
+    /// init's pid 1) is in process group 0: `kill(0)` by a process of that group reaches
+    /// it, so 0 is protected even when the sessions are not known to be shared.
+    #[test]
+    fn a_daemon_in_process_group_zero_is_protected_from_kill_zero() {
+        let prot = protected_pids(100, &[100], 0, false);
+        assert_eq!(&prot.groups[..], &[-1, 0][..]);
+        assert_eq!(prot.kernel_pids(), [100, -1]);
+    }
+
     #[test]
     fn every_profile_carries_self_protection() {
         let p = profile("").unwrap();
