@@ -109,6 +109,12 @@ vocabulary! {
         Alerted = 2 => "alerted",
         /// The process was sent SIGKILL before it returned to user mode.
         Killed = 3 => "killed",
+        /// Held until a person answered (`on_violation: ask`), then let through by their
+        /// approval or a standing grant of one.
+        Approved = 4 => "approved",
+        /// Monitor mode: an `ask` rule matched; the operation was neither held nor
+        /// refused.
+        WouldAsk = 5 => "would_ask",
     }
 }
 
@@ -118,7 +124,7 @@ impl Action {
     pub const fn refused(self) -> bool {
         match self {
             Action::Blocked | Action::Killed => true,
-            Action::Allowed | Action::Alerted => false,
+            Action::Allowed | Action::Alerted | Action::Approved | Action::WouldAsk => false,
         }
     }
 }

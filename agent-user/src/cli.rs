@@ -234,6 +234,30 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Operations held for a person's answer (`on_violation: ask`): who, what, since when.
+    Pending {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a held operation go ahead. Alone: the operations waiting on the request now;
+    /// `--session`: also the same object under the same rule for the rest of the
+    /// session; `--for 10m`: for that long.
+    Approve {
+        id: u64,
+        #[arg(long, conflicts_with = "duration")]
+        session: bool,
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Why (recorded with the approval).
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Refuse a held operation (`EPERM` for every operation waiting on the request).
+    Deny {
+        id: u64,
+        #[arg(long)]
+        note: Option<String>,
+    },
     /// Show recorded events.
     Events {
         /// Keep streaming new events.
@@ -420,6 +444,40 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 print!("{}", output::sessions(&sessions));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pending { json } => {
+            let Response::Pending { requests } = Client::call(socket, &Request::Pending)? else {
+                bail!("unexpected response")
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&requests)?);
+            } else {
+                print!("{}", output::pending(&requests));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Approve {
+            id,
+            session,
+            duration,
+            note,
+        } => {
+            use crate::event::ApprovalScope;
+            let scope = match (session, duration) {
+                (true, _) => ApprovalScope::Session,
+                (false, Some(_)) => ApprovalScope::Duration,
+                (false, None) => ApprovalScope::Once,
+            };
+            let req = Request::Approve {
+                id,
+                scope,
+                duration_secs: duration.map(|d| d.as_secs().max(1)),
+                note,
+            };
+            answered(Client::call(socket, &req)?, "approved")
+        }
+        Cmd::Deny { id, note } => {
+            answered(Client::call(socket, &Request::Deny { id, note })?, "denied")
         }
         Cmd::Events {
             follow,
@@ -782,6 +840,18 @@ fn profile(cmd: ProfileCmd) -> Result<ExitCode> {
             print!("{}", policy::json_schema());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Prints what an answer to a request did.
+fn answered(resp: Response, how: &str) -> Result<ExitCode> {
+    match resp {
+        Response::Answered { request, held } => {
+            println!("request {request} {how}: {held} waiting operation(s) answered");
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => bail!("{message}"),
+        _ => bail!("unexpected response"),
     }
 }
 

@@ -192,7 +192,8 @@ impl Batcher {
             | Body::SyscallDecision(_)
             | Body::SessionMapFull(_)
             | Body::Loss(_)
-            | Body::Prompt(_) => self.logs.push(log(ev)),
+            | Body::Prompt(_)
+            | Body::Approval(_) => self.logs.push(log(ev)),
         }
     }
 

@@ -157,6 +157,37 @@ fn body(e: &Event) -> String {
             };
             format!("{} {} {how}{took}{refused}", x.id, x.tool)
         }
+        Body::Approval(x) => {
+            let who = match &x.by {
+                Some(b) => format!("by {} (uid {})", b.user.as_deref().unwrap_or("?"), b.uid),
+                None => "by its timeout".to_owned(),
+            };
+            let outcome = match x.outcome {
+                crate::event::ApprovalOutcome::Approved => "approved",
+                crate::event::ApprovalOutcome::Denied => "denied",
+                crate::event::ApprovalOutcome::TimedOut if x.allowed => "timed out, allowed",
+                crate::event::ApprovalOutcome::TimedOut => "timed out, denied",
+            };
+            let note = x
+                .note
+                .as_deref()
+                .map_or(String::new(), |n| format!(" note={n:?}"));
+            let until = x
+                .until
+                .as_deref()
+                .map_or(String::new(), |u| format!(" until {u}"));
+            format!(
+                "request {} {} {}: {outcome} {who} after {} ms, scope {}{until}{note}",
+                x.request,
+                x.access,
+                x.path,
+                x.waited_ms,
+                serde_json::to_value(x.scope)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )
+        }
     }
 }
 
@@ -295,6 +326,56 @@ pub fn host(h: &crate::probe::HostProbe) -> String {
     );
     let _ = writeln!(out, "cgroup sock_addr programs {}", yes(h.cgroup_sock_addr));
     out
+}
+
+/// `agentwarden pending`: one row per held request.
+pub fn pending(requests: &[crate::proto::PendingView]) -> String {
+    if requests.is_empty() {
+        return "no operations are waiting for approval\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = requests
+        .iter()
+        .map(|r| {
+            let principal = r
+                .principal_user
+                .clone()
+                .unwrap_or_else(|| r.principal_uid.to_string());
+            let call = r
+                .context
+                .as_ref()
+                .map_or(String::new(), |c| format!("{} {}", c.tool, c.tool_call));
+            vec![
+                r.id.to_string(),
+                format!("{} ({})", r.session_name, r.agent),
+                principal,
+                format!("{}/{}", r.business_owner, r.technical_owner),
+                format!("{} {}", r.pid, r.comm.clone().unwrap_or_default()),
+                format!("{} {}", r.access, r.path),
+                r.rule.clone(),
+                call,
+                format!(
+                    "{}s of {}s, then {}",
+                    r.waiting_ms / 1000,
+                    r.timeout_secs,
+                    r.on_timeout
+                ),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "SESSION",
+            "FOR",
+            "OWNERS",
+            "PROCESS",
+            "WHAT",
+            "RULE",
+            "TOOL CALL",
+            "WAITING",
+        ],
+        &rows,
+    )
 }
 
 #[cfg(test)]

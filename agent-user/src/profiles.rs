@@ -108,6 +108,11 @@ pub fn required_programs(p: &Profile) -> Vec<&'static [&'static str]> {
         return out;
     }
     for c in path_categories(p) {
+        // Held by the refusal layer alone: there is no other way to hold an open.
+        if c.on_violation == policy::OnViolation::Ask && !c.deny.is_empty() {
+            out.push(&[REFUSAL]);
+            continue;
+        }
         let in_kernel = c
             .deny
             .iter()
@@ -162,7 +167,12 @@ pub fn enforcement_gaps(
     for c in path_categories(p) {
         let (cat, deny) = (c.name, c.deny);
         let any = !deny.is_empty() || c.default == policy::Default::Deny;
-        if !any || c.on_violation == policy::OnViolation::Alert {
+        if !any
+            || matches!(
+                c.on_violation,
+                policy::OnViolation::Alert | policy::OnViolation::Ask
+            )
+        {
             continue;
         }
         if cat == "exec" && session_flags(p).1.is_some() {
@@ -345,6 +355,23 @@ mod tests {
             agent_common::session::SESSION_FLAG_DENY_EXEC
         );
         assert_eq!(session_flags(set.get("claude-code").unwrap()).0, 0);
+    }
+
+    /// An `ask` can only be held by the refusal layer: a host without it refuses the
+    /// session; monitor mode holds nothing and needs nothing.
+    #[test]
+    fn ask_needs_the_refusal_layer_alone() {
+        let text = |mode: &str| {
+            format!(
+                "name: t\ndescription: d\nowners: {{ business: b, technical: t }}\nmode: {mode}\n\
+                 files:\n  deny: [/srv/a]\n  on_violation: ask\n"
+            )
+        };
+        let p = policy::parse("t.yaml", &text("enforce")).unwrap();
+        assert_eq!(required_programs(&p), [&[REFUSAL][..]]);
+        assert!(enforcement_gaps(&p, &|_| false, None).is_empty());
+        let p = policy::parse("t.yaml", &text("monitor")).unwrap();
+        assert!(required_programs(&p).is_empty());
     }
 
     #[test]

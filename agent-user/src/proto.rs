@@ -39,6 +39,59 @@ pub enum Request {
         dialect: crate::hooks::Dialect,
         input: serde_json::Value,
     },
+    /// Operations held for an answer (`on_violation: ask`).
+    Pending,
+    /// Let a held operation go ahead: the operations waiting on request `id` now, and
+    /// with `scope` `session` or `duration` the same object under the same rule later.
+    Approve {
+        id: u64,
+        #[serde(default)]
+        scope: crate::event::ApprovalScope,
+        /// For `scope: duration`: how long, in seconds.
+        #[serde(default)]
+        duration_secs: Option<u64>,
+        #[serde(default)]
+        note: Option<String>,
+    },
+    /// Refuse the operations waiting on request `id` (`EPERM`).
+    Deny {
+        id: u64,
+        #[serde(default)]
+        note: Option<String>,
+    },
+}
+
+/// A held operation's request, as `agentwarden pending` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingView {
+    pub id: u64,
+    /// Who: the session, its agent (profile) and owners, the principal it acts for.
+    pub session: String,
+    pub session_name: String,
+    pub agent: String,
+    pub business_owner: String,
+    pub technical_owner: String,
+    pub principal_uid: u32,
+    #[serde(default)]
+    pub principal_user: Option<String>,
+    /// The process whose operation was held first.
+    pub pid: u32,
+    #[serde(default)]
+    pub comm: Option<String>,
+    /// What: `open`, `read` or `exec`, of which object, under which rule.
+    pub access: String,
+    pub path: String,
+    pub rule: String,
+    /// The tool call (and prompt) it happened under, where the agent's hooks tell.
+    #[serde(default)]
+    pub context: Option<crate::event::ContextRef>,
+    /// Since when (RFC 3339), how long so far, and what silence comes to.
+    pub since: String,
+    pub waiting_ms: u64,
+    pub timeout_secs: u64,
+    pub on_timeout: String,
+    /// Operations waiting on it.
+    pub waiting: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -74,6 +127,14 @@ pub enum Response {
     },
     Sessions {
         sessions: Vec<SessionView>,
+    },
+    Pending {
+        requests: Vec<PendingView>,
+    },
+    /// An approval or denial took effect on `held` waiting operations.
+    Answered {
+        request: u64,
+        held: u32,
     },
     Status {
         status: Box<StatusReport>,

@@ -7,6 +7,7 @@
 //! VM tier's guests is `VM_TESTS` in `xtask/src/vm.rs`.
 
 mod agents;
+mod approvals;
 mod audit;
 mod control;
 mod deploy;

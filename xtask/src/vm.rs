@@ -103,6 +103,10 @@ pub const VM_TESTS: &[(&str, &str)] = &[
         "inode bindings judged in bprm_check_security",
     ),
     (
+        "approvals::a_held_read_is_approved_or_denied_by_a_person_outside_the_session",
+        "where BPF-LSM runs, its file_open hook leaves `ask` rules to the held fanotify event (an LSM refusal would come first)",
+    ),
+    (
         "paths::exec_and_file_rules_are_judged_and_recorded_as_alerts",
         "path rules judged in the kernel beside the LSM hooks, which leave monitor and alert to the tracepoints",
     ),

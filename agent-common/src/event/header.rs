@@ -32,6 +32,9 @@ pub enum EventKind {
     ToolCall = 68,
     /// Reported by the agent through its hook: a tool call finished.
     ToolResult = 69,
+    /// Raised by the daemon: a held operation (`on_violation: ask`) was answered, by a
+    /// person or by its timeout.
+    Approval = 70,
 }
 
 impl EventKind {
@@ -51,6 +54,7 @@ impl EventKind {
         Self::Prompt,
         Self::ToolCall,
         Self::ToolResult,
+        Self::Approval,
     ];
 
     /// A kind the kernel sends (the daemon's own kinds never come from the ring).
@@ -85,6 +89,7 @@ impl EventKind {
             Self::Prompt => "prompt",
             Self::ToolCall => "tool_call",
             Self::ToolResult => "tool_result",
+            Self::Approval => "approval",
         }
     }
 

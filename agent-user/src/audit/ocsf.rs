@@ -21,13 +21,15 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
     let action = d.map(|d| d.action);
     let (disposition_id, disposition) = match action {
         Some(Action::Blocked | Action::Killed) => (2, "Blocked"),
-        Some(Action::Alerted) => (19, "Alert"),
-        Some(Action::Allowed) => (1, "Allowed"),
+        Some(Action::Alerted | Action::WouldAsk) => (19, "Alert"),
+        Some(Action::Allowed | Action::Approved) => (1, "Allowed"),
         None => (0, "Unknown"),
     };
     let severity_id = match action {
         Some(Action::Killed) => 4,
-        Some(Action::Blocked | Action::Alerted) => 3,
+        Some(Action::Blocked | Action::Alerted | Action::WouldAsk) => 3,
+        // Outside the profile, let through by a person: worth a look, not an alarm.
+        Some(Action::Approved) => 2,
         Some(Action::Allowed) | None => 1,
     };
     let failed = e.open().is_some_and(|o| o.result < 0)
@@ -128,6 +130,12 @@ fn class_of(e: &Event) -> Option<Class> {
                 )
             }
             Body::ToolResult(_) => (api, 99, "Tool Result"),
+            // A person's answer to a held operation: an authorization decision.
+            Body::Approval(_) => (
+                (3003, "Authorize Session", 3, "Identity & Access Management"),
+                99,
+                "Approval",
+            ),
             Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {
                 return None;
             }
@@ -234,6 +242,12 @@ fn add_body(out: &mut Value, e: &Event, host: Option<&str>) {
                 "response": { "error": x.failed.then_some("failed"), "message": x.told },
             });
             out["unmapped"]["agentwarden"]["tool_result"] = json!(x);
+        }
+        Body::Approval(x) => {
+            out["file"] = file_obj(&x.path);
+            // The actor is the process that asked; who answered is the approval's `by`.
+            out["message"] = json!(x.note);
+            out["unmapped"]["agentwarden"]["approval"] = json!(x);
         }
         Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {}
     }

@@ -593,6 +593,10 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
         EventKind::Prompt => Body::Prompt(agent_report(&extra, seq)?),
         EventKind::ToolCall => Body::ToolCall(agent_report(&extra, seq)?),
         EventKind::ToolResult => Body::ToolResult(agent_report(&extra, seq)?),
+        EventKind::Approval => Body::Approval(
+            serde_json::from_value(extra["approval"].clone())
+                .map_err(|e| anyhow::anyhow!("row {seq}: the approval in `extra`: {e}"))?,
+        ),
     };
     let context = extra
         .get("context")

@@ -245,6 +245,16 @@ fn body_columns(body: &Body) -> BodyColumns {
             c.extra
                 .insert("agent".into(), serde_json::to_value(x).unwrap_or_default());
         }
+        // The held object in `path`, what was held in `op`, the answer whole (who, when,
+        // note, scope) under `approval`.
+        Body::Approval(x) => {
+            c.path = Some(x.path.clone());
+            c.op = Some(x.access.clone());
+            c.extra.insert(
+                "approval".into(),
+                serde_json::to_value(x).unwrap_or_default(),
+            );
+        }
         Body::SessionStart | Body::SessionEnd => {}
     }
     c
@@ -354,7 +364,8 @@ pub fn event_rows(ev: &Event) -> EventRows {
         | Body::Loss(_)
         | Body::Prompt(_)
         | Body::ToolCall(_)
-        | Body::ToolResult(_) => None,
+        | Body::ToolResult(_)
+        | Body::Approval(_) => None,
     });
     EventRows { action, process }
 }

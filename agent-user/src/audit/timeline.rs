@@ -138,7 +138,8 @@ impl<'a> Nesting<'a> {
                 | Body::SyscallDecision(_)
                 | Body::SessionStart
                 | Body::SessionEnd
-                | Body::Loss(_) => match &r.event.context {
+                | Body::Loss(_)
+                | Body::Approval(_) => match &r.event.context {
                     Some(c) => {
                         let list = n.under.entry(c.tool_call.as_str()).or_default();
                         if list.is_empty() && c.how == crate::event::Attribution::Inferred {
@@ -345,7 +346,8 @@ impl Tree<'_> {
                 | Body::Loss(_)
                 | Body::Prompt(_)
                 | Body::ToolCall(_)
-                | Body::ToolResult(_) => {}
+                | Body::ToolResult(_)
+                | Body::Approval(_) => {}
             }
         }
     }

@@ -311,6 +311,7 @@ pub(super) fn refusal_line(ev: &Event, d: &DecisionInfo) -> String {
         }
         Body::NetDecision(n) => format!("{} to {}:{}", n.op, n.address, n.port),
         Body::SyscallDecision(s) => format!("the {} syscall", s.name),
+        Body::Approval(x) => format!("{} of {} (held for approval)", x.access, x.path),
         Body::Fork(_)
         | Body::Exit(_)
         | Body::SessionMapFull(_)

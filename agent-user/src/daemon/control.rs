@@ -185,6 +185,34 @@ pub(super) fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -
             })
         }
         Request::Events { .. } => unreachable!("streamed by handle_client"),
+        Request::Pending => Ok(Response::Pending {
+            requests: pending(&mut core),
+        }),
+        Request::Approve {
+            id,
+            scope,
+            duration_secs,
+            note,
+        } => answer(
+            &mut core,
+            id,
+            true,
+            scope,
+            duration_secs.map(Duration::from_secs),
+            note,
+            uid,
+            peer_pid,
+        ),
+        Request::Deny { id, note } => answer(
+            &mut core,
+            id,
+            false,
+            crate::event::ApprovalScope::Once,
+            None,
+            note,
+            uid,
+            peer_pid,
+        ),
         Request::Hook { .. } => bail!(
             "hook reports go to the hook socket ({})",
             shared.cfg.hook_socket.display()
@@ -321,6 +349,94 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
         hooks,
         environment,
     })
+}
+
+/// Open approval requests with who and what they are about.
+fn pending(core: &mut Core) -> Vec<crate::proto::PendingView> {
+    let Some(r) = &core.kernel.policy.refusal else {
+        return Vec::new();
+    };
+    let requests = r.escalation.pending();
+    let now = std::time::Instant::now();
+    requests
+        .into_iter()
+        .map(|(q, waiting)| {
+            let sid = q.key.session_id;
+            let s = core.attribution.registry.get(sid);
+            let profile = s.and_then(|s| core.profiles.get(&s.profile));
+            let category = if q.access == "exec" { "exec" } else { "files" };
+            crate::proto::PendingView {
+                id: q.id,
+                session: format_id(sid),
+                session_name: s.map(|s| s.name.clone()).unwrap_or_default(),
+                agent: s.map(|s| s.profile.clone()).unwrap_or_default(),
+                business_owner: profile
+                    .map(|p| p.file.owners.business.clone())
+                    .unwrap_or_default(),
+                technical_owner: profile
+                    .map(|p| p.file.owners.technical.clone())
+                    .unwrap_or_default(),
+                principal_uid: s.map_or(0, |s| s.owner_uid),
+                principal_user: s.and_then(|s| s.owner_user.clone()),
+                pid: q.tgid,
+                comm: procfs::process::Process::new(q.tgid as i32)
+                    .and_then(|p| p.stat())
+                    .ok()
+                    .map(|st| st.comm),
+                access: q.access.to_owned(),
+                path: q.path.clone(),
+                rule: core.rules.describe(q.key.rule_id, category),
+                context: core.attribution.calls.context_of(sid, q.tgid),
+                since: humantime::format_rfc3339_millis(q.requested).to_string(),
+                waiting_ms: now.saturating_duration_since(q.since).as_millis() as u64,
+                timeout_secs: q.rule.timeout.as_secs(),
+                on_timeout: match q.rule.on_timeout {
+                    policy::OnTimeout::Deny => "deny",
+                    policy::OnTimeout::Allow => "allow",
+                }
+                .to_owned(),
+                waiting,
+            }
+        })
+        .collect()
+}
+
+/// A person's answer to request `id`, from the control socket's peer (`authorize` has
+/// already refused callers inside a session: an agent never answers for itself).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one per field of the request, passed on"
+)]
+fn answer(
+    core: &mut Core,
+    id: u64,
+    allow: bool,
+    scope: crate::event::ApprovalScope,
+    duration: Option<Duration>,
+    note: Option<String>,
+    uid: u32,
+    peer_pid: u32,
+) -> Result<Response> {
+    let by = crate::event::Approver {
+        uid,
+        user: core.attribution.users.name(uid),
+        pid: peer_pid,
+    };
+    let r = core.kernel.policy.refusal.as_ref().ok_or_else(|| {
+        anyhow!("no approval requests: the refusal layer (fanotify) is not running")
+    })?;
+    let held = r.escalation.answer(
+        id,
+        super::approvals::Answer {
+            allow,
+            by,
+            note,
+            scope,
+            duration,
+        },
+    )?;
+    info!(request = id, allow, uid, held, "approval request answered");
+    Ok(Response::Answered { request: id, held })
 }
 
 /// The pids a `run` session's filter protects: this daemon's tgid, its threads, `-1`,

@@ -108,6 +108,33 @@ pub fn userspace(ev: &mut Event, ctx: &mut Context<'_>) {
     });
 }
 
+/// An exec or open that an `ask` rule matched: the kernel only records it (`alerted`);
+/// the refusal layer held it. One that went ahead was approved (by a person or a standing
+/// grant; the approval row says who); in monitor mode nothing was held (`would_ask`). A
+/// refused one is the refusal layer's own record.
+pub fn asked(ev: &mut Event, profile: &Profile) {
+    let category = match &ev.body {
+        crate::event::Body::Exec(_) => 0,
+        crate::event::Body::Open(o) if o.result >= 0 => 1,
+        _ => return,
+    };
+    if profile.ask[category].is_none() {
+        return;
+    }
+    let Some(d) = ev.decision.as_mut() else {
+        return;
+    };
+    if d.decision != Verdict::Deny || d.action != Action::Alerted {
+        return;
+    }
+    if profile.file.mode == crate::policy::Mode::Enforce {
+        d.action = Action::Approved;
+        d.enforced_by = Layer::Fanotify;
+    } else {
+        d.action = Action::WouldAsk;
+    }
+}
+
 /// The decision on a child the kernel could not track (its session map was full):
 /// `outcome` is `None` in monitor mode, else what the kill came to (`None` inside when
 /// it failed).
@@ -122,7 +149,11 @@ pub fn untracked_child(outcome: Option<Option<Outcome>>) -> DecisionInfo {
         rule: "tracking.capacity (--max-tracked-processes)".to_owned(),
         enforced_by: match action {
             Action::Killed => Layer::Signal,
-            Action::Allowed | Action::Blocked | Action::Alerted => Layer::None,
+            Action::Allowed
+            | Action::Blocked
+            | Action::Alerted
+            | Action::Approved
+            | Action::WouldAsk => Layer::None,
         },
     }
 }

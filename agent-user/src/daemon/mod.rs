@@ -24,6 +24,7 @@ use tokio::{
 use tracing::{info, warn};
 
 mod adopt;
+mod approvals;
 mod attribute;
 mod context;
 mod control;

@@ -62,6 +62,47 @@ impl Core {
         self.spare.keep(raw);
     }
 
+    /// What the refusal layer sent: a refusal in the kernel's format, or the answer to
+    /// a held operation (its approval row).
+    pub(super) fn handle_notice(&mut self, n: refusal::Notice) {
+        match n {
+            refusal::Notice::Record(bytes) => self.handle_record(&bytes),
+            refusal::Notice::Approval(a) => {
+                let refusal::ApprovalNotice {
+                    session_id,
+                    tgid,
+                    rule_id,
+                    category,
+                    info,
+                } = *a;
+                let allowed = info.allowed;
+                let category = if category == agent_common::policy::CATEGORY_EXEC {
+                    "exec"
+                } else {
+                    "files"
+                };
+                let mut ev = Event::new(
+                    crate::event::Body::Approval(info),
+                    std::time::SystemTime::now(),
+                    self.attribution.session_ref(session_id),
+                );
+                ev.process = self.attribution.process_info(tgid);
+                ev.context = self.attribution.calls.context_of(session_id, tgid);
+                ev.decision = Some(crate::event::DecisionInfo {
+                    decision: agent_common::vocab::Verdict::Deny,
+                    action: if allowed {
+                        agent_common::vocab::Action::Approved
+                    } else {
+                        agent_common::vocab::Action::Blocked
+                    },
+                    rule: self.rules.describe(rule_id, category),
+                    enforced_by: agent_common::vocab::Layer::Fanotify,
+                });
+                self.emit(ev);
+            }
+        }
+    }
+
     /// The profile session `sid` runs under.
     pub(super) fn profile_of(&self, sid: u64) -> Option<&Profile> {
         self.profiles
@@ -96,6 +137,9 @@ impl Core {
             registry: &self.attribution.registry,
         };
         decide::userspace(ev, &mut ctx);
+        if let Some(p) = ctx.profile {
+            decide::asked(ev, p);
+        }
     }
 
     pub(super) fn emit(&mut self, ev: Event) {

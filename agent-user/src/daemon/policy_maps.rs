@@ -473,7 +473,8 @@ impl Core {
             for h in c.unresolved.iter().filter(|h| dns.contains_key(*h)) {
                 warn!(profile = %name, host = %h, "host name does not resolve; its rule is inactive");
             }
-            compiled.push((id, c));
+            let acts = refusal::acts_of(&c.config, p);
+            compiled.push((id, c, acts));
         }
         let m = &mut self.kernel.policy;
         // Profiles a reload removed leave no acts behind (ids are never reused).
@@ -483,7 +484,7 @@ impl Core {
         let mut bound = Vec::new();
         let mut name_rules = Vec::new();
         let mut syscalls = HashSet::new();
-        for (id, c) in compiled {
+        for (id, c, acts) in compiled {
             for (key, rule) in c.syscall_rules {
                 m.syscall_rules.insert(key, rule, 0)?;
                 syscalls.insert(key);
@@ -510,7 +511,7 @@ impl Core {
             }
             bound.extend(c.bound_paths);
             name_rules.extend(c.name_rules);
-            m.acts.insert(id, refusal::acts(&c.config));
+            m.acts.insert(id, acts);
             m.profiles.set(id, c.config, 0)?;
         }
         m.bound = bound;

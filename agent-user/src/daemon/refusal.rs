@@ -48,6 +48,8 @@ use nix::sys::fanotify::{
 use parking_lot::RwLock;
 use tracing::warn;
 
+use super::approvals::{Answer, Book, Held, Key, Request, Settled};
+
 /// Every way to the content of a marked object: opening it, reading from a descriptor of
 /// it (however obtained), executing it; for directories, the same for their entries.
 const MASK: MaskFlags = MaskFlags::FAN_OPEN_PERM
@@ -71,6 +73,40 @@ pub enum Act {
     Kill,
     /// Let it happen and record it (`exec.fileless: alert`).
     Alert,
+    /// Hold it until a person answers, or the rule's timeout does (`on_violation: ask`).
+    Ask(crate::policy::AskRule),
+}
+
+/// What the layer sends the pipeline: refusals in the kernel's record format, and the
+/// answers to held operations.
+#[derive(Debug)]
+pub enum Notice {
+    Record(Vec<u8>),
+    Approval(Box<ApprovalNotice>),
+}
+
+/// A held operation answered: the approval row's content.
+#[derive(Debug)]
+pub struct ApprovalNotice {
+    pub session_id: u64,
+    /// The process whose operation was held first.
+    pub tgid: u32,
+    pub rule_id: u32,
+    /// `exec` or `file`: the rule's category.
+    pub category: u8,
+    pub info: crate::event::ApprovalInfo,
+}
+
+/// One held operation: the kernel's permission event (its descriptor is the answer's
+/// address, so it stays open until answered) and what the refusal record needs.
+#[derive(Debug)]
+pub struct Waiter {
+    event: FanotifyEvent,
+    tgid: u32,
+    access: Access,
+    session: SessionEntry,
+    refused: Refused,
+    path: String,
 }
 
 /// A deny rule bound to an object: which profile and owner it applies to.
@@ -270,6 +306,10 @@ pub struct Stats {
     /// Objects that could not be marked (their rules fall back to the kill backstop).
     pub mark_errors: AtomicU64,
     pub marked: AtomicU64,
+    /// Operations held for an answer (`on_violation: ask`), and refused at once because
+    /// too many requests were open.
+    pub held: AtomicU64,
+    pub ask_overflow: AtomicU64,
 }
 
 /// The fanotify group, its marks and the answering thread's table.
@@ -290,7 +330,9 @@ pub struct Refusal {
     fingerprint: u64,
     pub stats: Arc<Stats>,
     /// The pipeline's queue (to tell whether records wait in it).
-    records: tokio::sync::mpsc::Sender<Vec<u8>>,
+    records: tokio::sync::mpsc::Sender<Notice>,
+    /// Operations held for a person's answer.
+    pub escalation: Arc<Escalation>,
 }
 
 /// Filesystems whose files a permission event could wait on a network or a user-space
@@ -346,6 +388,8 @@ impl Refusal {
             ("fanotify_marked", &s.marked),
             ("fanotify_mark_errors", &s.mark_errors),
             ("fanotify_records_dropped", &s.records_dropped),
+            ("ask_held", &s.held),
+            ("ask_overflow", &s.ask_overflow),
         ]
         .into_iter()
         .map(|(name, v)| (name, v.load(Ordering::Relaxed)))
@@ -384,7 +428,7 @@ impl Refusal {
     /// on the kernel's session map, `records` the pipeline's queue.
     pub fn start(
         sessions: BpfHashMap<MapData, u32, SessionEntry>,
-        records: tokio::sync::mpsc::Sender<Vec<u8>>,
+        records: tokio::sync::mpsc::Sender<Notice>,
     ) -> Result<Self> {
         let group = Fanotify::init(
             InitFlags::FAN_CLASS_CONTENT
@@ -398,7 +442,20 @@ impl Refusal {
         let table = Arc::new(RwLock::new(Table::default()));
         let stats = Arc::new(Stats::default());
         let ignored = Arc::new(parking_lot::Mutex::new(Ignored::new()));
+        let escalation = Arc::new(Escalation {
+            book: parking_lot::Mutex::new(Book::default()),
+            wake: parking_lot::Condvar::new(),
+            group: group.clone(),
+            records: records.clone(),
+            stats: stats.clone(),
+        });
+        let timer = escalation.clone();
+        std::thread::Builder::new()
+            .name("aw-ask-timer".into())
+            .spawn(move || timer.run_timer())
+            .context("starting the approval timer")?;
         let worker = Worker {
+            escalation: escalation.clone(),
             ignored: ignored.clone(),
             digests: parking_lot::Mutex::new(HashMap::new()),
             group: group.clone(),
@@ -422,6 +479,7 @@ impl Refusal {
             fingerprint: Table::default().exec_fingerprint(),
             stats,
             records,
+            escalation,
         })
     }
 
@@ -630,12 +688,13 @@ pub fn digest_key(st: &rustix::fs::Stat) -> DigestKey {
 }
 
 struct Worker {
+    escalation: Arc<Escalation>,
     ignored: Arc<parking_lot::Mutex<Ignored>>,
     digests: parking_lot::Mutex<HashMap<DigestKey, Digest>>,
     group: Arc<Fanotify>,
     table: Arc<RwLock<Table>>,
     sessions: BpfHashMap<MapData, u32, SessionEntry>,
-    records: tokio::sync::mpsc::Sender<Vec<u8>>,
+    records: tokio::sync::mpsc::Sender<Notice>,
     stats: Arc<Stats>,
     me: u32,
 }
@@ -665,13 +724,13 @@ impl Worker {
                     continue;
                 }
             };
-            for ev in &events {
+            for ev in events {
                 self.answer(ev);
             }
         }
     }
 
-    fn answer(&self, ev: &FanotifyEvent) {
+    fn answer(&self, ev: FanotifyEvent) {
         // A queue overflow has no descriptor; permission events are never dropped by
         // the kernel (the process waits), so there is nothing to answer.
         let Some(fd) = ev.fd() else { return };
@@ -705,16 +764,31 @@ impl Worker {
             exec && refused.is_none() && table.exec_never_refused(id, &mut file, &|| path_of(fd));
         // The record is made while the process still waits for the answer: its `/proc`
         // entry (comm, parent, ids) is gone soon after a refusal or a kill.
-        let rec = refused.as_ref().map(|(s, r)| {
-            let access = if exec {
-                Access::Exec
-            } else if ev.mask().contains(MaskFlags::FAN_ACCESS_PERM) {
-                Access::Read
-            } else {
-                Access::Open
+        let access = if exec {
+            Access::Exec
+        } else if ev.mask().contains(MaskFlags::FAN_ACCESS_PERM) {
+            Access::Read
+        } else {
+            Access::Open
+        };
+        if let Some((s, r)) = &refused
+            && let Act::Ask(rule) = r.act
+        {
+            let waiter = Waiter {
+                tgid,
+                access,
+                session: *s,
+                refused: r.clone(),
+                path: path_of(fd).unwrap_or_default(),
+                event: ev,
             };
-            record(s, r, tgid, access, &path_of(fd).unwrap_or_default())
-        });
+            drop(table);
+            self.escalation.hold(waiter, id, rule);
+            return;
+        }
+        let rec = refused
+            .as_ref()
+            .map(|(s, r)| record(s, r, tgid, access, &path_of(fd).unwrap_or_default()));
         if let Some((_, r)) = &refused
             && r.act == Act::Kill
         {
@@ -734,7 +808,7 @@ impl Worker {
             if r.act != Act::Alert {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
             }
-            if self.records.try_send(rec).is_err() {
+            if self.records.try_send(Notice::Record(rec)).is_err() {
                 self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -750,13 +824,7 @@ impl Worker {
 
 impl Worker {
     fn respond(&self, fd: BorrowedFd<'_>, response: Response) {
-        if let Err(e) = self
-            .group
-            .write_response(FanotifyResponse::new(fd, response))
-        {
-            warn!(error = %e, "answering a fanotify permission event failed");
-        }
-        self.stats.answered.fetch_add(1, Ordering::Relaxed);
+        respond(&self.group, &self.stats, fd, response);
     }
 
     /// The content digest of an executed file, cached by identity and modification.
@@ -794,6 +862,183 @@ impl Worker {
             .is_ok()
         {
             ignored.insert(id, own);
+        }
+    }
+}
+
+fn respond(group: &Fanotify, stats: &Stats, fd: BorrowedFd<'_>, response: Response) {
+    if let Err(e) = group.write_response(FanotifyResponse::new(fd, response)) {
+        warn!(error = %e, "answering a fanotify permission event failed");
+    }
+    stats.answered.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Held operations and their answers: the [`Book`] with the means to answer the kernel
+/// (the group) and to record (the pipeline's queue). Three callers: the answering thread
+/// holds, the control socket answers (a person), the timer thread expires. None of them
+/// takes the daemon's core lock while holding the book's.
+pub struct Escalation {
+    book: parking_lot::Mutex<Book<Waiter>>,
+    /// Woken when a new request may have an earlier deadline.
+    wake: parking_lot::Condvar,
+    group: Arc<Fanotify>,
+    records: tokio::sync::mpsc::Sender<Notice>,
+    stats: Arc<Stats>,
+}
+
+impl Escalation {
+    /// Holds a waiter, or answers it at once (a standing grant, a full book).
+    fn hold(&self, w: Waiter, object: (u64, u64), rule: crate::policy::AskRule) {
+        let key = Key {
+            session_id: w.session.session_id,
+            rule_id: w.refused.binding.rule_id,
+            object,
+        };
+        let (tgid, access, path, profile_id) = (
+            w.tgid,
+            w.access.as_str(),
+            w.path.clone(),
+            w.session.profile_id,
+        );
+        let now = std::time::Instant::now();
+        let (held, back) = self.book.lock().hold(key, tgid, w, now, |id| Request {
+            id,
+            key,
+            profile_id,
+            tgid,
+            access,
+            path: path.clone(),
+            requested: std::time::SystemTime::now(),
+            since: now,
+            rule,
+        });
+        match (held, back) {
+            (Held::Granted, Some(w)) => {
+                if let Some(fd) = w.event.fd() {
+                    respond(&self.group, &self.stats, fd, Response::FAN_ALLOW);
+                }
+            }
+            (Held::Full, Some(w)) => {
+                self.stats.ask_overflow.fetch_add(1, Ordering::Relaxed);
+                warn!(path = %w.path, "too many operations held for approval; refused at once");
+                self.refuse(&w);
+            }
+            (Held::Waiting { id, new }, _) => {
+                self.stats.held.fetch_add(1, Ordering::Relaxed);
+                if new {
+                    tracing::info!(request = id, tgid, path = %path, access, "held for approval (agentwarden pending)");
+                    self.wake.notify_all();
+                }
+            }
+            (_, None) => {}
+        }
+    }
+
+    /// Records a held operation's refusal, then refuses it.
+    fn refuse(&self, w: &Waiter) {
+        let r = Refused {
+            binding: w.refused.binding,
+            act: Act::Block,
+        };
+        let rec = record(&w.session, &r, w.tgid, w.access, &w.path);
+        if self.records.try_send(Notice::Record(rec)).is_err() {
+            self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(fd) = w.event.fd() {
+            respond(&self.group, &self.stats, fd, Response::FAN_DENY);
+        }
+    }
+
+    /// Answers every operation of a settled request and sends its approval row.
+    fn settle(&self, s: Settled<Waiter>) {
+        let held = s.waiters.len() as u32;
+        let first = s.waiters.first().map(|w| (w.refused.binding, w.session));
+        for w in &s.waiters {
+            if s.allowed {
+                if let Some(fd) = w.event.fd() {
+                    respond(&self.group, &self.stats, fd, Response::FAN_ALLOW);
+                }
+            } else {
+                self.refuse(w);
+            }
+        }
+        let Some((binding, session)) = first else {
+            return;
+        };
+        let rfc3339 = |t: std::time::SystemTime| humantime::format_rfc3339_millis(t).to_string();
+        let info = crate::event::ApprovalInfo {
+            request: s.request.id,
+            access: s.request.access.to_owned(),
+            path: s.request.path.clone(),
+            outcome: s.outcome,
+            allowed: s.allowed,
+            by: s.by,
+            note: s.note,
+            scope: s.scope,
+            until: s.until.map(rfc3339),
+            requested: rfc3339(s.request.requested),
+            waited_ms: s.waited.as_millis() as u64,
+            held,
+        };
+        let notice = ApprovalNotice {
+            session_id: session.session_id,
+            tgid: s.request.tgid,
+            rule_id: binding.rule_id,
+            category: binding.category,
+            info,
+        };
+        if self
+            .records
+            .try_send(Notice::Approval(Box::new(notice)))
+            .is_err()
+        {
+            self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A person's answer to request `id`; the number of operations it answered.
+    pub fn answer(&self, id: u64, a: Answer) -> Result<u32> {
+        let s = self.book.lock().answer(id, a, std::time::Instant::now())?;
+        let n = s.waiters.len() as u32;
+        self.settle(s);
+        Ok(n)
+    }
+
+    /// Open requests, oldest first, with the operations waiting on each.
+    pub fn pending(&self) -> Vec<(Request, usize)> {
+        self.book.lock().list()
+    }
+
+    /// Forgets the grants of sessions and processes that ended.
+    pub fn forget(&self, live: impl Fn(u64) -> bool) {
+        let process = |tgid: u32| std::path::Path::new(&format!("/proc/{tgid}")).exists();
+        self.book
+            .lock()
+            .forget(live, process, std::time::Instant::now());
+    }
+
+    /// Settles requests as their deadlines pass.
+    fn run_timer(&self) {
+        loop {
+            let mut book = self.book.lock();
+            let due = book.expire(std::time::Instant::now());
+            if due.is_empty() {
+                let until = book.next_deadline().unwrap_or_else(|| {
+                    std::time::Instant::now() + std::time::Duration::from_secs(60)
+                });
+                self.wake.wait_until(&mut book, until);
+                continue;
+            }
+            drop(book);
+            for s in due {
+                tracing::info!(
+                    request = s.request.id,
+                    allowed = s.allowed,
+                    "approval request timed out"
+                );
+                self.settle(s);
+            }
         }
     }
 }
@@ -869,6 +1114,16 @@ pub enum Access {
     Exec,
 }
 
+impl Access {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Access::Open => "open",
+            Access::Read => "read",
+            Access::Exec => "exec",
+        }
+    }
+}
+
 /// The refusal as a kernel-format record: an exec when the program was being
 /// executed, else an open that failed with `EPERM` (`syscall: other`: which syscall or
 /// ring submission opened it is not known here; `read` for a read of a held descriptor).
@@ -877,7 +1132,8 @@ pub fn record(s: &SessionEntry, r: &Refused, tgid: u32, access: Access, path: &s
         rule_id: r.binding.rule_id,
         denied: 1,
         action: match r.act {
-            Act::Block => Action::Blocked,
+            // A held operation is recorded here only when it was refused.
+            Act::Block | Act::Ask(_) => Action::Blocked,
             Act::Kill => Action::Killed,
             Act::Alert => Action::Alerted,
         } as u8,
@@ -933,6 +1189,23 @@ pub fn fileless_act(c: &agent_common::policy::ProfileConfig) -> Option<Act> {
         FILELESS_KILL => Some(Act::Kill),
         _ => None,
     }
+}
+
+/// The acts of a compiled profile's config, `[exec, file]`, where the profile's `ask`
+/// (the kernel only records what an `ask` rule matches) does not hold instead.
+pub fn acts_of(
+    c: &agent_common::policy::ProfileConfig,
+    p: &crate::policy::Profile,
+) -> [Option<Act>; 2] {
+    let mut a = acts(c);
+    if p.file.mode == crate::policy::Mode::Enforce {
+        for (i, ask) in p.ask.iter().enumerate() {
+            if let Some(rule) = ask {
+                a[i] = Some(Act::Ask(*rule));
+            }
+        }
+    }
+    a
 }
 
 /// The acts of a compiled profile's config: `[exec, file]`.

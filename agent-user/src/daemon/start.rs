@@ -50,7 +50,7 @@ pub(super) fn load_kernel(
 /// (named `fanotify`): enrolment checks it like the programs it stands in for.
 pub(super) fn refusal_layer(
     kernel: &mut KernelMaps,
-    records: tokio::sync::mpsc::Sender<Vec<u8>>,
+    records: tokio::sync::mpsc::Sender<refusal::Notice>,
     wanted: bool,
 ) -> ProgramStatus {
     let began = std::time::Instant::now();

@@ -59,6 +59,12 @@ pub(super) async fn sweep(shared: Arc<Shared>) {
         tick.tick().await;
         let mut core = shared.core();
         core.reconcile();
+        if let Some(r) = &core.kernel.policy.refusal {
+            // Grants of approvals end with their session.
+            let reg = &core.attribution.registry;
+            r.escalation
+                .forget(|sid| reg.get(sid).is_some_and(|s| s.ended.is_none()));
+        }
         core.keep_pins();
         core.report_losses();
         core.flush_sinks();
@@ -78,16 +84,19 @@ pub(super) const REBIND_PERIOD: Duration = Duration::from_secs(10);
 
 /// Refusals of the fanotify layer, through the same pipeline as kernel records (the
 /// layer writes them in the kernel's format).
-pub(super) async fn refusals(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>) {
+pub(super) async fn refusals(
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::Receiver<refusal::Notice>,
+) {
     while let Some(first) = rx.recv().await {
         let mut core = shared.core();
         // The ring's records were sent before the refusal was decided (the exec that
         // started the refused process, its forks): they go first, so the refusal is
         // attributed to a known process with its lineage.
         while core.drain(DRAIN_BATCH) {}
-        core.handle_record(&first);
+        core.handle_notice(first);
         while let Ok(more) = rx.try_recv() {
-            core.handle_record(&more);
+            core.handle_notice(more);
         }
         core.flush_sinks();
     }

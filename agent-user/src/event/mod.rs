@@ -17,6 +17,7 @@ use agent_common::{
 use serde::{Deserialize, Serialize};
 
 pub mod agent;
+mod approval;
 mod connect;
 mod exec;
 mod exit;
@@ -27,6 +28,7 @@ mod raw;
 mod syscall;
 
 pub use agent::{Attribution, ContextRef, PromptInfo, ToolCallInfo, ToolResultInfo};
+pub use approval::{ApprovalInfo, Approver, Outcome as ApprovalOutcome, Scope as ApprovalScope};
 pub use connect::ConnectInfo;
 use connect::connect_info;
 use exec::exec_info;
@@ -150,6 +152,8 @@ pub enum Body {
     Prompt(PromptInfo),
     ToolCall(ToolCallInfo),
     ToolResult(ToolResultInfo),
+    /// A held operation was answered (`on_violation: ask`).
+    Approval(ApprovalInfo),
 }
 
 impl Body {
@@ -169,6 +173,7 @@ impl Body {
             Body::Prompt(_) => EventKind::Prompt,
             Body::ToolCall(_) => EventKind::ToolCall,
             Body::ToolResult(_) => EventKind::ToolResult,
+            Body::Approval(_) => EventKind::Approval,
         }
     }
 }
@@ -231,6 +236,8 @@ struct Wire<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tool_result: Option<Cow<'a, ToolResultInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    approval: Option<Cow<'a, ApprovalInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     decision: Option<Cow<'a, DecisionInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     context: Option<Cow<'a, ContextRef>>,
@@ -255,6 +262,7 @@ impl Serialize for Event {
             prompt: None,
             tool_call: None,
             tool_result: None,
+            approval: None,
             decision: self.decision.as_ref().map(Cow::Borrowed),
             context: self.context.as_ref().map(Cow::Borrowed),
         };
@@ -270,6 +278,7 @@ impl Serialize for Event {
             Body::Prompt(x) => w.prompt = Some(Cow::Borrowed(x)),
             Body::ToolCall(x) => w.tool_call = Some(Cow::Borrowed(x)),
             Body::ToolResult(x) => w.tool_result = Some(Cow::Borrowed(x)),
+            Body::Approval(x) => w.approval = Some(Cow::Borrowed(x)),
             Body::SessionStart | Body::SessionEnd => {}
         }
         w.serialize(s)
@@ -303,6 +312,7 @@ impl TryFrom<Wire<'static>> for Event {
             EventKind::Prompt => Body::Prompt(take(w.prompt, kind, "prompt")?),
             EventKind::ToolCall => Body::ToolCall(take(w.tool_call, kind, "tool_call")?),
             EventKind::ToolResult => Body::ToolResult(take(w.tool_result, kind, "tool_result")?),
+            EventKind::Approval => Body::Approval(take(w.approval, kind, "approval")?),
             EventKind::SessionStart => Body::SessionStart,
             EventKind::SessionEnd => Body::SessionEnd,
         };

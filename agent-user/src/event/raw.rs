@@ -160,7 +160,8 @@ fn read(bytes: &[u8]) -> Result<Raw, DecodeError> {
         | EventKind::Loss
         | EventKind::Prompt
         | EventKind::ToolCall
-        | EventKind::ToolResult => {
+        | EventKind::ToolResult
+        | EventKind::Approval => {
             return Err(DecodeError::UnknownKind(h.kind));
         }
     })

@@ -79,7 +79,8 @@ fn action(v: OnViolation) -> u8 {
     let wire = match v {
         OnViolation::Block => Wire::Block,
         OnViolation::Kill => Wire::Kill,
-        OnViolation::Alert => Wire::Alert,
+        // The kernel records what an `ask` rule matches; the refusal layer holds it.
+        OnViolation::Alert | OnViolation::Ask => Wire::Alert,
     };
     wire as u8
 }

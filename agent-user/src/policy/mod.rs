@@ -101,7 +101,25 @@ pub enum OnViolation {
     Kill,
     /// Record only.
     Alert,
+    /// Hold the operation until a person answers (`agentwarden approve|deny`), or until
+    /// `timeout`, when `on_timeout` decides. Files and programs that `deny` names.
+    Ask,
 }
+
+/// What an `ask` nobody answered in time comes to.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// How long an `ask` waits when the profile does not say.
+pub const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// The longest wait a profile may ask for: a process held in the kernel holds what it
+/// holds (locks, a terminal) for as long.
+pub const ASK_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -132,6 +150,14 @@ pub struct PathRules {
     /// (`on_violation`), `alert` records it. Decided by the refusal layer (fanotify).
     #[serde(default)]
     pub fileless: Fileless,
+    /// `ask`: how long a held exec waits for an answer (`30s`, `5m`; default 2m, at most
+    /// 1h).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+    /// `ask`: what an exec nobody answered in time comes to (default `deny`).
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -165,6 +191,14 @@ pub struct FileRules {
     pub on_violation: OnViolation,
     #[serde(default)]
     pub fallback: Option<Fallback>,
+    /// `ask`: how long a held open waits for an answer (`30s`, `5m`; default 2m, at most
+    /// 1h).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+    /// `ask`: what an open nobody answered in time comes to (default `deny`).
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
 }
 
 /// Outgoing TCP connects and UDP sends.
@@ -317,6 +351,15 @@ pub struct Profile {
     pub tools_allow: Vec<Located<tools::ToolPattern>>,
     pub tools_deny: Vec<Located<tools::ToolPattern>>,
     pub env_remove: Vec<Located<environment::EnvPattern>>,
+    /// `[exec, files]`: how a held operation waits, where the section says `ask`.
+    pub ask: [Option<AskRule>; 2],
+}
+
+/// An `ask` section's wait: how long, and what silence comes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AskRule {
+    pub timeout: std::time::Duration,
+    pub on_timeout: OnTimeout,
 }
 
 /// Parses and validates one profile; `source` names it in diagnostics.
@@ -388,6 +431,48 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
     let syscall_deny = c.syscalls(&file.syscalls);
     let tools_allow = c.tool_patterns("tools.allow", &file.tools.allow);
     let tools_deny = c.tool_patterns("tools.deny", &file.tools.deny);
+    let ask = [
+        c.ask(
+            "exec",
+            text,
+            (
+                file.exec.on_violation,
+                file.exec.default,
+                file.exec.fallback,
+                &file.exec.timeout,
+                file.exec.on_timeout,
+            ),
+            &exec_deny,
+        ),
+        c.ask(
+            "files",
+            text,
+            (
+                file.files.on_violation,
+                file.files.default,
+                file.files.fallback,
+                &file.files.timeout,
+                file.files.on_timeout,
+            ),
+            &files_deny,
+        ),
+    ];
+    for (section, v) in [
+        ("network", file.network.on_violation),
+        ("syscalls", file.syscalls.on_violation),
+    ] {
+        if v == OnViolation::Ask {
+            let field = format!("{section}.on_violation");
+            c.error(
+                text_line_in(text, section, "on_violation"),
+                1,
+                &field,
+                &format!("`ask` is not available for {section} rules"),
+                "`ask` holds the opens and execs of files and programs that `files.deny` and \
+                 `exec.deny` name; here use `block`, `kill` or `alert`",
+            );
+        }
+    }
     let mut env_errors = Vec::new();
     let env_remove = environment::check(&file.environment, text, &mut env_errors);
     for (line, column, field, message) in env_errors {
@@ -423,6 +508,7 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
         tools_allow,
         tools_deny,
         env_remove,
+        ask,
     };
     p.kernel_decides = [
         decide::kernel_decides(&p, decide::Access::Exec),
@@ -508,6 +594,111 @@ impl Checker<'_> {
             }
         }
         out
+    }
+
+    /// An `ask` section's settings checked, and its wait; `None` where it does not ask.
+    /// `ask` holds what the refusal layer can mark, so every `deny` entry must name a
+    /// file or a tree, and nothing under `default: deny` (the unlisted rest cannot be
+    /// marked) or `fallback` (`ask` has none: without the layer the profile is refused).
+    fn ask(
+        &mut self,
+        section: &str,
+        text: &str,
+        (v, default, fallback, timeout, on_timeout): (
+            OnViolation,
+            Default,
+            Option<Fallback>,
+            &Option<Spanned<String>>,
+            OnTimeout,
+        ),
+        deny: &[Located<Pattern>],
+    ) -> Option<AskRule> {
+        let at = |key: &str| text_line_in(text, section, key);
+        let parsed = timeout.as_ref().and_then(|t| {
+            let (line, column) = (t.referenced.line(), t.referenced.column());
+            let field = format!("{section}.timeout");
+            match humantime::parse_duration(t.value.trim()) {
+                Ok(d) if d.is_zero() || d > ASK_TIMEOUT_MAX => {
+                    self.error(
+                        line,
+                        column,
+                        &field,
+                        &format!("`{}` is outside 1s..1h", t.value),
+                        "a held process waits in the kernel for as long: `30s`, `5m`",
+                    );
+                    None
+                }
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.error(
+                        line,
+                        column,
+                        &field,
+                        &format!("`{}` is not a duration: {e}", t.value),
+                        "`30s`, `5m`, `1h`",
+                    );
+                    None
+                }
+            }
+        });
+        if v != OnViolation::Ask {
+            if let Some(t) = timeout {
+                self.error(
+                    t.referenced.line(),
+                    t.referenced.column(),
+                    &format!("{section}.timeout"),
+                    "`timeout` is the wait of `on_violation: ask`",
+                    "remove it, or set `on_violation: ask`",
+                );
+            }
+            if on_timeout != OnTimeout::Deny {
+                self.error(
+                    at("on_timeout"),
+                    1,
+                    &format!("{section}.on_timeout"),
+                    "`on_timeout` is the answer to an unanswered `on_violation: ask`",
+                    "remove it, or set `on_violation: ask`",
+                );
+            }
+            return None;
+        }
+        if default == Default::Deny {
+            self.error(
+                at("default"),
+                1,
+                &format!("{section}.default"),
+                "`ask` holds what `deny` names; under `default: deny` it would have to hold \
+                 everything the allow lists leave out",
+                "list what to hold in `deny` and keep `default: allow`",
+            );
+        }
+        if fallback.is_some() {
+            self.error(
+                at("fallback"),
+                1,
+                &format!("{section}.fallback"),
+                "`ask` has no fallback: where the refusal layer (fanotify) is missing, a \
+                 session under this profile is refused",
+                "remove `fallback`",
+            );
+        }
+        for (i, l) in deny.iter().enumerate() {
+            if l.value.kernel_form() == KernelForm::Basename
+                || l.value.kernel_form() == KernelForm::UserspaceOnly
+            {
+                self.error(
+                    l.line,
+                    l.column,
+                    &format!("{section}.deny[{i}]"),
+                    "`ask` holds only what a rule names: a file, or a `/dir/**` tree",
+                    "name the path (`~/.aws/credentials`) or the tree (`~/.aws/**`)",
+                );
+            }
+        }
+        Some(AskRule {
+            timeout: parsed.unwrap_or(ASK_TIMEOUT),
+            on_timeout,
+        })
     }
 
     fn tool_patterns(
@@ -613,6 +804,25 @@ impl Checker<'_> {
         }
         out
     }
+}
+
+/// 1-based line of `key:` in the block of `section:` (0 when absent).
+fn text_line_in(text: &str, section: &str, key: &str) -> u64 {
+    let mut inside = false;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim_start();
+        if l.len() == t.len() {
+            inside = t.starts_with(&format!("{section}:"));
+            if inside && t.contains(&format!(" {key}:")) {
+                return i as u64 + 1;
+            }
+            continue;
+        }
+        if inside && t.starts_with(&format!("{key}:")) {
+            return i as u64 + 1;
+        }
+    }
+    0
 }
 
 /// 1-based line of the first `key:` in the text (for errors on required scalars).

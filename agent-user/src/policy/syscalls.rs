@@ -531,11 +531,14 @@ pub struct Enforcement {
 /// The profile's section, as enforced (see [`Enforcement`]).
 pub fn enforcement(mode: Mode, r: &SyscallRules) -> Enforcement {
     match (mode, r.on_violation) {
-        (Mode::Monitor, _) | (Mode::Enforce, OnViolation::Alert) => Enforcement {
-            seccomp: false,
-            seccomp_kill: false,
-            entry: Some(OnViolation::Alert),
-        },
+        // `ask` is refused for syscalls when the profile is read; recorded if it came here.
+        (Mode::Monitor, _) | (Mode::Enforce, OnViolation::Alert | OnViolation::Ask) => {
+            Enforcement {
+                seccomp: false,
+                seccomp_kill: false,
+                entry: Some(OnViolation::Alert),
+            }
+        }
         (Mode::Enforce, OnViolation::Kill) => Enforcement {
             seccomp: true,
             seccomp_kill: true,

@@ -145,3 +145,63 @@ fn the_kernel_decides_alone_only_without_allow_lists_or_alert_only_rules() {
         [true, true]
     );
 }
+
+/// `ask` holds what the refusal layer can mark: files and trees `deny` names, with a
+/// wait of 1s..1h (default 2m) and `deny` when nobody answers unless `on_timeout` says.
+#[test]
+fn ask_holds_named_files_for_a_bounded_wait() {
+    let p = parse(
+        "t.yaml",
+        &format!(
+            "{HEAD}files:\n  deny: [/srv/a, \"/srv/tree/**\"]\n  on_violation: ask\n  timeout: 30s\n\
+             exec:\n  deny: [/usr/bin/nc]\n  on_violation: ask\n  on_timeout: allow\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        p.ask,
+        [
+            Some(AskRule {
+                timeout: ASK_TIMEOUT,
+                on_timeout: OnTimeout::Allow
+            }),
+            Some(AskRule {
+                timeout: std::time::Duration::from_secs(30),
+                on_timeout: OnTimeout::Deny
+            }),
+        ]
+    );
+    let e = errors(
+        "files:\n  default: deny\n  deny: [\"**/.env\"]\n  on_violation: ask\n  fallback: kill\n  timeout: 2h\n",
+    );
+    let fields: Vec<(&str, u64)> = e.iter().map(|d| (d.field.as_str(), d.line)).collect();
+    assert_eq!(
+        fields,
+        [
+            ("files.timeout", 12),
+            ("files.default", 8),
+            ("files.fallback", 11),
+            ("files.deny[0]", 9),
+        ],
+        "{e:?}"
+    );
+    assert!(
+        e[3].message.contains("names: a file, or a `/dir/**` tree"),
+        "{}",
+        e[3]
+    );
+    let e = errors("files:\n  deny: [/a]\n  timeout: 5m\n  on_timeout: allow\n");
+    let fields: Vec<&str> = e.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(fields, ["files.timeout", "files.on_timeout"], "{e:?}");
+    let e = errors("files:\n  deny: [/a]\n  on_violation: ask\n  timeout: soon\n");
+    assert!(e[0].message.contains("not a duration"), "{}", e[0]);
+    let e = errors(
+        "network:\n  default: deny\n  on_violation: ask\nsyscalls:\n  deny: [ptrace]\n  on_violation: ask\n",
+    );
+    let fields: Vec<(&str, u64)> = e.iter().map(|d| (d.field.as_str(), d.line)).collect();
+    assert_eq!(
+        fields,
+        [("network.on_violation", 9), ("syscalls.on_violation", 12)],
+        "{e:?}"
+    );
+}

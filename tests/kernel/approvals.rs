@@ -1,0 +1,411 @@
+//! Escalation: `on_violation: ask` holds a session's open or exec of a named file in the
+//! kernel (fanotify permission events) until a person answers with `agentwarden
+//! approve|deny` from outside every session, or the rule's timeout does. Judged on what
+//! the process got (the bytes, or `EPERM` before any byte), on how long it waited, and on
+//! the approval row (who, when, note, scope) and the action's own row in the audit trail.
+
+use std::process::Child;
+
+use crate::support::*;
+
+/// The fixture's profile `name`: reads of the canary and the secret tree, and execs of
+/// `bin/tool`, are asked about; unanswered, files after `file_timeout` are denied and
+/// execs after `exec_timeout` allowed.
+fn ask_profile(f: &PathFixture, name: &str, mode: &str, file_timeout: &str, exec_timeout: &str) {
+    let text = format!(
+        "name: {name}\ndescription: t\nowners: {{ business: fin-ops, technical: platform }}\n\
+         mode: {mode}\n\
+         exec:\n  deny: [{d}/bin/tool]\n  on_violation: ask\n  timeout: {exec_timeout}\n  on_timeout: allow\n\
+         files:\n  deny: [{d}/canary, {d}/secret/**]\n  on_violation: ask\n  timeout: {file_timeout}\n",
+        d = f.dir.display()
+    );
+    fs::write(f.rules.path().join(format!("{name}.yaml")), text).unwrap();
+}
+
+/// `sh -c SCRIPT` in a new `run` session, left running.
+fn spawn_session(d: &Daemon, profile: &str, name: &str, cwd: &Path, script: &str) -> Child {
+    d.cli()
+        .args(["run", "--profile", profile, "--session-name", name, "--"])
+        .args(["/bin/sh", "-c", script])
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The session's output once it ended (within the tests' patience).
+fn finish(mut c: Child) -> Output {
+    let start = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        if start.elapsed() > patience() {
+            let _ = c.kill();
+            panic!("the session never ended");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    c.wait_with_output().unwrap()
+}
+
+/// `agentwarden pending --json`.
+fn pending(d: &Daemon) -> Vec<serde_json::Value> {
+    d.json(&["pending", "--json"])
+}
+
+/// Waits for the pending request of the held operation on `path`.
+fn request_for(d: &Daemon, path: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some(r) = pending(d).into_iter().find(|r| r["path"] == path) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < patience(),
+            "no request for {path}: {:?}\n{}",
+            pending(d),
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `agentwarden approve|deny ARGS`.
+fn answer(d: &Daemon, args: &[&str]) -> Output {
+    d.cli().args(args).output_within()
+}
+
+/// The session's audit rows once its approval rows (`n`) and its end are in.
+fn audit_rows(d: &Daemon, session: &str, n: usize) -> Vec<serde_json::Value> {
+    let sid = d.session(session).id;
+    let start = Instant::now();
+    loop {
+        let rows = d.audit_session(&sid);
+        if rows.iter().filter(|r| r["kind"] == "approval").count() >= n {
+            return rows;
+        }
+        assert!(start.elapsed() < patience(), "{n} approval rows: {rows:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A read of an `ask` file waits (the process is held in `open`) until a person
+/// approves it from outside the session, then gets the bytes; the approval row names
+/// who (uid, user, process), the note and the scope, and the open's own row is
+/// `approved` by `fanotify`. Approved `once`, the next read asks again; denied, it fails
+/// with `EPERM` and no byte; an answer to a request already answered changes nothing; a
+/// process inside a session cannot answer at all.
+#[test]
+fn a_held_read_is_approved_or_denied_by_a_person_outside_the_session() {
+    let f = PathFixture::new();
+    ask_profile(&f, "asks", "enforce", "5m", "5m");
+    let Some(d) = f.daemon() else { return };
+    let canary = format!("{}/canary", f.dir.display());
+    let script = format!("cat {canary}; echo rc=$?; cat {canary}; echo rc=$?");
+    let session = spawn_session(&d, "asks", "held", &f.dir, &script);
+    let first = request_for(&d, &canary);
+    assert_eq!(
+        (
+            &first["agent"],
+            &first["session_name"],
+            &first["access"],
+            &first["business_owner"],
+            &first["technical_owner"],
+            &first["principal_uid"],
+            &first["comm"],
+            &first["waiting"],
+            &first["on_timeout"],
+        ),
+        (
+            &"asks".into(),
+            &"held".into(),
+            &"open".into(),
+            &"fin-ops".into(),
+            &"platform".into(),
+            &0.into(),
+            &"cat".into(),
+            &1.into(),
+            &"deny".into(),
+        ),
+        "{first}"
+    );
+    assert!(
+        first["rule"].as_str().unwrap().contains("files.deny"),
+        "{first}"
+    );
+    // Held: nothing moves while nobody answers.
+    thread::sleep(scaled(Duration::from_millis(500)));
+    let again = pending(&d);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert!(again[0]["waiting_ms"].as_u64().unwrap() >= 500, "{again:?}");
+    // From inside a session, no answer is taken.
+    let work = tempfile::tempdir().unwrap();
+    let inside = d.run_in(
+        "self-approve",
+        work.path(),
+        &[
+            bin(),
+            "--socket",
+            d.socket().to_str().unwrap(),
+            "approve",
+            &first["id"].to_string(),
+        ],
+    );
+    assert!(!inside.status.success(), "{inside:?}");
+    assert!(
+        String::from_utf8_lossy(&inside.stderr).contains("a session cannot administer"),
+        "{inside:?}"
+    );
+    assert_eq!(pending(&d).len(), 1, "the request still waits");
+    let id = first["id"].to_string();
+    let ok = answer(&d, &["approve", &id, "--note", "ticket 42"]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("1 waiting operation(s) answered"),
+        "{ok:?}"
+    );
+    // Approved once: the second read asks again, and is denied.
+    let second = request_for(&d, &canary);
+    assert_ne!(second["id"], first["id"]);
+    let late = answer(&d, &["approve", &id]);
+    assert!(!late.status.success(), "{late:?}");
+    assert!(
+        String::from_utf8_lossy(&late.stderr).contains("no pending request"),
+        "{late:?}"
+    );
+    let no = answer(
+        &d,
+        &["deny", &second["id"].to_string(), "--note", "not today"],
+    );
+    assert!(no.status.success(), "{no:?}");
+    let out = finish(session);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout, "CANARY-BYTES\nrc=0\nrc=1\n", "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{out:?}"
+    );
+    let rows = audit_rows(&d, "held", 2);
+    let approvals: Vec<&serde_json::Value> =
+        rows.iter().filter(|r| r["kind"] == "approval").collect();
+    let a = &approvals[0]["approval"];
+    assert_eq!(
+        (
+            &a["outcome"],
+            &a["by"]["uid"],
+            &a["by"]["user"],
+            &a["note"],
+            &a["scope"],
+            &a["path"],
+            &a["held"]
+        ),
+        (
+            &"approved".into(),
+            &0.into(),
+            &"root".into(),
+            &"ticket 42".into(),
+            &"once".into(),
+            &canary.clone().into(),
+            &1.into()
+        ),
+        "{rows:?}"
+    );
+    assert!(a["waited_ms"].as_u64().unwrap() >= 500, "{a}");
+    assert_eq!(
+        (
+            &approvals[0]["decision"]["action"],
+            &approvals[0]["decision"]["enforced_by"]
+        ),
+        (&"approved".into(), &"fanotify".into())
+    );
+    let b = &approvals[1]["approval"];
+    assert_eq!(
+        (
+            &b["outcome"],
+            &b["note"],
+            &approvals[1]["decision"]["action"]
+        ),
+        (&"denied".into(), &"not today".into(), &"blocked".into())
+    );
+    // The open itself: approved where it went ahead, blocked where it did not.
+    let opens: Vec<(&serde_json::Value, &serde_json::Value)> = rows
+        .iter()
+        .filter(|r| r["kind"] == "open" && r["open"]["path"] == canary.as_str())
+        .map(|r| (&r["decision"]["action"], &r["decision"]["enforced_by"]))
+        .collect();
+    assert!(
+        opens.contains(&(&"approved".into(), &"fanotify".into())),
+        "{opens:?}"
+    );
+    assert!(
+        opens.contains(&(&"blocked".into(), &"fanotify".into())),
+        "{opens:?}"
+    );
+    let timeline = d.audit(&["timeline", "--session", "held"]);
+    let text = String::from_utf8_lossy(&timeline.stdout);
+    assert!(
+        text.contains("approved by root (uid 0)") && text.contains("denied by root (uid 0)"),
+        "{text}"
+    );
+    let v = d.audit(&["verify"]);
+    assert!(v.status.success(), "{v:?}");
+}
+
+/// An exec of an `ask` program is held like an open: approved for the session, it runs,
+/// and its next exec runs without asking. Unanswered, a read is refused at the timeout
+/// (`on_timeout: deny`, after the timeout and not before) and an exec let through
+/// (`on_timeout: allow`); both are recorded as timed out, answered by nobody. In monitor
+/// mode nothing is held: the read is recorded `would_ask`.
+#[test]
+fn execs_are_held_grants_last_the_session_and_timeouts_answer_by_the_rule() {
+    let f = PathFixture::new();
+    ask_profile(&f, "asks", "enforce", "2s", "5m");
+    ask_profile(&f, "quick", "enforce", "2s", "2s");
+    ask_profile(&f, "watch", "monitor", "2s", "2s");
+    let Some(d) = f.daemon() else { return };
+    let tool = format!("{}/bin/tool", f.dir.display());
+    let key = format!("{}/secret/key", f.dir.display());
+    // `bin/tool` is `od`: it prints the bytes of what it is given.
+    let script = format!(
+        "{tool} -c {0}/ok.txt >/dev/null; echo first=$?; {tool} -c {0}/ok.txt >/dev/null; echo second=$?",
+        f.dir.display()
+    );
+    let session = spawn_session(&d, "asks", "exec", &f.dir, &script);
+    let r = request_for(&d, &tool);
+    assert_eq!(r["access"], "exec", "{r}");
+    let ok = answer(&d, &["approve", &r["id"].to_string(), "--session"]);
+    assert!(ok.status.success(), "{ok:?}");
+    let out = finish(session);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "first=0\nsecond=0\n",
+        "{out:?}"
+    );
+    let rows = audit_rows(&d, "exec", 1);
+    let execs = rows
+        .iter()
+        .filter(|r| r["kind"] == "exec" && r["exec"]["path"] == tool.as_str())
+        .filter(|r| r["decision"]["action"] == "approved")
+        .count();
+    assert_eq!(execs, 2, "both execs approved, one asked: {rows:?}");
+    assert_eq!(
+        rows.iter().filter(|r| r["kind"] == "approval").count(),
+        1,
+        "{rows:?}"
+    );
+
+    // Nobody answers.
+    let started = Instant::now();
+    let script = format!(
+        "cat {key}; echo read=$?; {tool} -c {}/ok.txt >/dev/null; echo exec=$?",
+        f.dir.display()
+    );
+    let out = finish(spawn_session(&d, "quick", "silence", &f.dir, &script));
+    let took = started.elapsed();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "read=1\nexec=0\n",
+        "{out:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(4),
+        "both waited their 2s: {took:?}"
+    );
+    let rows = audit_rows(&d, "silence", 2);
+    let outcomes: Vec<(&serde_json::Value, &serde_json::Value, bool)> = rows
+        .iter()
+        .filter(|r| r["kind"] == "approval")
+        .map(|r| {
+            (
+                &r["approval"]["outcome"],
+                &r["approval"]["allowed"],
+                r["approval"]["by"].is_null(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (&"timed_out".into(), &false.into(), true),
+            (&"timed_out".into(), &true.into(), true)
+        ],
+        "{rows:?}"
+    );
+
+    // Monitor mode: recorded, never held.
+    let started = Instant::now();
+    let out = finish(spawn_session(
+        &d,
+        "watch",
+        "watched",
+        &f.dir,
+        &format!("cat {key}"),
+    ));
+    assert!(started.elapsed() < Duration::from_secs(2) * 4, "not held");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "KEY-BYTES\n",
+        "{out:?}"
+    );
+    assert!(pending(&d).is_empty());
+    let sid = d.session("watched").id;
+    let rows = d.audit_session(&sid);
+    assert!(
+        rows.iter().any(|r| r["kind"] == "open"
+            && r["open"]["path"] == key.as_str()
+            && r["decision"]["action"] == "would_ask"),
+        "{rows:?}"
+    );
+}
+
+/// A dozen held operations at once (twelve sessions, twelve files) stall neither the
+/// daemon's control socket nor other sessions: a session outside them runs to its end,
+/// `status` answers, `pending` lists all twelve; denied, every one ends with `EPERM`.
+#[test]
+fn a_dozen_pending_requests_stall_nothing_else() {
+    let f = PathFixture::new();
+    ask_profile(&f, "asks", "enforce", "5m", "5m");
+    for i in 0..12 {
+        fs::write(f.dir.join(format!("secret/k{i}")), format!("K{i}\n")).unwrap();
+    }
+    let Some(d) = f.daemon() else { return };
+    let sessions: Vec<Child> = (0..12)
+        .map(|i| {
+            let script = format!("cat {}/secret/k{i}", f.dir.display());
+            spawn_session(&d, "asks", &format!("many-{i}"), &f.dir, &script)
+        })
+        .collect();
+    let start = Instant::now();
+    while pending(&d).len() < 12 {
+        assert!(start.elapsed() < patience(), "{:?}", pending(&d));
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Meanwhile: another session runs, the control socket answers.
+    let t = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let other = d.run_in(
+        "bystander",
+        work.path(),
+        &["/bin/sh", "-c", "cat /etc/hostname >/dev/null; echo done"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&other.stdout),
+        "done\n",
+        "{other:?}"
+    );
+    let _: StatusReport = d.json(&["status", "--json"]);
+    println!(
+        "a session and a status call beside 12 held operations: {:?}",
+        t.elapsed()
+    );
+    for r in pending(&d) {
+        let no = answer(&d, &["deny", &r["id"].to_string()]);
+        assert!(no.status.success(), "{no:?}");
+    }
+    for s in sessions {
+        let out = finish(s);
+        assert!(!out.status.success(), "{out:?}");
+        assert!(out.stdout.is_empty(), "no byte: {out:?}");
+    }
+    assert!(pending(&d).is_empty());
+}
