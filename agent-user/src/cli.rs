@@ -184,6 +184,14 @@ pub enum Cmd {
         /// actions (log records) to an OTLP/HTTP collector: `http://HOST:PORT`.
         #[arg(long, value_name = "URL")]
         otlp_endpoint: Option<crate::daemon::export::Endpoint>,
+        /// POST each operation held for approval (`on_violation: ask`) to this URL
+        /// (`http://HOST:PORT/PATH`), and take the answer it returns; signed both ways
+        /// with the secret in `--approval-webhook-secret-file`.
+        #[arg(long, value_name = "URL", requires = "approval_webhook_secret_file")]
+        approval_webhook: Option<String>,
+        /// The webhook's shared secret (at least 16 bytes; mode 600).
+        #[arg(long, value_name = "FILE", requires = "approval_webhook")]
+        approval_webhook_secret_file: Option<PathBuf>,
     },
     /// The command an agent's hook runs (wired by `run`, or `hooks install`): reads the
     /// hook's JSON on stdin, reports it to the daemon for the caller's own session, and
@@ -348,8 +356,15 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             hook_socket,
             prompts,
             otlp_endpoint,
+            approval_webhook,
+            approval_webhook_secret_file,
         } => {
+            let approval_webhook = match (approval_webhook, approval_webhook_secret_file) {
+                (Some(url), Some(secret)) => Some(crate::daemon::Webhook::new(&url, &secret)?),
+                _ => None,
+            };
             let cfg = DaemonConfig {
+                approval_webhook,
                 otlp: otlp_endpoint,
                 hook_socket: hook_socket.unwrap_or_else(|| socket.with_file_name("hook.sock")),
                 prompts,

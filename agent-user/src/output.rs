@@ -159,7 +159,10 @@ fn body(e: &Event) -> String {
         }
         Body::Approval(x) => {
             let who = match &x.by {
-                Some(b) => format!("by {} (uid {})", b.user.as_deref().unwrap_or("?"), b.uid),
+                Some(b) => match b.uid {
+                    Some(uid) => format!("by {} (uid {uid})", b.user.as_deref().unwrap_or("?")),
+                    None => format!("by {} ({})", b.user.as_deref().unwrap_or("?"), b.via),
+                },
                 None => "by its timeout".to_owned(),
             };
             let outcome = match x.outcome {

@@ -409,3 +409,150 @@ fn a_dozen_pending_requests_stall_nothing_else() {
     }
     assert!(pending(&d).is_empty());
 }
+
+/// A webhook service on loopback: checks each request's signature (400 if it does not
+/// match), writes it to `requests.jsonl`, and answers a read of the canary with an
+/// approval by `alice` signed with the shared secret, and anything else with one signed
+/// with another secret (a forgery).
+const WEBHOOK: &str = r#"
+import hashlib, hmac, http.server, json, sys
+secret, log = open(sys.argv[1], 'rb').read().strip(), sys.argv[2]
+def sign(key, body):
+    return 'sha256=' + hmac.new(key, body, hashlib.sha256).hexdigest()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers['Content-Length']))
+        if not hmac.compare_digest(sign(secret, body), self.headers.get('X-Agentwarden-Signature', '')):
+            self.send_response(400); self.end_headers(); return
+        req = json.loads(body)['request']
+        with open(log, 'a') as f: f.write(json.dumps(req) + '\n')
+        genuine = req['path'].endswith('/canary')
+        answer = json.dumps({'answer': 'approve', 'approver': 'alice', 'note': 'via chat'}).encode()
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(answer)))
+        self.send_header('X-Agentwarden-Signature', sign(secret if genuine else b'not-the-shared-secret', answer))
+        self.end_headers()
+        self.wfile.write(answer)
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+/// With `--approval-webhook`, each request is POSTed signed with the shared secret; the
+/// service's signed answer approves (recorded as `alice` via `webhook`, with its note),
+/// while an answer signed with another secret changes nothing (counted; the request
+/// waits for a person, who denies it).
+#[test]
+fn a_webhook_answers_with_its_signed_word_and_a_forged_answer_changes_nothing() {
+    use std::{io::BufRead as _, os::unix::fs::PermissionsExt as _};
+    let f = PathFixture::new();
+    ask_profile(&f, "asks", "enforce", "5m", "5m");
+    let keys = tempfile::tempdir().unwrap();
+    let secret = keys.path().join("secret");
+    fs::write(&secret, "shared-secret-of-this-test\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let log = keys.path().join("requests.jsonl");
+    let mut server = Command::new("python3")
+        .args(["-c", WEBHOOK])
+        .arg(&secret)
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut port = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let _server = Kill(server);
+    let url = format!("http://127.0.0.1:{}/approve", port.trim());
+    let Some(d) = f.daemon_with(&[
+        "--approval-webhook",
+        &url,
+        "--approval-webhook-secret-file",
+        secret.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    let canary = format!("{}/canary", f.dir.display());
+    let key = format!("{}/secret/key", f.dir.display());
+    let out = finish(spawn_session(
+        &d,
+        "asks",
+        "chat",
+        &f.dir,
+        &format!("cat {canary}; echo rc=$?"),
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "CANARY-BYTES\nrc=0\n",
+        "{out:?}\n{}",
+        d.log()
+    );
+    let rows = audit_rows(&d, "chat", 1);
+    let a = &rows.iter().find(|r| r["kind"] == "approval").unwrap()["approval"];
+    assert_eq!(
+        (&a["outcome"], &a["by"]["via"], &a["by"]["user"], &a["note"]),
+        (
+            &"approved".into(),
+            &"webhook".into(),
+            &"alice".into(),
+            &"via chat".into()
+        ),
+        "{a}"
+    );
+    let sent: Vec<serde_json::Value> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        (
+            &sent[0]["agent"],
+            &sent[0]["session_name"],
+            &sent[0]["path"]
+        ),
+        (&"asks".into(), &"chat".into(), &canary.clone().into()),
+        "{sent:?}"
+    );
+
+    // A forged answer.
+    let session = spawn_session(&d, "asks", "forged", &f.dir, &format!("cat {key}"));
+    let r = request_for(&d, &key);
+    let errors = || -> u64 {
+        let st: StatusReport = d.json(&["status", "--json"]);
+        st.kernel_counters
+            .iter()
+            .find(|c| c.name == "ask_webhook_errors")
+            .map_or(0, |c| c.total)
+    };
+    let start = Instant::now();
+    while errors() == 0 {
+        assert!(start.elapsed() < patience(), "no refused answer counted");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(pending(&d)[0]["id"], r["id"], "still waiting");
+    assert!(
+        d.log().contains("does not match the shared secret"),
+        "{}",
+        d.log()
+    );
+    let no = answer(&d, &["deny", &r["id"].to_string()]);
+    assert!(no.status.success(), "{no:?}");
+    let out = finish(session);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
+    let rows = audit_rows(&d, "forged", 1);
+    let a = &rows.iter().find(|r| r["kind"] == "approval").unwrap()["approval"];
+    assert_eq!(
+        (&a["outcome"], &a["by"]["via"]),
+        (&"denied".into(), &"control".into())
+    );
+}

@@ -307,9 +307,10 @@ mod tests {
 
     fn by() -> Approver {
         Approver {
-            uid: 0,
+            via: "control".into(),
+            uid: Some(0),
             user: Some("root".into()),
-            pid: 1,
+            pid: Some(1),
         }
     }
 

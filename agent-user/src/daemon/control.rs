@@ -352,7 +352,7 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
 }
 
 /// Open approval requests with who and what they are about.
-fn pending(core: &mut Core) -> Vec<crate::proto::PendingView> {
+pub(super) fn pending(core: &mut Core) -> Vec<crate::proto::PendingView> {
     let Some(r) = &core.kernel.policy.refusal else {
         return Vec::new();
     };
@@ -418,9 +418,10 @@ fn answer(
     peer_pid: u32,
 ) -> Result<Response> {
     let by = crate::event::Approver {
-        uid,
+        via: "control".to_owned(),
+        uid: Some(uid),
         user: core.attribution.users.name(uid),
-        pid: peer_pid,
+        pid: Some(peer_pid),
     };
     let r = core.kernel.policy.refusal.as_ref().ok_or_else(|| {
         anyhow!("no approval requests: the refusal layer (fanotify) is not running")

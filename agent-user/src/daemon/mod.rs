@@ -43,6 +43,7 @@ mod start;
 mod stdout;
 mod tasks;
 mod toolcalls;
+mod webhook;
 
 use control::serve;
 use eventlog::EventLog;
@@ -56,6 +57,7 @@ use tasks::{
     DRAIN_BATCH, read_ring, rebind_inodes, refresh_dns, refusals, reload_profiles,
     report_profile_diagnostics, sweep, watchdog,
 };
+pub use webhook::Webhook;
 
 use crate::{
     audit::{self, AuditConfig, AuditSink, SessionRecord},
@@ -114,6 +116,8 @@ pub struct DaemonConfig {
     pub prompts: crate::hooks::PromptText,
     /// Where sessions, tool calls and actions are exported (OTLP/HTTP).
     pub otlp: Option<export::Endpoint>,
+    /// Where held operations' requests are sent for an answer.
+    pub approval_webhook: Option<webhook::Webhook>,
 }
 
 /// Name of the event log in the state directory.
@@ -296,6 +300,22 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         core.sinks.otlp = Some(queue);
         task
     });
+    let approvals = cfg.approval_webhook.clone().and_then(|hook| {
+        let core = shared.core();
+        let Some(r) = &core.kernel.policy.refusal else {
+            warn!("--approval-webhook is unused: the refusal layer, which holds operations, is not running");
+            return None;
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        r.escalation.notify_to(tx);
+        info!(url = %hook.url, "approval requests go to the webhook");
+        Some(tokio::spawn(webhook::run(
+            shared.clone(),
+            hook,
+            r.escalation.stats.clone(),
+            rx,
+        )))
+    });
     let listener = bind_socket(&cfg.socket)?;
     startup.mark("socket");
     let signals = start::Signals::take()?;
@@ -318,7 +338,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         tokio::spawn(read_ring(shared.clone(), ring_fd)),
     )
     .await;
-    for t in tasks.iter().chain(&metrics).chain(&watchdog) {
+    for t in tasks
+        .iter()
+        .chain(&metrics)
+        .chain(&watchdog)
+        .chain(&approvals)
+    {
         t.abort();
     }
     let _ = fs::remove_file(&cfg.socket);

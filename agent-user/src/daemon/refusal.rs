@@ -310,6 +310,11 @@ pub struct Stats {
     /// too many requests were open.
     pub held: AtomicU64,
     pub ask_overflow: AtomicU64,
+    /// The approval webhook: requests sent, answers taken, failed exchanges and refused
+    /// answers (a bad signature, an unreadable body, a request no longer pending).
+    pub webhook_sent: AtomicU64,
+    pub webhook_answered: AtomicU64,
+    pub webhook_errors: AtomicU64,
 }
 
 /// The fanotify group, its marks and the answering thread's table.
@@ -390,6 +395,9 @@ impl Refusal {
             ("fanotify_records_dropped", &s.records_dropped),
             ("ask_held", &s.held),
             ("ask_overflow", &s.ask_overflow),
+            ("ask_webhook_sent", &s.webhook_sent),
+            ("ask_webhook_answered", &s.webhook_answered),
+            ("ask_webhook_errors", &s.webhook_errors),
         ]
         .into_iter()
         .map(|(name, v)| (name, v.load(Ordering::Relaxed)))
@@ -448,6 +456,7 @@ impl Refusal {
             group: group.clone(),
             records: records.clone(),
             stats: stats.clone(),
+            notify: parking_lot::Mutex::new(None),
         });
         let timer = escalation.clone();
         std::thread::Builder::new()
@@ -883,10 +892,17 @@ pub struct Escalation {
     wake: parking_lot::Condvar,
     group: Arc<Fanotify>,
     records: tokio::sync::mpsc::Sender<Notice>,
-    stats: Arc<Stats>,
+    pub stats: Arc<Stats>,
+    /// New requests' ids, for the approval webhook.
+    notify: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedSender<u64>>>,
 }
 
 impl Escalation {
+    /// Sends every new request's id to `tx` (the approval webhook's task).
+    pub fn notify_to(&self, tx: tokio::sync::mpsc::UnboundedSender<u64>) {
+        *self.notify.lock() = Some(tx);
+    }
+
     /// Holds a waiter, or answers it at once (a standing grant, a full book).
     fn hold(&self, w: Waiter, object: (u64, u64), rule: crate::policy::AskRule) {
         let key = Key {
@@ -928,6 +944,9 @@ impl Escalation {
                 if new {
                     tracing::info!(request = id, tgid, path = %path, access, "held for approval (agentwarden pending)");
                     self.wake.notify_all();
+                    if let Some(tx) = &*self.notify.lock() {
+                        let _ = tx.send(id);
+                    }
                 }
             }
             (_, None) => {}

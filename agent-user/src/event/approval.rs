@@ -26,14 +26,19 @@ pub enum Scope {
     Duration,
 }
 
-/// Who answered a request: the control socket's peer, as the kernel gave it.
+/// Who answered a request: the control socket's peer as the kernel gave it, or the
+/// approver the webhook named in an answer signed with the shared secret.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Approver {
-    pub uid: u32,
+    /// `control` (`agentwarden approve|deny`) or `webhook`.
+    pub via: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// The answering process (`agentwarden approve`).
-    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 /// A held operation's answer.
