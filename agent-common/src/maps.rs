@@ -12,6 +12,10 @@ pub const STATS: &str = "STATS";
 pub const PROFILES: &str = "PROFILES";
 pub const NET_ALLOW: &str = "NET_ALLOW";
 pub const NET_DENY: &str = "NET_DENY";
+/// `network.redirect` rules: destination → endpoint (`policy::NetRedirect`).
+pub const NET_REDIRECT: &str = "NET_REDIRECT";
+/// Socket cookie → where a redirected socket was addressed (`policy::OriginalDestination`).
+pub const ORIGINAL_DESTINATIONS: &str = "ORIGINAL_DESTINATIONS";
 pub const PATH_RULES: &str = "PATH_RULES";
 pub const INODE_RULES: &str = "INODE_RULES";
 /// The `(dev, ino)` the kernel saw for the daemon's own binding opens.
@@ -33,6 +37,8 @@ pub const DAEMON_MAPS: &[&str] = &[
     PROFILES,
     NET_ALLOW,
     NET_DENY,
+    NET_REDIRECT,
+    ORIGINAL_DESTINATIONS,
     PATH_RULES,
     INODE_RULES,
     BIND_RESULT,

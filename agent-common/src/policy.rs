@@ -104,6 +104,39 @@ impl NetRule {
     }
 }
 
+/// Value of `NET_REDIRECT`: which ports of the destination go where instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRedirect {
+    /// The rule and the ports it covers.
+    pub rule: NetRule,
+    /// The endpoint, as IPv6 (IPv4 as `::ffff:a.b.c.d`), network byte order.
+    pub to_addr: [u8; 16],
+    /// The endpoint's port, host byte order.
+    pub to_port: u16,
+    pub _pad: [u8; 6],
+}
+crate::assert_size!(NetRedirect, 8 + 4 * MAX_PORT_RANGES + 24);
+
+/// Value of `ORIGINAL_DESTINATIONS`, by socket cookie: where a redirected socket was
+/// addressed before the kernel sent it to the redirect endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginalDestination {
+    pub session_id: u64,
+    /// As IPv6 (IPv4 as `::ffff:a.b.c.d`), network byte order.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`, as the process used it.
+    pub family: u16,
+    pub rule_id: u32,
+}
+crate::assert_size!(OriginalDestination, 32);
+
+/// Redirected sockets remembered (LRU: the oldest go first).
+pub const ORIGINAL_DESTINATIONS_MAX: u32 = 16_384;
+
 pub const CATEGORY_EXEC: u8 = 0;
 pub const CATEGORY_FILE: u8 = 1;
 /// The whole path.
@@ -245,4 +278,8 @@ mod pod {
     unsafe impl aya::Pod for super::NetKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NetRule {}
+    // SAFETY: as above (the tail padding is an explicit field).
+    unsafe impl aya::Pod for super::NetRedirect {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OriginalDestination {}
 }

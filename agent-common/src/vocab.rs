@@ -115,6 +115,12 @@ vocabulary! {
         /// Monitor mode: an `ask` rule matched; the operation was neither held nor
         /// refused.
         WouldAsk = 5 => "would_ask",
+        /// It happened, changed into a safer one: a connection sent to the endpoint a
+        /// `network.redirect` rule names instead of where it was addressed.
+        Modified = 6 => "modified",
+        /// Monitor mode: a `network.redirect` rule matched; the connection went where it
+        /// was addressed.
+        WouldRedirect = 7 => "would_redirect",
     }
 }
 
@@ -124,7 +130,12 @@ impl Action {
     pub const fn refused(self) -> bool {
         match self {
             Action::Blocked | Action::Killed => true,
-            Action::Allowed | Action::Alerted | Action::Approved | Action::WouldAsk => false,
+            Action::Allowed
+            | Action::Alerted
+            | Action::Approved
+            | Action::WouldAsk
+            | Action::Modified
+            | Action::WouldRedirect => false,
         }
     }
 }

@@ -4,12 +4,15 @@
 
 use agent_common::{
     event::{EventKind, NET_OP_CONNECT, NET_OP_SENDMSG, NetDecisionEvent},
-    policy::{MAX_PROFILES, NET_RULES_MAX, NetKey, NetRule, ProfileConfig, RULE_DEFAULT},
+    policy::{
+        MAX_PROFILES, NET_RULES_MAX, NetKey, NetRedirect, NetRule, ORIGINAL_DESTINATIONS_MAX,
+        OriginalDestination, ProfileConfig, RULE_DEFAULT,
+    },
     vocab::{Action, Layer, Mode, OnViolation},
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie},
     macros::{cgroup_sock, cgroup_sock_addr, map},
     maps::{Array, LpmTrie, LruHashMap, lpm_trie::Key},
     programs::{SockAddrContext, SockContext},
@@ -31,6 +34,18 @@ pub static NET_DENY: LpmTrie<NetKey, NetRule> =
 #[map]
 pub static NET_ALLOW: LpmTrie<NetKey, NetRule> =
     LpmTrie::with_max_entries(NET_RULES_MAX, BPF_F_NO_PREALLOC);
+
+/// Destinations sent elsewhere (`network.redirect`), checked before deny and allow: the
+/// rule says where such connections go, whatever else would be said of them.
+#[map]
+pub static NET_REDIRECT: LpmTrie<NetKey, NetRedirect> =
+    LpmTrie::with_max_entries(NET_RULES_MAX, BPF_F_NO_PREALLOC);
+/// Socket cookie → where a redirected socket was addressed: the endpoint asks the daemon
+/// (`agentwarden original-destination`), which finds the cookie by the connection's
+/// addresses (sock_diag).
+#[map]
+pub static ORIGINAL_DESTINATIONS: LruHashMap<u64, OriginalDestination> =
+    LruHashMap::with_max_entries(ORIGINAL_DESTINATIONS_MAX, 0);
 
 /// Threads whose operation was refused under `on_violation: kill`: sock_addr programs
 /// cannot send signals, so the syscall's exit tracepoint does (see `net`), before the
@@ -116,6 +131,11 @@ fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
             addr,
         },
     );
+    if let Some(r) = NET_REDIRECT.get(&key)
+        && r.rule.has_port(port)
+    {
+        return redirect(ctx, r, &entry, cfg, v6, op, addr, port, protocol);
+    }
     let (denied, rule_id) = match NET_DENY.get(&key) {
         Some(r) if r.has_port(port) => (true, r.rule_id),
         _ => match NET_ALLOW.get(&key) {
@@ -154,6 +174,87 @@ fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
         });
     }
     if enforce { REJECT } else { ALLOW }
+}
+
+/// A destination a `network.redirect` rule names: in enforce mode the kernel's copy of the
+/// address is rewritten to the rule's endpoint before the connect (or send) happens, and
+/// the original is remembered by socket cookie; in monitor mode it is only recorded.
+#[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the decision's inputs, passed on from `decide`"
+)]
+fn redirect(
+    ctx: &SockAddrContext,
+    r: &NetRedirect,
+    entry: &agent_common::session::SessionEntry,
+    cfg: &ProfileConfig,
+    v6: bool,
+    op: u8,
+    addr: [u8; 16],
+    port: u16,
+    protocol: u16,
+) -> i32 {
+    let enforce = cfg.mode == Mode::Enforce as u8;
+    // An IPv4 socket can only be sent to an IPv4 endpoint; an IPv6 one to either (as
+    // `::ffff:a.b.c.d` for IPv4, which a dual-stack socket reaches).
+    let to_v4 =
+        r.to_addr[..10].iter().all(|b| *b == 0) && r.to_addr[10] == 0xff && r.to_addr[11] == 0xff;
+    let fits = v6 || to_v4;
+    let modified = enforce && fits;
+    if modified {
+        // SAFETY: the context of a sock_addr program; these fields are writable there.
+        let sa = unsafe { &mut *ctx.sock_addr };
+        if v6 {
+            let mut i = 0;
+            while i < 4 {
+                sa.user_ip6[i] = u32::from_ne_bytes([
+                    r.to_addr[i * 4],
+                    r.to_addr[i * 4 + 1],
+                    r.to_addr[i * 4 + 2],
+                    r.to_addr[i * 4 + 3],
+                ]);
+                i += 1;
+            }
+        } else {
+            sa.user_ip4 =
+                u32::from_ne_bytes([r.to_addr[12], r.to_addr[13], r.to_addr[14], r.to_addr[15]]);
+        }
+        sa.user_port = u32::from(r.to_port.to_be());
+        // SAFETY: the helper takes the sock_addr context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
+        let orig = OriginalDestination {
+            session_id: entry.session_id,
+            addr,
+            port,
+            family: if v6 { AF_INET6 } else { AF_INET },
+            rule_id: r.rule.rule_id,
+        };
+        let _ = ORIGINAL_DESTINATIONS.insert(cookie, orig, 0);
+    }
+    let action = if modified {
+        Action::Modified
+    } else if enforce {
+        // An IPv4 socket and an IPv6 endpoint: nothing can carry it there. Refused,
+        // never let through to where the rule said it must not go.
+        Action::Blocked
+    } else {
+        Action::WouldRedirect
+    };
+    send(&NetDecisionEvent {
+        header: header(EventKind::NetDecision, entry.session_id),
+        family: if v6 { AF_INET6 } else { AF_INET },
+        port,
+        protocol,
+        op,
+        denied: 1,
+        action: action as u8,
+        enforced_by: (if enforce { Layer::Cgroup } else { Layer::None }) as u8,
+        _pad: 0,
+        rule_id: r.rule.rule_id,
+        addr,
+    });
+    if enforce && !fits { REJECT } else { ALLOW }
 }
 
 /// Sockets whose traffic no destination rule can judge: raw sockets and ICMP "ping"

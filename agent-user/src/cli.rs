@@ -260,6 +260,18 @@ pub enum Cmd {
         #[arg(long)]
         note: Option<String>,
     },
+    /// For a redirect endpoint: where the connection coming from `--peer` was addressed
+    /// before a `network.redirect` rule sent it here (prints `IP:PORT`).
+    OriginalDestination {
+        /// The connection's far end as the endpoint sees it (the agent's local end).
+        #[arg(long)]
+        peer: std::net::SocketAddr,
+        /// The endpoint's own address of the connection.
+        #[arg(long)]
+        local: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Refuse a held operation (`EPERM` for every operation waiting on the request).
     Deny {
         id: u64,
@@ -490,6 +502,27 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 note,
             };
             answered(Client::call(socket, &req)?, "approved")
+        }
+        Cmd::OriginalDestination { peer, local, json } => {
+            match Client::call(socket, &Request::OriginalDestination { peer, local })? {
+                Response::OriginalDestination {
+                    address,
+                    session,
+                    rule,
+                } => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "address": address, "session": session, "rule": rule })
+                        );
+                    } else {
+                        println!("{address}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Response::Error { message } => bail!("{message}"),
+                _ => bail!("unexpected response"),
+            }
         }
         Cmd::Deny { id, note } => {
             answered(Client::call(socket, &Request::Deny { id, note })?, "denied")

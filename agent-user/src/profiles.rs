@@ -128,8 +128,10 @@ pub fn required_programs(p: &Profile) -> Vec<&'static [&'static str]> {
         }
     }
     let net = &f.network;
-    if net.on_violation != policy::OnViolation::Alert
-        && (net.default == policy::Default::Deny || !p.net_deny.is_empty())
+    // A redirect is carried out by the same programs, whatever `on_violation` says.
+    if (net.on_violation != policy::OnViolation::Alert
+        && (net.default == policy::Default::Deny || !p.net_deny.is_empty()))
+        || !p.net_redirect.is_empty()
     {
         out.extend([
             &["connect4"][..],

@@ -53,6 +53,14 @@ pub enum Request {
         #[serde(default)]
         note: Option<String>,
     },
+    /// Where the redirected connection that comes from `peer` (its local end) was
+    /// addressed, for the redirect endpoint; `local` (the endpoint's own address)
+    /// narrows the match.
+    OriginalDestination {
+        peer: std::net::SocketAddr,
+        #[serde(default)]
+        local: Option<std::net::SocketAddr>,
+    },
     /// Refuse the operations waiting on request `id` (`EPERM`).
     Deny {
         id: u64,
@@ -130,6 +138,11 @@ pub enum Response {
     },
     Pending {
         requests: Vec<PendingView>,
+    },
+    OriginalDestination {
+        address: std::net::SocketAddr,
+        session: String,
+        rule: String,
     },
     /// An approval or denial took effect on `held` waiting operations.
     Answered {

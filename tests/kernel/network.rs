@@ -645,3 +645,142 @@ fn the_system_name_servers_are_allowed_and_followed_when_the_configuration_chang
         thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// A client that connects to where its profile redirects, says hello, prints the
+/// endpoint's answer, then tries a port of the same host outside the redirect.
+const REDIRECTED_CLIENT: &str = r#"
+import socket, sys
+port, other = int(sys.argv[1]), int(sys.argv[2])
+try:
+    s = socket.create_connection(("127.0.0.2", port), timeout=10)
+    s.sendall(b"hello")
+    print("answer=" + s.recv(200).decode())
+    s.close()
+except OSError as e:
+    print("redirected=" + str(e.errno))
+try:
+    socket.create_connection(("127.0.0.2", other), timeout=5)
+    print("other=ok")
+except OSError as e:
+    print("other=" + str(e.errno))
+"#;
+
+/// `network.redirect` sends a session's connection meant for another destination to the
+/// rule's endpoint (here a listener of the test), however the agent addressed it: the
+/// kernel rewrote the address before the connect. The endpoint learns the original
+/// destination from the daemon (`original-destination --peer`), the decision is recorded
+/// `modified` with the rule, and a port outside the redirect meets the profile's deny.
+/// In monitor mode the connection goes where it was addressed (nothing listens there)
+/// and the record says `would_redirect`.
+#[test]
+fn redirect_sends_a_connection_to_its_endpoint_which_learns_the_original_destination() {
+    let endpoint = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = endpoint.local_addr().unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    for (name, mode) in [("redir", "enforce"), ("redir-watch", "monitor")] {
+        fs::write(
+            rules.path().join(format!("{name}.yaml")),
+            format!(
+                "name: {name}\ndescription: t\nowners: {{ business: b, technical: t }}\nmode: {mode}\n\
+                 network:\n  default: deny\n  allow: [{{ cidr: 127.0.0.1 }}]\n  \
+                 redirect:\n    - {{ cidr: 127.0.0.2, ports: \"9100-9199\", to: \"{to}\" }}\n"
+            ),
+        )
+        .unwrap();
+    }
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
+        return;
+    };
+    let (bin, sock) = (bin().to_owned(), d.socket());
+    let server = thread::spawn(move || {
+        use std::io::Write as _;
+        let (mut c, peer) = endpoint.accept().unwrap();
+        let mut hello = [0u8; 5];
+        c.read_exact(&mut hello).unwrap();
+        let out = Command::new(&bin)
+            .arg("--socket")
+            .arg(&sock)
+            .args([
+                "original-destination",
+                "--json",
+                "--peer",
+                &peer.to_string(),
+            ])
+            .args(["--local", &to.to_string()])
+            .output()
+            .unwrap();
+        let answer = if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            format!(
+                "{} {}",
+                v["address"].as_str().unwrap(),
+                v["rule"].as_str().unwrap()
+            )
+        } else {
+            format!("error {}", String::from_utf8_lossy(&out.stderr))
+        };
+        c.write_all(answer.as_bytes()).unwrap();
+        hello
+    });
+    let work = tempfile::tempdir().unwrap();
+    let out = d.run_profile(
+        "redir",
+        "redirected",
+        work.path(),
+        &["python3", "-c", REDIRECTED_CLIENT, "9123", "8123"],
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(&server.join().unwrap(), b"hello");
+    let first = said.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("answer=127.0.0.2:9123 ") && first.contains("network.redirect[0]"),
+        "{said}\n{out:?}"
+    );
+    assert!(
+        said.contains("other=1\n"),
+        "EPERM outside the redirect: {said}"
+    );
+    let sid = d.session("redirected").id;
+    let evs = d.wait_for(&sid, "the redirect and the refusal", |evs| {
+        with_action(evs, Action::Modified).next().is_some()
+            && with_action(evs, Action::Blocked).next().is_some()
+    });
+    let m = with_action(&evs, Action::Modified).next().unwrap();
+    let n = m.net().unwrap();
+    assert_eq!(
+        (n.address.as_str(), n.port),
+        ("127.0.0.2", 9123),
+        "{}",
+        dump(&evs)
+    );
+    let dec = m.decision.as_ref().unwrap();
+    assert_eq!(dec.enforced_by, Layer::Cgroup);
+    assert!(dec.rule.contains("network.redirect[0]"), "{dec:?}");
+    let rows = d.audit_session(&sid);
+    assert!(
+        rows.iter().any(|r| r["kind"] == "net_decision"
+            && r["decision"]["action"] == "modified"
+            && r["net"]["address"] == "127.0.0.2"),
+        "{rows:?}"
+    );
+
+    // Monitor mode: recorded, not redirected.
+    let out = d.run_profile(
+        "redir-watch",
+        "watched",
+        work.path(),
+        &["python3", "-c", REDIRECTED_CLIENT, "9123", "8123"],
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("redirected=111\n"), "ECONNREFUSED: {said}");
+    let sid = d.session("watched").id;
+    let evs = d.wait_for(&sid, "the would-be redirect", |evs| {
+        with_action(evs, Action::WouldRedirect).next().is_some()
+    });
+    assert!(
+        with_action(&evs, Action::Modified).next().is_none(),
+        "{}",
+        dump(&evs)
+    );
+}

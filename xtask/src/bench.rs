@@ -37,6 +37,9 @@ struct Sizes {
     build: bool,
     /// Tool calls (a PreToolUse and a PostToolUse report each) in the hook measurement.
     hook_calls: u64,
+    /// Reads held for approval (and approved at once by a webhook) in the approval
+    /// measurement.
+    approvals: u64,
 }
 
 const FULL: Sizes = Sizes {
@@ -52,6 +55,7 @@ const FULL: Sizes = Sizes {
     latency_iters: 300,
     build: true,
     hook_calls: 300,
+    approvals: 200,
 };
 
 const QUICK: Sizes = Sizes {
@@ -67,6 +71,7 @@ const QUICK: Sizes = Sizes {
     latency_iters: 20,
     build: false,
     hook_calls: 30,
+    approvals: 20,
 };
 
 /// What each scenario is held to (from the issue), as a ratio limit per condition.
@@ -231,6 +236,7 @@ pub fn run(quick: bool) -> Result<()> {
     let latency = latency(&env, sizes)?;
     let hook = hook_cost(&env, sizes)?;
     drop(daemon);
+    let approval = approval_cost(&env, sizes)?;
     let off_latency = connect_latency(&env, sizes, false)?;
 
     let results: Vec<Value> = scenarios
@@ -251,6 +257,7 @@ pub fn run(quick: bool) -> Result<()> {
         "latency": latency,
         "connect_off": off_latency,
         "hook": hook,
+        "approval": approval,
         "refusal_layer": refusal,
     });
     let out = workspace_root().join("target/bench");
@@ -335,6 +342,11 @@ fn start_daemon(env: &Env) -> Result<Daemon> {
 
 /// The daemon, with the refusal layer left out when `no_refusal`.
 fn start_daemon_with(env: &Env, no_refusal: bool) -> Result<Daemon> {
+    start_daemon_args(env, if no_refusal { &["--no-refusal"] } else { &[] })
+}
+
+/// The daemon with more options.
+fn start_daemon_args(env: &Env, extra: &[&str]) -> Result<Daemon> {
     let _ = fs::remove_file(&env.socket);
     // A bench that died leaves no state for this daemon to adopt.
     let _ = fs::remove_dir_all(BENCH_PINS);
@@ -342,7 +354,7 @@ fn start_daemon_with(env: &Env, no_refusal: bool) -> Result<Daemon> {
         .arg("--socket")
         .arg(&env.socket)
         .arg("daemon")
-        .args(no_refusal.then_some("--no-refusal"))
+        .args(extra)
         .arg("--state-dir")
         .arg(env.dir.join("state"))
         .arg("--rules-dir")
@@ -548,6 +560,108 @@ fn hook_cost(env: &Env, sizes: &Sizes) -> Result<Value> {
         "added_per_call_ns": with - trivial,
         "ratio": with / trivial,
     }))
+}
+
+/// An auto-approving webhook: answers every request `approve`, signed with the secret
+/// in `argv[1]`; prints its port.
+const APPROVER: &str = r#"
+import hashlib, hmac, http.server, json, sys
+secret = open(sys.argv[1], 'rb').read().strip()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def do_POST(self):
+        self.rfile.read(int(self.headers['Content-Length']))
+        answer = b'{"answer":"approve","approver":"bench"}'
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(answer)))
+        self.send_header('X-Agentwarden-Signature', 'sha256=' + hmac.new(secret, answer, hashlib.sha256).hexdigest())
+        self.end_headers()
+        self.wfile.write(answer)
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+/// What holding an operation for approval costs beside the person: a session's shell
+/// reads a file an `ask` rule names `n` times (each `cat` a new process, so each read is
+/// held: an approval's `once` reaches only the process that asked), approved at once by
+/// a webhook on loopback; side by side with the same loop on a file no rule names. The
+/// difference is the machine's part of a held-then-approved action: the fanotify round
+/// trip, the request, the signed HTTP exchange, the answer.
+fn approval_cost(env: &Env, sizes: &Sizes) -> Result<Value> {
+    use std::{io::BufRead as _, os::unix::fs::PermissionsExt as _};
+    let held = env.dir.join("held.txt");
+    fs::write(&held, "held\n")?;
+    fs::write(
+        env.rules.join("ask.yaml"),
+        format!(
+            "name: ask\ndescription: approval benchmark\n\
+             owners: {{ business: bench, technical: bench }}\nmode: enforce\n\
+             files:\n  deny: [{}]\n  on_violation: ask\n  timeout: 30s\n",
+            held.display()
+        ),
+    )?;
+    let secret = env.dir.join("approval.secret");
+    fs::write(&secret, "bench-approval-secret\n")?;
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600))?;
+    let mut server = Command::new("python3")
+        .args(["-c", APPROVER])
+        .arg(&secret)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the approving webhook (python3)")?;
+    let mut port = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("piped")).read_line(&mut port)?;
+    let url = format!("http://127.0.0.1:{}/", port.trim());
+    let result = (|| {
+        let _daemon = start_daemon_args(
+            env,
+            &[
+                "--approval-webhook",
+                &url,
+                "--approval-webhook-secret-file",
+                &secret.display().to_string(),
+            ],
+        )?;
+        let time = |file: &Path| -> Result<f64> {
+            let script = format!(
+                "i=0; while [ $i -lt {n} ]; do cat {f} >/dev/null || exit 1; i=$((i+1)); done",
+                n = sizes.approvals,
+                f = file.display()
+            );
+            let start = Instant::now();
+            let out = Command::new(&env.agentwarden)
+                .current_dir(&env.cwd)
+                .arg("--socket")
+                .arg(&env.socket)
+                .args(["run", "--profile", "ask", "--", "/bin/sh", "-c", &script])
+                .stdout(Stdio::null())
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "approval loop failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(start.elapsed().as_nanos() as f64 / sizes.approvals as f64)
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            a.push(time(&held)?);
+            b.push(time(&env.file)?);
+        }
+        let (with, plain) = (median(&a), median(&b));
+        Ok(json!({
+            "reads": sizes.approvals,
+            "held_per_read_ns": with,
+            "plain_per_read_ns": plain,
+            "added_per_read_ns": with - plain,
+        }))
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
 }
 
 /// One block of one scenario: nanoseconds per operation.
@@ -1003,7 +1117,11 @@ fn markdown(r: &Value) -> String {
          without agentwarden (`ECONNREFUSED`): p50 {}, p99 {} (target: block adds ≤ 1 µs).\n\n\
          Agent hooks: a tool call's two hook runs (`agentwarden hook claude-code`, PreToolUse and \
          PostToolUse, answered by the daemon) take {} per call, against {} with `/bin/true` as \
-         the hook ({:.2}×; {} added per call, over {} calls).\n",
+         the hook ({:.2}×; {} added per call, over {} calls).\n\n\
+         Held for approval: a read an `ask` rule holds, approved at once by a webhook on \
+         loopback (signed request and answer), takes {} per `cat` against {} for a file no \
+         rule names: {} added per held-then-approved read, excluding the person's time \
+         (over {} reads).\n",
         r["max_zero_drop_events_per_s"].as_f64().unwrap_or(0.0),
         f["idle_millicores"].as_f64().unwrap_or(0.0),
         f["idle_rss_mib"].as_f64().unwrap_or(0.0),
@@ -1032,6 +1150,10 @@ fn markdown(r: &Value) -> String {
         r["hook"]["ratio"].as_f64().unwrap_or(0.0),
         p(&r["hook"], "added_per_call_ns"),
         r["hook"]["calls"],
+        p(&r["approval"], "held_per_read_ns"),
+        p(&r["approval"], "plain_per_read_ns"),
+        p(&r["approval"], "added_per_read_ns"),
+        r["approval"]["reads"],
     ));
     s
 }

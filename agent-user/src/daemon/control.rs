@@ -185,6 +185,24 @@ pub(super) fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -
             })
         }
         Request::Events { .. } => unreachable!("streamed by handle_client"),
+        Request::OriginalDestination { peer, local } => {
+            let cookie = redirect::cookie_of(peer, local)?.ok_or_else(|| {
+                anyhow!("no TCP connection from {peer} in this network namespace")
+            })?;
+            let o = core
+                .kernel
+                .policy
+                .original_destinations
+                .get(&cookie, 0)
+                .map_err(|_| {
+                    anyhow!("the connection from {peer} was not redirected by agentwarden")
+                })?;
+            Ok(Response::OriginalDestination {
+                address: std::net::SocketAddr::new(redirect::address_of(&o), o.port),
+                session: format_id(o.session_id),
+                rule: core.rules.describe(o.rule_id, "network"),
+            })
+        }
         Request::Pending => Ok(Response::Pending {
             requests: pending(&mut core),
         }),

@@ -153,7 +153,9 @@ pub fn untracked_child(outcome: Option<Option<Outcome>>) -> DecisionInfo {
             | Action::Blocked
             | Action::Alerted
             | Action::Approved
-            | Action::WouldAsk => Layer::None,
+            | Action::WouldAsk
+            | Action::Modified
+            | Action::WouldRedirect => Layer::None,
         },
     }
 }

@@ -37,6 +37,7 @@ mod metrics;
 mod overflow;
 mod pipeline;
 mod policy_maps;
+mod redirect;
 mod refusal;
 mod sinks;
 mod start;

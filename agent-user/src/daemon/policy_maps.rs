@@ -48,6 +48,10 @@ pub(super) struct PolicyMaps {
     profiles: Array<MapData, ProfileConfig>,
     net_allow: LpmTrie<MapData, NetKey, NetRule>,
     net_deny: LpmTrie<MapData, NetKey, NetRule>,
+    net_redirect: LpmTrie<MapData, NetKey, agent_common::policy::NetRedirect>,
+    /// Where redirected sockets were addressed, by socket cookie.
+    pub(super) original_destinations:
+        BpfHashMap<MapData, u64, agent_common::policy::OriginalDestination>,
     path_rules: BpfHashMap<MapData, PathRuleKey, PathRuleValue>,
     inode_rules: BpfHashMap<MapData, InodeRuleKey, PathRuleValue>,
     /// The kernel's `(ino, dev)` of the daemon's own last open, per thread.
@@ -90,6 +94,8 @@ impl PolicyMaps {
             profiles: Array::try_from(take(maps::PROFILES)?)?,
             net_allow: LpmTrie::try_from(take(maps::NET_ALLOW)?)?,
             net_deny: LpmTrie::try_from(take(maps::NET_DENY)?)?,
+            net_redirect: LpmTrie::try_from(take(maps::NET_REDIRECT)?)?,
+            original_destinations: BpfHashMap::try_from(take(maps::ORIGINAL_DESTINATIONS)?)?,
             path_rules: BpfHashMap::try_from(take(maps::PATH_RULES)?)?,
             inode_rules: BpfHashMap::try_from(take(maps::INODE_RULES)?)?,
             bind_result: BpfHashMap::try_from(take(maps::BIND_RESULT)?)?,
@@ -481,6 +487,7 @@ impl Core {
         m.acts.clear();
         m.fileless.clear();
         let (mut deny, mut allow, mut paths) = (Vec::new(), Vec::new(), HashSet::new());
+        let mut redirect = Vec::new();
         let mut bound = Vec::new();
         let mut name_rules = Vec::new();
         let mut syscalls = HashSet::new();
@@ -504,6 +511,10 @@ impl Core {
             for (bits, key, rule) in c.net_allow {
                 m.net_allow.insert(&Key::new(bits, key), rule, 0)?;
                 allow.push((bits, key));
+            }
+            for (bits, key, r) in c.net_redirect {
+                m.net_redirect.insert(&Key::new(bits, key), r, 0)?;
+                redirect.push((bits, key));
             }
             for (key, value) in c.path_rules {
                 m.path_rules.insert(key, value, 0)?;
@@ -530,6 +541,15 @@ impl Core {
             for k in stale {
                 let _ = trie.remove(&k);
             }
+        }
+        let stale: Vec<_> = m
+            .net_redirect
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !redirect.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            let _ = m.net_redirect.remove(&k);
         }
         let stale: Vec<_> = m
             .path_rules

@@ -6,9 +6,10 @@ use std::net::IpAddr;
 
 use agent_common::policy::{
     CATEGORY_EXEC, CATEGORY_FILE, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey,
-    MAX_PORT_RANGES, NetKey, NetRule, PathRuleKey, PathRuleValue, PortRange as KPortRange,
-    ProfileConfig, RULE_DEFAULT, SYSCALL_COND_ALWAYS, SYSCALL_COND_ANY_BIT,
-    SYSCALL_COND_PROTECTED_PID, SYSCALL_ENTRY_NONE, SyscallKey, SyscallRule, fnv,
+    MAX_PORT_RANGES, NetKey, NetRedirect, NetRule, PathRuleKey, PathRuleValue,
+    PortRange as KPortRange, ProfileConfig, RULE_DEFAULT, SYSCALL_COND_ALWAYS,
+    SYSCALL_COND_ANY_BIT, SYSCALL_COND_PROTECTED_PID, SYSCALL_ENTRY_NONE, SyscallKey, SyscallRule,
+    fnv,
 };
 use anyhow::{Result, bail};
 
@@ -49,6 +50,8 @@ impl RuleTable {
 
 /// One trie entry: prefix length in bits, key, value.
 pub type NetEntry = (u32, NetKey, NetRule);
+/// One `NET_REDIRECT` entry.
+pub type RedirectEntry = (u32, NetKey, NetRedirect);
 
 /// A profile's kernel form.
 #[derive(Clone, Debug)]
@@ -56,6 +59,7 @@ pub struct CompiledProfile {
     pub config: ProfileConfig,
     pub net_deny: Vec<NetEntry>,
     pub net_allow: Vec<NetEntry>,
+    pub net_redirect: Vec<RedirectEntry>,
     /// Exec and file deny rules the kernel matches by path hash.
     pub path_rules: Vec<(PathRuleKey, PathRuleValue)>,
     /// Exact and directory deny rules as absolute paths, to be bound to the inodes of
@@ -137,6 +141,7 @@ pub fn compile(
         config,
         net_deny: Vec::new(),
         net_allow: Vec::new(),
+        net_redirect: Vec::new(),
         path_rules: Vec::new(),
         bound_paths: Vec::new(),
         name_rules: Vec::new(),
@@ -166,7 +171,85 @@ pub fn compile(
     };
     c.net_deny = entries(p, id, "network.deny", &p.net_deny, &mut ctx)?;
     c.net_allow = entries(p, id, "network.allow", &p.net_allow, &mut ctx)?;
+    c.net_redirect = redirect_entries(p, id, &mut ctx)?;
     Ok(c)
+}
+
+/// `network.redirect` entries as `NET_REDIRECT` holds them: each destination (a host's
+/// every address) with its own ports and endpoint. Two entries for the same network
+/// would overwrite each other in the trie: refused.
+fn redirect_entries(p: &Profile, id: u32, ctx: &mut Ctx<'_>) -> Result<Vec<RedirectEntry>> {
+    let mut out: Vec<RedirectEntry> = Vec::new();
+    for (i, l) in p.net_redirect.iter().enumerate() {
+        let (d, to) = &l.value;
+        let rule_id = ctx.rules.add(p, &format!("network.redirect[{i}]"), l.line);
+        let ports: Vec<KPortRange> = d
+            .ports
+            .iter()
+            .map(|r| KPortRange { lo: r.lo, hi: r.hi })
+            .collect();
+        if ports.len() > MAX_PORT_RANGES {
+            bail!(
+                "{}: network.redirect[{i}] has {} port ranges; the kernel holds {MAX_PORT_RANGES}",
+                p.source,
+                ports.len()
+            );
+        }
+        let cidrs: Vec<Cidr> = match &d.target {
+            Target::Cidr(c) => vec![*c],
+            Target::Nameservers => Vec::new(),
+            Target::Host(h) => {
+                let found = (ctx.resolve)(h);
+                if found.is_empty() {
+                    ctx.unresolved.push(h.clone());
+                }
+                found
+                    .into_iter()
+                    .map(|addr| Cidr {
+                        addr,
+                        prefix: if addr.is_ipv4() { 32 } else { 128 },
+                    })
+                    .collect()
+            }
+        };
+        let to_addr = match to.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        for c in cidrs {
+            let (addr, bits) = v6_form(&c);
+            let key = NetKey {
+                profile_id: id.to_be_bytes(),
+                addr,
+            };
+            if out
+                .iter()
+                .any(|(b, k, _)| *b == NetKey::prefix_len(bits) && *k == key)
+            {
+                bail!(
+                    "{}: network.redirect[{i}] names a network another redirect entry names",
+                    p.source
+                );
+            }
+            let mut rule = NetRule {
+                rule_id,
+                nranges: ports.len() as u32,
+                ..NetRule::default()
+            };
+            rule.ranges[..ports.len()].copy_from_slice(&ports);
+            out.push((
+                NetKey::prefix_len(bits),
+                key,
+                NetRedirect {
+                    rule,
+                    to_addr,
+                    to_port: to.port(),
+                    _pad: [0; 6],
+                },
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The profile's syscall rules, then the daemon's self-protection for the calls the
@@ -688,7 +771,9 @@ pub fn host_names(p: &Profile) -> Vec<String> {
     p.net_allow
         .iter()
         .chain(&p.net_deny)
-        .filter_map(|d| match &d.value.target {
+        .map(|d| &d.value)
+        .chain(p.net_redirect.iter().map(|r| &r.value.0))
+        .filter_map(|d| match &d.target {
             Target::Host(h) => Some(h.clone()),
             Target::Cidr(_) | Target::Nameservers => None,
         })

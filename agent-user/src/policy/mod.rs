@@ -213,10 +213,30 @@ pub struct NetworkRules {
     #[serde(default)]
     #[schemars(with = "Vec<Destination>")]
     pub deny: Vec<Spanned<Destination>>,
+    /// Destinations sent to another endpoint instead (an egress proxy, a DLP gateway, a
+    /// recording proxy): the kernel rewrites the address before the connect or send,
+    /// whatever the agent's proxy settings; checked before `deny` and `allow`.
+    #[serde(default)]
+    #[schemars(with = "Vec<Redirect>")]
+    pub redirect: Vec<Spanned<Redirect>>,
     #[serde(default)]
     pub on_violation: OnViolation,
     #[serde(default)]
     pub fallback: Option<Fallback>,
+}
+
+/// A `network.redirect` entry: one of `cidr` or `host`, optional ports, and `to`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default)]
+    pub cidr: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub ports: Option<Ports>,
+    /// Where such connections go instead: `IP:PORT` (`127.0.0.1:3128`, `[::1]:8080`).
+    pub to: String,
 }
 
 /// Exactly one of `cidr`, `host` or `nameservers`, and optional ports (default: all;
@@ -339,6 +359,8 @@ pub struct Profile {
     pub files_deny: Vec<Located<Pattern>>,
     pub net_allow: Vec<Located<CompiledDestination>>,
     pub net_deny: Vec<Located<CompiledDestination>>,
+    /// `network.redirect`: destinations and the endpoint each goes to instead.
+    pub net_redirect: Vec<Located<(CompiledDestination, std::net::SocketAddr)>>,
     /// Non-fatal findings (e.g. rules that can only alert).
     pub warnings: Vec<Diagnostic>,
     /// For exec and files: whether the kernel's decision is the whole decision
@@ -428,6 +450,7 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
     let files_deny = c.patterns("files.deny", &file.files.deny);
     let net_allow = c.destinations("network.allow", &file.network.allow);
     let net_deny = c.destinations("network.deny", &file.network.deny);
+    let net_redirect = c.redirects(&file.network.redirect);
     let syscall_deny = c.syscalls(&file.syscalls);
     let tools_allow = c.tool_patterns("tools.allow", &file.tools.allow);
     let tools_deny = c.tool_patterns("tools.deny", &file.tools.deny);
@@ -501,6 +524,7 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
         files_deny,
         net_allow,
         net_deny,
+        net_redirect,
         warnings: c.warnings,
         kernel_decides: [false; 2],
         fileless_line: text_line(text, "exec.fileless"),
@@ -747,6 +771,50 @@ impl Checker<'_> {
         denied
     }
 
+    /// `network.redirect` entries: a destination (no `nameservers`) and where it goes.
+    fn redirects(
+        &mut self,
+        list: &[Spanned<Redirect>],
+    ) -> Vec<Located<(CompiledDestination, std::net::SocketAddr)>> {
+        let mut out = Vec::new();
+        for (i, r) in list.iter().enumerate() {
+            let (line, column) = (r.referenced.line(), r.referenced.column());
+            let f = format!("network.redirect[{i}]");
+            let v = &r.value;
+            let dest = Destination {
+                cidr: v.cidr.clone(),
+                host: v.host.clone(),
+                nameservers: None,
+                ports: v.ports.clone(),
+            };
+            let to = match v.to.parse::<std::net::SocketAddr>() {
+                Ok(a) if a.port() != 0 => Some(a),
+                _ => {
+                    self.error(
+                        line,
+                        column,
+                        &format!("{f}.to"),
+                        &format!("`{}` is not IP:PORT", v.to),
+                        "`to: 127.0.0.1:3128` or `to: \"[::1]:8080\"`: an address, not a name \
+                         (the kernel rewrites to it)",
+                    );
+                    None
+                }
+            };
+            if let (Some(d), Some(to)) = (self.destination(&f, &dest, line, column), to) {
+                if d.target == Target::Nameservers {
+                    continue;
+                }
+                out.push(Located {
+                    value: (d, to),
+                    line,
+                    column,
+                });
+            }
+        }
+        out
+    }
+
     fn destinations(
         &mut self,
         field: &str,
@@ -756,53 +824,64 @@ impl Checker<'_> {
         for (i, d) in list.iter().enumerate() {
             let (line, column) = (d.referenced.line(), d.referenced.column());
             let f = format!("{field}[{i}]");
-            let v = &d.value;
-            let target = match (&v.cidr, &v.host, v.nameservers) {
-                (Some(c), None, None) => Cidr::parse(c).map(Target::Cidr),
-                (None, Some(h), None) => {
-                    check_host(h).map(|()| Target::Host(h.to_ascii_lowercase()))
-                }
-                (None, None, Some(Nameservers::System)) => Ok(Target::Nameservers),
-                _ => Err("needs exactly one of `cidr`, `host` or `nameservers`".to_owned()),
-            };
-            let ports = match &d.value.ports {
-                // DNS: UDP and TCP to port 53.
-                None if target == Ok(Target::Nameservers) => Ok(vec![PortRange { lo: 53, hi: 53 }]),
-                None => Ok(vec![PortRange::ALL]),
-                Some(Ports::One(p)) => PortRange::parse(&p.to_string()).map(|r| vec![r]),
-                Some(Ports::Range(s)) => PortRange::parse(s).map(|r| vec![r]),
-                Some(Ports::List(items)) => items
-                    .iter()
-                    .map(|it| match it {
-                        PortItem::One(p) => PortRange::parse(&p.to_string()),
-                        PortItem::Range(s) => PortRange::parse(s),
-                    })
-                    .collect(),
-            };
-            match (target, ports) {
-                (Ok(target), Ok(ports)) => out.push(Located {
-                    value: CompiledDestination { target, ports },
+            if let Some(value) = self.destination(&f, &d.value, line, column) {
+                out.push(Located {
+                    value,
                     line,
                     column,
-                }),
-                (Err(e), _) => self.error(
-                    line,
-                    column,
-                    &f,
-                    &e,
-                    "e.g. `{ cidr: 10.0.0.0/8 }`, `{ host: api.example.com, ports: \"443\" }` \
-                     or `{ nameservers: system }`",
-                ),
-                (_, Err(e)) => self.error(
-                    line,
-                    column,
-                    &format!("{f}.ports"),
-                    &e,
-                    "ports: \"443\", \"8000-8100\" or a list of those",
-                ),
+                });
             }
         }
         out
+    }
+
+    /// One destination checked (errors named `f`).
+    fn destination(
+        &mut self,
+        f: &str,
+        v: &Destination,
+        line: u64,
+        column: u64,
+    ) -> Option<CompiledDestination> {
+        let target = match (&v.cidr, &v.host, v.nameservers) {
+            (Some(c), None, None) => Cidr::parse(c).map(Target::Cidr),
+            (None, Some(h), None) => check_host(h).map(|()| Target::Host(h.to_ascii_lowercase())),
+            (None, None, Some(Nameservers::System)) => Ok(Target::Nameservers),
+            _ => Err("needs exactly one of `cidr`, `host` or `nameservers`".to_owned()),
+        };
+        let ports = match &v.ports {
+            // DNS: UDP and TCP to port 53.
+            None if target == Ok(Target::Nameservers) => Ok(vec![PortRange { lo: 53, hi: 53 }]),
+            None => Ok(vec![PortRange::ALL]),
+            Some(Ports::One(p)) => PortRange::parse(&p.to_string()).map(|r| vec![r]),
+            Some(Ports::Range(s)) => PortRange::parse(s).map(|r| vec![r]),
+            Some(Ports::List(items)) => items
+                .iter()
+                .map(|it| match it {
+                    PortItem::One(p) => PortRange::parse(&p.to_string()),
+                    PortItem::Range(s) => PortRange::parse(s),
+                })
+                .collect(),
+        };
+        match (target, ports) {
+            (Ok(target), Ok(ports)) => return Some(CompiledDestination { target, ports }),
+            (Err(e), _) => self.error(
+                line,
+                column,
+                f,
+                &e,
+                "e.g. `{ cidr: 10.0.0.0/8 }`, `{ host: api.example.com, ports: \"443\" }` \
+                     or `{ nameservers: system }`",
+            ),
+            (_, Err(e)) => self.error(
+                line,
+                column,
+                &format!("{f}.ports"),
+                &e,
+                "ports: \"443\", \"8000-8100\" or a list of those",
+            ),
+        }
+        None
     }
 }
 

@@ -205,3 +205,26 @@ fn ask_holds_named_files_for_a_bounded_wait() {
         "{e:?}"
     );
 }
+
+/// `network.redirect` names a destination and an endpoint by address and port.
+#[test]
+fn redirects_name_a_destination_and_an_address_to_send_it_to() {
+    let p = parse(
+        "t.yaml",
+        &format!(
+            "{HEAD}network:\n  redirect:\n    - {{ host: api.example.com, ports: \"443\", to: \"127.0.0.1:8443\" }}\n    - {{ cidr: \"::/0\", to: \"[::1]:3128\" }}\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(p.net_redirect.len(), 2);
+    assert_eq!(p.net_redirect[1].value.1, "[::1]:3128".parse().unwrap());
+    let e = errors(
+        "network:\n  redirect:\n    - { cidr: 10.0.0.0/8, to: proxy.local:3128 }\n    - { cidr: 10.0.0.0/8, to: \"127.0.0.1:0\" }\n",
+    );
+    let fields: Vec<&str> = e.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["network.redirect[0].to", "network.redirect[1].to"],
+        "{e:?}"
+    );
+}
