@@ -39,7 +39,11 @@ pub struct ProfileConfig {
     /// How an exec of a file with no name (memfd, `O_TMPFILE`, deleted) is met:
     /// `FILELESS_*`, already resolved against the mode and `on_violation`.
     pub fileless: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// The daemon's holding endpoint (`127.0.0.1:hold_port`), where a connect that a
+    /// `network.on_violation: ask` profile denies waits for an answer; 0: none (such a
+    /// connect is refused).
+    pub hold_port: u16,
     /// The rule id of `exec.fileless`.
     pub fileless_rule: u32,
 }
@@ -131,8 +135,13 @@ pub struct OriginalDestination {
     /// `AF_INET` or `AF_INET6`, as the process used it.
     pub family: u16,
     pub rule_id: u32,
+    /// The process that connected.
+    pub tgid: u32,
+    /// 1 when the socket was sent to the daemon's holding endpoint (`ask`), 0 for a
+    /// `network.redirect` endpoint.
+    pub held: u32,
 }
-crate::assert_size!(OriginalDestination, 32);
+crate::assert_size!(OriginalDestination, 40);
 
 /// Redirected sockets remembered (LRU: the oldest go first).
 pub const ORIGINAL_DESTINATIONS_MAX: u32 = 16_384;

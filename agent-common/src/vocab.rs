@@ -121,6 +121,10 @@ vocabulary! {
         /// Monitor mode: a `network.redirect` rule matched; the connection went where it
         /// was addressed.
         WouldRedirect = 7 => "would_redirect",
+        /// A connection held for a person's answer: sent to the daemon's holding
+        /// endpoint, where it waits (nothing reaches the destination before an
+        /// approval); the `approval` row says how it ended.
+        Held = 8 => "held",
     }
 }
 
@@ -135,7 +139,8 @@ impl Action {
             | Action::Approved
             | Action::WouldAsk
             | Action::Modified
-            | Action::WouldRedirect => false,
+            | Action::WouldRedirect
+            | Action::Held => false,
         }
     }
 }
@@ -189,6 +194,9 @@ vocabulary! {
         Kill = 1 => "kill",
         /// Record only.
         Alert = 2 => "alert",
+        /// Hold it for a person's answer (network: the connection waits at the
+        /// daemon's holding endpoint).
+        Ask = 3 => "ask",
     }
 }
 

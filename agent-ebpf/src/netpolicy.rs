@@ -143,13 +143,30 @@ fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
             _ => (cfg.net_default_deny != 0, RULE_DEFAULT),
         },
     };
+    let ask = cfg.net_action == OnViolation::Ask as u8;
     let enforce =
         denied && cfg.mode == Mode::Enforce as u8 && cfg.net_action != OnViolation::Alert as u8;
+    // `ask`: a connect waits at the daemon's holding endpoint for an answer. A datagram
+    // cannot wait, nor can anything when no endpoint is set: those are refused.
+    if enforce && ask && op == NET_OP_CONNECT && cfg.hold_port != 0 {
+        return hold(
+            ctx,
+            &entry,
+            cfg.hold_port,
+            v6,
+            addr,
+            port,
+            protocol,
+            rule_id,
+            pid_tgid,
+        );
+    }
     let kill = enforce && cfg.net_action == OnViolation::Kill as u8;
     let action = match (denied, enforce) {
         (false, _) => Action::Allowed,
         (true, true) if kill => Action::Killed,
         (true, true) => Action::Blocked,
+        (true, false) if ask => Action::WouldAsk,
         (true, false) => Action::Alerted,
     };
     if kill {
@@ -229,6 +246,8 @@ fn redirect(
             port,
             family: if v6 { AF_INET6 } else { AF_INET },
             rule_id: r.rule.rule_id,
+            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            held: 0,
         };
         let _ = ORIGINAL_DESTINATIONS.insert(cookie, orig, 0);
     }
@@ -255,6 +274,68 @@ fn redirect(
         addr,
     });
     if enforce && !fits { REJECT } else { ALLOW }
+}
+
+/// A connect an `ask` profile denies: sent to the daemon's holding endpoint on loopback
+/// (IPv6 sockets as `::ffff:127.0.0.1`), where the daemon keeps it until a person
+/// answers, then connects to the original destination and relays, or resets it. The
+/// original is remembered by socket cookie, as for a redirect.
+#[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the decision's inputs, passed on from `decide`"
+)]
+fn hold(
+    ctx: &SockAddrContext,
+    entry: &agent_common::session::SessionEntry,
+    hold_port: u16,
+    v6: bool,
+    addr: [u8; 16],
+    port: u16,
+    protocol: u16,
+    rule_id: u32,
+    pid_tgid: u64,
+) -> i32 {
+    // SAFETY: the context of a sock_addr program; these fields are writable there.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let loopback = [127u8, 0, 0, 1];
+    if v6 {
+        sa.user_ip6 = [
+            0,
+            0,
+            u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+            u32::from_ne_bytes(loopback),
+        ];
+    } else {
+        sa.user_ip4 = u32::from_ne_bytes(loopback);
+    }
+    sa.user_port = u32::from(hold_port.to_be());
+    // SAFETY: the helper takes the sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
+    let orig = OriginalDestination {
+        session_id: entry.session_id,
+        addr,
+        port,
+        family: if v6 { AF_INET6 } else { AF_INET },
+        rule_id,
+        tgid: (pid_tgid >> 32) as u32,
+        held: 1,
+    };
+    let _ = ORIGINAL_DESTINATIONS.insert(cookie, orig, 0);
+    send(&NetDecisionEvent {
+        header: header(EventKind::NetDecision, entry.session_id),
+        family: if v6 { AF_INET6 } else { AF_INET },
+        port,
+        protocol,
+        op: NET_OP_CONNECT,
+        denied: 1,
+        action: Action::Held as u8,
+        enforced_by: Layer::Cgroup as u8,
+        _pad: 0,
+        rule_id,
+        addr,
+    });
+    ALLOW
 }
 
 /// Sockets whose traffic no destination rule can judge: raw sockets and ICMP "ping"

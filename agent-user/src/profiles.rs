@@ -128,6 +128,10 @@ pub fn required_programs(p: &Profile) -> Vec<&'static [&'static str]> {
         }
     }
     let net = &f.network;
+    // A held connection is answered through the refusal layer's book of requests.
+    if net.on_violation == policy::OnViolation::Ask {
+        out.push(&[REFUSAL]);
+    }
     // A redirect is carried out by the same programs, whatever `on_violation` says.
     if (net.on_violation != policy::OnViolation::Alert
         && (net.default == policy::Default::Deny || !p.net_deny.is_empty()))

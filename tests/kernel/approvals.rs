@@ -4,7 +4,7 @@
 //! the process got (the bytes, or `EPERM` before any byte), on how long it waited, and on
 //! the approval row (who, when, note, scope) and the action's own row in the audit trail.
 
-use std::process::Child;
+use std::{net::TcpListener, process::Child};
 
 use crate::support::*;
 
@@ -555,4 +555,123 @@ fn a_webhook_answers_with_its_signed_word_and_a_forged_answer_changes_nothing() 
         (&a["outcome"], &a["by"]["via"]),
         (&"denied".into(), &"control".into())
     );
+}
+
+/// Connects to `127.0.0.2:PORT`, sends `ping`, prints what comes back (or the error).
+const HELD_CLIENT: &str = r#"
+import socket, sys
+try:
+    s = socket.create_connection(("127.0.0.2", int(sys.argv[1])), timeout=120)
+    s.sendall(b"ping")
+    print("got=" + s.recv(100).decode())
+except OSError as e:
+    print("error=" + str(e.errno))
+"#;
+
+/// `network.on_violation: ask`: a connect the profile denies is sent to the daemon's
+/// holding endpoint and waits there; the destination sees nothing (no connection, no
+/// byte) until a person approves, then gets the connection and the bytes the agent had
+/// sent, and its answer reaches the agent. A denied one ends with a reset and never
+/// reaches the destination. Recorded `held` by the cgroup layer, then the approval rows.
+#[test]
+fn a_held_connection_reaches_its_destination_only_after_approval() {
+    use std::io::{Read as _, Write as _};
+    let dest = TcpListener::bind("127.0.0.2:0").unwrap();
+    dest.set_nonblocking(true).unwrap();
+    let port = dest.local_addr().unwrap().port().to_string();
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("netask.yaml"),
+        "name: netask\ndescription: t\nowners: { business: b, technical: t }\nmode: enforce\n\
+         network:\n  default: deny\n  on_violation: ask\n  timeout: 5m\n",
+    )
+    .unwrap();
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let target = format!("127.0.0.2:{port}");
+    let nothing_arrived = |dest: &TcpListener| matches!(dest.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    let session = spawn_session(
+        &d,
+        "netask",
+        "conn",
+        work.path(),
+        &format!("python3 -c '{HELD_CLIENT}' {port}"),
+    );
+    let r = request_for(&d, &target);
+    assert_eq!(
+        (&r["access"], &r["agent"]),
+        (&"connect".into(), &"netask".into()),
+        "{r}"
+    );
+    thread::sleep(scaled(Duration::from_millis(300)));
+    assert!(
+        nothing_arrived(&dest),
+        "the destination was reached before an approval"
+    );
+    let ok = answer(
+        &d,
+        &["approve", &r["id"].to_string(), "--note", "vendor API"],
+    );
+    assert!(ok.status.success(), "{ok:?}");
+    let start = Instant::now();
+    let mut conn = loop {
+        match dest.accept() {
+            Ok((c, _)) => break c,
+            Err(_) => {
+                assert!(
+                    start.elapsed() < patience(),
+                    "the approved connection never came"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    conn.set_nonblocking(false).unwrap();
+    let mut ping = [0u8; 4];
+    conn.read_exact(&mut ping).unwrap();
+    assert_eq!(&ping, b"ping");
+    conn.write_all(b"pong").unwrap();
+    let out = finish(session);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "got=pong\n",
+        "{out:?}"
+    );
+
+    let session = spawn_session(
+        &d,
+        "netask",
+        "refused-conn",
+        work.path(),
+        &format!("python3 -c '{HELD_CLIENT}' {port}"),
+    );
+    let r = request_for(&d, &target);
+    let no = answer(&d, &["deny", &r["id"].to_string()]);
+    assert!(no.status.success(), "{no:?}");
+    let out = finish(session);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said == "error=104\n" || said == "got=\n", "a reset: {said}");
+    thread::sleep(scaled(Duration::from_millis(200)));
+    assert!(
+        nothing_arrived(&dest),
+        "a denied connection reached the destination"
+    );
+    for (session, outcome) in [("conn", "approved"), ("refused-conn", "denied")] {
+        let rows = audit_rows(&d, session, 1);
+        assert!(
+            rows.iter().any(|r| r["kind"] == "net_decision"
+                && r["decision"]["action"] == "held"
+                && r["decision"]["enforced_by"] == "cgroup"),
+            "{rows:?}"
+        );
+        let a = &rows.iter().find(|r| r["kind"] == "approval").unwrap()["approval"];
+        assert_eq!(
+            (&a["outcome"], &a["access"], &a["path"]),
+            (&outcome.into(), &"connect".into(), &target.clone().into()),
+            "{a}"
+        );
+    }
 }

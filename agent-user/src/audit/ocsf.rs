@@ -22,16 +22,18 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
     let (disposition_id, disposition) = match action {
         Some(Action::Blocked | Action::Killed) => (2, "Blocked"),
         Some(Action::Alerted | Action::WouldAsk | Action::WouldRedirect) => (19, "Alert"),
-        Some(Action::Allowed | Action::Approved) => (1, "Allowed"),
-        // OCSF's "Redirected" disposition.
-        Some(Action::Modified) => (12, "Redirected"),
+        Some(Action::Allowed) => (1, "Allowed"),
+        Some(Action::Approved) => (8, "Approved"),
+        // Let through, changed: sent to another endpoint.
+        Some(Action::Modified) => (7, "Custom Action"),
+        Some(Action::Held) => (14, "Delayed"),
         None => (0, "Unknown"),
     };
     let severity_id = match action {
         Some(Action::Killed) => 4,
         Some(Action::Blocked | Action::Alerted | Action::WouldAsk | Action::WouldRedirect) => 3,
         // Outside the profile, let through by a person: worth a look, not an alarm.
-        Some(Action::Approved | Action::Modified) => 2,
+        Some(Action::Approved | Action::Modified | Action::Held) => 2,
         Some(Action::Allowed) | None => 1,
     };
     let failed = e.open().is_some_and(|o| o.result < 0)

@@ -31,9 +31,12 @@ pub struct Request {
     pub profile_id: u32,
     /// The process whose operation was held first.
     pub tgid: u32,
-    /// `open`, `read` or `exec`.
+    /// `open`, `read`, `exec` or `connect`.
     pub access: &'static str,
+    /// The object: a path, or `IP:PORT`.
     pub path: String,
+    /// The rule's category: `exec`, `files` or `network`.
+    pub category: &'static str,
     pub requested: SystemTime,
     pub since: Instant,
     pub rule: AskRule,
@@ -296,6 +299,7 @@ mod tests {
             tgid: 100,
             access: "open",
             path: "/x".into(),
+            category: "files",
             requested: SystemTime::now(),
             since: now,
             rule: AskRule {

@@ -382,7 +382,6 @@ pub(super) fn pending(core: &mut Core) -> Vec<crate::proto::PendingView> {
             let sid = q.key.session_id;
             let s = core.attribution.registry.get(sid);
             let profile = s.and_then(|s| core.profiles.get(&s.profile));
-            let category = if q.access == "exec" { "exec" } else { "files" };
             crate::proto::PendingView {
                 id: q.id,
                 session: format_id(sid),
@@ -403,7 +402,7 @@ pub(super) fn pending(core: &mut Core) -> Vec<crate::proto::PendingView> {
                     .map(|st| st.comm),
                 access: q.access.to_owned(),
                 path: q.path.clone(),
-                rule: core.rules.describe(q.key.rule_id, category),
+                rule: core.rules.describe(q.key.rule_id, q.category),
                 context: core.attribution.calls.context_of(sid, q.tgid),
                 since: humantime::format_rfc3339_millis(q.requested).to_string(),
                 waiting_ms: now.saturating_duration_since(q.since).as_millis() as u64,

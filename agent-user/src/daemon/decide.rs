@@ -155,7 +155,8 @@ pub fn untracked_child(outcome: Option<Option<Outcome>>) -> DecisionInfo {
             | Action::Approved
             | Action::WouldAsk
             | Action::Modified
-            | Action::WouldRedirect => Layer::None,
+            | Action::WouldRedirect
+            | Action::Held => Layer::None,
         },
     }
 }

@@ -32,6 +32,7 @@ mod decide;
 mod enrolment;
 mod eventlog;
 pub mod export;
+mod hold;
 mod kernel;
 mod metrics;
 mod overflow;
@@ -130,6 +131,8 @@ const SWEEP_PERIOD: Duration = Duration::from_millis(500);
 /// Everything the ring-buffer reader, the sweeper and the control handlers share. One lock
 /// keeps enrolment, draining and reconciliation consistent with each other.
 struct Core {
+    /// The holding endpoint's port (`network.on_violation: ask`), 0 while none listens.
+    hold_port: u16,
     /// Every map handle: the kernel side.
     kernel: KernelMaps,
     /// `file:line` of every compiled rule, by the id the kernel reports.
@@ -223,6 +226,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     programs.push(start::refusal_layer(&mut kernel, refused_tx, cfg.refusal));
     startup.mark("refusal layer");
     let (sinks, profiles) = open_state(&cfg)?;
+    // Bound before the profiles are compiled: their `ask` connects are sent to it.
+    let hold_listener = hold::bind()?;
     startup.mark("state and profiles parsed");
     let shared = Arc::new(Shared {
         core: parking_lot::Mutex::new(Core::new(kernel, ebpf, sinks, &cfg)),
@@ -235,6 +240,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     {
         let mut core = shared.core();
         core.generation = generation;
+        core.hold_port = hold_listener.local_addr()?.port();
         let adoption = match previous {
             Some(p) => {
                 let saved = adopt::Manifest::read(&core.manifest_path()).unwrap_or_else(|e| {
@@ -326,6 +332,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         tokio::spawn(rebind_inodes(shared.clone())),
         tokio::spawn(sweep(shared.clone())),
         tokio::spawn(refusals(shared.clone(), refused_rx)),
+        tokio::spawn(hold::serve(
+            shared.clone(),
+            tokio::net::TcpListener::from_std(hold_listener)?,
+        )),
         tokio::spawn(context::serve(shared.clone(), hook_listener)),
         tokio::spawn(serve(shared.clone(), listener)),
     ];
@@ -422,6 +432,7 @@ impl Core {
             counters: DaemonCounters::default(),
             reported_losses: HashMap::new(),
             generation: 0,
+            hold_port: 0,
             state_dir: cfg.state_dir.clone(),
             saved_manifest: None,
             keeper: crate::pins::Keeper::default(),

@@ -76,11 +76,6 @@ impl Core {
                     info,
                 } = *a;
                 let allowed = info.allowed;
-                let category = if category == agent_common::policy::CATEGORY_EXEC {
-                    "exec"
-                } else {
-                    "files"
-                };
                 let mut ev = Event::new(
                     crate::event::Body::Approval(info),
                     std::time::SystemTime::now(),

@@ -523,7 +523,9 @@ impl Core {
             bound.extend(c.bound_paths);
             name_rules.extend(c.name_rules);
             m.acts.insert(id, acts);
-            m.profiles.set(id, c.config, 0)?;
+            let mut config = c.config;
+            config.hold_port = self.hold_port;
+            m.profiles.set(id, config, 0)?;
         }
         m.bound = bound;
         // The files found are bound again under the new rules (ids change with each

@@ -92,21 +92,41 @@ pub struct ApprovalNotice {
     /// The process whose operation was held first.
     pub tgid: u32,
     pub rule_id: u32,
-    /// `exec` or `file`: the rule's category.
-    pub category: u8,
+    /// `exec`, `files` or `network`: the rule's category.
+    pub category: &'static str,
     pub info: crate::event::ApprovalInfo,
 }
 
-/// One held operation: the kernel's permission event (its descriptor is the answer's
-/// address, so it stays open until answered) and what the refusal record needs.
+/// One held operation.
 #[derive(Debug)]
-pub struct Waiter {
+pub enum Waiter {
+    /// An open, read or exec the kernel holds for a fanotify answer.
+    Kernel(KernelWaiter),
+    /// A connection the holding endpoint keeps (`network.on_violation: ask`): told
+    /// whether to go ahead.
+    Connection(tokio::sync::oneshot::Sender<bool>),
+}
+
+/// The kernel's permission event (its descriptor is the answer's address, so it stays
+/// open until answered) and what the refusal record needs.
+#[derive(Debug)]
+pub struct KernelWaiter {
     event: FanotifyEvent,
     tgid: u32,
     access: Access,
     session: SessionEntry,
     refused: Refused,
     path: String,
+}
+
+/// What a new request says of the operation that opened it.
+struct Opening {
+    tgid: u32,
+    access: &'static str,
+    path: String,
+    profile_id: u32,
+    category: &'static str,
+    rule: crate::policy::AskRule,
 }
 
 /// A deny rule bound to an object: which profile and owner it applies to.
@@ -783,16 +803,34 @@ impl Worker {
         if let Some((s, r)) = &refused
             && let Act::Ask(rule) = r.act
         {
-            let waiter = Waiter {
+            let path = path_of(fd).unwrap_or_default();
+            let key = Key {
+                session_id: s.session_id,
+                rule_id: r.binding.rule_id,
+                object: id,
+            };
+            let opening = Opening {
+                tgid,
+                access: access.as_str(),
+                path: path.clone(),
+                profile_id: s.profile_id,
+                category: if r.binding.category == CATEGORY_EXEC {
+                    "exec"
+                } else {
+                    "files"
+                },
+                rule,
+            };
+            let waiter = Waiter::Kernel(KernelWaiter {
                 tgid,
                 access,
                 session: *s,
                 refused: r.clone(),
-                path: path_of(fd).unwrap_or_default(),
+                path,
                 event: ev,
-            };
+            });
             drop(table);
-            self.escalation.hold(waiter, id, rule);
+            self.escalation.hold(waiter, key, opening);
             return;
         }
         let rec = refused
@@ -904,40 +942,27 @@ impl Escalation {
     }
 
     /// Holds a waiter, or answers it at once (a standing grant, a full book).
-    fn hold(&self, w: Waiter, object: (u64, u64), rule: crate::policy::AskRule) {
-        let key = Key {
-            session_id: w.session.session_id,
-            rule_id: w.refused.binding.rule_id,
-            object,
-        };
-        let (tgid, access, path, profile_id) = (
-            w.tgid,
-            w.access.as_str(),
-            w.path.clone(),
-            w.session.profile_id,
-        );
+    fn hold(&self, w: Waiter, key: Key, o: Opening) {
         let now = std::time::Instant::now();
+        let (tgid, access, path) = (o.tgid, o.access, o.path.clone());
         let (held, back) = self.book.lock().hold(key, tgid, w, now, |id| Request {
             id,
             key,
-            profile_id,
+            profile_id: o.profile_id,
             tgid,
             access,
-            path: path.clone(),
+            path: o.path,
+            category: o.category,
             requested: std::time::SystemTime::now(),
             since: now,
-            rule,
+            rule: o.rule,
         });
         match (held, back) {
-            (Held::Granted, Some(w)) => {
-                if let Some(fd) = w.event.fd() {
-                    respond(&self.group, &self.stats, fd, Response::FAN_ALLOW);
-                }
-            }
+            (Held::Granted, Some(w)) => self.let_through(w),
             (Held::Full, Some(w)) => {
                 self.stats.ask_overflow.fetch_add(1, Ordering::Relaxed);
-                warn!(path = %w.path, "too many operations held for approval; refused at once");
-                self.refuse(&w);
+                warn!(path = %path, "too many operations held for approval; refused at once");
+                self.refuse(w);
             }
             (Held::Waiting { id, new }, _) => {
                 self.stats.held.fetch_add(1, Ordering::Relaxed);
@@ -953,38 +978,88 @@ impl Escalation {
         }
     }
 
-    /// Records a held operation's refusal, then refuses it.
-    fn refuse(&self, w: &Waiter) {
-        let r = Refused {
-            binding: w.refused.binding,
-            act: Act::Block,
+    /// Holds a connection of session `session_id` to `path` (`IP:PORT`, identified by
+    /// `object`) under `rule_id`: the answer arrives on the receiver (`true`: go ahead).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the request's description, field by field"
+    )]
+    pub fn hold_connection(
+        &self,
+        session_id: u64,
+        rule_id: u32,
+        object: (u64, u64),
+        tgid: u32,
+        profile_id: u32,
+        path: String,
+        rule: crate::policy::AskRule,
+    ) -> tokio::sync::oneshot::Receiver<bool> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let key = Key {
+            session_id,
+            rule_id,
+            object,
         };
-        let rec = record(&w.session, &r, w.tgid, w.access, &w.path);
-        if self.records.try_send(Notice::Record(rec)).is_err() {
-            self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
+        let opening = Opening {
+            tgid,
+            access: "connect",
+            path,
+            profile_id,
+            category: "network",
+            rule,
+        };
+        self.hold(Waiter::Connection(tx), key, opening);
+        rx
+    }
+
+    /// Lets a held operation go ahead.
+    fn let_through(&self, w: Waiter) {
+        match w {
+            Waiter::Kernel(k) => {
+                if let Some(fd) = k.event.fd() {
+                    respond(&self.group, &self.stats, fd, Response::FAN_ALLOW);
+                }
+            }
+            Waiter::Connection(tx) => {
+                let _ = tx.send(true);
+            }
         }
-        self.stats.refused.fetch_add(1, Ordering::Relaxed);
-        if let Some(fd) = w.event.fd() {
-            respond(&self.group, &self.stats, fd, Response::FAN_DENY);
+    }
+
+    /// Refuses a held operation: an open, read or exec after its refusal is recorded
+    /// (`EPERM`), a connection by reset (its `held` row and the approval row say why).
+    fn refuse(&self, w: Waiter) {
+        match w {
+            Waiter::Kernel(k) => {
+                let r = Refused {
+                    binding: k.refused.binding,
+                    act: Act::Block,
+                };
+                let rec = record(&k.session, &r, k.tgid, k.access, &k.path);
+                if self.records.try_send(Notice::Record(rec)).is_err() {
+                    self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(fd) = k.event.fd() {
+                    respond(&self.group, &self.stats, fd, Response::FAN_DENY);
+                }
+            }
+            Waiter::Connection(tx) => {
+                let _ = tx.send(false);
+            }
         }
     }
 
     /// Answers every operation of a settled request and sends its approval row.
     fn settle(&self, s: Settled<Waiter>) {
         let held = s.waiters.len() as u32;
-        let first = s.waiters.first().map(|w| (w.refused.binding, w.session));
-        for w in &s.waiters {
+        for w in s.waiters {
             if s.allowed {
-                if let Some(fd) = w.event.fd() {
-                    respond(&self.group, &self.stats, fd, Response::FAN_ALLOW);
-                }
+                self.let_through(w);
             } else {
                 self.refuse(w);
             }
         }
-        let Some((binding, session)) = first else {
-            return;
-        };
         let rfc3339 = |t: std::time::SystemTime| humantime::format_rfc3339_millis(t).to_string();
         let info = crate::event::ApprovalInfo {
             request: s.request.id,
@@ -1001,10 +1076,10 @@ impl Escalation {
             held,
         };
         let notice = ApprovalNotice {
-            session_id: session.session_id,
+            session_id: s.request.key.session_id,
             tgid: s.request.tgid,
-            rule_id: binding.rule_id,
-            category: binding.category,
+            rule_id: s.request.key.rule_id,
+            category: s.request.category,
             info,
         };
         if self
@@ -1218,7 +1293,8 @@ pub fn acts_of(
 ) -> [Option<Act>; 2] {
     let mut a = acts(c);
     if p.file.mode == crate::policy::Mode::Enforce {
-        for (i, ask) in p.ask.iter().enumerate() {
+        // `[exec, files]`: the network's `ask` is the holding endpoint's.
+        for (i, ask) in p.ask.iter().take(2).enumerate() {
             if let Some(rule) = ask {
                 a[i] = Some(Act::Ask(*rule));
             }

@@ -83,8 +83,10 @@ fn action(v: OnViolation) -> u8 {
     let wire = match v {
         OnViolation::Block => Wire::Block,
         OnViolation::Kill => Wire::Kill,
-        // The kernel records what an `ask` rule matches; the refusal layer holds it.
-        OnViolation::Alert | OnViolation::Ask => Wire::Alert,
+        OnViolation::Alert => Wire::Alert,
+        // Network only (`ask` of files and programs is the refusal layer's: their kernel
+        // flags say record; syscalls refuse `ask` at lint): the connect is held.
+        OnViolation::Ask => Wire::Ask,
     };
     wire as u8
 }

@@ -223,6 +223,14 @@ pub struct NetworkRules {
     pub on_violation: OnViolation,
     #[serde(default)]
     pub fallback: Option<Fallback>,
+    /// `ask`: how long a held connection waits for an answer (`30s`, `5m`; default 2m,
+    /// at most 1h).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+    /// `ask`: what a connection nobody answered in time comes to (default `deny`).
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
 }
 
 /// A `network.redirect` entry: one of `cidr` or `host`, optional ports, and `to`.
@@ -373,8 +381,9 @@ pub struct Profile {
     pub tools_allow: Vec<Located<tools::ToolPattern>>,
     pub tools_deny: Vec<Located<tools::ToolPattern>>,
     pub env_remove: Vec<Located<environment::EnvPattern>>,
-    /// `[exec, files]`: how a held operation waits, where the section says `ask`.
-    pub ask: [Option<AskRule>; 2],
+    /// `[exec, files, network]`: how a held operation waits, where the section says
+    /// `ask`.
+    pub ask: [Option<AskRule>; 3],
 }
 
 /// An `ask` section's wait: how long, and what silence comes to.
@@ -479,11 +488,21 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
             ),
             &files_deny,
         ),
+        c.ask(
+            "network",
+            text,
+            (
+                file.network.on_violation,
+                // A connection of any destination can be held: the default too.
+                Default::Allow,
+                file.network.fallback,
+                &file.network.timeout,
+                file.network.on_timeout,
+            ),
+            &[],
+        ),
     ];
-    for (section, v) in [
-        ("network", file.network.on_violation),
-        ("syscalls", file.syscalls.on_violation),
-    ] {
+    for (section, v) in [("syscalls", file.syscalls.on_violation)] {
         if v == OnViolation::Ask {
             let field = format!("{section}.on_violation");
             c.error(
@@ -491,8 +510,8 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
                 1,
                 &field,
                 &format!("`ask` is not available for {section} rules"),
-                "`ask` holds the opens and execs of files and programs that `files.deny` and \
-                 `exec.deny` name; here use `block`, `kill` or `alert`",
+                "`ask` holds opens and execs of what `files.deny` and `exec.deny` name, and \
+                 network connects; a syscall cannot wait: use `block`, `kill` or `alert`",
             );
         }
     }

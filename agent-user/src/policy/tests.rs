@@ -169,6 +169,7 @@ fn ask_holds_named_files_for_a_bounded_wait() {
                 timeout: std::time::Duration::from_secs(30),
                 on_timeout: OnTimeout::Deny
             }),
+            None,
         ]
     );
     let e = errors(
@@ -195,13 +196,24 @@ fn ask_holds_named_files_for_a_bounded_wait() {
     assert_eq!(fields, ["files.timeout", "files.on_timeout"], "{e:?}");
     let e = errors("files:\n  deny: [/a]\n  on_violation: ask\n  timeout: soon\n");
     assert!(e[0].message.contains("not a duration"), "{}", e[0]);
+    // Connections are held at the daemon's endpoint, whatever their destination; a
+    // syscall cannot wait.
+    let p = parse(
+        "t.yaml",
+        &format!("{HEAD}network:\n  default: deny\n  on_violation: ask\n  timeout: 1m\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        p.ask[2].map(|a| a.timeout),
+        Some(std::time::Duration::from_secs(60))
+    );
     let e = errors(
-        "network:\n  default: deny\n  on_violation: ask\nsyscalls:\n  deny: [ptrace]\n  on_violation: ask\n",
+        "network:\n  default: deny\n  on_violation: ask\n  fallback: kill\nsyscalls:\n  deny: [ptrace]\n  on_violation: ask\n",
     );
     let fields: Vec<(&str, u64)> = e.iter().map(|d| (d.field.as_str(), d.line)).collect();
     assert_eq!(
         fields,
-        [("network.on_violation", 9), ("syscalls.on_violation", 12)],
+        [("network.fallback", 10), ("syscalls.on_violation", 13)],
         "{e:?}"
     );
 }
