@@ -677,10 +677,13 @@ fn run(
         // more `--settings` source (on top of the user's and the host's), Codex as
         // `-c` overrides. Only the agent's own command line gets its options.
         command.env(crate::hooks::HOOK_SOCKET_ENV, &w.socket);
+        if let Some(secs) = w.answer_secs {
+            command.env(crate::hooks::HOOK_ANSWER_ENV, secs.to_string());
+        }
         if w.dialect.is_agent_command(cmd) {
             match hook_command(w.dialect) {
                 Ok(hook) => {
-                    command.args(w.dialect.wiring_args(&hook));
+                    command.args(w.dialect.wiring_args(&hook, w.answer_secs));
                 }
                 Err(e) => {
                     eprintln!(

@@ -167,6 +167,10 @@ pub enum Response {
 pub struct HookWiring {
     pub dialect: crate::hooks::Dialect,
     pub socket: PathBuf,
+    /// How long a hook waits for the daemon's answer, where a `tools:` rule may hold a
+    /// call for a person (`ask`); `None`: the hook's default.
+    #[serde(default)]
+    pub answer_secs: Option<u64>,
 }
 
 /// A kernel counter summed over CPUs, with the per-CPU values.

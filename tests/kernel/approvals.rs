@@ -675,3 +675,114 @@ fn a_held_connection_reaches_its_destination_only_after_approval() {
         );
     }
 }
+
+/// `tools.on_violation: ask`: the agent's hook (here `agentwarden hook claude-code` run
+/// in the session, as Claude Code runs it) holds a call a `tools:` rule denies until a
+/// person answers: approved, the hook lets it run; denied, it refuses it (Claude Code's
+/// `permissionDecision: deny`, with the reason for the model). The tool call rows say `approved` and
+/// `blocked` by the hook, and the approval rows name the call.
+#[test]
+fn a_tool_call_is_held_in_its_hook_until_a_person_answers() {
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("toolask.yaml"),
+        "name: toolask\ndescription: t\nowners: { business: b, technical: t }\nmode: enforce\n\
+         tools:\n  deny: [\"Bash(rm *)\"]\n  on_violation: ask\n  timeout: 5m\n",
+    )
+    .unwrap();
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let call = |id: &str| {
+        serde_json::json!({
+            "session_id": "agent-1", "hook_event_name": "PreToolUse", "prompt_id": "p1",
+            "tool_name": "Bash", "tool_input": {"command": "rm -rf build"}, "tool_use_id": id,
+        })
+        .to_string()
+    };
+    fs::write(work.path().join("first.json"), call("toolu_1")).unwrap();
+    fs::write(work.path().join("second.json"), call("toolu_2")).unwrap();
+    let script = format!(
+        "export AGENTWARDEN_HOOK_SOCKET={sock} AGENTWARDEN_HOOK_ANSWER_SECS=310; \
+         {bin} hook claude-code < first.json; echo first=$?; \
+         {bin} hook claude-code < second.json; echo second=$?",
+        sock = d.dir.path().join("hook.sock").display(),
+        bin = bin()
+    );
+    let session = spawn_session(&d, "toolask", "tools", work.path(), &script);
+    let what = "Bash rm -rf build";
+    let first = request_for(&d, what);
+    assert_eq!(
+        (&first["access"], &first["rule"]),
+        (
+            &"tool_call".into(),
+            &serde_json::Value::from(format!(
+                "{}/toolask.yaml:6 (tools.deny[0])",
+                rules.path().display()
+            ))
+        ),
+        "{first}"
+    );
+    let ok = answer(&d, &["approve", &first["id"].to_string()]);
+    assert!(ok.status.success(), "{ok:?}");
+    let second = request_for(&d, what);
+    assert_ne!(
+        second["id"], first["id"],
+        "`once`: the next call asks again"
+    );
+    let no = answer(
+        &d,
+        &["deny", &second["id"].to_string(), "--note", "not on prod"],
+    );
+    assert!(no.status.success(), "{no:?}");
+    let out = finish(session);
+    // Approved: the hook says nothing (the call runs). Denied: Claude Code's refusal,
+    // with the reason for the model.
+    let said = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(
+        (lines.len(), lines[0], lines[2]),
+        (3, "first=0", "second=0"),
+        "{out:?}"
+    );
+    let refusal: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(
+        refusal["hookSpecificOutput"]["permissionDecision"], "deny",
+        "{refusal}"
+    );
+    assert!(
+        refusal["hookSpecificOutput"]["permissionDecisionReason"]
+            .as_str()
+            .unwrap()
+            .contains("agentwarden refused this tool call"),
+        "{refusal}"
+    );
+    let rows = audit_rows(&d, "tools", 2);
+    let calls: Vec<(&serde_json::Value, &serde_json::Value, &serde_json::Value)> = rows
+        .iter()
+        .filter(|r| r["kind"] == "tool_call")
+        .map(|r| {
+            (
+                &r["tool_call"]["id"],
+                &r["decision"]["action"],
+                &r["decision"]["enforced_by"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (&"toolu_1".into(), &"approved".into(), &"hook".into()),
+            (&"toolu_2".into(), &"blocked".into(), &"hook".into())
+        ],
+        "{rows:?}"
+    );
+    let outcomes: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["kind"] == "approval")
+        .filter_map(|r| r["approval"]["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes, ["approved", "denied"], "{rows:?}");
+}

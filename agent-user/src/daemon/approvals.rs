@@ -35,8 +35,10 @@ pub struct Request {
     pub access: &'static str,
     /// The object: a path, or `IP:PORT`.
     pub path: String,
-    /// The rule's category: `exec`, `files` or `network`.
+    /// The rule's category: `exec`, `files`, `network` or `tools`.
     pub category: &'static str,
+    /// The rule's text where it has no kernel id (a `tools:` rule).
+    pub rule_text: Option<String>,
     pub requested: SystemTime,
     pub since: Instant,
     pub rule: AskRule,
@@ -88,12 +90,16 @@ pub enum Held {
 /// the kernel, and a flood must not pile up unbounded.
 pub const MAX_PENDING: usize = 1_024;
 
+/// A waiting operation: the process an approval goes on for, and the waiter.
+type Waiting<W> = (Option<u32>, W);
+
 /// Pending requests and standing grants.
 #[derive(Debug)]
 pub struct Book<W> {
     next: u64,
-    /// Requests, with each waiting operation's process.
-    pending: BTreeMap<u64, (Request, Vec<(u32, W)>)>,
+    /// Requests, with each waiting operation's process (where an approval goes on for
+    /// it: see [`Book::hold`]).
+    pending: BTreeMap<u64, (Request, Vec<Waiting<W>>)>,
     /// Grants by key, for every process of the session (`None`) or for one: until when
     /// (`None`: for the session's or the process's life).
     grants: BTreeMap<(Key, Option<u32>), Option<Instant>>,
@@ -123,17 +129,23 @@ pub enum AnswerError {
 }
 
 impl<W> Book<W> {
-    /// Holds `waiter` (an operation of process `tgid` on `key`), or says it need not or
-    /// cannot wait. `make` builds the request's description when a new one is opened.
+    /// Holds `waiter` (an operation on `key`), or says it need not or cannot wait.
+    /// `tgid`: the process an approval goes on for (its reads of the file it opened,
+    /// the loading of the program it executed are the same action); `None` where each
+    /// operation is its own (a connection, a tool call). `make` builds the request's
+    /// description when a new one is opened.
     pub fn hold(
         &mut self,
         key: Key,
-        tgid: u32,
+        tgid: Option<u32>,
         waiter: W,
         now: Instant,
         make: impl FnOnce(u64) -> Request,
     ) -> (Held, Option<W>) {
-        for g in [(key, None), (key, Some(tgid))] {
+        for g in [Some((key, None)), tgid.map(|t| (key, Some(t)))]
+            .into_iter()
+            .flatten()
+        {
             match self.grants.get(&g) {
                 Some(None) => return (Held::Granted, Some(waiter)),
                 Some(Some(until)) if *until > now => return (Held::Granted, Some(waiter)),
@@ -165,9 +177,9 @@ impl<W> Book<W> {
     /// An operation let through goes on for its processes: the reads of the file they
     /// opened, the loading of the program they executed (each its own permission event)
     /// are the same action, not new ones to ask about.
-    fn grant_processes(&mut self, key: Key, waiters: &[(u32, W)]) {
-        for (tgid, _) in waiters {
-            self.grants.insert((key, Some(*tgid)), None);
+    fn grant_processes(&mut self, key: Key, waiters: &[Waiting<W>]) {
+        for tgid in waiters.iter().filter_map(|(t, _)| *t) {
+            self.grants.insert((key, Some(tgid)), None);
         }
     }
 
@@ -300,6 +312,7 @@ mod tests {
             access: "open",
             path: "/x".into(),
             category: "files",
+            rule_text: None,
             requested: SystemTime::now(),
             since: now,
             rule: AskRule {
@@ -336,16 +349,16 @@ mod tests {
         let mut b: Book<&str> = Book::default();
         let mk = |id| request(id, key(1), now, 60, OnTimeout::Deny);
         assert_eq!(
-            b.hold(key(1), 101, "a", now, mk).0,
+            b.hold(key(1), Some(101), "a", now, mk).0,
             Held::Waiting { id: 1, new: true }
         );
         assert_eq!(
-            b.hold(key(1), 102, "b", now, |_| unreachable!()).0,
+            b.hold(key(1), Some(102), "b", now, |_| unreachable!()).0,
             Held::Waiting { id: 1, new: false }
         );
         let other = |id| request(id, key(2), now, 60, OnTimeout::Deny);
         assert_eq!(
-            b.hold(key(2), 103, "c", now, other).0,
+            b.hold(key(2), Some(103), "c", now, other).0,
             Held::Waiting { id: 2, new: true }
         );
         let s = b
@@ -360,12 +373,12 @@ mod tests {
         // The approved processes go on (their reads of what they opened are the same
         // action); `once` leaves no grant for another process: it asks again.
         assert_eq!(
-            b.hold(key(1), 102, "b2", now, |_| unreachable!()).0,
+            b.hold(key(1), Some(102), "b2", now, |_| unreachable!()).0,
             Held::Granted
         );
         let mk = |id| request(id, key(1), now, 60, OnTimeout::Deny);
         assert_eq!(
-            b.hold(key(1), 104, "d", now, mk).0,
+            b.hold(key(1), Some(104), "d", now, mk).0,
             Held::Waiting { id: 3, new: true }
         );
         assert_eq!(b.list().len(), 2);
@@ -377,24 +390,24 @@ mod tests {
     fn grants_reach_their_key_for_their_time() {
         let now = Instant::now();
         let mut b: Book<u32> = Book::default();
-        b.hold(key(1), 101, 1, now, |id| {
+        b.hold(key(1), Some(101), 1, now, |id| {
             request(id, key(1), now, 60, OnTimeout::Deny)
         });
         b.answer(1, answer(true, ApprovalScope::Session, None), now)
             .unwrap();
         assert_eq!(
-            b.hold(key(1), 102, 2, now, |_| unreachable!()).0,
+            b.hold(key(1), Some(102), 2, now, |_| unreachable!()).0,
             Held::Granted
         );
         let other = Key {
             session_id: 8,
             ..key(1)
         };
-        let (h, _) = b.hold(other, 103, 3, now, |id| {
+        let (h, _) = b.hold(other, Some(103), 3, now, |id| {
             request(id, other, now, 60, OnTimeout::Deny)
         });
         assert!(matches!(h, Held::Waiting { new: true, .. }));
-        b.hold(key(2), 104, 4, now, |id| {
+        b.hold(key(2), Some(104), 4, now, |id| {
             request(id, key(2), now, 60, OnTimeout::Deny)
         });
         let ten = Duration::from_secs(10);
@@ -411,16 +424,16 @@ mod tests {
         b.answer(3, answer(true, ApprovalScope::Duration, Some(ten)), now)
             .unwrap();
         assert_eq!(
-            b.hold(key(2), 105, 5, now, |_| unreachable!()).0,
+            b.hold(key(2), Some(105), 5, now, |_| unreachable!()).0,
             Held::Granted
         );
         let later = now + ten + Duration::from_secs(1);
-        let (h, _) = b.hold(key(2), 106, 6, later, |id| {
+        let (h, _) = b.hold(key(2), Some(106), 6, later, |id| {
             request(id, key(2), later, 60, OnTimeout::Deny)
         });
         assert!(matches!(h, Held::Waiting { new: true, .. }));
         b.forget(|sid| sid != 7, |_| true, later);
-        let (h, _) = b.hold(key(1), 107, 7, later, |id| {
+        let (h, _) = b.hold(key(1), Some(107), 7, later, |id| {
             request(id, key(1), later, 60, OnTimeout::Deny)
         });
         assert!(
@@ -435,10 +448,10 @@ mod tests {
     fn timeouts_settle_by_the_rule() {
         let now = Instant::now();
         let mut b: Book<u32> = Book::default();
-        b.hold(key(1), 101, 1, now, |id| {
+        b.hold(key(1), Some(101), 1, now, |id| {
             request(id, key(1), now, 5, OnTimeout::Deny)
         });
-        b.hold(key(2), 102, 2, now, |id| {
+        b.hold(key(2), Some(102), 2, now, |id| {
             request(id, key(2), now, 10, OnTimeout::Allow)
         });
         assert_eq!(b.next_deadline(), Some(now + Duration::from_secs(5)));
@@ -459,12 +472,12 @@ mod tests {
         let now = Instant::now();
         let mut b: Book<u64> = Book::default();
         for i in 0..MAX_PENDING as u64 {
-            b.hold(key(i), 100 + i as u32, i, now, |id| {
+            b.hold(key(i), Some(100 + i as u32), i, now, |id| {
                 request(id, key(i), now, 60, OnTimeout::Deny)
             });
         }
         let k = key(u64::MAX);
-        let (h, back) = b.hold(k, 109, 9, now, |_| unreachable!());
+        let (h, back) = b.hold(k, Some(109), 9, now, |_| unreachable!());
         assert_eq!((h, back), (Held::Full, Some(9)));
     }
 }

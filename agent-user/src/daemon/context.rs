@@ -4,6 +4,7 @@
 //! that session (the kernel's session map says which; nothing the peer claims does).
 //! It cannot administer the daemon: the hook socket takes hook reports only.
 
+use agent_common::vocab::{Action, Layer};
 use sha2::Digest as _;
 
 use super::*;
@@ -20,6 +21,41 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest the answer after a call waits for the refusal layer's records of it.
 const REFUSALS_WAIT: Duration = Duration::from_millis(200);
+
+/// How much longer than a held call's timeout its hook waits for the answer.
+const HELD_MARGIN: Duration = Duration::from_secs(5);
+
+/// The rule id a held tool call's request carries: tools rules are judged in userspace
+/// and have no kernel id (the approval row's rule is the request's).
+const TOOL_RULE: u32 = agent_common::policy::RULE_DEFAULT - 1;
+
+/// A tool call about to start: what recording it needs.
+pub(super) struct StartingCall {
+    sid: u64,
+    pid: u32,
+    agent_name: String,
+    t: hooks::ToolReport,
+    target: String,
+    input: String,
+    input_truncated: bool,
+    prompt_id: Option<String>,
+    agent_pid: u32,
+}
+
+/// A tool call a `tools:` rule holds for a person's answer.
+pub(super) struct HeldCall {
+    call: StartingCall,
+    decision: DecisionInfo,
+    answer: tokio::sync::oneshot::Receiver<bool>,
+    /// How long the hook waits for it.
+    wait: Duration,
+}
+
+/// What a hook report came to.
+pub(super) enum HookStep {
+    Done(HookAnswer),
+    Held(Box<HeldCall>),
+}
 
 /// Binds the hook socket, connectable by every user.
 pub(super) fn bind(path: &Path) -> Result<UnixListener> {
@@ -75,8 +111,8 @@ async fn answer(
     input: &serde_json::Value,
 ) -> Result<HookAnswer> {
     let start = std::time::Instant::now();
-    loop {
-        {
+    let step = loop {
+        let step = {
             let mut core = shared.core();
             let pending = core
                 .kernel
@@ -85,28 +121,49 @@ async fn answer(
                 .as_ref()
                 .map_or(0, |r| r.pending());
             if pending == 0 || start.elapsed() > REFUSALS_WAIT {
-                let answer = core.hook(pid, dialect, input);
+                let step = core.hook(pid, dialect, input);
                 core.flush_sinks();
-                return answer;
+                Some(step)
+            } else {
+                None
             }
+        };
+        match step {
+            Some(step) => break step?,
+            None => tokio::time::sleep(Duration::from_millis(2)).await,
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    match step {
+        HookStep::Done(answer) => Ok(answer),
+        HookStep::Held(h) => Ok(wait_for_person(shared, *h).await),
     }
 }
 
+/// Waits, holding no lock, for the answer to a held tool call, then records it.
+async fn wait_for_person(shared: &Shared, mut h: HeldCall) -> HookAnswer {
+    let allowed = matches!(
+        tokio::time::timeout(h.wait, &mut h.answer).await,
+        Ok(Ok(true))
+    );
+    let mut core = shared.core();
+    let answer = core.finish_held_call(h, allowed);
+    core.flush_sinks();
+    answer
+}
+
 impl Core {
-    /// One hook report from process `pid`.
+    /// One hook report from process `pid`: answered, or a tool call held for a person.
     pub(super) fn hook(
         &mut self,
         pid: u32,
         dialect: Dialect,
         input: &serde_json::Value,
-    ) -> Result<HookAnswer> {
+    ) -> Result<HookStep> {
         let Some(sid) = self.kernel.session_of(pid) else {
-            return Ok(HookAnswer {
+            return Ok(HookStep::Done(HookAnswer {
                 outside: true,
                 ..HookAnswer::default()
-            });
+            }));
         };
         let event = hooks::parse(dialect, input)
             .map_err(|e| anyhow!("{} hook input: {e}; nothing was recorded", dialect.as_str()))?;
@@ -129,7 +186,7 @@ impl Core {
             HookEvent::SessionStart { .. }
             | HookEvent::Stop { .. }
             | HookEvent::SessionEnd { .. } => {
-                return Ok(answer);
+                return Ok(HookStep::Done(answer));
             }
             HookEvent::Prompt {
                 agent_session,
@@ -156,43 +213,37 @@ impl Core {
                     .or_else(|| self.attribution.calls.current_prompt(sid));
                 let agent_pid = self.agent_process(pid, sid);
                 let profile = self.profile_of(sid);
-                let decision = profile.and_then(|p| tools::decide(p, &t.tool, &target));
-                let blocked = decision.as_ref().is_some_and(|d| d.action.refused());
-                if blocked && let (Some(d), Some(p)) = (&decision, profile) {
-                    answer.deny = Some(format!(
-                        "agentwarden refused this tool call: `{}` on `{}` is denied by {} \
-                         (profile {}). This is the host's policy for this agent, not an \
-                         error: do not retry it or work around it.",
-                        t.tool,
-                        agent::cut(&target, 200).0,
-                        d.rule,
-                        p.file.name
-                    ));
-                } else {
-                    // Only a call that will run is open: a refused one has no actions.
-                    self.attribution.calls.start(
-                        sid,
-                        agent_pid,
-                        toolcalls::OpenCall {
-                            id: t.id.clone(),
-                            tool: t.tool.clone(),
-                            prompt_id: prompt_id.clone(),
-                            refused: Vec::new(),
-                        },
-                    );
-                }
-                let body = Body::ToolCall(ToolCallInfo {
-                    agent: agent_name,
-                    agent_session: t.agent_session,
-                    id: t.id,
-                    tool: t.tool,
+                let mut decision = profile.and_then(|p| tools::decide(p, &t.tool, &target));
+                let ask = profile.and_then(|p| p.ask[3]);
+                let call = StartingCall {
+                    sid,
+                    pid,
+                    agent_name,
+                    t,
                     target,
                     input,
                     input_truncated,
                     prompt_id,
                     agent_pid,
-                });
-                return Ok(self.emit_report(sid, pid, body, decision, answer));
+                };
+                if let Some(d) = decision.as_mut()
+                    && d.action == Action::Held
+                {
+                    match (ask, self.hold_tool_call(&call, &d.rule)) {
+                        (Some(rule), Some(answer)) => {
+                            return Ok(HookStep::Held(Box::new(HeldCall {
+                                call,
+                                decision: d.clone(),
+                                answer,
+                                wait: rule.timeout + HELD_MARGIN,
+                            })));
+                        }
+                        // No book to hold it in (the refusal layer is not running):
+                        // refused, never let through unasked.
+                        _ => d.action = Action::Blocked,
+                    }
+                }
+                return Ok(HookStep::Done(self.tool_start(call, decision)));
             }
             HookEvent::ToolEnd {
                 call,
@@ -222,7 +273,105 @@ impl Core {
                 })
             }
         };
-        Ok(self.emit_report(sid, pid, body, None, answer))
+        Ok(HookStep::Done(
+            self.emit_report(sid, pid, body, None, answer),
+        ))
+    }
+
+    /// Opens the approval request of a tool call a `tools:` rule asks about.
+    fn hold_tool_call(
+        &self,
+        c: &StartingCall,
+        rule_text: &str,
+    ) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+        let s = self.attribution.registry.get(c.sid)?;
+        let profile_id = *self.profile_ids.get(&s.profile)?;
+        let rule = self.profiles.get(&s.profile)?.ask[3]?;
+        let escalation = self.kernel.policy.refusal.as_ref()?.escalation.clone();
+        let what = format!("{} {}", c.t.tool, agent::cut(&c.target, 200).0);
+        let object = (
+            agent_common::policy::fnv(what.as_bytes()),
+            agent_common::policy::fnv(c.t.agent_session.as_bytes()),
+        );
+        // The call's rule: the id the audit row names is the tools rule's text.
+        Some(escalation.hold_reply(
+            c.sid,
+            TOOL_RULE,
+            object,
+            c.agent_pid,
+            profile_id,
+            "tool_call",
+            "tools",
+            what,
+            rule,
+            Some(rule_text.to_owned()),
+        ))
+    }
+
+    /// The end of a held tool call's wait: the call goes ahead (`approved`) or is refused
+    /// (`blocked`), and is recorded so.
+    pub(super) fn finish_held_call(&mut self, h: HeldCall, allowed: bool) -> HookAnswer {
+        let mut d = h.decision;
+        d.action = if allowed {
+            Action::Approved
+        } else {
+            Action::Blocked
+        };
+        d.enforced_by = Layer::Hook;
+        self.tool_start(h.call, Some(d))
+    }
+
+    /// Records a tool call about to run (or refused) and answers its hook.
+    fn tool_start(&mut self, c: StartingCall, decision: Option<DecisionInfo>) -> HookAnswer {
+        let StartingCall {
+            sid,
+            pid,
+            agent_name,
+            t,
+            target,
+            input,
+            input_truncated,
+            prompt_id,
+            agent_pid,
+        } = c;
+        let mut answer = HookAnswer::default();
+        let profile = self.profile_of(sid);
+        let blocked = decision.as_ref().is_some_and(|d| d.action.refused());
+        if blocked && let (Some(d), Some(p)) = (&decision, profile) {
+            answer.deny = Some(format!(
+                "agentwarden refused this tool call: `{}` on `{}` is denied by {} \
+                 (profile {}). This is the host's policy for this agent, not an \
+                 error: do not retry it or work around it.",
+                t.tool,
+                agent::cut(&target, 200).0,
+                d.rule,
+                p.file.name
+            ));
+        } else {
+            // Only a call that will run is open: a refused one has no actions.
+            self.attribution.calls.start(
+                sid,
+                agent_pid,
+                toolcalls::OpenCall {
+                    id: t.id.clone(),
+                    tool: t.tool.clone(),
+                    prompt_id: prompt_id.clone(),
+                    refused: Vec::new(),
+                },
+            );
+        }
+        let body = Body::ToolCall(ToolCallInfo {
+            agent: agent_name,
+            agent_session: t.agent_session,
+            id: t.id,
+            tool: t.tool,
+            target,
+            input,
+            input_truncated,
+            prompt_id,
+            agent_pid,
+        });
+        self.emit_report(sid, pid, body, decision, answer)
     }
 
     /// Emits the agent's report (by the hook process `pid`) with the daemon's decision.
@@ -297,6 +446,9 @@ pub(super) fn hook_wiring(socket: &Path, profile: &Profile, how: Enrolment) -> O
         .map(|dialect| HookWiring {
             dialect,
             socket: socket.to_owned(),
+            // A held call's hook waits past the request's own timeout, so the answer
+            // (the timeout's included) is always the daemon's.
+            answer_secs: profile.ask[3].map(|a| (a.timeout + HELD_MARGIN * 2).as_secs()),
         })
 }
 

@@ -402,7 +402,10 @@ pub(super) fn pending(core: &mut Core) -> Vec<crate::proto::PendingView> {
                     .map(|st| st.comm),
                 access: q.access.to_owned(),
                 path: q.path.clone(),
-                rule: core.rules.describe(q.key.rule_id, q.category),
+                rule: q
+                    .rule_text
+                    .clone()
+                    .unwrap_or_else(|| core.rules.describe(q.key.rule_id, q.category)),
                 context: core.attribution.calls.context_of(sid, q.tgid),
                 since: humantime::format_rfc3339_millis(q.requested).to_string(),
                 waiting_ms: now.saturating_duration_since(q.since).as_millis() as u64,

@@ -82,14 +82,17 @@ fn request(shared: &Shared, cookie: u64) -> Option<Held> {
     let escalation = core.kernel.policy.refusal.as_ref()?.escalation.clone();
     drop(core);
     let object = (agent_common::policy::fnv(&o.addr), u64::from(o.port));
-    let answer = escalation.hold_connection(
+    let answer = escalation.hold_reply(
         o.session_id,
         o.rule_id,
         object,
         o.tgid,
         profile_id,
+        "connect",
+        "network",
         to.to_string(),
         rule,
+        None,
     );
     Some(Held { to, answer })
 }

@@ -73,6 +73,7 @@ impl Core {
                     tgid,
                     rule_id,
                     category,
+                    rule_text,
                     info,
                 } = *a;
                 let allowed = info.allowed;
@@ -90,7 +91,7 @@ impl Core {
                     } else {
                         agent_common::vocab::Action::Blocked
                     },
-                    rule: self.rules.describe(rule_id, category),
+                    rule: rule_text.unwrap_or_else(|| self.rules.describe(rule_id, category)),
                     enforced_by: agent_common::vocab::Layer::Fanotify,
                 });
                 self.emit(ev);

@@ -92,8 +92,10 @@ pub struct ApprovalNotice {
     /// The process whose operation was held first.
     pub tgid: u32,
     pub rule_id: u32,
-    /// `exec`, `files` or `network`: the rule's category.
+    /// `exec`, `files`, `network` or `tools`: the rule's category.
     pub category: &'static str,
+    /// The rule's text where it has no kernel id (a `tools:` rule).
+    pub rule_text: Option<String>,
     pub info: crate::event::ApprovalInfo,
 }
 
@@ -102,9 +104,9 @@ pub struct ApprovalNotice {
 pub enum Waiter {
     /// An open, read or exec the kernel holds for a fanotify answer.
     Kernel(KernelWaiter),
-    /// A connection the holding endpoint keeps (`network.on_violation: ask`): told
-    /// whether to go ahead.
-    Connection(tokio::sync::oneshot::Sender<bool>),
+    /// A connection the holding endpoint keeps (`network.on_violation: ask`), or a tool
+    /// call its hook holds: told whether to go ahead.
+    Reply(tokio::sync::oneshot::Sender<bool>),
 }
 
 /// The kernel's permission event (its descriptor is the answer's address, so it stays
@@ -127,6 +129,8 @@ struct Opening {
     profile_id: u32,
     category: &'static str,
     rule: crate::policy::AskRule,
+    /// The rule's text where it has no kernel id (a `tools:` rule).
+    rule_text: Option<String>,
 }
 
 /// A deny rule bound to an object: which profile and owner it applies to.
@@ -820,6 +824,7 @@ impl Worker {
                     "files"
                 },
                 rule,
+                rule_text: None,
             };
             let waiter = Waiter::Kernel(KernelWaiter {
                 tgid,
@@ -945,7 +950,9 @@ impl Escalation {
     fn hold(&self, w: Waiter, key: Key, o: Opening) {
         let now = std::time::Instant::now();
         let (tgid, access, path) = (o.tgid, o.access, o.path.clone());
-        let (held, back) = self.book.lock().hold(key, tgid, w, now, |id| Request {
+        // An approval goes on for the process whose open or exec it let through.
+        let lasting = matches!(w, Waiter::Kernel(_)).then_some(tgid);
+        let (held, back) = self.book.lock().hold(key, lasting, w, now, |id| Request {
             id,
             key,
             profile_id: o.profile_id,
@@ -953,6 +960,7 @@ impl Escalation {
             access,
             path: o.path,
             category: o.category,
+            rule_text: o.rule_text,
             requested: std::time::SystemTime::now(),
             since: now,
             rule: o.rule,
@@ -978,21 +986,27 @@ impl Escalation {
         }
     }
 
-    /// Holds a connection of session `session_id` to `path` (`IP:PORT`, identified by
-    /// `object`) under `rule_id`: the answer arrives on the receiver (`true`: go ahead).
+    /// Holds an operation the daemon itself keeps waiting (a connection at the holding
+    /// endpoint, a tool call in its hook): `access` of `path` (identified by `object`) by
+    /// process `tgid` of session `session_id`, under the rule `rule_id` of `category`
+    /// (or the rule named `rule_text`). The answer arrives on the receiver (`true`: go
+    /// ahead).
     #[allow(
         clippy::too_many_arguments,
         reason = "the request's description, field by field"
     )]
-    pub fn hold_connection(
+    pub fn hold_reply(
         &self,
         session_id: u64,
         rule_id: u32,
         object: (u64, u64),
         tgid: u32,
         profile_id: u32,
+        access: &'static str,
+        category: &'static str,
         path: String,
         rule: crate::policy::AskRule,
+        rule_text: Option<String>,
     ) -> tokio::sync::oneshot::Receiver<bool> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let key = Key {
@@ -1002,13 +1016,14 @@ impl Escalation {
         };
         let opening = Opening {
             tgid,
-            access: "connect",
+            access,
             path,
             profile_id,
-            category: "network",
+            category,
             rule,
+            rule_text,
         };
-        self.hold(Waiter::Connection(tx), key, opening);
+        self.hold(Waiter::Reply(tx), key, opening);
         rx
     }
 
@@ -1020,7 +1035,7 @@ impl Escalation {
                     respond(&self.group, &self.stats, fd, Response::FAN_ALLOW);
                 }
             }
-            Waiter::Connection(tx) => {
+            Waiter::Reply(tx) => {
                 let _ = tx.send(true);
             }
         }
@@ -1044,7 +1059,7 @@ impl Escalation {
                     respond(&self.group, &self.stats, fd, Response::FAN_DENY);
                 }
             }
-            Waiter::Connection(tx) => {
+            Waiter::Reply(tx) => {
                 let _ = tx.send(false);
             }
         }
@@ -1080,6 +1095,7 @@ impl Escalation {
             tgid: s.request.tgid,
             rule_id: s.request.key.rule_id,
             category: s.request.category,
+            rule_text: s.request.rule_text.clone(),
             info,
         };
         if self

@@ -123,6 +123,25 @@ pub fn settings(command: &str) -> Value {
     settings_for(EVENTS, command)
 }
 
+/// As [`settings`], each hook allowed `timeout_secs` (Claude Code's own default is 60 s,
+/// and a hook it stops is an error it goes on after: a call held for a person longer than
+/// that would run unanswered).
+pub fn settings_timed(command: &str, timeout_secs: Option<u64>) -> Value {
+    let mut s = settings(command);
+    if let Some(t) = timeout_secs
+        && let Some(hooks) = s["hooks"].as_object_mut()
+    {
+        for entry in hooks.values_mut() {
+            for matcher in entry.as_array_mut().into_iter().flatten() {
+                for h in matcher["hooks"].as_array_mut().into_iter().flatten() {
+                    h["timeout"] = t.into();
+                }
+            }
+        }
+    }
+    s
+}
+
 /// A hooks block running `command` for `events`.
 pub fn settings_for(events: &[&str], command: &str) -> Value {
     let mut hooks = serde_json::Map::new();
@@ -140,6 +159,23 @@ pub fn settings_for(events: &[&str], command: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where a call may be held for a person, every hook is allowed the wait (Claude
+    /// Code would stop it at its own 60 s and go on with the call).
+    #[test]
+    fn a_held_call_s_hook_is_allowed_its_wait() {
+        let s = settings_timed("aw hook claude-code", Some(310));
+        let pre = &s["hooks"]["PreToolUse"][0]["hooks"][0];
+        assert_eq!(
+            (pre["command"].as_str(), pre["timeout"].as_u64()),
+            (Some("aw hook claude-code"), Some(310))
+        );
+        assert!(
+            settings_timed("x", None)["hooks"]["PreToolUse"][0]["hooks"][0]
+                .get("timeout")
+                .is_none()
+        );
+    }
 
     fn pre() -> Value {
         json!({

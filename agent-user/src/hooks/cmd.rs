@@ -99,9 +99,14 @@ fn ask(
     input: serde_json::Value,
 ) -> Result<Result<HookAnswer, String>, Unreachable> {
     let mut stream = UnixStream::connect(socket).map_err(Unreachable)?;
-    stream
-        .set_read_timeout(Some(ANSWER_TIMEOUT))
-        .map_err(Unreachable)?;
+    // Longer where `run` said a call may be held for a person.
+    let wait = std::env::var(super::HOOK_ANSWER_ENV)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(ANSWER_TIMEOUT, |s| {
+            Duration::from_secs(s).clamp(ANSWER_TIMEOUT, Duration::from_secs(3_700))
+        });
+    stream.set_read_timeout(Some(wait)).map_err(Unreachable)?;
     let mut line = serde_json::to_string(&Request::Hook { dialect, input })
         .map_err(|e| Unreachable(std::io::Error::other(e)))?;
     line.push('\n');

@@ -23,6 +23,9 @@ pub const DEFAULT_HOOK_SOCKET: &str = "/run/agentwarden/hook.sock";
 
 /// Set by `agentwarden run` for the agent: the hook socket its hooks ask.
 pub const HOOK_SOCKET_ENV: &str = "AGENTWARDEN_HOOK_SOCKET";
+/// Set by `run` where a `tools:` rule may hold a call for a person: how long the hook
+/// waits for the daemon's answer, in seconds.
+pub const HOOK_ANSWER_ENV: &str = "AGENTWARDEN_HOOK_ANSWER_SECS";
 
 /// Largest hook input taken (a tool input is the agent's whole command or file text).
 pub const INPUT_MAX: usize = 1024 * 1024;
@@ -65,9 +68,14 @@ impl Dialect {
 
     /// The arguments that wire hooks running `command` into the agent, appended to its
     /// command line by `run`.
-    pub fn wiring_args(self, command: &str) -> Vec<String> {
+    /// `timeout_secs`: how long the agent lets each hook run (where a tool call may be
+    /// held for a person; else the agent's default).
+    pub fn wiring_args(self, command: &str, timeout_secs: Option<u64>) -> Vec<String> {
         match self {
-            Dialect::ClaudeCode => vec!["--settings".into(), claude::settings(command).to_string()],
+            Dialect::ClaudeCode => vec![
+                "--settings".into(),
+                claude::settings_timed(command, timeout_secs).to_string(),
+            ],
             Dialect::CodexCli => codex::wiring_args(command),
         }
     }

@@ -381,9 +381,9 @@ pub struct Profile {
     pub tools_allow: Vec<Located<tools::ToolPattern>>,
     pub tools_deny: Vec<Located<tools::ToolPattern>>,
     pub env_remove: Vec<Located<environment::EnvPattern>>,
-    /// `[exec, files, network]`: how a held operation waits, where the section says
-    /// `ask`.
-    pub ask: [Option<AskRule>; 3],
+    /// `[exec, files, network, tools]`: how a held operation waits, where the section
+    /// says `ask`.
+    pub ask: [Option<AskRule>; 4],
 }
 
 /// An `ask` section's wait: how long, and what silence comes to.
@@ -498,6 +498,23 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
                 file.network.fallback,
                 &file.network.timeout,
                 file.network.on_timeout,
+            ),
+            &[],
+        ),
+        c.ask(
+            "tools",
+            text,
+            (
+                if file.tools.on_violation == tools::ToolViolation::Ask {
+                    OnViolation::Ask
+                } else {
+                    OnViolation::Block
+                },
+                // The hook holds any call a rule denies, the default's too.
+                Default::Allow,
+                None,
+                &file.tools.timeout,
+                file.tools.on_timeout,
             ),
             &[],
         ),

@@ -170,6 +170,7 @@ fn ask_holds_named_files_for_a_bounded_wait() {
                 on_timeout: OnTimeout::Deny
             }),
             None,
+            None,
         ]
     );
     let e = errors(

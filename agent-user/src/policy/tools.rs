@@ -33,9 +33,18 @@ pub struct ToolRules {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub deny: Vec<Spanned<String>>,
-    /// `block` (the hook tells the agent no) or `alert` (record only).
+    /// `block` (the hook tells the agent no), `alert` (record only) or `ask` (the hook
+    /// holds the call until a person answers: `agentwarden approve|deny`).
     #[serde(default)]
     pub on_violation: ToolViolation,
+    /// `ask`: how long a held call waits for an answer (`30s`, `5m`; default 2m, at most
+    /// 1h).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+    /// `ask`: what a call nobody answered in time comes to (default `deny`).
+    #[serde(default)]
+    pub on_timeout: super::OnTimeout,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -44,6 +53,7 @@ pub enum ToolViolation {
     #[default]
     Block,
     Alert,
+    Ask,
 }
 
 /// A validated `NAME(INPUT)` rule.
@@ -103,12 +113,17 @@ pub fn decide(p: &Profile, tool: &str, target: &str) -> Option<DecisionInfo> {
     } else {
         return None;
     };
-    let enforce =
-        p.file.mode == super::Mode::Enforce && p.file.tools.on_violation == ToolViolation::Block;
-    let (action, layer) = match verdict {
-        Verdict::Allow => (Action::Allowed, Layer::None),
-        Verdict::Deny if enforce => (Action::Blocked, Layer::Hook),
-        Verdict::Deny => (Action::Alerted, Layer::None),
+    let enforce = p.file.mode == super::Mode::Enforce;
+    let (action, layer) = match (verdict, p.file.tools.on_violation) {
+        (Verdict::Allow, _) => (Action::Allowed, Layer::None),
+        (Verdict::Deny, ToolViolation::Block) if enforce => (Action::Blocked, Layer::Hook),
+        // Held by the hook until a person answers (the answer makes it `approved` or
+        // `blocked`).
+        (Verdict::Deny, ToolViolation::Ask) if enforce => (Action::Held, Layer::Hook),
+        (Verdict::Deny, ToolViolation::Ask) => (Action::WouldAsk, Layer::None),
+        (Verdict::Deny, ToolViolation::Block | ToolViolation::Alert) => {
+            (Action::Alerted, Layer::None)
+        }
     };
     Some(DecisionInfo {
         decision: verdict,
