@@ -331,6 +331,15 @@ fn execs_are_held_grants_last_the_session_and_timeouts_answer_by_the_rule() {
         ],
         "{rows:?}"
     );
+    // An approval after the timeout changes nothing.
+    let timed_out =
+        rows.iter().find(|r| r["kind"] == "approval").unwrap()["approval"]["request"].to_string();
+    let late = answer(&d, &["approve", &timed_out]);
+    assert!(
+        !late.status.success()
+            && String::from_utf8_lossy(&late.stderr).contains("no pending request"),
+        "{late:?}"
+    );
 
     // Monitor mode: recorded, never held.
     let started = Instant::now();
