@@ -123,7 +123,13 @@ fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
         addr[15] = b[3];
     }
     let port = u16::from_be(sa.user_port as u16);
-    let protocol = sa.protocol as u16;
+    let a = Attempt {
+        v6,
+        addr,
+        port,
+        protocol: sa.protocol as u16,
+        op,
+    };
     let key = Key::new(
         NetKey::prefix_len(128),
         NetKey {
@@ -134,7 +140,7 @@ fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
     if let Some(r) = NET_REDIRECT.get(&key)
         && r.rule.has_port(port)
     {
-        return redirect(ctx, r, &entry, cfg, v6, op, addr, port, protocol);
+        return redirect(ctx, r, &entry, cfg, &a);
     }
     let (denied, rule_id) = match NET_DENY.get(&key) {
         Some(r) if r.has_port(port) => (true, r.rule_id),
@@ -149,17 +155,7 @@ fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
     // `ask`: a connect waits at the daemon's holding endpoint for an answer. A datagram
     // cannot wait, nor can anything when no endpoint is set: those are refused.
     if enforce && ask && op == NET_OP_CONNECT && cfg.hold_port != 0 {
-        return hold(
-            ctx,
-            &entry,
-            cfg.hold_port,
-            v6,
-            addr,
-            port,
-            protocol,
-            rule_id,
-            pid_tgid,
-        );
+        return hold(ctx, &entry, cfg.hold_port, &a, rule_id);
     }
     let kill = enforce && cfg.net_action == OnViolation::Kill as u8;
     let action = match (denied, enforce) {
@@ -176,165 +172,132 @@ fn decide(ctx: &SockAddrContext, v6: bool, op: u8) -> i32 {
     // Allowed datagrams are not reported one by one; every connect and every
     // out-of-profile operation is.
     if denied || op == NET_OP_CONNECT {
-        send(&NetDecisionEvent {
-            header: header(EventKind::NetDecision, entry.session_id),
-            family: if v6 { AF_INET6 } else { AF_INET },
-            port,
-            protocol,
-            op,
-            denied: denied as u8,
-            action: action as u8,
-            enforced_by: (if enforce { Layer::Cgroup } else { Layer::None }) as u8,
-            _pad: 0,
-            rule_id,
-            addr,
-        });
+        let layer = if enforce { Layer::Cgroup } else { Layer::None };
+        report(&entry, &a, denied, action, layer, rule_id);
     }
     if enforce { REJECT } else { ALLOW }
 }
 
-/// A destination a `network.redirect` rule names: in enforce mode the kernel's copy of the
-/// address is rewritten to the rule's endpoint before the connect (or send) happens, and
-/// the original is remembered by socket cookie; in monitor mode it is only recorded.
+/// An operation being decided: where it was addressed, and how.
+struct Attempt {
+    v6: bool,
+    /// As IPv6 (IPv4 as `::ffff:a.b.c.d`).
+    addr: [u8; 16],
+    port: u16,
+    protocol: u16,
+    /// `NET_OP_*`.
+    op: u8,
+}
+
+/// Sends the decision on `a` to the daemon.
 #[inline(always)]
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the decision's inputs, passed on from `decide`"
-)]
+fn report(
+    entry: &agent_common::session::SessionEntry,
+    a: &Attempt,
+    denied: bool,
+    action: Action,
+    layer: Layer,
+    rule_id: u32,
+) {
+    send(&NetDecisionEvent {
+        header: header(EventKind::NetDecision, entry.session_id),
+        family: if a.v6 { AF_INET6 } else { AF_INET },
+        port: a.port,
+        protocol: a.protocol,
+        op: a.op,
+        denied: denied as u8,
+        action: action as u8,
+        enforced_by: layer as u8,
+        _pad: 0,
+        rule_id,
+        addr: a.addr,
+    });
+}
+
+/// Rewrites the kernel's copy of the destination to `to` (IPv6 form; an IPv4 socket
+/// takes its IPv4 part) before the operation happens, and remembers the original by
+/// socket cookie for the daemon (`held`: sent to its holding endpoint).
+#[inline(always)]
+fn send_elsewhere(
+    ctx: &SockAddrContext,
+    entry: &agent_common::session::SessionEntry,
+    a: &Attempt,
+    (to, to_port): ([u8; 16], u16),
+    rule_id: u32,
+    held: bool,
+) {
+    // SAFETY: the context of a sock_addr program; these fields are writable there.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if a.v6 {
+        let mut i = 0;
+        while i < 4 {
+            sa.user_ip6[i] =
+                u32::from_ne_bytes([to[i * 4], to[i * 4 + 1], to[i * 4 + 2], to[i * 4 + 3]]);
+            i += 1;
+        }
+    } else {
+        sa.user_ip4 = u32::from_ne_bytes([to[12], to[13], to[14], to[15]]);
+    }
+    sa.user_port = u32::from(to_port.to_be());
+    // SAFETY: the helper takes the sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
+    let orig = OriginalDestination {
+        session_id: entry.session_id,
+        addr: a.addr,
+        port: a.port,
+        family: if a.v6 { AF_INET6 } else { AF_INET },
+        rule_id,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        held: u32::from(held),
+    };
+    let _ = ORIGINAL_DESTINATIONS.insert(cookie, orig, 0);
+}
+
+/// A destination a `network.redirect` rule names: in enforce mode sent to the rule's
+/// endpoint; in monitor mode only recorded.
+#[inline(always)]
 fn redirect(
     ctx: &SockAddrContext,
     r: &NetRedirect,
     entry: &agent_common::session::SessionEntry,
     cfg: &ProfileConfig,
-    v6: bool,
-    op: u8,
-    addr: [u8; 16],
-    port: u16,
-    protocol: u16,
+    a: &Attempt,
 ) -> i32 {
     let enforce = cfg.mode == Mode::Enforce as u8;
     // An IPv4 socket can only be sent to an IPv4 endpoint; an IPv6 one to either (as
     // `::ffff:a.b.c.d` for IPv4, which a dual-stack socket reaches).
     let to_v4 =
         r.to_addr[..10].iter().all(|b| *b == 0) && r.to_addr[10] == 0xff && r.to_addr[11] == 0xff;
-    let fits = v6 || to_v4;
-    let modified = enforce && fits;
-    if modified {
-        // SAFETY: the context of a sock_addr program; these fields are writable there.
-        let sa = unsafe { &mut *ctx.sock_addr };
-        if v6 {
-            let mut i = 0;
-            while i < 4 {
-                sa.user_ip6[i] = u32::from_ne_bytes([
-                    r.to_addr[i * 4],
-                    r.to_addr[i * 4 + 1],
-                    r.to_addr[i * 4 + 2],
-                    r.to_addr[i * 4 + 3],
-                ]);
-                i += 1;
-            }
-        } else {
-            sa.user_ip4 =
-                u32::from_ne_bytes([r.to_addr[12], r.to_addr[13], r.to_addr[14], r.to_addr[15]]);
+    let fits = a.v6 || to_v4;
+    let action = match (enforce, fits) {
+        (true, true) => {
+            send_elsewhere(ctx, entry, a, (r.to_addr, r.to_port), r.rule.rule_id, false);
+            Action::Modified
         }
-        sa.user_port = u32::from(r.to_port.to_be());
-        // SAFETY: the helper takes the sock_addr context.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
-        let orig = OriginalDestination {
-            session_id: entry.session_id,
-            addr,
-            port,
-            family: if v6 { AF_INET6 } else { AF_INET },
-            rule_id: r.rule.rule_id,
-            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-            held: 0,
-        };
-        let _ = ORIGINAL_DESTINATIONS.insert(cookie, orig, 0);
-    }
-    let action = if modified {
-        Action::Modified
-    } else if enforce {
         // An IPv4 socket and an IPv6 endpoint: nothing can carry it there. Refused,
         // never let through to where the rule said it must not go.
-        Action::Blocked
-    } else {
-        Action::WouldRedirect
+        (true, false) => Action::Blocked,
+        (false, _) => Action::WouldRedirect,
     };
-    send(&NetDecisionEvent {
-        header: header(EventKind::NetDecision, entry.session_id),
-        family: if v6 { AF_INET6 } else { AF_INET },
-        port,
-        protocol,
-        op,
-        denied: 1,
-        action: action as u8,
-        enforced_by: (if enforce { Layer::Cgroup } else { Layer::None }) as u8,
-        _pad: 0,
-        rule_id: r.rule.rule_id,
-        addr,
-    });
+    let layer = if enforce { Layer::Cgroup } else { Layer::None };
+    report(entry, a, true, action, layer, r.rule.rule_id);
     if enforce && !fits { REJECT } else { ALLOW }
 }
 
 /// A connect an `ask` profile denies: sent to the daemon's holding endpoint on loopback
 /// (IPv6 sockets as `::ffff:127.0.0.1`), where the daemon keeps it until a person
-/// answers, then connects to the original destination and relays, or resets it. The
-/// original is remembered by socket cookie, as for a redirect.
+/// answers, then connects to the original destination and relays, or resets it.
 #[inline(always)]
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the decision's inputs, passed on from `decide`"
-)]
 fn hold(
     ctx: &SockAddrContext,
     entry: &agent_common::session::SessionEntry,
     hold_port: u16,
-    v6: bool,
-    addr: [u8; 16],
-    port: u16,
-    protocol: u16,
+    a: &Attempt,
     rule_id: u32,
-    pid_tgid: u64,
 ) -> i32 {
-    // SAFETY: the context of a sock_addr program; these fields are writable there.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    let loopback = [127u8, 0, 0, 1];
-    if v6 {
-        sa.user_ip6 = [
-            0,
-            0,
-            u32::from_ne_bytes([0, 0, 0xff, 0xff]),
-            u32::from_ne_bytes(loopback),
-        ];
-    } else {
-        sa.user_ip4 = u32::from_ne_bytes(loopback);
-    }
-    sa.user_port = u32::from(hold_port.to_be());
-    // SAFETY: the helper takes the sock_addr context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
-    let orig = OriginalDestination {
-        session_id: entry.session_id,
-        addr,
-        port,
-        family: if v6 { AF_INET6 } else { AF_INET },
-        rule_id,
-        tgid: (pid_tgid >> 32) as u32,
-        held: 1,
-    };
-    let _ = ORIGINAL_DESTINATIONS.insert(cookie, orig, 0);
-    send(&NetDecisionEvent {
-        header: header(EventKind::NetDecision, entry.session_id),
-        family: if v6 { AF_INET6 } else { AF_INET },
-        port,
-        protocol,
-        op: NET_OP_CONNECT,
-        denied: 1,
-        action: Action::Held as u8,
-        enforced_by: Layer::Cgroup as u8,
-        _pad: 0,
-        rule_id,
-        addr,
-    });
+    let loopback = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
+    send_elsewhere(ctx, entry, a, (loopback, hold_port), rule_id, true);
+    report(entry, a, true, Action::Held, Layer::Cgroup, rule_id);
     ALLOW
 }
 

@@ -319,8 +319,12 @@ impl Tree<'_> {
             "{indent}{}[{tgid}] {name}",
             if depth == 0 { "" } else { "└─ " }
         );
+        // Once the process exited, only what happened before (recorded late: the
+        // refusal layer's and the approvals' rows) is still its: a later row of the same
+        // pid is a new process's.
+        let mut ended_at = None;
         for i in pending {
-            if self.done[i] {
+            if self.done[i] || ended_at.is_some_and(|t| self.records[i].event.time_ns > t) {
                 continue;
             }
             self.done[i] = true;
@@ -334,7 +338,7 @@ impl Tree<'_> {
             );
             match &r.event.body {
                 Body::Fork(f) => self.node(f.child_tgid, r.audit_seq, depth + 1),
-                Body::Exit(_) => break,
+                Body::Exit(_) => ended_at = Some(r.event.time_ns),
                 Body::Exec(_)
                 | Body::Open(_)
                 | Body::Connect(_)

@@ -108,22 +108,29 @@ impl Attribution {
 
     /// A live process as procfs shows it (for the process that enrols a session).
     pub fn process_info(&mut self, tgid: u32) -> Option<ProcessInfo> {
-        let p = procfs::process::Process::new(tgid as i32).ok()?;
-        let stat = p.stat().ok()?;
-        let status = p.status().ok()?;
-        let uid = status.ruid;
-        Some(ProcessInfo {
-            pid: tgid,
-            tgid,
-            ppid: stat.ppid as u32,
-            uid,
-            user: self.users.name(uid),
-            gid: status.rgid,
-            comm: stat.comm,
-            cgroup_id: 0,
-            exe: p.exe().ok().map(|e| e.display().to_string()),
-        })
+        let mut p = live_process(tgid)?;
+        p.user = self.users.name(p.uid);
+        Some(p)
     }
+}
+
+/// A live process as procfs shows it, without its user name (no cache at hand: the
+/// refusal layer's threads take it while the process waits for an answer).
+pub fn live_process(tgid: u32) -> Option<ProcessInfo> {
+    let p = procfs::process::Process::new(tgid as i32).ok()?;
+    let stat = p.stat().ok()?;
+    let status = p.status().ok()?;
+    Some(ProcessInfo {
+        pid: tgid,
+        tgid,
+        ppid: stat.ppid as u32,
+        uid: status.ruid,
+        user: None,
+        gid: status.rgid,
+        comm: stat.comm,
+        cgroup_id: 0,
+        exe: p.exe().ok().map(|e| e.display().to_string()),
+    })
 }
 
 #[cfg(test)]

@@ -74,15 +74,22 @@ impl Core {
                     rule_id,
                     category,
                     rule_text,
+                    process,
+                    time,
                     info,
                 } = *a;
                 let allowed = info.allowed;
                 let mut ev = Event::new(
                     crate::event::Body::Approval(info),
-                    std::time::SystemTime::now(),
+                    time,
                     self.attribution.session_ref(session_id),
                 );
-                ev.process = self.attribution.process_info(tgid);
+                ev.process = process
+                    .map(|mut p| {
+                        p.user = self.attribution.users.name(p.uid);
+                        p
+                    })
+                    .or_else(|| self.attribution.process_info(tgid));
                 ev.context = self.attribution.calls.context_of(session_id, tgid);
                 ev.decision = Some(crate::event::DecisionInfo {
                     decision: agent_common::vocab::Verdict::Deny,

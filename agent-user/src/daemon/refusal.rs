@@ -96,6 +96,11 @@ pub struct ApprovalNotice {
     pub category: &'static str,
     /// The rule's text where it has no kernel id (a `tools:` rule).
     pub rule_text: Option<String>,
+    /// The process, as it was while its operation waited (it may be gone by the time
+    /// the row is written).
+    pub process: Option<crate::event::ProcessInfo>,
+    /// When the answer was given (before the operation went on).
+    pub time: std::time::SystemTime,
     pub info: crate::event::ApprovalInfo,
 }
 
@@ -1065,16 +1070,12 @@ impl Escalation {
         }
     }
 
-    /// Answers every operation of a settled request and sends its approval row.
+    /// Sends a settled request's approval row, then answers its operations (the row is
+    /// made while the process still waits: its `/proc` entry goes soon after).
     fn settle(&self, s: Settled<Waiter>) {
         let held = s.waiters.len() as u32;
-        for w in s.waiters {
-            if s.allowed {
-                self.let_through(w);
-            } else {
-                self.refuse(w);
-            }
-        }
+        let process = super::attribute::live_process(s.request.tgid);
+        let time = std::time::SystemTime::now();
         let rfc3339 = |t: std::time::SystemTime| humantime::format_rfc3339_millis(t).to_string();
         let info = crate::event::ApprovalInfo {
             request: s.request.id,
@@ -1096,6 +1097,8 @@ impl Escalation {
             rule_id: s.request.key.rule_id,
             category: s.request.category,
             rule_text: s.request.rule_text.clone(),
+            process,
+            time,
             info,
         };
         if self
@@ -1104,6 +1107,13 @@ impl Escalation {
             .is_err()
         {
             self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        for w in s.waiters {
+            if s.allowed {
+                self.let_through(w);
+            } else {
+                self.refuse(w);
+            }
         }
     }
 
