@@ -252,7 +252,8 @@ fn a_held_read_is_approved_or_denied_by_a_person_outside_the_session() {
 }
 
 /// An exec of an `ask` program is held like an open: approved for the session, it runs,
-/// and its next exec runs without asking. Unanswered, a read is refused at the timeout
+/// and its next exec runs without asking; denied, it fails with `EPERM` and nothing of
+/// it runs. Unanswered, a read is refused at the timeout
 /// (`on_timeout: deny`, after the timeout and not before) and an exec let through
 /// (`on_timeout: allow`); both are recorded as timed out, answered by nobody. In monitor
 /// mode nothing is held: the read is recorded `would_ask`.
@@ -291,6 +292,27 @@ fn execs_are_held_grants_last_the_session_and_timeouts_answer_by_the_rule() {
     assert_eq!(
         rows.iter().filter(|r| r["kind"] == "approval").count(),
         1,
+        "{rows:?}"
+    );
+
+    // Denied: the exec fails (`EPERM`; the shell says 126) and nothing of it runs.
+    let script = format!("{tool} -c {}/ok.txt; echo denied=$?", f.dir.display());
+    let session = spawn_session(&d, "asks", "exec-denied", &f.dir, &script);
+    let r = request_for(&d, &tool);
+    let no = answer(&d, &["deny", &r["id"].to_string()]);
+    assert!(no.status.success(), "{no:?}");
+    let out = finish(session);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "denied=126\n",
+        "{out:?}"
+    );
+    let rows = audit_rows(&d, "exec-denied", 1);
+    assert!(
+        rows.iter().any(|r| r["kind"] == "exec"
+            && r["exec"]["path"] == tool.as_str()
+            && r["decision"]["action"] == "blocked"
+            && r["decision"]["enforced_by"] == "fanotify"),
         "{rows:?}"
     );
 
