@@ -817,3 +817,28 @@ fn a_tool_call_is_held_in_its_hook_until_a_person_answers() {
         .collect();
     assert_eq!(outcomes, ["approved", "denied"], "{rows:?}");
 }
+
+/// Where nothing can hold an operation (the refusal layer left out), a profile that asks
+/// is refused at enrolment, naming what is missing, and the agent never runs unwatched
+/// or unasked: files, connections and tool calls alike.
+#[test]
+fn a_profile_that_asks_is_refused_where_nothing_can_hold() {
+    let f = PathFixture::new();
+    ask_profile(&f, "asks", "enforce", "5m", "5m");
+    fs::write(
+        f.rules.path().join("netask.yaml"),
+        "name: netask\ndescription: t\nowners: { business: b, technical: t }\nmode: enforce\n\
+         network:\n  default: deny\n  on_violation: ask\n",
+    )
+    .unwrap();
+    let Some(d) = f.daemon_with(&["--no-refusal"]) else {
+        return;
+    };
+    for profile in ["asks", "netask"] {
+        let out = d.run_profile(profile, profile, &f.dir, &["/bin/echo", "RAN"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{profile}: {out:?}");
+        assert!(err.contains("fanotify"), "{profile}: {err}");
+        assert!(out.stdout.is_empty(), "{profile}: the agent ran: {out:?}");
+    }
+}
