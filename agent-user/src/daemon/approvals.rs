@@ -26,9 +26,9 @@ pub struct Key {
 /// A held operation's request, as `agentwarden pending` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
+    /// Given by the book when it opens the request.
     pub id: u64,
     pub key: Key,
-    pub profile_id: u32,
     /// The process whose operation was held first.
     pub tgid: u32,
     /// `open`, `read`, `exec` or `connect`.
@@ -45,6 +45,29 @@ pub struct Request {
 }
 
 impl Request {
+    /// The request an operation held now would open (its id is the book's to give).
+    pub fn new(
+        key: Key,
+        tgid: u32,
+        access: &'static str,
+        path: String,
+        category: &'static str,
+        rule: AskRule,
+    ) -> Self {
+        Self {
+            id: 0,
+            key,
+            tgid,
+            access,
+            path,
+            category,
+            rule_text: None,
+            requested: SystemTime::now(),
+            since: Instant::now(),
+            rule,
+        }
+    }
+
     pub fn deadline(&self) -> Instant {
         self.since + self.rule.timeout
     }
@@ -129,19 +152,18 @@ pub enum AnswerError {
 }
 
 impl<W> Book<W> {
-    /// Holds `waiter` (an operation on `key`), or says it need not or cannot wait.
-    /// `tgid`: the process an approval goes on for (its reads of the file it opened,
-    /// the loading of the program it executed are the same action); `None` where each
-    /// operation is its own (a connection, a tool call). `make` builds the request's
-    /// description when a new one is opened.
+    /// Holds `waiter` (an operation described by `request`, held at `request.since`), or
+    /// says it need not or cannot wait; `request` is opened only when no request for
+    /// its key is open already. `tgid`: the process an approval goes on for (its reads
+    /// of the file it opened, the loading of the program it executed are the same
+    /// action); `None` where each operation is its own (a connection, a tool call).
     pub fn hold(
         &mut self,
-        key: Key,
         tgid: Option<u32>,
         waiter: W,
-        now: Instant,
-        make: impl FnOnce(u64) -> Request,
+        mut request: Request,
     ) -> (Held, Option<W>) {
+        let (key, now) = (request.key, request.since);
         for g in [Some((key, None)), tgid.map(|t| (key, Some(t)))]
             .into_iter()
             .flatten()
@@ -170,7 +192,8 @@ impl<W> Book<W> {
         }
         let id = self.next;
         self.next += 1;
-        self.pending.insert(id, (make(id), vec![(tgid, waiter)]));
+        request.id = id;
+        self.pending.insert(id, (request, vec![(tgid, waiter)]));
         (Held::Waiting { id, new: true }, None)
     }
 
@@ -268,6 +291,11 @@ impl<W> Book<W> {
         self.pending.values().map(|(r, _)| r.deadline()).min()
     }
 
+    /// Request `id` while it is open, with how many operations wait on it.
+    pub fn get(&self, id: u64) -> Option<(Request, usize)> {
+        self.pending.get(&id).map(|(r, w)| (r.clone(), w.len()))
+    }
+
     /// Open requests, oldest first, with how many operations wait on each.
     pub fn list(&self) -> Vec<(Request, usize)> {
         self.pending
@@ -303,22 +331,15 @@ mod tests {
         }
     }
 
-    fn request(id: u64, key: Key, now: Instant, secs: u64, on_timeout: OnTimeout) -> Request {
+    /// A read of `/x` held at `now`.
+    fn request(key: Key, now: Instant, secs: u64, on_timeout: OnTimeout) -> Request {
+        let rule = AskRule {
+            timeout: Duration::from_secs(secs),
+            on_timeout,
+        };
         Request {
-            id,
-            key,
-            profile_id: 1,
-            tgid: 100,
-            access: "open",
-            path: "/x".into(),
-            category: "files",
-            rule_text: None,
-            requested: SystemTime::now(),
             since: now,
-            rule: AskRule {
-                timeout: Duration::from_secs(secs),
-                on_timeout,
-            },
+            ..Request::new(key, 100, "open", "/x".into(), "files", rule)
         }
     }
 
@@ -347,18 +368,19 @@ mod tests {
     fn waiters_on_one_object_share_a_request_and_its_answer() {
         let now = Instant::now();
         let mut b: Book<&str> = Book::default();
-        let mk = |id| request(id, key(1), now, 60, OnTimeout::Deny);
+        let mk = || request(key(1), now, 60, OnTimeout::Deny);
         assert_eq!(
-            b.hold(key(1), Some(101), "a", now, mk).0,
+            b.hold(Some(101), "a", mk()).0,
             Held::Waiting { id: 1, new: true }
         );
         assert_eq!(
-            b.hold(key(1), Some(102), "b", now, |_| unreachable!()).0,
+            b.hold(Some(102), "b", request(key(1), now, 60, OnTimeout::Deny))
+                .0,
             Held::Waiting { id: 1, new: false }
         );
-        let other = |id| request(id, key(2), now, 60, OnTimeout::Deny);
+        let other = || request(key(2), now, 60, OnTimeout::Deny);
         assert_eq!(
-            b.hold(key(2), Some(103), "c", now, other).0,
+            b.hold(Some(103), "c", other()).0,
             Held::Waiting { id: 2, new: true }
         );
         let s = b
@@ -373,12 +395,13 @@ mod tests {
         // The approved processes go on (their reads of what they opened are the same
         // action); `once` leaves no grant for another process: it asks again.
         assert_eq!(
-            b.hold(key(1), Some(102), "b2", now, |_| unreachable!()).0,
+            b.hold(Some(102), "b2", request(key(1), now, 60, OnTimeout::Deny))
+                .0,
             Held::Granted
         );
-        let mk = |id| request(id, key(1), now, 60, OnTimeout::Deny);
+        let mk = || request(key(1), now, 60, OnTimeout::Deny);
         assert_eq!(
-            b.hold(key(1), Some(104), "d", now, mk).0,
+            b.hold(Some(104), "d", mk()).0,
             Held::Waiting { id: 3, new: true }
         );
         assert_eq!(b.list().len(), 2);
@@ -390,26 +413,21 @@ mod tests {
     fn grants_reach_their_key_for_their_time() {
         let now = Instant::now();
         let mut b: Book<u32> = Book::default();
-        b.hold(key(1), Some(101), 1, now, |id| {
-            request(id, key(1), now, 60, OnTimeout::Deny)
-        });
+        b.hold(Some(101), 1, request(key(1), now, 60, OnTimeout::Deny));
         b.answer(1, answer(true, ApprovalScope::Session, None), now)
             .unwrap();
         assert_eq!(
-            b.hold(key(1), Some(102), 2, now, |_| unreachable!()).0,
+            b.hold(Some(102), 2, request(key(1), now, 60, OnTimeout::Deny))
+                .0,
             Held::Granted
         );
         let other = Key {
             session_id: 8,
             ..key(1)
         };
-        let (h, _) = b.hold(other, Some(103), 3, now, |id| {
-            request(id, other, now, 60, OnTimeout::Deny)
-        });
+        let (h, _) = b.hold(Some(103), 3, request(other, now, 60, OnTimeout::Deny));
         assert!(matches!(h, Held::Waiting { new: true, .. }));
-        b.hold(key(2), Some(104), 4, now, |id| {
-            request(id, key(2), now, 60, OnTimeout::Deny)
-        });
+        b.hold(Some(104), 4, request(key(2), now, 60, OnTimeout::Deny));
         let ten = Duration::from_secs(10);
         assert_eq!(
             b.answer(3, answer(false, ApprovalScope::Session, None), now)
@@ -424,18 +442,15 @@ mod tests {
         b.answer(3, answer(true, ApprovalScope::Duration, Some(ten)), now)
             .unwrap();
         assert_eq!(
-            b.hold(key(2), Some(105), 5, now, |_| unreachable!()).0,
+            b.hold(Some(105), 5, request(key(2), now, 60, OnTimeout::Deny))
+                .0,
             Held::Granted
         );
         let later = now + ten + Duration::from_secs(1);
-        let (h, _) = b.hold(key(2), Some(106), 6, later, |id| {
-            request(id, key(2), later, 60, OnTimeout::Deny)
-        });
+        let (h, _) = b.hold(Some(106), 6, request(key(2), later, 60, OnTimeout::Deny));
         assert!(matches!(h, Held::Waiting { new: true, .. }));
         b.forget(|sid| sid != 7, |_| true, later);
-        let (h, _) = b.hold(key(1), Some(107), 7, later, |id| {
-            request(id, key(1), later, 60, OnTimeout::Deny)
-        });
+        let (h, _) = b.hold(Some(107), 7, request(key(1), later, 60, OnTimeout::Deny));
         assert!(
             matches!(h, Held::Waiting { new: true, .. }),
             "grant of an ended session"
@@ -448,12 +463,8 @@ mod tests {
     fn timeouts_settle_by_the_rule() {
         let now = Instant::now();
         let mut b: Book<u32> = Book::default();
-        b.hold(key(1), Some(101), 1, now, |id| {
-            request(id, key(1), now, 5, OnTimeout::Deny)
-        });
-        b.hold(key(2), Some(102), 2, now, |id| {
-            request(id, key(2), now, 10, OnTimeout::Allow)
-        });
+        b.hold(Some(101), 1, request(key(1), now, 5, OnTimeout::Deny));
+        b.hold(Some(102), 2, request(key(2), now, 10, OnTimeout::Allow));
         assert_eq!(b.next_deadline(), Some(now + Duration::from_secs(5)));
         assert!(b.expire(now + Duration::from_secs(4)).is_empty());
         let s = b.expire(now + Duration::from_secs(5));
@@ -472,12 +483,14 @@ mod tests {
         let now = Instant::now();
         let mut b: Book<u64> = Book::default();
         for i in 0..MAX_PENDING as u64 {
-            b.hold(key(i), Some(100 + i as u32), i, now, |id| {
-                request(id, key(i), now, 60, OnTimeout::Deny)
-            });
+            b.hold(
+                Some(100 + i as u32),
+                i,
+                request(key(i), now, 60, OnTimeout::Deny),
+            );
         }
         let k = key(u64::MAX);
-        let (h, back) = b.hold(k, Some(109), 9, now, |_| unreachable!());
+        let (h, back) = b.hold(Some(109), 9, request(k, now, 60, OnTimeout::Deny));
         assert_eq!((h, back), (Held::Full, Some(9)));
     }
 }

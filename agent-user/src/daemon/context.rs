@@ -285,27 +285,22 @@ impl Core {
         rule_text: &str,
     ) -> Option<tokio::sync::oneshot::Receiver<bool>> {
         let s = self.attribution.registry.get(c.sid)?;
-        let profile_id = *self.profile_ids.get(&s.profile)?;
         let rule = self.profiles.get(&s.profile)?.ask[3]?;
         let escalation = self.kernel.policy.refusal.as_ref()?.escalation.clone();
         let what = format!("{} {}", c.t.tool, agent::cut(&c.target, 200).0);
-        let object = (
-            agent_common::policy::fnv(what.as_bytes()),
-            agent_common::policy::fnv(c.t.agent_session.as_bytes()),
-        );
-        // The call's rule: the id the audit row names is the tools rule's text.
-        Some(escalation.hold_reply(
-            c.sid,
-            TOOL_RULE,
-            object,
-            c.agent_pid,
-            profile_id,
-            "tool_call",
-            "tools",
-            what,
-            rule,
-            Some(rule_text.to_owned()),
-        ))
+        let key = approvals::Key {
+            session_id: c.sid,
+            rule_id: TOOL_RULE,
+            object: (
+                agent_common::policy::fnv(what.as_bytes()),
+                agent_common::policy::fnv(c.t.agent_session.as_bytes()),
+            ),
+        };
+        // A tools rule has no kernel id: the request carries its text.
+        Some(escalation.hold_reply(approvals::Request {
+            rule_text: Some(rule_text.to_owned()),
+            ..approvals::Request::new(key, c.agent_pid, "tool_call", what, "tools", rule)
+        }))
     }
 
     /// The end of a held tool call's wait: the call goes ahead (`approved`) or is refused

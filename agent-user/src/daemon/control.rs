@@ -96,6 +96,9 @@ pub(super) fn authorize(shared: &Shared, uid: u32, pid: u32) -> Result<()> {
 
 // Long: one arm per request of the control protocol, each short.
 pub(super) fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -> Result<Response> {
+    if let Request::OriginalDestination { peer, local } = req {
+        return redirect::original_destination(shared, peer, local);
+    }
     let mut core = shared.core();
     match req {
         Request::Enroll {
@@ -185,24 +188,7 @@ pub(super) fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -
             })
         }
         Request::Events { .. } => unreachable!("streamed by handle_client"),
-        Request::OriginalDestination { peer, local } => {
-            let cookie = redirect::cookie_of(peer, local)?.ok_or_else(|| {
-                anyhow!("no TCP connection from {peer} in this network namespace")
-            })?;
-            let o = core
-                .kernel
-                .policy
-                .original_destinations
-                .get(&cookie, 0)
-                .map_err(|_| {
-                    anyhow!("the connection from {peer} was not redirected by agentwarden")
-                })?;
-            Ok(Response::OriginalDestination {
-                address: std::net::SocketAddr::new(redirect::address_of(&o), o.port),
-                session: format_id(o.session_id),
-                rule: core.rules.describe(o.rule_id, "network"),
-            })
-        }
+        Request::OriginalDestination { .. } => unreachable!("answered before the lock"),
         Request::Pending => Ok(Response::Pending {
             requests: pending(&mut core),
         }),
@@ -211,26 +197,26 @@ pub(super) fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -
             scope,
             duration_secs,
             note,
-        } => answer(
-            &mut core,
-            id,
-            true,
-            scope,
-            duration_secs.map(Duration::from_secs),
-            note,
-            uid,
-            peer_pid,
-        ),
-        Request::Deny { id, note } => answer(
-            &mut core,
-            id,
-            false,
-            crate::event::ApprovalScope::Once,
-            None,
-            note,
-            uid,
-            peer_pid,
-        ),
+        } => {
+            let a = super::approvals::Answer {
+                allow: true,
+                by: approver(&mut core, uid, peer_pid),
+                note,
+                scope,
+                duration: duration_secs.map(Duration::from_secs),
+            };
+            answer(&core, id, a)
+        }
+        Request::Deny { id, note } => {
+            let a = super::approvals::Answer {
+                allow: false,
+                by: approver(&mut core, uid, peer_pid),
+                note,
+                scope: crate::event::ApprovalScope::Once,
+                duration: None,
+            };
+            answer(&core, id, a)
+        }
         Request::Hook { .. } => bail!(
             "hook reports go to the hook socket ({})",
             shared.cfg.hook_socket.display()
@@ -374,88 +360,77 @@ pub(super) fn pending(core: &mut Core) -> Vec<crate::proto::PendingView> {
     let Some(r) = &core.kernel.policy.refusal else {
         return Vec::new();
     };
-    let requests = r.escalation.pending();
-    let now = std::time::Instant::now();
-    requests
+    r.escalation
+        .pending()
         .into_iter()
-        .map(|(q, waiting)| {
-            let sid = q.key.session_id;
-            let s = core.attribution.registry.get(sid);
-            let profile = s.and_then(|s| core.profiles.get(&s.profile));
-            crate::proto::PendingView {
-                id: q.id,
-                session: format_id(sid),
-                session_name: s.map(|s| s.name.clone()).unwrap_or_default(),
-                agent: s.map(|s| s.profile.clone()).unwrap_or_default(),
-                business_owner: profile
-                    .map(|p| p.file.owners.business.clone())
-                    .unwrap_or_default(),
-                technical_owner: profile
-                    .map(|p| p.file.owners.technical.clone())
-                    .unwrap_or_default(),
-                principal_uid: s.map_or(0, |s| s.owner_uid),
-                principal_user: s.and_then(|s| s.owner_user.clone()),
-                pid: q.tgid,
-                comm: procfs::process::Process::new(q.tgid as i32)
-                    .and_then(|p| p.stat())
-                    .ok()
-                    .map(|st| st.comm),
-                access: q.access.to_owned(),
-                path: q.path.clone(),
-                rule: q
-                    .rule_text
-                    .clone()
-                    .unwrap_or_else(|| core.rules.describe(q.key.rule_id, q.category)),
-                context: core.attribution.calls.context_of(sid, q.tgid),
-                since: humantime::format_rfc3339_millis(q.requested).to_string(),
-                waiting_ms: now.saturating_duration_since(q.since).as_millis() as u64,
-                timeout_secs: q.rule.timeout.as_secs(),
-                on_timeout: match q.rule.on_timeout {
-                    policy::OnTimeout::Deny => "deny",
-                    policy::OnTimeout::Allow => "allow",
-                }
-                .to_owned(),
-                waiting,
-            }
-        })
+        .map(|(q, waiting)| pending_view(core, &q, waiting))
         .collect()
+}
+
+/// One open request with who and what it is about (`waiting`: the operations on it).
+pub(super) fn pending_view(
+    core: &mut Core,
+    q: &super::approvals::Request,
+    waiting: usize,
+) -> crate::proto::PendingView {
+    let sid = q.key.session_id;
+    let s = core.attribution.registry.get(sid);
+    let profile = s.and_then(|s| core.profiles.get(&s.profile));
+    crate::proto::PendingView {
+        id: q.id,
+        session: format_id(sid),
+        session_name: s.map(|s| s.name.clone()).unwrap_or_default(),
+        agent: s.map(|s| s.profile.clone()).unwrap_or_default(),
+        business_owner: profile
+            .map(|p| p.file.owners.business.clone())
+            .unwrap_or_default(),
+        technical_owner: profile
+            .map(|p| p.file.owners.technical.clone())
+            .unwrap_or_default(),
+        principal_uid: s.map_or(0, |s| s.owner_uid),
+        principal_user: s.and_then(|s| s.owner_user.clone()),
+        pid: q.tgid,
+        comm: procfs::process::Process::new(q.tgid as i32)
+            .and_then(|p| p.stat())
+            .ok()
+            .map(|st| st.comm),
+        access: q.access.to_owned(),
+        path: q.path.clone(),
+        rule: q
+            .rule_text
+            .clone()
+            .unwrap_or_else(|| core.rules.describe(q.key.rule_id, q.category)),
+        context: core.attribution.calls.context_of(sid, q.tgid),
+        since: humantime::format_rfc3339_millis(q.requested).to_string(),
+        waiting_ms: q.since.elapsed().as_millis() as u64,
+        timeout_secs: q.rule.timeout.as_secs(),
+        on_timeout: match q.rule.on_timeout {
+            policy::OnTimeout::Deny => "deny",
+            policy::OnTimeout::Allow => "allow",
+        }
+        .to_owned(),
+        waiting,
+    }
+}
+
+/// The control socket's peer as an approver, from its credentials.
+fn approver(core: &mut Core, uid: u32, pid: u32) -> crate::event::Approver {
+    crate::event::Approver {
+        via: "control".to_owned(),
+        uid: Some(uid),
+        user: core.attribution.users.name(uid),
+        pid: Some(pid),
+    }
 }
 
 /// A person's answer to request `id`, from the control socket's peer (`authorize` has
 /// already refused callers inside a session: an agent never answers for itself).
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one per field of the request, passed on"
-)]
-fn answer(
-    core: &mut Core,
-    id: u64,
-    allow: bool,
-    scope: crate::event::ApprovalScope,
-    duration: Option<Duration>,
-    note: Option<String>,
-    uid: u32,
-    peer_pid: u32,
-) -> Result<Response> {
-    let by = crate::event::Approver {
-        via: "control".to_owned(),
-        uid: Some(uid),
-        user: core.attribution.users.name(uid),
-        pid: Some(peer_pid),
-    };
+fn answer(core: &Core, id: u64, a: super::approvals::Answer) -> Result<Response> {
     let r = core.kernel.policy.refusal.as_ref().ok_or_else(|| {
         anyhow!("no approval requests: the refusal layer (fanotify) is not running")
     })?;
-    let held = r.escalation.answer(
-        id,
-        super::approvals::Answer {
-            allow,
-            by,
-            note,
-            scope,
-            duration,
-        },
-    )?;
+    let (allow, uid) = (a.allow, a.by.uid);
+    let held = r.escalation.answer(id, a)?;
     info!(request = id, allow, uid, held, "approval request answered");
     Ok(Response::Answered { request: id, held })
 }

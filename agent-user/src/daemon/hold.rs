@@ -77,23 +77,22 @@ fn request(shared: &Shared, cookie: u64) -> Option<Held> {
         .filter(|o| o.held == 1)?;
     let to = SocketAddr::new(redirect::address_of(&o), o.port);
     let session = core.attribution.registry.get(o.session_id)?;
-    let profile_id = *core.profile_ids.get(&session.profile)?;
     let rule = core.profiles.get(&session.profile)?.ask[2]?;
     let escalation = core.kernel.policy.refusal.as_ref()?.escalation.clone();
     drop(core);
-    let object = (agent_common::policy::fnv(&o.addr), u64::from(o.port));
-    let answer = escalation.hold_reply(
-        o.session_id,
-        o.rule_id,
-        object,
+    let key = approvals::Key {
+        session_id: o.session_id,
+        rule_id: o.rule_id,
+        object: (agent_common::policy::fnv(&o.addr), u64::from(o.port)),
+    };
+    let answer = escalation.hold_reply(approvals::Request::new(
+        key,
         o.tgid,
-        profile_id,
         "connect",
-        "network",
         to.to_string(),
+        "network",
         rule,
-        None,
-    );
+    ));
     Some(Held { to, answer })
 }
 

@@ -83,6 +83,29 @@ pub(super) fn cookie_of(peer: SocketAddr, local: Option<SocketAddr>) -> Result<O
     }
 }
 
+/// Where the redirected connection from `peer` was addressed. The sock_diag dump (every
+/// TCP socket of the namespace) is done before the daemon's core lock is taken.
+pub(super) fn original_destination(
+    shared: &Shared,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> Result<Response> {
+    let cookie = cookie_of(peer, local)?
+        .ok_or_else(|| anyhow!("no TCP connection from {peer} in this network namespace"))?;
+    let core = shared.core();
+    let o = core
+        .kernel
+        .policy
+        .original_destinations
+        .get(&cookie, 0)
+        .map_err(|_| anyhow!("the connection from {peer} was not redirected by agentwarden"))?;
+    Ok(Response::OriginalDestination {
+        address: SocketAddr::new(address_of(&o), o.port),
+        session: crate::session::format_id(o.session_id),
+        rule: core.rules.describe(o.rule_id, "network"),
+    })
+}
+
 /// IPv4-mapped IPv6 addresses as IPv4, so either form matches.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {

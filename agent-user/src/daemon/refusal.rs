@@ -126,18 +126,6 @@ pub struct KernelWaiter {
     path: String,
 }
 
-/// What a new request says of the operation that opened it.
-struct Opening {
-    tgid: u32,
-    access: &'static str,
-    path: String,
-    profile_id: u32,
-    category: &'static str,
-    rule: crate::policy::AskRule,
-    /// The rule's text where it has no kernel id (a `tools:` rule).
-    rule_text: Option<String>,
-}
-
 /// A deny rule bound to an object: which profile and owner it applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Binding {
@@ -818,19 +806,12 @@ impl Worker {
                 rule_id: r.binding.rule_id,
                 object: id,
             };
-            let opening = Opening {
-                tgid,
-                access: access.as_str(),
-                path: path.clone(),
-                profile_id: s.profile_id,
-                category: if r.binding.category == CATEGORY_EXEC {
-                    "exec"
-                } else {
-                    "files"
-                },
-                rule,
-                rule_text: None,
+            let category = if r.binding.category == CATEGORY_EXEC {
+                "exec"
+            } else {
+                "files"
             };
+            let request = Request::new(key, tgid, access.as_str(), path.clone(), category, rule);
             let waiter = Waiter::Kernel(KernelWaiter {
                 tgid,
                 access,
@@ -840,7 +821,7 @@ impl Worker {
                 event: ev,
             });
             drop(table);
-            self.escalation.hold(waiter, key, opening);
+            self.escalation.hold(waiter, request);
             return;
         }
         let rec = refused
@@ -952,24 +933,11 @@ impl Escalation {
     }
 
     /// Holds a waiter, or answers it at once (a standing grant, a full book).
-    fn hold(&self, w: Waiter, key: Key, o: Opening) {
-        let now = std::time::Instant::now();
-        let (tgid, access, path) = (o.tgid, o.access, o.path.clone());
+    fn hold(&self, w: Waiter, request: Request) {
+        let (tgid, access, path) = (request.tgid, request.access, request.path.clone());
         // An approval goes on for the process whose open or exec it let through.
         let lasting = matches!(w, Waiter::Kernel(_)).then_some(tgid);
-        let (held, back) = self.book.lock().hold(key, lasting, w, now, |id| Request {
-            id,
-            key,
-            profile_id: o.profile_id,
-            tgid,
-            access,
-            path: o.path,
-            category: o.category,
-            rule_text: o.rule_text,
-            requested: std::time::SystemTime::now(),
-            since: now,
-            rule: o.rule,
-        });
+        let (held, back) = self.book.lock().hold(lasting, w, request);
         match (held, back) {
             (Held::Granted, Some(w)) => self.let_through(w),
             (Held::Full, Some(w)) => {
@@ -992,43 +960,11 @@ impl Escalation {
     }
 
     /// Holds an operation the daemon itself keeps waiting (a connection at the holding
-    /// endpoint, a tool call in its hook): `access` of `path` (identified by `object`) by
-    /// process `tgid` of session `session_id`, under the rule `rule_id` of `category`
-    /// (or the rule named `rule_text`). The answer arrives on the receiver (`true`: go
-    /// ahead).
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the request's description, field by field"
-    )]
-    pub fn hold_reply(
-        &self,
-        session_id: u64,
-        rule_id: u32,
-        object: (u64, u64),
-        tgid: u32,
-        profile_id: u32,
-        access: &'static str,
-        category: &'static str,
-        path: String,
-        rule: crate::policy::AskRule,
-        rule_text: Option<String>,
-    ) -> tokio::sync::oneshot::Receiver<bool> {
+    /// endpoint, a tool call in its hook), described by `request`. The answer arrives on
+    /// the receiver (`true`: go ahead).
+    pub fn hold_reply(&self, request: Request) -> tokio::sync::oneshot::Receiver<bool> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let key = Key {
-            session_id,
-            rule_id,
-            object,
-        };
-        let opening = Opening {
-            tgid,
-            access,
-            path,
-            profile_id,
-            category,
-            rule,
-            rule_text,
-        };
-        self.hold(Waiter::Reply(tx), key, opening);
+        self.hold(Waiter::Reply(tx), request);
         rx
     }
 
@@ -1123,6 +1059,11 @@ impl Escalation {
         let n = s.waiters.len() as u32;
         self.settle(s);
         Ok(n)
+    }
+
+    /// Request `id` while it is open, with the operations waiting on it.
+    pub fn request(&self, id: u64) -> Option<(Request, usize)> {
+        self.book.lock().get(id)
     }
 
     /// Open requests, oldest first, with the operations waiting on each.

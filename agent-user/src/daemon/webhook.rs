@@ -133,19 +133,21 @@ pub(super) async fn run(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<u64>,
 ) {
     while let Some(id) = rx.recv().await {
-        let (view, escalation) = {
+        let found = {
             let mut core = shared.core();
-            let view = control::pending(&mut core).into_iter().find(|v| v.id == id);
-            let esc = core
+            let escalation = core
                 .kernel
                 .policy
                 .refusal
                 .as_ref()
                 .map(|r| r.escalation.clone());
-            (view, esc)
+            escalation.and_then(|e| {
+                let (q, waiting) = e.request(id)?;
+                Some((control::pending_view(&mut core, &q, waiting), e))
+            })
         };
         // Answered already (or the layer is gone): nothing to ask.
-        let (Some(view), Some(escalation)) = (view, escalation) else {
+        let Some((view, escalation)) = found else {
             continue;
         };
         let (hook, stats) = (hook.clone(), stats.clone());
