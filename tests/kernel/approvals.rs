@@ -842,3 +842,32 @@ fn a_profile_that_asks_is_refused_where_nothing_can_hold() {
         assert!(out.stdout.is_empty(), "{profile}: the agent ran: {out:?}");
     }
 }
+
+/// Another route to a held file: an open submitted through io_uring (no `openat` for a
+/// rule on the syscall to see) waits like the syscall's: denied, it fails with `EPERM`;
+/// approved, the bytes are read.
+#[test]
+fn an_io_uring_open_is_held_like_the_syscall() {
+    let f = PathFixture::new();
+    ask_profile(&f, "asks", "enforce", "5m", "5m");
+    let Some(d) = f.daemon() else { return };
+    let canary = format!("{}/canary", f.dir.display());
+    let script = format!(
+        "echo first=$({p} uring-open {canary}); echo second=$({p} uring-open {canary})",
+        p = probe()
+    );
+    let session = spawn_session(&d, "asks", "uring", &f.dir, &script);
+    let first = request_for(&d, &canary);
+    let no = answer(&d, &["deny", &first["id"].to_string()]);
+    assert!(no.status.success(), "{no:?}");
+    let second = request_for(&d, &canary);
+    assert_ne!(second["id"], first["id"]);
+    let ok = answer(&d, &["approve", &second["id"].to_string()]);
+    assert!(ok.status.success(), "{ok:?}");
+    let out = finish(session);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "first=errno 1\nsecond=ok-LEAK\n",
+        "{out:?}"
+    );
+}

@@ -669,13 +669,15 @@ except OSError as e:
 /// rule's endpoint (here a listener of the test), however the agent addressed it: the
 /// kernel rewrote the address before the connect. The endpoint learns the original
 /// destination from the daemon (`original-destination --peer`), the decision is recorded
-/// `modified` with the rule, and a port outside the redirect meets the profile's deny.
+/// `modified` with the rule, and a port outside the redirect meets the profile's deny. A
+/// connect submitted through io_uring is redirected alike.
 /// In monitor mode the connection goes where it was addressed (nothing listens there)
 /// and the record says `would_redirect`.
 #[test]
 fn redirect_sends_a_connection_to_its_endpoint_which_learns_the_original_destination() {
     let endpoint = TcpListener::bind("127.0.0.1:0").unwrap();
     let to = endpoint.local_addr().unwrap();
+    let endpoint_again = endpoint.try_clone().unwrap();
     let rules = tempfile::tempdir().unwrap();
     for (name, mode) in [("redir", "enforce"), ("redir-watch", "monitor")] {
         fs::write(
@@ -764,6 +766,24 @@ fn redirect_sends_a_connection_to_its_endpoint_which_learns_the_original_destina
             && r["net"]["address"] == "127.0.0.2"),
         "{rows:?}"
     );
+
+    // Another route: a connect submitted through io_uring meets the same hook.
+    endpoint_again.set_nonblocking(true).unwrap();
+    let out = d.run_profile(
+        "redir",
+        "redirected-uring",
+        work.path(),
+        &[probe(), "uring-connect", "127.0.0.2", "9124"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok", "{out:?}");
+    assert!(
+        endpoint_again.accept().is_ok(),
+        "the io_uring connect did not reach the endpoint"
+    );
+    let sid = d.session("redirected-uring").id;
+    d.wait_for(&sid, "the io_uring redirect", |evs| {
+        with_action(evs, Action::Modified).next().is_some()
+    });
 
     // Monitor mode: recorded, not redirected.
     let out = d.run_profile(
