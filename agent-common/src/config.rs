@@ -41,10 +41,11 @@ pub struct KernelOffsets {
     pub inode_i_sb: u32,
     pub super_block_s_dev: u32,
     pub inode_i_nlink: u32,
+    pub dentry_d_inode: u32,
     /// Non-zero once the daemon filled the struct; programs do nothing before that.
     pub valid: u32,
 }
-crate::assert_size!(KernelOffsets, 34 * 4);
+crate::assert_size!(KernelOffsets, 35 * 4);
 
 #[cfg(feature = "user")]
 // SAFETY: plain-old-data, all fields are u32, no padding.

@@ -11,6 +11,7 @@ mod fileless;
 mod kernel;
 mod lsm;
 mod maps;
+mod names;
 mod net;
 mod netpolicy;
 mod packet;

@@ -209,7 +209,12 @@ fn matches(path: &KPath, entry: &SessionEntry, category: u8, depths: u64) -> Opt
 /// bind mount of a file a rule named, whatever path reaches it now.
 #[inline(always)]
 fn inode_matches(file: *const u8, entry: &SessionEntry, category: u8) -> Option<u32> {
-    let inode = read_ptr(file, off!(file_f_inode))?;
+    inode_rule(read_ptr(file, off!(file_f_inode))?, entry, category)
+}
+
+/// The deny rule bound to `inode`, if any.
+#[inline(always)]
+fn inode_rule(inode: *const u8, entry: &SessionEntry, category: u8) -> Option<u32> {
     let ino = read::<u64>(inode, off!(inode_i_ino))?;
     let sb = read_ptr(inode, off!(inode_i_sb))?;
     let dev = read::<u32>(sb, off!(super_block_s_dev))?;
@@ -337,6 +342,46 @@ pub fn lsm_decide(
         return 0;
     }
     let Some(rule) = judge(file, path, entry, &a, category) else {
+        return 0;
+    };
+    out.rule_id = rule;
+    out.denied = 1;
+    out.enforced_by = Layer::Lsm as u8;
+    if a.block != 0 {
+        out.action = Action::Blocked as u8;
+    } else if a.kill != 0 {
+        kill_current();
+        out.action = Action::Killed as u8;
+    } else {
+        return 0;
+    }
+    -EPERM
+}
+
+/// LSM layer for a change to a name (create, remove, rename, link, truncate): `-EPERM`
+/// when the name's full path (`path`, resolved from the directory's mount and the
+/// entry's dentry) matches a file deny rule, or when the file it names (`inode`, absent
+/// for a name being created) is bound to one. A deny rule keeps its files from being
+/// removed, replaced, renamed away or truncated, and a deny tree from gaining or losing
+/// names, by whatever call reaches the hook.
+#[inline(always)]
+pub fn lsm_decide_name(
+    path: &KPath,
+    inode: Option<*const u8>,
+    entry: &SessionEntry,
+    out: &mut KernelVerdict,
+) -> i32 {
+    *out = KernelVerdict::default();
+    let category = agent_common::policy::CATEGORY_FILE;
+    let Some(a) = actions(entry, category) else {
+        return 0;
+    };
+    if a.mode != Mode::Enforce as u8 {
+        return 0;
+    }
+    let Some(rule) = matches(path, entry, category, a.depths)
+        .or_else(|| inode.and_then(|i| inode_rule(i, entry, category)))
+    else {
         return 0;
     };
     out.rule_id = rule;

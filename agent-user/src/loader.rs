@@ -120,6 +120,18 @@ const fn lsm_self_protection(name: &'static str) -> ProgramSpec {
     }
 }
 
+const fn names(name: &'static str) -> ProgramSpec {
+    ProgramSpec {
+        name,
+        hook: Hook::Lsm(name),
+        needs: Some(Feature::BpfLsm),
+        required: false,
+        fallback: "creating, removing, renaming or truncating a denied name is not refused \
+                   (only opens are); the daemon pins again what is removed from its pin \
+                   directory",
+    }
+}
+
 /// The BPF-LSM self-protection hooks; with all of them attached the syscall-entry
 /// program leaves their calls to them (`DAEMON_FLAG_LSM_SELF_PROTECTION`).
 pub const LSM_SELF_PROTECTION: [&str; 3] = ["task_kill", "ptrace_access_check", "bpf"];
@@ -233,6 +245,16 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: false,
         fallback: "file `block` only through `fallback: kill` (signal layer); else refused",
     },
+    // Changes to the names file rules cover: creating, removing, renaming, linking and
+    // truncating them (the daemon's state, pin and socket directories among them).
+    names("path_unlink"),
+    names("path_rmdir"),
+    names("path_mkdir"),
+    names("path_mknod"),
+    names("path_symlink"),
+    names("path_link"),
+    names("path_rename"),
+    names("path_truncate"),
 ];
 
 /// Programs attached only while a session runs: the raw syscall tracepoints run for

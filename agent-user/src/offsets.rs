@@ -75,6 +75,7 @@ kernel_offsets! {
     inode_i_sb: inode.i_sb,
     super_block_s_dev: super_block.s_dev,
     inode_i_nlink: inode.i_nlink,
+    dentry_d_inode: dentry.d_inode,
 }
 
 // BTF kinds (include/uapi/linux/btf.h).

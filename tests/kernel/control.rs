@@ -199,7 +199,10 @@ fn a_bad_profile_is_rejected_and_the_last_good_version_stays() {
 /// the daemon's state directory (its audit store and event log: read or write, or list
 /// it), whatever the profile's own file rules; each refusal is
 /// `EPERM` (the fanotify layer, BPF-LSM where it runs), recorded with the daemon's own
-/// rule. Outside every session they open as before.
+/// rule. Where BPF-LSM runs, its path hooks also refuse every change to those names:
+/// removing the audit store or a pin, renaming the state directory away, hard-linking
+/// or truncating the store, creating a file there (`O_CREAT`), or binding a socket in
+/// the socket directory. Outside every session they open as before.
 #[test]
 fn a_session_cannot_open_the_daemons_own_directories() {
     let rules = tempfile::tempdir().unwrap();
@@ -232,8 +235,29 @@ fn a_session_cannot_open_the_daemons_own_directories() {
         return;
     };
     let state = fs::canonicalize(d.db().parent().unwrap()).unwrap();
+    let lsm = lsm_attached(&d);
+    // The changes to names only the BPF-LSM path hooks refuse (without them these would
+    // remove the store the test reads: tried only where they run).
+    let names = if lsm {
+        format!(
+            "attempt('unlink_db', lambda: os.unlink('{db}'))\n\
+             attempt('rename_state', lambda: os.rename('{state}', '{state}.moved'))\n\
+             attempt('rename_log', lambda: os.rename('{state}/events.jsonl', '{state}/x'))\n\
+             attempt('link_db', lambda: os.link('{db}', '{tmp}/db-link'))\n\
+             attempt('truncate_db', lambda: os.truncate('{db}', 0))\n\
+             attempt('mkdir_state', lambda: os.mkdir('{state}/d'))\n\
+             attempt('symlink_state', lambda: os.symlink('/etc/passwd', '{state}/s'))\n\
+             attempt('bind_run', lambda: socket.socket(socket.AF_UNIX).bind('{run}/fake.sock'))\n",
+            db = d.db().display(),
+            state = state.display(),
+            tmp = extra_dir.display(),
+            run = run_arg,
+        )
+    } else {
+        String::new()
+    };
     let probe = format!(
-        "import os\n\
+        "import os, socket\n\
          def attempt(label, f):\n    try:\n        f()\n        print(label + '=ok')\n    \
          except OSError as e:\n        print(label + '=' + str(e.errno))\n\
          attempt('read_db', lambda: open('{db}', 'rb').read(16))\n\
@@ -246,7 +270,7 @@ fn a_session_cannot_open_the_daemons_own_directories() {
          attempt('unlink_pin', lambda: os.unlink('{pins}/maps/SESSIONS'))\n\
          attempt('write_unit', lambda: open('{unit}', 'a').write('ExecStart=/bin/false'))\n\
          attempt('read_unit', lambda: open('{unit}').read())\n\
-         attempt('list_run', lambda: os.listdir('{run}'))\n",
+         attempt('list_run', lambda: os.listdir('{run}'))\n{names}",
         db = d.db().display(),
         state = state.display(),
         pins = d.pins().display(),
@@ -256,37 +280,99 @@ fn a_session_cannot_open_the_daemons_own_directories() {
     let cwd = std::env::temp_dir();
     let out = d.run_profile("guarded", "self", &cwd, &["/usr/bin/python3", "-c", &probe]);
     assert!(out.status.success(), "{out:?}");
+    let (unlink_pin, name_changes) = if lsm {
+        (
+            "1",
+            "unlink_db=1\nrename_state=1\nrename_log=1\nlink_db=1\ntruncate_db=1\n\
+             mkdir_state=1\nsymlink_state=1\nbind_run=1\n",
+        )
+    } else {
+        ("ok", "")
+    };
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "read_db=1\nwrite_state=1\nlist_state=1\nread_log=1\n\
-         list_pins=1\nlist_links=1\nopen_pin=1\nunlink_pin=ok\n\
-         write_unit=1\nread_unit=1\nlist_run=1\n",
+        format!(
+            "read_db=1\nwrite_state=1\nlist_state=1\nread_log=1\n\
+             list_pins=1\nlist_links=1\nopen_pin=1\nunlink_pin={unlink_pin}\n\
+             write_unit=1\nread_unit=1\nlist_run=1\n{name_changes}"
+        ),
         "{out:?}"
     );
-    // An unlink is no open (threat model): the daemon holds every pinned object, so
-    // nothing detached, and its sweep pins the map again for a successor to find.
-    let start = Instant::now();
-    loop {
-        let st: StatusReport = d.json(&["status", "--json"]);
-        if d.pins().join("maps/SESSIONS").exists() && st.daemon_counters.pins_restored >= 1 {
-            break;
+    let sid = d.session("self").id;
+    if lsm {
+        // Every change to a name was refused inside the call and recorded under it, with
+        // the daemon's rule; nothing was made or moved.
+        let evs = d.wait_for(&sid, "the refused changes to names", |evs| {
+            evs.iter().filter(|e| e.syscall().is_some()).count() >= 9
+        });
+        let calls: Vec<&str> = evs
+            .iter()
+            .filter_map(|e| e.syscall().map(|s| s.name.as_str()))
+            .collect();
+        // Each attempt under the call that reached the hook (libc may take the `*at`
+        // form of a call).
+        for names in [
+            &["unlink", "unlinkat"][..],
+            &["rename", "renameat", "renameat2"],
+            &["link", "linkat"],
+            &["truncate"],
+            &["mkdir", "mkdirat"],
+            &["symlink", "symlinkat"],
+            &["bind"],
+            &["openat", "open"],
+        ] {
+            assert!(
+                names.iter().any(|n| calls.contains(n)),
+                "{names:?} not recorded: {calls:?}"
+            );
         }
+        for e in evs.iter().filter(|e| e.syscall().is_some()) {
+            let dec = e.decision.as_ref().unwrap();
+            assert_eq!(
+                (dec.action, dec.enforced_by),
+                (Action::Blocked, Layer::Lsm),
+                "{e:?}"
+            );
+            assert!(
+                dec.rule.starts_with("agentwarden self-protection: "),
+                "{e:?}"
+            );
+        }
+        assert!(!state.join("planted").exists() && !state.join("d").exists());
+        assert!(d.pins().join("maps/SESSIONS").exists());
+        assert!(d.db().metadata().unwrap().len() > 0);
+        let rows = d.audit_session(&sid);
         assert!(
-            start.elapsed() < patience(),
-            "the pin was not restored:\n{}",
-            d.log()
+            rows.iter()
+                .any(|r| r["kind"] == "syscall_decision" && r["decision"]["enforced_by"] == "lsm"),
+            "{rows:?}"
         );
-        thread::sleep(Duration::from_millis(100));
     }
-    // `O_CREAT` makes the name before any open hook can refuse the open: the file is
-    // there, empty; nothing was written (threat model: unlink and rename are not opens).
+    // Without BPF-LSM an unlink is no open (threat model): the daemon holds every pinned
+    // object, so nothing detached, and its sweep pins the map again for a successor.
+    let start = Instant::now();
+    if !lsm {
+        loop {
+            let st: StatusReport = d.json(&["status", "--json"]);
+            if d.pins().join("maps/SESSIONS").exists() && st.daemon_counters.pins_restored >= 1 {
+                break;
+            }
+            assert!(
+                start.elapsed() < patience(),
+                "the pin was not restored:\n{}",
+                d.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Without BPF-LSM `O_CREAT` makes the name before any open hook can refuse the open:
+    // the file may be there, empty; nothing was written.
     assert_eq!(fs::read(state.join("planted")).unwrap_or_default(), b"");
     assert_eq!(
         fs::read(&unit).unwrap(),
         b"[Service]\n",
         "the unit is unchanged"
     );
-    let sid = d.session("self").id;
     let evs = d.wait_for(&sid, "the refusals", |evs| {
         // The open of a map's pin is refused by the kernel itself without a record on
         // the fanotify layer (bpffs objects cannot be opened as files: fanotify cannot

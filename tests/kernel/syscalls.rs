@@ -542,6 +542,16 @@ fn attached_sessions_cannot_signal_trace_or_bpf_the_daemon_where_bpf_lsm_runs() 
     };
     for (name, args, syscall, what) in routes {
         let (status, said) = attempt(name, &args);
+        // A SIGSTOP or a tracer's attach that got through would leave the daemon stopped
+        // and every later step waiting on it: fail here, naming it, instead of hanging.
+        let state = fs::read_to_string(format!("/proc/{daemon}/stat")).unwrap_or_default();
+        let stopped = state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('T' | 't')));
+        if stopped {
+            let _ = Command::new("kill").args(["-CONT", &daemon]).status();
+            panic!("{name}: the daemon was stopped ({said}, {status:?})");
+        }
         if lsm {
             assert!(status.success(), "{name}: {status:?}");
             assert_eq!(said, "errno 1", "{name}");

@@ -59,6 +59,14 @@ const PER_KERNEL_TIMEOUT: Duration = Duration::from_secs(1500);
 /// name that no longer exists fails the tier (a rename must not drop coverage silently).
 pub const VM_TESTS: &[(&str, &str)] = &[
     (
+        "control::a_session_cannot_open_the_daemons_own_directories",
+        "the BPF-LSM path hooks (unlink, rename, link, truncate, mkdir, mknod, symlink) refuse changes to the daemon's names",
+    ),
+    (
+        "syscalls::attached_sessions_cannot_signal_trace_or_bpf_the_daemon_where_bpf_lsm_runs",
+        "the BPF-LSM self-protection hooks (task_kill, ptrace_access_check, bpf) refuse inside the call",
+    ),
+    (
         "syscalls::denied_syscalls_fail_with_eperm_under_run_and_are_recorded_with_their_rule",
         "seccomp refusals recorded by the raw sys_exit program (BTF arguments, pt_regs) on each kernel",
     ),
