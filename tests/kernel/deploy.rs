@@ -13,6 +13,8 @@ fn unit_under_test(dir: &Path) -> PathBuf {
         text.contains("ExecStart=/usr/local/bin/agentwarden "),
         "{text}"
     );
+    // A clean exit (a SIGTERM that got through) must bring the daemon back too.
+    assert!(text.lines().any(|l| l == "Restart=always"), "{text}");
     let unit = dir.join("agentwarden.service");
     fs::write(
         &unit,

@@ -255,6 +255,33 @@ fn attached_sessions_are_killed_or_alerted_at_the_syscalls_entry() {
     let (action, layer, _) = decision_on(&evs, "io_uring_setup");
     assert_eq!((action, layer), (Action::Alerted, Layer::None));
 
+    // `mount` and `init_module` alike: SIGKILL at entry, recorded with the profile's
+    // rule (the call itself runs: the test takes the mount down again).
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    for (label, cmd, name) in [
+        (
+            "att-mount",
+            format!("{} mount {}", probe(), mnt.display()),
+            "mount",
+        ),
+        (
+            "att-module",
+            format!("{} init-module", probe()),
+            "init_module",
+        ),
+    ] {
+        let status = attach_and_release(&d, "attkill", label, &cmd);
+        let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+        assert_eq!(status.signal(), Some(9), "{label}: {status:?}");
+        let sid = d.session(label).id;
+        let evs = syscall_events(&d, &sid, 1);
+        let (action, layer, rule) = decision_on(&evs, name);
+        assert_eq!((action, layer), (Action::Killed, Layer::Signal), "{label}");
+        assert!(rule.contains("attkill.yaml:6 (syscalls.deny["), "{rule}");
+    }
+
     // The daemon's self-protection in an attached session of an enforcing profile
     // (whatever its own `on_violation`): SIGKILL at `bpf()`'s entry, so the descriptor it
     // returns never reaches user mode.
