@@ -148,9 +148,15 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     let Some(rule) = rule_of(&entry, nr as u32) else {
         return 0;
     };
-    if entry.flags & SESSION_FLAG_SECCOMP != 0 && rule.seccomp != 0 {
+    if entry.flags & SESSION_FLAG_SECCOMP != 0
+        && rule.seccomp != 0
+        && rule.cond != SYSCALL_COND_PROTECTED_PID
+    {
         // The filter refused it already (this tracepoint then does not fire) or let it
-        // through because its condition did not hold at enrolment: its to judge.
+        // through because its condition did not hold. A call aimed at a protected pid
+        // that the filter let through is judged here: the filter holds the pids of the
+        // daemon the session enrolled with, and a successor's (or a later thread's) are
+        // in `PROTECTED_PIDS` only.
         return 0;
     }
     if rule.entry == SYSCALL_ENTRY_NONE || crate::selfprotect::refused_by_lsm(nr as u32) {

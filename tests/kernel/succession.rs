@@ -30,6 +30,8 @@ while [ ! -e "$W/go2" ]; do sleep 0.05; done
 out=$(cat "$W/secret/key" 2>/dev/null); rc=$?
 case "$out" in *KEY*) echo leak >> "$W/log";; esac
 echo "read2=$rc" >> "$W/log"
+sh -c 'kill -CONT "$1"; echo "signal=$?"' signaller "$(cat "$W/daemon")" >> "$W/log" 2>/dev/null
+echo "signal_rc=$?" >> "$W/log"
 echo done >> "$W/log"
 "#;
 
@@ -207,6 +209,11 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
         "the old links are retired: {second_generation:?}"
     );
     assert_ne!(second_generation, first_generation);
+    // The session's seccomp filter protects the first daemon's pid, not the successor's:
+    // a signal to the successor is refused by BPF-LSM where it runs, else killed at the
+    // call's entry (the successor attached the syscall-entry program for the session).
+    let successor = d.child.as_ref().unwrap().id().to_string();
+    fs::write(f.dir.join("daemon"), &successor).unwrap();
     fs::write(f.dir.join("go2"), "").unwrap();
     f.wait_for_log("done");
     assert!(session.wait().unwrap().success(), "{}", f.log());
@@ -214,6 +221,10 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
     assert!(
         log.lines().any(|l| l == "read2=1"),
         "refused again under the successor: {log}"
+    );
+    assert!(
+        log.contains("signal=1\nsignal_rc=0") || log.contains("signal_rc=137"),
+        "the successor was signalled from the adopted session: {log}"
     );
 
     let evs = d.wait_for(&sid, "the adopted session's end", |evs| {
@@ -262,6 +273,19 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
         "the refused connect is not recorded:\n{}",
         dump(&evs)
     );
+    let signal = evs
+        .iter()
+        .find(|e| e.syscall().is_some_and(|s| s.name == "kill"))
+        .and_then(|e| e.decision.as_ref())
+        .unwrap_or_else(|| panic!("no decision on the signal:\n{}", dump(&evs)));
+    assert!(
+        matches!(
+            (signal.action, signal.enforced_by),
+            (Action::Killed, Layer::Signal) | (Action::Blocked, Layer::Lsm)
+        ),
+        "{signal:?}"
+    );
+    assert_eq!(signal.rule, "agentwarden self-protection: a signal to the daemon");
     assert_eq!(
         evs.iter()
             .filter(|e| e.kind() == EventKind::SessionStart)

@@ -187,8 +187,11 @@ impl Core {
     /// an attached one (no seccomp filter), or a `run` one whose profile's syscall rules
     /// the filter does not carry (monitor mode, `alert`). Every session needs the exit
     /// program, which records the filter's refusals.
-    fn needs_syscall_entry(&self, profile: &str, how: Enrolment) -> bool {
+    /// A `run` session adopted from a predecessor needs it too: its filter protects the
+    /// predecessor's pids, and this daemon's are judged at the calls' entry.
+    fn needs_syscall_entry(&self, session: Option<u64>, profile: &str, how: Enrolment) -> bool {
         how == Enrolment::Attach
+            || session.is_some_and(|s| self.inherited_filters.contains(&s))
             || self.profiles.get(profile).is_some_and(|p| {
                 !p.syscall_deny.is_empty()
                     && !policy::syscalls::enforcement(p.file.mode, &p.file.syscalls).seccomp
@@ -201,7 +204,7 @@ impl Core {
     /// enrolment.
     pub(super) fn syscall_programs(&mut self, enrolling: Option<(&str, Enrolment)>) -> Result<()> {
         let mut exit = enrolling.is_some();
-        let mut entry = enrolling.is_some_and(|(p, how)| self.needs_syscall_entry(p, how));
+        let mut entry = enrolling.is_some_and(|(p, how)| self.needs_syscall_entry(None, p, how));
         for s in self
             .attribution
             .registry
@@ -209,7 +212,7 @@ impl Core {
             .filter(|s| s.ended.is_none())
         {
             exit = true;
-            entry = entry || self.needs_syscall_entry(&s.profile, s.enrolment);
+            entry = entry || self.needs_syscall_entry(Some(s.id), &s.profile, s.enrolment);
         }
         self.on_demand_program("sys_exit", exit)?;
         self.on_demand_program("sys_enter", entry)
@@ -298,6 +301,9 @@ impl Core {
                 enrolment: s.enrolment,
                 root_pid: s.root_pid,
             };
+            if new.enrolment == Enrolment::Run {
+                self.inherited_filters.insert(*sid);
+            }
             let hooked = self.hooks_wired(&new.profile, new.enrolment);
             self.attribution.calls.session(*sid, new.root_pid, hooked);
             self.attribution.registry.adopt(*sid, new, tgids, started);

@@ -172,6 +172,9 @@ struct Core {
     ebpf: aya::Ebpf,
     /// The pins of the on-demand programs while they are attached, by program.
     on_demand: HashMap<&'static str, PathBuf>,
+    /// `run` sessions adopted from a predecessor, whose seccomp filters protect its pids
+    /// (not this daemon's): the syscall-entry program stands in while they live.
+    inherited_filters: HashSet<u64>,
     pins: PinDir,
     /// Buffers of large records, reused from one record to the next.
     spare: event::Spare,
@@ -438,6 +441,7 @@ impl Core {
             keeper: crate::pins::Keeper::default(),
             ebpf,
             on_demand: HashMap::new(),
+            inherited_filters: HashSet::new(),
             pins: PinDir::new(&cfg.pin_dir),
             landlocked: HashSet::new(),
             protected: protected_dirs(cfg),
