@@ -285,7 +285,10 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
         ),
         "{signal:?}"
     );
-    assert_eq!(signal.rule, "agentwarden self-protection: a signal to the daemon");
+    assert_eq!(
+        signal.rule,
+        "agentwarden self-protection: a signal to the daemon"
+    );
     assert_eq!(
         evs.iter()
             .filter(|e| e.kind() == EventKind::SessionStart)
