@@ -215,9 +215,15 @@ crate::assert_size!(InodeRuleKey, 24);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PathRuleValue {
     pub rule_id: u32,
-    pub _pad: u32,
+    /// `PATH_RULE_*`.
+    pub flags: u32,
 }
 crate::assert_size!(PathRuleValue, 8);
+
+/// `PathRuleValue::flags`: the daemon's self-protection, refused (`block`) whatever the
+/// profile's mode and `on_violation` say: a session in monitor mode is still watched by a
+/// daemon it must not reach.
+pub const PATH_RULE_ALWAYS: u32 = 1;
 
 /// Syscall rule entries across all profiles.
 pub const SYSCALL_RULES_MAX: u32 = 65_536;

@@ -8,8 +8,9 @@
 //! the same resolved path `file_open` sees) and, for a name that exists, the inode it
 //! names (a hard link or bind mount of a denied file). The decision follows the
 //! profile's file rules (`block` refuses, `kill` refuses and kills; monitor and alert
-//! leave these calls alone) and is recorded as a syscall decision of layer `lsm` under
-//! the call that reached the hook.
+//! leave these calls alone), except the daemon's self-protection, refused in every mode,
+//! and is recorded as a syscall decision of layer `lsm` under the call that reached the
+//! hook.
 
 use agent_common::{
     event::{KPath, KernelVerdict},

@@ -13,8 +13,8 @@ use core::ffi::c_void;
 use agent_common::{
     event::{KPath, KernelVerdict, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX},
     policy::{
-        CATEGORY_EXEC, FNV_OFFSET, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey, PathRuleKey,
-        PathRuleValue, fnv_step,
+        CATEGORY_EXEC, FNV_OFFSET, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey,
+        PATH_RULE_ALWAYS, PathRuleKey, PathRuleValue, fnv_step,
     },
     session::SessionEntry,
     stats::Stat,
@@ -61,6 +61,8 @@ pub struct ScanState {
     /// Components hashed so far.
     depth: u32,
     rule: u32,
+    /// The matched rule's `PATH_RULE_*` flags.
+    flags: u32,
     hit: u32,
     /// 0: looking backwards for the start of the component ending at `end`;
     /// 1: hashing its bytes forwards; 2: finished.
@@ -83,6 +85,7 @@ fn lookup(s: &mut ScanState, form: u8, hash: u64) -> bool {
     // SAFETY: value copied out.
     if let Some(v) = unsafe { PATH_RULES.get(s.key) } {
         s.rule = v.rule_id;
+        s.flags = v.flags;
         s.hit = 1;
         return true;
     }
@@ -150,9 +153,9 @@ extern "C" fn scan_step(_i: u64, ctx: *mut c_void) -> i64 {
     }
 }
 
-/// The deny rule of `category` that matches `path`, if any.
+/// The deny rule of `category` that matches `path`, if any, with its flags.
 #[inline(always)]
-fn matches(path: &KPath, entry: &SessionEntry, category: u8, depths: u64) -> Option<u32> {
+fn matches(path: &KPath, entry: &SessionEntry, category: u8, depths: u64) -> Option<Hit> {
     if path.len == 0 || path.flags & (PATH_FLAG_TRUNCATED | PATH_FLAG_RAW) != 0 {
         return None;
     }
@@ -173,6 +176,7 @@ fn matches(path: &KPath, entry: &SessionEntry, category: u8, depths: u64) -> Opt
     s.h = FNV_OFFSET;
     s.name = FNV_OFFSET;
     s.rule = 0;
+    s.flags = 0;
     s.hit = 0;
     s.phase = 0;
     s.end = end;
@@ -202,19 +206,38 @@ fn matches(path: &KPath, entry: &SessionEntry, category: u8, depths: u64) -> Opt
             lookup(s, FORM_NAME, name);
         }
     }
-    (s.hit != 0).then_some(s.rule)
+    (s.hit != 0).then_some(Hit {
+        rule: s.rule,
+        flags: s.flags,
+    })
+}
+
+/// A matched deny rule.
+#[derive(Clone, Copy)]
+struct Hit {
+    rule: u32,
+    /// `PATH_RULE_*`.
+    flags: u32,
+}
+
+impl Hit {
+    /// The daemon's self-protection: refused whatever the profile's mode.
+    #[inline(always)]
+    fn always(&self) -> bool {
+        self.flags & PATH_RULE_ALWAYS != 0
+    }
 }
 
 /// The deny rule bound to the inode of `file`, if any: catches a hard link, a rename or a
 /// bind mount of a file a rule named, whatever path reaches it now.
 #[inline(always)]
-fn inode_matches(file: *const u8, entry: &SessionEntry, category: u8) -> Option<u32> {
+fn inode_matches(file: *const u8, entry: &SessionEntry, category: u8) -> Option<Hit> {
     inode_rule(read_ptr(file, off!(file_f_inode))?, entry, category)
 }
 
 /// The deny rule bound to `inode`, if any.
 #[inline(always)]
-fn inode_rule(inode: *const u8, entry: &SessionEntry, category: u8) -> Option<u32> {
+fn inode_rule(inode: *const u8, entry: &SessionEntry, category: u8) -> Option<Hit> {
     let ino = read::<u64>(inode, off!(inode_i_ino))?;
     let sb = read_ptr(inode, off!(inode_i_sb))?;
     let dev = read::<u32>(sb, off!(super_block_s_dev))?;
@@ -227,7 +250,10 @@ fn inode_rule(inode: *const u8, entry: &SessionEntry, category: u8) -> Option<u3
         _pad: [0; 3],
     };
     // SAFETY: value copied out.
-    unsafe { INODE_RULES.get(key) }.map(|v| v.rule_id)
+    unsafe { INODE_RULES.get(key) }.map(|v| Hit {
+        rule: v.rule_id,
+        flags: v.flags,
+    })
 }
 
 /// What a profile says about denials of one category.
@@ -269,7 +295,7 @@ fn judge(
     entry: &SessionEntry,
     a: &Actions,
     category: u8,
-) -> Option<u32> {
+) -> Option<Hit> {
     matches(path, entry, category, a.depths).or_else(|| inode_matches(file, entry, category))
 }
 
@@ -296,16 +322,17 @@ pub fn enforce(
     let Some(a) = actions(entry, category) else {
         return;
     };
-    let Some(rule) = judge(file, path, entry, &a, category) else {
+    let Some(hit) = judge(file, path, entry, &a, category) else {
         return;
     };
-    out.rule_id = rule;
+    out.rule_id = hit.rule;
     out.denied = 1;
     // A `block` got here because no refusal layer stopped it: where BPF-LSM runs that
     // cannot happen, elsewhere the refusal was the daemon's (fanotify). With no daemon
     // alive, killing is the only way left to keep the decision.
-    let stand_in = a.block != 0 && !crate::maps::daemon_alive();
-    if (a.kill != 0 || stand_in) && a.mode == Mode::Enforce as u8 {
+    let enforced = a.mode == Mode::Enforce as u8 || hit.always();
+    let stand_in = (a.block != 0 || hit.always()) && !crate::maps::daemon_alive();
+    if (a.kill != 0 || stand_in) && enforced {
         kill_current();
         out.action = Action::Killed as u8;
         out.enforced_by = Layer::Signal as u8;
@@ -315,13 +342,37 @@ pub fn enforce(
     }
 }
 
-/// Whether the LSM layer has anything to refuse for this session and category: only
+/// Whether the LSM layer has anything to refuse for this session and category:
 /// enforce-mode profiles with `block` or `kill` (monitor and alert are recorded by the
-/// tracepoints after the operation).
+/// tracepoints after the operation), and for files every profile (the daemon's
+/// self-protection rules are refused in every mode).
 #[inline(always)]
 pub fn lsm_wanted(entry: &SessionEntry, category: u8) -> bool {
-    actions(entry, category)
-        .is_some_and(|a| a.mode == Mode::Enforce as u8 && (a.block != 0 || a.kill != 0))
+    actions(entry, category).is_some_and(|a| {
+        category != CATEGORY_EXEC
+            || (a.mode == Mode::Enforce as u8 && (a.block != 0 || a.kill != 0))
+    })
+}
+
+/// The LSM verdict on a matched rule: `block` refuses; `kill` refuses and sends SIGKILL;
+/// the daemon's self-protection is refused in every mode; otherwise let through (the
+/// tracepoints record it).
+#[inline(always)]
+fn lsm_verdict(a: &Actions, hit: Hit, out: &mut KernelVerdict) -> i32 {
+    out.rule_id = hit.rule;
+    out.denied = 1;
+    out.enforced_by = Layer::Lsm as u8;
+    let enforcing = a.mode == Mode::Enforce as u8;
+    if hit.always() || (enforcing && a.block != 0) {
+        out.action = Action::Blocked as u8;
+    } else if enforcing && a.kill != 0 {
+        kill_current();
+        out.action = Action::Killed as u8;
+    } else {
+        *out = KernelVerdict::default();
+        return 0;
+    }
+    -EPERM
 }
 
 /// LSM layer, before the operation: `-EPERM` when a deny rule matches. `block` refuses;
@@ -338,24 +389,10 @@ pub fn lsm_decide(
     let Some(a) = actions(entry, category) else {
         return 0;
     };
-    if a.mode != Mode::Enforce as u8 {
-        return 0;
-    }
-    let Some(rule) = judge(file, path, entry, &a, category) else {
+    let Some(hit) = judge(file, path, entry, &a, category) else {
         return 0;
     };
-    out.rule_id = rule;
-    out.denied = 1;
-    out.enforced_by = Layer::Lsm as u8;
-    if a.block != 0 {
-        out.action = Action::Blocked as u8;
-    } else if a.kill != 0 {
-        kill_current();
-        out.action = Action::Killed as u8;
-    } else {
-        return 0;
-    }
-    -EPERM
+    lsm_verdict(&a, hit, out)
 }
 
 /// LSM layer for a change to a name (create, remove, rename, link, truncate): `-EPERM`
@@ -376,24 +413,10 @@ pub fn lsm_decide_name(
     let Some(a) = actions(entry, category) else {
         return 0;
     };
-    if a.mode != Mode::Enforce as u8 {
-        return 0;
-    }
-    let Some(rule) = matches(path, entry, category, a.depths)
+    let Some(hit) = matches(path, entry, category, a.depths)
         .or_else(|| inode.and_then(|i| inode_rule(i, entry, category)))
     else {
         return 0;
     };
-    out.rule_id = rule;
-    out.denied = 1;
-    out.enforced_by = Layer::Lsm as u8;
-    if a.block != 0 {
-        out.action = Action::Blocked as u8;
-    } else if a.kill != 0 {
-        kill_current();
-        out.action = Action::Killed as u8;
-    } else {
-        return 0;
-    }
-    -EPERM
+    lsm_verdict(&a, hit, out)
 }

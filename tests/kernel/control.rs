@@ -393,3 +393,87 @@ fn a_session_cannot_open_the_daemons_own_directories() {
     // Outside every session: as before.
     assert!(fs::read(d.db()).is_ok());
 }
+
+/// Self-protection holds in every mode: a session under a `monitor` profile, whose own
+/// deny rule is only recorded, is still refused the daemon's audit store and state
+/// directory (`EPERM`, by the fanotify layer or BPF-LSM), recorded `blocked` with the
+/// daemon's rule.
+#[test]
+fn a_monitored_session_is_still_refused_the_daemons_own_directories() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = fs::canonicalize(work.path()).unwrap();
+    fs::create_dir(dir.join("secret")).unwrap();
+    fs::write(dir.join("secret/key"), "KEY\n").unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("watching.yaml"),
+        format!(
+            "name: watching\ndescription: t\nowners: {{ business: b, technical: t }}\n\
+             mode: monitor\nfiles:\n  deny:\n    - {}/secret/**\n  on_violation: block\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let rd = rules.path().to_str().unwrap().to_owned();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd]) else {
+        return;
+    };
+    let state = fs::canonicalize(d.db().parent().unwrap()).unwrap();
+    let probe = format!(
+        "import os\n\
+         def attempt(label, f):\n    try:\n        f()\n        print(label + '=ok')\n    \
+         except OSError as e:\n        print(label + '=' + str(e.errno))\n\
+         attempt('read_db', lambda: open('{db}', 'rb').read(16))\n\
+         attempt('list_state', lambda: os.listdir('{state}'))\n\
+         attempt('read_key', lambda: open('{dir}/secret/key').read())\n",
+        db = d.db().display(),
+        state = state.display(),
+        dir = dir.display(),
+    );
+    let out = d.run_profile(
+        "watching",
+        "watched",
+        &dir,
+        &["/usr/bin/python3", "-c", &probe],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "read_db=1\nlist_state=1\nread_key=ok\n",
+        "{out:?}"
+    );
+    let sid = d.session("watched").id;
+    let key = dir.join("secret/key").display().to_string();
+    let evs = d.wait_for(&sid, "the refusals and the alert", |evs| {
+        with_action(evs, Action::Blocked).count() >= 2
+            && evs
+                .iter()
+                .any(|e| e.open().is_some_and(|o| o.path == key) && e.decision.is_some())
+    });
+    for e in with_action(&evs, Action::Blocked) {
+        let dec = e.decision.as_ref().unwrap();
+        assert!(
+            matches!(dec.enforced_by, Layer::Fanotify | Layer::Lsm),
+            "{e:?}"
+        );
+        assert!(
+            dec.rule
+                .starts_with("agentwarden self-protection: its state directory"),
+            "{e:?}"
+        );
+    }
+    // The profile's own rule: recorded, not enforced (monitor mode).
+    let read = evs
+        .iter()
+        .find(|e| e.open().is_some_and(|o| o.path == key) && e.decision.is_some())
+        .unwrap();
+    assert_eq!(read.decision.as_ref().unwrap().action, Action::Alerted);
+    let rows = d.audit_session(&sid);
+    assert!(
+        rows.iter().any(|r| r["decision"]["action"] == "blocked"
+            && r["decision"]["rule"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("agentwarden self-protection"))),
+        "{rows:?}"
+    );
+}

@@ -59,6 +59,10 @@ const PER_KERNEL_TIMEOUT: Duration = Duration::from_secs(1500);
 /// name that no longer exists fails the tier (a rename must not drop coverage silently).
 pub const VM_TESTS: &[(&str, &str)] = &[
     (
+        "control::a_monitored_session_is_still_refused_the_daemons_own_directories",
+        "BPF-LSM file_open refuses the daemon's self-protection rules in monitor mode (and leaves the profile's rules to the tracepoints)",
+    ),
+    (
         "control::a_session_cannot_open_the_daemons_own_directories",
         "the BPF-LSM path hooks (unlink, rename, link, truncate, mkdir, mknod, symlink) refuse changes to the daemon's names",
     ),

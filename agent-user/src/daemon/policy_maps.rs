@@ -161,7 +161,10 @@ impl PolicyMaps {
         }
         let mut keep = HashSet::new();
         let mut failed = None;
-        for (key, value) in entries {
+        for (key, mut value) in entries {
+            if self.protect_rules.contains(&value.rule_id) {
+                value.flags = agent_common::policy::PATH_RULE_ALWAYS;
+            }
             // A full map leaves the rest to path and name matching; the stale entries
             // below still go, and the refusal layer is still told what is bound.
             match self.inode_rules.insert(key, value, 0) {
@@ -273,12 +276,17 @@ impl PolicyMaps {
             return;
         };
         let acts = &self.acts;
-        let acted = |profile_id: u32, category: u8| {
-            acts.get(&profile_id)
-                .is_some_and(|a| a[refusal::category_index(category)].is_some())
+        let protect = &self.protect_rules;
+        // The daemon's self-protection is refused in every mode.
+        let acted = |profile_id: u32, category: u8, rule_id: u32| {
+            protect.contains(&rule_id)
+                || acts
+                    .get(&profile_id)
+                    .is_some_and(|a| a[refusal::category_index(category)].is_some())
         };
         let mut table = Table {
             acts: acts.clone(),
+            always: protect.clone(),
             fileless: self.fileless.clone(),
             ..Table::default()
         };
@@ -287,7 +295,7 @@ impl PolicyMaps {
         // A file bound for several profiles and owners is marked once (one descriptor).
         let mut marked = std::collections::HashSet::new();
         for (k, v) in self.inode_rules.iter().filter_map(|r| r.ok()) {
-            if !acted(k.profile_id, k.category) {
+            if !acted(k.profile_id, k.category, v.rule_id) {
                 continue;
             }
             let Some(file) = self.held.get(&(k.ino, k.dev)) else {
@@ -334,7 +342,7 @@ impl PolicyMaps {
         }
         let mut walked = std::collections::HashSet::new();
         for b in self.bound.iter().filter(|b| b.tree) {
-            if !acted(b.key.profile_id, b.key.category) {
+            if !acted(b.key.profile_id, b.key.category, b.rule_id) {
                 continue;
             }
             let binding = Binding {

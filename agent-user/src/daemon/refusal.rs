@@ -151,6 +151,8 @@ pub struct Table {
     pub digests: HashMap<u64, Vec<(Digest, Binding)>>,
     /// Per profile id: how an exec of a program with no name is met, and the rule.
     pub fileless: HashMap<u32, (Act, u32)>,
+    /// The daemon's self-protection rules: refused whatever the profile's acts.
+    pub always: std::collections::HashSet<u32>,
 }
 
 pub type Digest = [u8; 32];
@@ -247,7 +249,11 @@ impl Table {
                     .1
             }
         };
-        let act = acts[category_index(binding.category)]?;
+        let act = match acts[category_index(binding.category)] {
+            // A profile that asks still may not reach the daemon: refused, not held.
+            Some(Act::Ask(_)) | None if self.always.contains(&binding.rule_id) => Act::Block,
+            act => act?,
+        };
         Some(Refused { binding, act })
     }
 

@@ -369,7 +369,7 @@ impl CompiledProfile {
                 form,
                 _pad: [0; 6],
             },
-            PathRuleValue { rule_id, _pad: 0 },
+            PathRuleValue { rule_id, flags: 0 },
         ));
         let key = InodeRuleKey {
             ino: 0,
@@ -471,6 +471,13 @@ pub fn protect_daemon(
         ids.push(rule_id);
         for (owner, _) in owners {
             c.add_path_rule(id, *owner, CATEGORY_FILE, form, text.clone(), rule_id);
+        }
+        for (_, v) in c
+            .path_rules
+            .iter_mut()
+            .filter(|(_, v)| v.rule_id == rule_id)
+        {
+            v.flags = agent_common::policy::PATH_RULE_ALWAYS;
         }
     }
     ids
@@ -580,7 +587,7 @@ pub fn bind_inodes(
     for b in bound {
         let value = PathRuleValue {
             rule_id: b.rule_id,
-            _pad: 0,
+            flags: 0,
         };
         let mut push = |path: &std::path::Path, m: &std::fs::Metadata| {
             if !m.is_file() {
