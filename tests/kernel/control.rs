@@ -105,9 +105,16 @@ fn status_reports_programs_and_counters_and_sigterm_stops_cleanly() {
     let names: Vec<_> = st.kernel_counters.iter().map(|c| c.name.as_str()).collect();
     assert!(names.contains(&"ringbuf_drops") && names.contains(&"session_map_full"));
     assert_eq!(st.kernel_counters[0].per_cpu.len(), num_cpus());
+    let pins = d.pins();
+    assert!(
+        pins.join("maps/SESSIONS").exists(),
+        "the kernel side is pinned"
+    );
     let status = d.stop();
     assert!(status.success(), "daemon exit: {status}\n{}", d.log());
     assert!(!d.socket().exists(), "socket removed on shutdown");
+    // `--detach-on-exit` (every test daemon but the succession tests'): nothing stays.
+    assert!(!pins.exists(), "--detach-on-exit left pins behind");
 }
 
 #[test]

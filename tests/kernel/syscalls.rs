@@ -610,3 +610,59 @@ fn attached_sessions_cannot_signal_trace_or_bpf_the_daemon_where_bpf_lsm_runs() 
     let st: StatusReport = d.json(&["status", "--json"]);
     assert_eq!(st.daemon_pid.to_string(), daemon);
 }
+
+/// `profile lint` refuses unknown syscall names and groups, each located
+/// (`file:line:col`, the field, a hint), exit 1; `profile show` lists the resolved
+/// syscall set of a shipped profile: each group's calls and the self-protection.
+#[test]
+fn lint_locates_unknown_syscalls_and_show_lists_the_resolved_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    fs::write(
+        &file,
+        "name: bad\ndescription: t\nowners: { business: b, technical: t }\nmode: enforce\n\
+         syscalls:\n  deny:\n    - mount\n    - mountt\n    - \"@nope\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["profile", "lint"])
+        .arg(&file)
+        .output_within();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = file.display();
+    assert!(
+        err.contains(&format!(
+            "{f}:8:7: error: syscalls.deny[1]: unknown syscall `mountt`"
+        )) && err.contains("did you mean `mount`?"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:9:7: error: syscalls.deny[2]: unknown syscall group `@nope`"
+        )),
+        "{err}"
+    );
+    let out = Command::new(bin())
+        .args(["profile", "show", "claude-code"])
+        .output_within();
+    assert!(out.status.success(), "{out:?}");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let line_after = |what: &str| {
+        let mut lines = shown.lines().skip_while(|l| !l.contains(what));
+        lines.next();
+        lines.next().unwrap_or_default().to_owned()
+    };
+    assert!(
+        line_after("deny   @module").contains("init_module"),
+        "{shown}"
+    );
+    assert!(line_after("deny   @mount").contains("mount,"), "{shown}");
+    assert!(
+        shown.contains("self-protection (every profile")
+            && shown
+                .lines()
+                .any(|l| l.contains("a signal to the daemon") && l.contains("kill")),
+        "{shown}"
+    );
+}
