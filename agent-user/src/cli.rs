@@ -584,8 +584,11 @@ fn run(
             return ExitCode::from(EXIT_LAUNCH_FAILED);
         }
     };
-    let wiring;
+    let wiring: Option<crate::proto::HookWiring>;
     let env_plan;
+    // What wires the agent's hooks, made before Landlock and the user switch (Gemini
+    // CLI's needs a file written as root).
+    let mut hook_wiring = None;
     let enrolled = Client::call(
         socket,
         &Request::Enroll {
@@ -607,6 +610,12 @@ fn run(
         }) => {
             wiring = hooks;
             env_plan = environment;
+            if let Some(w) = wiring.as_ref().filter(|w| w.dialect.is_agent_command(cmd)) {
+                hook_wiring = Some(
+                    hook_command(w.dialect)
+                        .and_then(|hook| w.dialect.wiring(&hook, w.answer_secs, &session.id)),
+                );
+            }
             for w in warnings {
                 eprintln!("agentwarden: warning: profile `{}`: {w}", session.profile);
             }
@@ -680,10 +689,11 @@ fn run(
         if let Some(secs) = w.answer_secs {
             command.env(crate::hooks::HOOK_ANSWER_ENV, secs.to_string());
         }
-        if w.dialect.is_agent_command(cmd) {
-            match hook_command(w.dialect) {
-                Ok(hook) => {
-                    command.args(w.dialect.wiring_args(&hook, w.answer_secs));
+        if let Some(made) = hook_wiring {
+            match made {
+                Ok(how) => {
+                    command.args(how.args);
+                    command.envs(how.env);
                 }
                 Err(e) => {
                     eprintln!(

@@ -31,6 +31,7 @@ Tool results come back as functionResponse parts of the last user content:
 and are logged as tool_results [{"is_error", "content", "name", "id"}].
 """
 import json
+import re
 import uuid
 
 SHELL_TOOL = "run_shell_command"
@@ -136,6 +137,14 @@ def _tool_results(contents):
         res.append({"id": fr.get("id"), "name": fr.get("name"),
                     "is_error": bool(is_error), "content": content})
     return res, last_user
+
+
+def _hook_context(tool_results):
+    notes = []
+    for r in tool_results:
+        for m in re.finditer(r"<hook_context>(.*?)</hook_context>", r.get("content") or "", re.S):
+            notes.append(m.group(1)[:4000])
+    return notes
 
 
 def _system_text(body):
@@ -274,6 +283,9 @@ def reply(req):
         "system_head": _system_text(body)[:120] or None,
         "last_user_head": _text(_parts(last_user))[:200] if last_user else None,
         "tool_results": tool_results,
+        # What hooks added to the tool results (Gemini CLI appends a hook's
+        # `additionalContext` to the result as <hook_context>...</hook_context>).
+        "notes": _hook_context(tool_results),
     })
 
     if SHELL_TOOL not in tools or wants_json:

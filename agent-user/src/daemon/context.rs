@@ -165,8 +165,20 @@ impl Core {
                 ..HookAnswer::default()
             }));
         };
-        let event = hooks::parse(dialect, input)
+        let mut event = hooks::parse(dialect, input)
             .map_err(|e| anyhow!("{} hook input: {e}; nothing was recorded", dialect.as_str()))?;
+        if dialect.numbers_calls() {
+            let calls = &mut self.attribution.calls;
+            match &mut event {
+                HookEvent::ToolStart(t) => t.id = calls.number(sid, &t.id),
+                HookEvent::ToolEnd { call, .. } => {
+                    if let Some(id) = calls.open_of_key(sid, &call.id) {
+                        call.id = id;
+                    }
+                }
+                _ => {}
+            }
+        }
         // What the kernel sent before the hook ran belongs before the report.
         while self.drain(DRAIN_BATCH) {}
         let calls = &mut self.attribution.calls;
@@ -183,9 +195,11 @@ impl Core {
         let agent_name = dialect.as_str().to_owned();
         let mut answer = HookAnswer::default();
         let body = match event {
-            HookEvent::SessionStart { .. }
-            | HookEvent::Stop { .. }
-            | HookEvent::SessionEnd { .. } => {
+            HookEvent::Stop { .. } => {
+                self.attribution.calls.turn_ended(sid);
+                return Ok(HookStep::Done(answer));
+            }
+            HookEvent::SessionStart { .. } | HookEvent::SessionEnd { .. } => {
                 return Ok(HookStep::Done(answer));
             }
             HookEvent::Prompt {

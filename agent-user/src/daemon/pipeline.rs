@@ -171,6 +171,8 @@ impl Core {
         let ev = Event::new(Body::SessionEnd, now, self.attribution.session_ref(sid));
         info!(session = %format_id(sid), "session ended");
         self.attribution.calls.session_ended(sid);
+        // The hooks file `run` wrote for a Gemini CLI session, if any.
+        let _ = std::fs::remove_file(crate::hooks::gemini::defaults_path(&format_id(sid)));
         self.emit(ev);
         if let Err(e) = self.syscall_programs(None) {
             warn!(error = %format!("{e:#}"), "detaching the syscall programs");

@@ -45,6 +45,8 @@ struct SessionCalls {
     /// itself, as Gemini CLI does): their children are invocations too.
     root_exe: Option<String>,
     relaunched: HashSet<u32>,
+    /// Calls numbered so far per key, for an agent that gives its calls no id.
+    numbered: HashMap<String, u64>,
 }
 
 /// A call between its start and its end.
@@ -106,6 +108,35 @@ impl ToolCalls {
         // A retried start (the same id) replaces the open one.
         s.open.retain(|c| c.id != call.id);
         s.open.push(call);
+    }
+
+    /// The id of the next call of `key` (an agent that gives its calls no id: the
+    /// daemon numbers the calls of each tool and input in order).
+    pub fn number(&mut self, sid: u64, key: &str) -> String {
+        let s = self.sessions.entry(sid).or_default();
+        let n = s.numbered.entry(key.to_owned()).or_default();
+        *n += 1;
+        format!("{key}.{n}")
+    }
+
+    /// The oldest open call of `key`: the one whose end an agent without call ids
+    /// reports.
+    pub fn open_of_key(&self, sid: u64, key: &str) -> Option<String> {
+        let prefix = format!("{key}.");
+        self.sessions
+            .get(&sid)?
+            .open
+            .iter()
+            .find(|c| c.id.starts_with(&prefix))
+            .map(|c| c.id.clone())
+    }
+
+    /// The turn ended: no call of it is open any longer (a call the agent refused on its
+    /// own, after its hook's start, never reports its end). Processes keep their calls.
+    pub fn turn_ended(&mut self, sid: u64) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.open.clear();
+        }
     }
 
     /// A call ends: what it was, with what was refused under it (`None`: not open; its
@@ -234,6 +265,31 @@ mod tests {
             prompt_id: Some("p1".into()),
             refused: Vec::new(),
         }
+    }
+
+    /// An agent without call ids: calls of the same tool and input are numbered in
+    /// order, each end closes the oldest open one of its key, and the end of the turn
+    /// closes a call whose end never came.
+    #[test]
+    fn calls_without_ids_are_numbered_and_ended_oldest_first() {
+        let mut t = ToolCalls::default();
+        t.session(SID, AGENT, true);
+        let (a, b) = (t.number(SID, "k"), t.number(SID, "k"));
+        assert_eq!((a.as_str(), b.as_str()), ("k.1", "k.2"));
+        t.start(SID, AGENT, call(&a));
+        t.start(SID, AGENT, call(&b));
+        assert_eq!(t.open_of_key(SID, "k").as_deref(), Some("k.1"));
+        assert!(t.end(SID, "k.1").is_some());
+        assert_eq!(t.open_of_key(SID, "k").as_deref(), Some("k.2"));
+        assert_eq!(t.open_of_key(SID, "other"), None);
+        t.turn_ended(SID);
+        assert_eq!(t.open_of_key(SID, "k"), None);
+        assert_eq!(
+            t.context_of(SID, AGENT),
+            None,
+            "nothing open after the turn"
+        );
+        assert_eq!(t.number(SID, "k"), "k.3", "numbers go on across turns");
     }
 
     /// A child forked during a call is the call's for life, with its descendants; the

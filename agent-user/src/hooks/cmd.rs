@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use super::{DEFAULT_HOOK_SOCKET, Dialect, HOOK_SOCKET_ENV, HookAnswer, INPUT_MAX, claude};
+use super::{DEFAULT_HOOK_SOCKET, Dialect, HOOK_SOCKET_ENV, HookAnswer, INPUT_MAX};
 use crate::proto::{Request, Response};
 
 /// How long the hook waits for the daemon (it holds the agent's tool call meanwhile).
@@ -35,7 +35,7 @@ pub fn run(dialect: Dialect, socket: Option<PathBuf>) -> ExitCode {
         .lock()
         .take(INPUT_MAX as u64 + 1)
         .read_to_end(&mut raw);
-    let before_call = claude::asks_before_a_call(&raw);
+    let before_call = dialect.asks_before_a_call(&raw);
     let fail = |why: String| {
         eprintln!("agentwarden hook: {why}");
         ExitCode::from(if under_run && before_call { REFUSE } else { 1 })

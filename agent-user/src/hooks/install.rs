@@ -38,6 +38,12 @@ pub fn settings_path(dialect: Dialect, scope: Scope, dir: &Path) -> PathBuf {
         // Codex keeps hooks in `hooks.json` beside its config; trusted when managed.
         (Dialect::CodexCli, Scope::User | Scope::Project) => dir.join(".codex/hooks.json"),
         (Dialect::CodexCli, Scope::Managed) => Path::new("/etc/codex/hooks.json").to_owned(),
+        (Dialect::GeminiCli, Scope::User | Scope::Project) => dir.join(".gemini/settings.json"),
+        // Gemini CLI's system settings: they win over the user's and the project's (and
+        // must be owned by root).
+        (Dialect::GeminiCli, Scope::Managed) => {
+            Path::new("/etc/gemini-cli/settings.json").to_owned()
+        }
     }
 }
 
@@ -57,6 +63,7 @@ pub fn merge(dialect: Dialect, settings: &mut Value, command: &str) -> Result<bo
     let ours = match dialect {
         Dialect::ClaudeCode => claude::settings(command),
         Dialect::CodexCli => claude::settings_for(super::codex::EVENTS, command),
+        Dialect::GeminiCli => super::gemini::settings(command, None),
     };
     let mut changed = false;
     for (event, entries) in ours["hooks"].as_object().into_iter().flatten() {
@@ -146,6 +153,26 @@ mod tests {
             )
             .unwrap()
         );
+    }
+
+    /// Gemini CLI's settings get its events, for every tool (a `matcher` there is a
+    /// regular expression: none is written), beside what the user has.
+    #[test]
+    fn gemini_clis_settings_get_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = settings_path(Dialect::GeminiCli, Scope::Project, dir.path());
+        assert!(path.ends_with(".gemini/settings.json"));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, json!({ "general": { "vimMode": true } }).to_string()).unwrap();
+        assert!(install(Dialect::GeminiCli, &path, "aw hook gemini-cli").unwrap());
+        let v: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["general"]["vimMode"], true);
+        for e in super::super::gemini::EVENTS {
+            let h = &v["hooks"][e][0];
+            assert_eq!(h["hooks"][0]["command"], "aw hook gemini-cli", "{e}");
+            assert!(h.get("matcher").is_none(), "{e}");
+        }
+        assert!(!install(Dialect::GeminiCli, &path, "aw hook gemini-cli").unwrap());
     }
 
     #[test]

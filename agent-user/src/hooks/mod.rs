@@ -11,6 +11,7 @@
 pub mod claude;
 pub mod cmd;
 pub mod codex;
+pub mod gemini;
 pub mod install;
 
 use clap::ValueEnum;
@@ -42,6 +43,16 @@ pub enum Dialect {
     /// Codex CLI's hooks (the same events and JSON, the turn's id as `turn_id`), wired
     /// by `run` through `-c hooks.<event>=…` overrides.
     CodexCli,
+    /// Gemini CLI's hooks (`BeforeAgent`, `BeforeTool`, `AfterTool`, …; no call id),
+    /// wired by `run` through a system-defaults file of the session's.
+    GeminiCli,
+}
+
+/// How `run` wires an agent's hooks: options on its command line, or environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wiring {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Dialect {
@@ -49,7 +60,23 @@ impl Dialect {
         match self {
             Dialect::ClaudeCode => "claude-code",
             Dialect::CodexCli => "codex-cli",
+            Dialect::GeminiCli => "gemini-cli",
         }
+    }
+
+    /// Whether a raw input (perhaps not JSON at all) is a question before a tool call:
+    /// one the hook must refuse when it cannot be asked.
+    pub fn asks_before_a_call(self, raw: &[u8]) -> bool {
+        match self {
+            Dialect::ClaudeCode | Dialect::CodexCli => claude::asks_before_a_call(raw),
+            Dialect::GeminiCli => gemini::asks_before_a_call(raw),
+        }
+    }
+
+    /// Whether the agent gives no id to its calls: the daemon numbers them by what they
+    /// are ([`gemini::call_key`]).
+    pub fn numbers_calls(self) -> bool {
+        self == Dialect::GeminiCli
     }
 
     /// Whether `cmd` starts this agent (its program, or the script an interpreter runs,
@@ -58,6 +85,7 @@ impl Dialect {
         let word = match self {
             Dialect::ClaudeCode => "claude",
             Dialect::CodexCli => "codex",
+            Dialect::GeminiCli => "gemini",
         };
         cmd.iter().take(2).any(|a| {
             std::path::Path::new(a)
@@ -66,18 +94,37 @@ impl Dialect {
         })
     }
 
-    /// The arguments that wire hooks running `command` into the agent, appended to its
-    /// command line by `run`.
+    /// What wires hooks running `command` into the agent of session `session` (hex id):
+    /// options `run` appends to its command line, environment it sets.
     /// `timeout_secs`: how long the agent lets each hook run (where a tool call may be
     /// held for a person; else the agent's default).
-    pub fn wiring_args(self, command: &str, timeout_secs: Option<u64>) -> Vec<String> {
-        match self {
-            Dialect::ClaudeCode => vec![
-                "--settings".into(),
-                claude::settings_timed(command, timeout_secs).to_string(),
-            ],
-            Dialect::CodexCli => codex::wiring_args(command),
-        }
+    pub fn wiring(
+        self,
+        command: &str,
+        timeout_secs: Option<u64>,
+        session: &str,
+    ) -> anyhow::Result<Wiring> {
+        Ok(match self {
+            Dialect::ClaudeCode => Wiring {
+                args: vec![
+                    "--settings".into(),
+                    claude::settings_timed(command, timeout_secs).to_string(),
+                ],
+                env: Vec::new(),
+            },
+            Dialect::CodexCli => Wiring {
+                args: codex::wiring_args(command),
+                env: Vec::new(),
+            },
+            Dialect::GeminiCli => {
+                let path =
+                    gemini::write_defaults(session, command, timeout_secs.map(|s| s * 1000))?;
+                Wiring {
+                    args: Vec::new(),
+                    env: vec![(gemini::DEFAULTS_ENV.into(), path.display().to_string())],
+                }
+            }
+        })
     }
 
     /// The hook's output for `answer` to the event named `event`, and its exit code.
@@ -85,6 +132,7 @@ impl Dialect {
         match self {
             // Codex takes Claude Code's answers as they are.
             Dialect::ClaudeCode | Dialect::CodexCli => claude::render(event, answer),
+            Dialect::GeminiCli => gemini::render(event, answer),
         }
     }
 }
@@ -156,5 +204,6 @@ pub fn parse(dialect: Dialect, input: &serde_json::Value) -> Result<HookEvent, S
     match dialect {
         Dialect::ClaudeCode => claude::parse(input, "prompt_id"),
         Dialect::CodexCli => claude::parse(input, "turn_id"),
+        Dialect::GeminiCli => gemini::parse(input),
     }
 }

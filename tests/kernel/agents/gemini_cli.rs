@@ -7,7 +7,7 @@ fn run() -> Result<AgentRun, String> {
     let gemini = installed("gemini-cli", "node_modules/.bin/gemini")?;
     let w = World::new(2);
     // Its read_file tool runs in the agent's own (node) process.
-    let (steps, script) = standard_script(
+    let (steps, script) = hooked_script(
         &w,
         |key| serde_json::json!({ "tool": "read_file", "input": { "file_path": key } }),
     );
@@ -83,10 +83,4 @@ fn its_start_up_load_of_the_project_env_is_refused() {
     claims::own_env_load_is_refused(r);
 }
 
-/// Without hooks, each command it ran is an inferred invocation named by its command
-/// line, with the command's actions under it.
-#[test]
-fn its_commands_are_inferred_invocations() {
-    let Some(r) = the_run() else { return };
-    claims::inferred_invocations_name_their_commands(r);
-}
+hook_claims!();

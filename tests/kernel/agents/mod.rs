@@ -996,7 +996,12 @@ pub(crate) mod claims {
     /// any process started, the model was told the rule, and the refusal is recorded
     /// with it.
     pub(crate) fn the_denied_tool_never_ran(r: &AgentRun) {
-        let rule = r.rule_id("tools.deny[0]", "\"Bash(sudo *)\"");
+        // The agent's shell tool by its own name.
+        let entry = match r.profile {
+            "gemini-cli" => "\"run_shell_command(sudo *)\"",
+            _ => "\"Bash(sudo *)\"",
+        };
+        let rule = r.rule_id("tools.deny[0]", entry);
         let e = r
             .events
             .iter()
