@@ -170,6 +170,35 @@ fn the_hook_socket_administers_nothing_and_a_missing_daemon_refuses_calls() {
     assert!(said.contains("takes hook reports only"), "{out:?}");
     assert!(!said.contains("daemon_pid"), "{said}");
 
+    // A session's process writing to the socket itself, past the hook command's checks:
+    // a request over the limit, one cut short, a report whose input is not the
+    // dialect's: each is answered with what is wrong, and nothing is recorded.
+    let raw = format!(
+        "import socket, sys\n\
+         def ask(data):\n    s = socket.socket(socket.AF_UNIX)\n    s.connect('{sock}')\n    \
+         try:\n        s.sendall(data)\n        s.shutdown(socket.SHUT_WR)\n    \
+         except BrokenPipeError:\n        pass\n    \
+         print(s.recv(4096).decode().strip())\n\
+         ask(b'{{\"op\":\"hook\",\"dialect\":\"claude-code\",\"input\":\"' + b'x' * (2 << 20))\n\
+         ask(b'{{\"op\":\"hook\",\"dialect\":\"claude-code\",\"input\":{{\"session_id\"')\n\
+         ask(b'{{\"op\":\"hook\",\"dialect\":\"gemini-cli\",\"input\":{{\"session_id\":\"g\",\"hook_event_name\":\"BeforeTool\"}}}}\\n')\n",
+        sock = sock.display()
+    );
+    let out = d.run_in("h-raw", work.path(), &["/usr/bin/python3", "-c", &raw]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 3, "{out:?}");
+    assert!(
+        lines[0].contains("truncated or larger than")
+            && lines[1].contains("truncated or larger than"),
+        "{said}"
+    );
+    assert!(
+        lines[2].contains("gemini-cli hook input: no `tool_name`; nothing was recorded"),
+        "{said}"
+    );
+    assert!(reported(&d).is_empty(), "{:?}", reported(&d));
+
     // No daemon on the socket: the question before a call is refused (exit 2).
     let gone = work.path().join("none.sock");
     let file = work.path().join("pre.json");

@@ -43,11 +43,17 @@ pub(super) async fn send(stream: &mut (impl AsyncWriteExt + Unpin), resp: &Respo
     Ok(())
 }
 
+/// Largest control request read (a profile name, a session name, a note).
+const CONTROL_REQUEST_MAX: u64 = 1 << 20;
+
 pub(super) async fn handle_client(shared: Arc<Shared>, stream: UnixStream) -> Result<()> {
     let cred = stream.peer_cred()?;
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
-    AsyncBufReader::new(rd).read_line(&mut line).await?;
+    // Bounded like the hook socket's: no request of the protocol comes near it.
+    AsyncBufReader::new(tokio::io::AsyncReadExt::take(rd, CONTROL_REQUEST_MAX))
+        .read_line(&mut line)
+        .await?;
     let peer_pid = cred.pid().unwrap_or(0) as u32;
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
