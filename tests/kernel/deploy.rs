@@ -112,3 +112,167 @@ fn the_daemon_pings_the_systemd_watchdog() {
     let other = pings(&[("WATCHDOG_USEC", "1000000"), ("WATCHDOG_PID", "1")]);
     assert_eq!(other, 0, "not this process's watchdog");
 }
+
+/// What the container's check unit does once systemd has started everything: the
+/// daemon's state under the real systemd, a SIGKILL of it, the restart, a stop.
+const BOOT_CHECK: &str = r#"#!/bin/sh
+out=/out
+show() { systemctl show agentwarden -p ActiveState,SubState,MainPID,NRestarts,StatusText,Type,WatchdogUSec > "$out/$1" 2>&1; }
+for i in $(seq 1 100); do [ "$(systemctl is-active agentwarden)" = active ] && break; sleep 0.2; done
+show first
+/opt/aw/agentwarden --socket /run/agentwarden/control.sock status --json > "$out/status.json" 2> "$out/status.err"
+pid=$(systemctl show agentwarden -p MainPID --value)
+kill -9 "$pid"
+for i in $(seq 1 100); do
+  [ "$(systemctl show agentwarden -p NRestarts --value)" = 1 ] && [ "$(systemctl is-active agentwarden)" = active ] && break
+  sleep 0.2
+done
+show second
+systemctl stop agentwarden
+show stopped
+ls "$PINS/links" > "$out/pins-after-stop" 2>/dev/null
+/opt/aw/agentwarden unload --pin-dir "$PINS" --socket /run/agentwarden/control.sock > "$out/unload" 2>&1
+echo "unload=$?" >> "$out/unload"
+journalctl -u agentwarden --no-pager -o cat > "$out/journal" 2>&1
+systemctl poweroff
+"#;
+
+/// The shipped unit booted under the real systemd (PID 1 of a `systemd-nspawn`
+/// container on the host's kernel: no systemd runs as PID 1 on these machines, and the
+/// VM tier's emulated guests take minutes to boot it): `Type=notify` readiness and the
+/// status it reports, the watchdog, the daemon started with the unit's hardening; a
+/// SIGKILL of the daemon brings it back (`Restart=always`) as the successor that adopts
+/// the pinned kernel side; a stop leaves the pins for the next start, and `unload`
+/// removes them.
+#[test]
+fn the_unit_boots_under_systemd_and_comes_back_after_a_kill() {
+    if !is_root() {
+        return skip("booting a systemd container needs root");
+    }
+    let nspawn = Path::new("/usr/bin/systemd-nspawn");
+    if !nspawn.exists() {
+        return skip("systemd-nspawn is not installed (cargo xtask setup installs it)");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let out = work.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    // The container's tree: the host's /usr (read-only) and a copy of its /etc.
+    for d in [
+        "usr", "var", "run", "tmp", "proc", "sys", "dev", "root", "opt/aw", "out",
+    ] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let cp = Command::new("cp")
+        .args(["-a", "/etc"])
+        .arg(root.join("etc"))
+        .output_within();
+    assert!(cp.status.success(), "{cp:?}");
+    for l in ["bin", "lib", "lib64", "sbin"] {
+        std::os::unix::fs::symlink(format!("usr/{l}"), root.join(l)).unwrap();
+    }
+    let _ = fs::remove_file(root.join("etc/os-release"));
+    fs::copy("/usr/lib/os-release", root.join("etc/os-release")).unwrap();
+    let _ = fs::remove_file(root.join("etc/machine-id"));
+    // The shipped unit, running the binary under test with a pin directory of its own.
+    let pins = pin_dir(work.path());
+    let pins_arg = pins.display().to_string();
+    let shipped = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agentwarden.service"),
+    )
+    .unwrap();
+    let unit = shipped.replace(
+        "/usr/local/bin/agentwarden daemon --quiet",
+        &format!("/opt/aw/agentwarden daemon --quiet --pin-dir {pins_arg}"),
+    );
+    assert_ne!(unit, shipped);
+    let system = root.join("etc/systemd/system");
+    let wants = system.join("multi-user.target.wants");
+    fs::create_dir_all(&wants).unwrap();
+    fs::write(system.join("agentwarden.service"), unit).unwrap();
+    fs::write(root.join("opt/check.sh"), BOOT_CHECK).unwrap();
+    fs::write(
+        system.join("awcheck.service"),
+        format!(
+            "[Unit]\nAfter=agentwarden.service\nWants=agentwarden.service\n\
+             [Service]\nType=oneshot\nEnvironment=PINS={pins_arg}\n\
+             ExecStart=/bin/sh /opt/check.sh\n"
+        ),
+    )
+    .unwrap();
+    for u in ["agentwarden.service", "awcheck.service"] {
+        std::os::unix::fs::symlink(format!("../{u}"), wants.join(u)).unwrap();
+    }
+    let bin_path = fs::canonicalize(bin()).unwrap();
+    let boot = Command::new(nspawn)
+        .arg("--directory")
+        .arg(&root)
+        .args(["--register=no", "--keep-unit", "--quiet"])
+        // The daemon loads eBPF and fanotify: what a host's systemd gives it.
+        .args(["--capability=all"])
+        .arg("--system-call-filter=@privileged @debug @mount bpf perf_event_open")
+        .arg("--bind-ro=/usr")
+        .arg("--bind=/sys/fs/bpf")
+        .arg(format!(
+            "--bind-ro={}:/opt/aw/agentwarden",
+            bin_path.display()
+        ))
+        .arg(format!("--bind={}:/out", out.display()))
+        .arg("--boot")
+        .output_within();
+    // What `unload` left (nothing), before the test's own clean-up.
+    let pinned_after = pins.exists();
+    let _ = fs::remove_dir_all(&pins);
+    let read = |name: &str| fs::read_to_string(out.join(name)).unwrap_or_default();
+    let journal = read("journal");
+    let why = format!("{boot:?}\njournal:\n{journal}");
+    let first = read("first");
+    for want in [
+        "Type=notify",
+        "ActiveState=active",
+        "SubState=running",
+        "NRestarts=0",
+        "StatusText=watching; control socket bound",
+        "WatchdogUSec=30s",
+    ] {
+        assert!(
+            first.lines().any(|l| l == want),
+            "{want} in\n{first}\n{why}"
+        );
+    }
+    let status: StatusReport = serde_json::from_str(&read("status.json"))
+        .unwrap_or_else(|e| panic!("status: {e}: {}\n{why}", read("status.err")));
+    let main_pid = |s: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MainPID="))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(status.daemon_pid.to_string(), main_pid(&first), "{why}");
+    let second = read("second");
+    assert!(
+        second.lines().any(|l| l == "NRestarts=1")
+            && second.lines().any(|l| l == "ActiveState=active")
+            && main_pid(&second) != main_pid(&first),
+        "not restarted after SIGKILL:\n{second}\n{why}"
+    );
+    assert!(
+        journal.contains("adopted the pinned kernel side"),
+        "the restarted daemon did not adopt: {why}"
+    );
+    let stopped = read("stopped");
+    assert!(
+        stopped.lines().any(|l| l == "ActiveState=inactive"),
+        "{stopped}\n{why}"
+    );
+    assert!(
+        !read("pins-after-stop").trim().is_empty(),
+        "a stop keeps the pinned links: {why}"
+    );
+    assert!(
+        read("unload").contains("unload=0"),
+        "{}\n{why}",
+        read("unload")
+    );
+    assert!(!pinned_after, "unload left pins behind: {why}");
+}

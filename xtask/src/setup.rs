@@ -17,8 +17,10 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "netcat-openbsd",
     "python3-venv",
-    // systemd-analyze checks the shipped unit (the deploy tests).
+    // systemd-analyze checks the shipped unit, and systemd-nspawn boots a container with
+    // systemd as its init to run the unit under it (the deploy tests).
     "systemd",
+    "systemd-container",
     // The OTLP collector of the export test (rotel) links against it.
     "libpython3.11",
 ];
