@@ -157,6 +157,26 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
         .unwrap();
     f.wait_for_file("started", "the session never started");
     let sid = d.session("kept").id;
+    // A second session that ends while no daemon runs: its last records wait in the
+    // ring, and the successor ends it with a session_end of its own.
+    let brief_marker = f.dir.join("brief-read");
+    let mut brief = d
+        .cli()
+        .args(["run", "--profile", "keep", "--session-name", "brief", "--"])
+        .args([
+            "bash",
+            "-c",
+            "touch \"$1/brief-started\"; while [ ! -e \"$1/go\" ]; do sleep 0.05; done; \
+             cat /etc/hostname > \"$1/brief-read\"",
+            "brief",
+            &dir,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    f.wait_for_file("brief-started", "the brief session never started");
+    let brief_sid = d.session("brief").id;
     let first_generation = generations(&pins);
     assert_eq!(first_generation.len(), 1, "{first_generation:?}");
 
@@ -175,6 +195,8 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
     // The session acts with no daemon: the denied read is stopped (the refusal layer
     // was the daemon's; the kernel kills instead), the denied connect refused.
     fs::write(f.dir.join("go"), "").unwrap();
+    assert!(brief.wait().unwrap().success());
+    assert!(brief_marker.exists());
     f.wait_for_log("gap-done");
     let log = f.log();
     assert!(
@@ -305,6 +327,21 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
         .find(|l| l.counter == "sent_while_daemon_absent")
         .unwrap_or_else(|| panic!("no loss raised for the gap:\n{}", dump(&all)));
     assert!(loss.delta > 0, "{loss:?}");
+    // The session that ended in the gap: its last actions and its end, recorded by the
+    // successor.
+    let brief_evs = d.wait_for(
+        &brief_sid,
+        "the end of the session that ended in the gap",
+        |evs| evs.iter().any(|e| e.kind() == EventKind::SessionEnd),
+    );
+    assert!(
+        brief_evs
+            .iter()
+            .any(|e| e.open().is_some_and(|o| o.path == "/etc/hostname")),
+        "its read in the gap:\n{}",
+        dump(&brief_evs)
+    );
+    assert_eq!(d.session("brief").state, "ended");
     let v = d.audit(&["verify"]);
     assert!(v.status.success(), "the chain across the gap: {v:?}");
     drop(d);

@@ -107,6 +107,8 @@ pub(super) struct Adoption {
     pub sessions: usize,
     pub processes: usize,
     pub gone: usize,
+    /// Sessions whose last process exited while no daemon ran.
+    pub ended_in_gap: usize,
 }
 
 impl Core {
@@ -319,6 +321,23 @@ impl Core {
             }
             adoption.sessions += 1;
             adoption.processes += tgids.len();
+        }
+        // Sessions that were live at the last save and have no process left ended in the
+        // gap: adopted with none, so the first reconciliation (after the ring's records
+        // of their last moments are read) ends them with a `session_end` of their own.
+        for (sid, s) in saved.into_iter().filter(|(sid, _)| !live.contains_key(sid)) {
+            let started = SystemTime::UNIX_EPOCH + Duration::from_nanos(s.started_ns);
+            let new = NewSession {
+                name: Some(s.name),
+                profile: s.profile,
+                owner_uid: s.owner_uid,
+                owner_user: s.owner_user,
+                enrolment: s.enrolment,
+                root_pid: s.root_pid,
+            };
+            self.attribution.calls.session(sid, new.root_pid, false);
+            self.attribution.registry.adopt(sid, new, &[], started);
+            adoption.ended_in_gap += 1;
         }
         adoption
     }

@@ -285,6 +285,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
                 sessions = a.sessions,
                 processes = a.processes,
                 gone = a.gone,
+                ended_in_gap = a.ended_in_gap,
                 retired_links = retired,
                 pins = %pins.root().display(),
                 "adopted the pinned kernel side"
