@@ -1,8 +1,9 @@
 //! The daemon's self-protection in the BPF-LSM layer, where the kernel runs it: a signal
 //! to the daemon (`task_kill`: kill, tkill, tgkill, rt_sigqueueinfo, pidfd_send_signal,
 //! io_uring alike), an access to it as a tracer (`ptrace_access_check`: ptrace,
-//! process_vm_readv/writev, `/proc/<pid>/mem`) and any `bpf()` call are refused inside the
-//! call (`EPERM`) for every session, attached ones included, which the seccomp filter of
+//! process_vm_readv/writev, `/proc/<pid>/mem`), any `bpf()` or `perf_event_open` call and
+//! any kernel module load (`init_module`, `finit_module`) are refused inside the call
+//! (`EPERM`) for every session, attached ones included, which the seccomp filter of
 //! `run` cannot reach. The rule is the session profile's for that syscall (the daemon's
 //! own self-protection rule unless the profile names the call), recorded with layer
 //! `lsm`; a profile whose rule says `kill` also gets SIGKILL.
@@ -27,16 +28,27 @@ const EPERM: i32 = 1;
 const NR_KILL: u32 = 62;
 const NR_PTRACE: u32 = 101;
 const NR_BPF: u32 = 321;
+const NR_PERF_EVENT_OPEN: u32 = 298;
+const NR_INIT_MODULE: u32 = 175;
+const NR_FINIT_MODULE: u32 = 313;
 /// Calls the hooks judge, which the syscall-entry program leaves to them.
-const TAKEN: [u32; 9] = [
-    NR_KILL, 200, // tkill
+const TAKEN: [u32; 12] = [
+    NR_KILL,
+    200, // tkill
     234, // tgkill
     129, // rt_sigqueueinfo
     297, // rt_tgsigqueueinfo
-    NR_PTRACE, 310, // process_vm_readv
+    NR_PTRACE,
+    310, // process_vm_readv
     311, // process_vm_writev
     NR_BPF,
+    NR_PERF_EVENT_OPEN,
+    NR_INIT_MODULE,
+    NR_FINIT_MODULE,
 ];
+
+/// `enum kernel_read_file_id` / `kernel_load_data_id`: a kernel module's image.
+const READING_MODULE: i32 = 2;
 
 /// True when the hooks are attached and judge syscall `nr`.
 #[inline(always)]
@@ -122,6 +134,54 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
         return 0;
     };
     refuse(&entry, NR_PTRACE, Some(tgid))
+}
+
+/// `perf_event_open([struct perf_event_attr *attr,] int type)`: no session opens a perf
+/// event (the daemon's self-protection, or the profile's rule). The arguments differ
+/// between kernels (6.1 passes the attribute, 6.12 only the type), and so does the
+/// previous verdict's position: not read, like `bpf`'s.
+#[lsm(hook = "perf_event_open")]
+pub fn perf_event_open(_ctx: LsmContext) -> i32 {
+    let Some(entry) = session() else {
+        return 0;
+    };
+    refuse(&entry, NR_PERF_EVENT_OPEN, None)
+}
+
+/// `kernel_load_data(enum kernel_load_data_id id, bool contents)`: `init_module` hands
+/// the kernel a module image from memory.
+#[lsm(hook = "kernel_load_data")]
+pub fn kernel_load_data(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    let id: i32 = ctx.arg(0);
+    if id != READING_MODULE {
+        return 0;
+    }
+    let Some(entry) = session() else {
+        return 0;
+    };
+    refuse(&entry, NR_INIT_MODULE, None)
+}
+
+/// `kernel_read_file(struct file *file, enum kernel_read_file_id id, bool contents)`:
+/// `finit_module` has the kernel read a module from a file.
+#[lsm(hook = "kernel_read_file")]
+pub fn kernel_read_file(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    let id: i32 = ctx.arg(1);
+    if id != READING_MODULE {
+        return 0;
+    }
+    let Some(entry) = session() else {
+        return 0;
+    };
+    refuse(&entry, NR_FINIT_MODULE, None)
 }
 
 /// `bpf(int cmd, union bpf_attr *attr, unsigned int size[, bool kernel])`: no session

@@ -114,9 +114,9 @@ const fn lsm_self_protection(name: &'static str) -> ProgramSpec {
         hook: Hook::Lsm(name),
         needs: Some(Feature::BpfLsm),
         required: false,
-        fallback: "signals, ptrace and bpf() aimed at the daemon: refused by the seccomp \
-                   filter in `run` sessions, SIGKILL at the call's entry in attached ones \
-                   (the call itself runs)",
+        fallback: "signals, ptrace, bpf(), perf_event_open and module loading: refused by \
+                   the seccomp filter in `run` sessions, SIGKILL at the call's entry in \
+                   attached ones (the call itself runs)",
     }
 }
 
@@ -134,7 +134,14 @@ const fn names(name: &'static str) -> ProgramSpec {
 
 /// The BPF-LSM self-protection hooks; with all of them attached the syscall-entry
 /// program leaves their calls to them (`DAEMON_FLAG_LSM_SELF_PROTECTION`).
-pub const LSM_SELF_PROTECTION: [&str; 3] = ["task_kill", "ptrace_access_check", "bpf"];
+pub const LSM_SELF_PROTECTION: [&str; 6] = [
+    "task_kill",
+    "ptrace_access_check",
+    "bpf",
+    "perf_event_open",
+    "kernel_load_data",
+    "kernel_read_file",
+];
 
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
@@ -225,6 +232,9 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     lsm_self_protection("task_kill"),
     lsm_self_protection("ptrace_access_check"),
     lsm_self_protection("bpf"),
+    lsm_self_protection("perf_event_open"),
+    lsm_self_protection("kernel_load_data"),
+    lsm_self_protection("kernel_read_file"),
     cgroup("connect4"),
     cgroup("connect6"),
     cgroup("sendmsg4"),

@@ -342,6 +342,8 @@ fn a_root_session_cannot_signal_trace_or_bpf_the_daemon() {
         ("pidfd", format!("pidfd-open {daemon}")),
         ("procfd", format!("proc-pidfd-signal {daemon}")),
         ("bpf", "bpf".to_owned()),
+        ("perf", "perf-event-open".to_owned()),
+        ("module", "init-module".to_owned()),
         // Not aimed at the daemon: let through.
         ("self", "kill 0 0".to_owned()),
     ]
@@ -361,6 +363,8 @@ fn a_root_session_cannot_signal_trace_or_bpf_the_daemon() {
             "pidfd=errno 1",
             "procfd=errno 38",
             "bpf=errno 1",
+            "perf=errno 1",
+            "module=errno 1",
             "self=errno 1",
         ],
     );
@@ -375,7 +379,7 @@ fn a_root_session_cannot_signal_trace_or_bpf_the_daemon() {
     let st: StatusReport = d.json(&["status", "--json"]);
     assert_eq!(st.daemon_pid.to_string(), daemon);
     let sid = d.session("selfprot").id;
-    let evs = syscall_events(&d, &sid, 7);
+    let evs = syscall_events(&d, &sid, 9);
     let signals: Vec<&Event> = evs
         .iter()
         .filter(|e| e.syscall().is_some_and(|s| s.name == "kill"))
@@ -409,6 +413,14 @@ fn a_root_session_cannot_signal_trace_or_bpf_the_daemon() {
             "agentwarden self-protection: a pidfd of the daemon",
         ),
         ("bpf", "agentwarden self-protection: bpf()"),
+        (
+            "perf_event_open",
+            "agentwarden self-protection: perf_event_open()",
+        ),
+        (
+            "init_module",
+            "agentwarden self-protection: kernel module loading",
+        ),
     ] {
         let (action, layer, r) = decision_on(&evs, name);
         assert_eq!(
@@ -509,7 +521,8 @@ fn the_syscall_programs_are_attached_only_while_a_session_needs_them() {
 
 /// A root process in an attached session (no seccomp filter can be given to it) aims at
 /// the daemon. Where BPF-LSM runs, the hooks refuse inside the call: SIGKILL and SIGSTOP
-/// to the daemon, `ptrace` of it and `bpf()` all fail with `EPERM`, the process lives on,
+/// to the daemon, `ptrace` of it, `bpf()`, `perf_event_open` and loading a kernel module
+/// all fail with `EPERM`, the process lives on,
 /// and each refusal is recorded with its self-protection rule and `lsm`. Without
 /// BPF-LSM the syscall-entry program kills the process (recorded `signal`), after the
 /// call has run: shown with a harmless SIGCONT, and the daemon lives on.
@@ -558,6 +571,18 @@ fn attached_sessions_cannot_signal_trace_or_bpf_the_daemon_where_bpf_lsm_runs() 
                 "ptrace of the daemon",
             ),
             ("load", vec!["bpf"], "bpf", "bpf()"),
+            (
+                "perf",
+                vec!["perf-event-open"],
+                "perf_event_open",
+                "perf_event_open()",
+            ),
+            (
+                "module",
+                vec!["init-module"],
+                "init_module",
+                "kernel module loading",
+            ),
         ]
     } else {
         vec![(
@@ -580,7 +605,7 @@ fn attached_sessions_cannot_signal_trace_or_bpf_the_daemon_where_bpf_lsm_runs() 
             panic!("{name}: the daemon was stopped ({said}, {status:?})");
         }
         if lsm {
-            assert!(status.success(), "{name}: {status:?}");
+            assert!(status.success(), "{name}: {status:?}\n{}", d.log());
             assert_eq!(said, "errno 1", "{name}");
         } else {
             assert_eq!(status.signal(), Some(9), "{name}: {status:?}");

@@ -54,18 +54,23 @@ fn main() -> Result<()> {
         "clone-ns" => clone_newuts(),
         "thread" => thread_spawns(),
         "init-module" => sys(|| {
-            // SAFETY: no image (the kernel refuses it after the filter would have).
+            // An image of an ELF header's size, all zero: long enough to reach the
+            // security check (a shorter one is refused before it), no module at all (the
+            // kernel refuses it after the check would have).
+            let image = [0u8; 64];
+            // SAFETY: the image outlives the call; its length is passed.
             unsafe {
                 libc::syscall(
                     libc::SYS_init_module,
-                    std::ptr::null::<u8>(),
-                    0,
+                    image.as_ptr(),
+                    image.len(),
                     c"".as_ptr(),
                 )
             }
         }),
         "io-uring-setup" => IoUring::new(4).map(|_| Seen::Nothing),
         "bpf" => bpf_next_prog_id(),
+        "perf-event-open" => perf_event_open_self(),
         "kill" => {
             let (pid, sig): (i32, i32) = (arg(0)?.parse()?, arg(1)?.parse()?);
             // SAFETY: plain syscall.
@@ -484,6 +489,21 @@ fn thread_spawns() -> Outcome {
 
 /// `bpf(BPF_PROG_GET_NEXT_ID)`: what a process enumerating the host's programs does
 /// first. `ENOENT` (no program after id 0) is also a call the kernel let through.
+/// A software counter (CPU clock) of this process: the smallest `perf_event_open`.
+fn perf_event_open_self() -> Outcome {
+    // `struct perf_event_attr` (PERF_ATTR_SIZE_VER8): type PERF_TYPE_SOFTWARE, its size,
+    // config PERF_COUNT_SW_CPU_CLOCK, the rest zero.
+    let mut attr = [0u8; 136];
+    attr[0..4].copy_from_slice(&1u32.to_ne_bytes());
+    attr[4..8].copy_from_slice(&136u32.to_ne_bytes());
+    // SAFETY: the attribute outlives the call; its size is in it.
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0) };
+    let fd = check(fd)?;
+    // SAFETY: a descriptor the call just returned.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+    Ok(Seen::Nothing)
+}
+
 fn bpf_next_prog_id() -> Outcome {
     const BPF_PROG_GET_NEXT_ID: i64 = 11;
     let mut attr = [0u32; 4];
