@@ -539,6 +539,15 @@ fn attached_sessions_cannot_signal_trace_or_bpf_the_daemon_where_bpf_lsm_runs() 
         return;
     };
     let daemon = d.child.as_ref().unwrap().id().to_string();
+    // It stalled once in a guest (6.12, then 6.1 under a loaded host): if it does again,
+    // what every process waits on is in the log.
+    let _watchdog = Watchdog::arm(
+        "attached_sessions_cannot_signal_trace_or_bpf_the_daemon",
+        // Wall time, not scaled: it takes seconds in a guest, and a guest's whole run
+        // gets 25 minutes.
+        Duration::from_secs(300),
+        &d,
+    );
     let lsm = lsm_attached(&d);
     let work = tempfile::tempdir().unwrap();
     // An attached process makes one call and says how it went (the probe prints `ok`

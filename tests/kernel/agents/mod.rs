@@ -941,6 +941,40 @@ pub(crate) mod claims {
             (ctx.tool_call.as_str(), ctx.how),
             (background.id.as_str(), Attribution::Subtree)
         );
+        // Each command's own actions sit under the call that ran it: the refused connect,
+        // the refused exec of `nc`, the last step's `git`.
+        let under = |step: Step, what: &str, pick: &dyn Fn(&Event) -> bool| {
+            let e = r
+                .events
+                .iter()
+                .find(|e| pick(e))
+                .unwrap_or_else(|| panic!("no {what}:\n{}", dump(&r.events)));
+            let c = e
+                .context
+                .as_ref()
+                .unwrap_or_else(|| panic!("{what} under no call: {e:?}"));
+            // The right call; `ambiguous` where the agent left another call open (Codex
+            // reports no end of a failed view_image: it is closed at the turn's end).
+            assert_eq!(
+                c.tool_call.as_str(),
+                call(step).id.as_str(),
+                "{what}: {c:?}"
+            );
+            assert!(
+                matches!(c.how, Attribution::Subtree | Attribution::Ambiguous),
+                "{what}: {c:?}"
+            );
+        };
+        under(Step::Connect, "the refused connect", &|e| {
+            e.net().is_some_and(|n| n.address == r.foreign) && e.decision.is_some()
+        });
+        under(Step::DeniedProgram, "the refused exec of nc", &|e| {
+            e.exec().is_some_and(|x| x.path.contains("/nc")) && e.decision.is_some()
+        });
+        under(Step::MoreWork, "the exec of `git init`", &|e| {
+            e.exec()
+                .is_some_and(|x| x.argv.iter().take(2).eq(["git", "init"].iter()))
+        });
         // Every action names a call that was reported.
         for e in &r.events {
             if let Some(c) = &e.context {
@@ -956,6 +990,10 @@ pub(crate) mod claims {
             t.find(needle)
                 .unwrap_or_else(|| panic!("no `{needle}` in the timeline:\n{t}"))
         };
+        // Every call is in it, with its id.
+        for (_, c) in &calls {
+            at(&c.id);
+        }
         let read_call = at(&call(Step::ReadKey).id);
         assert!(at("prompt") < read_call, "{t}");
         assert!(at("\"run the scripted commands\"") < read_call, "{t}");

@@ -612,3 +612,102 @@ for spec in sys.argv[1:]:
         print(label + "=" + str(e.errno))
     sys.stdout.flush()
 "#;
+
+/// A test that must not stall: past `limit` it writes what every process on the machine
+/// is doing (state, where it waits, the daemon's threads' kernel stacks) to stderr, past
+/// the test harness's capture, and ends the test binary with a failure, instead of
+/// leaving the run to a tier's timeout with nothing to go on. Disarmed when dropped.
+pub(crate) struct Watchdog {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    pub(crate) fn arm(what: &'static str, limit: Duration, d: &Daemon) -> Self {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        let daemon = d.child.as_ref().map_or(0, |c| c.id());
+        let log = d.dir.path().join("daemon.log");
+        let mut events = d.cli();
+        events.args(["events"]);
+        let events_out = d.dir.path().join("watchdog-events.txt");
+        thread::spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+            if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            let mut report = format!("\nWATCHDOG: {what} stalled for {limit:?}; processes:\n");
+            for p in procfs::process::all_processes()
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let Ok(st) = p.stat() else { continue };
+                let wchan =
+                    fs::read_to_string(format!("/proc/{}/wchan", p.pid)).unwrap_or_default();
+                let cmd = p.cmdline().unwrap_or_default().join(" ");
+                report.push_str(&format!(
+                    "{:>7} {:>7} {} {:<16} {:<24} {}\n",
+                    st.pid,
+                    st.ppid,
+                    st.state,
+                    st.comm,
+                    wchan,
+                    cmd.chars().take(160).collect::<String>()
+                ));
+            }
+            for task in fs::read_dir(format!("/proc/{daemon}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let stack = fs::read_to_string(task.path().join("stack")).unwrap_or_default();
+                report.push_str(&format!(
+                    "daemon thread {}:\n{stack}",
+                    task.file_name().to_string_lossy()
+                ));
+            }
+            let log = fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            report.push_str("daemon log (last lines):\n");
+            for l in tail.iter().rev() {
+                report.push_str(l);
+                report.push('\n');
+            }
+            // The daemon may be what stalls: its events only if it answers in time.
+            let file = fs::File::create(&events_out);
+            if let Ok(mut child) = file
+                .map_err(std::io::Error::other)
+                .and_then(|f| events.stdout(f).stderr(Stdio::null()).spawn())
+            {
+                thread::sleep(Duration::from_secs(10));
+                if let Ok(Some(_)) = child.try_wait() {
+                    let out = fs::read_to_string(&events_out).unwrap_or_default();
+                    report.push_str("events (last 40):\n");
+                    let lines: Vec<&str> = out.lines().collect();
+                    for l in &lines[lines.len().saturating_sub(40)..] {
+                        report.push_str(l);
+                        report.push('\n');
+                    }
+                } else {
+                    report.push_str("the daemon did not answer `events` within 10 s\n");
+                    let _ = child.kill();
+                }
+            }
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), report.as_bytes());
+            std::process::exit(101);
+        });
+        Self { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
