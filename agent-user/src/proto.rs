@@ -196,6 +196,9 @@ pub struct DaemonCounters {
     /// Pins of the kernel side found removed and pinned again.
     #[serde(default)]
     pub pins_restored: u64,
+    /// Session-map entries of processes found gone (their exit unseen) and removed.
+    #[serde(default)]
+    pub stale_entries_removed: u64,
     /// OTLP export: records the collector accepted, records dropped (a full queue or a
     /// failed request), requests that failed.
     #[serde(default)]

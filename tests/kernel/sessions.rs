@@ -432,3 +432,51 @@ sys.exit(0 if fd >= 0 else 1)\n";
     assert!(o.path_resolved && o.result >= 0);
     assert_eq!(o.flags, ["O_RDONLY", "O_CLOEXEC"]);
 }
+
+/// Attaching to a process whose children come and go by the hundred: a child that exits
+/// between the daemon's read of /proc and its entry in the session map leaves no stale
+/// entry behind, so each session ends when its last process does (rounds make the race
+/// likely; before the check, a stale entry kept a session open for ever).
+#[test]
+fn an_attached_session_with_short_lived_children_ends_with_its_last_process() {
+    let Some(d) = Daemon::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    for round in 0..4 {
+        let gate = work.path().join(format!("gate-{round}"));
+        let mut churn = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "while [ ! -e {} ]; do /bin/true & /bin/true & /bin/true; done; wait",
+                    gate.display()
+                ),
+            ])
+            .spawn()
+            .unwrap();
+        // Let the churn start before attaching.
+        thread::sleep(Duration::from_millis(100));
+        let name = format!("churn-{round}");
+        let out = d
+            .cli()
+            .args(["attach", "--pid", &churn.id().to_string()])
+            .args(["--profile", "demo", "--session-name", &name])
+            .output_within();
+        assert!(out.status.success(), "{out:?}");
+        thread::sleep(Duration::from_millis(200));
+        fs::write(&gate, "").unwrap();
+        assert!(churn.wait().unwrap().success());
+        let start = Instant::now();
+        loop {
+            let s = d.session(&name);
+            if s.state == "ended" {
+                break;
+            }
+            assert!(
+                start.elapsed() < patience(),
+                "{name} never ended: {s:?}\n{}",
+                d.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

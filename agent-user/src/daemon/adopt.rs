@@ -100,6 +100,16 @@ pub(super) fn live_sessions(
     (sessions, gone)
 }
 
+/// Whether process `tgid` exists and has not exited (a zombie's exit was seen by the
+/// kernel already: its session entry, if any, is stale).
+pub(super) fn running(tgid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{tgid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
+    })
+}
+
 /// What an adoption found, for the log and the status.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Adoption {
@@ -352,6 +362,23 @@ mod tests {
             session_id,
             ..SessionEntry::default()
         }
+    }
+
+    /// A zombie's exit was seen already, a reaped process is gone: neither is running.
+    #[test]
+    fn zombies_and_reaped_processes_are_not_running() {
+        assert!(running(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = std::time::Instant::now();
+        while running(pid) {
+            assert!(start.elapsed() < Duration::from_secs(10), "never exited");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Not reaped yet: a zombie.
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        child.wait().unwrap();
+        assert!(!running(pid));
     }
 
     #[test]

@@ -58,6 +58,19 @@ impl Core {
                     break;
                 }
             }
+            // A descendant read from /proc may have exited before its entry was in the
+            // map: the kernel saw its exit with no entry to remove, and the entry would
+            // keep the session open for ever. Checked after the insert: one alive now has
+            // its exit seen by the kernel.
+            let stale: Vec<u32> = tgids
+                .iter()
+                .copied()
+                .filter(|t| *t != root && !super::adopt::running(*t))
+                .collect();
+            for t in &stale {
+                let _ = self.kernel.sessions.remove(t);
+            }
+            tgids.retain(|t| !stale.contains(t));
         }
         // A `run` session whose profile wires the agent's hooks infers no calls.
         let hooked = self.hooks_wired(&new.profile, new.enrolment);

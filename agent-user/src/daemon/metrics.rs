@@ -173,6 +173,7 @@ fn render(shared: &Shared) -> String {
         ("subscriber_lagged", d.subscriber_lagged),
         ("stdout_dropped", d.stdout_dropped),
         ("pins_restored", d.pins_restored),
+        ("stale_entries_removed", d.stale_entries_removed),
     ] {
         let _ = writeln!(
             out,

@@ -127,6 +127,8 @@ pub const EVENT_LOG: &str = "events.jsonl";
 
 /// Reconciliation and loss-report period.
 const SWEEP_PERIOD: Duration = Duration::from_millis(500);
+/// Every how many sweeps the session map is checked for processes that are gone (5 s).
+const STALE_SWEEP_EVERY: u64 = 10;
 
 /// Everything the ring-buffer reader, the sweeper and the control handlers share. One lock
 /// keeps enrolment, draining and reconciliation consistent with each other.
@@ -154,6 +156,9 @@ struct Core {
     sinks: Sinks,
     /// Records read and undecodable; the sinks count their own.
     counters: DaemonCounters,
+    /// Sweeps since start: every [`STALE_SWEEP_EVERY`]th checks the session map's
+    /// processes against /proc.
+    stale_sweep: u64,
     /// Sessions whose `run` client restricted itself with Landlock.
     landlocked: HashSet<u64>,
     /// The daemon's own directories, denied to every session (self-protection).
@@ -434,6 +439,7 @@ impl Core {
             attribution: attribute::Attribution::new(Clock::now()),
             sinks,
             counters: DaemonCounters::default(),
+            stale_sweep: 0,
             reported_losses: HashMap::new(),
             generation: 0,
             hold_port: 0,

@@ -185,7 +185,25 @@ impl Core {
     /// (and end their session) before reconciliation looks. Behind a backlog it waits for
     /// a later tick: a session is never ended on a map read older than its records.
     pub(super) fn reconcile(&mut self) {
-        let snapshot = self.kernel.sessions_snapshot();
+        let mut snapshot = self.kernel.sessions_snapshot();
+        // Entries whose process is gone (an exit the kernel saw before the entry was
+        // made, a lost exit record) would keep their session open for ever: every few
+        // seconds they are checked against /proc and removed. One that exits between
+        // the map read and the check was removed by the kernel already.
+        self.stale_sweep = self.stale_sweep.wrapping_add(1);
+        if self.stale_sweep % STALE_SWEEP_EVERY == 0 {
+            let stale: Vec<u32> = snapshot
+                .keys()
+                .copied()
+                .filter(|t| !super::adopt::running(*t))
+                .collect();
+            for t in stale {
+                if self.kernel.sessions.remove(&t).is_ok() {
+                    self.counters.stale_entries_removed += 1;
+                }
+                snapshot.remove(&t);
+            }
+        }
         if self.drain(DRAIN_BATCH) {
             return;
         }
