@@ -191,7 +191,7 @@ impl Core {
         // seconds they are checked against /proc and removed. One that exits between
         // the map read and the check was removed by the kernel already.
         self.stale_sweep = self.stale_sweep.wrapping_add(1);
-        if self.stale_sweep % STALE_SWEEP_EVERY == 0 {
+        if self.stale_sweep.is_multiple_of(STALE_SWEEP_EVERY) {
             let stale: Vec<u32> = snapshot
                 .keys()
                 .copied()
