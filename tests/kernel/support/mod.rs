@@ -70,10 +70,15 @@ pub(crate) fn time_scale() -> f64 {
     })
 }
 
-/// A deadline set on a real host, stretched by [`time_scale`].
+/// A deadline set on a real host, stretched by [`time_scale`], but never past
+/// [`DEADLINE_MAX`]: a guest's whole run has 25 minutes, and a wait that cannot end must
+/// fail inside them, naming what it waited for, not stall the tier.
 pub(crate) fn scaled(d: Duration) -> Duration {
-    d.mul_f64(time_scale())
+    d.mul_f64(time_scale()).min(d.max(DEADLINE_MAX))
 }
+
+/// The longest any one wait may be stretched to (a guest's operations take seconds).
+const DEADLINE_MAX: Duration = Duration::from_secs(300);
 
 /// Upper bound for polling.
 pub(crate) fn patience() -> Duration {
