@@ -386,17 +386,7 @@ fn a_session_cannot_open_the_daemons_own_directories() {
         // give the daemon a descriptor, and denies the waiting open itself).
         with_action(evs, Action::Blocked).count() >= 9
     });
-    for e in with_action(&evs, Action::Blocked) {
-        let dec = e.decision.as_ref().unwrap();
-        assert!(
-            matches!(dec.enforced_by, Layer::Fanotify | Layer::Lsm),
-            "{e:?}"
-        );
-        assert!(
-            dec.rule.starts_with("agentwarden self-protection: "),
-            "{e:?}"
-        );
-    }
+    refused_by_self_protection(&evs, "agentwarden self-protection: ");
     // Outside every session: as before.
     assert!(fs::read(d.db()).is_ok());
 }
@@ -457,18 +447,7 @@ fn a_monitored_session_is_still_refused_the_daemons_own_directories() {
                 .iter()
                 .any(|e| e.open().is_some_and(|o| o.path == key) && e.decision.is_some())
     });
-    for e in with_action(&evs, Action::Blocked) {
-        let dec = e.decision.as_ref().unwrap();
-        assert!(
-            matches!(dec.enforced_by, Layer::Fanotify | Layer::Lsm),
-            "{e:?}"
-        );
-        assert!(
-            dec.rule
-                .starts_with("agentwarden self-protection: its state directory"),
-            "{e:?}"
-        );
-    }
+    refused_by_self_protection(&evs, "agentwarden self-protection: its state directory");
     // The profile's own rule: recorded, not enforced (monitor mode).
     let read = evs
         .iter()
@@ -483,4 +462,17 @@ fn a_monitored_session_is_still_refused_the_daemons_own_directories() {
                 .is_some_and(|s| s.starts_with("agentwarden self-protection"))),
         "{rows:?}"
     );
+}
+
+/// Every refusal among `evs` was an open refused (`EPERM`, by the fanotify layer or
+/// BPF-LSM) under a self-protection rule whose label starts with `rule`.
+fn refused_by_self_protection(evs: &[Event], rule: &str) {
+    for e in with_action(evs, Action::Blocked) {
+        let dec = e.decision.as_ref().unwrap();
+        assert!(
+            matches!(dec.enforced_by, Layer::Fanotify | Layer::Lsm),
+            "{e:?}"
+        );
+        assert!(dec.rule.starts_with(rule), "{e:?}");
+    }
 }

@@ -49,6 +49,22 @@ pub(super) struct AdoptedSession {
     pub started_ns: u64,
 }
 
+impl AdoptedSession {
+    /// The session as the registry takes it, and when it started.
+    fn into_new(self) -> (NewSession, SystemTime) {
+        let started = SystemTime::UNIX_EPOCH + Duration::from_nanos(self.started_ns);
+        let new = NewSession {
+            name: Some(self.name),
+            profile: self.profile,
+            owner_uid: self.owner_uid,
+            owner_user: self.owner_user,
+            enrolment: self.enrolment,
+            root_pid: self.root_pid,
+        };
+        (new, started)
+    }
+}
+
 impl Manifest {
     pub fn read(path: &Path) -> Result<Option<Self>> {
         match fs::read(path) {
@@ -304,15 +320,7 @@ impl Core {
                     started_ns: 0,
                 }
             });
-            let started = SystemTime::UNIX_EPOCH + Duration::from_nanos(s.started_ns);
-            let new = NewSession {
-                name: Some(s.name),
-                profile: s.profile,
-                owner_uid: s.owner_uid,
-                owner_user: s.owner_user,
-                enrolment: s.enrolment,
-                root_pid: s.root_pid,
-            };
+            let (new, started) = s.into_new();
             if new.enrolment == Enrolment::Run {
                 self.inherited_filters.insert(*sid);
             }
@@ -336,15 +344,7 @@ impl Core {
         // gap: adopted with none, so the first reconciliation (after the ring's records
         // of their last moments are read) ends them with a `session_end` of their own.
         for (sid, s) in saved.into_iter().filter(|(sid, _)| !live.contains_key(sid)) {
-            let started = SystemTime::UNIX_EPOCH + Duration::from_nanos(s.started_ns);
-            let new = NewSession {
-                name: Some(s.name),
-                profile: s.profile,
-                owner_uid: s.owner_uid,
-                owner_user: s.owner_user,
-                enrolment: s.enrolment,
-                root_pid: s.root_pid,
-            };
+            let (new, started) = s.into_new();
             self.attribution.calls.session(sid, new.root_pid, false);
             self.attribution.registry.adopt(sid, new, &[], started);
             adoption.ended_in_gap += 1;

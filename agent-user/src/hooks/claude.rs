@@ -19,7 +19,8 @@ pub const EVENTS: &[&str] = &[
     "SessionEnd",
 ];
 
-fn text(v: &Value, key: &str) -> Result<String, String> {
+/// The string at `key`, or what is wrong with it (shared by the dialects' parsers).
+pub(super) fn text(v: &Value, key: &str) -> Result<String, String> {
     match v.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(format!("`{key}` is not a string")),

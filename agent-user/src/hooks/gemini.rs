@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
-use super::{HookAnswer, HookEvent, ToolReport};
+use super::{HookAnswer, HookEvent, ToolReport, claude::text};
 
 /// The hook events agentwarden registers.
 pub const EVENTS: &[&str] = &[
@@ -49,14 +49,6 @@ const HOST_DEFAULTS: &str = "/etc/gemini-cli/system-defaults.json";
 
 /// Prefix of the ids the daemon gives Gemini CLI's calls (`gemini-<key>.<n>`).
 pub const KEY_PREFIX: &str = "gemini-";
-
-fn text(v: &Value, key: &str) -> Result<String, String> {
-    match v.get(key) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(format!("`{key}` is not a string")),
-        None => Err(format!("no `{key}`")),
-    }
-}
 
 /// What a call is, as a key: its tool and its input (serde_json keeps object keys
 /// sorted, so the same input gives the same key before and after the call).
