@@ -247,6 +247,13 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What each live session holds: the principal (uid, groups, capabilities), the
+    /// credentials within its reach with its profile's verdict on each, its network and
+    /// tool rules, and the owners answering for them.
+    Inventory {
+        #[arg(long)]
+        json: bool,
+    },
     /// Let a held operation go ahead. Alone: the operations waiting on the request now;
     /// `--session`: also the same object under the same rule for the rest of the
     /// session; `--for 10m`: for that long.
@@ -469,6 +476,18 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&sessions)?);
             } else {
                 print!("{}", output::sessions(&sessions));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Inventory { json } => {
+            let Response::Inventory { sessions } = Client::call(socket, &Request::Inventory)?
+            else {
+                bail!("unexpected response")
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sessions)?);
+            } else {
+                print!("{}", output::inventory(&sessions));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dns;
 pub mod event;
 pub mod hooks;
+pub mod inventory;
 pub mod loader;
 pub mod offsets;
 pub mod otlp;

@@ -381,6 +381,62 @@ pub fn pending(requests: &[crate::proto::PendingView]) -> String {
     )
 }
 
+/// `agentwarden inventory`: one block per live session, for a reviewer to sign off.
+pub fn inventory(sessions: &[crate::inventory::SessionInventory]) -> String {
+    if sessions.is_empty() {
+        return "no live session\n".to_owned();
+    }
+    let mut out = String::new();
+    for s in sessions {
+        let p = &s.principal;
+        let groups: Vec<String> = p.groups.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            out,
+            "session {} ({}), profile {}, via {}, pid {}\n  \
+             owners: business {}, technical {}\n  \
+             principal: uid {} ({}), gid {}, groups [{}], capabilities [{}]",
+            s.session,
+            s.name,
+            s.profile,
+            s.enrolment,
+            s.root_pid,
+            s.owners.business,
+            s.owners.technical,
+            p.uid,
+            p.user.as_deref().unwrap_or("?"),
+            p.gid,
+            groups.join(" "),
+            p.capabilities.join(" "),
+        );
+        let rows: Vec<Vec<String>> = s
+            .credentials
+            .iter()
+            .map(|c| {
+                vec![
+                    format!("  {}", c.what),
+                    c.kind.clone(),
+                    c.object.clone(),
+                    c.verdict.clone(),
+                    c.rule.clone(),
+                ]
+            })
+            .collect();
+        if rows.is_empty() {
+            out.push_str("  no credential found within reach\n");
+        } else {
+            out.push_str(&table(
+                &["  CREDENTIAL", "KIND", "OBJECT", "VERDICT", "RULE"],
+                &rows,
+            ));
+        }
+        for (label, lines) in [("network", &s.network), ("tools", &s.tools)] {
+            let _ = writeln!(out, "  {label}: {}", lines.join("; "));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -41,6 +41,9 @@ pub enum Request {
     },
     /// Operations held for an answer (`on_violation: ask`).
     Pending,
+    /// What each live session holds: its principal, the credentials it can reach with
+    /// its profile's verdict on each, its network and tool rules, and who owns them.
+    Inventory,
     /// Let a held operation go ahead: the operations waiting on request `id` now, and
     /// with `scope` `session` or `duration` the same object under the same rule later.
     Approve {
@@ -138,6 +141,9 @@ pub enum Response {
     },
     Pending {
         requests: Vec<PendingView>,
+    },
+    Inventory {
+        sessions: Vec<crate::inventory::SessionInventory>,
     },
     OriginalDestination {
         address: std::net::SocketAddr,

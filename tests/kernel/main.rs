@@ -14,6 +14,7 @@ mod deploy;
 mod environment;
 mod export;
 mod hooks;
+mod inventory;
 mod landlock;
 mod network;
 mod paths;

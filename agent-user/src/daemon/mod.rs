@@ -33,6 +33,7 @@ mod enrolment;
 mod eventlog;
 pub mod export;
 mod hold;
+mod inventory;
 mod kernel;
 mod metrics;
 mod overflow;

@@ -49,29 +49,41 @@ fn patterns(out: &mut String, label: &str, list: &[Located<Pattern>]) {
     }
 }
 
+/// A destination's target, and its ports (`443,8000-8080`; empty for all).
+pub fn destination_parts(d: &CompiledDestination) -> (String, String) {
+    let target = match &d.target {
+        Target::Cidr(c) => format!("{}/{}", c.addr, c.prefix),
+        Target::Host(h) => format!("{h} (resolved by the daemon)"),
+        Target::Nameservers => "the system's name servers (from /etc/resolv.conf)".to_owned(),
+    };
+    let ports: Vec<String> = d
+        .ports
+        .iter()
+        .map(|r| {
+            if r.lo == r.hi {
+                r.lo.to_string()
+            } else {
+                format!("{}-{}", r.lo, r.hi)
+            }
+        })
+        .collect();
+    (target, ports.join(","))
+}
+
+/// A destination in one line: `api.example.com (resolved by the daemon) ports 443`.
+pub fn destination_text(d: &CompiledDestination) -> String {
+    match destination_parts(d) {
+        (target, ports) if ports.is_empty() => format!("{target}, all ports"),
+        (target, ports) => format!("{target} ports {ports}"),
+    }
+}
+
 fn destinations(out: &mut String, label: &str, list: &[Located<CompiledDestination>]) {
     for l in list {
-        let target = match &l.value.target {
-            Target::Cidr(c) => format!("{}/{}", c.addr, c.prefix),
-            Target::Host(h) => format!("{h} (resolved by the daemon)"),
-            Target::Nameservers => "the system's name servers (from /etc/resolv.conf)".to_owned(),
-        };
-        let ports: Vec<String> = l
-            .value
-            .ports
-            .iter()
-            .map(|r| {
-                if r.lo == r.hi {
-                    r.lo.to_string()
-                } else {
-                    format!("{}-{}", r.lo, r.hi)
-                }
-            })
-            .collect();
+        let (target, ports) = destination_parts(&l.value);
         let _ = writeln!(
             out,
-            "    {label:<6} {target:<40} ports {:<12} line {}",
-            ports.join(","),
+            "    {label:<6} {target:<40} ports {ports:<12} line {}",
             l.line
         );
     }

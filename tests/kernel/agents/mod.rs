@@ -21,45 +21,6 @@ mod mcp_server;
 
 use crate::support::*;
 
-/// An account for the agent, with its home in a temporary directory; removed on drop.
-pub(crate) struct TestUser {
-    pub(crate) name: String,
-}
-
-impl TestUser {
-    fn create(name: &str, home: &Path) -> Self {
-        let _ = Command::new("userdel").arg(name).output_within();
-        let out = Command::new("useradd")
-            .args(["-M", "-s", "/bin/bash", "-d"])
-            .arg(home)
-            .arg(name)
-            .output_within();
-        assert!(out.status.success(), "useradd: {out:?}");
-        Self {
-            name: name.to_owned(),
-        }
-    }
-
-    fn chown(&self, path: &Path) {
-        let out = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{0}:{0}", self.name))
-            .arg(path)
-            .output_within();
-        assert!(out.status.success(), "chown: {out:?}");
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        // Whatever of the agent is left (a run that timed out) would keep the account.
-        let _ = Command::new("pkill")
-            .args(["-KILL", "-u", &self.name])
-            .output();
-        let _ = Command::new("userdel").arg(&self.name).output();
-    }
-}
-
 /// A network namespace of our own behind a veth pair, with a listener in it: a host that
 /// is reachable from here and outside every shipped profile. Removed on drop.
 pub(crate) struct ForeignHost {

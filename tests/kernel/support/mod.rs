@@ -716,3 +716,42 @@ impl Drop for Watchdog {
         self.done.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// An account for an agent (an ordinary user), with its home in a temporary directory; removed on drop.
+pub(crate) struct TestUser {
+    pub(crate) name: String,
+}
+
+impl TestUser {
+    pub(crate) fn create(name: &str, home: &Path) -> Self {
+        let _ = Command::new("userdel").arg(name).output_within();
+        let out = Command::new("useradd")
+            .args(["-M", "-s", "/bin/bash", "-d"])
+            .arg(home)
+            .arg(name)
+            .output_within();
+        assert!(out.status.success(), "useradd: {out:?}");
+        Self {
+            name: name.to_owned(),
+        }
+    }
+
+    pub(crate) fn chown(&self, path: &Path) {
+        let out = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{0}:{0}", self.name))
+            .arg(path)
+            .output_within();
+        assert!(out.status.success(), "chown: {out:?}");
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        // Whatever of the agent is left (a run that timed out) would keep the account.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", &self.name])
+            .output();
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
