@@ -46,11 +46,7 @@ fn the_inventory_lists_what_a_session_can_reach_with_verdicts_and_owners() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(start.elapsed() < patience(), "ssh-agent never listened");
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_path(&sock, "ssh-agent never listened");
     let started = home.join("started");
     let mut session = d
         .cli()
@@ -67,11 +63,7 @@ fn the_inventory_lists_what_a_session_can_reach_with_verdicts_and_owners() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !started.exists() {
-        assert!(start.elapsed() < patience(), "the session never started");
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_path(&started, "the session never started");
     let out = d.cli().args(["inventory", "--json"]).output_within();
     let text = d.cli().arg("inventory").output_within();
     let _ = session.kill();

@@ -85,6 +85,15 @@ pub(crate) fn patience() -> Duration {
     scaled(Duration::from_secs(45))
 }
 
+/// Polls until `path` exists, failing with `what` past [`patience`].
+pub(crate) fn wait_for_path(path: &Path, what: &str) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < patience(), "{what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
