@@ -10,6 +10,7 @@ pub mod config;
 pub mod event;
 pub mod maps;
 pub mod policy;
+pub mod selector;
 pub mod session;
 pub mod stats;
 pub mod vocab;

@@ -29,6 +29,17 @@ pub const SYSCALL_RULES: &str = "SYSCALL_RULES";
 /// `-pgid`, `-1`), as the syscalls' argument is written (`i32`, sign-extended).
 pub const PROTECTED_PIDS: &str = "PROTECTED_PIDS";
 
+/// Selectors (`selector::SelectorEntry`, by index).
+pub const SELECTORS: &str = "SELECTORS";
+/// `selector::SelectorConfig`, one entry.
+pub const SELECTOR_CONFIG: &str = "SELECTOR_CONFIG";
+/// argv token hash → bits of the argv patterns it satisfies.
+pub const SELECTOR_ARGV: &str = "SELECTOR_ARGV";
+/// cgroup id → bits of the selectors whose cgroup (or labels) it satisfies.
+pub const SELECTOR_CGROUPS: &str = "SELECTOR_CGROUPS";
+/// Hash of a cgroup path not created yet → bits, for the creation hook.
+pub const SELECTOR_CGROUP_PATHS: &str = "SELECTOR_CGROUP_PATHS";
+
 /// Every map the daemon takes by name.
 pub const DAEMON_MAPS: &[&str] = &[
     SESSIONS,
@@ -45,6 +56,11 @@ pub const DAEMON_MAPS: &[&str] = &[
     DAEMON,
     SYSCALL_RULES,
     PROTECTED_PIDS,
+    SELECTORS,
+    SELECTOR_CONFIG,
+    SELECTOR_ARGV,
+    SELECTOR_CGROUPS,
+    SELECTOR_CGROUP_PATHS,
 ];
 
 /// Global: kernel struct offsets (`config::KernelOffsets`).

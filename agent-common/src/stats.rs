@@ -25,10 +25,12 @@ pub enum Stat {
     /// the next daemon (what did not fit is in `RingbufDrops`), decided by the kernel
     /// alone (a `block` the fanotify layer would have refused was a kill).
     SentWhileAbsent = 8,
+    /// Sessions the kernel started for a process a `match:` selector named.
+    SelectorEnrolments = 9,
 }
 
 /// Number of entries in `STATS`.
-pub const STAT_COUNT: u32 = 9;
+pub const STAT_COUNT: u32 = 10;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -41,6 +43,7 @@ impl Stat {
         Stat::LsmFileDenied,
         Stat::Kills,
         Stat::SentWhileAbsent,
+        Stat::SelectorEnrolments,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Stat {
             Stat::LsmFileDenied => "lsm_file_denied",
             Stat::Kills => "kills",
             Stat::SentWhileAbsent => "sent_while_daemon_absent",
+            Stat::SelectorEnrolments => "selector_enrolments",
         }
     }
 }

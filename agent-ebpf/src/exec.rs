@@ -1,7 +1,7 @@
 //! Program execution by session processes.
 
 use agent_common::{
-    event::{ARGV_MAX, ARGV_TRUNCATED, EventKind},
+    event::{ARGV_MAX, ARGV_TRUNCATED, EventKind, ExecEvent},
     policy::CATEGORY_EXEC,
 };
 use aya_ebpf::{
@@ -26,20 +26,35 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(entry) = current_session(tgid) else {
-        return 0;
+    let session = current_session(tgid);
+    // A process outside every session is looked at only while selectors are loaded.
+    let selectors = if session.is_none() {
+        match crate::selector::active() {
+            Some(cfg) => Some(cfg),
+            None => return 0,
+        }
+    } else {
+        None
     };
     let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: per-CPU scratch value, exclusively ours while this program runs.
     let ev = unsafe { &mut *ev };
-    fill_header(&mut ev.header, EventKind::Exec, entry.session_id);
     let bprm: *const u8 = ctx.arg(2);
     let task = current_task();
-
     let file = read_ptr(bprm, off!(bprm_file));
     resolve_embedded(file, off!(file_f_path), &mut ev.exe);
+    read_argv(task, ev);
+    let entry = match (session, selectors) {
+        (Some(entry), _) => entry,
+        (None, Some(cfg)) => match crate::selector::enrol(ev, cfg) {
+            Some(entry) => entry,
+            None => return 0,
+        },
+        (None, None) => return 0,
+    };
+    fill_header(&mut ev.header, EventKind::Exec, entry.session_id);
     crate::pathrules::enforce(
         file.unwrap_or(core::ptr::null()),
         &ev.exe,
@@ -51,7 +66,14 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         crate::fileless::enforce(file.unwrap_or(core::ptr::null()), &entry, &mut ev.verdict);
     }
     resolve_embedded(read_ptr(task, off!(task_fs)), off!(fs_pwd), &mut ev.cwd);
+    send(ev);
+    0
+}
 
+/// `mm->arg_start..arg_end`: the new argument vector, NUL-separated, truncated at
+/// [`ARGV_MAX`].
+#[inline(always)]
+fn read_argv(task: *const u8, ev: &mut ExecEvent) {
     ev.argv_len = 0;
     ev.argv_flags = 0;
     if let Some(mm) = read_ptr(task, off!(task_mm)) {
@@ -71,6 +93,4 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
             ev.argv_len = len as u32;
         }
     }
-    send(ev);
-    0
 }

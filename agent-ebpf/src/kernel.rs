@@ -41,6 +41,10 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     super_block_s_dev: 0,
     inode_i_nlink: 0,
     dentry_d_inode: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    cgroup_root: 0,
+    cgroup_root_hierarchy_id: 0,
     valid: 0,
 };
 

@@ -17,6 +17,7 @@ mod netpolicy;
 mod packet;
 mod path;
 mod pathrules;
+mod selector;
 mod selfprotect;
 mod session;
 mod syscalls;

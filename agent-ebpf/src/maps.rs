@@ -67,7 +67,7 @@ pub fn daemon_alive() -> bool {
 /// True when this load's programs are the ones that act: a daemon adopting the pinned
 /// state attaches its programs first and switches the generation once they all are.
 #[inline(always)]
-fn acting() -> bool {
+pub fn acting() -> bool {
     // SAFETY: reading a global; volatile so the compiler cannot fold the initialiser.
     let mine = unsafe { core::ptr::read_volatile(&GENERATION) };
     daemon().is_some_and(|d| d.generation == mine)

@@ -16,6 +16,7 @@ use agent_common::{
         CATEGORY_EXEC, FNV_OFFSET, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey,
         PATH_RULE_ALWAYS, PathRuleKey, PathRuleValue, fnv_step,
     },
+    selector::SELECTOR_PROFILE,
     session::SessionEntry,
     stats::Stat,
     vocab::{Action, Layer, Mode},
@@ -67,6 +68,10 @@ pub struct ScanState {
     /// 0: looking backwards for the start of the component ending at `end`;
     /// 1: hashing its bytes forwards; 2: finished.
     phase: u32,
+    /// 1: every match's `rule_id` is a bit set ORed into `bits` and the scan goes on
+    /// (selectors: several may match one executable).
+    collect: u32,
+    bits: u32,
 }
 
 #[map]
@@ -84,6 +89,10 @@ fn lookup(s: &mut ScanState, form: u8, hash: u64) -> bool {
     s.key.hash = hash;
     // SAFETY: value copied out.
     if let Some(v) = unsafe { PATH_RULES.get(s.key) } {
+        if s.collect != 0 {
+            s.bits |= v.rule_id;
+            return false;
+        }
         s.rule = v.rule_id;
         s.flags = v.flags;
         s.hit = 1;
@@ -156,6 +165,31 @@ extern "C" fn scan_step(_i: u64, ctx: *mut c_void) -> i64 {
 /// The deny rule of `category` that matches `path`, if any, with its flags.
 #[inline(always)]
 fn matches(path: &KPath, entry: &SessionEntry, category: u8, depths: u64) -> Option<Hit> {
+    scan(path, entry.profile_id, entry.owner_uid, category, depths, 0).and_then(|s| {
+        (s.hit != 0).then_some(Hit {
+            rule: s.rule,
+            flags: s.flags,
+        })
+    })
+}
+
+/// The selectors whose executable rule (exact or directory) matches `path`: the bits
+/// of every matching rule of [`SELECTOR_PROFILE`], ORed.
+#[inline(always)]
+pub fn selector_bits(path: &KPath, depths: u64) -> u32 {
+    scan(path, SELECTOR_PROFILE, 0, CATEGORY_EXEC, depths, 1).map_or(0, |s| s.bits)
+}
+
+/// Scans `path` against the rules of one profile and owner; the state it ends in.
+#[inline(always)]
+fn scan(
+    path: &KPath,
+    profile_id: u32,
+    owner_uid: u32,
+    category: u8,
+    depths: u64,
+    collect: u32,
+) -> Option<&'static ScanState> {
     if path.len == 0 || path.flags & (PATH_FLAG_TRUNCATED | PATH_FLAG_RAW) != 0 {
         return None;
     }
@@ -165,12 +199,14 @@ fn matches(path: &KPath, entry: &SessionEntry, category: u8, depths: u64) -> Opt
     let end = i64::from(path.len) - 1;
     s.key = PathRuleKey {
         hash: 0,
-        profile_id: entry.profile_id,
-        owner_uid: entry.owner_uid,
+        profile_id,
+        owner_uid,
         category,
         form: 0,
         _pad: [0; 6],
     };
+    s.collect = collect;
+    s.bits = 0;
     s.depths = depths;
     s.depth = 0;
     s.h = FNV_OFFSET;
@@ -206,10 +242,7 @@ fn matches(path: &KPath, entry: &SessionEntry, category: u8, depths: u64) -> Opt
             lookup(s, FORM_NAME, name);
         }
     }
-    (s.hit != 0).then_some(Hit {
-        rule: s.rule,
-        flags: s.flags,
-    })
+    Some(s)
 }
 
 /// A matched deny rule.

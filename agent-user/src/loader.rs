@@ -165,6 +165,15 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: true,
         fallback: "none: required",
     },
+    // Enrolment by selector of cgroups created after the profiles were loaded.
+    ProgramSpec {
+        name: "cgroup_mkdir",
+        hook: Hook::BtfTracepoint("cgroup_mkdir"),
+        needs: None,
+        required: false,
+        fallback: "a `match: cgroup:` selector covers only cgroups that existed when the \
+                   profiles were loaded (and those the daemon finds at its next reload)",
+    },
     tp("sys_enter_openat", true),
     tp("sys_exit_openat", true),
     tp("sys_enter_openat2", false),

@@ -76,6 +76,10 @@ kernel_offsets! {
     super_block_s_dev: super_block.s_dev,
     inode_i_nlink: inode.i_nlink,
     dentry_d_inode: dentry.d_inode,
+    cgroup_kn: cgroup.kn,
+    kernfs_node_id: kernfs_node.id,
+    cgroup_root: cgroup.root,
+    cgroup_root_hierarchy_id: cgroup_root.hierarchy_id,
 }
 
 // BTF kinds (include/uapi/linux/btf.h).

@@ -193,7 +193,8 @@ impl Batcher {
             | Body::SessionMapFull(_)
             | Body::Loss(_)
             | Body::Prompt(_)
-            | Body::Approval(_) => self.logs.push(log(ev)),
+            | Body::Approval(_)
+            | Body::UnmanagedAgent(_) => self.logs.push(log(ev)),
         }
     }
 

@@ -157,6 +157,7 @@ fn body(e: &Event) -> String {
             };
             format!("{} {} {how}{took}{refused}", x.id, x.tool)
         }
+        Body::UnmanagedAgent(x) => format!("{} outside every session ({})", x.agent, x.matched),
         Body::Approval(x) => {
             let who = match &x.by {
                 Some(b) => match b.uid {

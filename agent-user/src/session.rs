@@ -21,6 +21,8 @@ pub enum Enrolment {
     Run,
     /// `agentwarden attach`: a running process tree was enrolled.
     Attach,
+    /// The kernel enrolled a process a profile's `match:` selector names, at its exec.
+    Selector,
 }
 
 impl Enrolment {
@@ -29,6 +31,7 @@ impl Enrolment {
         match self {
             Enrolment::Run => "run",
             Enrolment::Attach => "attach",
+            Enrolment::Selector => "selector",
         }
     }
 }
@@ -46,6 +49,8 @@ pub struct Session {
     pub ended: Option<SystemTime>,
     pub live: BTreeSet<u32>,
     pub events: u64,
+    /// The selector that enrolled it (`file:line (match[i])`).
+    pub selector: Option<String>,
 }
 
 /// What `agentwarden sessions` shows.
@@ -64,6 +69,9 @@ pub struct SessionView {
     pub ended: Option<String>,
     pub processes: usize,
     pub events: u64,
+    /// The `match:` selector that enrolled it: `file:line (match[i])`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 pub fn format_id(id: u64) -> String {
@@ -102,6 +110,7 @@ impl Session {
             ended: self.ended.map(rfc3339),
             processes: self.live.len(),
             events: self.events,
+            selector: self.selector.clone(),
         }
     }
 }
@@ -144,6 +153,7 @@ impl Registry {
             ended: None,
             live: tgids.iter().copied().collect(),
             events: 0,
+            selector: None,
         };
         self.sessions.entry(id).or_insert(s)
     }
@@ -155,6 +165,13 @@ impl Registry {
         let id = s.id;
         if let Some(s) = self.sessions.get_mut(&id) {
             s.started = started;
+        }
+    }
+
+    /// Records the selector that enrolled session `id`.
+    pub fn set_selector(&mut self, id: u64, selector: String) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.selector = Some(selector);
         }
     }
 

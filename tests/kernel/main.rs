@@ -19,6 +19,7 @@ mod landlock;
 mod network;
 mod paths;
 mod routes;
+mod selectors;
 mod sessions;
 mod succession;
 mod support;

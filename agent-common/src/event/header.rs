@@ -19,6 +19,10 @@ pub enum EventKind {
     /// A syscall a profile's `syscalls:` section (or the daemon's self-protection)
     /// names, refused by seccomp, or met at entry by the signal layer or recorded.
     SyscallDecision = 8,
+    /// A process outside every session executed what a profile's `match:` selector
+    /// names, and the kernel started a session for it. The daemon records it as the
+    /// session's `SessionStart`.
+    Enrolment = 9,
     /// Raised by the daemon, never sent by the kernel: a session was enrolled.
     SessionStart = 64,
     /// Raised by the daemon: a session's last process exited.
@@ -35,6 +39,9 @@ pub enum EventKind {
     /// Raised by the daemon: a held operation (`on_violation: ask`) was answered, by a
     /// person or by its timeout.
     Approval = 70,
+    /// Raised by the daemon: a process that looks like an agent (a known agent's
+    /// program or command line, an MCP server) runs outside every session.
+    UnmanagedAgent = 71,
 }
 
 impl EventKind {
@@ -48,6 +55,7 @@ impl EventKind {
         Self::SessionMapFull,
         Self::NetDecision,
         Self::SyscallDecision,
+        Self::Enrolment,
         Self::SessionStart,
         Self::SessionEnd,
         Self::Loss,
@@ -55,6 +63,7 @@ impl EventKind {
         Self::ToolCall,
         Self::ToolResult,
         Self::Approval,
+        Self::UnmanagedAgent,
     ];
 
     /// A kind the kernel sends (the daemon's own kinds never come from the ring).
@@ -68,6 +77,7 @@ impl EventKind {
             6 => Self::SessionMapFull,
             7 => Self::NetDecision,
             8 => Self::SyscallDecision,
+            9 => Self::Enrolment,
             _ => return None,
         })
     }
@@ -83,6 +93,7 @@ impl EventKind {
             Self::SessionMapFull => "session_map_full",
             Self::NetDecision => "net_decision",
             Self::SyscallDecision => "syscall_decision",
+            Self::Enrolment => "enrolment",
             Self::SessionStart => "session_start",
             Self::SessionEnd => "session_end",
             Self::Loss => "loss",
@@ -90,6 +101,7 @@ impl EventKind {
             Self::ToolCall => "tool_call",
             Self::ToolResult => "tool_result",
             Self::Approval => "approval",
+            Self::UnmanagedAgent => "unmanaged_agent",
         }
     }
 

@@ -5,6 +5,7 @@
 //! used length of the path, so the user side zero-fills the tail when decoding.
 
 mod connect;
+mod enrol;
 mod exec;
 mod exit;
 mod fork;
@@ -15,6 +16,7 @@ mod path;
 mod syscall;
 
 pub use connect::ConnectEvent;
+pub use enrol::EnrolEvent;
 pub use exec::{ARGV_MAX, ARGV_TRUNCATED, ExecEvent};
 pub use exit::ExitEvent;
 pub use fork::ForkEvent;

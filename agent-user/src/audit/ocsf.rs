@@ -140,6 +140,8 @@ fn class_of(e: &Event) -> Option<Class> {
                 99,
                 "Approval",
             ),
+            // An agent that escaped governance is itself a finding.
+            Body::UnmanagedAgent(_) => ((2004, "Detection Finding", 2, "Findings"), 1, "Create"),
             Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {
                 return None;
             }
@@ -252,6 +254,19 @@ fn add_body(out: &mut Value, e: &Event, host: Option<&str>) {
             // The actor is the process that asked; who answered is the approval's `by`.
             out["message"] = json!(x.note);
             out["unmapped"]["agentwarden"]["approval"] = json!(x);
+        }
+        Body::UnmanagedAgent(x) => {
+            out["finding_info"] = json!({
+                "title": format!("{} runs outside every agentwarden session", x.agent),
+                "types": ["unmanaged_agent"],
+                "desc": x.matched,
+            });
+            out["process"] = json!({
+                "pid": p.map(|p| p.tgid),
+                "cmd_line": x.argv.join(" "),
+                "file": p.and_then(|p| p.exe.as_deref()).map(file_obj),
+            });
+            out["unmapped"]["agentwarden"]["unmanaged"] = json!(x);
         }
         Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {}
     }

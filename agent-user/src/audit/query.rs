@@ -76,6 +76,9 @@ pub struct SessionContext {
     /// What `run` changed in the agent's environment, by name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub environment: Option<serde_json::Value>,
+    /// The `match:` selector that enrolled it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -127,6 +130,7 @@ impl From<SessionRecord> for SessionContext {
                 .environment
                 .as_deref()
                 .and_then(|e| serde_json::from_str(e).ok()),
+            selector: s.selector,
         }
     }
 }
@@ -262,7 +266,7 @@ impl<'c> Reader<'c> {
             .query_row(
                 "SELECT session_id, name, agent, profile_source, profile_sha256, mode, \
                  business_owner, technical_owner, principal_uid, principal_user, enrolment, \
-                 host, root_pid, time_ns, time, environment FROM sessions \
+                 host, root_pid, time_ns, time, environment, selector FROM sessions \
                  WHERE session_id = ?1",
                 [id],
                 |r| {
@@ -283,6 +287,7 @@ impl<'c> Reader<'c> {
                         time_ns: r.get(13)?,
                         time: r.get(14)?,
                         environment: r.get(15)?,
+                        selector: r.get(16)?,
                     })
                 },
             )
@@ -597,6 +602,13 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
             serde_json::from_value(extra["approval"].clone())
                 .map_err(|e| anyhow::anyhow!("row {seq}: the approval in `extra`: {e}"))?,
         ),
+        EventKind::UnmanagedAgent => Body::UnmanagedAgent(crate::event::UnmanagedInfo {
+            agent: get_s("op")?.unwrap_or_default(),
+            matched: x_str("matched"),
+            argv: json_list(get_s("argv")?),
+        }),
+        // Written as the session's `session_start`.
+        EventKind::Enrolment => anyhow::bail!("row {seq}: `enrolment` is not a stored kind"),
     };
     let context = extra
         .get("context")

@@ -32,6 +32,8 @@ pub struct SessionRecord {
     /// Schema 3: the environment `run` changed before the agent started, by name
     /// (`{"removed": [...], "replaced": [...], "added": [...], "applied": bool}`).
     pub environment: Option<String>,
+    /// Schema 4: the `match:` selector that enrolled the session (`file:line (field)`).
+    pub selector: Option<String>,
 }
 
 /// One item for the store.
@@ -136,6 +138,7 @@ impl SessionRecord {
             int(self.time_ns),
             text(self.time.clone()),
             opt_text(self.environment.as_deref()),
+            opt_text(self.selector.as_deref()),
         ]
     }
 }
@@ -255,6 +258,13 @@ fn body_columns(body: &Body) -> BodyColumns {
                 serde_json::to_value(x).unwrap_or_default(),
             );
         }
+        // What it looks like in `op`, the command line in `argv`, the match under
+        // `unmanaged`.
+        Body::UnmanagedAgent(x) => {
+            c.op = Some(x.agent.clone());
+            c.argv = serde_json::to_string(&x.argv).ok();
+            c.extra.insert("matched".into(), x.matched.clone().into());
+        }
         Body::SessionStart | Body::SessionEnd => {}
     }
     c
@@ -365,7 +375,8 @@ pub fn event_rows(ev: &Event) -> EventRows {
         | Body::Prompt(_)
         | Body::ToolCall(_)
         | Body::ToolResult(_)
-        | Body::Approval(_) => None,
+        | Body::Approval(_)
+        | Body::UnmanagedAgent(_) => None,
     });
     EventRows { action, process }
 }

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use rusqlite::Connection;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 /// A chained table: its name and content columns, in hashing order.
 #[derive(Debug)]
@@ -43,6 +43,8 @@ pub const SESSIONS: Table = Table {
         "time",
         // Version 3: what `run` changed in the agent's environment, by name.
         "environment",
+        // Version 4: the `match:` selector that enrolled it.
+        "selector",
     ],
     first: 15,
 };
@@ -276,6 +278,9 @@ LEFT JOIN sessions s ON s.session_id = a.session_id;
 /// profile (names only), in the session's identity context.
 const V3: &str = "ALTER TABLE sessions ADD COLUMN environment TEXT;";
 
+/// Version 4: the selector (`file:line (match[i])`) of a session the kernel enrolled.
+const V4: &str = "ALTER TABLE sessions ADD COLUMN selector TEXT;";
+
 /// Brings a database opened for writing to [`VERSION`]; refuses a newer one.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -286,7 +291,7 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         );
     }
     // Each step in its own transaction, recorded with the version it reached.
-    for (to, sql) in [(1, V1), (2, V2), (3, V3)] {
+    for (to, sql) in [(1, V1), (2, V2), (3, V3), (4, V4)] {
         if version < to {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;

@@ -60,6 +60,7 @@ fn session_items(t0: u64) -> Vec<Item> {
         time_ns: 0,
         time: crate::event::rfc3339(at(t0)),
         environment: None,
+        selector: None,
     }))];
     let mut seq = 0;
     let mut ev = |body: Body, secs: u64, p: ProcessInfo| {
@@ -635,7 +636,7 @@ fn a_version_1_store_migrates_and_its_old_rows_still_verify() {
     exec(
         &db,
         "DROP VIEW audit_log; DROP INDEX actions_by_tool_call; \
-         ALTER TABLE actions DROP COLUMN tool_call; ALTER TABLE sessions DROP COLUMN environment; \
+         ALTER TABLE actions DROP COLUMN tool_call; ALTER TABLE sessions DROP COLUMN environment; ALTER TABLE sessions DROP COLUMN selector; \
          PRAGMA user_version = 1;",
     );
     let e1 = verify(&db).unwrap_err().to_string();

@@ -138,6 +138,7 @@ impl<'a> Nesting<'a> {
                 | Body::SyscallDecision(_)
                 | Body::SessionStart
                 | Body::SessionEnd
+                | Body::UnmanagedAgent(_)
                 | Body::Loss(_)
                 | Body::Approval(_) => match &r.event.context {
                     Some(c) => {
@@ -347,6 +348,7 @@ impl Tree<'_> {
                 | Body::SyscallDecision(_)
                 | Body::SessionStart
                 | Body::SessionEnd
+                | Body::UnmanagedAgent(_)
                 | Body::Loss(_)
                 | Body::Prompt(_)
                 | Body::ToolCall(_)

@@ -217,8 +217,13 @@ impl Core {
     /// program, which records the filter's refusals.
     /// A `run` session adopted from a predecessor needs it too: its filter protects the
     /// predecessor's pids, and this daemon's are judged at the calls' entry.
-    fn needs_syscall_entry(&self, session: Option<u64>, profile: &str, how: Enrolment) -> bool {
-        how == Enrolment::Attach
+    pub(super) fn needs_syscall_entry(
+        &self,
+        session: Option<u64>,
+        profile: &str,
+        how: Enrolment,
+    ) -> bool {
+        how != Enrolment::Run
             || session.is_some_and(|s| self.inherited_filters.contains(&s))
             || self.profiles.get(profile).is_some_and(|p| {
                 !p.syscall_deny.is_empty()
@@ -232,7 +237,8 @@ impl Core {
     /// enrolment.
     pub(super) fn syscall_programs(&mut self, enrolling: Option<(&str, Enrolment)>) -> Result<()> {
         let mut exit = enrolling.is_some();
-        let mut entry = enrolling.is_some_and(|(p, how)| self.needs_syscall_entry(None, p, how));
+        let mut entry = enrolling.is_some_and(|(p, how)| self.needs_syscall_entry(None, p, how))
+            || self.selectors_need_syscall_entry();
         for s in self
             .attribution
             .registry

@@ -481,7 +481,8 @@ pub(super) fn refusal_line(ev: &Event, d: &DecisionInfo) -> String {
         | Body::Loss(_)
         | Body::Prompt(_)
         | Body::ToolCall(_)
-        | Body::ToolResult(_) => ev.kind().as_str().to_owned(),
+        | Body::ToolResult(_)
+        | Body::UnmanagedAgent(_) => ev.kind().as_str().to_owned(),
     };
     let how = match d.action {
         agent_common::vocab::Action::Killed => "the process was killed",

@@ -244,7 +244,7 @@ pub(super) fn enrol(shared: &Shared, core: &mut Core, mut new: NewSession) -> Re
         )
     })?;
     check_name(core, new.name.as_deref())?;
-    let flags = enforceable_flags(shared, &profile)?;
+    let flags = enforceable_flags(&shared.programs, &profile)?;
     new.owner_user = core.attribution.users.name(new.owner_uid);
     // Landlock carries default-deny allow lists for sessions started by `run`, which
     // restricts itself before it executes the agent.
@@ -480,11 +480,11 @@ pub(super) fn protected_pids(peer: u32) -> policy::syscalls::Protected {
 
 /// The kernel flags of `profile`, or an error naming the missing layer when this host
 /// cannot carry them out (never a silent downgrade).
-pub(super) fn enforceable_flags(shared: &Shared, p: &Profile) -> Result<u32> {
+pub(super) fn enforceable_flags(programs: &[ProgramStatus], p: &Profile) -> Result<u32> {
     let profile = &p.file.name;
     let (flags, required) = (profiles::session_flags(p).0, profiles::required_programs(p));
     for alternatives in required {
-        let found = |name: &str| shared.programs.iter().find(|p| p.name == name);
+        let found = |name: &str| programs.iter().find(|p| p.name == name);
         if alternatives
             .iter()
             .any(|n| found(n).is_some_and(|p| p.in_effect()))

@@ -169,6 +169,7 @@ impl Core {
             time_ns,
             time: event::rfc3339(s.started),
             environment: environment.and_then(|e| serde_json::to_string(e).ok()),
+            selector: s.selector.clone(),
         };
         self.sinks.session(rec);
     }

@@ -23,6 +23,8 @@ pub struct KernelMaps {
     daemon: Array<MapData, DaemonState>,
     /// Compiled profiles and rules.
     pub policy: PolicyMaps,
+    /// The profiles' `match:` selectors.
+    pub selectors: super::selectors::SelectorMaps,
     /// A second handle on the session map, for the refusal layer's thread (taken once).
     pub sessions_for_refusal: Option<BpfHashMap<MapData, u32, SessionEntry>>,
 }
@@ -50,6 +52,7 @@ impl KernelMaps {
             stats,
             daemon,
             policy: PolicyMaps::take(ebpf)?,
+            selectors: super::selectors::SelectorMaps::take(ebpf)?,
             sessions_for_refusal,
         })
     }

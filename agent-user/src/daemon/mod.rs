@@ -41,6 +41,7 @@ mod pipeline;
 mod policy_maps;
 mod redirect;
 mod refusal;
+mod selectors;
 mod sinks;
 mod start;
 mod stdout;
@@ -187,6 +188,14 @@ struct Core {
     host: String,
     /// What is kept of reported prompts.
     prompts: crate::hooks::PromptText,
+    /// What was loaded and attached (which layers can enforce a profile here).
+    programs: Vec<ProgramStatus>,
+    /// The `match:` selectors as compiled into the kernel, by index.
+    selectors: crate::policy::selectors::Compiled,
+    /// Profiles whose selectors could not be loaded, with why (shown by `status`).
+    selector_errors: Vec<String>,
+    /// Labels of the containers found so far, by their cgroup id.
+    container_labels: HashMap<u64, std::collections::BTreeMap<String, String>>,
 }
 
 struct Shared {
@@ -249,6 +258,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     {
         let mut core = shared.core();
         core.generation = generation;
+        core.programs = shared.programs.clone();
         core.hold_port = hold_listener.local_addr()?.port();
         let adoption = match previous {
             Some(p) => {
@@ -459,6 +469,10 @@ impl Core {
                 .to_string_lossy()
                 .into_owned(),
             prompts: cfg.prompts,
+            programs: Vec::new(),
+            selectors: Default::default(),
+            selector_errors: Vec::new(),
+            container_labels: HashMap::new(),
         }
     }
 }

@@ -42,6 +42,11 @@ impl Core {
             }
         };
         let h = *raw.header();
+        // A session the kernel started (a `match:` selector): known before its record
+        // becomes its `session_start`.
+        if let Raw::Enrolment(e) = &raw {
+            self.selector_enrolled(e);
+        }
         let mut ev = self.attribution.event(&raw, &self.rules);
         self.decide_in_userspace(&mut ev, h.session_id);
         // A refusal inside a tool call is kept for the call's end, when the agent's hook

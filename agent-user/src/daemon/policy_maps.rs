@@ -14,6 +14,7 @@ use agent_common::{
         CATEGORY_EXEC, InodeRuleKey, MAX_PROFILES, NetKey, NetRule, PathRuleKey, PathRuleValue,
         ProfileConfig, SyscallKey, SyscallRule,
     },
+    selector::SELECTOR_PROFILE,
 };
 use anyhow::{Result, anyhow, bail};
 use aya::{
@@ -85,6 +86,28 @@ pub(super) struct PolicyMaps {
 }
 
 impl PolicyMaps {
+    /// One path rule (the selectors' executables use the profiles' table).
+    pub(super) fn insert_path_rule(
+        &mut self,
+        key: PathRuleKey,
+        value: PathRuleValue,
+    ) -> Result<()> {
+        Ok(self.path_rules.insert(key, value, 0)?)
+    }
+
+    /// Removes the selectors' executable rules not in `keep`.
+    pub(super) fn remove_selector_rules_except(&mut self, keep: &HashSet<PathRuleKey>) {
+        let stale: Vec<_> = self
+            .path_rules
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.profile_id == SELECTOR_PROFILE && !keep.contains(k))
+            .collect();
+        for k in stale {
+            let _ = self.path_rules.remove(&k);
+        }
+    }
+
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let mut take = |name: &str| {
             ebpf.take_map(name)
@@ -561,11 +584,12 @@ impl Core {
         for k in stale {
             let _ = m.net_redirect.remove(&k);
         }
+        // The selectors' executable rules are the selectors' own (`install_selectors`).
         let stale: Vec<_> = m
             .path_rules
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| !paths.contains(k))
+            .filter(|k| !paths.contains(k) && k.profile_id != SELECTOR_PROFILE)
             .collect();
         for k in stale {
             let _ = m.path_rules.remove(&k);
@@ -581,6 +605,7 @@ impl Core {
         }
         self.rules = rules;
         self.profiles = set.clone();
+        self.install_selectors()?;
         self.save_manifest();
         Ok(())
     }

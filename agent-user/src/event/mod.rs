@@ -130,6 +130,17 @@ pub struct LossInfo {
     pub total: u64,
 }
 
+/// A process that looks like an agent runs outside every session (its process info
+/// says which).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnmanagedInfo {
+    /// The known agent (or `mcp-server`) it looks like.
+    pub agent: String,
+    /// What matched: `exe …`, `argv …`.
+    pub matched: String,
+    pub argv: Vec<String>,
+}
+
 /// What happened, one variant per kind: every consumer matches it exhaustively, so a
 /// new kind cannot be forgotten by one of them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,6 +165,8 @@ pub enum Body {
     ToolResult(ToolResultInfo),
     /// A held operation was answered (`on_violation: ask`).
     Approval(ApprovalInfo),
+    /// A process that looks like an agent runs outside every session.
+    UnmanagedAgent(UnmanagedInfo),
 }
 
 impl Body {
@@ -174,6 +187,7 @@ impl Body {
             Body::ToolCall(_) => EventKind::ToolCall,
             Body::ToolResult(_) => EventKind::ToolResult,
             Body::Approval(_) => EventKind::Approval,
+            Body::UnmanagedAgent(_) => EventKind::UnmanagedAgent,
         }
     }
 }
@@ -238,6 +252,8 @@ struct Wire<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     approval: Option<Cow<'a, ApprovalInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    unmanaged: Option<Cow<'a, UnmanagedInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     decision: Option<Cow<'a, DecisionInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     context: Option<Cow<'a, ContextRef>>,
@@ -263,6 +279,7 @@ impl Serialize for Event {
             tool_call: None,
             tool_result: None,
             approval: None,
+            unmanaged: None,
             decision: self.decision.as_ref().map(Cow::Borrowed),
             context: self.context.as_ref().map(Cow::Borrowed),
         };
@@ -279,6 +296,7 @@ impl Serialize for Event {
             Body::ToolCall(x) => w.tool_call = Some(Cow::Borrowed(x)),
             Body::ToolResult(x) => w.tool_result = Some(Cow::Borrowed(x)),
             Body::Approval(x) => w.approval = Some(Cow::Borrowed(x)),
+            Body::UnmanagedAgent(x) => w.unmanaged = Some(Cow::Borrowed(x)),
             Body::SessionStart | Body::SessionEnd => {}
         }
         w.serialize(s)
@@ -313,8 +331,14 @@ impl TryFrom<Wire<'static>> for Event {
             EventKind::ToolCall => Body::ToolCall(take(w.tool_call, kind, "tool_call")?),
             EventKind::ToolResult => Body::ToolResult(take(w.tool_result, kind, "tool_result")?),
             EventKind::Approval => Body::Approval(take(w.approval, kind, "approval")?),
+            EventKind::UnmanagedAgent => {
+                Body::UnmanagedAgent(take(w.unmanaged, kind, "unmanaged")?)
+            }
             EventKind::SessionStart => Body::SessionStart,
             EventKind::SessionEnd => Body::SessionEnd,
+            // The kernel's record of a selector's enrolment is written as the session's
+            // `session_start`.
+            EventKind::Enrolment => return Err("an `enrolment` is not a written kind".into()),
         };
         Ok(Event {
             seq: w.seq,
@@ -458,6 +482,8 @@ impl Event {
                     rule(e.rule_id, "syscalls")
                 }),
             ),
+            // The kernel started the session: its start, with the enrolled process.
+            Raw::Enrolment(_) => (Body::SessionStart, None),
         };
         let mut ev = Event::new(body, clock.wall(h.ktime_ns), session);
         ev.decision = decision;

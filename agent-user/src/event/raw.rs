@@ -4,8 +4,8 @@
 
 use agent_common::{
     event::{
-        ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, NetDecisionEvent,
-        OpenEvent, SyscallDecisionEvent,
+        ConnectEvent, EnrolEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
+        NetDecisionEvent, OpenEvent, SyscallDecisionEvent,
         decode::{DecodeError, header, read_record},
     },
     vocab::{Action, Layer},
@@ -23,6 +23,8 @@ pub enum Raw {
     Connect(ConnectEvent),
     NetDecision(NetDecisionEvent),
     SyscallDecision(SyscallDecisionEvent),
+    /// The kernel started a session for a process a `match:` selector named.
+    Enrolment(EnrolEvent),
 }
 
 impl Raw {
@@ -35,6 +37,7 @@ impl Raw {
             Raw::Connect(e) => &e.header,
             Raw::NetDecision(e) => &e.header,
             Raw::SyscallDecision(e) => &e.header,
+            Raw::Enrolment(e) => &e.header,
         }
     }
 }
@@ -111,7 +114,11 @@ fn check_vocabulary(raw: &Raw) -> Result<(), DecodeError> {
         Raw::Open(e) => (e.verdict.action, e.verdict.enforced_by),
         Raw::NetDecision(e) => (e.action, e.enforced_by),
         Raw::SyscallDecision(e) => (e.action, e.enforced_by),
-        Raw::Exit(_) | Raw::Fork(_) | Raw::SessionMapFull(_) | Raw::Connect(_) => return Ok(()),
+        Raw::Exit(_)
+        | Raw::Fork(_)
+        | Raw::SessionMapFull(_)
+        | Raw::Connect(_)
+        | Raw::Enrolment(_) => return Ok(()),
     };
     let kind = raw.header().kind;
     if Action::from_u8(action).is_none() {
@@ -154,8 +161,10 @@ fn read(bytes: &[u8]) -> Result<Raw, DecodeError> {
         EventKind::SyscallDecision => {
             Raw::SyscallDecision(read_record(bytes, size_of::<SyscallDecisionEvent>())?)
         }
+        EventKind::Enrolment => Raw::Enrolment(read_record(bytes, size_of::<EnrolEvent>())?),
         // Raised by the daemon: `from_u32` never returns them for a kernel record.
-        EventKind::SessionStart
+        EventKind::UnmanagedAgent
+        | EventKind::SessionStart
         | EventKind::SessionEnd
         | EventKind::Loss
         | EventKind::Prompt

@@ -8,6 +8,7 @@ pub mod environment;
 pub mod landlock;
 pub mod net;
 pub mod pattern;
+pub mod selectors;
 pub mod show;
 pub mod syscalls;
 pub mod tools;
@@ -55,6 +56,12 @@ pub struct ProfileFile {
     /// Variables removed or set before the agent starts (`run` sessions).
     #[serde(default)]
     pub environment: environment::EnvRules,
+    /// Programs enrolled into a session of this profile by the kernel when a process
+    /// outside every session executes them (a developer's shell, an IDE, a CI job, a
+    /// pod's entrypoint): before their first instruction.
+    #[serde(default, rename = "match")]
+    #[schemars(with = "Vec<selectors::Selector>")]
+    pub selectors: Vec<Spanned<selectors::Selector>>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -380,6 +387,8 @@ pub struct Profile {
     pub syscall_deny: Vec<syscalls::DeniedCall>,
     pub tools_allow: Vec<Located<tools::ToolPattern>>,
     pub tools_deny: Vec<Located<tools::ToolPattern>>,
+    /// `match:`, checked.
+    pub selectors: Vec<selectors::CheckedSelector>,
     pub env_remove: Vec<Located<environment::EnvPattern>>,
     /// `[exec, files, network, tools]`: how a held operation waits, where the section
     /// says `ask`.
@@ -463,6 +472,7 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
     let syscall_deny = c.syscalls(&file.syscalls);
     let tools_allow = c.tool_patterns("tools.allow", &file.tools.allow);
     let tools_deny = c.tool_patterns("tools.deny", &file.tools.deny);
+    let selectors = c.selectors(&file.selectors);
     let ask = [
         c.ask(
             "exec",
@@ -567,6 +577,7 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
         syscall_deny,
         tools_allow,
         tools_deny,
+        selectors,
         env_remove,
         ask,
     };
@@ -624,6 +635,32 @@ impl Checker<'_> {
     fn error(&mut self, line: u64, column: u64, field: &str, message: &str, hint: &str) {
         let d = self.diag(line, column, field, message, hint, Severity::Error);
         self.errors.push(d);
+    }
+
+    fn selectors(
+        &mut self,
+        list: &[Spanned<selectors::Selector>],
+    ) -> Vec<selectors::CheckedSelector> {
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            let (line, column) = (s.referenced.line(), s.referenced.column());
+            let field = format!("match[{i}]");
+            match selectors::check(&s.value) {
+                Ok((exe_paths, argv)) => out.push(selectors::CheckedSelector {
+                    selector: s.value.clone(),
+                    exe_paths,
+                    argv,
+                    place: format!("{}:{line}", self.source),
+                    field,
+                }),
+                Err(errors) => {
+                    for (suffix, message, hint) in errors {
+                        self.error(line, column, &format!("{field}{suffix}"), &message, &hint);
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn patterns(&mut self, field: &str, list: &[Spanned<String>]) -> Vec<Located<Pattern>> {

@@ -1,0 +1,211 @@
+//! Enrolment by selector, the daemon's part: the profiles' `match:` compiled into the
+//! kernel's maps (the kernel judges every exec outside a session against them), the
+//! cgroups they name resolved to ids, and the sessions the kernel starts registered
+//! from its enrolment record.
+
+use std::{collections::HashSet, os::unix::fs::MetadataExt as _};
+
+use agent_common::{
+    event::EnrolEvent,
+    maps,
+    selector::{ArgvKey, SelectorConfig, SelectorEntry},
+};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData},
+};
+
+use super::*;
+use crate::policy::selectors::{self, CheckedSelector};
+
+/// The kernel's selector maps.
+pub(super) struct SelectorMaps {
+    entries: Array<MapData, SelectorEntry>,
+    config: Array<MapData, SelectorConfig>,
+    argv: BpfHashMap<MapData, ArgvKey, u64>,
+    /// cgroup id → selector bits (paths resolved here, labels written by the daemon,
+    /// cgroups created later added by the kernel).
+    pub(super) cgroups: BpfHashMap<MapData, u64, u32>,
+    cgroup_paths: BpfHashMap<MapData, u64, u32>,
+}
+
+impl SelectorMaps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing"))
+        };
+        Ok(Self {
+            entries: Array::try_from(take(maps::SELECTORS)?)?,
+            config: Array::try_from(take(maps::SELECTOR_CONFIG)?)?,
+            argv: BpfHashMap::try_from(take(maps::SELECTOR_ARGV)?)?,
+            cgroups: BpfHashMap::try_from(take(maps::SELECTOR_CGROUPS)?)?,
+            cgroup_paths: BpfHashMap::try_from(take(maps::SELECTOR_CGROUP_PATHS)?)?,
+        })
+    }
+}
+
+impl Core {
+    /// Compiles every profile's selectors into the kernel. The count goes to 0 first and
+    /// to the new count last, so the kernel never judges a half-written table; an exec
+    /// in between is judged by no selector (the window of one reload's few writes).
+    pub(super) fn install_selectors(&mut self) -> Result<()> {
+        let mut inputs: Vec<(String, u32, u32, Vec<CheckedSelector>)> = Vec::new();
+        for name in self.profiles.names() {
+            let Some(p) = self.profiles.get(&name) else {
+                continue;
+            };
+            if p.selectors.is_empty() {
+                continue;
+            }
+            let Some(id) = self.profile_ids.get(&name).copied() else {
+                continue;
+            };
+            // A session the kernel starts is like an attached one: no seccomp filter, no
+            // Landlock; its profile must be enforceable by the kernel's layers here.
+            match control::enforceable_flags(&self.programs, p) {
+                Ok(flags) => inputs.push((name.clone(), id, flags, p.selectors.clone())),
+                Err(e) => {
+                    warn!(profile = %name, error = %format!("{e:#}"), "the profile's `match:` selectors are not loaded");
+                    self.selector_errors.push(format!("{name}: {e:#}"));
+                }
+            }
+        }
+        let compiled = selectors::compile(
+            inputs
+                .iter()
+                .map(|(n, id, f, s)| (n.as_str(), *id, *f, s.as_slice())),
+        );
+        for why in &compiled.left_out {
+            warn!(selector = %why, "selector not loaded");
+        }
+        let m = &mut self.kernel.selectors;
+        m.config.set(0, SelectorConfig::default(), 0)?;
+        for (i, e) in compiled.entries.iter().enumerate() {
+            m.entries.set(i as u32, *e, 0)?;
+        }
+        let paths = &mut self.kernel.policy;
+        let mut keep_exe = HashSet::new();
+        for (k, v) in &compiled.exe_rules {
+            paths.insert_path_rule(*k, *v)?;
+            keep_exe.insert(*k);
+        }
+        paths.remove_selector_rules_except(&keep_exe);
+        let m = &mut self.kernel.selectors;
+        let stale: Vec<ArgvKey> = m
+            .argv
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !compiled.argv.contains_key(k))
+            .collect();
+        for k in stale {
+            let _ = m.argv.remove(&k);
+        }
+        for (k, bits) in &compiled.argv {
+            m.argv.insert(k, bits, 0)?;
+        }
+        // Cgroups by path: those that exist by id, and every path for the creation hook
+        // (a unit stopped and started again gets a new cgroup id).
+        let cgroup_root = crate::probe::cgroup2_mount();
+        let mut ids = HashMap::new();
+        let mut hashes = HashMap::new();
+        for (path, bits) in &compiled.cgroups {
+            *hashes
+                .entry(agent_common::policy::fnv(path.as_bytes()))
+                .or_insert(0) |= *bits;
+            if let Some(root) = &cgroup_root
+                && let Ok(meta) = std::fs::metadata(root.join(path.trim_start_matches('/')))
+            {
+                // A cgroup v2 directory's inode number is the cgroup's id.
+                *ids.entry(meta.ino()).or_insert(0) |= *bits;
+            }
+        }
+        // Containers whose labels a selector names (looked up again for the new bits).
+        for (id, labels) in &self.container_labels {
+            let bits = compiled.label_bits(labels);
+            if bits != 0 {
+                *ids.entry(*id).or_insert(0) |= bits;
+            }
+        }
+        let stale: Vec<u64> = m.cgroups.keys().filter_map(|k| k.ok()).collect();
+        for k in stale {
+            if !ids.contains_key(&k) {
+                let _ = m.cgroups.remove(&k);
+            }
+        }
+        for (id, bits) in &ids {
+            m.cgroups.insert(id, bits, 0)?;
+        }
+        let stale: Vec<u64> = m.cgroup_paths.keys().filter_map(|k| k.ok()).collect();
+        for k in stale {
+            if !hashes.contains_key(&k) {
+                let _ = m.cgroup_paths.remove(&k);
+            }
+        }
+        for (h, bits) in &hashes {
+            m.cgroup_paths.insert(h, bits, 0)?;
+        }
+        m.config.set(0, compiled.config, 0)?;
+        if compiled.config.count > 0 {
+            info!(
+                selectors = compiled.config.count,
+                "match: selectors loaded: execs outside a session are judged against them"
+            );
+        }
+        self.selectors = compiled;
+        // A session the kernel may start at any moment needs the syscall programs its
+        // profile's sessions need, attached before it does.
+        self.syscall_programs(None)
+    }
+
+    /// Whether a selector's sessions need the syscall-entry program.
+    pub(super) fn selectors_need_syscall_entry(&self) -> bool {
+        self.selectors
+            .selectors
+            .iter()
+            .any(|(profile, _)| self.needs_syscall_entry(None, profile, Enrolment::Selector))
+    }
+
+    /// The kernel started a session for a process a selector named: registered like an
+    /// enrolment, with the selector's place as how it came to be. The record itself
+    /// becomes the session's `session_start` event.
+    pub(super) fn selector_enrolled(&mut self, e: &EnrolEvent) {
+        let h = e.header;
+        let Some((profile, selector)) = self.selectors.selectors.get(e.selector as usize).cloned()
+        else {
+            warn!(selector = e.selector, "an enrolment by an unknown selector");
+            return;
+        };
+        // The profile the kernel wrote is the one the selector table named when it was
+        // compiled: a reload may have changed the table since.
+        let profile = self
+            .profile_ids
+            .iter()
+            .find(|(_, id)| **id == e.profile_id)
+            .map_or(profile, |(n, _)| n.clone());
+        if let Some(home) = self.attribution.users.home(h.uid) {
+            self.homes.insert(h.uid, home);
+        }
+        if self.owners.insert(h.uid) {
+            // A new owner: expand the `~` rules of every profile for this user's home.
+            let set = self.profiles.clone();
+            if let Err(e) = self.install_profiles(&set) {
+                warn!(error = %format!("{e:#}"), "expanding `~` rules for a new owner");
+            }
+        }
+        let new = crate::session::NewSession {
+            name: None,
+            profile,
+            owner_uid: h.uid,
+            owner_user: self.attribution.users.name(h.uid),
+            enrolment: Enrolment::Selector,
+            root_pid: h.tgid,
+        };
+        self.attribution.calls.session(h.session_id, h.tgid, false);
+        let registry = &mut self.attribution.registry;
+        registry.create(h.session_id, new, &[h.tgid]);
+        registry.set_selector(h.session_id, selector.describe());
+        self.record_session(h.session_id, h.tgid, None);
+        self.save_manifest();
+    }
+}
