@@ -253,6 +253,10 @@ pub enum Cmd {
     Inventory {
         #[arg(long)]
         json: bool,
+        /// Instead: the processes that look like agents (known agents, MCP servers, the
+        /// profiles' `match:` selectors) running outside every session.
+        #[arg(long)]
+        unmanaged: bool,
     },
     /// Let a held operation go ahead. Alone: the operations waiting on the request now;
     /// `--session`: also the same object under the same rule for the rest of the
@@ -479,7 +483,22 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Inventory { json } => {
+        Cmd::Inventory {
+            json,
+            unmanaged: true,
+        } => {
+            let Response::Unmanaged { processes } = Client::call(socket, &Request::Unmanaged)?
+            else {
+                bail!("unexpected response")
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&processes)?);
+            } else {
+                print!("{}", output::unmanaged(&processes));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Inventory { json, .. } => {
             let Response::Inventory { sessions } = Client::call(socket, &Request::Inventory)?
             else {
                 bail!("unexpected response")

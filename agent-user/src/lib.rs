@@ -21,4 +21,5 @@ pub mod proto;
 pub mod session;
 pub mod skip;
 pub mod startup;
+pub mod unmanaged;
 pub mod users;

@@ -383,6 +383,30 @@ pub fn pending(requests: &[crate::proto::PendingView]) -> String {
 }
 
 /// `agentwarden inventory`: one block per live session, for a reviewer to sign off.
+/// `inventory --unmanaged`: one line per process, what it looks like and why.
+pub fn unmanaged(processes: &[crate::unmanaged::UnmanagedProcess]) -> String {
+    if processes.is_empty() {
+        return "no agent runs outside a session\n".to_owned();
+    }
+    let mut out = format!(
+        "{:<8} {:<12} {:<14} {:<40} COMMAND\n",
+        "PID", "USER", "LOOKS LIKE", "MATCHED"
+    );
+    for p in processes {
+        let user = p.user.clone().unwrap_or_else(|| p.uid.to_string());
+        let _ = writeln!(
+            out,
+            "{:<8} {:<12} {:<14} {:<40} {}",
+            p.pid,
+            user,
+            p.agent,
+            p.matched,
+            p.argv.join(" ")
+        );
+    }
+    out
+}
+
 pub fn inventory(sessions: &[crate::inventory::SessionInventory]) -> String {
     if sessions.is_empty() {
         return "no live session\n".to_owned();

@@ -44,6 +44,9 @@ pub enum Request {
     /// What each live session holds: its principal, the credentials it can reach with
     /// its profile's verdict on each, its network and tool rules, and who owns them.
     Inventory,
+    /// Processes that look like agents (the known agents, MCP servers, the profiles'
+    /// selectors) running outside every session.
+    Unmanaged,
     /// Let a held operation go ahead: the operations waiting on request `id` now, and
     /// with `scope` `session` or `duration` the same object under the same rule later.
     Approve {
@@ -144,6 +147,9 @@ pub enum Response {
     },
     Inventory {
         sessions: Vec<crate::inventory::SessionInventory>,
+    },
+    Unmanaged {
+        processes: Vec<crate::unmanaged::UnmanagedProcess>,
     },
     OriginalDestination {
         address: std::net::SocketAddr,

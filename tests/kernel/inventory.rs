@@ -155,3 +155,131 @@ fn the_inventory_lists_what_a_session_can_reach_with_verdicts_and_owners() {
         "{shown}"
     );
 }
+
+/// A real MCP server (the filesystem server, from npm) started outside agentwarden is
+/// listed by `inventory --unmanaged` with what it looks like, raised as an event once
+/// (not again at the next scan) and counted by the gauge; the same server started under
+/// `agentwarden run` is in a session and is not listed.
+#[test]
+fn an_agent_started_outside_agentwarden_is_listed_raised_once_and_counted() {
+    let dir = match crate::agents::installed("mcp-filesystem", "node_modules/@modelcontextprotocol")
+    {
+        Ok(d) => d,
+        Err(why) => return skip(&why),
+    };
+    let server = dir.join("server-filesystem/dist/index.js");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let Some(d) = Daemon::start_with(&["--metrics-addr", &addr]) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    // Stdin held open: a stdio MCP server serves until its client goes.
+    let spawn = |cmd: &mut Command| {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut outside = spawn(Command::new("/usr/bin/node").arg(&server).arg(work.path()));
+    let mut inside = spawn(
+        d.cli()
+            .args([
+                "run",
+                "--profile",
+                "mcp-server",
+                "--session-name",
+                "governed",
+                "--",
+            ])
+            .arg("/usr/bin/node")
+            .arg(&server)
+            .arg(work.path()),
+    );
+    let start = Instant::now();
+    let governed = loop {
+        if let Some(s) = d.sessions().into_iter().find(|s| s.name == "governed") {
+            break s;
+        }
+        assert!(start.elapsed() < patience(), "no session:\n{}", d.log());
+        thread::sleep(Duration::from_millis(100));
+    };
+    let start = Instant::now();
+    let listed = loop {
+        let list: Vec<agentwarden::unmanaged::UnmanagedProcess> =
+            d.json(&["inventory", "--unmanaged", "--json"]);
+        if let Some(p) = list.iter().find(|p| p.pid == outside.id()) {
+            assert!(
+                list.iter().all(|p| p.pid != governed.root_pid),
+                "the governed server is listed: {list:?}"
+            );
+            break p.clone();
+        }
+        assert!(start.elapsed() < patience(), "not listed: {list:?}");
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(listed.agent, "mcp-server");
+    assert!(
+        listed.matched.contains("@modelcontextprotocol/server-"),
+        "{listed:?}"
+    );
+    assert_eq!(listed.uid, 0);
+    let text = d.cli().args(["inventory", "--unmanaged"]).output_within();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&outside.id().to_string()) && l.contains("mcp-server")),
+        "{text}"
+    );
+    // The event, once: raised by the periodic scan, not again by the next one.
+    let raised = |d: &Daemon| {
+        d.events(None)
+            .into_iter()
+            .filter(|e| {
+                e.kind() == EventKind::UnmanagedAgent
+                    && e.process.as_ref().is_some_and(|p| p.tgid == outside.id())
+            })
+            .count()
+    };
+    let start = Instant::now();
+    while raised(&d) == 0 {
+        assert!(
+            start.elapsed() < patience(),
+            "no unmanaged_agent event:\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    thread::sleep(scaled(Duration::from_secs(6)));
+    assert_eq!(raised(&d), 1);
+    let never_governed = d
+        .events(None)
+        .into_iter()
+        .filter(|e| e.kind() == EventKind::UnmanagedAgent)
+        .all(|e| {
+            e.process
+                .as_ref()
+                .is_some_and(|p| p.tgid != governed.root_pid)
+        });
+    assert!(never_governed);
+    let metrics = {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        String::from_utf8(read_all(s)).unwrap()
+    };
+    let gauge: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("agentwarden_unmanaged_agents "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gauge:\n{metrics}"));
+    assert!(gauge >= 1, "{gauge}");
+    let _ = outside.kill();
+    let _ = outside.wait();
+    let _ = inside.kill();
+    let _ = inside.wait();
+}

@@ -59,6 +59,10 @@ const PER_KERNEL_TIMEOUT: Duration = Duration::from_secs(1500);
 /// name that no longer exists fails the tier (a rename must not drop coverage silently).
 pub const VM_TESTS: &[(&str, &str)] = &[
     (
+        "selectors::a_program_a_selector_names_is_enrolled_before_its_first_instruction",
+        "enrolment at exec on each kernel's verifier (the exec program is required), and the refusal in a selector's session by BPF-LSM",
+    ),
+    (
         "control::a_monitored_session_is_still_refused_the_daemons_own_directories",
         "BPF-LSM file_open refuses the daemon's self-protection rules in monitor mode (and leaves the profile's rules to the tracepoints)",
     ),

@@ -198,6 +198,9 @@ pub(super) fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -
         Request::Pending => Ok(Response::Pending {
             requests: pending(&mut core),
         }),
+        Request::Unmanaged => Ok(Response::Unmanaged {
+            processes: core.unmanaged_now(),
+        }),
         Request::Inventory => Ok(Response::Inventory {
             sessions: core.inventory(),
         }),

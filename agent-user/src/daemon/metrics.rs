@@ -217,6 +217,13 @@ fn render(shared: &Shared) -> String {
     let ended = core.attribution.registry.all().count() - live;
     let _ = writeln!(out, "agentwarden_sessions{{state=\"active\"}} {live}");
     let _ = writeln!(out, "agentwarden_sessions{{state=\"ended\"}} {ended}");
+    family(
+        &mut out,
+        "agentwarden_unmanaged_agents",
+        "gauge",
+        "Processes that look like agents (known agents, MCP servers, profiles' selectors) running outside every session, at the last scan.",
+    );
+    let _ = writeln!(out, "agentwarden_unmanaged_agents {}", core.unmanaged_count);
     let a = core.sinks.audit.stats().snapshot();
     family(
         &mut out,

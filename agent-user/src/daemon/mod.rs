@@ -196,6 +196,10 @@ struct Core {
     selector_errors: Vec<String>,
     /// Labels of the containers found so far, by their cgroup id.
     container_labels: HashMap<u64, std::collections::BTreeMap<String, String>>,
+    /// Processes that look like agents outside every session, raised once each (pid,
+    /// start time), and how many there were at the last scan.
+    unmanaged_seen: HashSet<(u32, u64)>,
+    unmanaged_count: usize,
 }
 
 struct Shared {
@@ -473,6 +477,8 @@ impl Core {
             selectors: Default::default(),
             selector_errors: Vec::new(),
             container_labels: HashMap::new(),
+            unmanaged_seen: HashSet::new(),
+            unmanaged_count: 0,
         }
     }
 }

@@ -208,6 +208,8 @@ impl Core {
                 }
                 snapshot.remove(&t);
             }
+            // Out of band, at the same pace: agents running outside every session.
+            self.scan_unmanaged();
         }
         if self.drain(DRAIN_BATCH) {
             return;

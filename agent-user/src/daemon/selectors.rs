@@ -209,3 +209,62 @@ impl Core {
         self.save_manifest();
     }
 }
+
+impl Core {
+    /// The processes that look like agents outside every session of this daemon, now.
+    pub(super) fn unmanaged_now(&mut self) -> Vec<crate::unmanaged::UnmanagedProcess> {
+        let sessions = &self.kernel.sessions;
+        let mut found = crate::unmanaged::scan(&self.selectors.selectors, |pid| {
+            sessions.get(&pid, 0).is_ok()
+        });
+        for p in &mut found {
+            p.user = self.attribution.users.name(p.uid);
+        }
+        found
+    }
+
+    /// The periodic scan: each process that looks like an agent outside every session
+    /// is raised as an event once (by pid and start time), and the gauge follows how
+    /// many there are now.
+    pub(super) fn scan_unmanaged(&mut self) {
+        let found = self.unmanaged_now();
+        let now: HashSet<(u32, u64)> = found.iter().map(|p| (p.pid, p.start_ticks)).collect();
+        self.unmanaged_seen.retain(|k| now.contains(k));
+        self.unmanaged_count = found.len();
+        for p in found {
+            if !self.unmanaged_seen.insert((p.pid, p.start_ticks)) {
+                continue;
+            }
+            warn!(pid = p.pid, agent = %p.agent, matched = %p.matched, "an agent runs outside every session");
+            let mut ev = Event::new(
+                crate::event::Body::UnmanagedAgent(crate::event::UnmanagedInfo {
+                    agent: p.agent.clone(),
+                    matched: p.matched.clone(),
+                    argv: p.argv.clone(),
+                }),
+                SystemTime::now(),
+                crate::event::SessionRef::default(),
+            );
+            ev.process = self
+                .attribution
+                .process_info(p.pid)
+                .or(Some(crate::event::ProcessInfo {
+                    pid: p.pid,
+                    tgid: p.pid,
+                    ppid: 0,
+                    uid: p.uid,
+                    user: p.user.clone(),
+                    gid: 0,
+                    comm: String::new(),
+                    cgroup_id: 0,
+                    exe: Some(p.exe.clone()),
+                }));
+            if let Some(pi) = ev.process.as_mut()
+                && pi.exe.is_none()
+            {
+                pi.exe = Some(p.exe.clone());
+            }
+            self.emit(ev);
+        }
+    }
+}
