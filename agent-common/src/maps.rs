@@ -40,6 +40,9 @@ pub const SELECTOR_CGROUPS: &str = "SELECTOR_CGROUPS";
 /// Hash of a cgroup path not created yet → bits, for the creation hook.
 pub const SELECTOR_CGROUP_PATHS: &str = "SELECTOR_CGROUP_PATHS";
 
+/// tgid → cgroup id of processes held in a pending cgroup (`selector::CGROUP_PENDING`).
+pub const SELECTOR_HELD: &str = "SELECTOR_HELD";
+
 /// Every map the daemon takes by name.
 pub const DAEMON_MAPS: &[&str] = &[
     SESSIONS,
@@ -61,6 +64,7 @@ pub const DAEMON_MAPS: &[&str] = &[
     SELECTOR_ARGV,
     SELECTOR_CGROUPS,
     SELECTOR_CGROUP_PATHS,
+    SELECTOR_HELD,
 ];
 
 /// Global: kernel struct offsets (`config::KernelOffsets`).

@@ -17,8 +17,19 @@
 //! - container labels: judged by the daemon, which writes the container's cgroup id into
 //!   `SELECTOR_CGROUPS` with the bits of the selectors its labels satisfy.
 
-/// Selectors across all profiles (bits of a `u32`).
-pub const MAX_SELECTORS: u32 = 32;
+/// Selectors across all profiles (bits of a `u32`; the top bit is [`CGROUP_PENDING`]).
+pub const MAX_SELECTORS: u32 = 31;
+
+/// `SELECTOR_CGROUPS` bit: a cgroup created while selectors name container labels,
+/// not yet looked up by the daemon. A process outside every session that executes a
+/// program in it is held (`SIGSTOP` before its first instruction, its pid in
+/// `SELECTOR_HELD`) until the daemon has asked the runtime whose container it is and
+/// enrolled it or not, then resumed: the entrypoint of a labelled container never runs
+/// unwatched, whoever wins the race between the runtime's start and the lookup.
+pub const CGROUP_PENDING: u32 = 1 << 31;
+
+/// `EnrolEvent::selector` of a process held in a pending cgroup (no session yet).
+pub const HELD: u32 = u32::MAX;
 /// Argv patterns across all selectors (bits of a `u64`).
 pub const MAX_ARGV_PATTERNS: u32 = 64;
 /// Levels of the cgroup hierarchy looked at, from the root down.
@@ -61,7 +72,9 @@ pub struct SelectorConfig {
     pub exe_selectors: u32,
     /// Bits of the selectors with a cgroup condition (or labels).
     pub cgroup_selectors: u32,
-    pub _pad: u32,
+    /// Bits of the selectors with labels: every cgroup created is reported to the
+    /// daemon, which looks up its container.
+    pub label_selectors: u32,
     /// Bit d: an executable prefix is rooted d components deep.
     pub exe_prefix_depths: u64,
 }

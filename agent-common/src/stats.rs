@@ -27,10 +27,13 @@ pub enum Stat {
     SentWhileAbsent = 8,
     /// Sessions the kernel started for a process a `match:` selector named.
     SelectorEnrolments = 9,
+    /// Processes held at their exec in a new cgroup until the daemon looked up its
+    /// container (container label selectors).
+    SelectorHolds = 10,
 }
 
 /// Number of entries in `STATS`.
-pub const STAT_COUNT: u32 = 10;
+pub const STAT_COUNT: u32 = 11;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -44,6 +47,7 @@ impl Stat {
         Stat::Kills,
         Stat::SentWhileAbsent,
         Stat::SelectorEnrolments,
+        Stat::SelectorHolds,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -58,6 +62,7 @@ impl Stat {
             Stat::Kills => "kills",
             Stat::SentWhileAbsent => "sent_while_daemon_absent",
             Stat::SelectorEnrolments => "selector_enrolments",
+            Stat::SelectorHolds => "selector_holds",
         }
     }
 }

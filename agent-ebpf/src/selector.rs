@@ -7,11 +7,12 @@
 use core::ffi::c_void;
 
 use agent_common::{
-    event::{ARGV_MAX, EnrolEvent, EventKind, ExecEvent},
+    event::{ARGV_MAX, CgroupEvent, EnrolEvent, EventKind, ExecEvent},
     policy::{FNV_OFFSET, fnv_step},
     selector::{
-        ARGV_EXACT, ARGV_SUFFIX, ArgvKey, CGROUP_DEPTH_MAX, CGROUP_PATH_MAX, MAX_ARGV_PATTERNS,
-        MAX_SELECTORS, NEEDS_ARGV, NEEDS_CGROUP, NEEDS_EXE, SelectorConfig, SelectorEntry,
+        ARGV_EXACT, ARGV_SUFFIX, ArgvKey, CGROUP_DEPTH_MAX, CGROUP_PATH_MAX, CGROUP_PENDING, HELD,
+        MAX_ARGV_PATTERNS, MAX_SELECTORS, NEEDS_ARGV, NEEDS_CGROUP, NEEDS_EXE, SelectorConfig,
+        SelectorEntry,
     },
     session::SessionEntry,
     stats::Stat,
@@ -47,6 +48,11 @@ pub static SELECTOR_ARGV: HashMap<ArgvKey, u64> =
 pub static SELECTOR_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(8192, 0);
 #[map]
 pub static SELECTOR_CGROUP_PATHS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+/// Processes held until the daemon has looked up their container.
+#[map]
+pub static SELECTOR_HELD: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
+
+const SIGSTOP: u32 = 19;
 
 /// `BPF_NOEXIST`: a process another program enrolled meanwhile keeps its session.
 const BPF_NOEXIST: u64 = 1;
@@ -142,9 +148,14 @@ pub fn enrol(ev: &ExecEvent, cfg: &SelectorConfig) -> Option<SessionEntry> {
     } else {
         0
     };
+    let pending = cgroup_bits & CGROUP_PENDING != 0;
+    let cgroup_bits = cgroup_bits & !CGROUP_PENDING;
     if exe_bits == 0 && cgroup_bits == 0 {
         // Every selector has an executable or cgroup condition (argv alone is refused
         // at load: it would scan every exec's argv on the host).
+        if pending {
+            hold();
+        }
         return None;
     }
     let jp = JUDGING.get_ptr_mut(0)?;
@@ -164,6 +175,9 @@ pub fn enrol(ev: &ExecEvent, cfg: &SelectorConfig) -> Option<SessionEntry> {
     // SAFETY: as above.
     let (candidates, argv_needed) = unsafe { ((*jp).candidates, (*jp).argv_needed) };
     if candidates == 0 {
+        if pending {
+            hold();
+        }
         return None;
     }
     if argv_needed != 0 {
@@ -176,11 +190,38 @@ pub fn enrol(ev: &ExecEvent, cfg: &SelectorConfig) -> Option<SessionEntry> {
     // SAFETY: as above.
     let matched = unsafe { (*jp).matched };
     if matched < 0 {
+        if pending {
+            hold();
+        }
         return None;
     }
     let index = matched as u32;
     let s = SELECTORS.get(index)?;
     start(index, s)
+}
+
+/// Stops the current process before its first instruction and tells the daemon, which
+/// looks up the container of its (new) cgroup, enrols it or not, and resumes it. Only
+/// while a daemon runs: none would resume it otherwise.
+#[inline(always)]
+fn hold() {
+    if !crate::maps::daemon_alive() {
+        return;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: helper without preconditions.
+    let cgroup = unsafe { aya_ebpf::helpers::generated::bpf_get_current_cgroup_id() };
+    if SELECTOR_HELD.insert(tgid, cgroup, 0).is_err() {
+        return;
+    }
+    count(Stat::SelectorHolds);
+    // SAFETY: signals the current task; allowed from tracepoints.
+    unsafe { aya_ebpf::helpers::generated::bpf_send_signal(SIGSTOP) };
+    send(&EnrolEvent {
+        header: header(EventKind::Enrolment, 0),
+        selector: HELD,
+        profile_id: 0,
+    });
 }
 
 /// Starts the session of selector `index` for the current process.
@@ -335,11 +376,11 @@ fn argv_bits(ev: &ExecEvent) -> u64 {
     unsafe { (*st).bits }
 }
 
-/// A cgroup path being hashed by [`cgroup_mkdir`].
+/// A cgroup path being hashed by [`cgroup_mkdir`], in the record the daemon may get.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CgroupPath {
-    bytes: [u8; CGROUP_PATH_MAX],
+    ev: CgroupEvent,
     len: u64,
     h: u64,
 }
@@ -357,7 +398,7 @@ extern "C" fn path_step(i: u64, ctx: *mut c_void) -> i64 {
     if i >= p.len {
         return 1;
     }
-    p.h = fnv_step(p.h, p.bytes[i as usize & (CGROUP_PATH_MAX - 1)]);
+    p.h = fnv_step(p.h, p.ev.path[i as usize & (CGROUP_PATH_MAX - 1)]);
     0
 }
 
@@ -366,9 +407,13 @@ extern "C" fn path_step(i: u64, ctx: *mut c_void) -> i64 {
 /// can be moved into it.
 #[btf_tracepoint(function = "cgroup_mkdir")]
 pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
-    if !kernel::ready() || !active().is_some_and(|c| c.cgroup_selectors != 0) {
+    if !kernel::ready() {
         return 0;
     }
+    let Some(cfg) = active().filter(|c| c.cgroup_selectors != 0) else {
+        return 0;
+    };
+    let labels = cfg.label_selectors != 0;
     let cgrp: *const u8 = ctx.arg(0);
     let path: *const u8 = ctx.arg(1);
     // The v2 hierarchy is number 0 (`/proc/PID/cgroup`'s `0::`); v1 ids are another
@@ -378,6 +423,11 @@ pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
     if hierarchy != Some(0) {
         return 0;
     }
+    let Some(id) =
+        read_ptr(cgrp, off!(cgroup_kn)).and_then(|kn| read::<u64>(kn, off!(kernfs_node_id)))
+    else {
+        return 0;
+    };
     let Some(p) = CGROUP_PATH.get_ptr_mut(0) else {
         return 0;
     };
@@ -386,7 +436,7 @@ pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: the helper faults safely; the destination holds CGROUP_PATH_MAX bytes.
     let n = unsafe {
         bpf_probe_read_kernel_str(
-            buf.bytes.as_mut_ptr().cast(),
+            buf.ev.path.as_mut_ptr().cast(),
             CGROUP_PATH_MAX as u32,
             path.cast(),
         )
@@ -407,16 +457,23 @@ pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
         );
     }
     // SAFETY: as above.
-    let h = unsafe { (*p).h };
+    let buf = unsafe { &mut *p };
     // SAFETY: value copied out.
-    let Some(bits) = (unsafe { SELECTOR_CGROUP_PATHS.get(h) }).copied() else {
-        return 0;
-    };
-    let Some(id) =
-        read_ptr(cgrp, off!(cgroup_kn)).and_then(|kn| read::<u64>(kn, off!(kernfs_node_id)))
-    else {
-        return 0;
-    };
-    let _ = SELECTOR_CGROUPS.insert(id, bits, 0);
+    let mut bits = (unsafe { SELECTOR_CGROUP_PATHS.get(buf.h) })
+        .copied()
+        .unwrap_or(0);
+    if labels {
+        bits |= CGROUP_PENDING;
+    }
+    if bits != 0 {
+        let _ = SELECTOR_CGROUPS.insert(id, bits, 0);
+    }
+    if labels {
+        buf.ev.header = header(EventKind::CgroupCreated, 0);
+        buf.ev.cgroup_id = id;
+        buf.ev.path_len = buf.len as u32;
+        buf.ev._pad = 0;
+        send(&buf.ev);
+    }
     0
 }

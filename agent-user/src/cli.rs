@@ -192,6 +192,15 @@ pub enum Cmd {
         /// The webhook's shared secret (at least 16 bytes; mode 600).
         #[arg(long, value_name = "FILE", requires = "approval_webhook")]
         approval_webhook_secret_file: Option<PathBuf>,
+        /// containerd's socket: sessions and processes in its containers are named by
+        /// container and pod, and `match:` selectors on container labels are judged
+        /// (asked through its `ctr` client when a container's cgroup is created).
+        #[arg(
+            long,
+            value_name = "SOCKET",
+            default_value = "/run/containerd/containerd.sock"
+        )]
+        containerd_address: PathBuf,
     },
     /// The command an agent's hook runs (wired by `run`, or `hooks install`): reads the
     /// hook's JSON on stdin, reports it to the daemon for the caller's own session, and
@@ -381,12 +390,14 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             otlp_endpoint,
             approval_webhook,
             approval_webhook_secret_file,
+            containerd_address,
         } => {
             let approval_webhook = match (approval_webhook, approval_webhook_secret_file) {
                 (Some(url), Some(secret)) => Some(crate::daemon::Webhook::new(&url, &secret)?),
                 _ => None,
             };
             let cfg = DaemonConfig {
+                containerd: containerd_address,
                 approval_webhook,
                 otlp: otlp_endpoint,
                 hook_socket: hook_socket.unwrap_or_else(|| socket.with_file_name("hook.sock")),

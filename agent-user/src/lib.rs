@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cli;
 pub mod client;
+pub mod containers;
 pub mod daemon;
 pub mod dns;
 pub mod event;

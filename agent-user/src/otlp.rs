@@ -311,6 +311,7 @@ mod tests {
                 id: "00000000000000aa".into(),
                 name: "s".into(),
                 profile: "claude-code".into(),
+                container: None,
             },
         )
     }

@@ -211,6 +211,14 @@ pub struct DaemonCounters {
     /// Session-map entries of processes found gone (their exit unseen) and removed.
     #[serde(default)]
     pub stale_entries_removed: u64,
+    /// Container processes enrolled after they started: the container's lookup lost
+    /// the race with its entrypoint's exec (a label selector then enrols them late).
+    #[serde(default)]
+    pub selector_late: u64,
+    /// Processes held at their exec in a new cgroup until its container was looked up
+    /// (container label selectors), then enrolled or not, and resumed.
+    #[serde(default)]
+    pub selector_held: u64,
     /// OTLP export: records the collector accepted, records dropped (a full queue or a
     /// failed request), requests that failed.
     #[serde(default)]

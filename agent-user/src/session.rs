@@ -51,6 +51,8 @@ pub struct Session {
     pub events: u64,
     /// The selector that enrolled it (`file:line (match[i])`).
     pub selector: Option<String>,
+    /// The container its first process ran in.
+    pub container: Option<crate::containers::ContainerInfo>,
 }
 
 /// What `agentwarden sessions` shows.
@@ -72,6 +74,9 @@ pub struct SessionView {
     /// The `match:` selector that enrolled it: `file:line (match[i])`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// Its container (`namespace/pod/container`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 pub fn format_id(id: u64) -> String {
@@ -88,6 +93,7 @@ impl Session {
             id: format_id(self.id),
             name: self.name.clone(),
             profile: self.profile.clone(),
+            container: self.container.as_ref().map(|c| c.reference()),
         }
     }
 
@@ -111,6 +117,7 @@ impl Session {
             processes: self.live.len(),
             events: self.events,
             selector: self.selector.clone(),
+            container: self.container.as_ref().map(|c| c.reference()),
         }
     }
 }
@@ -154,6 +161,7 @@ impl Registry {
             live: tgids.iter().copied().collect(),
             events: 0,
             selector: None,
+            container: None,
         };
         self.sessions.entry(id).or_insert(s)
     }
@@ -165,6 +173,13 @@ impl Registry {
         let id = s.id;
         if let Some(s) = self.sessions.get_mut(&id) {
             s.started = started;
+        }
+    }
+
+    /// Records the container session `id` runs in.
+    pub fn set_container(&mut self, id: u64, container: crate::containers::ContainerInfo) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.container = Some(container);
         }
     }
 

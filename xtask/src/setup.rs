@@ -23,6 +23,11 @@ const APT_PACKAGES: &[&str] = &[
     "systemd-container",
     // The OTLP collector of the export test (rotel) links against it.
     "libpython3.11",
+    // containerd (with its `ctr` client and runc): the container tests run it on a
+    // socket of their own, and the daemon asks it for containers' labels; busybox is
+    // the root filesystem of the image they build.
+    "containerd",
+    "busybox-static",
 ];
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13";

@@ -23,6 +23,9 @@ pub enum EventKind {
     /// names, and the kernel started a session for it. The daemon records it as the
     /// session's `SessionStart`.
     Enrolment = 9,
+    /// A cgroup was created while selectors name container labels (the daemon looks
+    /// up its container). Not an event of its own: it becomes container context.
+    CgroupCreated = 10,
     /// Raised by the daemon, never sent by the kernel: a session was enrolled.
     SessionStart = 64,
     /// Raised by the daemon: a session's last process exited.
@@ -56,6 +59,7 @@ impl EventKind {
         Self::NetDecision,
         Self::SyscallDecision,
         Self::Enrolment,
+        Self::CgroupCreated,
         Self::SessionStart,
         Self::SessionEnd,
         Self::Loss,
@@ -78,6 +82,7 @@ impl EventKind {
             7 => Self::NetDecision,
             8 => Self::SyscallDecision,
             9 => Self::Enrolment,
+            10 => Self::CgroupCreated,
             _ => return None,
         })
     }
@@ -94,6 +99,7 @@ impl EventKind {
             Self::NetDecision => "net_decision",
             Self::SyscallDecision => "syscall_decision",
             Self::Enrolment => "enrolment",
+            Self::CgroupCreated => "cgroup_created",
             Self::SessionStart => "session_start",
             Self::SessionEnd => "session_end",
             Self::Loss => "loss",

@@ -4,6 +4,7 @@
 //! [`EventKind`]) tells which body follows. Records with a path are sent only up to the
 //! used length of the path, so the user side zero-fills the tail when decoding.
 
+mod cgroup;
 mod connect;
 mod enrol;
 mod exec;
@@ -15,6 +16,7 @@ mod open;
 mod path;
 mod syscall;
 
+pub use cgroup::CgroupEvent;
 pub use connect::ConnectEvent;
 pub use enrol::EnrolEvent;
 pub use exec::{ARGV_MAX, ARGV_TRUNCATED, ExecEvent};

@@ -90,6 +90,7 @@ fn recorded_events_survive_the_store_and_render_as_before() {
         time: events[0].1.time.clone(),
         environment: None,
         selector: None,
+        container: None,
     }))];
     items.extend(events.iter().map(|(_, e)| Item::Event(Arc::new(e.clone()))));
     let db = super::tests::write(dir.path(), items);

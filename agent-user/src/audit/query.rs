@@ -79,6 +79,9 @@ pub struct SessionContext {
     /// The `match:` selector that enrolled it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// The container and pod it ran in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -131,6 +134,10 @@ impl From<SessionRecord> for SessionContext {
                 .as_deref()
                 .and_then(|e| serde_json::from_str(e).ok()),
             selector: s.selector,
+            container: s
+                .container
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok()),
         }
     }
 }
@@ -266,7 +273,7 @@ impl<'c> Reader<'c> {
             .query_row(
                 "SELECT session_id, name, agent, profile_source, profile_sha256, mode, \
                  business_owner, technical_owner, principal_uid, principal_user, enrolment, \
-                 host, root_pid, time_ns, time, environment, selector FROM sessions \
+                 host, root_pid, time_ns, time, environment, selector, container FROM sessions \
                  WHERE session_id = ?1",
                 [id],
                 |r| {
@@ -288,6 +295,7 @@ impl<'c> Reader<'c> {
                         time: r.get(14)?,
                         environment: r.get(15)?,
                         selector: r.get(16)?,
+                        container: r.get(17)?,
                     })
                 },
             )
@@ -608,7 +616,9 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
             argv: json_list(get_s("argv")?),
         }),
         // Written as the session's `session_start`.
-        EventKind::Enrolment => anyhow::bail!("row {seq}: `enrolment` is not a stored kind"),
+        EventKind::Enrolment | EventKind::CgroupCreated => {
+            anyhow::bail!("row {seq}: `{kind}` is not a stored kind")
+        }
     };
     let context = extra
         .get("context")

@@ -34,6 +34,8 @@ pub struct SessionRecord {
     pub environment: Option<String>,
     /// Schema 4: the `match:` selector that enrolled the session (`file:line (field)`).
     pub selector: Option<String>,
+    /// Schema 4: the container and pod it ran in (`containers::ContainerInfo`, JSON).
+    pub container: Option<String>,
 }
 
 /// One item for the store.
@@ -139,6 +141,7 @@ impl SessionRecord {
             text(self.time.clone()),
             opt_text(self.environment.as_deref()),
             opt_text(self.selector.as_deref()),
+            opt_text(self.container.as_deref()),
         ]
     }
 }

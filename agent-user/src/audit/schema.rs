@@ -43,8 +43,9 @@ pub const SESSIONS: Table = Table {
         "time",
         // Version 3: what `run` changed in the agent's environment, by name.
         "environment",
-        // Version 4: the `match:` selector that enrolled it.
+        // Version 4: the `match:` selector that enrolled it, and its container.
         "selector",
+        "container",
     ],
     first: 15,
 };
@@ -279,7 +280,9 @@ LEFT JOIN sessions s ON s.session_id = a.session_id;
 const V3: &str = "ALTER TABLE sessions ADD COLUMN environment TEXT;";
 
 /// Version 4: the selector (`file:line (match[i])`) of a session the kernel enrolled.
-const V4: &str = "ALTER TABLE sessions ADD COLUMN selector TEXT;";
+/// And the container (with its pod) the session ran in, as JSON.
+const V4: &str = "ALTER TABLE sessions ADD COLUMN selector TEXT;
+ALTER TABLE sessions ADD COLUMN container TEXT;";
 
 /// Brings a database opened for writing to [`VERSION`]; refuses a newer one.
 pub fn migrate(conn: &mut Connection) -> Result<()> {

@@ -20,6 +20,7 @@ fn session_ref() -> SessionRef {
         id: "00000000000000aa".into(),
         name: "s1".into(),
         profile: "claude-code".into(),
+        container: None,
     }
 }
 
@@ -61,6 +62,7 @@ fn session_items(t0: u64) -> Vec<Item> {
         time: crate::event::rfc3339(at(t0)),
         environment: None,
         selector: None,
+        container: None,
     }))];
     let mut seq = 0;
     let mut ev = |body: Body, secs: u64, p: ProcessInfo| {
@@ -637,6 +639,7 @@ fn a_version_1_store_migrates_and_its_old_rows_still_verify() {
         &db,
         "DROP VIEW audit_log; DROP INDEX actions_by_tool_call; \
          ALTER TABLE actions DROP COLUMN tool_call; ALTER TABLE sessions DROP COLUMN environment; ALTER TABLE sessions DROP COLUMN selector; \
+         ALTER TABLE sessions DROP COLUMN container; \
          PRAGMA user_version = 1;",
     );
     let e1 = verify(&db).unwrap_err().to_string();

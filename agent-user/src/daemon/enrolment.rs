@@ -51,7 +51,7 @@ impl Core {
             .insert(root, entry, 0)
             .map_err(|e| anyhow!("adding pid {root} to the kernel session map: {e}"))?;
         let mut tgids = vec![root];
-        if new.enrolment == Enrolment::Attach {
+        if new.enrolment != Enrolment::Run {
             for _ in 0..16 {
                 let added = self.enroll_descendants(&mut tgids, entry);
                 if added == 0 {
@@ -75,7 +75,11 @@ impl Core {
         // A `run` session whose profile wires the agent's hooks infers no calls.
         let hooked = self.hooks_wired(&new.profile, new.enrolment);
         self.attribution.calls.session(id, root, hooked);
-        let s = self.attribution.registry.create(id, new, &tgids);
+        self.attribution.registry.create(id, new, &tgids);
+        self.set_session_container(id, root, None);
+        let Some(s) = self.attribution.registry.get(id) else {
+            bail!("session {id:016x} vanished");
+        };
         let (sref, started) = (s.reference(), s.started);
         for t in &tgids {
             if let Ok(exe) = procfs::process::Process::new(*t as i32).and_then(|p| p.exe()) {
@@ -170,6 +174,10 @@ impl Core {
             time: event::rfc3339(s.started),
             environment: environment.and_then(|e| serde_json::to_string(e).ok()),
             selector: s.selector.clone(),
+            container: s
+                .container
+                .as_ref()
+                .and_then(|c| serde_json::to_string(c).ok()),
         };
         self.sinks.session(rec);
     }

@@ -174,6 +174,8 @@ fn render(shared: &Shared) -> String {
         ("stdout_dropped", d.stdout_dropped),
         ("pins_restored", d.pins_restored),
         ("stale_entries_removed", d.stale_entries_removed),
+        ("selector_late", d.selector_late),
+        ("selector_held", d.selector_held),
     ] {
         let _ = writeln!(
             out,

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 mod adopt;
 mod approvals;
 mod attribute;
+mod containers;
 mod context;
 mod control;
 mod decide;
@@ -122,6 +123,8 @@ pub struct DaemonConfig {
     pub otlp: Option<export::Endpoint>,
     /// Where held operations' requests are sent for an answer.
     pub approval_webhook: Option<webhook::Webhook>,
+    /// containerd's socket (container and pod context, label selectors).
+    pub containerd: PathBuf,
 }
 
 /// Name of the event log in the state directory.
@@ -200,6 +203,9 @@ struct Core {
     /// start time), and how many there were at the last scan.
     unmanaged_seen: HashSet<(u32, u64)>,
     unmanaged_count: usize,
+    containerd: crate::containers::Containerd,
+    /// Containers found so far, by cgroup id (`None`: the cgroup is no container's).
+    containers: HashMap<u64, Option<crate::containers::ContainerInfo>>,
 }
 
 struct Shared {
@@ -276,6 +282,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         };
         core.bind_for_local_accounts();
         core.install_profiles(&profiles)?;
+        // Processes a predecessor held for a container lookup and did not resume.
+        core.resume_all_held();
         // Adopted sessions keep their syscall rules judged: attached before the switch.
         core.syscall_programs(None)?;
         // The profiles are in the maps, the refusal layer's marks in place: this
@@ -479,6 +487,8 @@ impl Core {
             container_labels: HashMap::new(),
             unmanaged_seen: HashSet::new(),
             unmanaged_count: 0,
+            containerd: crate::containers::Containerd::new(&cfg.containerd),
+            containers: HashMap::new(),
         }
     }
 }

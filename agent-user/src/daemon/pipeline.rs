@@ -33,6 +33,22 @@ impl Core {
     /// left undecided) → respond (a child it could not track) → sinks.
     pub(super) fn handle_record(&mut self, bytes: &[u8]) {
         self.counters.records_read += 1;
+        // A new cgroup (container label selectors): context, not an event.
+        if agent_common::event::decode::header(bytes)
+            .is_some_and(|h| h.kind == agent_common::event::EventKind::CgroupCreated as u32)
+        {
+            match agent_common::event::decode::read_record::<agent_common::event::CgroupEvent>(
+                bytes,
+                std::mem::size_of::<agent_common::event::CgroupEvent>(),
+            ) {
+                Ok(c) => self.cgroup_created(&c),
+                Err(e) => {
+                    self.counters.decode_errors += 1;
+                    warn!(error = %e, "undecodable cgroup record");
+                }
+            }
+            return;
+        }
         let raw = match event::decode_reusing(bytes, &mut self.spare) {
             Ok(r) => r,
             Err(e) => {
@@ -46,6 +62,12 @@ impl Core {
         // becomes its `session_start`.
         if let Raw::Enrolment(e) = &raw {
             self.selector_enrolled(e);
+            // A process held for its container's lookup: resumed, its session (if any)
+            // started by the daemon.
+            if e.selector == agent_common::selector::HELD {
+                self.spare.keep(raw);
+                return;
+            }
         }
         let mut ev = self.attribution.event(&raw, &self.rules);
         self.decide_in_userspace(&mut ev, h.session_id);

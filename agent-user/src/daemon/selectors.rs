@@ -8,7 +8,7 @@ use std::{collections::HashSet, os::unix::fs::MetadataExt as _};
 use agent_common::{
     event::EnrolEvent,
     maps,
-    selector::{ArgvKey, SelectorConfig, SelectorEntry},
+    selector::{ArgvKey, CGROUP_PENDING, SelectorConfig, SelectorEntry},
 };
 use aya::{
     Ebpf,
@@ -27,6 +27,8 @@ pub(super) struct SelectorMaps {
     /// cgroups created later added by the kernel).
     pub(super) cgroups: BpfHashMap<MapData, u64, u32>,
     cgroup_paths: BpfHashMap<MapData, u64, u32>,
+    /// Processes the kernel held in a pending cgroup, with the cgroup's id.
+    pub(super) held: BpfHashMap<MapData, u32, u64>,
 }
 
 impl SelectorMaps {
@@ -41,6 +43,7 @@ impl SelectorMaps {
             argv: BpfHashMap::try_from(take(maps::SELECTOR_ARGV)?)?,
             cgroups: BpfHashMap::try_from(take(maps::SELECTOR_CGROUPS)?)?,
             cgroup_paths: BpfHashMap::try_from(take(maps::SELECTOR_CGROUP_PATHS)?)?,
+            held: BpfHashMap::try_from(take(maps::SELECTOR_HELD)?)?,
         })
     }
 }
@@ -170,23 +173,49 @@ impl Core {
     /// enrolment, with the selector's place as how it came to be. The record itself
     /// becomes the session's `session_start` event.
     pub(super) fn selector_enrolled(&mut self, e: &EnrolEvent) {
+        if e.selector == agent_common::selector::HELD {
+            self.resume_held(e.header.tgid, e.header.cgroup_id);
+            return;
+        }
         let h = e.header;
-        let Some((profile, selector)) = self.selectors.selectors.get(e.selector as usize).cloned()
+        self.register_selector_session(
+            h.session_id,
+            h.tgid,
+            h.uid,
+            e.selector,
+            e.profile_id,
+            h.cgroup_id,
+        );
+    }
+
+    /// Registers the session the kernel (or, for a held process, this daemon) started
+    /// for `tgid` by selector `index`.
+    fn register_selector_session(
+        &mut self,
+        session_id: u64,
+        tgid: u32,
+        uid: u32,
+        index: u32,
+        profile_id: u32,
+        cgroup_id: u64,
+    ) {
+        let Some((profile, selector)) = self.selectors.selectors.get(index as usize).cloned()
         else {
-            warn!(selector = e.selector, "an enrolment by an unknown selector");
+            warn!(selector = index, "an enrolment by an unknown selector");
             return;
         };
+
         // The profile the kernel wrote is the one the selector table named when it was
         // compiled: a reload may have changed the table since.
         let profile = self
             .profile_ids
             .iter()
-            .find(|(_, id)| **id == e.profile_id)
+            .find(|(_, id)| **id == profile_id)
             .map_or(profile, |(n, _)| n.clone());
-        if let Some(home) = self.attribution.users.home(h.uid) {
-            self.homes.insert(h.uid, home);
+        if let Some(home) = self.attribution.users.home(uid) {
+            self.homes.insert(uid, home);
         }
-        if self.owners.insert(h.uid) {
+        if self.owners.insert(uid) {
             // A new owner: expand the `~` rules of every profile for this user's home.
             let set = self.profiles.clone();
             if let Err(e) = self.install_profiles(&set) {
@@ -196,17 +225,97 @@ impl Core {
         let new = crate::session::NewSession {
             name: None,
             profile,
-            owner_uid: h.uid,
-            owner_user: self.attribution.users.name(h.uid),
+            owner_uid: uid,
+            owner_user: self.attribution.users.name(uid),
             enrolment: Enrolment::Selector,
-            root_pid: h.tgid,
+            root_pid: tgid,
         };
-        self.attribution.calls.session(h.session_id, h.tgid, false);
+        self.attribution.calls.session(session_id, tgid, false);
         let registry = &mut self.attribution.registry;
-        registry.create(h.session_id, new, &[h.tgid]);
-        registry.set_selector(h.session_id, selector.describe());
-        self.record_session(h.session_id, h.tgid, None);
+        registry.create(session_id, new, &[tgid]);
+        registry.set_selector(session_id, selector.describe());
+        self.set_session_container(session_id, tgid, Some(cgroup_id));
+        self.record_session(session_id, tgid, None);
         self.save_manifest();
+    }
+
+    /// A process the kernel held in a new cgroup until its container was looked up:
+    /// enrolled where a label selector names the container (its session started here,
+    /// before it runs its first instruction), then resumed either way.
+    pub(super) fn resume_held(&mut self, tgid: u32, cgroup_id: u64) {
+        let mut bits = self
+            .kernel
+            .selectors
+            .cgroups
+            .get(&cgroup_id, 0)
+            .unwrap_or(0);
+        if bits & CGROUP_PENDING != 0 {
+            // The cgroup's record was not handled (lost, or a predecessor's): now.
+            if let Some(path) = crate::containers::cgroup_of(tgid) {
+                bits = self.classify_cgroup(cgroup_id, &path);
+            }
+        }
+        let labels = bits & !CGROUP_PENDING & self.selectors.config.label_selectors;
+        let proc = procfs::process::Process::new(tgid as i32);
+        let uid = proc.as_ref().ok().and_then(|p| p.uid().ok()).unwrap_or(0);
+        if labels != 0 && self.kernel.sessions.get(&tgid, 0).is_err() {
+            let index = labels.trailing_zeros();
+            if let Some(entry) = self.selectors.entries.get(index as usize).copied() {
+                let session = SessionEntry {
+                    session_id: super::enrolment::new_session_id().unwrap_or(1),
+                    profile_id: entry.profile_id,
+                    flags: entry.session_flags,
+                    owner_uid: uid,
+                    _pad: 0,
+                };
+                match self.kernel.sessions.insert(tgid, session, 0) {
+                    Ok(()) => {
+                        self.register_selector_session(
+                            session.session_id,
+                            tgid,
+                            uid,
+                            index,
+                            entry.profile_id,
+                            cgroup_id,
+                        );
+                        let started = self
+                            .attribution
+                            .registry
+                            .get(session.session_id)
+                            .map(|s| (s.reference(), s.started));
+                        if let Some((sref, at)) = started {
+                            let mut ev = Event::new(crate::event::Body::SessionStart, at, sref);
+                            ev.process = self.attribution.process_info(tgid);
+                            self.emit(ev);
+                        }
+                    }
+                    Err(e) => warn!(pid = tgid, error = %e, "a held process could not be enrolled"),
+                }
+            }
+        }
+        if let Err(e) = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(tgid as i32).unwrap_or(rustix::process::Pid::INIT),
+            rustix::process::Signal::CONT,
+        ) {
+            warn!(pid = tgid, error = %e, "a held process could not be resumed");
+        }
+        let _ = self.kernel.selectors.held.remove(&tgid);
+        self.counters.selector_held += 1;
+    }
+
+    /// Held processes a predecessor left (it died before resuming them): classified and
+    /// resumed.
+    pub(super) fn resume_all_held(&mut self) {
+        let held: Vec<(u32, u64)> = self
+            .kernel
+            .selectors
+            .held
+            .iter()
+            .filter_map(|r| r.ok())
+            .collect();
+        for (tgid, cgroup) in held {
+            self.resume_held(tgid, cgroup);
+        }
     }
 }
 

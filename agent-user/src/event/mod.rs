@@ -83,6 +83,10 @@ pub struct SessionRef {
     pub id: String,
     pub name: String,
     pub profile: String,
+    /// The session's container: `namespace/pod/container` for a pod's, else the
+    /// runtime's `namespace/id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// Who acted.
@@ -338,7 +342,9 @@ impl TryFrom<Wire<'static>> for Event {
             EventKind::SessionEnd => Body::SessionEnd,
             // The kernel's record of a selector's enrolment is written as the session's
             // `session_start`.
-            EventKind::Enrolment => return Err("an `enrolment` is not a written kind".into()),
+            EventKind::Enrolment | EventKind::CgroupCreated => {
+                return Err(format!("`{kind}` is not a written kind"));
+            }
         };
         Ok(Event {
             seq: w.seq,

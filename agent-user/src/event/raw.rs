@@ -163,7 +163,9 @@ fn read(bytes: &[u8]) -> Result<Raw, DecodeError> {
         }
         EventKind::Enrolment => Raw::Enrolment(read_record(bytes, size_of::<EnrolEvent>())?),
         // Raised by the daemon: `from_u32` never returns them for a kernel record.
-        EventKind::UnmanagedAgent
+        // Container context, taken before records are decoded (`daemon::containers`).
+        EventKind::CgroupCreated
+        | EventKind::UnmanagedAgent
         | EventKind::SessionStart
         | EventKind::SessionEnd
         | EventKind::Loss

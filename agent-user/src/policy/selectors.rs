@@ -228,6 +228,7 @@ pub fn compile<'a>(
                 // The daemon writes the bits of the containers whose labels match.
                 needs |= NEEDS_CGROUP;
                 c.config.cgroup_selectors |= bit;
+                c.config.label_selectors |= bit;
             }
             c.entries.push(SelectorEntry {
                 profile_id,

@@ -1,0 +1,449 @@
+//! Containers: a real containerd (the Debian package's, started by the test on its own
+//! socket and state), an image built by the test from a busybox root filesystem and
+//! imported, and containers labelled the way the kubelet labels a pod's containers. A
+//! `match: labels:` selector enrols the container's entrypoint at its exec; the
+//! session, its events and its audit rows name `namespace/pod/container`. A container
+//! whose cgroup appears an instant before its first exec is held (stopped before its
+//! first instruction) until its labels are known, then enrolled and resumed.
+
+use sha2::{Digest as _, Sha256};
+
+use crate::support::*;
+
+/// A containerd of the test's own, stopped (and its containers with it) when dropped.
+struct Containerd {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Containerd {
+    fn start() -> Result<Self, String> {
+        if Command::new("containerd")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return Err("containerd not installed: run `cargo xtask setup`".into());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        // No CRI plugin: the test is the kubelet (labels), nothing else is needed.
+        fs::write(
+            &config,
+            "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+        )
+        .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .arg("--address")
+            .arg(dir.path().join("c.sock"))
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.path().join("containerd.log")).unwrap())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let c = Containerd { child, dir };
+        let start = Instant::now();
+        while !c.ctr(&["version"]).status.success() {
+            assert!(
+                start.elapsed() < patience(),
+                "containerd did not start:\n{}",
+                fs::read_to_string(c.dir.path().join("containerd.log")).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(c)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", "agentwarden-test"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output_within()
+    }
+
+    /// Builds an OCI image of `rootfs` (one layer) and imports it as `name`.
+    fn build_image(&self, rootfs: &Path, name: &str) {
+        let work = self.dir.path().join("image");
+        let blobs = work.join("blobs/sha256");
+        fs::create_dir_all(&blobs).unwrap();
+        let blob = |bytes: &[u8]| -> (String, usize) {
+            let digest = format!("{:x}", Sha256::digest(bytes));
+            fs::write(blobs.join(&digest), bytes).unwrap();
+            (format!("sha256:{digest}"), bytes.len())
+        };
+        let layer_tar = self.dir.path().join("layer.tar");
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(rootfs)
+            .arg("-cf")
+            .arg(&layer_tar)
+            .arg(".")
+            .output_within();
+        assert!(out.status.success(), "{out:?}");
+        let (layer, layer_size) = blob(&fs::read(&layer_tar).unwrap());
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": { "Cmd": ["/bin/sh"] },
+            "rootfs": { "type": "layers", "diff_ids": [layer] },
+        });
+        let (config, config_size) = blob(config.to_string().as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size },
+            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size }],
+        });
+        let (manifest, manifest_size) = blob(manifest.to_string().as_bytes());
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest, "size": manifest_size,
+                "annotations": { "io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1" },
+            }],
+        });
+        fs::write(work.join("index.json"), index.to_string()).unwrap();
+        fs::write(work.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let archive = self.dir.path().join("image.tar");
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(&work)
+            .arg("-cf")
+            .arg(&archive)
+            .arg(".")
+            .output_within();
+        assert!(out.status.success(), "{out:?}");
+        let out = self.ctr(&[
+            "images",
+            "import",
+            "--snapshotter",
+            "native",
+            archive.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "import: {out:?}");
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Tasks it left: their shims outlive it; their cgroups go with their processes.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.dir.path().to_str().unwrap())
+            .status();
+    }
+}
+
+/// A cgroup the test made, removed when dropped (after its process).
+struct CgroupGone(PathBuf);
+
+impl Drop for CgroupGone {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// The kubelet's labels of a pod's container, and a pod label of the agent's.
+fn pod_labels(pod: &str, container: &str) -> Vec<String> {
+    [
+        ("io.kubernetes.pod.namespace", "agents"),
+        ("io.kubernetes.pod.name", pod),
+        (
+            "io.kubernetes.pod.uid",
+            "3f1c2a9e-0000-4000-8000-000000000001",
+        ),
+        ("io.kubernetes.container.name", container),
+        ("app", "coding-agent"),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k}={v}"))
+    .collect()
+}
+
+/// A busybox root filesystem with a secret the profile denies.
+fn rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .or_else(|_| fs::copy("/usr/bin/busybox", root.join("bin/busybox")))
+        .expect("busybox-static (cargo xtask setup)");
+    for tool in ["sh", "cat", "sleep", "echo"] {
+        symlink("busybox", root.join("bin").join(tool)).unwrap();
+    }
+    fs::write(root.join("etc/agent-token"), "TOKEN-IN-IMAGE\n").unwrap();
+    root
+}
+
+/// A labelled container from the test's image: its entrypoint is enrolled by the pod
+/// label selector at its exec (the kernel's count of selector enrolments grows), its
+/// read of the denied token is refused, and the session, its events and its audit rows
+/// name `agents/<pod>/<container>`; a container without the label is untouched. Then a
+/// container's cgroup made an instant before a process execs in it (as a runtime
+/// does): the process is held until the lookup, enrolled, and runs on.
+#[test]
+fn a_labelled_container_is_enrolled_by_its_pod_labels_and_named_in_the_trail() {
+    if !is_root() {
+        return skip("containerd and eBPF need root");
+    }
+    let c = match Containerd::start() {
+        Ok(c) => c,
+        Err(why) => return skip(&why),
+    };
+    let work = tempfile::tempdir().unwrap();
+    let root = rootfs(work.path());
+    c.build_image(&root, "localhost/agentwarden-agent:1");
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("pod-agent.yaml"),
+        "name: pod-agent\ndescription: t\nowners: { business: platform, technical: sec }\n\
+         mode: enforce\nmatch:\n  - labels: { io.kubernetes.pod.namespace: agents, app: coding-agent }\n\
+         files:\n  deny: [/etc/agent-token]\n  on_violation: kill\n",
+    )
+    .unwrap();
+    let sock = c.socket();
+    let Some(d) = Daemon::start_with(&[
+        "--rules-dir",
+        rules.path().to_str().unwrap(),
+        "--containerd-address",
+        sock.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    let run = |id: &str, labels: &[String], script: &str| {
+        let mut args = vec!["run", "--rm", "--snapshotter", "native"];
+        for l in labels {
+            args.extend(["--label", l.as_str()]);
+        }
+        args.extend(["localhost/agentwarden-agent:1", id, "/bin/sh", "-c", script]);
+        c.ctr(&args)
+    };
+    let script = "cat /etc/agent-token; echo rc=$?";
+    let out = run("agent-1", &pod_labels("claude-0", "agent"), script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Killed at the open's exit (the fanotify layer cannot mark a file of the
+    // container's own root from the host's view; BPF-LSM would refuse it).
+    assert!(
+        stdout.contains("rc=137") && !stdout.contains("TOKEN-IN-IMAGE"),
+        "{out:?}"
+    );
+    // The session whose process read the token (and was killed for it).
+    let start = Instant::now();
+    let (s, evs) = loop {
+        let found = d
+            .sessions()
+            .into_iter()
+            .filter(|s| s.profile == "pod-agent")
+            .map(|s| {
+                let evs = d.events(Some(&s.id));
+                (s, evs)
+            })
+            .find(|(_, evs)| with_action(evs, Action::Killed).next().is_some());
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            start.elapsed() < patience(),
+            "no session with the killed read: {:?}\n{}",
+            d.sessions(),
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        s.container.as_deref(),
+        Some("agents/claude-0/agent"),
+        "{s:?}"
+    );
+    assert!(
+        s.selector
+            .as_deref()
+            .is_some_and(|x| x.ends_with("(match[0])")),
+        "{s:?}"
+    );
+    // The entrypoint is the session's root: enrolled at its exec by the kernel, or
+    // held there until the lookup and enrolled before it ran (which of the two depends
+    // on who wins the race with the runtime's start; both leave nothing unwatched).
+    assert!(
+        evs.iter().any(|e| e.kind() == EventKind::SessionStart
+            && e.process.as_ref().is_some_and(|p| p.tgid == s.root_pid)),
+        "{}",
+        dump(&evs)
+    );
+    assert!(
+        evs.iter()
+            .all(|e| e.session.container.as_deref() == Some("agents/claude-0/agent")),
+        "{}",
+        dump(&evs)
+    );
+    let st: StatusReport = d.json(&["status", "--json"]);
+    let kernel = |name: &str| {
+        st.kernel_counters
+            .iter()
+            .find(|c| c.name == name)
+            .map_or(0, |c| c.total)
+    };
+    // By the kernel at the exec, or by the daemon for a held process.
+    assert!(
+        kernel("selector_enrolments") + st.daemon_counters.selector_held >= 1,
+        "{st:?}"
+    );
+
+    // A container without the selector's label runs untouched.
+    let out = run("other-1", &["app=web".to_owned()], script);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("TOKEN-IN-IMAGE"),
+        "{out:?}"
+    );
+
+    // Held: a cgroup where a container's would be, made just before a process execs
+    // in it: the container (created, with the labels, not started) is looked up while
+    // the process is stopped, and it starts in its session.
+    let held_id = format!("agent-held-{}", std::process::id());
+    let out = c.ctr(
+        &{
+            let mut a = vec!["containers", "create", "--snapshotter", "native"];
+            let labels = pod_labels("claude-1", "agent");
+            for l in &labels {
+                a.extend(["--label", l.as_str()]);
+            }
+            a.extend(["localhost/agentwarden-agent:1", held_id.as_str()]);
+            a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()
+        }
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let cg = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let m = pre.split_whitespace().nth(4)?;
+            (post.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(m))
+        })
+        .unwrap()
+        .join("agentwarden-test")
+        .join(&held_id);
+    let _cgroup = CgroupGone(cg.clone());
+    let marker = work.path().join("held-ran");
+    // containerd stopped: the daemon's lookup waits, so the process must be held.
+    let containerd = rustix::process::Pid::from_child(&c.child);
+    rustix::process::kill_process(containerd, rustix::process::Signal::STOP).unwrap();
+    let mut held_sh = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "mkdir -p {cg}; echo $$ > {cg}/cgroup.procs; exec /bin/sh -c 'cat /etc/hostname > /dev/null; touch {m}'",
+            cg = cg.display(),
+            m = marker.display()
+        ))
+        .env_remove("LD_LIBRARY_PATH")
+        .spawn()
+        .unwrap();
+    let pid = held_sh.id();
+    let start = Instant::now();
+    let state = |pid: u32| {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.chars().next()))
+            .flatten()
+    };
+    while state(pid) != Some('T') {
+        if start.elapsed() > patience() || state(pid) == Some('Z') {
+            let _ = rustix::process::kill_process(containerd, rustix::process::Signal::CONT);
+            let st: StatusReport = d.json(&["status", "--json"]);
+            panic!(
+                "never held: {:?}\n{:?}\n{:?}\n{}",
+                state(pid),
+                st.kernel_counters,
+                st.daemon_counters,
+                d.log()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "the held process ran");
+    assert_eq!(state(pid), Some('T'));
+    rustix::process::kill_process(containerd, rustix::process::Signal::CONT).unwrap();
+    assert!(held_sh.wait().unwrap().success());
+    assert!(marker.exists());
+    let start = Instant::now();
+    let held = loop {
+        if let Some(s) = d
+            .sessions()
+            .into_iter()
+            .find(|s| s.container.as_deref() == Some("agents/claude-1/agent"))
+        {
+            break s;
+        }
+        assert!(
+            start.elapsed() < patience(),
+            "held process not enrolled:\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    let start = Instant::now();
+    let evs = loop {
+        let evs = d.events(Some(&held.id));
+        if opens_of(&evs, Path::new("/etc/hostname")).next().is_some() {
+            break evs;
+        }
+        assert!(
+            start.elapsed() < patience(),
+            "the held process's open is not in its session:\n{}\n{}",
+            dump(&evs),
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(evs.iter().any(|e| e.kind() == EventKind::SessionStart));
+    let st: StatusReport = d.json(&["status", "--json"]);
+    assert!(
+        st.daemon_counters.selector_held >= 1,
+        "{:?}",
+        st.daemon_counters
+    );
+
+    // The audit trail: the session row's container, and every action row of the
+    // session through the view that joins them.
+    let db = rusqlite::Connection::open(d.db()).unwrap();
+    let start = Instant::now();
+    loop {
+        let container: Option<String> = db
+            .query_row(
+                "SELECT container FROM sessions WHERE session_id = ?1",
+                [&s.id],
+                |r| r.get(0),
+            )
+            .ok()
+            .flatten();
+        if let Some(cj) = container {
+            let v: serde_json::Value = serde_json::from_str(&cj).unwrap();
+            assert_eq!(v["pod_namespace"], "agents");
+            assert_eq!(v["pod_name"], "claude-0");
+            assert_eq!(v["container_name"], "agent");
+            assert_eq!(v["id"], "agent-1");
+            assert_eq!(v["image"], "localhost/agentwarden-agent:1");
+            break;
+        }
+        assert!(start.elapsed() < patience(), "no session row");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
