@@ -1,5 +1,6 @@
-//! The systemd deployment: the shipped unit checked by the real systemd tools, and the
-//! daemon's side of `Type=notify` with a watchdog.
+//! The deployments: the shipped systemd unit checked by the real systemd tools, the
+//! daemon's side of `Type=notify` with a watchdog, and the Kubernetes manifests checked
+//! against the API's schema.
 
 use crate::support::*;
 
@@ -275,4 +276,76 @@ fn the_unit_boots_under_systemd_and_comes_back_after_a_kill() {
         read("unload")
     );
     assert!(!pinned_after, "unload left pins behind: {why}");
+}
+
+/// The Kubernetes manifests pass the API's own schema (`kubernetes-validate --strict`,
+/// from PyPI: unknown fields are errors); a manifest with a misspelt field fails it (the
+/// validator validates); the profile the DaemonSet's ConfigMap ships lints, and its
+/// selector names the container the example agent pod runs.
+#[test]
+fn the_kubernetes_manifests_validate_and_their_profile_lints() {
+    let validator = match crate::agents::installed("kubernetes-validate", "bin/kubernetes-validate")
+    {
+        Ok(v) => v,
+        Err(why) => return skip(&why),
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let manifests: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    assert!(manifests.len() >= 2, "{manifests:?}");
+    let out = Command::new(&validator)
+        .arg("--strict")
+        .args(&manifests)
+        .output_within();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    for kind in [
+        "daemonset/agentwarden",
+        "configmap/agentwarden-profiles",
+        "pod/claude-0",
+    ] {
+        assert!(
+            text.contains(&format!("passed for resource {kind}")),
+            "{kind}: {text}"
+        );
+    }
+    let work = tempfile::tempdir().unwrap();
+    let daemonset = fs::read_to_string(dir.join("daemonset.yaml")).unwrap();
+    let broken = work.path().join("broken.yaml");
+    fs::write(&broken, daemonset.replace("hostPID: true", "hostPid: true")).unwrap();
+    let out = Command::new(&validator)
+        .arg("--strict")
+        .arg(&broken)
+        .output_within();
+    assert!(!out.status.success(), "a misspelt field passed");
+
+    // The ConfigMap's profile, as the daemon reads it from the mounted file.
+    let docs: Vec<serde_json::Value> = daemonset
+        .split("\n---\n")
+        .map(|d| serde_saphyr::from_str(d).unwrap())
+        .collect();
+    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let profile = cm["data"]["pod-agents.yaml"].as_str().unwrap();
+    let file = work.path().join("pod-agents.yaml");
+    fs::write(&file, profile).unwrap();
+    let out = Command::new(bin())
+        .args(["profile", "lint"])
+        .arg(&file)
+        .output_within();
+    assert!(out.status.success(), "{out:?}");
+    assert!(profile.contains("io.kubernetes.pod.namespace: agents"));
+    assert!(profile.contains("io.kubernetes.container.name: agent"));
+    let pod = fs::read_to_string(dir.join("agent-pod.yaml")).unwrap();
+    assert!(pod.contains("namespace: agents") && pod.contains("- name: agent\n"));
+    // The DaemonSet reads that directory and asks the node's containerd.
+    for arg in ["/etc/agentwarden/rules", "--containerd-address"] {
+        assert!(daemonset.contains(arg), "{arg}");
+    }
 }

@@ -122,6 +122,15 @@ pub const AGENTS: &[Agent] = &[
         registry: Registry::PyPi,
         check: Check::Exists(ROTEL),
     },
+    // Not an agent either: the Kubernetes schema validator (the API's OpenAPI schemas
+    // of each release, bundled) the deploy test checks the manifests with.
+    Agent {
+        dir: "kubernetes-validate",
+        package: "kubernetes-validate",
+        version: "1.37.0",
+        registry: Registry::PyPi,
+        check: Check::Exists("bin/kubernetes-validate"),
+    },
 ];
 
 /// The collector's binary in its directory.
