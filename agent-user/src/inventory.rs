@@ -18,8 +18,14 @@ pub struct SessionInventory {
     pub session: String,
     pub name: String,
     pub profile: String,
-    /// `run` or `attach`.
+    /// `run`, `attach` or `selector`.
     pub enrolment: String,
+    /// The `match:` selector that enrolled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The container (and pod) it runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::containers::ContainerInfo>,
     pub root_pid: u32,
     pub owners: Owners,
     pub principal: Principal,

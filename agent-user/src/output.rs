@@ -433,6 +433,20 @@ pub fn inventory(sessions: &[crate::inventory::SessionInventory]) -> String {
             groups.join(" "),
             p.capabilities.join(" "),
         );
+        if let Some(sel) = &s.selector {
+            let _ = writeln!(out, "  enrolled by: {sel}");
+        }
+        if let Some(c) = &s.container {
+            let _ = writeln!(
+                out,
+                "  container: {} ({} {}/{}, image {})",
+                c.reference(),
+                c.runtime,
+                c.runtime_namespace,
+                c.id,
+                c.image
+            );
+        }
         let rows: Vec<Vec<String>> = s
             .credentials
             .iter()

@@ -45,6 +45,8 @@ impl Core {
                 name: s.name.clone(),
                 profile: s.profile.clone(),
                 enrolment: s.enrolment.as_str().to_owned(),
+                selector: s.selector.clone(),
+                container: s.container.clone(),
                 root_pid: s.root_pid,
                 owners: Owners {
                     business: profile.file.owners.business.clone(),
