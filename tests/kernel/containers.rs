@@ -372,4 +372,27 @@ fn a_labelled_container_is_enrolled_by_its_pod_labels_and_named_in_the_trail() {
         assert!(start.elapsed() < patience(), "no session row");
         thread::sleep(Duration::from_millis(100));
     }
+    // Every action row of the session, through the view that joins its context.
+    let start = Instant::now();
+    let rows = loop {
+        let rows: Vec<(String, Option<String>)> = db
+            .prepare("SELECT kind, container FROM audit_log WHERE session_id = ?1")
+            .unwrap()
+            .query_map([&s.id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        // The writer commits in batches: until the session's end is in.
+        if rows.iter().any(|(k, _)| k == "session_end") {
+            break rows;
+        }
+        assert!(start.elapsed() < patience(), "{rows:?}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(rows.iter().any(|(k, _)| k == "open"), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|(_, c)| c.as_deref() == Some("agents/claude-0/agent")),
+        "{rows:?}"
+    );
 }

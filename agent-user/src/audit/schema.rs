@@ -280,9 +280,30 @@ LEFT JOIN sessions s ON s.session_id = a.session_id;
 const V3: &str = "ALTER TABLE sessions ADD COLUMN environment TEXT;";
 
 /// Version 4: the selector (`file:line (match[i])`) of a session the kernel enrolled.
-/// And the container (with its pod) the session ran in, as JSON.
+/// And the container (with its pod) the session ran in, as JSON; the `audit_log` view
+/// names every action's container and pod (`namespace/pod/container`).
 const V4: &str = "ALTER TABLE sessions ADD COLUMN selector TEXT;
-ALTER TABLE sessions ADD COLUMN container TEXT;";
+ALTER TABLE sessions ADD COLUMN container TEXT;
+DROP VIEW IF EXISTS audit_log;
+CREATE VIEW audit_log AS
+SELECT a.seq, strftime('%Y-%m-%dT%H:%M:%fZ', a.time_ns / 1e9, 'unixepoch') AS time,
+       a.time_ns, a.session_id, s.name AS session_name, s.agent,
+       s.profile_sha256, s.business_owner, s.technical_owner, s.principal_uid,
+       s.principal_user, s.enrolment, s.host,
+       a.kind, a.pid, a.tgid, a.ppid, a.uid, a.user, a.comm, a.exe, a.path, a.argv, a.cwd,
+       a.flags, a.address, a.port, a.protocol, a.op, a.result, a.exit_code, a.exit_signal,
+       a.repeats, a.decision, a.outcome AS action, a.rule, a.enforced_by, a.tool_call,
+       s.selector,
+       CASE WHEN json_extract(s.container, '$.pod_name') IS NOT NULL
+            THEN json_extract(s.container, '$.pod_namespace') || '/' ||
+                 json_extract(s.container, '$.pod_name') || '/' ||
+                 coalesce(json_extract(s.container, '$.container_name'),
+                          json_extract(s.container, '$.id'))
+            ELSE json_extract(s.container, '$.runtime_namespace') || '/' ||
+                 json_extract(s.container, '$.id')
+       END AS container
+FROM actions a
+LEFT JOIN sessions s ON s.session_id = a.session_id;";
 
 /// Brings a database opened for writing to [`VERSION`]; refuses a newer one.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
