@@ -4,7 +4,7 @@
 //! a restart, a stalled store never stalls the kernel path, and the metrics endpoint
 //! reports it all.
 
-use std::{collections::BTreeSet, io::Write as _, net::TcpStream};
+use std::collections::BTreeSet;
 
 use crate::support::*;
 
@@ -442,13 +442,7 @@ fn a_stalled_audit_store_never_stalls_the_kernel_path_and_its_losses_are_counted
 /// decision, kernel and daemon counters, map occupancy, sessions, the audit backlog.
 #[test]
 fn metrics_are_served_in_the_prometheus_text_format() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let Some(d) = Daemon::start_with(&["--metrics-addr", &addr]) else {
+    let Some((d, addr)) = Daemon::start_with_metrics(&[]) else {
         return;
     };
     let work = tempfile::tempdir().unwrap();
@@ -458,11 +452,7 @@ fn metrics_are_served_in_the_prometheus_text_format() {
     d.wait_for(&sid, "the end", |evs| {
         evs.iter().any(|e| e.kind() == EventKind::SessionEnd)
     });
-    let get = |path: &str| {
-        let mut s = TcpStream::connect(&addr).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        String::from_utf8(read_all(s)).unwrap()
-    };
+    let get = |path: &str| http_get(&addr, path);
     let body = get("/metrics");
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     let value = |prefix: &str| -> u64 {

@@ -168,13 +168,7 @@ fn an_agent_started_outside_agentwarden_is_listed_raised_once_and_counted() {
         Err(why) => return skip(&why),
     };
     let server = dir.join("server-filesystem/dist/index.js");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let Some(d) = Daemon::start_with(&["--metrics-addr", &addr]) else {
+    let Some((d, addr)) = Daemon::start_with_metrics(&[]) else {
         return;
     };
     let work = tempfile::tempdir().unwrap();
@@ -267,11 +261,7 @@ fn an_agent_started_outside_agentwarden_is_listed_raised_once_and_counted() {
                 .is_some_and(|p| p.tgid != governed.root_pid)
         });
     assert!(never_governed);
-    let metrics = {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        String::from_utf8(read_all(s)).unwrap()
-    };
+    let metrics = http_get(&addr, "/metrics");
     let gauge: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("agentwarden_unmanaged_agents "))

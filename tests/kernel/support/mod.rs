@@ -128,6 +128,20 @@ impl Daemon {
         Self::start_with(&[])
     }
 
+    /// Starts a daemon serving Prometheus metrics on a free loopback port, with extra
+    /// `daemon` arguments; the daemon and the address.
+    pub(crate) fn start_with_metrics(extra: &[&str]) -> Option<(Self, String)> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = vec!["--metrics-addr", addr.as_str()];
+        args.extend(extra);
+        Self::start_with(&args).map(|d| (d, addr))
+    }
+
     /// Starts a daemon with extra `daemon` arguments.
     pub(crate) fn start_with(extra: &[&str]) -> Option<Self> {
         if !is_root() {
@@ -455,6 +469,17 @@ impl OutputWithin for Command {
             stderr: readers.1.join().unwrap(),
         }
     }
+}
+
+/// `GET path` from the daemon's metrics endpoint: the whole HTTP response.
+pub(crate) fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    String::from_utf8(read_all(s)).unwrap()
 }
 
 pub(crate) fn read_all(mut r: impl Read) -> Vec<u8> {
