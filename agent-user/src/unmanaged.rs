@@ -183,13 +183,7 @@ pub fn scan(
         let Ok(exe) = p.exe() else { continue };
         let Ok(argv) = p.cmdline() else { continue };
         let exe = exe.display().to_string();
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-            })
-            .unwrap_or_default();
+        let cgroup = crate::containers::cgroup_of(pid).unwrap_or_default();
         let Some((agent, matched)) = looks_like(&exe, &argv, &cgroup, selectors) else {
             continue;
         };

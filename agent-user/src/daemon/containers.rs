@@ -20,8 +20,8 @@ impl Core {
 
     /// The container process `pid` runs in, if any.
     pub(super) fn container_of_pid(&mut self, pid: u32) -> Option<ContainerInfo> {
-        crate::containers::id_of_cgroup(&cgroup_of(pid)?)?;
         let path = cgroup_of(pid)?;
+        crate::containers::id_of_cgroup(&path)?;
         let root = crate::probe::cgroup2_mount()?;
         let id = std::fs::metadata(root.join(path.trim_start_matches('/')))
             .ok()
@@ -112,8 +112,11 @@ impl Core {
             }
             // The runtime's init (`runc:[2:INIT]`, run from a sealed copy of runc), still
             // to exec the entrypoint: the kernel enrols that at its exec.
-            let comm = procfs::process::Process::new(pid as i32)
-                .and_then(|p| p.stat())
+            let proc = procfs::process::Process::new(pid as i32);
+            let comm = proc
+                .as_ref()
+                .ok()
+                .and_then(|p| p.stat().ok())
                 .map(|s| s.comm)
                 .unwrap_or_default();
             if comm.starts_with("runc") {
@@ -123,9 +126,7 @@ impl Core {
                 return;
             };
             let flags = crate::profiles::session_flags(p).0;
-            let owner_uid = procfs::process::Process::new(pid as i32)
-                .and_then(|p| p.uid())
-                .unwrap_or(0);
+            let owner_uid = proc.and_then(|p| p.uid()).unwrap_or(0);
             let new = crate::session::NewSession {
                 name: None,
                 profile: profile.clone(),
