@@ -220,14 +220,7 @@ impl Drop for CgroupDir {
 }
 
 fn cgroup2_mount() -> PathBuf {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mount = pre.split_whitespace().nth(4)?;
-            (post.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount))
-        })
-        .expect("a cgroup2 mount")
+    agentwarden::probe::cgroup2_mount().expect("a cgroup2 mount")
 }
 
 /// A selector naming a cgroup that does not exist when the profiles load (a unit or
