@@ -200,6 +200,42 @@ vocabulary! {
     }
 }
 
+vocabulary! {
+    /// What a drift finding found: behaviour of a session that its agent's baseline
+    /// (learned from the recorded sessions before it) does not contain. Raised out of
+    /// band by the daemon's analyser, never on the kernel's path.
+    Finding {
+        /// A program never run in the baseline's sessions.
+        NewProgram = 0 => "new_program",
+        /// A read in a file tree the baseline's sessions never read or wrote.
+        ReadOutsideTrees = 1 => "read_outside_trees",
+        /// A write in a file tree the baseline's sessions never wrote.
+        WriteOutsideTrees = 2 => "write_outside_trees",
+        /// A destination the baseline's sessions never reached.
+        NewDestination = 3 => "new_destination",
+        /// A tool (the agent's hook named it) the baseline's sessions never called.
+        NewTool = 4 => "new_tool",
+        /// The same denied object tried again and again: more often than in any
+        /// baseline session, and at least the threshold (a policy override attempt).
+        RepeatedDenial = 5 => "repeated_denial",
+        /// More distinct objects denied than in any baseline session, and at least the
+        /// threshold.
+        DenialBurst = 6 => "denial_burst",
+        /// The session's mix of actions is far from the baseline's (Jensen-Shannon
+        /// distance over the action categories, above the threshold).
+        Mix = 7 => "mix",
+    }
+}
+
+vocabulary! {
+    /// How much a finding matters, as OCSF's severity words say it.
+    Severity {
+        Low = 2 => "low",
+        Medium = 3 => "medium",
+        High = 4 => "high",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +288,20 @@ mod tests {
             Mode::as_str,
             Mode::from_u8,
             Mode::from_name,
+        );
+        check(
+            Finding::ALL,
+            |v| v as u8,
+            Finding::as_str,
+            Finding::from_u8,
+            Finding::from_name,
+        );
+        check(
+            Severity::ALL,
+            |v| v as u8,
+            Severity::as_str,
+            Severity::from_u8,
+            Severity::from_name,
         );
         check(
             OnViolation::ALL,

@@ -7,6 +7,7 @@ pub mod client;
 pub mod containers;
 pub mod daemon;
 pub mod dns;
+pub mod drift;
 pub mod event;
 pub mod hooks;
 pub mod inventory;

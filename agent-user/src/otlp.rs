@@ -194,7 +194,8 @@ impl Batcher {
             | Body::Loss(_)
             | Body::Prompt(_)
             | Body::Approval(_)
-            | Body::UnmanagedAgent(_) => self.logs.push(log(ev)),
+            | Body::UnmanagedAgent(_)
+            | Body::Drift(_) => self.logs.push(log(ev)),
         }
     }
 

@@ -158,6 +158,15 @@ fn body(e: &Event) -> String {
             format!("{} {} {how}{took}{refused}", x.id, x.tool)
         }
         Body::UnmanagedAgent(x) => format!("{} outside every session ({})", x.agent, x.matched),
+        Body::Drift(x) => format!(
+            "{} {} {} ({} action(s), first seq {}; baseline of {} session(s))",
+            x.severity,
+            x.finding,
+            x.object,
+            x.count,
+            x.evidence.first().copied().unwrap_or(0),
+            x.baseline.sessions
+        ),
         Body::Approval(x) => {
             let who = match &x.by {
                 Some(b) => match b.uid {

@@ -45,6 +45,9 @@ pub enum EventKind {
     /// Raised by the daemon: a process that looks like an agent (a known agent's
     /// program or command line, an MCP server) runs outside every session.
     UnmanagedAgent = 71,
+    /// Raised by the daemon's out-of-band analyser: a session did something its
+    /// agent's baseline does not contain (`vocab::Finding`).
+    Drift = 72,
 }
 
 impl EventKind {
@@ -68,6 +71,7 @@ impl EventKind {
         Self::ToolResult,
         Self::Approval,
         Self::UnmanagedAgent,
+        Self::Drift,
     ];
 
     /// A kind the kernel sends (the daemon's own kinds never come from the ring).
@@ -108,6 +112,7 @@ impl EventKind {
             Self::ToolResult => "tool_result",
             Self::Approval => "approval",
             Self::UnmanagedAgent => "unmanaged_agent",
+            Self::Drift => "drift",
         }
     }
 

@@ -21,7 +21,7 @@ use std::path::Path;
 use anyhow::Result;
 
 pub use self::{
-    records::{Item, SessionRecord},
+    records::{BaselineRecord, Item, SessionRecord},
     store::{AuditConfig, AuditCounters, AuditSink, AuditStats},
 };
 

@@ -29,12 +29,16 @@ pub fn record(r: &AuditRecord) -> Option<Value> {
         Some(Action::Held) => (14, "Delayed"),
         None => (0, "Unknown"),
     };
-    let severity_id = match action {
-        Some(Action::Killed) => 4,
-        Some(Action::Blocked | Action::Alerted | Action::WouldAsk | Action::WouldRedirect) => 3,
-        // Outside the profile, let through by a person: worth a look, not an alarm.
-        Some(Action::Approved | Action::Modified | Action::Held) => 2,
-        Some(Action::Allowed) | None => 1,
+    let severity_id = match (&e.body, action) {
+        // A finding says how much it matters itself.
+        (Body::Drift(x), _) => x.severity as u8,
+        (_, action) => match action {
+            Some(Action::Killed) => 4,
+            Some(Action::Blocked | Action::Alerted | Action::WouldAsk | Action::WouldRedirect) => 3,
+            // Outside the profile, let through by a person: worth a look, not an alarm.
+            Some(Action::Approved | Action::Modified | Action::Held) => 2,
+            Some(Action::Allowed) | None => 1,
+        },
     };
     let failed = e.open().is_some_and(|o| o.result < 0)
         || e.connect().is_some_and(|c| connect_failed(c.result))
@@ -142,6 +146,8 @@ fn class_of(e: &Event) -> Option<Class> {
             ),
             // An agent that escaped governance is itself a finding.
             Body::UnmanagedAgent(_) => ((2004, "Detection Finding", 2, "Findings"), 1, "Create"),
+            // Behaviour outside the agent's baseline, found out of band.
+            Body::Drift(_) => ((2004, "Detection Finding", 2, "Findings"), 1, "Create"),
             Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {
                 return None;
             }
@@ -267,6 +273,15 @@ fn add_body(out: &mut Value, e: &Event, host: Option<&str>) {
                 "file": p.and_then(|p| p.exe.as_deref()).map(file_obj),
             });
             out["unmapped"]["agentwarden"]["unmanaged"] = json!(x);
+        }
+        Body::Drift(x) => {
+            out["finding_info"] = json!({
+                "title": format!("{}: {}", x.finding, x.object),
+                "types": ["drift", x.finding.as_str()],
+                "desc": x.detail,
+                "related_events": x.evidence.iter().map(|s| json!({ "uid": s.to_string() })).collect::<Vec<_>>(),
+            });
+            out["unmapped"]["agentwarden"]["drift"] = json!(x);
         }
         Body::SessionMapFull(_) | Body::SessionStart | Body::SessionEnd | Body::Loss(_) => {}
     }

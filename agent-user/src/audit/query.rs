@@ -268,38 +268,7 @@ impl<'c> Reader<'c> {
         if let Some(s) = self.sessions.get(id) {
             return s.clone();
         }
-        let s = self
-            .conn
-            .query_row(
-                "SELECT session_id, name, agent, profile_source, profile_sha256, mode, \
-                 business_owner, technical_owner, principal_uid, principal_user, enrolment, \
-                 host, root_pid, time_ns, time, environment, selector, container FROM sessions \
-                 WHERE session_id = ?1",
-                [id],
-                |r| {
-                    Ok(SessionRecord {
-                        session_id: r.get(0)?,
-                        name: r.get(1)?,
-                        agent: r.get(2)?,
-                        profile_source: r.get(3)?,
-                        profile_sha256: r.get(4)?,
-                        mode: r.get(5)?,
-                        business_owner: r.get(6)?,
-                        technical_owner: r.get(7)?,
-                        principal_uid: r.get(8)?,
-                        principal_user: r.get(9)?,
-                        enrolment: r.get(10)?,
-                        host: r.get(11)?,
-                        root_pid: r.get(12)?,
-                        time_ns: r.get(13)?,
-                        time: r.get(14)?,
-                        environment: r.get(15)?,
-                        selector: r.get(16)?,
-                        container: r.get(17)?,
-                    })
-                },
-            )
-            .ok();
+        let s = read_session(self.conn, id);
         self.sessions.insert(id.to_owned(), s.clone());
         s
     }
@@ -507,6 +476,60 @@ impl<'c> Reader<'c> {
     }
 }
 
+/// The session row of `id`, if it is stored (yet).
+pub fn read_session(conn: &Connection, id: &str) -> Option<SessionRecord> {
+    conn.query_row(
+        "SELECT session_id, name, agent, profile_source, profile_sha256, mode, \
+             business_owner, technical_owner, principal_uid, principal_user, enrolment, \
+             host, root_pid, time_ns, time, environment, selector, container FROM sessions \
+             WHERE session_id = ?1",
+        [id],
+        |r| {
+            Ok(SessionRecord {
+                session_id: r.get(0)?,
+                name: r.get(1)?,
+                agent: r.get(2)?,
+                profile_source: r.get(3)?,
+                profile_sha256: r.get(4)?,
+                mode: r.get(5)?,
+                business_owner: r.get(6)?,
+                technical_owner: r.get(7)?,
+                principal_uid: r.get(8)?,
+                principal_user: r.get(9)?,
+                enrolment: r.get(10)?,
+                host: r.get(11)?,
+                root_pid: r.get(12)?,
+                time_ns: r.get(13)?,
+                time: r.get(14)?,
+                environment: r.get(15)?,
+                selector: r.get(16)?,
+                container: r.get(17)?,
+            })
+        },
+    )
+    .ok()
+}
+
+/// The events of the `actions` rows `WHERE clause` selects (`a.` names the table; the
+/// clause says the order and any limit): `(seq, event, repeats)`. A row this build cannot read back is counted in the
+/// second value and passed over.
+pub fn events_where(
+    conn: &Connection,
+    clause: &str,
+    params: impl rusqlite::Params,
+) -> Result<(Vec<(i64, Event, u64)>, u64)> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT a.* FROM actions a WHERE {clause}"))?;
+    let mut rows = stmt.query(params)?;
+    let (mut out, mut unreadable) = (Vec::new(), 0);
+    while let Some(r) = rows.next()? {
+        match event_from_row(r) {
+            Ok((seq, ev)) => out.push((seq, ev, r.get::<_, i64>("repeats")?.max(1) as u64)),
+            Err(_) => unreadable += 1,
+        }
+    }
+    Ok((out, unreadable))
+}
+
 /// RFC 3339 text of a stored `time_ns`.
 fn time_text(ns: i64) -> String {
     crate::event::rfc3339(
@@ -615,6 +638,10 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
             matched: x_str("matched"),
             argv: json_list(get_s("argv")?),
         }),
+        EventKind::Drift => Body::Drift(Box::new(
+            serde_json::from_value(extra["drift"].clone())
+                .map_err(|e| anyhow::anyhow!("row {seq}: the finding in `extra`: {e}"))?,
+        )),
         // Written as the session's `session_start`.
         EventKind::Enrolment | EventKind::CgroupCreated => {
             anyhow::bail!("row {seq}: `{kind}` is not a stored kind")

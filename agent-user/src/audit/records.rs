@@ -38,11 +38,37 @@ pub struct SessionRecord {
     pub container: Option<String>,
 }
 
+/// A behaviour baseline as the drift analyser learned it (schema 5).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BaselineRecord {
+    pub time_ns: i64,
+    pub agent: String,
+    pub principal: Option<String>,
+    pub sessions: u64,
+    pub through_seq: i64,
+    /// `drift::Baseline`, JSON.
+    pub content: String,
+}
+
+impl BaselineRecord {
+    pub fn row(&self) -> Vec<Value> {
+        vec![
+            int(self.time_ns),
+            text(self.agent.clone()),
+            opt_text(self.principal.as_deref()),
+            int(self.sessions as i64),
+            int(self.through_seq),
+            text(self.content.clone()),
+        ]
+    }
+}
+
 /// One item for the store.
 #[derive(Clone, Debug)]
 pub enum Item {
     Session(Box<SessionRecord>),
     Event(Arc<Event>),
+    Baseline(Box<BaselineRecord>),
 }
 
 /// What makes two opens the same action: the same process opening the same file the
@@ -268,6 +294,14 @@ fn body_columns(body: &Body) -> BodyColumns {
             c.argv = serde_json::to_string(&x.argv).ok();
             c.extra.insert("matched".into(), x.matched.clone().into());
         }
+        // The finding in `op`, its object in `path`, the whole of it (severity,
+        // evidence, baseline, whom to tell) under `drift`.
+        Body::Drift(x) => {
+            c.op = Some(x.finding.as_str().to_owned());
+            c.path = Some(x.object.clone());
+            c.extra
+                .insert("drift".into(), serde_json::to_value(x).unwrap_or_default());
+        }
         Body::SessionStart | Body::SessionEnd => {}
     }
     c
@@ -379,7 +413,8 @@ pub fn event_rows(ev: &Event) -> EventRows {
         | Body::ToolCall(_)
         | Body::ToolResult(_)
         | Body::Approval(_)
-        | Body::UnmanagedAgent(_) => None,
+        | Body::UnmanagedAgent(_)
+        | Body::Drift(_) => None,
     });
     EventRows { action, process }
 }

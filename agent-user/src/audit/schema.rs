@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use rusqlite::Connection;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
 
 /// A chained table: its name and content columns, in hashing order.
 #[derive(Debug)]
@@ -114,7 +114,23 @@ pub const CHECKPOINTS: Table = Table {
     first: 6,
 };
 
-pub const TABLES: [&Table; 4] = [&SESSIONS, &PROCESSES, &ACTIONS, &CHECKPOINTS];
+/// Version 5: each agent's behaviour baseline as the drift analyser learned it from the
+/// recorded sessions; a new row each time it grows (the latest row per agent and
+/// principal is in force).
+pub const BASELINES: Table = Table {
+    name: "baselines",
+    columns: &[
+        "time_ns",
+        "agent",
+        "principal",
+        "sessions",
+        "through_seq",
+        "content",
+    ],
+    first: 6,
+};
+
+pub const TABLES: [&Table; 5] = [&SESSIONS, &PROCESSES, &ACTIONS, &CHECKPOINTS, &BASELINES];
 
 impl Table {
     pub fn by_name(name: &str) -> Option<&'static Table> {
@@ -305,6 +321,23 @@ SELECT a.seq, strftime('%Y-%m-%dT%H:%M:%fZ', a.time_ns / 1e9, 'unixepoch') AS ti
 FROM actions a
 LEFT JOIN sessions s ON s.session_id = a.session_id;";
 
+/// Version 5: behaviour baselines (`drift`). `principal` is NULL for the baseline of
+/// every principal's sessions of the agent; `through_seq` is the last `session_end`
+/// learned from; `content` the baseline (JSON, `drift::Baseline`).
+const V5: &str = "
+CREATE TABLE baselines (
+    seq INTEGER PRIMARY KEY,
+    time_ns INTEGER NOT NULL,
+    agent TEXT NOT NULL,
+    principal TEXT,
+    sessions INTEGER NOT NULL,
+    through_seq INTEGER NOT NULL,
+    content TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+) STRICT;
+CREATE INDEX baselines_by_agent ON baselines (agent, principal, seq);";
+
 /// Brings a database opened for writing to [`VERSION`]; refuses a newer one.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -315,7 +348,7 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         );
     }
     // Each step in its own transaction, recorded with the version it reached.
-    for (to, sql) in [(1, V1), (2, V2), (3, V3), (4, V4)] {
+    for (to, sql) in [(1, V1), (2, V2), (3, V3), (4, V4), (5, V5)] {
         if version < to {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;

@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use super::{
     chain::{GENESIS, Hash, Head, hex, link_hash},
     records::{Item, RepeatKey, add_repeat, event_rows, repeat_key},
-    schema::{self, ACTIONS, CHECKPOINTS, PROCESSES, SESSIONS, TABLES, Table},
+    schema::{self, ACTIONS, BASELINES, CHECKPOINTS, PROCESSES, SESSIONS, TABLES, Table},
 };
 
 /// Longest a record waits in a batch before it is committed.
@@ -382,6 +382,7 @@ impl Writer {
         for item in batch {
             match item {
                 Item::Session(s) => rows.push((&SESSIONS, s.row())),
+                Item::Baseline(b) => rows.push((&BASELINES, b.row())),
                 Item::Event(ev) => {
                     if let Some(key) = repeat_key(ev) {
                         if let Some(&i) = seen.get(&key) {

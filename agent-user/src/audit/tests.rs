@@ -639,7 +639,7 @@ fn a_version_1_store_migrates_and_its_old_rows_still_verify() {
         &db,
         "DROP VIEW audit_log; DROP INDEX actions_by_tool_call; \
          ALTER TABLE actions DROP COLUMN tool_call; ALTER TABLE sessions DROP COLUMN environment; ALTER TABLE sessions DROP COLUMN selector; \
-         ALTER TABLE sessions DROP COLUMN container; \
+         ALTER TABLE sessions DROP COLUMN container; DROP TABLE baselines; \
          PRAGMA user_version = 1;",
     );
     let e1 = verify(&db).unwrap_err().to_string();

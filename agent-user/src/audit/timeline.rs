@@ -139,6 +139,7 @@ impl<'a> Nesting<'a> {
                 | Body::SessionStart
                 | Body::SessionEnd
                 | Body::UnmanagedAgent(_)
+                | Body::Drift(_)
                 | Body::Loss(_)
                 | Body::Approval(_) => match &r.event.context {
                     Some(c) => {
@@ -349,6 +350,7 @@ impl Tree<'_> {
                 | Body::SessionStart
                 | Body::SessionEnd
                 | Body::UnmanagedAgent(_)
+                | Body::Drift(_)
                 | Body::Loss(_)
                 | Body::Prompt(_)
                 | Body::ToolCall(_)

@@ -482,7 +482,8 @@ pub(super) fn refusal_line(ev: &Event, d: &DecisionInfo) -> String {
         | Body::Prompt(_)
         | Body::ToolCall(_)
         | Body::ToolResult(_)
-        | Body::UnmanagedAgent(_) => ev.kind().as_str().to_owned(),
+        | Body::UnmanagedAgent(_)
+        | Body::Drift(_) => ev.kind().as_str().to_owned(),
     };
     let how = match d.action {
         agent_common::vocab::Action::Killed => "the process was killed",

@@ -145,6 +145,44 @@ pub struct UnmanagedInfo {
     pub argv: Vec<String>,
 }
 
+/// A drift finding: what a session did that its agent's baseline does not contain,
+/// with the evidence and the baseline it was judged against (see `drift`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DriftInfo {
+    pub finding: agent_common::vocab::Finding,
+    pub severity: agent_common::vocab::Severity,
+    /// The new object: a program, a file tree (`~/.cache/**`, `$PROJECT/**`), a
+    /// destination (`ADDR:PORT`), a tool, a denied object; for `mix`, the distance.
+    pub object: String,
+    /// The actions behind it: their audit `seq` numbers (the first ones, at most
+    /// [`DRIFT_EVIDENCE_MAX`]).
+    pub evidence: Vec<i64>,
+    /// How many actions are behind it in all.
+    pub count: u64,
+    pub baseline: DriftBaseline,
+    /// Who to tell: the owners of the session's profile, and its principal.
+    pub notify: Vec<String>,
+    pub detail: String,
+}
+
+impl Eq for DriftInfo {}
+
+/// The most evidence one finding carries (the count says how much there was).
+pub const DRIFT_EVIDENCE_MAX: usize = 32;
+
+/// The baseline a finding was judged against.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DriftBaseline {
+    pub agent: String,
+    /// The principal whose sessions it was learned from; `None`: every principal's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// How many sessions it was learned from.
+    pub sessions: u64,
+    /// Its `baselines` row in the audit store (0: not written yet).
+    pub seq: i64,
+}
+
 /// What happened, one variant per kind: every consumer matches it exhaustively, so a
 /// new kind cannot be forgotten by one of them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,6 +209,8 @@ pub enum Body {
     Approval(ApprovalInfo),
     /// A process that looks like an agent runs outside every session.
     UnmanagedAgent(UnmanagedInfo),
+    /// A session did what its agent's baseline does not contain.
+    Drift(Box<DriftInfo>),
 }
 
 impl Body {
@@ -192,6 +232,7 @@ impl Body {
             Body::ToolResult(_) => EventKind::ToolResult,
             Body::Approval(_) => EventKind::Approval,
             Body::UnmanagedAgent(_) => EventKind::UnmanagedAgent,
+            Body::Drift(_) => EventKind::Drift,
         }
     }
 }
@@ -258,6 +299,8 @@ struct Wire<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     unmanaged: Option<Cow<'a, UnmanagedInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    drift: Option<Cow<'a, DriftInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     decision: Option<Cow<'a, DecisionInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     context: Option<Cow<'a, ContextRef>>,
@@ -284,6 +327,7 @@ impl Serialize for Event {
             tool_result: None,
             approval: None,
             unmanaged: None,
+            drift: None,
             decision: self.decision.as_ref().map(Cow::Borrowed),
             context: self.context.as_ref().map(Cow::Borrowed),
         };
@@ -301,6 +345,7 @@ impl Serialize for Event {
             Body::ToolResult(x) => w.tool_result = Some(Cow::Borrowed(x)),
             Body::Approval(x) => w.approval = Some(Cow::Borrowed(x)),
             Body::UnmanagedAgent(x) => w.unmanaged = Some(Cow::Borrowed(x)),
+            Body::Drift(x) => w.drift = Some(Cow::Borrowed(x)),
             Body::SessionStart | Body::SessionEnd => {}
         }
         w.serialize(s)
@@ -338,6 +383,7 @@ impl TryFrom<Wire<'static>> for Event {
             EventKind::UnmanagedAgent => {
                 Body::UnmanagedAgent(take(w.unmanaged, kind, "unmanaged")?)
             }
+            EventKind::Drift => Body::Drift(Box::new(take(w.drift, kind, "drift")?)),
             EventKind::SessionStart => Body::SessionStart,
             EventKind::SessionEnd => Body::SessionEnd,
             // The kernel's record of a selector's enrolment is written as the session's

@@ -166,6 +166,7 @@ fn read(bytes: &[u8]) -> Result<Raw, DecodeError> {
         // Container context, taken before records are decoded (`daemon::containers`).
         EventKind::CgroupCreated
         | EventKind::UnmanagedAgent
+        | EventKind::Drift
         | EventKind::SessionStart
         | EventKind::SessionEnd
         | EventKind::Loss
