@@ -201,6 +201,19 @@ pub enum Cmd {
             default_value = "/run/containerd/containerd.sock"
         )]
         containerd_address: PathBuf,
+        /// How often the drift analyser reads what the audit store committed (`5s`,
+        /// `1m`): it judges each session's actions against its agent's baseline and
+        /// learns finished sessions, out of band.
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+        drift_interval: std::time::Duration,
+        /// Do not run the drift analyser.
+        #[arg(long)]
+        no_drift: bool,
+        #[command(flatten)]
+        drift_thresholds: crate::drift::cmd::Thresholds,
+        /// POST each drift finding as JSON to this URL (`http://HOST:PORT/PATH`).
+        #[arg(long, value_name = "URL")]
+        drift_webhook: Option<String>,
     },
     /// The command an agent's hook runs (wired by `run`, or `hooks install`): reads the
     /// hook's JSON on stdin, reports it to the daemon for the caller's own session, and
@@ -323,10 +336,26 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: crate::audit::cmd::AuditCmd,
     },
-    /// Agent profiles: check, inspect, schema.
+    /// Agent profiles: check, inspect, schema; draft one from recorded sessions, replay
+    /// recorded sessions against one, compare two.
     Profile {
         #[command(subcommand)]
         cmd: ProfileCmd,
+    },
+    /// Agents' behaviour baselines, as the daemon's drift analyser learns them from the
+    /// audit store.
+    Baseline {
+        #[arg(long, global = true, default_value = crate::audit::cmd::DEFAULT_DB)]
+        db: PathBuf,
+        #[command(subcommand)]
+        cmd: crate::drift::cmd::BaselineCmd,
+    },
+    /// Behavioural drift across sessions, judged from the audit store.
+    Drift {
+        #[arg(long, global = true, default_value = crate::audit::cmd::DEFAULT_DB)]
+        db: PathBuf,
+        #[command(subcommand)]
+        cmd: crate::drift::cmd::DriftCmd,
     },
 }
 
@@ -359,6 +388,39 @@ pub enum ProfileCmd {
     Show { profile: String },
     /// The JSON Schema of the profile format.
     Schema,
+    /// Draft a profile from an agent's recorded sessions (YAML on stdout): allow lists
+    /// generalised to trees, the destinations seen, what was denied and the usual
+    /// credentials denied, owners to fill in, `mode: monitor`.
+    Learn {
+        #[arg(long, default_value = crate::audit::cmd::DEFAULT_DB)]
+        db: PathBuf,
+        #[command(flatten)]
+        sessions: crate::drift::cmd::Sessions,
+        /// The draft's name (default: AGENT-learned).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Judge recorded sessions by a profile (a shipped profile's name, or a file): the
+    /// actions it would deny that they performed, and allow that they were denied. Exit
+    /// 1 when it would deny a performed action.
+    Replay {
+        profile: String,
+        #[arg(long, default_value = crate::audit::cmd::DEFAULT_DB)]
+        db: PathBuf,
+        #[command(flatten)]
+        sessions: crate::drift::cmd::Sessions,
+    },
+    /// What changes from OLD to NEW: the rules each has that the other has not; with
+    /// `--db`, the recorded actions (of OLD's agent by default) the change would have
+    /// denied or allowed.
+    Diff {
+        old: String,
+        new: String,
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[command(flatten)]
+        sessions: crate::drift::cmd::Sessions,
+    },
 }
 
 /// Runs a parsed command line.
@@ -391,12 +453,21 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             approval_webhook,
             approval_webhook_secret_file,
             containerd_address,
+            drift_interval,
+            no_drift,
+            drift_thresholds,
+            drift_webhook,
         } => {
             let approval_webhook = match (approval_webhook, approval_webhook_secret_file) {
                 (Some(url), Some(secret)) => Some(crate::daemon::Webhook::new(&url, &secret)?),
                 _ => None,
             };
             let cfg = DaemonConfig {
+                drift: crate::daemon::DriftSettings {
+                    interval: (!no_drift).then_some(drift_interval),
+                    thresholds: drift_thresholds.config(),
+                    webhook: drift_webhook,
+                },
                 containerd: containerd_address,
                 approval_webhook,
                 otlp: otlp_endpoint,
@@ -613,6 +684,8 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Audit { db, cmd } => crate::audit::cmd::run(&db, cmd),
+        Cmd::Baseline { db, cmd } => crate::drift::cmd::baseline(&db, cmd),
+        Cmd::Drift { db, cmd } => crate::drift::cmd::drift(&db, cmd),
     }
 }
 
@@ -894,6 +967,21 @@ fn status(socket: &Path, json: bool) -> Result<ExitCode> {
     }
 }
 
+/// A profile file, or a shipped profile by name.
+fn load_profile(profile: &str) -> Result<Result<crate::policy::Profile, Vec<policy::Diagnostic>>> {
+    if Path::new(profile).exists() {
+        return Ok(policy::load(Path::new(profile)));
+    }
+    let set = ProfileSet::embedded().map_err(policy::to_error)?;
+    match set.get(profile) {
+        Some(p) => Ok(Ok(p.clone())),
+        None => bail!(
+            "no shipped profile `{profile}` (have: {})",
+            set.names().join(", ")
+        ),
+    }
+}
+
 fn profile(cmd: ProfileCmd) -> Result<ExitCode> {
     match cmd {
         ProfileCmd::Lint { files } => {
@@ -920,19 +1008,27 @@ fn profile(cmd: ProfileCmd) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        ProfileCmd::Learn { db, sessions, name } => crate::drift::cmd::learn(&db, &sessions, name),
+        ProfileCmd::Replay {
+            profile,
+            db,
+            sessions,
+        } => {
+            let p = load_profile(&profile)?.map_err(policy::to_error)?;
+            crate::drift::cmd::replay(&db, &p, &sessions)
+        }
+        ProfileCmd::Diff {
+            old,
+            new,
+            db,
+            sessions,
+        } => {
+            let old = load_profile(&old)?.map_err(policy::to_error)?;
+            let new = load_profile(&new)?.map_err(policy::to_error)?;
+            crate::drift::cmd::diff(db.as_ref(), &old, &new, &sessions)
+        }
         ProfileCmd::Show { profile } => {
-            let p = if Path::new(&profile).exists() {
-                policy::load(Path::new(&profile))
-            } else {
-                let set = ProfileSet::embedded().map_err(policy::to_error)?;
-                match set.get(&profile) {
-                    Some(p) => Ok(p.clone()),
-                    None => bail!(
-                        "no shipped profile `{profile}` (have: {})",
-                        set.names().join(", ")
-                    ),
-                }
-            };
+            let p = load_profile(&profile)?;
             match p {
                 Ok(p) => {
                     print!("{}", policy::show::show(&p));

@@ -12,6 +12,7 @@ mod audit;
 mod containers;
 mod control;
 mod deploy;
+mod drift;
 mod environment;
 mod export;
 mod hooks;

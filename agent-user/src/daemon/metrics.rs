@@ -226,6 +226,44 @@ fn render(shared: &Shared) -> String {
         "Processes that look like agents (known agents, MCP servers, profiles' selectors) running outside every session, at the last scan.",
     );
     let _ = writeln!(out, "agentwarden_unmanaged_agents {}", core.unmanaged_count);
+    family(
+        &mut out,
+        "agentwarden_drift_findings_total",
+        "counter",
+        "Drift findings raised by the out-of-band analyser, by finding and severity.",
+    );
+    for ((finding, severity), n) in &core.drift.findings {
+        let _ = writeln!(
+            out,
+            "agentwarden_drift_findings_total{{finding=\"{finding}\",severity=\"{severity}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "agentwarden_drift_counter_total",
+        "counter",
+        "The drift analyser's work: actions read, sessions learned into baselines or withheld for their findings, actions of agents without a baseline yet, unreadable rows, baselines stored, webhook failures.",
+    );
+    let s = &core.drift.stats;
+    for (name, v) in [
+        ("actions", s.actions),
+        ("sessions_learned", s.learned),
+        ("sessions_withheld", s.withheld),
+        ("actions_unjudged", s.unjudged),
+        ("rows_unreadable", s.unreadable),
+        ("baselines_written", core.drift.baselines_written),
+        (
+            "webhook_failed",
+            core.drift
+                .webhook_failed
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "agentwarden_drift_counter_total{{counter=\"{name}\"}} {v}"
+        );
+    }
     let a = core.sinks.audit.stats().snapshot();
     family(
         &mut out,

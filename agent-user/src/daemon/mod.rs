@@ -30,6 +30,7 @@ mod containers;
 mod context;
 mod control;
 mod decide;
+mod drift;
 mod enrolment;
 mod eventlog;
 pub mod export;
@@ -125,7 +126,11 @@ pub struct DaemonConfig {
     pub approval_webhook: Option<webhook::Webhook>,
     /// containerd's socket (container and pod context, label selectors).
     pub containerd: PathBuf,
+    /// The out-of-band drift analyser.
+    pub drift: DriftSettings,
 }
+
+pub use drift::DriftSettings;
 
 /// Name of the event log in the state directory.
 pub const EVENT_LOG: &str = "events.jsonl";
@@ -206,6 +211,8 @@ struct Core {
     containerd: crate::containers::Containerd,
     /// Containers found so far, by cgroup id (`None`: the cgroup is no container's).
     containers: HashMap<u64, Option<crate::containers::ContainerInfo>>,
+    /// What the drift analyser has done.
+    drift: drift::DriftCounters,
 }
 
 struct Shared {
@@ -372,6 +379,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         tokio::spawn(serve(shared.clone(), listener)),
     ];
     let metrics = metrics_listener.map(|l| tokio::spawn(metrics::serve(shared.clone(), l)));
+    let drift = drift::start(shared.clone(), cfg.state_dir.join(crate::audit::AUDIT_DB));
     // Under systemd with `WatchdogSec=` (and for this process, not a child it spawned).
     let watchdog =
         sd_notify::watchdog_enabled().map(|period| tokio::spawn(watchdog(shared.clone(), period)));
@@ -386,6 +394,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         .chain(&metrics)
         .chain(&watchdog)
         .chain(&approvals)
+        .chain(&drift)
     {
         t.abort();
     }
@@ -487,6 +496,7 @@ impl Core {
             container_labels: HashMap::new(),
             unmanaged_seen: HashSet::new(),
             unmanaged_count: 0,
+            drift: drift::DriftCounters::default(),
             containerd: crate::containers::Containerd::new(&cfg.containerd),
             containers: HashMap::new(),
         }

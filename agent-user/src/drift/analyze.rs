@@ -61,7 +61,9 @@ struct Held {
 struct Live {
     record: SessionRecord,
     home: Option<String>,
-    anchors: Option<Anchors>,
+    anchors: Anchors,
+    /// Its first program ran (and named the project).
+    project_known: bool,
     summary: Summary,
     judge: Judge,
     /// The baseline its actions were last judged against.
@@ -161,8 +163,9 @@ impl Analyzer {
                     sid.clone(),
                     Live {
                         record,
+                        anchors: Anchors::new(None, home.as_deref()),
                         home,
-                        anchors: None,
+                        project_known: false,
                         summary: Summary::default(),
                         judge: Judge::default(),
                         judged_by: None,
@@ -175,15 +178,13 @@ impl Analyzer {
             }
             let key = self.judged_by(&self.live[&sid].record);
             let live = self.live.get_mut(&sid).expect("inserted above");
-            if live.anchors.is_none()
+            if !live.project_known
                 && let Some(x) = ev.exec()
             {
-                live.anchors = Some(Anchors::new(Some(&x.cwd), live.home.as_deref()));
+                live.project_known = true;
+                live.anchors = Anchors::new(Some(&x.cwd), live.home.as_deref());
             }
-            let anchors = live
-                .anchors
-                .get_or_insert_with(|| Anchors::new(None, live.home.as_deref()));
-            let Some(o) = observe(&ev, anchors) else {
+            let Some(o) = observe(&ev, &live.anchors) else {
                 continue;
             };
             live.summary.add(seq, repeats, &o);

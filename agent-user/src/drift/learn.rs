@@ -106,7 +106,8 @@ fn program(a: &Anchors, path: &str) -> String {
 impl Learned {
     pub fn add(&mut self, s: &Recorded<'_>) {
         self.sessions += 1;
-        let mut anchors: Option<Anchors> = None;
+        let mut anchors = Anchors::new(None, s.home.as_deref());
+        let mut project_known = false;
         let nameservers =
             crate::dns::nameservers(std::path::Path::new("/etc/resolv.conf")).unwrap_or_default();
         for (seq, ev, _) in s.events {
@@ -115,12 +116,11 @@ impl Learned {
                 self.first_seq = *seq;
             }
             self.last_seq = self.last_seq.max(*seq);
-            if anchors.is_none()
-                && let Some(x) = ev.exec()
-            {
-                anchors = Some(Anchors::new(Some(&x.cwd), s.home.as_deref()));
+            if !project_known && let Some(x) = ev.exec() {
+                project_known = true;
+                anchors = Anchors::new(Some(&x.cwd), s.home.as_deref());
             }
-            let a = anchors.get_or_insert_with(|| Anchors::new(None, s.home.as_deref()));
+            let a = &anchors;
             let denied = ev
                 .decision
                 .as_ref()

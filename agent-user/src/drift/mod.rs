@@ -10,6 +10,7 @@
 
 pub mod analyze;
 pub mod baseline;
+pub mod cmd;
 pub mod judge;
 pub mod learn;
 pub mod replay;
@@ -198,7 +199,11 @@ pub fn observe(ev: &Event, a: &Anchors) -> Option<Observed> {
             denied.then(|| Observed::Denied(format!("socket {} {}", n.family, n.protocol)))
         }
         Body::NetDecision(n) => {
-            let dest = format!("{}/{}", endpoint(&n.address, n.port), n.protocol);
+            // A stream's decision names the destination its connect names.
+            let dest = match n.protocol.as_str() {
+                "tcp" => endpoint(&n.address, n.port),
+                p => format!("{}/{p}", endpoint(&n.address, n.port)),
+            };
             Some(if denied {
                 Observed::Denied(format!("{} {dest}", n.op))
             } else {
@@ -304,18 +309,20 @@ pub fn summarize<'a>(
     home: Option<&str>,
 ) -> Summary {
     let mut s = Summary::default();
-    let mut anchors: Option<Anchors> = None;
+    // Until the first program runs (what `run` does before it becomes the agent), no
+    // project is known.
+    let mut anchors = Anchors::new(None, home);
+    let mut project_known = false;
     let mut depth: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     for (seq, ev, repeats) in events {
         if s.first_ns == 0 {
             s.first_ns = ev.time_ns;
         }
         s.last_ns = s.last_ns.max(ev.time_ns);
-        if anchors.is_none()
-            && let Some(x) = ev.exec()
-        {
+        if !project_known && let Some(x) = ev.exec() {
+            project_known = true;
             s.project = Some(x.cwd.clone()).filter(|c| !c.is_empty());
-            anchors = Some(Anchors::new(s.project.as_deref(), home));
+            anchors = Anchors::new(s.project.as_deref(), home);
         }
         if let Body::Fork(f) = &ev.body {
             s.processes += 1;
@@ -328,8 +335,7 @@ pub fn summarize<'a>(
             depth.insert(f.child_tgid, parent + 1);
             s.depth = s.depth.max(parent + 1);
         }
-        let a = anchors.get_or_insert_with(|| Anchors::new(None, home));
-        if let Some(o) = observe(ev, a) {
+        if let Some(o) = observe(ev, &anchors) {
             s.add(seq, repeats, &o);
         }
     }

@@ -32,7 +32,7 @@ pub(crate) struct ForeignHost {
 
 impl ForeignHost {
     /// `tag` tells the hosts of parallel runs apart (names and a /30 each).
-    fn start(tag: u32) -> Self {
+    pub(crate) fn start(tag: u32) -> Self {
         let ns = format!("aw-e2e-{tag}");
         let veth = format!("awe{tag}");
         let net = format!("198.18.{}", tag % 250);

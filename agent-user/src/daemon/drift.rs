@@ -1,0 +1,219 @@
+//! The drift analyser, out of band: a thread of its own (at a lower CPU priority) with
+//! its own read-only connection to the audit store reads what the writer committed,
+//! judges it against the agents' baselines and learns finished sessions
+//! (`crate::drift::analyze`). It never takes the core's lock while it reads or judges,
+//! and the writer never waits for it (WAL: readers and the writer do not block each
+//! other). What it finds comes back here: each finding an event (so an audit row, the
+//! event log, OCSF, OTLP, metrics) and, with `--drift-webhook`, a POST; each grown
+//! baseline a `baselines` row in the chain.
+
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    thread,
+};
+
+use agent_common::vocab::{Finding, Severity};
+
+use super::*;
+use crate::{
+    audit,
+    drift::{
+        analyze::{Analyzer, Output, Stats},
+        judge::Config,
+    },
+    event::{Body, SessionRef},
+};
+
+/// Actions read per pass: bounds the analyser's memory and how long one pass holds its
+/// read snapshot (the writer's WAL cannot be checkpointed past an open reader).
+const PASS: usize = 5_000;
+
+/// How the analyser runs (`daemon --drift-*`).
+#[derive(Clone, Debug)]
+pub struct DriftSettings {
+    /// How often it reads what was committed; `None`: it does not run.
+    pub interval: Option<Duration>,
+    pub thresholds: Config,
+    /// Where each finding is POSTed as JSON (`http://HOST:PORT/PATH`).
+    pub webhook: Option<String>,
+}
+
+/// What the analyser has done, for metrics.
+#[derive(Debug, Default)]
+pub struct DriftCounters {
+    pub stats: Stats,
+    pub findings: BTreeMap<(Finding, Severity), u64>,
+    pub baselines_written: u64,
+    pub webhook_failed: Arc<AtomicU64>,
+    /// The last pass failed (the store unreadable): why.
+    pub error: Option<String>,
+}
+
+/// Starts the analyser on the store at `db`; its results come back through the task
+/// this returns.
+pub(super) fn start(shared: Arc<Shared>, db: PathBuf) -> Option<tokio::task::JoinHandle<()>> {
+    let settings = shared.cfg.drift.clone();
+    let interval = settings.interval?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Output, Stats, Option<String>)>();
+    let failed = shared.core().drift.webhook_failed.clone();
+    let spawned = thread::Builder::new()
+        .name("drift".into())
+        .spawn(move || analyse(db, interval, settings, tx, failed));
+    if let Err(e) = spawned {
+        warn!(error = %e, "the drift analyser could not start");
+        return None;
+    }
+    info!(
+        interval_ms = interval.as_millis() as u64,
+        "drift analyser started"
+    );
+    Some(tokio::spawn(take(shared, rx)))
+}
+
+type Sender = tokio::sync::mpsc::UnboundedSender<(Output, Stats, Option<String>)>;
+
+/// The analyser's thread: one pass per interval, until the daemon stops listening.
+fn analyse(
+    db: PathBuf,
+    interval: Duration,
+    settings: DriftSettings,
+    tx: Sender,
+    webhook_failed: Arc<AtomicU64>,
+) {
+    // Beside the daemon's own work, never ahead of it: nice 10 for this thread.
+    // SAFETY: setpriority on this thread's id; no memory is passed.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+    }
+    let mut analyzer = Analyzer::new(settings.thresholds.clone());
+    let mut conn: Option<rusqlite::Connection> = None;
+    let mut resumed = false;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        let pass = (|| -> Result<Vec<Output>> {
+            if conn.is_none() {
+                conn = Some(audit::store::open_read_only(&db)?);
+            }
+            let c = conn.as_ref().expect("opened above");
+            let mut outs = Vec::new();
+            if !resumed {
+                outs.push(analyzer.resume(c)?);
+                resumed = true;
+            }
+            loop {
+                let out = analyzer.tick(c, PASS)?;
+                let more = out.actions as usize == PASS;
+                outs.push(out);
+                if !more {
+                    break;
+                }
+            }
+            Ok(outs)
+        })();
+        match pass {
+            Ok(outs) => {
+                for out in outs {
+                    if let Some(url) = &settings.webhook {
+                        for f in &out.findings {
+                            if let Err(e) = post(url, f) {
+                                webhook_failed.fetch_add(1, Relaxed);
+                                warn!(url = %url, error = %format!("{e:#}"), "the drift webhook failed");
+                            }
+                        }
+                    }
+                    if (!out.findings.is_empty() || !out.baselines.is_empty() || out.actions > 0)
+                        && tx.send((out, analyzer.stats.clone(), None)).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                // The store may not exist yet, or be mid-migration: the next pass tries
+                // again (a connection that failed is opened anew).
+                conn = None;
+                if tx
+                    .send((
+                        Output::default(),
+                        analyzer.stats.clone(),
+                        Some(format!("{e:#}")),
+                    ))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        thread::sleep(interval);
+    }
+}
+
+/// One finding to the webhook: the event's JSON, as the event log has it.
+fn post(url: &str, f: &crate::drift::analyze::Found) -> Result<()> {
+    let body = serde_json::json!({
+        "session": { "id": f.session.session_id, "name": f.session.name, "agent": f.session.agent },
+        "principal": { "uid": f.session.principal_uid, "user": f.session.principal_user },
+        "drift": f.info,
+    });
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .new_agent();
+    agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .with_context(|| format!("POST {url}"))?;
+    Ok(())
+}
+
+/// Raises what the analyser found, and stores the baselines it grew.
+async fn take(
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Output, Stats, Option<String>)>,
+) {
+    while let Some((out, stats, error)) = rx.recv().await {
+        let mut core = shared.core();
+        core.drift.stats = stats;
+        if let Some(e) = &error
+            && core.drift.error.as_ref() != Some(e)
+        {
+            warn!(error = %e, "the drift analyser cannot read the audit store");
+        }
+        core.drift.error = error;
+        for b in out.baselines {
+            core.drift.baselines_written += 1;
+            core.sinks.audit.send(audit::Item::Baseline(Box::new(b)));
+        }
+        for f in out.findings {
+            *core
+                .drift
+                .findings
+                .entry((f.info.finding, f.info.severity))
+                .or_default() += 1;
+            warn!(
+                session = %f.session.name,
+                agent = %f.session.agent,
+                finding = %f.info.finding,
+                severity = %f.info.severity,
+                object = %f.info.object,
+                "drift"
+            );
+            let ev = Event::new(
+                Body::Drift(Box::new(f.info)),
+                SystemTime::now(),
+                SessionRef {
+                    id: f.session.session_id.clone(),
+                    name: f.session.name.clone(),
+                    profile: f.session.agent.clone(),
+                    container: None,
+                },
+            );
+            core.emit(ev);
+        }
+        core.flush_sinks();
+    }
+}
