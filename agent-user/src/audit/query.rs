@@ -510,6 +510,10 @@ pub fn read_session(conn: &Connection, id: &str) -> Option<SessionRecord> {
     .ok()
 }
 
+/// An action as stored: its row's `seq`, its event, and how many actions the row
+/// stands for (`repeats`).
+pub type Stored = (i64, Event, u64);
+
 /// The events of the `actions` rows `WHERE clause` selects (`a.` names the table; the
 /// clause says the order and any limit): `(seq, event, repeats)`. A row this build cannot read back is counted in the
 /// second value and passed over.
@@ -517,7 +521,7 @@ pub fn events_where(
     conn: &Connection,
     clause: &str,
     params: impl rusqlite::Params,
-) -> Result<(Vec<(i64, Event, u64)>, u64)> {
+) -> Result<(Vec<Stored>, u64)> {
     let mut stmt = conn.prepare_cached(&format!("SELECT a.* FROM actions a WHERE {clause}"))?;
     let mut rows = stmt.query(params)?;
     let (mut out, mut unreadable) = (Vec::new(), 0);

@@ -20,7 +20,7 @@ use super::{
     source,
 };
 use crate::{
-    audit::{SessionRecord, query, store},
+    audit::{SessionRecord, query, query::Stored, store},
     event::Event,
     policy::Profile,
     users::Users,
@@ -98,7 +98,7 @@ pub struct Sessions {
 pub struct Loaded {
     pub record: SessionRecord,
     pub home: Option<String>,
-    pub events: Vec<(i64, Event, u64)>,
+    pub events: Vec<Stored>,
 }
 
 impl Sessions {
@@ -302,8 +302,18 @@ fn changes(
     (out, judged)
 }
 
-/// What the store recorded as decided on an action (no decision: allowed).
+/// What the store recorded as decided on an action (no decision: allowed; a connect a
+/// layer refused: denied, by the decision its own record carries).
 fn recorded(ev: &Event) -> Judged {
+    if let Some(c) = ev.connect()
+        && ev.decision.is_none()
+        && super::refused(c.result)
+    {
+        return Judged {
+            denied: true,
+            rule: "(refused by the network layer)".into(),
+        };
+    }
     match &ev.decision {
         Some(d) => Judged {
             denied: d.decision == agent_common::vocab::Verdict::Deny,
@@ -349,10 +359,33 @@ pub fn replay(db: &Path, p: &Profile, sel: &Sessions) -> Result<ExitCode> {
         p.file.name,
         sessions.len()
     );
+    // What it denies that was denied then too: the refusals it keeps.
+    let mut r = Resolver::default();
+    let mut kept = 0;
+    for s in &sessions {
+        let home = s.home.clone().unwrap_or_default();
+        for (seq, ev, _) in &s.events {
+            if let Some(now) = judge(p, &mut r, ev, &home)
+                && now.denied
+                && recorded(ev).denied
+            {
+                kept += 1;
+                println!(
+                    "  seq {seq:<8} {:<24} {:<11} {}  ({}: {}; recorded: {})",
+                    s.record.name,
+                    "denies",
+                    describe(ev),
+                    p.file.name,
+                    now.rule,
+                    recorded(ev).rule
+                );
+            }
+        }
+    }
     let (denied, allowed) = print_changes(&changes, "recorded", &p.file.name);
     println!(
         "{denied} action(s) the sessions performed would be denied; {allowed} they were \
-         denied would be allowed"
+         denied would be allowed; {kept} they were denied are denied again"
     );
     Ok(if denied > 0 {
         ExitCode::from(1)
@@ -404,7 +437,7 @@ pub fn diff(
         );
         list(
             "tools.deny",
-            p.tools_deny.iter().map(|t| t.value.field.clone()).collect(),
+            p.tools_deny.iter().map(|t| t.value.text.clone()).collect(),
         );
         list(
             "syscalls.deny",

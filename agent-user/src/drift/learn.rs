@@ -10,8 +10,8 @@ use agent_common::vocab::Verdict;
 
 use super::Anchors;
 use crate::{
-    audit::SessionRecord,
-    event::{Body, Event},
+    audit::{SessionRecord, query::Stored},
+    event::Body,
     policy::decide::{is_path_only, is_write},
 };
 
@@ -48,7 +48,7 @@ pub struct Recorded<'a> {
     pub record: &'a SessionRecord,
     /// The principal's home (`~` in the draft).
     pub home: Option<String>,
-    pub events: &'a [(i64, Event, u64)],
+    pub events: &'a [Stored],
 }
 
 /// What the sessions did, generalised for a profile.
@@ -103,6 +103,19 @@ fn program(a: &Anchors, path: &str) -> String {
     }
 }
 
+/// `set` without the trees another of its trees holds (`/etc/ssl/**` under `/etc/**`).
+fn pruned(set: &BTreeSet<String>) -> Vec<&String> {
+    set.iter()
+        .filter(|t| {
+            !set.iter().any(|o| {
+                o != *t
+                    && o.strip_suffix("/**")
+                        .is_some_and(|dir| t.starts_with(&format!("{dir}/")))
+            })
+        })
+        .collect()
+}
+
 impl Learned {
     pub fn add(&mut self, s: &Recorded<'_>) {
         self.sessions += 1;
@@ -132,6 +145,9 @@ impl Learned {
                 Body::Exec(x) => {
                     self.programs.insert(program(a, &x.path));
                 }
+                Body::Open(o) if denied && super::replay::exec_open(ev) => {
+                    self.denied_programs.insert(a.abstract_path(&o.path));
+                }
                 Body::Open(o) if denied => {
                     self.denied_files.insert(a.abstract_path(&o.path));
                 }
@@ -143,6 +159,7 @@ impl Learned {
                     self.reads.insert(tree(a, &o.path));
                 }
                 Body::Connect(_) | Body::NetDecision(_) if denied => {}
+                Body::Connect(c) if super::refused(c.result) => {}
                 Body::Connect(c) => self.destination(&c.address, c.port, &nameservers),
                 Body::NetDecision(n) if !n.address.is_empty() => {
                     self.destination(&n.address, n.port, &nameservers);
@@ -223,7 +240,11 @@ impl Learned {
             }
         };
         y.push_str("exec:\n  default: deny\n  # The programs the sessions ran.\n");
-        list(&mut y, "allow", &mut self.programs.iter().map(|p| q(p)));
+        list(
+            &mut y,
+            "allow",
+            &mut pruned(&self.programs).into_iter().map(|p| q(p)),
+        );
         y.push_str("  # Programs the sessions were refused.\n");
         list(
             &mut y,
@@ -233,14 +254,16 @@ impl Learned {
         y.push_str(
             "  on_violation: block\nfiles:\n  default: deny\n  # The trees the sessions read.\n",
         );
-        let reads: Vec<&String> = self
-            .reads
-            .iter()
-            .filter(|r| !self.writes.contains(*r))
+        let writes = pruned(&self.writes);
+        // A read under a written tree needs no rule of its own.
+        let both: BTreeSet<String> = self.reads.union(&self.writes).cloned().collect();
+        let reads: Vec<&String> = pruned(&both)
+            .into_iter()
+            .filter(|r| !writes.contains(r))
             .collect();
         list(&mut y, "read", &mut reads.into_iter().map(|p| q(p)));
         y.push_str("  # The trees the sessions wrote (and may read).\n");
-        list(&mut y, "write", &mut self.writes.iter().map(|p| q(p)));
+        list(&mut y, "write", &mut writes.into_iter().map(|p| q(p)));
         y.push_str(
             "  # Credentials, never readable whatever the lists above allow; and what the\n  \
              # sessions were refused.\n",

@@ -86,8 +86,12 @@ impl Anchors {
         };
         let comps: Vec<&str> = rest.split('/').filter(|c| !c.is_empty()).collect();
         let dirs = comps.len().saturating_sub(1);
-        if dirs == 0 {
-            return format!("{prefix}/{rest}");
+        match comps.last() {
+            // The anchor itself.
+            None if prefix.is_empty() => return "/".to_owned(),
+            None => return prefix.to_owned(),
+            Some(name) if dirs == 0 => return format!("{prefix}/{}", generalise_name(name)),
+            Some(_) => {}
         }
         let depth = if prefix.is_empty()
             && SCRATCH
@@ -166,6 +170,27 @@ pub fn endpoint(address: &str, port: u16) -> String {
     }
 }
 
+/// A connect's result that says a layer refused it (`EPERM` from the cgroup hook,
+/// `EACCES` from the LSM).
+pub fn refused(result: i64) -> bool {
+    result == -i64::from(libc::EPERM) || result == -i64::from(libc::EACCES)
+}
+
+/// A file name with what changes from one run to the next cut off and made a `*`: a
+/// temporary copy's suffix (`.claude.json.tmp.1234.ab12` → `.claude.json*`) or a long
+/// number (`session-20261203` → `session-*`). Other names are kept.
+pub fn generalise_name(name: &str) -> String {
+    let tmp = name.find(".tmp");
+    let digits = name
+        .as_bytes()
+        .windows(4)
+        .position(|w| w.iter().all(u8::is_ascii_digit));
+    match [tmp, digits].into_iter().flatten().min() {
+        Some(0) | None => name.to_owned(),
+        Some(i) => format!("{}*", &name[..i]),
+    }
+}
+
 /// What `ev` is for learning and judging; `None` for what is no action of the agent's
 /// (forks, exits, the session's own records, findings) or an open that failed (search
 /// paths probe many files that do not exist: noise, not behaviour).
@@ -180,6 +205,10 @@ pub fn observe(ev: &Event, a: &Anchors) -> Option<Observed> {
             a.abstract_path(&x.path)
         ))),
         Body::Exec(x) => Some(Observed::Program(x.path.clone())),
+        Body::Open(o) if denied && replay::exec_open(ev) => Some(Observed::Denied(format!(
+            "exec {}",
+            a.abstract_path(&o.path)
+        ))),
         Body::Open(o) if denied => Some(Observed::Denied(format!(
             "open {}",
             a.abstract_path(&o.path)
@@ -194,6 +223,8 @@ pub fn observe(ev: &Event, a: &Anchors) -> Option<Observed> {
             "connect {}",
             endpoint(&c.address, c.port)
         ))),
+        // Refused by the network layer: its own decision record is the denial.
+        Body::Connect(c) if refused(c.result) => None,
         Body::Connect(c) => Some(Observed::Destination(endpoint(&c.address, c.port))),
         Body::NetDecision(n) if n.address.is_empty() => {
             denied.then(|| Observed::Denied(format!("socket {} {}", n.family, n.protocol)))

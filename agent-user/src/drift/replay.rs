@@ -26,11 +26,14 @@ pub struct Judged {
     pub rule: String,
 }
 
-/// Answers of host names and the system's name servers, asked once each.
+/// Answers of host names and the system's name servers, asked once each; and the real
+/// paths of exact deny rules, as the daemon binds them to their files (a rule naming
+/// `/usr/bin/nc` denies `/usr/bin/nc.openbsd` it links to).
 #[derive(Default)]
 pub struct Resolver {
     hosts: HashMap<String, Vec<IpAddr>>,
     nameservers: Option<Vec<IpAddr>>,
+    real: HashMap<String, Option<String>>,
 }
 
 impl Resolver {
@@ -46,6 +49,41 @@ impl Resolver {
     fn nameservers(&mut self) -> &[IpAddr] {
         self.nameservers.get_or_insert_with(|| {
             crate::dns::nameservers(std::path::Path::new("/etc/resolv.conf")).unwrap_or_default()
+        })
+    }
+
+    /// The deny rule of `p` whose file (through its links) is `path`.
+    fn bound_deny(
+        &mut self,
+        p: &Profile,
+        access: Access,
+        path: &str,
+        home: &str,
+    ) -> Option<String> {
+        use crate::policy::pattern::KernelForm;
+        let (field, list) = match access {
+            Access::Exec => ("exec.deny", &p.exec_deny),
+            Access::Read | Access::Write => ("files.deny", &p.files_deny),
+        };
+        list.iter().enumerate().find_map(|(i, l)| {
+            if l.value.kernel_form() != KernelForm::Exact {
+                return None;
+            }
+            let written = match l.value.source().strip_prefix('~') {
+                Some(rest) => format!("{home}{rest}"),
+                None => l.value.source().to_owned(),
+            };
+            let real = self
+                .real
+                .entry(written.clone())
+                .or_insert_with(|| {
+                    std::fs::canonicalize(&written)
+                        .ok()
+                        .map(|r| r.display().to_string())
+                        .filter(|r| *r != written)
+                })
+                .as_deref();
+            (real == Some(path)).then(|| format!("{}:{} ({field}[{i}])", p.source, l.line))
         })
     }
 
@@ -99,11 +137,14 @@ pub fn judge(p: &Profile, r: &mut Resolver, ev: &Event, home: &str) -> Option<Ju
         .decision
         .as_ref()
         .is_some_and(|d| d.decision == Verdict::Deny);
-    let path = |access, path: &str| {
+    let mut path = |access, path: &str| {
         let v = decide(p, access, path, home);
-        Judged {
-            denied: v.denied,
-            rule: v.rule,
+        match r.bound_deny(p, access, path, home) {
+            Some(rule) if !v.denied => Judged { denied: true, rule },
+            _ => Judged {
+                denied: v.denied,
+                rule: v.rule,
+            },
         }
     };
     match &ev.body {
@@ -112,6 +153,8 @@ pub fn judge(p: &Profile, r: &mut Resolver, ev: &Event, home: &str) -> Option<Ju
         // profile refused did.
         Body::Open(o) if (o.result < 0 && !recorded_deny) || !o.path_resolved => None,
         Body::Open(o) if is_path_only(o.flags_raw) => None,
+        // The open of a program's file for its exec, refused by an exec rule.
+        Body::Open(o) if exec_open(ev) => Some(path(Access::Exec, &o.path)),
         Body::Open(o) => Some(path(
             if is_write(o.flags_raw) {
                 Access::Write
@@ -163,6 +206,15 @@ pub fn judge(p: &Profile, r: &mut Resolver, ev: &Event, home: &str) -> Option<Ju
         | Body::UnmanagedAgent(_)
         | Body::Drift(_) => None,
     }
+}
+
+/// An open the kernel judged as a program's exec (its decision names an `exec` rule).
+pub fn exec_open(ev: &Event) -> bool {
+    ev.open().is_some()
+        && ev
+            .decision
+            .as_ref()
+            .is_some_and(|d| d.rule.contains("(exec.") || d.rule.starts_with("exec."))
 }
 
 /// One recorded action whose verdict a profile changes.

@@ -5,15 +5,11 @@ use anyhow::{Context as _, Result};
 use rusqlite::Connection;
 
 use super::baseline::{Baseline, Key};
-use crate::{audit::query, event::Event};
+use crate::audit::query::{self, Stored};
 
 /// `(seq, event, repeats)` of the actions after `seq`, at most `limit`; and how many
 /// rows could not be read back.
-pub fn actions_after(
-    conn: &Connection,
-    seq: i64,
-    limit: usize,
-) -> Result<(Vec<(i64, Event, u64)>, u64)> {
+pub fn actions_after(conn: &Connection, seq: i64, limit: usize) -> Result<(Vec<Stored>, u64)> {
     query::events_where(
         conn,
         "a.seq > ?1 ORDER BY a.seq LIMIT ?2",
@@ -22,7 +18,7 @@ pub fn actions_after(
 }
 
 /// Every action of one session, in order.
-pub fn session_actions(conn: &Connection, session: &str) -> Result<Vec<(i64, Event, u64)>> {
+pub fn session_actions(conn: &Connection, session: &str) -> Result<Vec<Stored>> {
     Ok(query::events_where(conn, "a.session_id = ?1 ORDER BY a.seq", [session])?.0)
 }
 

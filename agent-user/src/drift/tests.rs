@@ -215,3 +215,54 @@ fn a_far_mix_and_a_burst_of_denials_are_found_at_the_end() {
     assert!(js_divergence(&[0.5, 0.5], &[0.5, 0.5]) < 1e-12);
     assert!((js_divergence(&[1.0, 0.0], &[0.0, 1.0]) - 1.0).abs() < 1e-12);
 }
+
+#[test]
+fn names_that_change_from_run_to_run_are_generalised() {
+    assert_eq!(
+        generalise_name(".claude.json.tmp.1234.ab12"),
+        ".claude.json*"
+    );
+    assert_eq!(generalise_name("session-20261203.log"), "session-*");
+    assert_eq!(generalise_name(".bashrc"), ".bashrc");
+    assert_eq!(generalise_name("1234"), "1234");
+    let a = Anchors::new(Some("/work/p"), Some(HOME));
+    assert_eq!(a.tree("/home/dev/.claude.json.tmp.77.x"), "~/.claude.json*");
+    assert_eq!(a.tree(HOME), "~");
+    assert_eq!(a.tree("/"), "/");
+}
+
+#[test]
+fn a_draft_lints_and_replays_its_sessions_without_a_denial() {
+    let events = usual("/work/p1");
+    let rec = crate::audit::SessionRecord {
+        session_id: "s".into(),
+        agent: "a".into(),
+        ..Default::default()
+    };
+    let numbered: Vec<crate::audit::query::Stored> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as i64 + 1, e.clone(), 1))
+        .collect();
+    let mut l = learn::Learned::default();
+    l.add(&learn::Recorded {
+        record: &rec,
+        home: Some(HOME.into()),
+        events: &numbered,
+    });
+    let draft = l.draft("a", "a-learned");
+    let p = crate::policy::parse("draft.yaml", &draft).unwrap_or_else(|e| panic!("{e:?}\n{draft}"));
+    let mut r = replay::Resolver::default();
+    for (_, e, _) in &numbered {
+        let Some(j) = replay::judge(&p, &mut r, e, HOME) else {
+            continue;
+        };
+        let was_denied = e
+            .decision
+            .as_ref()
+            .is_some_and(|d| d.decision == Verdict::Deny);
+        assert_eq!(j.denied, was_denied, "{e:?}: {j:?}\n{draft}");
+    }
+    assert!(draft.contains("\"/work/p1/**\""), "{draft}");
+    assert!(draft.contains("\"~/.ssh/id_rsa\""), "{draft}");
+}

@@ -105,3 +105,75 @@ fn the_audit_chain_verifies_and_names_an_edited_row() {
 }
 
 hook_claims!();
+
+/// `profile learn` on the recorded session drafts a profile that lints, that replays
+/// the session without denying anything it performed, and that denies its credential
+/// read (and its other refusals) again; `profile diff` against the shipped profile
+/// judges the same session under both.
+#[test]
+fn a_profile_learned_from_its_session_lints_replays_clean_and_denies_the_key() {
+    let Some(r) = the_run() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in &r.store {
+        fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let db = dir.path().join("audit.db");
+    // The run's user (whose home `~` was) is gone by now: name the home.
+    let home = Path::new(&r.key).parent().unwrap().parent().unwrap();
+    let sessions = |c: &mut Command| {
+        c.arg("--db")
+            .arg(&db)
+            .args(["--agent", "claude-code", "--home"])
+            .arg(home);
+    };
+    let mut learn = Command::new(bin());
+    learn.args(["profile", "learn"]);
+    sessions(&mut learn);
+    let out = learn.output_within();
+    assert!(out.status.success(), "{out:?}");
+    let draft = dir.path().join("draft.yaml");
+    fs::write(&draft, &out.stdout).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("name: claude-code-learned")
+            && text.contains("mode: monitor")
+            && text.contains("TODO: who answers")
+            && text.contains("\"~/.ssh/**\""),
+        "{text}"
+    );
+    let lint = Command::new(bin())
+        .args(["profile", "lint"])
+        .arg(&draft)
+        .output_within();
+    assert!(lint.status.success(), "{lint:?}\n{text}");
+    let mut replay = Command::new(bin());
+    replay.args(["profile", "replay"]).arg(&draft);
+    sessions(&mut replay);
+    let out = replay.output_within();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}\n{text}");
+    assert!(
+        shown.contains("0 action(s) the sessions performed would be denied"),
+        "{shown}"
+    );
+    // The key read, refused in the session, is denied again by the draft's rule.
+    let key_line = shown
+        .lines()
+        .find(|l| l.contains("denies") && l.contains(&format!("read {}", r.key)))
+        .unwrap_or_else(|| panic!("the key read is not denied:\n{shown}\n{text}"));
+    assert!(key_line.contains("files.deny["), "{key_line}");
+    // The shipped profile against the draft, over the same session.
+    let mut diff = Command::new(bin());
+    diff.args(["profile", "diff", "claude-code"]).arg(&draft);
+    sessions(&mut diff);
+    let out = diff.output_within();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        shown.contains("+ files.default: deny")
+            && shown.contains("- files.default: allow")
+            && shown.contains("against 1 recorded session(s) of claude-code")
+            && shown.contains("this change would have denied 0 action(s) claude-code allowed"),
+        "{shown}"
+    );
+}
