@@ -321,6 +321,13 @@ impl ProfileSet {
     pub fn names(&self) -> Vec<String> {
         self.profiles.keys().cloned().collect()
     }
+
+    /// The profiles that shadow `agent` (`shadow_of`).
+    pub fn shadows_of<'a>(&'a self, agent: &'a str) -> impl Iterator<Item = &'a Profile> + 'a {
+        self.profiles
+            .values()
+            .filter(move |p| p.file.shadow_of.as_deref() == Some(agent))
+    }
 }
 
 #[cfg(test)]

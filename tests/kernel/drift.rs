@@ -379,3 +379,145 @@ fn ten_sessions_make_a_baseline_and_a_drifting_session_draws_exactly_its_four_fi
     // Not learned: the baseline still holds the eleven.
     baseline(11);
 }
+
+/// A draft loaded beside the enforcing profile (`shadow_of`) judges every action of the
+/// enforcing profile's sessions, and enforces nothing: the file it would deny is read
+/// (its content printed) and the program it would deny runs, each action carrying the
+/// shadow's `deny` verdict and rule in its event and its audit row; the file only the
+/// enforcing profile denies stays refused and carries the shadow's `allow`; an action
+/// both allow carries nothing. Counted per shadow profile and verdict.
+#[test]
+fn a_shadow_profile_records_what_it_would_decide_otherwise_and_enforces_nothing() {
+    let dir = PathBuf::from(format!("/opt/aw-shadow-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _dir = Remove(dir.clone());
+    let (shadowed, denied, both) = (
+        dir.join("shadowed.txt"),
+        dir.join("denied.txt"),
+        dir.join("both.txt"),
+    );
+    fs::write(&shadowed, "SHADOWED-CONTENT\n").unwrap();
+    fs::write(&denied, "DENIED-CONTENT\n").unwrap();
+    fs::write(&both, "BOTH-CONTENT\n").unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("enforcing.yaml"),
+        format!(
+            "name: shadowed-agent\ndescription: d\nowners: {{ business: b, technical: t }}\n\
+             mode: enforce\nfiles:\n  deny: [\"{}\"]\n",
+            denied.display()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        rules.path().join("draft.yaml"),
+        format!(
+            "name: shadowed-agent-draft\ndescription: d\nowners: {{ business: b, technical: t }}\n\
+             mode: monitor\nshadow_of: shadowed-agent\nexec:\n  deny: [/usr/bin/whoami]\n\
+             files:\n  deny: [\"{}\"]\n",
+            shadowed.display()
+        ),
+    )
+    .unwrap();
+    let Some((d, metrics)) =
+        Daemon::start_with_metrics(&["--rules-dir", rules.path().to_str().unwrap()])
+    else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let script = format!(
+        "cat {}; /usr/bin/whoami; cat {}; cat {} || echo refused",
+        shadowed.display(),
+        both.display(),
+        denied.display()
+    );
+    let out = d.run_profile(
+        "shadowed-agent",
+        "shadowed",
+        work.path(),
+        &["/bin/sh", "-c", &script],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("SHADOWED-CONTENT")
+            && stdout.contains("BOTH-CONTENT")
+            && stdout.contains("root")
+            && !stdout.contains("DENIED-CONTENT")
+            && stdout.contains("refused"),
+        "{out:?}"
+    );
+    let evs = d.wait_for("shadowed", "the reads", |evs| {
+        opens_of(evs, &denied).next().is_some() && opens_of(evs, &both).next().is_some()
+    });
+    let shadow_of = |e: &Event| -> Vec<(String, Verdict, String)> {
+        e.shadow
+            .iter()
+            .map(|s| (s.profile.clone(), s.decision, s.rule.clone()))
+            .collect()
+    };
+    let one = |evs: &mut dyn Iterator<Item = &Event>, what: &str| -> (String, Verdict, String) {
+        let all: Vec<_> = evs.flat_map(|e| shadow_of(e)).collect();
+        assert_eq!(all.len(), 1, "{what}: {all:?}");
+        all.into_iter().next().unwrap()
+    };
+    let (profile, verdict, rule) = one(&mut opens_of(&evs, &shadowed), "the shadowed read");
+    assert_eq!(
+        (profile.as_str(), verdict),
+        ("shadowed-agent-draft", Verdict::Deny)
+    );
+    assert!(
+        rule.contains("draft.yaml:") && rule.contains("(files.deny[0])"),
+        "{rule}"
+    );
+    let mut whoami = evs
+        .iter()
+        .filter(|e| e.exec().is_some_and(|x| x.path == "/usr/bin/whoami"));
+    let (_, verdict, rule) = one(&mut whoami, "whoami");
+    assert_eq!(verdict, Verdict::Deny);
+    assert!(rule.contains("(exec.deny[0])"), "{rule}");
+    let (_, verdict, rule) = one(&mut opens_of(&evs, &denied), "the denied read");
+    assert_eq!((verdict, rule.as_str()), (Verdict::Allow, "files.default"));
+    assert!(
+        opens_of(&evs, &both).all(|e| e.shadow.is_empty()),
+        "{}",
+        dump(&evs)
+    );
+    // In the audit row, and counted.
+    let conn = rusqlite::Connection::open(d.db()).unwrap();
+    let start = Instant::now();
+    let extra = loop {
+        let extra: Option<String> = conn
+            .query_row(
+                "SELECT extra FROM actions WHERE kind = 'open' AND path = ?1",
+                [shadowed.to_str().unwrap()],
+                |r| r.get(0),
+            )
+            .ok()
+            .flatten();
+        if let Some(x) = extra {
+            break x;
+        }
+        assert!(
+            start.elapsed() < patience(),
+            "no audit row of the shadowed read"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    let extra: serde_json::Value = serde_json::from_str(&extra).unwrap();
+    assert_eq!(
+        extra["shadow"][0]["profile"], "shadowed-agent-draft",
+        "{extra}"
+    );
+    assert_eq!(extra["shadow"][0]["decision"], "deny", "{extra}");
+    let denies = metric(
+        &metrics,
+        "agentwarden_shadow_verdicts_total{profile=\"shadowed-agent-draft\",decision=\"deny\"}",
+    );
+    assert!(denies >= Some(2), "{}", http_get(&metrics, "/metrics"));
+}

@@ -664,6 +664,10 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
     );
     ev.seq = r.get::<_, i64>("event_seq")? as u64;
     ev.context = context;
+    ev.shadow = extra
+        .get("shadow")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default();
     let ns: i64 = r.get("time_ns")?;
     ev.time_ns = ns;
     ev.time = time_text(ns);

@@ -323,6 +323,12 @@ pub fn event_rows(ev: &Event) -> EventRows {
         Body::ToolResult(x) => Some(x.id.clone()),
         _ => ev.context.as_ref().map(|x| x.tool_call.clone()),
     };
+    if !ev.shadow.is_empty() {
+        c.extra.insert(
+            "shadow".into(),
+            serde_json::to_value(&ev.shadow).unwrap_or_default(),
+        );
+    }
     if let Some(x) = &ev.context {
         c.extra.insert(
             "context".into(),

@@ -240,6 +240,18 @@ fn render(shared: &Shared) -> String {
     }
     family(
         &mut out,
+        "agentwarden_shadow_verdicts_total",
+        "counter",
+        "Actions a shadow profile (shadow_of) would have decided otherwise than the profile in force: deny (would_deny) or allow.",
+    );
+    for ((profile, decision), n) in &core.shadow_counts {
+        let _ = writeln!(
+            out,
+            "agentwarden_shadow_verdicts_total{{profile=\"{profile}\",decision=\"{decision}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
         "agentwarden_drift_counter_total",
         "counter",
         "The drift analyser's work: actions read, sessions learned into baselines or withheld for their findings, actions of agents without a baseline yet, unreadable rows, baselines stored, webhook failures.",

@@ -2,7 +2,7 @@
 //! ring-buffer records into enriched events, and tracks session lifetime.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
     os::{
         fd::{AsFd, OwnedFd},
@@ -213,6 +213,11 @@ struct Core {
     containers: HashMap<u64, Option<crate::containers::ContainerInfo>>,
     /// What the drift analyser has done.
     drift: drift::DriftCounters,
+    /// Host answers and real paths for shadow profiles' judgements (never a lookup on
+    /// the event path: the DNS refresher hands its answers over).
+    shadow_names: crate::drift::replay::Resolver,
+    /// Shadow verdicts recorded, by shadow profile and verdict.
+    shadow_counts: BTreeMap<(String, agent_common::vocab::Verdict), u64>,
 }
 
 struct Shared {
@@ -497,6 +502,10 @@ impl Core {
             unmanaged_seen: HashSet::new(),
             unmanaged_count: 0,
             drift: drift::DriftCounters::default(),
+            shadow_names: crate::drift::replay::Resolver::offline(
+                crate::dns::nameservers(&cfg.resolv_conf).unwrap_or_default(),
+            ),
+            shadow_counts: BTreeMap::new(),
             containerd: crate::containers::Containerd::new(&cfg.containerd),
             containers: HashMap::new(),
         }

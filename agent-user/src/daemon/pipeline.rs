@@ -71,6 +71,7 @@ impl Core {
         }
         let mut ev = self.attribution.event(&raw, &self.rules);
         self.decide_in_userspace(&mut ev, h.session_id);
+        self.judge_in_shadow(&mut ev, h.session_id);
         // A refusal inside a tool call is kept for the call's end, when the agent's hook
         // asks what to tell the model.
         if let (Some(d), Some(ctx)) = (&ev.decision, &ev.context)
@@ -169,6 +170,42 @@ impl Core {
         decide::userspace(ev, &mut ctx);
         if let Some(p) = ctx.profile {
             decide::asked(ev, p);
+        }
+    }
+
+    /// The session's agent's shadow profiles (`shadow_of`) judge the action too; where
+    /// one would decide otherwise, its verdict is recorded on the event, not enforced.
+    pub(super) fn judge_in_shadow(&mut self, ev: &mut Event, sid: u64) {
+        let Some(s) = self.attribution.registry.get(sid) else {
+            return;
+        };
+        let mut shadows = self.profiles.shadows_of(&s.profile).peekable();
+        if shadows.peek().is_none() {
+            return;
+        }
+        let home = self.attribution.users.home(s.owner_uid).unwrap_or_default();
+        let was = crate::drift::replay::recorded(ev);
+        for p in shadows {
+            let Some(j) = crate::drift::replay::judge(p, &mut self.shadow_names, ev, &home) else {
+                continue;
+            };
+            if j.denied == was.denied {
+                continue;
+            }
+            let decision = if j.denied {
+                agent_common::vocab::Verdict::Deny
+            } else {
+                agent_common::vocab::Verdict::Allow
+            };
+            *self
+                .shadow_counts
+                .entry((p.file.name.clone(), decision))
+                .or_default() += 1;
+            ev.shadow.push(crate::event::ShadowVerdict {
+                profile: p.file.name.clone(),
+                decision,
+                rule: j.rule,
+            });
         }
     }
 

@@ -184,6 +184,7 @@ pub(super) async fn refresh_dns(shared: Arc<Shared>) {
             let mut core = shared.core();
             if core.dns != answers {
                 core.dns = answers.clone();
+                core.shadow_names.set_hosts(answers.clone());
                 let set = core.profiles.clone();
                 if let Err(e) = core.install_profiles(&set) {
                     warn!(error = %format!("{e:#}"), "recompiling after DNS refresh failed");

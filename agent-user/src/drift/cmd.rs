@@ -16,7 +16,7 @@ use super::{
     baseline::Key,
     judge::Config,
     learn::{Learned, Recorded},
-    replay::{Change, Judged, Resolver, describe, judge},
+    replay::{Change, Judged, Resolver, describe, judge, recorded},
     source,
 };
 use crate::{
@@ -300,30 +300,6 @@ fn changes(
         }
     }
     (out, judged)
-}
-
-/// What the store recorded as decided on an action (no decision: allowed; a connect a
-/// layer refused: denied, by the decision its own record carries).
-fn recorded(ev: &Event) -> Judged {
-    if let Some(c) = ev.connect()
-        && ev.decision.is_none()
-        && super::refused(c.result)
-    {
-        return Judged {
-            denied: true,
-            rule: "(refused by the network layer)".into(),
-        };
-    }
-    match &ev.decision {
-        Some(d) => Judged {
-            denied: d.decision == agent_common::vocab::Verdict::Deny,
-            rule: d.rule.clone(),
-        },
-        None => Judged {
-            denied: false,
-            rule: "(no rule)".into(),
-        },
-    }
 }
 
 fn print_changes(changes: &[Change], old: &str, new: &str) -> (usize, usize) {

@@ -34,11 +34,32 @@ pub struct Resolver {
     hosts: HashMap<String, Vec<IpAddr>>,
     nameservers: Option<Vec<IpAddr>>,
     real: HashMap<String, Option<String>>,
+    /// Answers are only what was handed over (`set_hosts`): the daemon never blocks on
+    /// a lookup in its event path.
+    offline: bool,
 }
 
 impl Resolver {
+    /// A resolver that asks no one: the daemon hands it its resolver's answers.
+    pub fn offline(nameservers: Vec<IpAddr>) -> Self {
+        Self {
+            nameservers: Some(nameservers),
+            offline: true,
+            ..Self::default()
+        }
+    }
+
+    /// The answers to use for host names (the daemon's, as they are refreshed).
+    pub fn set_hosts(&mut self, hosts: HashMap<String, Vec<IpAddr>>) {
+        self.hosts = hosts;
+    }
+
     fn host(&mut self, h: &str) -> &[IpAddr] {
+        let offline = self.offline;
         self.hosts.entry(h.to_owned()).or_insert_with(|| {
+            if offline {
+                return Vec::new();
+            }
             (h, 0)
                 .to_socket_addrs()
                 .map(|a| a.map(|s| s.ip()).collect())
@@ -205,6 +226,30 @@ pub fn judge(p: &Profile, r: &mut Resolver, ev: &Event, home: &str) -> Option<Ju
         | Body::Approval(_)
         | Body::UnmanagedAgent(_)
         | Body::Drift(_) => None,
+    }
+}
+
+/// What was decided on a recorded action (no decision: allowed; a connect a layer
+/// refused: denied, by the decision its own record carries).
+pub fn recorded(ev: &Event) -> Judged {
+    if let Some(c) = ev.connect()
+        && ev.decision.is_none()
+        && super::refused(c.result)
+    {
+        return Judged {
+            denied: true,
+            rule: "(refused by the network layer)".into(),
+        };
+    }
+    match &ev.decision {
+        Some(d) => Judged {
+            denied: d.decision == Verdict::Deny,
+            rule: d.rule.clone(),
+        },
+        None => Judged {
+            denied: false,
+            rule: "(no rule)".into(),
+        },
     }
 }
 

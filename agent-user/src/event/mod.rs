@@ -167,6 +167,18 @@ pub struct DriftInfo {
 
 impl Eq for DriftInfo {}
 
+/// A shadow profile's verdict on an action (`shadow_of`), where it differs from the
+/// decision in force: recorded, never enforced.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShadowVerdict {
+    /// The shadow profile.
+    pub profile: String,
+    /// `deny`: it would have denied what was let through; `allow`: it would have let
+    /// through what was denied.
+    pub decision: agent_common::vocab::Verdict,
+    pub rule: String,
+}
+
 /// The most evidence one finding carries (the count says how much there was).
 pub const DRIFT_EVIDENCE_MAX: usize = 32;
 
@@ -257,6 +269,8 @@ pub struct Event {
     /// The tool call (and prompt) the action happened under, as the agent's hooks let
     /// the daemon tell.
     pub context: Option<ContextRef>,
+    /// What shadow profiles of the session's agent would have decided otherwise.
+    pub shadow: Vec<ShadowVerdict>,
 }
 
 /// The JSON shape of an [`Event`], both ways: the kind, then at most one payload object
@@ -304,6 +318,8 @@ struct Wire<'a> {
     decision: Option<Cow<'a, DecisionInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     context: Option<Cow<'a, ContextRef>>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    shadow: Cow<'a, [ShadowVerdict]>,
 }
 
 impl Serialize for Event {
@@ -330,6 +346,7 @@ impl Serialize for Event {
             drift: None,
             decision: self.decision.as_ref().map(Cow::Borrowed),
             context: self.context.as_ref().map(Cow::Borrowed),
+            shadow: Cow::Borrowed(&self.shadow),
         };
         match &self.body {
             Body::Exec(x) => w.exec = Some(Cow::Borrowed(x)),
@@ -401,6 +418,7 @@ impl TryFrom<Wire<'static>> for Event {
             body,
             decision: w.decision.map(Cow::into_owned),
             context: w.context.map(Cow::into_owned),
+            shadow: w.shadow.into_owned(),
         })
     }
 }
@@ -419,6 +437,7 @@ impl Event {
             body,
             decision: None,
             context: None,
+            shadow: Vec::new(),
         }
     }
 

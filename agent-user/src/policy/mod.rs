@@ -62,6 +62,12 @@ pub struct ProfileFile {
     #[serde(default, rename = "match")]
     #[schemars(with = "Vec<selectors::Selector>")]
     pub selectors: Vec<Spanned<selectors::Selector>>,
+    /// Judge every action of the named profile's sessions by this profile too, in
+    /// shadow: where its verdict differs from the one in force, it is recorded on the
+    /// action (`shadow`, `would_deny`), never enforced. A draft (`profile learn`) is tried
+    /// this way before it enforces.
+    #[serde(default)]
+    pub shadow_of: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -459,6 +465,17 @@ pub fn parse(source: &str, text: &str) -> Result<Profile, Vec<Diagnostic>> {
             "name",
             &format!("`{}` is not a valid profile name", file.name),
             "use letters, digits, `-` and `_`",
+        );
+    }
+    if let Some(of) = &file.shadow_of
+        && (of.trim().is_empty() || *of == file.name)
+    {
+        c.error(
+            text_line(text, "shadow_of"),
+            1,
+            "shadow_of",
+            &format!("`{of}`: a profile shadows another profile, by its name"),
+            "name the enforcing profile whose sessions this one is tried on",
         );
     }
     let exec_allow = c.patterns("exec.allow", &file.exec.allow);
