@@ -462,7 +462,7 @@ fn a_shadow_profile_records_what_it_would_decide_otherwise_and_enforces_nothing(
             .collect()
     };
     let one = |evs: &mut dyn Iterator<Item = &Event>, what: &str| -> (String, Verdict, String) {
-        let all: Vec<_> = evs.flat_map(|e| shadow_of(e)).collect();
+        let all: Vec<_> = evs.flat_map(&shadow_of).collect();
         assert_eq!(all.len(), 1, "{what}: {all:?}");
         all.into_iter().next().unwrap()
     };
