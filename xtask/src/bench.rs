@@ -40,6 +40,10 @@ struct Sizes {
     /// Reads held for approval (and approved at once by a webhook) in the approval
     /// measurement.
     approvals: u64,
+    /// Recorded actions the drift analysis is timed on (at least), in sessions of
+    /// `drift_spawns` spawns each.
+    drift_actions: u64,
+    drift_spawns: u64,
 }
 
 const FULL: Sizes = Sizes {
@@ -56,6 +60,8 @@ const FULL: Sizes = Sizes {
     build: true,
     hook_calls: 300,
     approvals: 200,
+    drift_actions: 100_000,
+    drift_spawns: 2_000,
 };
 
 const QUICK: Sizes = Sizes {
@@ -72,6 +78,8 @@ const QUICK: Sizes = Sizes {
     build: false,
     hook_calls: 30,
     approvals: 20,
+    drift_actions: 5_000,
+    drift_spawns: 200,
 };
 
 /// What each scenario is held to (from the issue), as a ratio limit per condition.
@@ -109,7 +117,7 @@ impl Drop for Daemon {
     }
 }
 
-pub fn run(quick: bool) -> Result<()> {
+pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     if !crate::rustix_is_root() {
         bail!("the benchmark loads agentwarden's eBPF programs: run it as root");
     }
@@ -203,6 +211,18 @@ pub fn run(quick: bool) -> Result<()> {
         });
     }
 
+    if only == Some("drift") {
+        let drift = drift_cost(&env, sizes, &scenarios)?;
+        let out = workspace_root().join("target/bench");
+        fs::write(
+            out.join("drift.json"),
+            serde_json::to_string_pretty(&drift)?,
+        )?;
+        let md = drift_markdown(&drift);
+        fs::write(out.join("drift.md"), &md)?;
+        println!("{md}");
+        return Ok(());
+    }
     // samples[scenario][condition] = ns per op, one per round; losses per scenario.
     let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; scenarios.len()];
     let mut losses = vec![0u64; scenarios.len()];
@@ -238,6 +258,7 @@ pub fn run(quick: bool) -> Result<()> {
     drop(daemon);
     let approval = approval_cost(&env, sizes)?;
     let off_latency = connect_latency(&env, sizes, false)?;
+    let drift = drift_cost(&env, sizes, &scenarios)?;
 
     let results: Vec<Value> = scenarios
         .iter()
@@ -259,13 +280,14 @@ pub fn run(quick: bool) -> Result<()> {
         "hook": hook,
         "approval": approval,
         "refusal_layer": refusal,
+        "drift": drift,
     });
     let out = workspace_root().join("target/bench");
     fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    let md = markdown(&report);
+    let md = markdown(&report) + &drift_markdown(&report["drift"]);
     fs::write(out.join("results.md"), &md)?;
     println!("{md}");
     chart(&out)?;
@@ -433,6 +455,207 @@ fn refusal_cost(env: &Env, sizes: &Sizes, scenarios: &[Scenario]) -> Result<Valu
     Ok(Value::Array(rows))
 }
 
+/// The drift analyser, out of band: how long an analysis of at least
+/// `drift_actions` recorded actions takes (`agentwarden drift analyze` over the store,
+/// the analyser's own code), and what it adds to the kernel path and the audit writer
+/// while it runs. The store is filled by tracked exec storms (recorded sessions of the
+/// bench profile) until it holds that many actions; then per round, in alternating
+/// order, the daemon without its analyser (`--no-drift`) and with it (judging each
+/// commit, every 100 ms) while an analysis of the whole store runs beside it, again and
+/// again, at the analyser's priority (`SCHED_IDLE`): the tracked open loop and exec
+/// storm in each.
+fn drift_cost(env: &Env, sizes: &Sizes, scenarios: &[Scenario]) -> Result<Value> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let db = env.dir.join("state/audit.db");
+    let count = || -> u64 {
+        Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(\
+                 'SELECT count(*) FROM actions').fetchone()[0])",
+            ])
+            .arg(&db)
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(0)
+    };
+    {
+        let _daemon = start_daemon_args(env, &["--no-drift"])?;
+        let mut sessions = 0;
+        while count() < sizes.drift_actions || sessions < 10 {
+            let st = load_cmd(env, true)
+                .arg(&env.awload)
+                .args(["exec", "--iters", &sizes.drift_spawns.to_string()])
+                .stdout(Stdio::null())
+                .status()?;
+            if !st.success() {
+                bail!("the drift fill's exec storm failed");
+            }
+            sessions += 1;
+            // The audit writer commits within its interval.
+            thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let analyse = || -> Result<(u64, f64, Value)> {
+        let out = Command::new("chrt")
+            .args(["--idle", "0"])
+            .arg(&env.agentwarden)
+            .args(["drift", "analyze", "--db"])
+            .arg(&db)
+            .output()?;
+        if !out.status.success() {
+            bail!("drift analyze: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("analysed "))
+            .ok_or_else(|| anyhow!("drift analyze said: {err}"))?;
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let actions: u64 = w.get(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+        let secs: f64 = w.get(4).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+        Ok((actions, secs, json!(line)))
+    };
+    let mut times = Vec::new();
+    let mut actions = 0;
+    let mut line = Value::Null;
+    for _ in 0..3 {
+        let (a, s, l) = analyse()?;
+        times.push(s);
+        actions = a;
+        line = l;
+    }
+    let picked: Vec<&Scenario> = scenarios
+        .iter()
+        .filter(|s| s.name == "open loop, 1 thread" || s.name == "exec storm")
+        .collect();
+    // samples[scenario][condition]: the analyser off, on, on with a whole-store analysis
+    // beside; losses likewise.
+    const CONDITIONS: [&str; 3] = ["off", "on", "on_beside"];
+    let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; picked.len()];
+    let mut losses = vec![[0u64; 3]; picked.len()];
+    let mut analyses = 0u64;
+    for round in 0..sizes.rounds {
+        let order = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        for cond in order {
+            let args: &[&str] = if cond == 0 {
+                &["--no-drift"]
+            } else {
+                &["--drift-interval", "100ms"]
+            };
+            let daemon = start_daemon_args(env, args)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let beside = (cond == 2).then(|| {
+                let stop = stop.clone();
+                let (agentwarden, db) = (env.agentwarden.clone(), db.clone());
+                thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let st = Command::new("chrt")
+                            .args(["--idle", "0"])
+                            .arg(&agentwarden)
+                            .args(["drift", "analyze", "--db"])
+                            .arg(&db)
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status();
+                        if st.is_ok_and(|s| s.success()) {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            });
+            for (i, sc) in picked.iter().enumerate() {
+                let before = status(env)?;
+                samples[i][cond].push(block(env, sc, true)?);
+                losses[i][cond] += loss(env, &before)?;
+            }
+            stop.store(true, Ordering::Relaxed);
+            if let Some(t) = beside {
+                analyses += t.join().unwrap_or(0);
+            }
+            drop(daemon);
+        }
+    }
+    let rows: Vec<Value> = picked
+        .iter()
+        .zip(&samples)
+        .zip(&losses)
+        .map(|((sc, s), loss)| {
+            let off = median(&s[0]);
+            let mut row = json!({ "name": sc.name });
+            for (c, name) in CONDITIONS.iter().enumerate() {
+                let m = median(&s[c]);
+                row[*name] = json!({
+                    "median_ns": m,
+                    "spread_pct": spread(&s[c]),
+                    "ratio": m / off,
+                    "added_ns": m - off,
+                    "losses": loss[c],
+                    "samples_ns": s[c],
+                });
+            }
+            row
+        })
+        .collect();
+    let secs = median(&times);
+    Ok(json!({
+        "actions": actions,
+        "analysis_secs": secs,
+        "actions_per_s": actions as f64 / secs,
+        "secs_per_100k": secs * 100_000.0 / actions.max(1) as f64,
+        "analysis_line": line,
+        "analyses_beside": analyses,
+        "interference": rows,
+    }))
+}
+
+fn drift_markdown(d: &Value) -> String {
+    let mut s = format!(
+        "\nDrift analysis (`agentwarden drift analyze`, at idle priority) of {} recorded \
+         actions: {:.2} s (median of 3), {:.0} actions/s, {:.2} s per 100 000 actions.\n\n\
+         | scenario (tracked), beside the analyser | analyser off | analyser on (ratio) | \
+         on, with a whole-store analysis beside (ratio) | losses off / on / beside |\n\
+         |---|---|---|---|---|\n",
+        d["actions"],
+        d["analysis_secs"].as_f64().unwrap_or(0.0),
+        d["actions_per_s"].as_f64().unwrap_or(0.0),
+        d["secs_per_100k"].as_f64().unwrap_or(0.0),
+    );
+    for x in d["interference"].as_array().into_iter().flatten() {
+        let ns = |c: &str| {
+            format!(
+                "{} ±{:.0}%",
+                fmt_ns(x[c]["median_ns"].as_f64().unwrap_or(0.0)),
+                x[c]["spread_pct"].as_f64().unwrap_or(0.0)
+            )
+        };
+        let r = |c: &str| x[c]["ratio"].as_f64().unwrap_or(0.0);
+        s.push_str(&format!(
+            "| {} | {} | {} ({:.3}) | {} ({:.3}) | {} / {} / {} |\n",
+            x["name"].as_str().unwrap_or(""),
+            ns("off"),
+            ns("on"),
+            r("on"),
+            ns("on_beside"),
+            r("on_beside"),
+            x["off"]["losses"],
+            x["on"]["losses"],
+            x["on_beside"]["losses"],
+        ));
+    }
+    s.push_str(&format!(
+        "\n{} whole-store analyses ran beside the measured blocks.\n",
+        d["analyses_beside"]
+    ));
+    s
+}
+
 fn status(env: &Env) -> Result<Value> {
     let out = Command::new(&env.agentwarden)
         .arg("--socket")
@@ -486,11 +709,16 @@ fn loss(env: &Env, before: &Value) -> Result<u64> {
 }
 
 fn load_cmd(env: &Env, tracked: bool) -> Command {
-    if tracked {
+    let mut c = if tracked {
         session_cmd(env, None)
     } else {
         Command::new("env")
-    }
+    };
+    // Workloads run as a user's would: without the `LD_LIBRARY_PATH` cargo gives the
+    // xtask, whose directories the dynamic loader would probe on every spawn (about 80
+    // failed opens each, all of them events of a tracked spawn).
+    c.env_remove("LD_LIBRARY_PATH");
+    c
 }
 
 /// `agentwarden run --profile bench [--session-name NAME] --`, ready for the workload.

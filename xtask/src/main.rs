@@ -42,6 +42,9 @@ enum Cmd {
         /// A short smoke run (what CI executes; its figures are not meaningful).
         #[arg(long)]
         quick: bool,
+        /// Only this part: `drift` (the out-of-band analyser's time and interference).
+        #[arg(long, value_parser = ["drift"])]
+        only: Option<String>,
     },
     /// Formatting, clippy (user and eBPF crates), unit and kernel tests on the host, then
     /// the kernel tests in QEMU on each kernel of the matrix (BPF-LSM active).
@@ -72,9 +75,9 @@ fn main() -> Result<()> {
             build_release()?;
             run_demo(&args)
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, only } => {
             setup::run()?;
-            bench::run(quick)
+            bench::run(quick, only.as_deref())
         }
         Cmd::Test {
             filter,

@@ -60,7 +60,7 @@ fn run_tiers(filter: Option<&str>, tiers: &Tiers<'_>, times: &mut Times) -> Resu
         times.step("unit and host kernel tests", || host(filter))?;
         if filter.is_none() && crate::setup::is_root() {
             // The benchmark harness must keep working: a smoke run (no timing is judged).
-            times.step("bench smoke", || crate::bench::run(true))?;
+            times.step("bench smoke", || crate::bench::run(true, None))?;
         }
     }
     if tiers.vm {

@@ -1,4 +1,4 @@
-//! The drift analyser, out of band: a thread of its own (at a lower CPU priority) with
+//! The drift analyser, out of band: a thread of its own (in the idle scheduling class) with
 //! its own read-only connection to the audit store reads what the writer committed,
 //! judges it against the agents' baselines and learns finished sessions
 //! (`crate::drift::analyze`). It never takes the core's lock while it reads or judges,
@@ -81,10 +81,15 @@ fn analyse(
     tx: Sender,
     webhook_failed: Arc<AtomicU64>,
 ) {
-    // Beside the daemon's own work, never ahead of it: nice 10 for this thread.
-    // SAFETY: setpriority on this thread's id; no memory is passed.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+    // Beside the daemon's own work and the agents', never ahead of them: `SCHED_IDLE`
+    // for this thread runs it only on CPU time nothing else wants, and any other task
+    // that wakes preempts it at once (a nice value still takes its share of a busy CPU,
+    // and a wake-up waits out its slice).
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on this thread (0), with a parameter that lives across
+    // the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "the drift analyser could not take the idle scheduling class; it runs at the daemon's priority");
     }
     let mut analyzer = Analyzer::new(settings.thresholds.clone());
     let mut conn: Option<rusqlite::Connection> = None;

@@ -263,6 +263,7 @@ fn render(shared: &Shared) -> String {
         ("sessions_withheld", s.withheld),
         ("actions_unjudged", s.unjudged),
         ("rows_unreadable", s.unreadable),
+        ("sessions_forgotten", s.forgotten),
         ("baselines_written", core.drift.baselines_written),
         (
             "webhook_failed",

@@ -50,7 +50,13 @@ pub struct Stats {
     pub unjudged: u64,
     /// Rows that could not be read back (edited, or of a newer build).
     pub unreadable: u64,
+    /// Sessions judged live and forgotten before their end was read (more than
+    /// [`LIVE_MAX`] at once, or their end never recorded): judged no further.
+    pub forgotten: u64,
 }
+
+/// Sessions judged live at once; past it, the longest silent ones are forgotten.
+pub const LIVE_MAX: usize = 10_000;
 
 struct Held {
     b: Baseline,
@@ -68,6 +74,8 @@ struct Live {
     judge: Judge,
     /// The baseline its actions were last judged against.
     judged_by: Option<Key>,
+    /// Its last action read.
+    last_seq: i64,
 }
 
 pub struct Analyzer {
@@ -169,6 +177,7 @@ impl Analyzer {
                         summary: Summary::default(),
                         judge: Judge::default(),
                         judged_by: None,
+                        last_seq: seq,
                     },
                 );
             }
@@ -178,6 +187,7 @@ impl Analyzer {
             }
             let key = self.judged_by(&self.live[&sid].record);
             let live = self.live.get_mut(&sid).expect("inserted above");
+            live.last_seq = seq;
             if !live.project_known
                 && let Some(x) = ev.exec()
             {
@@ -200,6 +210,18 @@ impl Analyzer {
             }
         }
         self.stats.findings += out.findings.len() as u64;
+        if self.live.len() > LIVE_MAX {
+            let mut by_age: Vec<(i64, String)> = self
+                .live
+                .iter()
+                .map(|(sid, l)| (l.last_seq, sid.clone()))
+                .collect();
+            by_age.sort_unstable();
+            for (_, sid) in by_age.iter().take(self.live.len() - LIVE_MAX) {
+                self.live.remove(sid);
+                self.stats.forgotten += 1;
+            }
+        }
         Ok(out)
     }
 

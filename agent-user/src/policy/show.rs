@@ -101,6 +101,12 @@ pub fn show(p: &Profile) -> String {
         f.owners.business, f.owners.technical
     );
     let _ = writeln!(out, "  mode: {:?}", f.mode);
+    if let Some(of) = &f.shadow_of {
+        let _ = writeln!(
+            out,
+            "  shadow of {of}: judges every action of its sessions beside it, enforces nothing"
+        );
+    }
     let cat = |out: &mut String,
                name: &str,
                d: super::Default,
