@@ -129,15 +129,19 @@ impl Analyzer {
         }
         self.cursor = source::last_seq(conn)?;
         let mut out = Output::default();
+        // One row per baseline that grew, however many sessions it learned.
         let mut dirty = Vec::new();
+        let mut last = through;
         for (seq, sid) in source::ends_after(conn, through)? {
             if source::drifted(conn, &sid) {
                 continue;
             }
             self.learn(conn, &sid, &mut dirty)?;
-            out.baselines.extend(self.records(&dirty, seq));
-            dirty.clear();
+            last = seq;
         }
+        dirty.sort();
+        dirty.dedup();
+        out.baselines = self.records(&dirty, last);
         Ok(out)
     }
 
@@ -155,6 +159,9 @@ impl Analyzer {
             actions: rows.len() as u64,
             ..Output::default()
         };
+        // The baselines grown in this pass, stored once each at its end.
+        let mut dirty = Vec::new();
+        let mut through = 0;
         for (seq, ev, repeats) in rows {
             self.cursor = seq;
             self.stats.actions += 1;
@@ -182,7 +189,9 @@ impl Analyzer {
                 );
             }
             if matches!(ev.body, Body::SessionEnd) {
-                self.end(conn, &sid, seq, &mut out)?;
+                if self.end(conn, &sid, &mut out, &mut dirty)? {
+                    through = seq;
+                }
                 continue;
             }
             let key = self.judged_by(&self.live[&sid].record);
@@ -209,6 +218,9 @@ impl Analyzer {
                 out.findings.push(self.found(conn, record, &key, r));
             }
         }
+        dirty.sort();
+        dirty.dedup();
+        out.baselines = self.records(&dirty, through);
         self.stats.findings += out.findings.len() as u64;
         if self.live.len() > LIVE_MAX {
             let mut by_age: Vec<(i64, String)> = self
@@ -246,10 +258,16 @@ impl Analyzer {
     }
 
     /// A session ended: judged whole (from all its actions), then learned unless it
-    /// drew a finding.
-    fn end(&mut self, conn: &Connection, sid: &str, seq: i64, out: &mut Output) -> Result<()> {
+    /// drew a finding (true: learned).
+    fn end(
+        &mut self,
+        conn: &Connection,
+        sid: &str,
+        out: &mut Output,
+        dirty: &mut Vec<Key>,
+    ) -> Result<bool> {
         let Some(mut live) = self.live.remove(sid) else {
-            return Ok(());
+            return Ok(false);
         };
         let actions = source::session_actions(conn, sid)?;
         let whole = summarize(
@@ -265,12 +283,10 @@ impl Analyzer {
         }
         if live.judge.findings > 0 {
             self.stats.withheld += 1;
-            return Ok(());
+            return Ok(false);
         }
-        let mut dirty = Vec::new();
-        self.fold(&live.record, &whole, &mut dirty);
-        out.baselines.extend(self.records(&dirty, seq));
-        Ok(())
+        self.fold(&live.record, &whole, dirty);
+        Ok(true)
     }
 
     /// Learns a finished session read whole from the store.

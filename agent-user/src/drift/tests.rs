@@ -266,3 +266,108 @@ fn a_draft_lints_and_replays_its_sessions_without_a_denial() {
     assert!(draft.contains("\"/work/p1/**\""), "{draft}");
     assert!(draft.contains("\"~/.ssh/id_rsa\""), "{draft}");
 }
+
+/// The analyser against a real store: six recorded sessions grow the baselines of the
+/// agent and its principal (one row each per pass); a new analyser resumes from the
+/// stored rows without learning anything twice; a drifting session recorded after is
+/// judged against the stored baseline, whose row the finding names.
+#[test]
+fn the_analyser_learns_from_a_store_resumes_from_its_rows_and_judges_what_follows() {
+    use std::sync::Arc;
+
+    use crate::audit::{AuditConfig, AuditSink, Item, SessionRecord, store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let write = |items: Vec<Item>| {
+        let mut sink = AuditSink::open(AuditConfig {
+            path: db.clone(),
+            queue: 1 << 16,
+            max_age: None,
+            max_bytes: None,
+        })
+        .unwrap();
+        for i in items {
+            sink.send(i);
+        }
+        sink.close();
+    };
+    let session = |i: usize, events: Vec<Event>| -> Vec<Item> {
+        let id = format!("{i:016x}");
+        let mut items = vec![Item::Session(Box::new(SessionRecord {
+            session_id: id.clone(),
+            name: format!("s{i}"),
+            agent: "a".into(),
+            business_owner: "biz".into(),
+            technical_owner: "tech".into(),
+            principal_uid: 4_000_000,
+            principal_user: Some("dev".into()),
+            ..SessionRecord::default()
+        }))];
+        for mut e in events.into_iter().chain([ev(Body::SessionEnd, 90)]) {
+            e.session.id = id.clone();
+            items.push(Item::Event(Arc::new(e)));
+        }
+        items
+    };
+    let mut items = Vec::new();
+    for i in 0..6 {
+        items.extend(session(i, usual(&format!("/work/p{i}"))));
+    }
+    write(items);
+    let cfg = Config {
+        min_sessions: 5,
+        ..Config::default()
+    };
+    let conn = store::open_read_only(&db).unwrap();
+    let mut a = analyze::Analyzer::new(cfg.clone());
+    let out = a.tick(&conn, 10_000).unwrap();
+    assert_eq!((a.stats.learned, out.findings.len()), (6, 0));
+    let rows: Vec<(Option<String>, u64)> = out
+        .baselines
+        .iter()
+        .map(|b| (b.principal.clone(), b.sessions))
+        .collect();
+    assert_eq!(rows, [(None, 6), (Some("dev".into()), 6)]);
+    drop(conn);
+    write(
+        out.baselines
+            .into_iter()
+            .map(|b| Item::Baseline(Box::new(b)))
+            .collect(),
+    );
+
+    let conn = store::open_read_only(&db).unwrap();
+    let mut b = analyze::Analyzer::new(cfg);
+    let resumed = b.resume(&conn).unwrap();
+    assert!(resumed.baselines.is_empty(), "learned twice: {resumed:?}");
+    let stored: Vec<u64> = b.baselines().map(|(x, _)| x.sessions).collect();
+    assert_eq!(stored, [6, 6]);
+    let row = b
+        .baselines()
+        .find(|(x, _)| x.principal.is_some())
+        .map(|(_, seq)| seq)
+        .unwrap();
+    drop(conn);
+
+    let mut drifting = usual("/work/new");
+    drifting.push(ev(exec("/usr/bin/whoami", "/work/new"), 30));
+    write(session(7, drifting));
+    let conn = store::open_read_only(&db).unwrap();
+    let out = b.tick(&conn, 10_000).unwrap();
+    let found: Vec<(Finding, &str, i64, u64)> = out
+        .findings
+        .iter()
+        .map(|f| {
+            (
+                f.info.finding,
+                f.info.object.as_str(),
+                f.info.baseline.seq,
+                f.info.baseline.sessions,
+            )
+        })
+        .collect();
+    assert_eq!(found, [(Finding::NewProgram, "/usr/bin/whoami", row, 6)]);
+    assert_eq!(out.findings[0].info.notify, ["biz", "tech", "dev"]);
+    assert_eq!((b.stats.withheld, out.baselines.len()), (1, 0));
+}

@@ -69,11 +69,7 @@ fn it_reports_success_and_was_told_why() {
 #[test]
 fn the_audit_chain_verifies_and_names_an_edited_row() {
     let Some(r) = the_run() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    for (name, bytes) in &r.store {
-        fs::write(dir.path().join(name), bytes).unwrap();
-    }
-    let db = dir.path().join("audit.db");
+    let (_store, db) = r.store_copy();
     let verify = || {
         Command::new(bin())
             .args(["audit", "verify", "--db"])
@@ -113,11 +109,7 @@ hook_claims!();
 #[test]
 fn a_profile_learned_from_its_session_lints_replays_clean_and_denies_the_key() {
     let Some(r) = the_run() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    for (name, bytes) in &r.store {
-        fs::write(dir.path().join(name), bytes).unwrap();
-    }
-    let db = dir.path().join("audit.db");
+    let (dir, db) = r.store_copy();
     // The run's user (whose home `~` was) is gone by now: name the home.
     let home = Path::new(&r.key).parent().unwrap().parent().unwrap();
     let sessions = |c: &mut Command| {

@@ -419,6 +419,17 @@ impl AgentRun {
     }
 
     /// What the model (or the MCP client) was told of `step`.
+    /// The audit store the daemon left, written to a directory of its own (kept while
+    /// the `TempDir` lives), and its database's path.
+    pub(crate) fn store_copy(&self) -> (TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in &self.store {
+            fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let db = dir.path().join("audit.db");
+        (dir, db)
+    }
+
     pub(crate) fn result(&self, step: Step) -> &(bool, String) {
         let i = self
             .steps
@@ -965,13 +976,10 @@ pub(crate) mod claims {
             .expect("the key's read in the timeline");
         assert!(key_line < next_call, "the read sits under its call:\n{t}");
         // `audit query --tool-call` on the store the daemon left.
-        let dir = tempfile::tempdir().unwrap();
-        for (name, bytes) in &r.store {
-            fs::write(dir.path().join(name), bytes).unwrap();
-        }
+        let (_store, db) = r.store_copy();
         let q = Command::new(bin())
             .args(["audit", "query", "--json", "--db"])
-            .arg(dir.path().join("audit.db"))
+            .arg(&db)
             .args(["--tool-call", &call(Step::ReadKey).id])
             .output_within();
         assert!(q.status.success(), "{q:?}");
