@@ -161,6 +161,19 @@ impl Observed {
     }
 }
 
+/// A destination as learned and judged: `ADDR:PORT` (IPv6 bracketed), and every
+/// loopback address and port as `loopback`: local services (a dev server, the agent's
+/// own helpers, a model proxy) come and go on ports of their own.
+pub fn destination(address: &str, port: u16) -> String {
+    if address
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+    {
+        return "loopback".to_owned();
+    }
+    endpoint(address, port)
+}
+
 /// `ADDR:PORT`, IPv6 bracketed.
 pub fn endpoint(address: &str, port: u16) -> String {
     if address.contains(':') {
@@ -225,15 +238,15 @@ pub fn observe(ev: &Event, a: &Anchors) -> Option<Observed> {
         ))),
         // Refused by the network layer: its own decision record is the denial.
         Body::Connect(c) if refused(c.result) => None,
-        Body::Connect(c) => Some(Observed::Destination(endpoint(&c.address, c.port))),
+        Body::Connect(c) => Some(Observed::Destination(destination(&c.address, c.port))),
         Body::NetDecision(n) if n.address.is_empty() => {
             denied.then(|| Observed::Denied(format!("socket {} {}", n.family, n.protocol)))
         }
         Body::NetDecision(n) => {
             // A stream's decision names the destination its connect names.
             let dest = match n.protocol.as_str() {
-                "tcp" => endpoint(&n.address, n.port),
-                p => format!("{}/{p}", endpoint(&n.address, n.port)),
+                "tcp" => destination(&n.address, n.port),
+                p => format!("{}/{p}", destination(&n.address, n.port)),
             };
             Some(if denied {
                 Observed::Denied(format!("{} {dest}", n.op))

@@ -169,3 +169,195 @@ fn a_profile_learned_from_its_session_lints_replays_clean_and_denies_the_key() {
         "{shown}"
     );
 }
+
+/// Drift with the real agent. Ten Claude Code sessions under a profile of their own,
+/// one after another in the same project, do the same work (write and read back notes,
+/// try the key, run python against a local service, list the project): their recorded
+/// sessions make the baseline of the agent and its principal. An eleventh like them
+/// draws no finding; a twelfth that also runs `whoami`, reads a file under `/opt`,
+/// reaches the foreign host and tries the key five times draws exactly those four
+/// findings, each with the actions' audit rows as its evidence.
+#[test]
+fn ten_sessions_make_a_baseline_and_a_drifting_one_draws_exactly_its_findings() {
+    let claude = match installed("claude-code", "node_modules/.bin/claude") {
+        Ok(p) => p,
+        Err(why) => return skip(&why),
+    };
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("claude-drift.yaml"),
+        "name: claude-drift\ndescription: Claude Code, for the drift test\n\
+         owners: { business: Research, technical: Platform security }\nmode: enforce\n\
+         hooks: claude-code\nfiles:\n  deny: [\"~/.ssh/**\"]\n",
+    )
+    .unwrap();
+    let w = World::with(
+        10,
+        &[
+            "--rules-dir",
+            rules.path().to_str().unwrap(),
+            "--drift-interval",
+            "300ms",
+            "--drift-min-sessions",
+            "10",
+        ],
+    );
+    let outside_dir = PathBuf::from(format!("/opt/aw-drift-claude-{}", std::process::id()));
+    fs::create_dir_all(&outside_dir).unwrap();
+    fs::set_permissions(&outside_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _outside = Remove(outside_dir.clone());
+    let outside = outside_dir.join("data.csv");
+    fs::write(&outside, "a,b\n").unwrap();
+    let commands = w.root.join("commands.json");
+    fs::write(&commands, "[]").unwrap();
+    let model = ModelServer::start_with_file(&w.root, &commands);
+    let connect = |to: &[(&str, u16)]| {
+        let calls: Vec<String> = to
+            .iter()
+            .map(|(a, p)| format!("socket.create_connection(('{a}', {p}), timeout=5).close()"))
+            .collect();
+        format!("python3 -c \"import socket; {}\"", calls.join("; "))
+    };
+    let usual = vec![
+        "echo hello-from-agent > notes.txt && cat notes.txt".to_owned(),
+        "cat ~/.ssh/id_rsa".to_owned(),
+        connect(&[("127.0.0.1", model.port)]),
+        "ls -l".to_owned(),
+    ];
+    let mut drifting = usual.clone();
+    drifting[2] = connect(&[("127.0.0.1", model.port), (&w.foreign.addr, 8080)]);
+    drifting.extend([
+        "whoami".to_owned(),
+        format!("cat {}", outside.display()),
+        "for i in 1 2 3 4; do cat ~/.ssh/id_rsa; done; true".to_owned(),
+    ]);
+    let session = |i: usize, steps: &[String]| {
+        fs::write(&commands, serde_json::to_string(steps).unwrap()).unwrap();
+        let name = format!("claude-drift-{i}");
+        let out = w
+            .run("claude-drift", &name)
+            .env(
+                "ANTHROPIC_BASE_URL",
+                format!("http://127.0.0.1:{}", model.port),
+            )
+            .env("ANTHROPIC_API_KEY", "sk-test")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .env("DISABLE_TELEMETRY", "1")
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("CLAUDE_CODE_MAX_RETRIES", "1")
+            .arg(&claude)
+            .args(["-p", "run the scripted commands"])
+            .args(["--allowedTools", "Bash"])
+            .args(["--output-format", "json", "--no-session-persistence"])
+            .output_within();
+        assert!(out.status.success(), "{name}: {out:?}");
+        name
+    };
+    let learned = |sessions: u64| {
+        let start = Instant::now();
+        loop {
+            let out =
+                w.d.cli()
+                    .args([
+                        "baseline",
+                        "show",
+                        "claude-drift",
+                        "--principal",
+                        &w.user.name,
+                    ])
+                    .arg("--db")
+                    .arg(w.d.db())
+                    .arg("--json")
+                    .output_within();
+            if out.status.success() {
+                let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                if b["sessions"] == sessions {
+                    return b;
+                }
+            }
+            assert!(
+                start.elapsed() < patience(),
+                "no baseline of {sessions}: {out:?}"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    };
+    for i in 0..10 {
+        session(i, &usual);
+    }
+    let b = learned(10);
+    assert_eq!(b["tools"]["Bash"], 10, "{b:#}");
+    assert_eq!(b["destinations"]["loopback"], 10, "{b:#}");
+    let drifts = |name: &str| -> Vec<agentwarden::event::DriftInfo> {
+        w.d.events(Some(name))
+            .into_iter()
+            .filter_map(|e| match e.body {
+                Body::Drift(x) => Some(*x),
+                _ => None,
+            })
+            .collect()
+    };
+    let normal = session(10, &usual);
+    learned(11);
+    assert_eq!(drifts(&normal), [], "the usual work drew findings:\n{b:#}");
+    let drifted = session(11, &drifting);
+    let start = Instant::now();
+    let found = loop {
+        // Judged whole at its end: then not learned.
+        let found = drifts(&drifted);
+        if found.len() >= 4
+            && w.d
+                .events(Some(&drifted))
+                .iter()
+                .any(|e| e.kind() == EventKind::SessionEnd)
+        {
+            thread::sleep(Duration::from_secs(1));
+            break drifts(&drifted);
+        }
+        assert!(start.elapsed() < patience(), "{found:#?}");
+        thread::sleep(Duration::from_millis(200));
+    };
+    let mut kinds: Vec<(&str, &str)> = found
+        .iter()
+        .map(|f| (f.finding.as_str(), f.object.as_str()))
+        .collect();
+    kinds.sort();
+    let (tree, dest) = (
+        format!("{}/**", outside_dir.display()),
+        format!("{}:8080", w.foreign.addr),
+    );
+    assert_eq!(
+        kinds,
+        [
+            ("new_destination", dest.as_str()),
+            ("new_program", "/usr/bin/whoami"),
+            ("read_outside_trees", tree.as_str()),
+            ("repeated_denial", "open ~/.ssh/id_rsa"),
+        ],
+        "{found:#?}\nbaseline: {b:#}"
+    );
+    let conn = rusqlite::Connection::open(w.d.db()).unwrap();
+    for f in &found {
+        assert_eq!(f.baseline.sessions, 11, "{f:?}");
+        for seq in &f.evidence {
+            let (kind, session): (String, String) = conn
+                .query_row(
+                    "SELECT kind, session_name FROM audit_log WHERE seq = ?1",
+                    [seq],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!(session, drifted, "{f:?}");
+            assert!(
+                ["exec", "open", "connect", "net_decision"].contains(&kind.as_str()),
+                "{f:?}: {kind}"
+            );
+        }
+    }
+}

@@ -107,18 +107,30 @@ pub(crate) struct ModelServer {
 
 impl ModelServer {
     fn start(dir: &Path, steps: &[serde_json::Value]) -> Self {
+        Self::spawn(dir, |c| {
+            c.env("SCRIPTED_COMMANDS", serde_json::to_string(steps).unwrap());
+        })
+    }
+
+    /// A server whose script is the file `commands`, read again on every request: one
+    /// server (one port) for runs with different scripts.
+    fn start_with_file(dir: &Path, commands: &Path) -> Self {
+        Self::spawn(dir, |c| {
+            c.arg("--commands-file").arg(commands);
+        })
+    }
+
+    fn spawn(dir: &Path, script: impl FnOnce(&mut Command)) -> Self {
         let (log, port_file) = (dir.join("model.jsonl"), dir.join("model.port"));
-        let child = Command::new("python3")
-            .arg(support_script("scripted_model.py"))
+        let mut c = Command::new("python3");
+        c.arg(support_script("scripted_model.py"))
             .arg("0")
             .arg("--log")
             .arg(&log)
             .arg("--port-file")
-            .arg(&port_file)
-            .env("SCRIPTED_COMMANDS", serde_json::to_string(steps).unwrap())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("model server");
+            .arg(&port_file);
+        script(&mut c);
+        let child = c.stdout(Stdio::null()).spawn().expect("model server");
         let start = Instant::now();
         let port = loop {
             if let Some(p) = fs::read_to_string(&port_file)
@@ -238,11 +250,24 @@ pub(crate) struct World {
     _dir: TempDir,
 }
 
+/// A foreign host's tag, unique among the tests of this run: `index` (below 16) tells
+/// the parallel runs apart (the agents' worlds 0–6 and 10, the drift test's 9).
+pub(crate) fn host_tag(index: u32) -> u32 {
+    (std::process::id() % 1000) * 16 + index
+}
+
 impl World {
     /// `index` tells the parallel runs of different agents apart.
     fn new(index: u32) -> Self {
+        Self::with(index, &[])
+    }
+
+    /// [`World::new`] with more `daemon` arguments.
+    fn with(index: u32, extra: &[&str]) -> Self {
         // Prompts kept as text: the claims read them back.
-        let d = Daemon::start_with(&["--prompts", "store"]).expect("root");
+        let mut args = vec!["--prompts", "store"];
+        args.extend(extra);
+        let d = Daemon::start_with(&args).expect("root");
         let dir = tempfile::tempdir().unwrap();
         let root = fs::canonicalize(dir.path()).unwrap();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
@@ -253,7 +278,7 @@ impl World {
         fs::write(&key, "PRIVATE-KEY-CANARY\n").unwrap();
         // A project keeps its secrets in `.env`, which some agents load at start-up.
         fs::write(project.join(".env"), "API_TOKEN=ENV-CANARY\n").unwrap();
-        let tag = (std::process::id() % 1000) * 8 + index;
+        let tag = host_tag(index);
         let user = TestUser::create(&format!("aw-e2e-{tag}"), &home);
         user.chown(&home);
         user.chown(&project);
