@@ -1,4 +1,4 @@
-//! The drift analyser, out of band: a thread of its own (in the idle scheduling class) with
+//! The drift analyser, out of band: a thread of its own (at nice 10) with
 //! its own read-only connection to the audit store reads what the writer committed,
 //! judges it against the agents' baselines and learns finished sessions
 //! (`crate::drift::analyze`). It never takes the core's lock while it reads or judges,
@@ -81,15 +81,14 @@ fn analyse(
     tx: Sender,
     webhook_failed: Arc<AtomicU64>,
 ) {
-    // Beside the daemon's own work and the agents', never ahead of them: `SCHED_IDLE`
-    // for this thread runs it only on CPU time nothing else wants, and any other task
-    // that wakes preempts it at once (a nice value still takes its share of a busy CPU,
-    // and a wake-up waits out its slice).
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler on this thread (0), with a parameter that lives across
-    // the call.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        warn!(error = %std::io::Error::last_os_error(), "the drift analyser could not take the idle scheduling class; it runs at the daemon's priority");
+    // Beside the daemon's own work and the agents', not ahead of them: nice 10 for this
+    // thread, a tenth of a busy CPU's share. Not `SCHED_IDLE`: a thread that runs only
+    // on idle CPU can hold a lock the daemon's other threads need (the allocator's, a
+    // log writer's) for as long as the CPUs stay busy, which stalled a daemon under a
+    // refusal flood for minutes.
+    // SAFETY: setpriority on this thread's id; no memory is passed.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "the drift analyser could not lower its priority");
     }
     let mut analyzer = Analyzer::new(settings.thresholds.clone());
     let mut conn: Option<rusqlite::Connection> = None;

@@ -82,6 +82,9 @@ pub(super) async fn sweep(shared: Arc<Shared>) {
 /// Period of re-binding deny rules to the inodes of the files they name.
 pub(super) const REBIND_PERIOD: Duration = Duration::from_secs(10);
 
+/// Batches drained ahead of a refusal at most (about a full ring of small records).
+const REFUSAL_DRAIN_BATCHES: usize = 256;
+
 /// Refusals of the fanotify layer, through the same pipeline as kernel records (the
 /// layer writes them in the kernel's format).
 pub(super) async fn refusals(
@@ -89,11 +92,19 @@ pub(super) async fn refusals(
     mut rx: tokio::sync::mpsc::Receiver<refusal::Notice>,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut core = shared.core();
         // The ring's records were sent before the refusal was decided (the exec that
         // started the refused process, its forks): they go first, so the refusal is
-        // attributed to a known process with its lineage.
-        while core.drain(DRAIN_BATCH) {}
+        // attributed to a known process with its lineage. In batches, giving the lock up
+        // between them, and at most a ring's worth: a session that refills the ring as
+        // fast as it drains (a loop of denied reads) would otherwise keep the lock, and
+        // every control request waiting, for as long as it runs.
+        for _ in 0..REFUSAL_DRAIN_BATCHES {
+            if !shared.drain_batch() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let mut core = shared.core();
         core.handle_notice(first);
         while let Ok(more) = rx.try_recv() {
             core.handle_notice(more);
