@@ -131,13 +131,7 @@ fn ten_sessions_make_a_baseline_and_a_drifting_session_draws_exactly_its_four_fi
     let outside = outside_dir.join("data.csv");
     fs::write(&outside, "a,b\n").unwrap();
     fs::set_permissions(&outside_dir, fs::Permissions::from_mode(0o755)).unwrap();
-    struct Remove(PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-    let _outside = Remove(outside_dir.clone());
+    let _outside = RemovedOnDrop(outside_dir.clone());
     let service = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = service.local_addr().unwrap().port();
     thread::spawn(move || for _ in service.incoming() {});
@@ -160,30 +154,7 @@ fn ten_sessions_make_a_baseline_and_a_drifting_session_draws_exactly_its_four_fi
         assert!(out.status.success(), "{name}: {out:?}");
         name
     };
-    let baseline = |sessions: u64| {
-        let start = Instant::now();
-        loop {
-            let out = d
-                .cli()
-                .args(["baseline", "show", "drift-agent", "--principal", &user.name])
-                .arg("--db")
-                .arg(d.db())
-                .arg("--json")
-                .output_within();
-            if out.status.success() {
-                let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                if b["sessions"] == sessions {
-                    return b;
-                }
-            }
-            assert!(
-                start.elapsed() < patience(),
-                "no baseline of {sessions} sessions: {out:?}\n{}",
-                d.log()
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let baseline = |sessions: u64| d.baseline("drift-agent", &user.name, sessions);
     let usual = work(port, None);
     for i in 0..10 {
         session(i, &usual);
@@ -390,13 +361,7 @@ fn ten_sessions_make_a_baseline_and_a_drifting_session_draws_exactly_its_four_fi
 fn a_shadow_profile_records_what_it_would_decide_otherwise_and_enforces_nothing() {
     let dir = PathBuf::from(format!("/opt/aw-shadow-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
-    struct Remove(PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-    let _dir = Remove(dir.clone());
+    let _dir = RemovedOnDrop(dir.clone());
     let (shadowed, denied, both) = (
         dir.join("shadowed.txt"),
         dir.join("denied.txt"),

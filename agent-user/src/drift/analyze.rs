@@ -116,16 +116,15 @@ impl Analyzer {
     /// one and drew no finding are learned now.
     pub fn resume(&mut self, conn: &Connection) -> Result<Output> {
         let mut through = 0;
-        for (seq, b) in source::baselines(conn)? {
-            through = through.max(
-                conn.query_row(
-                    "SELECT through_seq FROM baselines WHERE seq = ?1",
-                    [seq],
-                    |r| r.get::<_, i64>(0),
-                )
-                .unwrap_or(0),
+        for s in source::baselines(conn)? {
+            through = through.max(s.through_seq);
+            self.baselines.insert(
+                s.baseline.key(),
+                Held {
+                    b: s.baseline,
+                    seq: s.seq,
+                },
             );
-            self.baselines.insert(b.key(), Held { b, seq });
         }
         self.cursor = source::last_seq(conn)?;
         let mut out = Output::default();

@@ -162,8 +162,11 @@ pub fn baseline(db: &Path, cmd: BaselineCmd) -> Result<ExitCode> {
             let key = Key { agent, principal };
             let found = source::baselines(&conn)?
                 .into_iter()
-                .find(|(_, b)| b.key() == key);
-            let Some((seq, b)) = found else {
+                .find(|s| s.baseline.key() == key);
+            let Some(source::StoredBaseline {
+                seq, baseline: b, ..
+            }) = found
+            else {
                 bail!(
                     "no baseline of {key} in {}: the daemon's analyser learns one from the \
                      agent's finished sessions",
@@ -270,36 +273,36 @@ pub fn learn(db: &Path, sel: &Sessions, name: Option<String>) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// The actions of `sessions` whose verdict under `p` differs from `was` (each action's
-/// recorded verdict, or another profile's).
-fn changes(
+/// Every action of `sessions` that `p` judges, with its verdict under `p` and under `was`
+/// (each action's recorded verdict, or another profile's).
+fn judged(
     sessions: &[Loaded],
     p: &Profile,
     mut was: impl FnMut(&Loaded, &Event, &mut Resolver) -> Option<Judged>,
-) -> (Vec<Change>, u64) {
+) -> Vec<Change> {
     let mut r = Resolver::default();
     let mut out = Vec::new();
-    let mut judged = 0;
     for s in sessions {
         let home = s.home.clone().unwrap_or_default();
         for (seq, ev, _) in &s.events {
             let Some(now) = judge(p, &mut r, ev, &home) else {
                 continue;
             };
-            judged += 1;
-            let before = was(s, ev, &mut r);
-            if before.as_ref().is_some_and(|b| b.denied) != now.denied {
-                out.push(Change {
-                    seq: *seq,
-                    session: s.record.name.clone(),
-                    what: describe(ev),
-                    was: before,
-                    now,
-                });
-            }
+            out.push(Change {
+                seq: *seq,
+                session: s.record.name.clone(),
+                what: describe(ev),
+                was: was(s, ev, &mut r),
+                now,
+            });
         }
     }
-    (out, judged)
+    out
+}
+
+/// Whether the verdict turned.
+fn turned(c: &Change) -> bool {
+    c.was.as_ref().is_some_and(|b| b.denied) != c.now.denied
 }
 
 fn print_changes(changes: &[Change], old: &str, new: &str) -> (usize, usize) {
@@ -329,35 +332,29 @@ fn print_changes(changes: &[Change], old: &str, new: &str) -> (usize, usize) {
 pub fn replay(db: &Path, p: &Profile, sel: &Sessions) -> Result<ExitCode> {
     let conn = store::open_read_only(db)?;
     let sessions = sel.load(&conn)?;
-    let (changes, judged) = changes(&sessions, p, |_, ev, _| Some(recorded(ev)));
+    let all = judged(&sessions, p, |_, ev, _| Some(recorded(ev)));
     println!(
-        "{} replayed over {} session(s), {judged} judged action(s):",
+        "{} replayed over {} session(s), {} judged action(s):",
         p.file.name,
-        sessions.len()
+        sessions.len(),
+        all.len()
     );
     // What it denies that was denied then too: the refusals it keeps.
-    let mut r = Resolver::default();
     let mut kept = 0;
-    for s in &sessions {
-        let home = s.home.clone().unwrap_or_default();
-        for (seq, ev, _) in &s.events {
-            if let Some(now) = judge(p, &mut r, ev, &home)
-                && now.denied
-                && recorded(ev).denied
-            {
-                kept += 1;
-                println!(
-                    "  seq {seq:<8} {:<24} {:<11} {}  ({}: {}; recorded: {})",
-                    s.record.name,
-                    "denies",
-                    describe(ev),
-                    p.file.name,
-                    now.rule,
-                    recorded(ev).rule
-                );
-            }
-        }
+    for c in all.iter().filter(|c| c.now.denied && !turned(c)) {
+        kept += 1;
+        println!(
+            "  seq {:<8} {:<24} {:<11} {}  ({}: {}; recorded: {})",
+            c.seq,
+            c.session,
+            "denies",
+            c.what,
+            p.file.name,
+            c.now.rule,
+            c.was.as_ref().map_or("-", |w| w.rule.as_str())
+        );
     }
+    let changes: Vec<Change> = all.into_iter().filter(turned).collect();
     let (denied, allowed) = print_changes(&changes, "recorded", &p.file.name);
     println!(
         "{denied} action(s) the sessions performed would be denied; {allowed} they were \
@@ -439,9 +436,11 @@ pub fn diff(
         sel.agent = Some(old.file.name.clone());
     }
     let sessions = sel.load(&conn)?;
-    let (changes, judged) = changes(&sessions, new, |s, ev, r| {
+    let all = judged(&sessions, new, |s, ev, r| {
         judge(old, r, ev, s.home.as_deref().unwrap_or_default())
     });
+    let judged = all.len();
+    let changes: Vec<Change> = all.into_iter().filter(turned).collect();
     println!(
         "\nagainst {} recorded session(s) of {}{} ({judged} judged action(s)):",
         sessions.len(),

@@ -60,6 +60,8 @@ pub struct Learned {
     /// `(cidr, ports)`; `None` ports: all.
     pub destinations: BTreeSet<(String, Option<String>)>,
     pub nameservers: bool,
+    /// The host's name servers, read once.
+    system_nameservers: Option<Vec<IpAddr>>,
     pub denied_programs: BTreeSet<String>,
     pub denied_files: BTreeSet<String>,
     pub denied_tools: BTreeSet<String>,
@@ -121,8 +123,13 @@ impl Learned {
         self.sessions += 1;
         let mut anchors = Anchors::new(None, s.home.as_deref());
         let mut project_known = false;
-        let nameservers =
-            crate::dns::nameservers(std::path::Path::new("/etc/resolv.conf")).unwrap_or_default();
+        let nameservers = self
+            .system_nameservers
+            .get_or_insert_with(|| {
+                crate::dns::nameservers(std::path::Path::new("/etc/resolv.conf"))
+                    .unwrap_or_default()
+            })
+            .clone();
         for (seq, ev, _) in s.events {
             self.actions += 1;
             if self.first_seq == 0 {

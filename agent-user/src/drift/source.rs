@@ -22,22 +22,39 @@ pub fn session_actions(conn: &Connection, session: &str) -> Result<Vec<Stored>> 
     Ok(query::events_where(conn, "a.session_id = ?1 ORDER BY a.seq", [session])?.0)
 }
 
-/// The newest stored baseline of each agent and principal, with its row's `seq`.
-pub fn baselines(conn: &Connection) -> Result<Vec<(i64, Baseline)>> {
+/// A stored baseline: its row's `seq`, the last `session_end` it learned, and itself.
+pub struct StoredBaseline {
+    pub seq: i64,
+    pub through_seq: i64,
+    pub baseline: Baseline,
+}
+
+/// The newest stored baseline of each agent and principal.
+pub fn baselines(conn: &Connection) -> Result<Vec<StoredBaseline>> {
     let mut stmt = conn.prepare(
-        "SELECT b.seq, b.content FROM baselines b \
+        "SELECT b.seq, b.through_seq, b.content FROM baselines b \
          WHERE b.seq = (SELECT max(c.seq) FROM baselines c WHERE c.agent = b.agent \
                         AND c.principal IS b.principal) \
          ORDER BY b.agent, b.principal",
     )?;
     let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
-        .map(|(seq, content)| {
-            let b: Baseline = serde_json::from_str(&content)
+        .map(|(seq, through_seq, content)| {
+            let baseline: Baseline = serde_json::from_str(&content)
                 .with_context(|| format!("baselines row seq={seq}: its content"))?;
-            Ok((seq, b))
+            Ok(StoredBaseline {
+                seq,
+                through_seq,
+                baseline,
+            })
         })
         .collect()
 }

@@ -205,13 +205,7 @@ fn ten_sessions_make_a_baseline_and_a_drifting_one_draws_exactly_its_findings() 
     let outside_dir = PathBuf::from(format!("/opt/aw-drift-claude-{}", std::process::id()));
     fs::create_dir_all(&outside_dir).unwrap();
     fs::set_permissions(&outside_dir, fs::Permissions::from_mode(0o755)).unwrap();
-    struct Remove(PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-    let _outside = Remove(outside_dir.clone());
+    let _outside = RemovedOnDrop(outside_dir.clone());
     let outside = outside_dir.join("data.csv");
     fs::write(&outside, "a,b\n").unwrap();
     let commands = w.root.join("commands.json");
@@ -259,35 +253,7 @@ fn ten_sessions_make_a_baseline_and_a_drifting_one_draws_exactly_its_findings() 
         assert!(out.status.success(), "{name}: {out:?}");
         name
     };
-    let learned = |sessions: u64| {
-        let start = Instant::now();
-        loop {
-            let out =
-                w.d.cli()
-                    .args([
-                        "baseline",
-                        "show",
-                        "claude-drift",
-                        "--principal",
-                        &w.user.name,
-                    ])
-                    .arg("--db")
-                    .arg(w.d.db())
-                    .arg("--json")
-                    .output_within();
-            if out.status.success() {
-                let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                if b["sessions"] == sessions {
-                    return b;
-                }
-            }
-            assert!(
-                start.elapsed() < patience(),
-                "no baseline of {sessions}: {out:?}"
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let learned = |sessions: u64| w.d.baseline("claude-drift", &w.user.name, sessions);
     for i in 0..10 {
         session(i, &usual);
     }

@@ -393,6 +393,38 @@ impl Daemon {
         }
     }
 
+    /// `baseline show AGENT --principal USER --json` once the drift analyser has learned
+    /// `sessions` sessions into it (or panics after [`patience`]).
+    pub(crate) fn baseline(
+        &self,
+        agent: &str,
+        principal: &str,
+        sessions: u64,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let out = self
+                .cli()
+                .args(["baseline", "show", agent, "--principal", principal])
+                .arg("--db")
+                .arg(self.db())
+                .arg("--json")
+                .output_within();
+            if out.status.success() {
+                let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                if b["sessions"] == sessions {
+                    return b;
+                }
+            }
+            assert!(
+                start.elapsed() < patience(),
+                "no baseline of {sessions} sessions: {out:?}\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The daemon's pin directory.
     pub(crate) fn pins(&self) -> PathBuf {
         pin_dir(self.dir.path())
@@ -752,6 +784,15 @@ impl Drop for Watchdog {
 }
 
 /// An account for an agent (an ordinary user), with its home in a temporary directory; removed on drop.
+/// A directory a test made outside its temporary one (under `/opt`, say), removed on drop.
+pub(crate) struct RemovedOnDrop(pub(crate) PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 pub(crate) struct TestUser {
     pub(crate) name: String,
 }
