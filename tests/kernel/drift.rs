@@ -99,6 +99,56 @@ fn metric(addr: &str, line: &str) -> Option<u64> {
 /// are those actions), the baseline (its `baselines` row, in the verified chain) and
 /// whom to tell; each is an event, an audit row, an OCSF Detection Finding, a counter
 /// and a webhook POST. The drifting session is not learned.
+/// The analyser's connection to the store lives in the audit writer's descriptor table,
+/// not the daemon's: SQLite gives every connection of a process the descriptors the
+/// first one opened, and in another table those numbers are other files (an analyser in
+/// the daemon's table closed the runtime's epoll descriptor and mapped what stood under
+/// the store's shared memory). `kcmp(KCMP_FILES)` says whether two threads share one.
+fn analyser_shares_the_writers_descriptors(d: &Daemon) {
+    let pid = d.child.as_ref().unwrap().id();
+    let thread_named = |name: &str| -> u32 {
+        let start = Instant::now();
+        loop {
+            for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+                let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                if comm.trim() == name {
+                    return t.file_name().to_string_lossy().parse().unwrap();
+                }
+            }
+            assert!(
+                start.elapsed() < patience(),
+                "no thread {name} in the daemon"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    const KCMP_FILES: libc::c_long = 2;
+    let same_table = |a: u32, b: u32| -> bool {
+        // SAFETY: kcmp(2) with thread ids and no pointers.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                a as libc::c_long,
+                b as libc::c_long,
+                KCMP_FILES,
+                0,
+                0,
+            )
+        };
+        assert!(r >= 0, "kcmp: {}", std::io::Error::last_os_error());
+        r == 0
+    };
+    let (writer, drift) = (thread_named("audit-writer"), thread_named("drift"));
+    assert!(
+        same_table(writer, drift),
+        "the drift analyser has a descriptor table other than the audit writer's"
+    );
+    assert!(
+        !same_table(pid, drift),
+        "the drift analyser shares the daemon's descriptor table"
+    );
+}
+
 #[test]
 fn ten_sessions_make_a_baseline_and_a_drifting_session_draws_exactly_its_four_findings() {
     let rules = tempfile::tempdir().unwrap();
@@ -117,6 +167,7 @@ fn ten_sessions_make_a_baseline_and_a_drifting_session_draws_exactly_its_four_fi
     ]) else {
         return;
     };
+    analyser_shares_the_writers_descriptors(&d);
     let work_dir = tempfile::tempdir().unwrap();
     let root = fs::canonicalize(work_dir.path()).unwrap();
     fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();

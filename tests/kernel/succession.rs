@@ -82,14 +82,17 @@ impl Fixture {
         fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 
+    /// The machine's processes, with the kernel stacks of the scripts working here.
+    fn stalled(&self) -> String {
+        processes_report(&[], Some(self.dir.to_str().unwrap()))
+    }
+
     fn wait_for_file(&self, name: &str, what: &str) {
         let start = Instant::now();
         while !self.dir.join(name).exists() {
-            assert!(
-                start.elapsed() < patience(),
-                "{what}: log so far {:?}",
-                self.log()
-            );
+            if start.elapsed() > patience() {
+                panic!("{what}: log so far {:?}\n{}", self.log(), self.stalled());
+            }
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -97,11 +100,9 @@ impl Fixture {
     fn wait_for_log(&self, line: &str) {
         let start = Instant::now();
         while !self.log().lines().any(|l| l == line) {
-            assert!(
-                start.elapsed() < patience(),
-                "no `{line}` in {:?}",
-                self.log()
-            );
+            if start.elapsed() > patience() {
+                panic!("no `{line}` in {:?}\n{}", self.log(), self.stalled());
+            }
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -195,7 +196,12 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
     // The session acts with no daemon: the denied read is stopped (the refusal layer
     // was the daemon's; the kernel kills instead), the denied connect refused.
     fs::write(f.dir.join("go"), "").unwrap();
-    assert!(brief.wait().unwrap().success());
+    let status = brief.wait().unwrap();
+    assert!(
+        status.success(),
+        "the brief session in the gap: {status:?}\n{}",
+        f.stalled()
+    );
     assert!(brief_marker.exists());
     f.wait_for_log("gap-done");
     let log = f.log();
@@ -390,11 +396,9 @@ echo done >> "$W/log"
         let n = f.log().lines().count();
         let start = Instant::now();
         while f.log().lines().count() < n + 5 {
-            assert!(
-                start.elapsed() < patience(),
-                "the loop stopped: {}",
-                f.log()
-            );
+            if start.elapsed() > patience() {
+                panic!("the loop stopped: {}\n{}", f.log(), f.stalled());
+            }
             thread::sleep(Duration::from_millis(20));
         }
         dir_kept = d.stopped_keeping_pins();

@@ -99,9 +99,18 @@ impl AuditStats {
     }
 }
 
+/// Work for a thread that shares the writer's descriptor table ([`AuditSink::spawn_beside`]).
+type Companion = (
+    String,
+    Box<dyn FnOnce() + Send>,
+    SyncSender<std::io::Result<()>>,
+);
+
 /// The daemon's handle on the store.
 pub struct AuditSink {
     tx: Option<SyncSender<Vec<Item>>>,
+    /// To the thread that starts companions in the writer's descriptor table.
+    companions: Option<mpsc::Sender<Companion>>,
     /// Records collected since the last [`AuditSink::flush`].
     pending: Vec<Item>,
     /// Most records queued for the writer at once.
@@ -122,10 +131,12 @@ impl AuditSink {
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                let writer = private_descriptors().and_then(|()| Writer::open(&cfg));
+                let writer = private_descriptors()
+                    .and_then(|()| companions())
+                    .and_then(|c| Writer::open(&cfg).map(|w| (w, c)));
                 match writer {
-                    Ok(w) => {
-                        let _ = opened_tx.send(Ok(()));
+                    Ok((w, c)) => {
+                        let _ = opened_tx.send(Ok(c));
                         w.run(rx, &s);
                     }
                     Err(e) => {
@@ -134,11 +145,12 @@ impl AuditSink {
                 }
             })
             .context("starting the audit writer")?;
-        opened
+        let companions = opened
             .recv()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the audit writer stopped while opening")))?;
         Ok(Self {
             tx: Some(tx),
+            companions: Some(companions),
             pending: Vec::new(),
             capacity: queue.max(1) as u64,
             stats,
@@ -184,11 +196,28 @@ impl AuditSink {
         &self.stats
     }
 
+    /// Runs `f` on a thread named `name` that shares the writer's descriptor table: the
+    /// only place in the daemon where another connection to the store may be opened
+    /// (see [`private_descriptors`]). `f` must keep its descriptors to itself, as the
+    /// writer does.
+    pub fn spawn_beside(&self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        let (done_tx, done) = mpsc::sync_channel(1);
+        self.companions
+            .as_ref()
+            .context("the audit writer is closed")?
+            .send((name.to_owned(), Box::new(f), done_tx))
+            .map_err(|_| anyhow::anyhow!("the audit writer's companion starter is gone"))?;
+        done.recv()
+            .map_err(|_| anyhow::anyhow!("the audit writer's companion starter is gone"))?
+            .with_context(|| format!("starting the {name} thread"))
+    }
+
     /// Commits what is queued and stops the writer.
     pub fn close(&mut self) {
         self.flush();
         self.stats.closing.store(true, Relaxed);
         self.tx.take();
+        self.companions.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -214,9 +243,12 @@ impl Drop for AuditSink {
 /// database went "malformed". Locks held through a private table are not touched by
 /// closes in the daemon's.
 ///
-/// So the writer's is the daemon's only connection to the database: SQLite shares the
-/// lock and shared-memory descriptors of a file among all connections of a process,
-/// and another thread's connection would be handed numbers from this table.
+/// So every connection of the daemon to the database lives in this table: the writer's,
+/// and the companions' started by [`AuditSink::spawn_beside`] (the drift analyser's).
+/// SQLite shares the lock and shared-memory descriptors of a file among all connections
+/// of a process, and a connection in another table would be handed numbers from this
+/// one: it mapped, locked and closed whatever the daemon had under them (a drift
+/// analyser in the daemon's table once closed the runtime's epoll descriptor).
 fn private_descriptors() -> Result<()> {
     // SAFETY: from here on this thread uses only descriptors it opens itself (the
     // database's) and stderr, and none of them leaves the thread: the writer owns the
@@ -232,6 +264,23 @@ fn private_descriptors() -> Result<()> {
             .context("closing the audit writer's copies of the daemon's descriptors");
     }
     Ok(())
+}
+
+/// Starts, in the calling thread's descriptor table (the writer's private one), the
+/// thread that starts companions there: a thread shares the table of the thread that
+/// creates it.
+fn companions() -> Result<mpsc::Sender<Companion>> {
+    let (tx, rx) = mpsc::channel::<Companion>();
+    std::thread::Builder::new()
+        .name("audit-companions".into())
+        .spawn(move || {
+            for (name, f, done) in rx {
+                let started = std::thread::Builder::new().name(name).spawn(f);
+                let _ = done.send(started.map(|_| ()));
+            }
+        })
+        .context("starting the audit writer's companion starter")?;
+    Ok(tx)
 }
 
 /// Opens a database for reading (`audit verify|query|timeline|export`).

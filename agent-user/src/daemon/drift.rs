@@ -1,5 +1,6 @@
-//! The drift analyser, out of band: a thread of its own (at nice 10) with
-//! its own read-only connection to the audit store reads what the writer committed,
+//! The drift analyser, out of band: a thread of its own (at nice 10, in the audit
+//! writer's descriptor table) with its own read-only connection to the audit store
+//! reads what the writer committed,
 //! judges it against the agents' baselines and learns finished sessions
 //! (`crate::drift::analyze`). It never takes the core's lock while it reads or judges,
 //! and the writer never waits for it (WAL: readers and the writer do not block each
@@ -55,13 +56,39 @@ pub struct DriftCounters {
 pub(super) fn start(shared: Arc<Shared>, db: PathBuf) -> Option<tokio::task::JoinHandle<()>> {
     let settings = shared.cfg.drift.clone();
     let interval = settings.interval?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Output, Stats, Option<String>)>();
-    let failed = shared.core().drift.webhook_failed.clone();
-    let spawned = thread::Builder::new()
-        .name("drift".into())
-        .spawn(move || analyse(db, interval, settings, tx, failed));
-    if let Err(e) = spawned {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Report>();
+    // The analyser cannot wake the runtime itself: a wakeup writes to the runtime's
+    // eventfd, a number in the daemon's descriptor table, not in the analyser's. A
+    // channel without descriptors (futexes) crosses over, and this thread, in the
+    // daemon's table, passes each report on.
+    let (std_tx, std_rx) = std::sync::mpsc::channel::<Report>();
+    let bridged = thread::Builder::new()
+        .name("drift-bridge".into())
+        .spawn(move || {
+            for report in std_rx {
+                if tx.send(report).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = bridged {
         warn!(error = %e, "the drift analyser could not start");
+        return None;
+    }
+    let tx = std_tx;
+    let failed = shared.core().drift.webhook_failed.clone();
+    // In the audit writer's descriptor table, never the daemon's: SQLite hands every
+    // connection of the process the descriptors of the first one that opened the file.
+    let spawned = shared
+        .core()
+        .sinks
+        .audit
+        .spawn_beside("drift", move || analyse(db, interval, settings, tx, failed));
+    if let Err(e) = spawned {
+        warn!(
+            error = format!("{e:#}"),
+            "the drift analyser could not start"
+        );
         return None;
     }
     info!(
@@ -71,7 +98,9 @@ pub(super) fn start(shared: Arc<Shared>, db: PathBuf) -> Option<tokio::task::Joi
     Some(tokio::spawn(take(shared, rx)))
 }
 
-type Sender = tokio::sync::mpsc::UnboundedSender<(Output, Stats, Option<String>)>;
+/// One pass's results, the analyser's counters, and why the pass failed, if it did.
+type Report = (Output, Stats, Option<String>);
+type Sender = std::sync::mpsc::Sender<Report>;
 
 /// The analyser's thread: one pass per interval, until the daemon stops listening.
 fn analyse(
@@ -94,9 +123,6 @@ fn analyse(
     let mut conn: Option<rusqlite::Connection> = None;
     let mut resumed = false;
     loop {
-        if tx.is_closed() {
-            return;
-        }
         let pass = (|| -> Result<Vec<Output>> {
             if conn.is_none() {
                 conn = Some(audit::store::open_read_only(&db)?);
@@ -175,10 +201,7 @@ fn post(url: &str, f: &crate::drift::analyze::Found) -> Result<()> {
 }
 
 /// Raises what the analyser found, and stores the baselines it grew.
-async fn take(
-    shared: Arc<Shared>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Output, Stats, Option<String>)>,
-) {
+async fn take(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Report>) {
     while let Some((out, stats, error)) = rx.recv().await {
         let mut core = shared.core();
         core.drift.stats = stats;

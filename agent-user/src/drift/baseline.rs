@@ -128,7 +128,12 @@ impl Baseline {
 
     /// A read is inside the learned trees when the tree was read or written.
     pub fn knows_read(&self, tree: &str) -> bool {
-        self.reads.contains_key(tree) || self.writes.contains_key(tree)
+        holds(&self.reads, tree) || holds(&self.writes, tree)
+    }
+
+    /// A write is inside the learned trees when the tree was written.
+    pub fn knows_write(&self, tree: &str) -> bool {
+        holds(&self.writes, tree)
     }
 
     /// What `baseline show` prints.
@@ -183,4 +188,12 @@ impl Baseline {
         );
         out
     }
+}
+
+/// Whether `tree` is one of `trees`, or the directory at the root of one: a listing of
+/// `/tmp` where sessions worked in `/tmp/**` is not a new place (a directory is opened
+/// whenever a program looks for its entries, whether timing makes it do so or not).
+fn holds<V>(trees: &BTreeMap<String, V>, tree: &str) -> bool {
+    trees.contains_key(tree)
+        || (!tree.ends_with("/**") && trees.contains_key(&format!("{tree}/**")))
 }

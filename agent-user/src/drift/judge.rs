@@ -102,7 +102,7 @@ impl Judge {
                 &s.reads[t],
                 format!("{t} was read in none of the {n} baseline session(s)"),
             ),
-            Observed::Write(t) if !b.writes.contains_key(t) => self.raise(
+            Observed::Write(t) if !b.knows_write(t) => self.raise(
                 Finding::WriteOutsideTrees,
                 t,
                 &s.writes[t],

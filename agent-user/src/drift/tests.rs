@@ -188,6 +188,19 @@ fn a_new_program_tree_destination_and_repeated_denial_are_each_found_once() {
 }
 
 #[test]
+fn the_directory_at_the_root_of_a_learned_tree_is_inside_it() {
+    let b = baseline(5);
+    let mut v = usual("/work/new");
+    // Listings: of `/etc` (the baseline read `/etc/**`), of `/opt` (nothing under it).
+    v.push(ev(open("/etc", 0o200000), 40));
+    v.push(ev(open("/opt", 0o200000), 41));
+    assert_eq!(
+        judge_all(&b, &v),
+        [(Finding::ReadOutsideTrees, "/opt".to_owned())]
+    );
+}
+
+#[test]
 fn a_write_where_the_baseline_only_read_is_found() {
     let b = baseline(5);
     let mut v = usual("/work/new");

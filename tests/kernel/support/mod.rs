@@ -684,6 +684,58 @@ for spec in sys.argv[1:]:
     sys.stdout.flush()
 "#;
 
+/// What every process on the machine is doing: pid, parent, state, name, where it waits
+/// in the kernel, command line. The kernel stacks of every thread of `stacks_of` and of
+/// every process whose command line mentions `mentioning` follow: a stalled test says
+/// what its processes wait on, not only that they did not finish.
+pub(crate) fn processes_report(stacks_of: &[u32], mentioning: Option<&str>) -> String {
+    let mut report = String::new();
+    let mut stacks: Vec<u32> = stacks_of.iter().copied().filter(|p| *p != 0).collect();
+    for p in procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(st) = p.stat() else { continue };
+        let wchan = fs::read_to_string(format!("/proc/{}/wchan", p.pid)).unwrap_or_default();
+        let cmd = p.cmdline().unwrap_or_default().join(" ");
+        if mentioning.is_some_and(|m| cmd.contains(m)) {
+            stacks.push(p.pid as u32);
+        }
+        report.push_str(&format!(
+            "{:>7} {:>7} {} {:<16} {:<24} {}\n",
+            st.pid,
+            st.ppid,
+            st.state,
+            st.comm,
+            wchan,
+            cmd.chars().take(160).collect::<String>()
+        ));
+    }
+    for pid in stacks {
+        for task in fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let tid = task.file_name().to_string_lossy().into_owned();
+            let stack = fs::read_to_string(task.path().join("stack")).unwrap_or_default();
+            let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let signals: Vec<&str> = status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("State:") || l.starts_with("SigPnd:") || l.starts_with("ShdPnd:")
+                })
+                .collect();
+            report.push_str(&format!(
+                "process {pid} thread {tid} ({}):\n{stack}",
+                signals.join(", ")
+            ));
+        }
+    }
+    report
+}
+
 /// A test that must not stall: past `limit` it writes what every process on the machine
 /// is doing (state, where it waits, the daemon's threads' kernel stacks) to stderr, past
 /// the test harness's capture, and ends the test binary with a failure, instead of
@@ -713,36 +765,7 @@ impl Watchdog {
                 return;
             }
             let mut report = format!("\nWATCHDOG: {what} stalled for {limit:?}; processes:\n");
-            for p in procfs::process::all_processes()
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let Ok(st) = p.stat() else { continue };
-                let wchan =
-                    fs::read_to_string(format!("/proc/{}/wchan", p.pid)).unwrap_or_default();
-                let cmd = p.cmdline().unwrap_or_default().join(" ");
-                report.push_str(&format!(
-                    "{:>7} {:>7} {} {:<16} {:<24} {}\n",
-                    st.pid,
-                    st.ppid,
-                    st.state,
-                    st.comm,
-                    wchan,
-                    cmd.chars().take(160).collect::<String>()
-                ));
-            }
-            for task in fs::read_dir(format!("/proc/{daemon}/task"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let stack = fs::read_to_string(task.path().join("stack")).unwrap_or_default();
-                report.push_str(&format!(
-                    "daemon thread {}:\n{stack}",
-                    task.file_name().to_string_lossy()
-                ));
-            }
+            report.push_str(&processes_report(&[daemon], None));
             let log = fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             report.push_str("daemon log (last lines):\n");
