@@ -41,6 +41,7 @@ pub struct KernelOffsets {
     pub inode_i_sb: u32,
     pub super_block_s_dev: u32,
     pub inode_i_nlink: u32,
+    pub inode_i_generation: u32,
     pub dentry_d_inode: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
@@ -49,7 +50,7 @@ pub struct KernelOffsets {
     /// Non-zero once the daemon filled the struct; programs do nothing before that.
     pub valid: u32,
 }
-crate::assert_size!(KernelOffsets, 39 * 4);
+crate::assert_size!(KernelOffsets, 40 * 4);
 
 #[cfg(feature = "user")]
 // SAFETY: plain-old-data, all fields are u32, no padding.

@@ -210,7 +210,7 @@ pub struct InodeRuleKey {
 }
 crate::assert_size!(InodeRuleKey, 24);
 
-/// Value of `PATH_RULES` and `INODE_RULES`.
+/// Value of `PATH_RULES`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PathRuleValue {
@@ -219,6 +219,21 @@ pub struct PathRuleValue {
     pub flags: u32,
 }
 crate::assert_size!(PathRuleValue, 8);
+
+/// Value of `INODE_RULES`: the rule, and which file of that inode number it was bound to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InodeRuleValue {
+    pub rule_id: u32,
+    /// `PATH_RULE_*`.
+    pub flags: u32,
+    /// The inode's `i_generation` when it was bound, as the kernel read it. A file made
+    /// later with the same number (freed once nothing holds the bound one, which a
+    /// killed daemon no longer does) has another, and is not the bound file.
+    pub generation: u32,
+    pub _pad: u32,
+}
+crate::assert_size!(InodeRuleValue, 16);
 
 /// `PathRuleValue::flags`: the daemon's self-protection, refused (`block`) whatever the
 /// profile's mode and `on_violation` say: a session in monitor mode is still watched by a
@@ -287,6 +302,8 @@ mod pod {
     unsafe impl aya::Pod for super::PathRuleValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::InodeRuleKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InodeRuleValue {}
     // SAFETY: repr(C) integers and byte arrays, no padding.
     unsafe impl aya::Pod for super::ProfileConfig {}
     // SAFETY: as above.

@@ -3,7 +3,8 @@
 //! `stat(2)` does not always report what `file->f_inode` holds (overlayfs maps device and
 //! inode numbers), so the daemon learns `(dev, ino)` the way the programs will see them:
 //! it opens the file itself, and the `openat` exit records the opened file's identity for
-//! the daemon's thread.
+//! the daemon's thread, with the inode's generation, which tells the bound file from a
+//! later one given the same number.
 
 use aya_ebpf::{macros::map, maps::LruHashMap};
 
@@ -16,7 +17,8 @@ use crate::{
 #[unsafe(no_mangle)]
 static BINDER_TGID: u32 = 0;
 
-/// pid_tgid of a daemon thread → `[ino, dev]` of the file its last open returned.
+/// pid_tgid of a daemon thread → `[ino, dev | i_generation << 32]` of the file its last
+/// open returned.
 #[map]
 static BIND_RESULT: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(64, 0);
 
@@ -40,14 +42,19 @@ pub fn record(pid_tgid: u64, task: *const u8, fd: i64) {
     let Some(inode) = read_ptr(file, off!(file_f_inode)) else {
         return;
     };
-    let (Some(ino), Some(sb)) = (
+    let (Some(ino), Some(sb), Some(generation)) = (
         read::<u64>(inode, off!(inode_i_ino)),
         read_ptr(inode, off!(inode_i_sb)),
+        read::<u32>(inode, off!(inode_i_generation)),
     ) else {
         return;
     };
     let Some(dev) = read::<u32>(sb, off!(super_block_s_dev)) else {
         return;
     };
-    let _ = BIND_RESULT.insert(pid_tgid, [ino, u64::from(dev)], 0);
+    let _ = BIND_RESULT.insert(
+        pid_tgid,
+        [ino, u64::from(dev) | (u64::from(generation) << 32)],
+        0,
+    );
 }

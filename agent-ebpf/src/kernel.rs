@@ -40,6 +40,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_sb: 0,
     super_block_s_dev: 0,
     inode_i_nlink: 0,
+    inode_i_generation: 0,
     dentry_d_inode: 0,
     cgroup_kn: 0,
     kernfs_node_id: 0,

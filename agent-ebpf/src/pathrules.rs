@@ -14,7 +14,7 @@ use agent_common::{
     event::{KPath, KernelVerdict, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX},
     policy::{
         CATEGORY_EXEC, FNV_OFFSET, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey,
-        PATH_RULE_ALWAYS, PathRuleKey, PathRuleValue, fnv_step,
+        InodeRuleValue, PATH_RULE_ALWAYS, PathRuleKey, PathRuleValue, fnv_step,
     },
     selector::SELECTOR_PROFILE,
     session::SessionEntry,
@@ -39,7 +39,8 @@ pub static PATH_RULES: HashMap<PathRuleKey, PathRuleValue> = HashMap::with_max_e
 
 /// Deny rules bound to the files they named, keyed by inode.
 #[map]
-pub static INODE_RULES: HashMap<InodeRuleKey, PathRuleValue> = HashMap::with_max_entries(16_384, 0);
+pub static INODE_RULES: HashMap<InodeRuleKey, InodeRuleValue> =
+    HashMap::with_max_entries(16_384, 0);
 
 const SIGKILL: u32 = 9;
 const EPERM: i32 = 1;
@@ -282,8 +283,11 @@ fn inode_rule(inode: *const u8, entry: &SessionEntry, category: u8) -> Option<Hi
         category,
         _pad: [0; 3],
     };
+    let generation = read::<u32>(inode, off!(inode_i_generation))?;
     // SAFETY: value copied out.
-    unsafe { INODE_RULES.get(key) }.map(|v| Hit {
+    let v = unsafe { INODE_RULES.get(key) }.copied()?;
+    // Another file under a freed number of a bound one: not the file the rule named.
+    (v.generation == generation).then_some(Hit {
         rule: v.rule_id,
         flags: v.flags,
     })

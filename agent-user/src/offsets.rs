@@ -75,6 +75,7 @@ kernel_offsets! {
     inode_i_sb: inode.i_sb,
     super_block_s_dev: super_block.s_dev,
     inode_i_nlink: inode.i_nlink,
+    inode_i_generation: inode.i_generation,
     dentry_d_inode: dentry.d_inode,
     cgroup_kn: cgroup.kn,
     kernfs_node_id: kernfs_node.id,

@@ -3,7 +3,7 @@
 //! daemon adopts the sessions, the ring's records and the audit chain; an upgrade hands
 //! over without a moment where a session is unwatched.
 
-use std::net::TcpListener;
+use std::{net::TcpListener, os::unix::fs::MetadataExt};
 
 use crate::support::*;
 
@@ -352,6 +352,96 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
     assert!(v.status.success(), "the chain across the gap: {v:?}");
     drop(d);
     assert!(!pins.exists(), "a test's pins are removed after it");
+}
+
+/// A deny rule bound to a file by inode holds for that file only. A bound file deleted
+/// while the daemon runs stays bound until the next binding (the daemon holds it open,
+/// so its number is not given out); a daemon killed in between leaves the binding pinned
+/// and the number free. A file made later with that number is another file: a session
+/// that creates and reads it in the gap is neither refused nor killed.
+#[test]
+fn a_file_given_the_number_of_a_bound_file_a_killed_daemon_held_is_not_denied() {
+    let f = Fixture::new();
+    // An exact rule in the directory where the session makes its files: a file takes
+    // a number from its directory's group, so the freed one comes back soon.
+    let old = f.dir.join("old");
+    fs::write(&old, "OLD\n").unwrap();
+    fs::write(
+        f.rules.path().join("reuse.yaml"),
+        format!(
+            "name: reuse\ndescription: t\nowners: {{ business: b, technical: t }}\n\
+             mode: enforce\nfiles:\n  deny:\n    - {}\n  on_violation: block\n",
+            old.display()
+        ),
+    )
+    .unwrap();
+    let rd = f.rules_dir();
+    let Some(d) = Daemon::start_with(&["--rules-dir", &rd, KEEP_PINS]) else {
+        return;
+    };
+    let dir = f.dir.to_str().unwrap().to_owned();
+    // Files are made in the work directory (not denied) until one has the freed number
+    // (the killed daemon's marks let go of the file after a grace period).
+    let script = r#"
+W="$1"
+echo started > "$W/started"
+while [ ! -e "$W/go" ]; do sleep 0.05; done
+want=$(cat "$W/ino"); i=0; found=
+while [ $i -lt 3000 ]; do
+  : > "$W/new-$i"
+  if [ "$(stat -c %i "$W/new-$i")" = "$want" ]; then found="$W/new-$i"; break; fi
+  i=$((i+1))
+  [ $i -gt 200 ] && sleep 0.01
+done
+echo "found=$found" >> "$W/log"
+[ -z "$found" ] && { echo "want=$want"; ls -i "$W" | sort -n | head -5; } >> "$W/debug" 2>&1
+cat "$found" > /dev/null; echo "read=$?" >> "$W/log"
+echo done >> "$W/log"
+"#;
+    let mut session = d
+        .cli()
+        .args(["run", "--profile", "reuse", "--session-name", "reuse", "--"])
+        .args(["bash", "-c", script, "reuse", &dir])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    f.wait_for_file("started", "the session never started");
+    let ino = fs::metadata(&old).unwrap().ino();
+    fs::write(f.dir.join("ino"), ino.to_string()).unwrap();
+    // Made now and renamed later: the test must not take the freed number itself.
+    fs::write(f.dir.join("go.tmp"), "").unwrap();
+    // Deleted and the daemon killed at once, well inside the binding period (10 s).
+    fs::remove_file(&old).unwrap();
+    let dir_kept = d.killed();
+    fs::rename(f.dir.join("go.tmp"), f.dir.join("go")).unwrap();
+    let start = Instant::now();
+    while !f.log().lines().any(|l| l == "done") {
+        if let Some(status) = session.try_wait().unwrap() {
+            panic!(
+                "the session ended in the gap ({status:?}) before it was done: {:?}",
+                f.log()
+            );
+        }
+        if start.elapsed() > patience() {
+            panic!("no `done` in {:?}\n{}", f.log(), f.stalled());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let status = session.wait().unwrap();
+    let log = f.log();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("found=") && l.len() > "found=".len()),
+        "no new file was given the freed number {ino} (this filesystem does not reuse \
+         them soon enough to show it): {log}\n{}",
+        fs::read_to_string(f.dir.join("debug")).unwrap_or_default()
+    );
+    assert!(log.lines().any(|l| l == "read=0"), "{log}");
+    // A successor adopts the pins (and its drop removes them).
+    let d = Daemon::spawn_in(dir_kept, &["--rules-dir", &rd, KEEP_PINS]);
+    drop(d);
 }
 
 /// A restart (an upgrade: a new load of the programs) keeps a looping denied reader

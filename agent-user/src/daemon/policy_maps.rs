@@ -11,8 +11,8 @@ use std::{
 use agent_common::{
     maps,
     policy::{
-        CATEGORY_EXEC, InodeRuleKey, MAX_PROFILES, NetKey, NetRule, PathRuleKey, PathRuleValue,
-        ProfileConfig, SyscallKey, SyscallRule,
+        CATEGORY_EXEC, InodeRuleKey, InodeRuleValue, MAX_PROFILES, NetKey, NetRule, PathRuleKey,
+        PathRuleValue, ProfileConfig, SyscallKey, SyscallRule,
     },
     selector::SELECTOR_PROFILE,
 };
@@ -54,7 +54,7 @@ pub(super) struct PolicyMaps {
     pub(super) original_destinations:
         BpfHashMap<MapData, u64, agent_common::policy::OriginalDestination>,
     path_rules: BpfHashMap<MapData, PathRuleKey, PathRuleValue>,
-    inode_rules: BpfHashMap<MapData, InodeRuleKey, PathRuleValue>,
+    inode_rules: BpfHashMap<MapData, InodeRuleKey, InodeRuleValue>,
     /// The kernel's `(ino, dev)` of the daemon's own last open, per thread.
     bind_result: BpfHashMap<MapData, u64, [u64; 2]>,
     /// Syscall rules by `(profile id, nr)`.
@@ -170,9 +170,9 @@ impl PolicyMaps {
             ));
         }
         let (entries, partial) = compile::bind_inodes(&all, &mut |p| {
-            let (id, file) = kernel_identity(results, p)?;
-            opened.insert(id, file);
-            Some(id)
+            let ((ino, dev), generation, file) = kernel_identity(results, p)?;
+            opened.insert((ino, dev), file);
+            Some((ino, dev, generation))
         });
         for dir in partial {
             warn!(
@@ -444,14 +444,14 @@ fn tree_dirs(root: &Path) -> Vec<std::os::fd::OwnedFd> {
     out
 }
 
-/// `(ino, dev)` of the file at `path` as the kernel programs see it: the daemon opens it
+/// `(ino, dev)` and `i_generation` of the file at `path` as the kernel programs see it: the daemon opens it
 /// and the `openat` exit program records the opened file for this thread. Not a bpffs
 /// object (the daemon's own pins, under its protected pin directory): those cannot be
 /// opened, and the attempt would fail the refusal layer's read of its event.
 fn kernel_identity(
     results: &mut BpfHashMap<MapData, u64, [u64; 2]>,
     path: &Path,
-) -> Option<((u64, u32), File)> {
+) -> Option<((u64, u32), u32, File)> {
     let key = (u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32) << 32)
         | u64::from(rustix::thread::gettid().as_raw_nonzero().get() as u32);
     if crate::pins::on_bpffs(path) {
@@ -464,7 +464,8 @@ fn kernel_identity(
         .ok()?;
     let got = results.get(&key, 0).ok();
     let _ = results.remove(&key);
-    got.map(|[ino, dev]| ((ino, dev as u32), file))
+    // The second word: the device, and the inode's generation above it.
+    got.map(|[ino, word]| ((ino, word as u32), (word >> 32) as u32, file))
 }
 
 /// Opening never blocks (a FIFO) nor takes a terminal.

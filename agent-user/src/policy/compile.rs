@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use agent_common::policy::{
-    CATEGORY_EXEC, CATEGORY_FILE, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey,
+    CATEGORY_EXEC, CATEGORY_FILE, FORM_EXACT, FORM_NAME, FORM_PREFIX, InodeRuleKey, InodeRuleValue,
     MAX_PORT_RANGES, NetKey, NetRedirect, NetRule, PathRuleKey, PathRuleValue,
     PortRange as KPortRange, ProfileConfig, RULE_DEFAULT, SYSCALL_COND_ALWAYS,
     SYSCALL_COND_ANY_BIT, SYSCALL_COND_PROTECTED_PID, SYSCALL_ENTRY_NONE, SyscallKey, SyscallRule,
@@ -561,17 +561,21 @@ pub fn bind_named(
     out
 }
 
+/// A file as the kernel programs see it: `(ino, kernel dev, i_generation)`.
+pub type FileIdentity = (u64, u32, u32);
+
 /// Files bound per directory rule; a larger tree is bound in part and reported.
 pub const MAX_BOUND_FILES: usize = 4_096;
 
 /// Binds rules to the inodes of the files they name now, so that another name for the
 /// same file (a hard link, a rename, a bind mount) is denied too. `identity` gives a
-/// file's `(ino, kernel dev)` as the kernel programs see it. Returns the entries and,
+/// file's `(ino, kernel dev, i_generation)` as the kernel programs see it. Returns the
+/// entries and,
 /// for each directory rule that had more files than [`MAX_BOUND_FILES`], its path.
 pub fn bind_inodes(
     bound: &[BoundPath],
-    identity: &mut dyn FnMut(&std::path::Path) -> Option<(u64, u32)>,
-) -> (Vec<(InodeRuleKey, PathRuleValue)>, Vec<String>) {
+    identity: &mut dyn FnMut(&std::path::Path) -> Option<FileIdentity>,
+) -> (Vec<(InodeRuleKey, InodeRuleValue)>, Vec<String>) {
     let mut out = Vec::new();
     let mut partial = Vec::new();
     // A file several rules name (a program and its alias links, say /usr/bin/nc and
@@ -585,18 +589,22 @@ pub fn bind_inodes(
             .or_insert_with(|| identity(p))
     };
     for b in bound {
-        let value = PathRuleValue {
-            rule_id: b.rule_id,
-            flags: 0,
-        };
         let mut push = |path: &std::path::Path, m: &std::fs::Metadata| {
             if !m.is_file() {
                 return;
             }
-            if let Some((ino, dev)) = identity(path) {
+            if let Some((ino, dev, generation)) = identity(path) {
                 let key = InodeRuleKey { ino, dev, ..b.key };
                 if taken.insert(key) {
-                    out.push((key, value));
+                    out.push((
+                        key,
+                        InodeRuleValue {
+                            rule_id: b.rule_id,
+                            flags: 0,
+                            generation,
+                            _pad: 0,
+                        },
+                    ));
                 }
             }
         };
@@ -972,7 +980,7 @@ files:\n  deny: [{0}/token, {0}/secrets/**, {0}/missing]\n  on_violation: kill\n
         let mut by_stat = |p: &std::path::Path| {
             std::fs::metadata(p)
                 .ok()
-                .map(|m| (m.ino(), kernel_dev(m.dev())))
+                .map(|m| (m.ino(), kernel_dev(m.dev()), 0))
         };
         let (inodes, partial) = bind_inodes(&c.bound_paths, &mut by_stat);
         assert!(partial.is_empty());
@@ -1076,7 +1084,7 @@ exec:\n  deny: [{0}/nc, {0}/netcat]\n  on_violation: block\n",
         let mut by_stat = |p: &std::path::Path| {
             std::fs::metadata(p)
                 .ok()
-                .map(|m| (m.ino(), kernel_dev(m.dev())))
+                .map(|m| (m.ino(), kernel_dev(m.dev()), 0))
         };
         let (inodes, _) = bind_inodes(&c.bound_paths, &mut by_stat);
         assert_eq!(inodes.len(), 1, "{inodes:?}");
