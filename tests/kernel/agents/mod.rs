@@ -395,7 +395,8 @@ impl AgentRun {
                     fs::read(e.path()).unwrap(),
                 )
             })
-            .collect();
+            .collect::<Vec<(String, Vec<u8>)>>();
+        keep_store(profile, &store);
         Self {
             profile,
             steps,
@@ -1218,3 +1219,17 @@ macro_rules! hook_claims {
     };
 }
 pub(crate) use hook_claims;
+
+/// With `AGENTWARDEN_KEEP_STORES=DIR`, each run's audit store is also written to
+/// `DIR/<profile>-<pid>/`: real agents' sessions to measure against
+/// (`xtask/open_repeats.py`, the share of repeated opens the kernel could aggregate).
+fn keep_store(profile: &str, store: &[(String, Vec<u8>)]) {
+    let Some(dir) = std::env::var_os("AGENTWARDEN_KEEP_STORES") else {
+        return;
+    };
+    let to = PathBuf::from(dir).join(format!("{profile}-{}", std::process::id()));
+    fs::create_dir_all(&to).unwrap();
+    for (name, bytes) in store {
+        fs::write(to.join(name), bytes).unwrap();
+    }
+}
