@@ -125,6 +125,24 @@ impl Daemon {
     }
 }
 
+/// `bash -c script` with `args` as `$1…`, in a `run` session of `profile` named `name`.
+fn script_session(
+    d: &Daemon,
+    profile: &str,
+    name: &str,
+    script: &str,
+    args: &[&str],
+) -> std::process::Child {
+    d.cli()
+        .args(["run", "--profile", profile, "--session-name", name, "--"])
+        .args(["bash", "-c", script, name])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// The generations whose links are pinned.
 fn generations(pins: &Path) -> Vec<String> {
     let mut g: Vec<String> = fs::read_dir(pins.join("links"))
@@ -148,34 +166,20 @@ fn a_killed_daemon_leaves_enforcement_in_force_and_its_successor_adopts_the_sess
     let pins = d.pins();
     let port = f.port().to_string();
     let dir = f.dir.to_str().unwrap().to_owned();
-    let mut session = d
-        .cli()
-        .args(["run", "--profile", "keep", "--session-name", "kept", "--"])
-        .args(["bash", "-c", SCRIPT, "script", &dir, &port])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut session = script_session(&d, "keep", "kept", SCRIPT, &[&dir, &port]);
     f.wait_for_file("started", "the session never started");
     let sid = d.session("kept").id;
     // A second session that ends while no daemon runs: its last records wait in the
     // ring, and the successor ends it with a session_end of its own.
     let brief_marker = f.dir.join("brief-read");
-    let mut brief = d
-        .cli()
-        .args(["run", "--profile", "keep", "--session-name", "brief", "--"])
-        .args([
-            "bash",
-            "-c",
-            "touch \"$1/brief-started\"; while [ ! -e \"$1/go\" ]; do sleep 0.05; done; \
-             cat /etc/hostname > \"$1/brief-read\"",
-            "brief",
-            &dir,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut brief = script_session(
+        &d,
+        "keep",
+        "brief",
+        "touch \"$1/brief-started\"; while [ ! -e \"$1/go\" ]; do sleep 0.05; done; \
+         cat /etc/hostname > \"$1/brief-read\"",
+        &[&dir],
+    );
     f.wait_for_file("brief-started", "the brief session never started");
     let brief_sid = d.session("brief").id;
     let first_generation = generations(&pins);
@@ -398,14 +402,7 @@ echo "found=$found" >> "$W/log"
 cat "$found" > /dev/null; echo "read=$?" >> "$W/log"
 echo done >> "$W/log"
 "#;
-    let mut session = d
-        .cli()
-        .args(["run", "--profile", "reuse", "--session-name", "reuse", "--"])
-        .args(["bash", "-c", script, "reuse", &dir])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut session = script_session(&d, "reuse", "reuse", script, &[&dir]);
     f.wait_for_file("started", "the session never started");
     let ino = fs::metadata(&old).unwrap().ino();
     fs::write(f.dir.join("ino"), ino.to_string()).unwrap();
@@ -467,14 +464,7 @@ while [ ! -e "$W/stop" ]; do
 done
 echo done >> "$W/log"
 "#;
-    let mut session = d
-        .cli()
-        .args(["run", "--profile", "keep", "--session-name", "loop", "--"])
-        .args(["bash", "-c", looping, "loop", &dir])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut session = script_session(&d, "keep", "loop", looping, &[&dir]);
     f.wait_for_log("rc=1");
     let sid = d.session("loop").id;
     let before = generations(&pins);
