@@ -183,13 +183,13 @@ impl Table {
         }
     }
 
-    /// What the ignore marks were decided on: when it changes they are all removed.
+    /// What every ignore mark was decided on: when it changes they are all removed. Not
+    /// the bound files: a file bound since loses its own mark (see `Refusal::update`),
+    /// and the others stay (the daemon's state files, bound for its self-protection,
+    /// change identity all the time).
     fn exec_fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        let mut inodes: Vec<_> = self.by_inode.keys().collect();
-        inodes.sort();
-        inodes.hash(&mut h);
         let mut trees: Vec<_> = self.trees.iter().map(|(d, _)| d).collect();
         trees.sort();
         trees.hash(&mut h);
@@ -528,6 +528,22 @@ impl Refusal {
         }
     }
 
+    /// Removes the ignore marks of files the table now binds to a rule.
+    fn unignore_bound(&self) {
+        let table = self.table.read();
+        let mut ignored = self.ignored.lock();
+        let bound: Vec<(u64, u64)> = ignored
+            .keys()
+            .filter(|id| table.by_inode.contains_key(id))
+            .copied()
+            .collect();
+        for id in bound {
+            if let Some(fd) = ignored.remove(&id) {
+                self.unignore(&fd);
+            }
+        }
+    }
+
     /// Lets go of the ignore marks of programs deleted since (their descriptors would
     /// keep a deleted file's space, and its filesystem busy, for as long as the daemon
     /// runs). Called at every binding.
@@ -678,12 +694,15 @@ impl Refusal {
         self.prune_ignores();
         let fingerprint = table.exec_fingerprint();
         *self.table.write() = table;
+        // Removed after the new table is in place, so a mark set in between was judged
+        // on the new one.
         if fingerprint != self.fingerprint {
-            // A rule or a digest changed: a file let through before may be denied now.
-            // Removed after the new table is in place, so a mark set in between was
-            // judged on the new one.
+            // A tree or a digest changed: a file let through before may be denied now.
             self.fingerprint = fingerprint;
             self.clear_ignores();
+        } else {
+            // A file bound since it was let through is asked about again.
+            self.unignore_bound();
         }
         for (_, fd) in std::mem::replace(&mut self.marked, next) {
             let _ = self.group.mark(
