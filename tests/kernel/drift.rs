@@ -91,14 +91,6 @@ fn metric(addr: &str, line: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
 }
 
-/// Ten sessions of the same scripted agent, each in a project of its own, grow the
-/// baseline of its agent and principal. An eleventh that does the usual work in another
-/// project draws no finding (and is learned). A twelfth that runs a new program, reads
-/// outside the learned trees, reaches a new host and tries the denied key five times
-/// draws exactly those four findings, live: each names its evidence (audit rows that
-/// are those actions), the baseline (its `baselines` row, in the verified chain) and
-/// whom to tell; each is an event, an audit row, an OCSF Detection Finding, a counter
-/// and a webhook POST. The drifting session is not learned.
 /// The analyser's connection to the store lives in the audit writer's descriptor table,
 /// not the daemon's: SQLite gives every connection of a process the descriptors the
 /// first one opened, and in another table those numbers are other files (an analyser in
@@ -149,6 +141,14 @@ fn analyser_shares_the_writers_descriptors(d: &Daemon) {
     );
 }
 
+/// Ten sessions of the same scripted agent, each in a project of its own, grow the
+/// baseline of its agent and principal. An eleventh that does the usual work in another
+/// project draws no finding (and is learned). A twelfth that runs a new program, reads
+/// outside the learned trees, reaches a new host and tries the denied key five times
+/// draws exactly those four findings, live: each names its evidence (audit rows that
+/// are those actions), the baseline (its `baselines` row, in the verified chain) and
+/// whom to tell; each is an event, an audit row, an OCSF Detection Finding, a counter
+/// and a webhook POST. The drifting session is not learned.
 #[test]
 fn ten_sessions_make_a_baseline_and_a_drifting_session_draws_exactly_its_four_findings() {
     let rules = tempfile::tempdir().unwrap();

@@ -56,17 +56,17 @@ pub struct DriftCounters {
 pub(super) fn start(shared: Arc<Shared>, db: PathBuf) -> Option<tokio::task::JoinHandle<()>> {
     let settings = shared.cfg.drift.clone();
     let interval = settings.interval?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Report>();
+    let (to_runtime, rx) = tokio::sync::mpsc::unbounded_channel::<Report>();
     // The analyser cannot wake the runtime itself: a wakeup writes to the runtime's
     // eventfd, a number in the daemon's descriptor table, not in the analyser's. A
     // channel without descriptors (futexes) crosses over, and this thread, in the
     // daemon's table, passes each report on.
-    let (std_tx, std_rx) = std::sync::mpsc::channel::<Report>();
+    let (tx, reports) = std::sync::mpsc::channel::<Report>();
     let bridged = thread::Builder::new()
         .name("drift-bridge".into())
         .spawn(move || {
-            for report in std_rx {
-                if tx.send(report).is_err() {
+            for report in reports {
+                if to_runtime.send(report).is_err() {
                     return;
                 }
             }
@@ -75,7 +75,6 @@ pub(super) fn start(shared: Arc<Shared>, db: PathBuf) -> Option<tokio::task::Joi
         warn!(error = %e, "the drift analyser could not start");
         return None;
     }
-    let tx = std_tx;
     let failed = shared.core().drift.webhook_failed.clone();
     // In the audit writer's descriptor table, never the daemon's: SQLite hands every
     // connection of the process the descriptors of the first one that opened the file.

@@ -444,8 +444,9 @@ fn tree_dirs(root: &Path) -> Vec<std::os::fd::OwnedFd> {
     out
 }
 
-/// `(ino, dev)` and `i_generation` of the file at `path` as the kernel programs see it: the daemon opens it
-/// and the `openat` exit program records the opened file for this thread. Not a bpffs
+/// `(ino, dev)` and `i_generation` of the file at `path` as the kernel programs see it:
+/// the daemon opens it and the `openat` exit program records the opened file for this
+/// thread. Not a bpffs
 /// object (the daemon's own pins, under its protected pin directory): those cannot be
 /// opened, and the attempt would fail the refusal layer's read of its event.
 fn kernel_identity(

@@ -569,9 +569,8 @@ pub const MAX_BOUND_FILES: usize = 4_096;
 
 /// Binds rules to the inodes of the files they name now, so that another name for the
 /// same file (a hard link, a rename, a bind mount) is denied too. `identity` gives a
-/// file's `(ino, kernel dev, i_generation)` as the kernel programs see it. Returns the
-/// entries and,
-/// for each directory rule that had more files than [`MAX_BOUND_FILES`], its path.
+/// file's [`FileIdentity`] as the kernel programs see it. Returns the entries and, for
+/// each directory rule that had more files than [`MAX_BOUND_FILES`], its path.
 pub fn bind_inodes(
     bound: &[BoundPath],
     identity: &mut dyn FnMut(&std::path::Path) -> Option<FileIdentity>,
