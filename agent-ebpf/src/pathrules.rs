@@ -283,10 +283,11 @@ fn inode_rule(inode: *const u8, entry: &SessionEntry, category: u8) -> Option<Hi
         category,
         _pad: [0; 3],
     };
-    let generation = read::<u32>(inode, off!(inode_i_generation))?;
     // SAFETY: value copied out.
     let v = unsafe { INODE_RULES.get(key) }.copied()?;
-    // Another file under a freed number of a bound one: not the file the rule named.
+    // Read only on a hit (most opens miss): another file under a freed number of a
+    // bound one is not the file the rule named.
+    let generation = read::<u32>(inode, off!(inode_i_generation))?;
     (v.generation == generation).then_some(Hit {
         rule: v.rule_id,
         flags: v.flags,
