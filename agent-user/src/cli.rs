@@ -493,11 +493,15 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 detach_on_exit,
                 protect,
             };
-            tokio::runtime::Builder::new_multi_thread()
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
-                .build()?
-                .block_on(daemon::run(cfg))?;
+                .build()?;
+            let ran = runtime.block_on(daemon::run(cfg));
+            // A blocking task still running (a control request reading the event log, a
+            // webhook call) must not hold the exit: dropping the runtime would wait for it.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            ran?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Unload { pin_dir } => {

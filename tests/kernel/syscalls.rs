@@ -273,7 +273,9 @@ fn attached_sessions_are_killed_or_alerted_at_the_syscalls_entry() {
         ),
     ] {
         let status = attach_and_release(&d, "attkill", label, &cmd);
-        let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+        if name == "mount" {
+            let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+        }
         assert_eq!(status.signal(), Some(9), "{label}: {status:?}");
         let sid = d.session(label).id;
         let evs = syscall_events(&d, &sid, 1);

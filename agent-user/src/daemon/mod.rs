@@ -394,6 +394,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         tokio::spawn(read_ring(shared.clone(), ring_fd)),
     )
     .await;
+    let watch = start::StopWatch::arm();
     for t in tasks
         .iter()
         .chain(&metrics)
@@ -406,17 +407,21 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let _ = fs::remove_file(&cfg.socket);
     let _ = fs::remove_file(&cfg.hook_socket);
     {
+        watch.step("waiting for the core lock");
         let mut core = shared.core();
         // What the ring holds now, bounded: a session still refilling it must not keep
         // the daemon from stopping.
+        watch.step("draining the ring buffer");
         core.drain(1 << 16);
         // Commits what is queued before the process exits.
+        watch.step("closing the audit store and the event log");
         core.sinks.close();
         // The exporter sends what it holds once its queue closes.
         core.sinks.otlp = None;
         // No sweep still running may pin again what an unload removes below.
         core.keeper = crate::pins::Keeper::default();
     }
+    watch.step("sending the OTLP exporter's last batch");
     if let Some(task) = exporter
         && tokio::time::timeout(Duration::from_secs(6), task)
             .await
@@ -424,6 +429,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     {
         warn!("the OTLP exporter did not finish its last batch");
     }
+    watch.step("removing or keeping the pins");
     if cfg.detach_on_exit {
         // The pins were the programs' last holders: every one detaches.
         pins.remove()?;
@@ -433,6 +439,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     }
     stopped?;
     info!("stopped");
+    // Left armed: the runtime's shutdown and the process's exit are watched too (the
+    // watch thread ends with the process).
+    watch.step("exiting");
+    std::mem::forget(watch);
     Ok(())
 }
 

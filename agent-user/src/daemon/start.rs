@@ -257,3 +257,84 @@ pub(super) fn refuse_held_pins(pins: &PinDir, previous: Option<DaemonState>) -> 
     }
     Ok(())
 }
+
+/// How long a stop may take before the daemon says where it stands: under systemd's
+/// `TimeoutStopSec=` (15 s), which kills it without a word.
+const STOP_STALL: Duration = Duration::from_secs(10);
+
+/// Watches the daemon's stop from SIGTERM to exit. A stop that takes longer than
+/// [`STOP_STALL`] is logged with the step it is in and where each thread waits (its
+/// kernel stack), once: a supervisor kills a stalled daemon, and this is what is left
+/// to find out why.
+pub(super) struct StopWatch {
+    state: Arc<(parking_lot::Mutex<(&'static str, bool)>, parking_lot::Condvar)>,
+}
+
+impl StopWatch {
+    pub(super) fn arm() -> Self {
+        let state = Arc::new((
+            parking_lot::Mutex::new(("stopping tasks", false)),
+            parking_lot::Condvar::new(),
+        ));
+        let watched = state.clone();
+        let spawned = std::thread::Builder::new()
+            .name("aw-stop-watch".into())
+            .spawn(move || {
+                let (lock, cvar) = &*watched;
+                let mut s = lock.lock();
+                let deadline = std::time::Instant::now() + STOP_STALL;
+                while !s.1 {
+                    if cvar.wait_until(&mut s, deadline).timed_out() {
+                        let step = s.0;
+                        drop(s);
+                        warn!(
+                            step,
+                            after_s = STOP_STALL.as_secs(),
+                            threads = %own_threads(),
+                            "the stop is taking long"
+                        );
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "the stop watch could not start");
+        }
+        Self { state }
+    }
+
+    /// The step the stop is in now.
+    pub(super) fn step(&self, step: &'static str) {
+        self.state.0.lock().0 = step;
+    }
+}
+
+impl Drop for StopWatch {
+    fn drop(&mut self) {
+        self.state.0.lock().1 = true;
+        self.state.1.notify_all();
+    }
+}
+
+/// Each thread of the daemon: name, state, wait channel and kernel stack, from procfs.
+fn own_threads() -> String {
+    let mut out = String::new();
+    for t in fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let read = |f: &str| fs::read_to_string(t.path().join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+        let stack: Vec<String> = read("stack")
+            .lines()
+            .map(|l| l.split_whitespace().nth(1).unwrap_or(l).to_owned())
+            .collect();
+        out.push_str(&format!(
+            "[{} {} {} wchan={} stack={}] ",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state.unwrap_or("?"),
+            read("wchan"),
+            stack.join("<")
+        ));
+    }
+    out
+}

@@ -440,15 +440,55 @@ impl Daemon {
         child.wait().expect("wait")
     }
 
+    /// SIGTERM, and the daemon's exit status. A daemon that has not exited within a
+    /// minute (scaled) is a defect: the failure names where each of its threads waits
+    /// (kernel stacks, and user stacks where gdb is installed) and its log, and the
+    /// daemon is killed, instead of the test run waiting for its tier's timeout.
     pub(crate) fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
+        let pid = rustix::process::Pid::from_child(&child);
         // The daemon may already have exited (a failed test); wait reports how.
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_child(&child),
-            rustix::process::Signal::TERM,
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let limit = scaled(Duration::from_secs(60));
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if start.elapsed() > limit {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let report = format!(
+            "{}{}\n{}",
+            processes_report(&[child.id()], None),
+            user_stacks(child.id()),
+            self.log()
         );
-        child.wait().expect("wait")
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        let status = child.wait().expect("wait");
+        // In a drop during a test's panic, a second panic would abort the test binary.
+        if thread::panicking() {
+            eprintln!("daemon {} did not stop on SIGTERM within {limit:?}:\n{report}", child.id());
+            return status;
+        }
+        panic!(
+            "daemon {} did not stop on SIGTERM within {limit:?}:\n{report}",
+            child.id()
+        );
     }
+}
+
+/// Every thread's user stack of process `pid`, from gdb in batch mode; empty where gdb
+/// is not installed.
+pub(crate) fn user_stacks(pid: u32) -> String {
+    Command::new("gdb")
+        .args(["-p", &pid.to_string(), "-batch", "-nx", "-ex", "thread apply all bt"])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 impl Drop for Daemon {
