@@ -46,6 +46,10 @@ enum Cmd {
         iters: u64,
         #[arg(long)]
         udp: bool,
+        /// The listener's port (0: any free one); a fixed one lets a Landlock sandbox
+        /// name it.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
     },
     /// A paced mix at RATE operations per second for SECS: opens (98%), loopback TCP
     /// connects (2%) and one exec per thousand.
@@ -82,6 +86,20 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// Runs COMMAND in a Landlock sandbox (the bench's Landlock-only peer): reads and
+    /// execs only under the `--read` paths, writes only under the `--write` paths, TCP
+    /// connects only to the `--tcp-port` ports. Fails if the kernel cannot enforce all
+    /// of it.
+    Sandbox {
+        #[arg(long)]
+        read: Vec<PathBuf>,
+        #[arg(long)]
+        write: Vec<PathBuf>,
+        #[arg(long)]
+        tcp_port: Vec<u16>,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -92,7 +110,7 @@ fn main() -> Result<()> {
             threads,
             path,
         } => open_loop(iters, threads, &path)?,
-        Cmd::Connect { iters, udp } => connect_loop(iters, udp)?,
+        Cmd::Connect { iters, udp, port } => connect_loop(iters, udp, port)?,
         Cmd::Mix {
             rate,
             secs,
@@ -102,6 +120,12 @@ fn main() -> Result<()> {
         Cmd::KillLatency { iters, path } => kill_latency(iters, &path)?,
         Cmd::ConnectLatency { iters, port } => connect_latency(iters, port)?,
         Cmd::Calibrate { against } => calibrate(against.as_deref())?,
+        Cmd::Sandbox {
+            read,
+            write,
+            tcp_port,
+            command,
+        } => return sandbox(&read, &write, &tcp_port, &command),
     };
     println!("{out}");
     Ok(())
@@ -191,7 +215,7 @@ fn open_loop(iters: u64, threads: u64, path: &Path) -> Result<serde_json::Value>
 }
 
 /// A listener that accepts and drops connections, so connects never queue.
-fn listener() -> Result<SocketAddr> {
+fn listener(port: u16) -> Result<SocketAddr> {
     // The full accept queue the host allows (somaxconn), not std's 128: a connect whose
     // SYN finds the queue full waits a 1 s retransmission, and a few of those (the
     // accepting thread loses the CPU for a moment) were the whole TCP figure.
@@ -202,7 +226,7 @@ fn listener() -> Result<SocketAddr> {
     )?;
     rustix::net::bind(
         &fd,
-        &rustix::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0),
+        &rustix::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port),
     )?;
     rustix::net::listen(&fd, 4096)?;
     let l = TcpListener::from(fd);
@@ -215,8 +239,8 @@ fn listener() -> Result<SocketAddr> {
     Ok(addr)
 }
 
-fn connect_loop(iters: u64, udp: bool) -> Result<serde_json::Value> {
-    let addr = listener()?;
+fn connect_loop(iters: u64, udp: bool, port: u16) -> Result<serde_json::Value> {
+    let addr = listener(port)?;
     if udp {
         return timed(iters, || {
             let s = UdpSocket::bind("127.0.0.1:0")?;
@@ -240,7 +264,7 @@ fn tcp_once(addr: SocketAddr) -> std::io::Result<()> {
 }
 
 fn mix(rate: u64, secs: f64, path: &Path, threads: u64) -> Result<serde_json::Value> {
-    let addr = listener()?;
+    let addr = listener(0)?;
     let threads = threads.max(1);
     let per_thread = rate as f64 / threads as f64;
     let start = Instant::now();
@@ -368,4 +392,50 @@ fn connect_latency(iters: u64, port: u16) -> Result<serde_json::Value> {
         .map(|(k, v)| (k.to_string(), v.into()))
         .collect();
     Ok(json!({ "latency": percentiles(lat), "errnos": errnos }))
+}
+
+/// Restricts this process with Landlock and executes `command` in it (see
+/// `Cmd::Sandbox`): what a user would write with the Landlock API alone.
+fn sandbox(read: &[PathBuf], write: &[PathBuf], ports: &[u16], command: &[String]) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+
+    use landlock::{
+        ABI, Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+        RulesetCreatedAttr, RulesetStatus,
+    };
+    // TCP connect rules came with ABI 4 (Linux 6.7).
+    let abi = ABI::V4;
+    let mut rs = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .handle_access(AccessNet::ConnectTcp)?
+        .create()?;
+    let grant = |p: &Path, dir_access: landlock::BitFlags<AccessFs>| -> Result<_> {
+        let access = if p.is_dir() {
+            dir_access
+        } else {
+            dir_access & AccessFs::from_file(abi)
+        };
+        Ok(PathBeneath::new(
+            PathFd::new(p).with_context(|| format!("{}", p.display()))?,
+            access,
+        ))
+    };
+    for p in read {
+        rs = rs.add_rule(grant(p, AccessFs::from_read(abi))?)?;
+    }
+    for p in write {
+        rs = rs.add_rule(grant(p, AccessFs::from_all(abi))?)?;
+    }
+    for port in ports {
+        rs = rs.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
+    }
+    let status = rs.restrict_self()?;
+    if status.ruleset != RulesetStatus::FullyEnforced {
+        bail!(
+            "this kernel does not enforce the whole sandbox: {:?}",
+            status.ruleset
+        );
+    }
+    let err = Command::new(&command[0]).args(&command[1..]).exec();
+    Err(err).with_context(|| format!("executing {}", command[0]))
 }

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::{run_cmd, workspace_root};
+use crate::{peers, run_cmd, workspace_root};
 
 /// A port the bench profile denies (nothing listens on it).
 const DENIED_PORT: u16 = 9;
@@ -102,6 +102,8 @@ struct Env {
     canary: PathBuf,
     rules: PathBuf,
     crate_dir: PathBuf,
+    /// The connect loops' listener port: fixed, so the Landlock peer can name it.
+    port: u16,
 }
 
 struct Daemon {
@@ -146,6 +148,7 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
         rules: work.join("rules"),
         crate_dir: work.join("crate"),
         dir: work,
+        port: free_port()?,
     };
     fs::write(&env.file, "allowed\n")?;
     fs::write(&env.canary, "CANARY\n")?;
@@ -189,14 +192,27 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
         Scenario {
             name: "connect loop, TCP",
             measure: "connect to a loopback listener + close",
-            args: s(&["connect", "--iters", &sizes.tcp.to_string()]),
+            args: s(&[
+                "connect",
+                "--iters",
+                &sizes.tcp.to_string(),
+                "--port",
+                &env.port.to_string(),
+            ]),
             untracked_max: None,
             tracked_max: Some(1.05),
         },
         Scenario {
             name: "connect loop, UDP",
             measure: "UDP socket connect + close",
-            args: s(&["connect", "--iters", &sizes.udp.to_string(), "--udp"]),
+            args: s(&[
+                "connect",
+                "--iters",
+                &sizes.udp.to_string(),
+                "--udp",
+                "--port",
+                &env.port.to_string(),
+            ]),
             untracked_max: None,
             tracked_max: None,
         },
@@ -226,10 +242,23 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     // samples[scenario][condition] = ns per op, one per round; losses per scenario.
     let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; scenarios.len()];
     let mut losses = vec![0u64; scenarios.len()];
+    let cx = peer_ctx(&env);
+    let mut peer_runs: Vec<PeerRun> = peers::Peer::ALL
+        .iter()
+        .map(|p| PeerRun {
+            peer: *p,
+            unavailable: None,
+            samples: vec![Vec::new(); scenarios.len()],
+            losses: vec![0; scenarios.len()],
+        })
+        .collect();
     for round in 0..sizes.rounds {
         eprintln!("bench: round {}/{}", round + 1, sizes.rounds);
         for (i, sc) in scenarios.iter().enumerate() {
             samples[i][0].push(block(&env, sc, false)?);
+        }
+        for run in peer_runs.iter_mut().filter(|r| r.unavailable.is_none()) {
+            run.round(&env, &cx, &scenarios)?;
         }
         let daemon = start_daemon(&env)?;
         for (i, sc) in scenarios.iter().enumerate() {
@@ -262,9 +291,12 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
 
     let results: Vec<Value> = scenarios
         .iter()
-        .zip(&samples)
-        .zip(&losses)
-        .map(|((sc, s), loss)| summarize(sc, s, *loss))
+        .enumerate()
+        .map(|(i, sc)| {
+            let mut v = summarize(sc, &samples[i], losses[i]);
+            v["peers"] = peer_summaries(&peer_runs, i, median(&samples[i][0]));
+            v
+        })
         .collect();
     let report = json!({
         "kernel": kernel_release(),
@@ -281,6 +313,11 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
         "approval": approval,
         "refusal_layer": refusal,
         "drift": drift,
+        "peers": peer_runs.iter().map(|r| json!({
+            "name": r.peer.name(),
+            "does": r.peer.does(),
+            "unavailable": r.unavailable,
+        })).collect::<Vec<_>>(),
     });
     let out = workspace_root().join("target/bench");
     fs::write(
@@ -291,6 +328,13 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     fs::write(out.join("results.md"), &md)?;
     println!("{md}");
     chart(&out)?;
+    let unavailable: Vec<String> = peer_runs
+        .iter()
+        .filter_map(|r| Some(format!("{}: {}", r.peer.name(), r.unavailable.as_ref()?)))
+        .collect();
+    if !unavailable.is_empty() {
+        eprintln!("bench: peers not measured: {}", unavailable.join("; "));
+    }
     let failed: Vec<&str> = report["scenarios"]
         .as_array()
         .into_iter()
@@ -894,19 +938,32 @@ fn approval_cost(env: &Env, sizes: &Sizes) -> Result<Value> {
 
 /// One block of one scenario: nanoseconds per operation.
 fn block(env: &Env, sc: &Scenario, tracked: bool) -> Result<f64> {
+    block_under(env, sc, load_cmd(env, tracked))
+}
+
+/// One block of one scenario under a peer.
+fn peer_block(env: &Env, sc: &Scenario, peer: &peers::Running, cx: &peers::Ctx) -> Result<f64> {
+    let mut prefix = peer.wrap(cx);
+    prefix.env_remove("LD_LIBRARY_PATH");
+    block_under(env, sc, prefix).with_context(|| format!("{} under {}", sc.name, peer.peer.name()))
+}
+
+/// One block of one scenario, the workload run by `prefix` (a condition's command,
+/// ready for the program and its arguments).
+fn block_under(env: &Env, sc: &Scenario, mut prefix: Command) -> Result<f64> {
     if sc.args.is_empty() {
-        return build_block(env, tracked);
+        return build_block(env, prefix);
     }
-    let out = load_cmd(env, tracked)
+    let out = prefix
         .arg(&env.awload)
         .args(&sc.args)
         .output()
         .context("running awload")?;
     if !out.status.success() {
         bail!(
-            "{} ({}): {}",
+            "{} ({:?}): {}",
             sc.name,
-            if tracked { "tracked" } else { "untracked" },
+            prefix.get_program(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -918,11 +975,11 @@ fn block(env: &Env, sc: &Scenario, tracked: bool) -> Result<f64> {
     }
 }
 
-fn build_block(env: &Env, tracked: bool) -> Result<f64> {
+fn build_block(env: &Env, mut prefix: Command) -> Result<f64> {
     let target = env.dir.join("crate-target");
     let _ = fs::remove_dir_all(&target);
     let start = Instant::now();
-    let st = load_cmd(env, tracked)
+    let st = prefix
         .args(["cargo", "build", "--offline", "--quiet", "--manifest-path"])
         .arg(env.crate_dir.join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", &target)
@@ -1291,6 +1348,7 @@ fn markdown(r: &Value) -> String {
             sc["losses"],
         ));
     }
+    s.push_str(&peers_markdown(r));
     s.push_str(
         "\n| refusal layer (fanotify): scenario | session | without | with | ratio | added per op |\n|---|---|---|---|---|---|\n",
     );
@@ -1395,4 +1453,172 @@ fn chart(out: &Path) -> Result<()> {
             .arg(out.join("results.json"))
             .arg(out.join("overhead.png")),
     )
+}
+
+/// A free loopback port (bound and let go): the connect loops' listener.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// What the peers are told of the bench: the files and programs the bench profile
+/// denies, and what the workloads need.
+fn peer_ctx(env: &Env) -> peers::Ctx<'_> {
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+    let mut build_dirs = vec![
+        env.crate_dir.clone(),
+        env.dir.join("crate-target"),
+        PathBuf::from("/tmp"),
+    ];
+    for var in ["CARGO_HOME", "RUSTUP_HOME"] {
+        if let Some(d) = std::env::var_os(var) {
+            build_dirs.push(d.into());
+        }
+    }
+    build_dirs.extend([home.join(".cargo"), home.join(".rustup")]);
+    build_dirs.retain(|d| d.exists() || d.ends_with("crate-target"));
+    // The target directory does not exist until the build makes it: Landlock needs a
+    // path to grant, so it is made empty here.
+    let _ = fs::create_dir_all(env.dir.join("crate-target"));
+    peers::Ctx {
+        dir: &env.dir,
+        awload: &env.awload,
+        allowed: &env.file,
+        denied_files: [".ssh", ".aws", ".config/gcloud", ".kube", ".netrc"]
+            .iter()
+            .map(|p| home.join(p))
+            .chain([PathBuf::from("/etc/shadow"), env.canary.clone()])
+            .collect(),
+        denied_programs: ["nc", "ncat", "netcat", "socat", "telnet"]
+            .iter()
+            .map(|p| Path::new("/usr/bin").join(p))
+            .collect(),
+        port: env.port,
+        build_dirs,
+    }
+}
+
+/// One peer's samples over the rounds.
+struct PeerRun {
+    peer: peers::Peer,
+    /// Why it could not run here (then it has no samples).
+    unavailable: Option<String>,
+    /// Nanoseconds per operation per scenario, one per round.
+    samples: Vec<Vec<f64>>,
+    losses: Vec<u64>,
+}
+
+impl PeerRun {
+    /// The peer started, every scenario's block under it, the peer stopped.
+    fn round(&mut self, env: &Env, cx: &peers::Ctx, scenarios: &[Scenario]) -> Result<()> {
+        let running = match self.peer.start(cx) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("bench: {} not measured: {e:#}", self.peer.name());
+                self.unavailable = Some(format!("{e:#}"));
+                return Ok(());
+            }
+        };
+        for (i, sc) in scenarios.iter().enumerate() {
+            let (lost, written) = (running.lost(), running.written());
+            self.samples[i].push(peer_block(env, sc, &running, cx)?);
+            // Records reach the file a moment later (auditd's and bpftrace's buffers).
+            let start = Instant::now();
+            while self.peer.observes() && running.written() == written {
+                if start.elapsed() > Duration::from_secs(10) {
+                    bail!(
+                        "{} recorded nothing of {}: the bench's selection of the workload is broken",
+                        self.peer.name(),
+                        sc.name
+                    );
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            self.losses[i] += running.lost().saturating_sub(lost);
+        }
+        running.stop()
+    }
+}
+
+/// Each peer's figures for scenario `i` against its `off` median.
+fn peer_summaries(runs: &[PeerRun], i: usize, off: f64) -> Value {
+    runs.iter()
+        .map(|r| {
+            if let Some(why) = &r.unavailable {
+                return json!({ "name": r.peer.name(), "unavailable": why });
+            }
+            let m = median(&r.samples[i]);
+            json!({
+                "name": r.peer.name(),
+                "median_ns": m,
+                "spread_pct": spread(&r.samples[i]),
+                "ratio": m / off,
+                "added_ns": m - off,
+                "samples_ns": r.samples[i],
+                "losses": r.losses[i],
+            })
+        })
+        .collect()
+}
+
+/// agentwarden's tracked overhead beside each peer's, per scenario, and what each peer
+/// does (and, where one could not run, why).
+fn peers_markdown(r: &Value) -> String {
+    let peers: Vec<&Value> = r["peers"].as_array().into_iter().flatten().collect();
+    if peers.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n| peers: scenario | agentwarden tracked |");
+    for p in &peers {
+        s.push_str(&format!(" {} |", p["name"].as_str().unwrap_or("?")));
+    }
+    s.push_str("\n|---|---|");
+    s.push_str(&"---|".repeat(peers.len()));
+    s.push('\n');
+    let pct = |c: &Value| {
+        format!(
+            "{:+.1}% ±{:.0}%",
+            (c["ratio"].as_f64().unwrap_or(f64::NAN) - 1.0) * 100.0,
+            c["spread_pct"].as_f64().unwrap_or(0.0)
+        )
+    };
+    for sc in r["scenarios"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "| {} | {}{} |",
+            sc["name"].as_str().unwrap_or(""),
+            pct(&sc["tracked"]),
+            match sc["losses"].as_u64() {
+                Some(0) | None => String::new(),
+                Some(n) => format!(", lost {n}"),
+            }
+        ));
+        for p in sc["peers"].as_array().into_iter().flatten() {
+            if p["unavailable"].is_string() {
+                s.push_str(" n/a |");
+                continue;
+            }
+            s.push_str(&format!(
+                " {}{} |",
+                pct(p),
+                match p["losses"].as_u64() {
+                    Some(0) | None => String::new(),
+                    Some(n) => format!(", lost {n}"),
+                }
+            ));
+        }
+        s.push('\n');
+    }
+    s.push('\n');
+    for p in &peers {
+        s.push_str(&format!(
+            "- {}: {}{}\n",
+            p["name"].as_str().unwrap_or("?"),
+            p["does"].as_str().unwrap_or(""),
+            p["unavailable"]
+                .as_str()
+                .map_or(String::new(), |w| format!(" — **not measured here: {w}**"))
+        ));
+    }
+    s
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod guard;
+mod peers;
 mod setup;
 mod test;
 mod vm;

@@ -28,6 +28,11 @@ const APT_PACKAGES: &[&str] = &[
     // the root filesystem of the image they build.
     "containerd",
     "busybox-static",
+    // The peers `cargo xtask bench` measures agentwarden beside: the Linux audit
+    // daemon, bpftrace, and bubblewrap (the Landlock peer is awload's own sandbox).
+    "auditd",
+    "bpftrace",
+    "bubblewrap",
 ];
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13";

@@ -145,6 +145,11 @@ const STALE_SWEEP_EVERY: u64 = 10;
 struct Core {
     /// The holding endpoint's port (`network.on_violation: ask`), 0 while none listens.
     hold_port: u16,
+    /// Refusal notices offered to the pipeline and recorded (see `refusal::Records`).
+    refusal_counts: Arc<refusal::NoticeCounts>,
+    /// Sessions whose last process is gone, their end held until the refusals offered
+    /// before it are recorded: the session, when it ended, and the mark to pass.
+    deferred_ends: Vec<(u64, SystemTime, u64)>,
     /// Every map handle: the kernel side.
     kernel: KernelMaps,
     /// `file:line` of every compiled rule, by the id the kernel reports.
@@ -263,6 +268,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let (ebpf, mut programs, mut kernel, ring_fd) =
         load_kernel(&cfg, &probe, &pins, generation, &mut startup)?;
     let (refused_tx, refused_rx) = tokio::sync::mpsc::channel(refusal::QUEUE);
+    let refused_tx = refusal::Records::new(refused_tx);
+    let refusal_counts = refused_tx.counts();
     programs.push(start::refusal_layer(&mut kernel, refused_tx, cfg.refusal));
     startup.mark("refusal layer");
     let (sinks, profiles) = open_state(&cfg)?;
@@ -280,6 +287,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     {
         let mut core = shared.core();
         core.generation = generation;
+        core.refusal_counts = refusal_counts.clone();
         core.programs = shared.programs.clone();
         core.hold_port = hold_listener.local_addr()?.port();
         let adoption = match previous {
@@ -375,7 +383,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         tokio::spawn(refresh_dns(shared.clone())),
         tokio::spawn(rebind_inodes(shared.clone())),
         tokio::spawn(sweep(shared.clone())),
-        tokio::spawn(refusals(shared.clone(), refused_rx)),
+        tokio::spawn(refusals(shared.clone(), refused_rx, refusal_counts)),
         tokio::spawn(hold::serve(
             shared.clone(),
             tokio::net::TcpListener::from_std(hold_listener)?,
@@ -413,6 +421,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         // the daemon from stopping.
         watch.step("draining the ring buffer");
         core.drain(1 << 16);
+        // Refusals still on their way are not coming any more: the ends they held.
+        core.release_deferred_ends(true);
         // Commits what is queued before the process exits.
         watch.step("closing the audit store and the event log");
         core.sinks.close();
@@ -520,6 +530,8 @@ impl Core {
             shadow_counts: BTreeMap::new(),
             containerd: crate::containers::Containerd::new(&cfg.containerd),
             containers: HashMap::new(),
+            refusal_counts: Arc::default(),
+            deferred_ends: Vec::new(),
         }
     }
 }

@@ -231,7 +231,32 @@ impl Core {
         }
     }
 
+    /// Ends session `sid`, or holds its end until the refusal notices offered before now
+    /// are recorded: the refusal of its last process may be one of them, and goes into
+    /// the trail first.
     pub(super) fn session_end(&mut self, sid: u64, now: SystemTime) {
+        let mark = self.refusal_counts.mark();
+        if !self.refusal_counts.passed(mark) || !self.deferred_ends.is_empty() {
+            self.deferred_ends.push((sid, now, mark));
+            self.release_deferred_ends(false);
+            return;
+        }
+        self.end_session_now(sid, now);
+    }
+
+    /// Ends, in order, the sessions [`Core::session_end`] held whose refusals are
+    /// recorded (every one with `force`: the daemon is stopping).
+    pub(super) fn release_deferred_ends(&mut self, force: bool) {
+        while let Some(&(sid, now, mark)) = self.deferred_ends.first() {
+            if !force && !self.refusal_counts.passed(mark) {
+                return;
+            }
+            self.deferred_ends.remove(0);
+            self.end_session_now(sid, now);
+        }
+    }
+
+    fn end_session_now(&mut self, sid: u64, now: SystemTime) {
         let ev = Event::new(Body::SessionEnd, now, self.attribution.session_ref(sid));
         info!(session = %format_id(sid), "session ended");
         self.attribution.calls.session_ended(sid);
@@ -277,6 +302,8 @@ impl Core {
         for sid in self.attribution.registry.reconcile(&snapshot, now) {
             self.session_end(sid, now);
         }
+        // Held ends whose refusals were recorded meanwhile.
+        self.release_deferred_ends(false);
     }
 
     /// Raises an event for every new loss: kernel-side, and records the audit store

@@ -85,6 +85,71 @@ pub enum Notice {
     Approval(Box<ApprovalNotice>),
 }
 
+/// The pipeline's queue of notices, with counts of those offered and of those the
+/// pipeline has recorded (or that were dropped): a session's end waits until every
+/// notice offered before it is recorded, so a refusal never lands in the trail after the
+/// end of its session (the refused process's exit reaches the ring buffer while its
+/// refusal may still be on its way here). The queue is first in, first out, so two
+/// counters say it exactly, also under a flood of another session's refusals.
+#[derive(Clone, Debug)]
+pub struct Records {
+    tx: tokio::sync::mpsc::Sender<Notice>,
+    counts: Arc<NoticeCounts>,
+}
+
+/// Notices offered to the pipeline's queue and notices done with, both only growing.
+#[derive(Debug, Default)]
+pub struct NoticeCounts {
+    offered: AtomicU64,
+    done: AtomicU64,
+}
+
+impl NoticeCounts {
+    /// A mark that [`NoticeCounts::passed`] says is reached once every notice offered
+    /// until now is done with.
+    pub fn mark(&self) -> u64 {
+        self.offered.load(Ordering::SeqCst)
+    }
+
+    pub fn passed(&self, mark: u64) -> bool {
+        self.done.load(Ordering::SeqCst) >= mark
+    }
+
+    /// One more notice recorded by the pipeline.
+    pub fn done(&self) {
+        self.done.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Records {
+    pub fn new(tx: tokio::sync::mpsc::Sender<Notice>) -> Self {
+        Self {
+            tx,
+            counts: Arc::default(),
+        }
+    }
+
+    /// Queues `n` without waiting; `false` when the queue is full or closed.
+    pub fn try_send(&self, n: Notice) -> bool {
+        // Counted before it can be taken: a mark never misses one in flight.
+        self.counts.offered.fetch_add(1, Ordering::SeqCst);
+        if self.tx.try_send(n).is_err() {
+            self.counts.done();
+            return false;
+        }
+        true
+    }
+
+    pub fn counts(&self) -> Arc<NoticeCounts> {
+        self.counts.clone()
+    }
+
+    /// Notices in the queue and not yet taken.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
 /// A held operation answered: the approval row's content.
 #[derive(Debug)]
 pub struct ApprovalNotice {
@@ -358,7 +423,7 @@ pub struct Refusal {
     fingerprint: u64,
     pub stats: Arc<Stats>,
     /// The pipeline's queue (to tell whether records wait in it).
-    records: tokio::sync::mpsc::Sender<Notice>,
+    records: Records,
     /// Operations held for a person's answer.
     pub escalation: Arc<Escalation>,
 }
@@ -459,7 +524,7 @@ impl Refusal {
     /// on the kernel's session map, `records` the pipeline's queue.
     pub fn start(
         sessions: BpfHashMap<MapData, u32, SessionEntry>,
-        records: tokio::sync::mpsc::Sender<Notice>,
+        records: Records,
     ) -> Result<Self> {
         let group = Fanotify::init(
             InitFlags::FAN_CLASS_CONTENT
@@ -517,7 +582,7 @@ impl Refusal {
 
     /// Refusal records queued for the pipeline and not yet taken.
     pub fn pending(&self) -> usize {
-        self.records.max_capacity() - self.records.capacity()
+        self.records.queued()
     }
 
     /// Removes every exec ignore mark.
@@ -745,7 +810,7 @@ struct Worker {
     group: Arc<Fanotify>,
     table: Arc<RwLock<Table>>,
     sessions: BpfHashMap<MapData, u32, SessionEntry>,
-    records: tokio::sync::mpsc::Sender<Notice>,
+    records: Records,
     stats: Arc<Stats>,
     me: u32,
 }
@@ -871,7 +936,7 @@ impl Worker {
             if r.act != Act::Alert {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
             }
-            if self.records.try_send(Notice::Record(rec)).is_err() {
+            if !self.records.try_send(Notice::Record(rec)) {
                 self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -945,7 +1010,7 @@ pub struct Escalation {
     /// Woken when a new request may have an earlier deadline.
     wake: parking_lot::Condvar,
     group: Arc<Fanotify>,
-    records: tokio::sync::mpsc::Sender<Notice>,
+    records: Records,
     pub stats: Arc<Stats>,
     /// New requests' ids, for the approval webhook.
     notify: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedSender<u64>>>,
@@ -1017,7 +1082,7 @@ impl Escalation {
                     act: Act::Block,
                 };
                 let rec = record(&k.session, &r, k.tgid, k.access, &k.path);
-                if self.records.try_send(Notice::Record(rec)).is_err() {
+                if !self.records.try_send(Notice::Record(rec)) {
                     self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -1062,11 +1127,7 @@ impl Escalation {
             time,
             info,
         };
-        if self
-            .records
-            .try_send(Notice::Approval(Box::new(notice)))
-            .is_err()
-        {
+        if !self.records.try_send(Notice::Approval(Box::new(notice))) {
             self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
         }
         for w in s.waiters {
@@ -1317,6 +1378,32 @@ mod tests {
 
     use super::*;
     use crate::event::path_text;
+
+    /// A mark is passed once every notice offered before it is done with, whatever was
+    /// offered after it (a flood elsewhere holds no session's end); a notice the full
+    /// queue refused counts as done.
+    #[test]
+    fn a_mark_waits_for_the_notices_offered_before_it_only() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let records = Records::new(tx);
+        let counts = records.counts();
+        assert!(counts.passed(counts.mark()));
+        assert!(records.try_send(Notice::Record(vec![1])));
+        let mark = counts.mark();
+        assert!(!counts.passed(mark));
+        assert!(records.try_send(Notice::Record(vec![2])));
+        // The queue holds two: the third is dropped, and done with at once.
+        assert!(!records.try_send(Notice::Record(vec![3])));
+        assert_eq!(records.queued(), 2);
+        assert!(matches!(rx.try_recv(), Ok(Notice::Record(b)) if b == [1]));
+        assert!(!counts.passed(mark), "taken is not yet recorded");
+        counts.done();
+        assert!(counts.passed(mark));
+        assert!(!counts.passed(counts.mark()), "the second is outstanding");
+        let _ = rx.try_recv();
+        counts.done();
+        assert!(counts.passed(counts.mark()));
+    }
 
     fn entry(profile_id: u32, owner_uid: u32) -> SessionEntry {
         SessionEntry {

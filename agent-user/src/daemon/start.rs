@@ -50,7 +50,7 @@ pub(super) fn load_kernel(
 /// (named `fanotify`): enrolment checks it like the programs it stands in for.
 pub(super) fn refusal_layer(
     kernel: &mut KernelMaps,
-    records: tokio::sync::mpsc::Sender<refusal::Notice>,
+    records: refusal::Records,
     wanted: bool,
 ) -> ProgramStatus {
     let began = std::time::Instant::now();
@@ -267,7 +267,10 @@ const STOP_STALL: Duration = Duration::from_secs(10);
 /// kernel stack), once: a supervisor kills a stalled daemon, and this is what is left
 /// to find out why.
 pub(super) struct StopWatch {
-    state: Arc<(parking_lot::Mutex<(&'static str, bool)>, parking_lot::Condvar)>,
+    state: Arc<(
+        parking_lot::Mutex<(&'static str, bool)>,
+        parking_lot::Condvar,
+    )>,
 }
 
 impl StopWatch {
@@ -319,10 +322,17 @@ impl Drop for StopWatch {
 /// Each thread of the daemon: name, state, wait channel and kernel stack, from procfs.
 fn own_threads() -> String {
     let mut out = String::new();
-    for t in fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+    for t in fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let read = |f: &str| fs::read_to_string(t.path().join(f)).unwrap_or_default();
         let stat = read("stat");
-        let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
         let stack: Vec<String> = read("stack")
             .lines()
             .map(|l| l.split_whitespace().nth(1).unwrap_or(l).to_owned())

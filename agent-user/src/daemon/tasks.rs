@@ -90,6 +90,7 @@ const REFUSAL_DRAIN_BATCHES: usize = 256;
 pub(super) async fn refusals(
     shared: Arc<Shared>,
     mut rx: tokio::sync::mpsc::Receiver<refusal::Notice>,
+    counts: Arc<refusal::NoticeCounts>,
 ) {
     while let Some(first) = rx.recv().await {
         // The ring's records were sent before the refusal was decided (the exec that
@@ -106,9 +107,13 @@ pub(super) async fn refusals(
         }
         let mut core = shared.core();
         core.handle_notice(first);
+        counts.done();
         while let Ok(more) = rx.try_recv() {
             core.handle_notice(more);
+            counts.done();
         }
+        // The ends of sessions these refusals belonged to follow them.
+        core.release_deferred_ends(false);
         core.flush_sinks();
     }
 }

@@ -470,7 +470,10 @@ impl Daemon {
         let status = child.wait().expect("wait");
         // In a drop during a test's panic, a second panic would abort the test binary.
         if thread::panicking() {
-            eprintln!("daemon {} did not stop on SIGTERM within {limit:?}:\n{report}", child.id());
+            eprintln!(
+                "daemon {} did not stop on SIGTERM within {limit:?}:\n{report}",
+                child.id()
+            );
             return status;
         }
         panic!(
@@ -484,7 +487,14 @@ impl Daemon {
 /// is not installed.
 pub(crate) fn user_stacks(pid: u32) -> String {
     Command::new("gdb")
-        .args(["-p", &pid.to_string(), "-batch", "-nx", "-ex", "thread apply all bt"])
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-nx",
+            "-ex",
+            "thread apply all bt",
+        ])
         .stdin(Stdio::null())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
