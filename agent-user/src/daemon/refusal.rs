@@ -85,8 +85,9 @@ pub enum Notice {
     Approval(Box<ApprovalNotice>),
 }
 
-/// The pipeline's queue of notices, with counts of those offered and of those the
-/// pipeline has recorded (or that were dropped): a session's end waits until every
+/// The pipeline's queue of notices, with counts of those queued and of those the
+/// pipeline has recorded (a notice the full queue refused is counted as lost by the
+/// layer's stats, and in neither): a session's end waits until every
 /// notice offered before it is recorded, so a refusal never lands in the trail after the
 /// end of its session (the refused process's exit reaches the ring buffer while its
 /// refusal may still be on its way here). The queue is first in, first out, so two
@@ -131,12 +132,13 @@ impl Records {
 
     /// Queues `n` without waiting; `false` when the queue is full or closed.
     pub fn try_send(&self, n: Notice) -> bool {
-        // Counted before it can be taken: a mark never misses one in flight.
-        self.counts.offered.fetch_add(1, Ordering::SeqCst);
         if self.tx.try_send(n).is_err() {
-            self.counts.done();
             return false;
         }
+        // Counted once queued (the pipeline may have recorded it already: `done` runs
+        // ahead for a moment, which no mark minds). The refused process is answered
+        // only after this, so its exit, and its session's end, come after the count.
+        self.counts.offered.fetch_add(1, Ordering::SeqCst);
         true
     }
 
@@ -1381,7 +1383,7 @@ mod tests {
 
     /// A mark is passed once every notice offered before it is done with, whatever was
     /// offered after it (a flood elsewhere holds no session's end); a notice the full
-    /// queue refused counts as done.
+    /// queue refused is in neither count.
     #[test]
     fn a_mark_waits_for_the_notices_offered_before_it_only() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
@@ -1392,8 +1394,9 @@ mod tests {
         let mark = counts.mark();
         assert!(!counts.passed(mark));
         assert!(records.try_send(Notice::Record(vec![2])));
-        // The queue holds two: the third is dropped, and done with at once.
+        // The queue holds two: the third is dropped, and counted nowhere.
         assert!(!records.try_send(Notice::Record(vec![3])));
+        assert!(!counts.passed(mark));
         assert_eq!(records.queued(), 2);
         assert!(matches!(rx.try_recv(), Ok(Notice::Record(b)) if b == [1]));
         assert!(!counts.passed(mark), "taken is not yet recorded");
