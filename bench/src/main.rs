@@ -224,6 +224,9 @@ fn listener(port: u16) -> Result<SocketAddr> {
         rustix::net::SocketType::STREAM,
         None,
     )?;
+    // A fixed port is taken again by the next block while the last one's accepted
+    // connections sit in TIME_WAIT on it.
+    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
     rustix::net::bind(
         &fd,
         &rustix::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port),

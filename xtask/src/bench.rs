@@ -978,6 +978,8 @@ fn block_under(env: &Env, sc: &Scenario, mut prefix: Command) -> Result<f64> {
 fn build_block(env: &Env, mut prefix: Command) -> Result<f64> {
     let target = env.dir.join("crate-target");
     let _ = fs::remove_dir_all(&target);
+    // Empty but there: the Landlock peer grants writes under it by path.
+    fs::create_dir_all(&target)?;
     let start = Instant::now();
     let st = prefix
         .args(["cargo", "build", "--offline", "--quiet", "--manifest-path"])
@@ -1496,6 +1498,12 @@ fn peer_ctx(env: &Env) -> peers::Ctx<'_> {
             .collect(),
         port: env.port,
         build_dirs,
+        // Cargo reads the configuration of every directory above where it runs (the
+        // workspace's own, here).
+        build_reads: [workspace_root().join(".cargo")]
+            .into_iter()
+            .filter(|d| d.exists())
+            .collect(),
     }
 }
 

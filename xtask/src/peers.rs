@@ -93,6 +93,8 @@ pub struct Ctx<'a> {
     pub port: u16,
     /// What the real-workload scenario (a cargo build) writes and reads.
     pub build_dirs: Vec<PathBuf>,
+    /// What it only reads (cargo's configuration in the directories above it).
+    pub build_reads: Vec<PathBuf>,
 }
 
 /// A peer running (or, for the sandboxes, ready to wrap the workload).
@@ -293,6 +295,9 @@ impl Running {
                     c.arg("--read").arg(p);
                 }
                 c.arg("--read").arg(cx.awload).arg("--read").arg(cx.allowed);
+                for d in &cx.build_reads {
+                    c.arg("--read").arg(d);
+                }
                 c.arg("--write").arg("/dev");
                 for d in &cx.build_dirs {
                     c.arg("--write").arg(d);
