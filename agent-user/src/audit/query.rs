@@ -415,21 +415,24 @@ impl<'c> Reader<'c> {
         }
         sql.push_str(" ORDER BY a.seq");
         let mut stmt = self.conn.prepare(&sql)?;
+        let cols = Columns::of(&stmt);
         let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             // A row this build cannot read back (an edited or foreign word) is named and
             // passed over: the rest of the trail stays readable, and `audit verify`
             // names the edit.
-            let (seq, event) = match event_from_row(r) {
+            let (seq, event) = match event_from_row(r, &cols) {
                 Ok(x) => x,
                 Err(e) => {
                     eprintln!("audit: record skipped: {e:#}");
                     continue;
                 }
             };
-            let repeats = r.get::<_, i64>("repeats")? as u64;
-            let last_time = r.get::<_, Option<i64>>("last_time_ns")?.map(time_text);
+            let repeats = r.get::<_, i64>(cols.at("repeats")?)? as u64;
+            let last_time = r
+                .get::<_, Option<i64>>(cols.at("last_time_ns")?)?
+                .map(time_text);
             if let Some(net) = &f.dest {
                 let ip = event
                     .net()
@@ -510,6 +513,30 @@ pub fn read_session(conn: &Connection, id: &str) -> Option<SessionRecord> {
     .ok()
 }
 
+/// The positions of a statement's columns by name, read once per query. rusqlite finds
+/// a column by name by comparing it with every column's name, on every call: some twenty
+/// calls a row made that the drift analyser's largest cost (`strlen` and
+/// `sqlite3_column_name` were 15% of the daemon's samples under a tracked exec storm).
+pub(crate) struct Columns(HashMap<String, usize>);
+
+impl Columns {
+    pub(crate) fn of(stmt: &rusqlite::Statement<'_>) -> Self {
+        let mut at = HashMap::new();
+        for (i, n) in stmt.column_names().enumerate() {
+            // The first of two columns of one name, case aside, as rusqlite finds it.
+            at.entry(n.to_ascii_lowercase()).or_insert(i);
+        }
+        Self(at)
+    }
+
+    pub(crate) fn at(&self, name: &str) -> rusqlite::Result<usize> {
+        self.0
+            .get(name)
+            .copied()
+            .ok_or_else(|| rusqlite::Error::InvalidColumnName(name.to_owned()))
+    }
+}
+
 /// An action as stored: its row's `seq`, its event, and how many actions the row
 /// stands for (`repeats`).
 pub type Stored = (i64, Event, u64);
@@ -523,11 +550,13 @@ pub fn events_where(
     params: impl rusqlite::Params,
 ) -> Result<(Vec<Stored>, u64)> {
     let mut stmt = conn.prepare_cached(&format!("SELECT a.* FROM actions a WHERE {clause}"))?;
+    let cols = Columns::of(&stmt);
+    let repeats = cols.at("repeats")?;
     let mut rows = stmt.query(params)?;
     let (mut out, mut unreadable) = (Vec::new(), 0);
     while let Some(r) = rows.next()? {
-        match event_from_row(r) {
-            Ok((seq, ev)) => out.push((seq, ev, r.get::<_, i64>("repeats")?.max(1) as u64)),
+        match event_from_row(r, &cols) {
+            Ok((seq, ev)) => out.push((seq, ev, r.get::<_, i64>(repeats)?.max(1) as u64)),
             Err(_) => unreadable += 1,
         }
     }
@@ -554,17 +583,17 @@ fn json_list(s: Option<String>) -> Vec<String> {
 
 /// Rebuilds the event an `actions` row (joined with its decision) was made from.
 // Long: one line per column read back, and one arm per kind (exhaustive).
-fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
-    let get_s = |c: &str| r.get::<_, Option<String>>(c);
-    let get_i = |c: &str| r.get::<_, Option<i64>>(c);
-    let seq: i64 = r.get("seq")?;
+fn event_from_row(r: &Row<'_>, cols: &Columns) -> Result<(i64, Event)> {
+    let get_s = |c: &str| r.get::<_, Option<String>>(cols.at(c)?);
+    let get_i = |c: &str| r.get::<_, Option<i64>>(cols.at(c)?);
+    let seq: i64 = r.get(cols.at("seq")?)?;
     let extra: serde_json::Value = get_s("extra")?
         .and_then(|e| serde_json::from_str(&e).ok())
         .unwrap_or_default();
     let x_bool = |k: &str| extra[k].as_bool().unwrap_or(false);
     let x_str = |k: &str| extra[k].as_str().unwrap_or_default().to_owned();
     let sid = get_s("session_id")?.unwrap_or_default();
-    let kind_name: String = r.get("kind")?;
+    let kind_name: String = r.get(cols.at("kind")?)?;
     let kind = EventKind::from_name(&kind_name)
         .ok_or_else(|| anyhow::anyhow!("row {seq}: unknown kind `{kind_name}`"))?;
     let path = get_s("path")?;
@@ -662,13 +691,13 @@ fn event_from_row(r: &Row<'_>) -> Result<(i64, Event)> {
             ..SessionRef::default()
         },
     );
-    ev.seq = r.get::<_, i64>("event_seq")? as u64;
+    ev.seq = r.get::<_, i64>(cols.at("event_seq")?)? as u64;
     ev.context = context;
     ev.shadow = extra
         .get("shadow")
         .and_then(|s| serde_json::from_value(s.clone()).ok())
         .unwrap_or_default();
-    let ns: i64 = r.get("time_ns")?;
+    let ns: i64 = r.get(cols.at("time_ns")?)?;
     ev.time_ns = ns;
     ev.time = time_text(ns);
     let u32_of = |v: Option<i64>| v.unwrap_or(0) as u32;
