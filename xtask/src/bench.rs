@@ -1014,20 +1014,26 @@ fn spread(v: &[f64]) -> f64 {
     (hi - lo) / median(v) * 100.0
 }
 
+/// One condition's samples against the `off` median: median, spread, ratio, time added.
+fn versus_off(samples: &[f64], off: f64) -> Value {
+    let m = median(samples);
+    json!({
+        "median_ns": m,
+        "spread_pct": spread(samples),
+        "ratio": m / off,
+        "added_ns": m - off,
+        "samples_ns": samples,
+    })
+}
+
 fn summarize(sc: &Scenario, s: &[Vec<f64>; 3], losses: u64) -> Value {
     let off = median(&s[0]);
     let cond = |i: usize, max: Option<f64>| {
-        let m = median(&s[i]);
-        let ratio = m / off;
-        json!({
-            "median_ns": m,
-            "spread_pct": spread(&s[i]),
-            "ratio": ratio,
-            "added_ns": m - off,
-            "target_ratio": max,
-            "met": max.map(|t| ratio <= t),
-            "samples_ns": s[i],
-        })
+        let mut v = versus_off(&s[i], off);
+        let ratio = v["ratio"].as_f64().unwrap_or(f64::NAN);
+        v["target_ratio"] = json!(max);
+        v["met"] = json!(max.map(|t| ratio <= t));
+        v
     };
     json!({
         "name": sc.name,
@@ -1479,10 +1485,10 @@ fn peer_ctx(env: &Env) -> peers::Ctx<'_> {
         }
     }
     build_dirs.extend([home.join(".cargo"), home.join(".rustup")]);
-    build_dirs.retain(|d| d.exists() || d.ends_with("crate-target"));
-    // The target directory does not exist until the build makes it: Landlock needs a
-    // path to grant, so it is made empty here.
+    // The target directory does not exist until a build makes it: Landlock needs a path
+    // to grant (the peer's start runs the sandbox once), so it is made empty here.
     let _ = fs::create_dir_all(env.dir.join("crate-target"));
+    build_dirs.retain(|d| d.exists());
     peers::Ctx {
         dir: &env.dir,
         awload: &env.awload,
@@ -1556,16 +1562,10 @@ fn peer_summaries(runs: &[PeerRun], i: usize, off: f64) -> Value {
             if let Some(why) = &r.unavailable {
                 return json!({ "name": r.peer.name(), "unavailable": why });
             }
-            let m = median(&r.samples[i]);
-            json!({
-                "name": r.peer.name(),
-                "median_ns": m,
-                "spread_pct": spread(&r.samples[i]),
-                "ratio": m / off,
-                "added_ns": m - off,
-                "samples_ns": r.samples[i],
-                "losses": r.losses[i],
-            })
+            let mut v = versus_off(&r.samples[i], off);
+            v["name"] = json!(r.peer.name());
+            v["losses"] = json!(r.losses[i]);
+            v
         })
         .collect()
 }
@@ -1584,6 +1584,10 @@ fn peers_markdown(r: &Value) -> String {
     s.push_str("\n|---|---|");
     s.push_str(&"---|".repeat(peers.len()));
     s.push('\n');
+    let lost = |v: &Value| match v["losses"].as_u64() {
+        Some(0) | None => String::new(),
+        Some(n) => format!(", lost {n}"),
+    };
     let pct = |c: &Value| {
         format!(
             "{:+.1}% ±{:.0}%",
@@ -1596,24 +1600,14 @@ fn peers_markdown(r: &Value) -> String {
             "| {} | {}{} |",
             sc["name"].as_str().unwrap_or(""),
             pct(&sc["tracked"]),
-            match sc["losses"].as_u64() {
-                Some(0) | None => String::new(),
-                Some(n) => format!(", lost {n}"),
-            }
+            lost(sc)
         ));
         for p in sc["peers"].as_array().into_iter().flatten() {
             if p["unavailable"].is_string() {
                 s.push_str(" n/a |");
                 continue;
             }
-            s.push_str(&format!(
-                " {}{} |",
-                pct(p),
-                match p["losses"].as_u64() {
-                    Some(0) | None => String::new(),
-                    Some(n) => format!(", lost {n}"),
-                }
-            ));
+            s.push_str(&format!(" {}{} |", pct(p), lost(p)));
         }
         s.push('\n');
     }

@@ -149,7 +149,7 @@ struct Core {
     refusal_counts: Arc<refusal::NoticeCounts>,
     /// Sessions whose last process is gone, their end held until the refusals offered
     /// before it are recorded: the session, when it ended, and the mark to pass.
-    deferred_ends: Vec<(u64, SystemTime, u64)>,
+    deferred_ends: std::collections::VecDeque<(u64, SystemTime, u64)>,
     /// Every map handle: the kernel side.
     kernel: KernelMaps,
     /// `file:line` of every compiled rule, by the id the kernel reports.
@@ -531,7 +531,7 @@ impl Core {
             containerd: crate::containers::Containerd::new(&cfg.containerd),
             containers: HashMap::new(),
             refusal_counts: Arc::default(),
-            deferred_ends: Vec::new(),
+            deferred_ends: std::collections::VecDeque::new(),
         }
     }
 }

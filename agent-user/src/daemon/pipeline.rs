@@ -235,23 +235,21 @@ impl Core {
     /// are recorded: the refusal of its last process may be one of them, and goes into
     /// the trail first.
     pub(super) fn session_end(&mut self, sid: u64, now: SystemTime) {
+        // Behind the ends held before it, in order; at once when nothing is held and its
+        // mark is passed.
         let mark = self.refusal_counts.mark();
-        if !self.refusal_counts.passed(mark) || !self.deferred_ends.is_empty() {
-            self.deferred_ends.push((sid, now, mark));
-            self.release_deferred_ends(false);
-            return;
-        }
-        self.end_session_now(sid, now);
+        self.deferred_ends.push_back((sid, now, mark));
+        self.release_deferred_ends(false);
     }
 
     /// Ends, in order, the sessions [`Core::session_end`] held whose refusals are
     /// recorded (every one with `force`: the daemon is stopping).
     pub(super) fn release_deferred_ends(&mut self, force: bool) {
-        while let Some(&(sid, now, mark)) = self.deferred_ends.first() {
+        while let Some(&(sid, now, mark)) = self.deferred_ends.front() {
             if !force && !self.refusal_counts.passed(mark) {
                 return;
             }
-            self.deferred_ends.remove(0);
+            self.deferred_ends.pop_front();
             self.end_session_now(sid, now);
         }
     }

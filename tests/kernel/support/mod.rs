@@ -461,7 +461,8 @@ impl Daemon {
             thread::sleep(Duration::from_millis(20));
         }
         let report = format!(
-            "{}{}\n{}",
+            "daemon {} did not stop on SIGTERM within {limit:?}:\n{}{}\n{}",
+            child.id(),
             processes_report(&[child.id()], None),
             user_stacks(child.id()),
             self.log()
@@ -470,16 +471,10 @@ impl Daemon {
         let status = child.wait().expect("wait");
         // In a drop during a test's panic, a second panic would abort the test binary.
         if thread::panicking() {
-            eprintln!(
-                "daemon {} did not stop on SIGTERM within {limit:?}:\n{report}",
-                child.id()
-            );
+            eprintln!("{report}");
             return status;
         }
-        panic!(
-            "daemon {} did not stop on SIGTERM within {limit:?}:\n{report}",
-            child.id()
-        );
+        panic!("{report}");
     }
 }
 
