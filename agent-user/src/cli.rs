@@ -201,6 +201,12 @@ pub enum Cmd {
             default_value = "/run/containerd/containerd.sock"
         )]
         containerd_address: PathBuf,
+        /// How long a new container's processes are held at their first exec while
+        /// containerd is asked for its labels (`match:` selectors on labels), asking
+        /// again as it fails; past it they run with the labels unjudged, counted
+        /// (`container_lookups_abandoned`) and logged.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        container_lookup_budget: std::time::Duration,
         /// How often the drift analyser reads what the audit store committed (`5s`,
         /// `1m`): it judges each session's actions against its agent's baseline and
         /// learns finished sessions, out of band.
@@ -453,6 +459,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             approval_webhook,
             approval_webhook_secret_file,
             containerd_address,
+            container_lookup_budget,
             drift_interval,
             no_drift,
             drift_thresholds,
@@ -469,6 +476,7 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                     webhook: drift_webhook,
                 },
                 containerd: containerd_address,
+                container_lookup_budget,
                 approval_webhook,
                 otlp: otlp_endpoint,
                 hook_socket: hook_socket.unwrap_or_else(|| socket.with_file_name("hook.sock")),

@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -117,9 +117,10 @@ pub struct Containerd {
     pub address: PathBuf,
 }
 
-/// How long one query may take (a containerd that does not answer must not stall the
-/// daemon's reader for long).
-const QUERY_DEADLINE: Duration = Duration::from_secs(3);
+/// How long one query may take: a containerd that does not answer must not keep a
+/// lookup for long (the daemon asks again until [`Containerd::container_of_cgroup`]'s
+/// caller gives up).
+const QUERY_DEADLINE: Duration = Duration::from_secs(5);
 
 impl Containerd {
     pub fn new(address: impl Into<PathBuf>) -> Self {
@@ -133,61 +134,123 @@ impl Containerd {
         self.address.exists()
     }
 
-    fn ctr(&self, args: &[&str]) -> Option<String> {
-        let mut child = Command::new("ctr")
+    /// `ctr`'s output, or why there is none: it could not run, it failed (its exit
+    /// status and first line of error; `NotFound` where containerd said so), or it did
+    /// not answer within the deadline. Its output is read while it runs: a container's
+    /// spec can be larger than a pipe holds.
+    fn ctr(&self, args: &[&str]) -> Result<String, QueryError> {
+        let child = Command::new("ctr")
             .arg("--address")
             .arg(&self.address)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
-            .ok()?;
-        let start = Instant::now();
-        loop {
-            match child.try_wait() {
-                Ok(Some(s)) if s.success() => break,
-                Ok(Some(_)) | Err(_) => return None,
-                Ok(None) if start.elapsed() > QUERY_DEADLINE => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return None;
+            .map_err(|e| QueryError::Failed(format!("running ctr: {e}")))?;
+        // A pidfd, not the number: the waiting thread may reap the child just as the
+        // deadline passes, and the number could then be another process's.
+        let pidfd = rustix::process::Pid::from_raw(child.id() as i32).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("aw-ctr".into())
+            .spawn(move || {
+                let _ = tx.send(child.wait_with_output());
+            })
+            .map_err(|e| QueryError::Failed(format!("a thread for ctr: {e}")))?;
+        let out = match rx.recv_timeout(QUERY_DEADLINE) {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return Err(QueryError::Failed(format!("waiting for ctr: {e}"))),
+            Err(_) => {
+                // The waiting thread reaps it and ends.
+                if let Some(fd) = &pidfd {
+                    let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                return Err(QueryError::TimedOut(QUERY_DEADLINE));
             }
+        };
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
-        let mut out = String::new();
-        std::io::Read::read_to_string(child.stdout.as_mut()?, &mut out).ok()?;
-        Some(out)
+        Err(QueryError::of_failure(
+            &out.status.to_string(),
+            &String::from_utf8_lossy(&out.stderr),
+        ))
     }
 
     /// The runtime namespaces (`ctr namespaces ls -q`).
-    fn namespaces(&self) -> Vec<String> {
-        self.ctr(&["namespaces", "ls", "-q"])
-            .map(|o| {
-                o.lines()
-                    .map(str::to_owned)
-                    .filter(|l| !l.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default()
+    fn namespaces(&self) -> Result<Vec<String>, QueryError> {
+        Ok(self
+            .ctr(&["namespaces", "ls", "-q"])?
+            .lines()
+            .map(str::to_owned)
+            .filter(|l| !l.is_empty())
+            .collect())
     }
 
-    /// The container whose cgroup is `cgroup_path`, if containerd has it.
-    pub fn container_of_cgroup(&self, cgroup_path: &str) -> Option<ContainerInfo> {
+    /// The container whose cgroup is `cgroup_path`: `Ok(None)` where the path names
+    /// no container or containerd (when it runs here) has none by its id; an error
+    /// where containerd was asked and did not answer, so the caller may ask again.
+    pub fn container_of_cgroup(&self, cgroup_path: &str) -> Result<Option<ContainerInfo>, String> {
         if !self.present() {
-            return None;
+            return Ok(None);
         }
-        let (ns, id) = id_of_cgroup(cgroup_path)?;
+        let Some((ns, id)) = id_of_cgroup(cgroup_path) else {
+            return Ok(None);
+        };
         let namespaces = match ns {
             Some(n) => vec![n],
-            None => self.namespaces(),
+            None => self.namespaces().map_err(|e| e.to_string())?,
         };
-        namespaces.into_iter().find_map(|n| {
-            let out = self.ctr(&["--namespace", &n, "containers", "info", &id])?;
-            let (image, labels) = parse_info(&out)?;
-            Some(ContainerInfo::from_labels(&n, &id, image, labels))
-        })
+        for n in namespaces {
+            match self.ctr(&["--namespace", &n, "containers", "info", &id]) {
+                Ok(out) => {
+                    let (image, labels) = parse_info(&out)
+                        .ok_or_else(|| format!("`ctr containers info {id}`: not its JSON"))?;
+                    return Ok(Some(ContainerInfo::from_labels(&n, &id, image, labels)));
+                }
+                Err(QueryError::NotFound) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Why `ctr` gave no answer.
+#[derive(Debug)]
+enum QueryError {
+    /// containerd has no such object: an answer.
+    NotFound,
+    /// `ctr` could not run, or failed for another reason.
+    Failed(String),
+    /// `ctr` did not finish within the deadline (it was killed).
+    TimedOut(Duration),
+}
+
+impl QueryError {
+    /// What a failed `ctr` said: containerd's "not found" is an answer, anything else
+    /// (it could not dial, a deadline inside containerd) is a failure to ask again.
+    fn of_failure(status: &str, stderr: &str) -> Self {
+        let line = stderr.lines().next().unwrap_or("").trim();
+        // `ctr: container "ID" in namespace "NS": not found`
+        if line.ends_with(": not found") {
+            Self::NotFound
+        } else {
+            Self::Failed(format!("ctr {status}: {line}"))
+        }
+    }
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFound => f.write_str("not found"),
+            Self::Failed(why) => f.write_str(why),
+            Self::TimedOut(d) => write!(f, "ctr did not answer within {d:?}"),
+        }
     }
 }
 
@@ -224,6 +287,29 @@ mod tests {
             None
         );
         assert_eq!(id_of_cgroup("/"), None);
+    }
+
+    #[test]
+    fn a_missing_container_is_an_answer_and_a_dial_failure_is_not() {
+        assert!(matches!(
+            QueryError::of_failure(
+                "exit status: 1",
+                "ctr: container \"c1\" in namespace \"default\": not found\n"
+            ),
+            QueryError::NotFound
+        ));
+        let e = QueryError::of_failure(
+            "exit status: 1",
+            "ctr: failed to dial \"/run/c.sock\": connection error: desc = \"transport: error while dialing: dial unix /run/c.sock: connect: connection refused\"\n",
+        );
+        assert!(
+            matches!(&e, QueryError::Failed(w) if w.contains("connection refused")),
+            "{e}"
+        );
+        assert!(matches!(
+            QueryError::of_failure("exit status: 1", ""),
+            QueryError::Failed(_)
+        ));
     }
 
     #[test]

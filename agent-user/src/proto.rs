@@ -219,6 +219,14 @@ pub struct DaemonCounters {
     /// (container label selectors), then enrolled or not, and resumed.
     #[serde(default)]
     pub selector_held: u64,
+    /// Lookups of a container that containerd failed or did not answer in time (each
+    /// try; the lookup is asked again).
+    #[serde(default)]
+    pub container_lookup_failures: u64,
+    /// Container lookups given up after the lookup budget: the container's processes
+    /// ran with its labels unjudged.
+    #[serde(default)]
+    pub container_lookups_abandoned: u64,
     /// OTLP export: records the collector accepted, records dropped (a full queue or a
     /// failed request), requests that failed.
     #[serde(default)]

@@ -11,6 +11,12 @@ use sha2::{Digest as _, Sha256};
 
 use crate::support::*;
 
+/// Taken by each test whose daemon has label selectors. Such a daemon holds every
+/// process that execs in a new container-like cgroup on the host until its lookup
+/// answers, and one daemon's resume would release another's hold: a host runs one
+/// daemon, so these tests take turns.
+static LABEL_SELECTORS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A containerd of the test's own, stopped (and its containers with it) when dropped.
 struct Containerd {
     child: Child,
@@ -166,6 +172,14 @@ fn pod_labels(pod: &str, container: &str) -> Vec<String> {
     .collect()
 }
 
+/// Points the symbolic link `link` at `to`, replacing it in one step.
+fn point(link: &Path, to: &Path) {
+    let tmp = link.with_extension("new");
+    let _ = fs::remove_file(&tmp);
+    symlink(to, &tmp).unwrap();
+    fs::rename(&tmp, link).unwrap();
+}
+
 /// A busybox root filesystem with a secret the profile denies.
 fn rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
@@ -191,6 +205,7 @@ fn a_labelled_container_is_enrolled_by_its_pod_labels_and_named_in_the_trail() {
     if !is_root() {
         return skip("containerd and eBPF need root");
     }
+    let _turn = LABEL_SELECTORS.lock().unwrap_or_else(|p| p.into_inner());
     let c = match Containerd::start() {
         Ok(c) => c,
         Err(why) => return skip(&why),
@@ -206,7 +221,9 @@ fn a_labelled_container_is_enrolled_by_its_pod_labels_and_named_in_the_trail() {
          files:\n  deny: [/etc/agent-token]\n  on_violation: kill\n",
     )
     .unwrap();
-    let sock = c.socket();
+    // The daemon reaches containerd through a link the test can point elsewhere.
+    let sock = work.path().join("containerd.sock");
+    point(&sock, &c.socket());
     let Some(d) = Daemon::start_with(&[
         "--rules-dir",
         rules.path().to_str().unwrap(),
@@ -231,7 +248,8 @@ fn a_labelled_container_is_enrolled_by_its_pod_labels_and_named_in_the_trail() {
     // container's own root from the host's view; BPF-LSM would refuse it).
     assert!(
         stdout.contains("rc=137") && !stdout.contains("TOKEN-IN-IMAGE"),
-        "{out:?}"
+        "{out:?}\n{}",
+        d.log()
     );
     // The session whose process read the token (and was killed for it).
     let start = Instant::now();
@@ -301,6 +319,51 @@ fn a_labelled_container_is_enrolled_by_its_pod_labels_and_named_in_the_trail() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("TOKEN-IN-IMAGE"),
         "{out:?}"
+    );
+
+    // containerd stops answering the daemon: a new labelled container's entrypoint is
+    // held at its exec while the daemon asks again (a failure is never taken for "no
+    // container"), and enrolled once containerd answers.
+    let dead = work.path().join("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    point(&sock, &dead);
+    let before: StatusReport = d.json(&["status", "--json"]);
+    let id2 = format!("agent-{}-2", std::process::id());
+    let out = thread::scope(|scope| {
+        let ran = scope.spawn(|| run(&id2, &pod_labels("claude-1", "agent"), script));
+        let start = Instant::now();
+        loop {
+            let st: StatusReport = d.json(&["status", "--json"]);
+            if st.daemon_counters.container_lookup_failures
+                >= before.daemon_counters.container_lookup_failures + 3
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < patience() && !ran.is_finished(),
+                "no failed lookup while containerd is unreachable: {st:?}\n{}",
+                d.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !ran.is_finished(),
+            "the entrypoint ran before its lookup answered"
+        );
+        point(&sock, &c.socket());
+        ran.join().unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("rc=137") && !stdout.contains("TOKEN-IN-IMAGE"),
+        "{out:?}\n{}",
+        d.log()
+    );
+    let st: StatusReport = d.json(&["status", "--json"]);
+    assert_eq!(st.daemon_counters.container_lookups_abandoned, 0, "{st:?}");
+    assert!(
+        st.daemon_counters.selector_held > before.daemon_counters.selector_held,
+        "{st:?}"
     );
 
     // A container that stays: the inventory names its pod and how it was enrolled.
@@ -394,5 +457,117 @@ fn a_labelled_container_is_enrolled_by_its_pod_labels_and_named_in_the_trail() {
         rows.iter()
             .all(|(_, c)| c.as_deref() == Some("agents/claude-0/agent")),
         "{rows:?}"
+    );
+}
+
+/// A cgroup of the test's, removed when dropped (its processes gone by then).
+struct TestCgroup(PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+/// containerd never answers (its socket refuses): a process that execs in a new
+/// cgroup named like a container's is held while the daemon asks again, each failure
+/// counted; past the lookup budget the lookup is given up, counted and logged, and the
+/// process runs (its labels unjudged, so in no session).
+#[test]
+fn a_container_lookup_containerd_never_answers_holds_then_is_given_up_counted() {
+    if !is_root() {
+        return skip("cgroups and eBPF need root");
+    }
+    let _turn = LABEL_SELECTORS.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let dead = work.path().join("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    let rules = tempfile::tempdir().unwrap();
+    fs::write(
+        rules.path().join("pod-agent.yaml"),
+        "name: pod-agent\ndescription: t\nowners: { business: platform, technical: sec }\n\
+         mode: enforce\nmatch:\n  - labels: { app: coding-agent }\n\
+         files:\n  deny: [/etc/agent-token]\n",
+    )
+    .unwrap();
+    let Some(d) = Daemon::start_with(&[
+        "--rules-dir",
+        rules.path().to_str().unwrap(),
+        "--containerd-address",
+        dead.to_str().unwrap(),
+        "--container-lookup-budget",
+        "5s",
+    ]) else {
+        return;
+    };
+    let root = agentwarden::probe::cgroup2_mount().expect("a cgroup2 mount");
+    // `/<namespace>/<id>`: containerd's own layout.
+    let cg = TestCgroup(
+        root.join(format!("aw-lookup-{}", std::process::id()))
+            .join("c1"),
+    );
+    fs::create_dir_all(&cg.0).unwrap();
+    let procs = cg.0.join("cgroup.procs");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec cat /proc/self/cgroup",
+            procs.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Held (stopped) at its exec while the lookups fail.
+    let start = Instant::now();
+    loop {
+        let st: StatusReport = d.json(&["status", "--json"]);
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let stopped = state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'));
+        if st.daemon_counters.container_lookup_failures >= 2 && stopped {
+            assert!(state.contains("(cat)"), "{state}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5) && child.try_wait().unwrap().is_none(),
+            "not held while the lookups fail: {state} {st:?}\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Given up: it runs, in no session.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > patience() {
+            let _ = child.kill();
+            panic!("still held past the lookup budget:\n{}", d.log());
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = String::from_utf8(read_all(child.stdout.take().unwrap())).unwrap();
+    assert!(
+        status.success() && stdout.contains("aw-lookup-"),
+        "{status:?} {stdout}"
+    );
+    let st: StatusReport = d.json(&["status", "--json"]);
+    assert_eq!(st.daemon_counters.container_lookups_abandoned, 1, "{st:?}");
+    assert!(st.daemon_counters.selector_held >= 1, "{st:?}");
+    assert!(
+        d.sessions().iter().all(|s| s.root_pid != pid),
+        "{:?}",
+        d.sessions()
+    );
+    assert!(
+        d.log().contains("a container's lookup was given up"),
+        "{}",
+        d.log()
     );
 }

@@ -1,21 +1,136 @@
 //! Container context in the daemon: the container a cgroup belongs to (asked of
-//! containerd once per cgroup, cached by cgroup id), given to sessions; and the
+//! containerd, cached by cgroup id once it answers), given to sessions; and the
 //! container label selectors, judged when the kernel reports a new cgroup.
+//!
+//! A new cgroup is pending in the kernel while label selectors exist: a process that
+//! execs in it is stopped there (held) until its container's labels are known. The
+//! lookup runs off the core (`ctr` takes milliseconds on a quiet host and seconds on a
+//! loaded one) and is asked again while containerd fails or does not answer, for at
+//! most the daemon's lookup budget; only then do the held processes run with the
+//! labels unjudged, counted and logged. A failed lookup is never taken for "no
+//! container": that would let a labelled agent's container run unenrolled.
+
+use std::time::Instant;
 
 use agent_common::event::CgroupEvent;
+use tracing::error;
 
 use super::*;
-use crate::containers::{ContainerInfo, cgroup_of};
+use crate::containers::{ContainerInfo, Containerd, cgroup_of};
+
+/// A cgroup whose container is to be looked up.
+#[derive(Debug)]
+pub(super) struct LookupRequest {
+    cgroup_id: u64,
+    path: String,
+}
+
+/// The lookups on their way, and the queue to the task that runs them.
+pub(super) struct Lookups {
+    tx: tokio::sync::mpsc::UnboundedSender<LookupRequest>,
+    /// Taken by the task when the daemon starts serving.
+    rx: Option<tokio::sync::mpsc::UnboundedReceiver<LookupRequest>>,
+    in_flight: HashSet<u64>,
+    /// How long a lookup is asked again before it is given up.
+    pub(super) budget: Duration,
+}
+
+impl Lookups {
+    pub(super) fn new(budget: Duration) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            tx,
+            rx: Some(rx),
+            in_flight: HashSet::new(),
+            budget,
+        }
+    }
+
+    pub(super) fn take_queue(
+        &mut self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<LookupRequest>> {
+        self.rx.take()
+    }
+}
+
+/// The first pause between two tries of a lookup containerd did not answer; it doubles
+/// up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Runs each requested lookup as its own task (a slow answer for one container holds
+/// no other), asking again while containerd fails, until `budget` has passed.
+pub(super) async fn look_up(
+    shared: Arc<Shared>,
+    queue: Option<(
+        Containerd,
+        tokio::sync::mpsc::UnboundedReceiver<LookupRequest>,
+    )>,
+    budget: Duration,
+) {
+    let Some((containerd, mut rx)) = queue else {
+        return;
+    };
+    while let Some(req) = rx.recv().await {
+        let shared = shared.clone();
+        let containerd = containerd.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut pause = RETRY_FIRST;
+            loop {
+                let (c, path) = (containerd.clone(), req.path.clone());
+                let answer = tokio::task::spawn_blocking(move || c.container_of_cgroup(&path))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the lookup's thread: {e}")));
+                // Whether the lookup has ended (the guard must not live across a wait).
+                let ended = {
+                    let mut core = shared.core();
+                    match answer {
+                        Ok(found) => {
+                            core.container_answered(req.cgroup_id, &req.path, Ok(found));
+                            true
+                        }
+                        Err(why) => {
+                            core.counters.container_lookup_failures += 1;
+                            let last = start.elapsed() + pause >= budget;
+                            if last {
+                                core.container_answered(req.cgroup_id, &req.path, Err(why));
+                            } else {
+                                warn!(cgroup = %req.path, error = %why, retry_in = ?pause, "containerd did not answer a container's lookup: asking again (its new processes stay held)");
+                            }
+                            last
+                        }
+                    }
+                };
+                if ended {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            shared.core().flush_sinks();
+        });
+    }
+}
 
 impl Core {
-    /// The container of the cgroup `path` (id `cgroup_id`), asked once.
+    /// The container of the cgroup `path` (id `cgroup_id`): asked once it answers, and
+    /// asked again after a failure.
     fn container_of(&mut self, cgroup_id: u64, path: &str) -> Option<ContainerInfo> {
         if let Some(known) = self.containers.get(&cgroup_id) {
             return known.clone();
         }
-        let found = self.containerd.container_of_cgroup(path);
-        self.containers.insert(cgroup_id, found.clone());
-        found
+        match self.containerd.container_of_cgroup(path) {
+            Ok(found) => {
+                self.containers.insert(cgroup_id, found.clone());
+                found
+            }
+            Err(why) => {
+                self.counters.container_lookup_failures += 1;
+                warn!(cgroup = %path, error = %why, "containerd did not answer a container's lookup");
+                None
+            }
+        }
     }
 
     /// The container process `pid` runs in, if any.
@@ -43,30 +158,92 @@ impl Core {
         }
     }
 
-    /// The kernel reports a cgroup created while selectors name container labels: its
-    /// container's labels are looked up and, where they match a selector, the cgroup
-    /// gets the selector's bits, so the container's entrypoint is enrolled at its exec.
-    /// A container whose processes already run (the lookup lost the race with its
-    /// start) has them enrolled now, counted as late.
+    /// The kernel reports a cgroup created while selectors name container labels. A
+    /// cgroup that may be a container's is looked up (it stays pending until then);
+    /// any other gets its bits now.
     pub(super) fn cgroup_created(&mut self, e: &CgroupEvent) {
         let len = (e.path_len as usize).min(e.path.len());
         let path = String::from_utf8_lossy(&e.path[..len]).into_owned();
-        let bits = self.classify_cgroup(e.cgroup_id, &path);
-        if bits & self.selectors.config.label_selectors != 0 {
-            self.enrol_running(&path, bits & self.selectors.config.label_selectors);
+        if self.needs_lookup(e.cgroup_id, &path) {
+            self.request_lookup(e.cgroup_id, path);
+        } else {
+            self.cgroup_classified(e.cgroup_id, &path);
         }
     }
 
-    /// Looks up the container of a new cgroup and gives the cgroup its selector bits
-    /// (those of its path, kept, and those its container's labels satisfy); the
-    /// cgroup is no longer pending. Its bits.
+    /// Whether the cgroup may be a container's not yet looked up.
+    pub(super) fn needs_lookup(&self, cgroup_id: u64, path: &str) -> bool {
+        self.containerd.present()
+            && crate::containers::id_of_cgroup(path).is_some()
+            && !self.containers.contains_key(&cgroup_id)
+    }
+
+    /// Asks for the container of a pending cgroup, once while a lookup is on its way.
+    pub(super) fn request_lookup(&mut self, cgroup_id: u64, path: String) {
+        if self.lookups.in_flight.insert(cgroup_id) {
+            // The receiver lives as long as the daemon serves; a send after it stopped
+            // leaves the cgroup pending, as a daemon that exits does.
+            let _ = self.lookups.tx.send(LookupRequest { cgroup_id, path });
+        }
+    }
+
+    /// Whether a lookup of the cgroup's container is on its way (its processes wait).
+    pub(super) fn lookup_pending(&self, cgroup_id: u64) -> bool {
+        self.lookups.in_flight.contains(&cgroup_id)
+    }
+
+    /// A lookup's end: containerd's answer is kept, or the lookup was given up (the
+    /// cgroup is judged by its path alone). Either way the cgroup gets its bits, a
+    /// container a label selector names has its running processes enrolled, and the
+    /// processes held for this lookup are enrolled or not and resumed.
+    pub(super) fn container_answered(
+        &mut self,
+        cgroup_id: u64,
+        path: &str,
+        answer: Result<Option<ContainerInfo>, String>,
+    ) {
+        self.lookups.in_flight.remove(&cgroup_id);
+        match answer {
+            Ok(found) => {
+                self.containers.insert(cgroup_id, found);
+            }
+            Err(why) => {
+                self.counters.container_lookups_abandoned += 1;
+                error!(cgroup = %path, error = %why, budget = ?self.lookups.budget, "a container's lookup was given up: its processes run with its labels unjudged (no label selector enrols them)");
+            }
+        }
+        self.cgroup_classified(cgroup_id, path);
+        let held: Vec<u32> = self
+            .kernel
+            .selectors
+            .held
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, cg)| *cg == cgroup_id)
+            .map(|(tgid, _)| tgid)
+            .collect();
+        for tgid in held {
+            self.resume_held(tgid, cgroup_id);
+        }
+    }
+
+    /// Gives a cgroup its bits from what is known of it and, where a label selector
+    /// names its container, enrols the processes already running in it.
+    fn cgroup_classified(&mut self, cgroup_id: u64, path: &str) {
+        let bits = self.classify_cgroup(cgroup_id, path);
+        if bits & self.selectors.config.label_selectors != 0 {
+            self.enrol_running(path, bits & self.selectors.config.label_selectors);
+        }
+    }
+
+    /// Gives a cgroup its selector bits (those of its path, kept, and those its
+    /// container's labels satisfy, where its container is known); the cgroup is no
+    /// longer pending. Its bits.
     pub(super) fn classify_cgroup(&mut self, cgroup_id: u64, path: &str) -> u32 {
         let cgroups = &self.kernel.selectors.cgroups;
         let old = cgroups.get(&cgroup_id, 0).unwrap_or(0) & !agent_common::selector::CGROUP_PENDING;
         let mut bits = old;
-        if crate::containers::id_of_cgroup(path).is_some()
-            && let Some(c) = self.container_of(cgroup_id, path)
-        {
+        if let Some(c) = self.containers.get(&cgroup_id).cloned().flatten() {
             self.container_labels.insert(cgroup_id, c.labels.clone());
             let labelled = self.selectors.label_bits(&c.labels);
             if labelled != 0 {

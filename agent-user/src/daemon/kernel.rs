@@ -72,6 +72,20 @@ impl KernelMaps {
             .map_err(|e| anyhow!("writing the DAEMON map: {e}"))
     }
 
+    /// Says the daemon is gone before an unload: the programs hold no more processes
+    /// for lookups (none would answer) and stand in for the refusal layer until they
+    /// are detached.
+    pub fn say_gone(&mut self) -> Result<()> {
+        let mut state = self
+            .daemon
+            .get(&0, 0)
+            .map_err(|e| anyhow!("reading the DAEMON map: {e}"))?;
+        state.alive = 0;
+        self.daemon
+            .set(0, state, 0)
+            .map_err(|e| anyhow!("writing the DAEMON map: {e}"))
+    }
+
     /// Snapshot of the session map (tgid → session id).
     pub fn sessions_snapshot(&self) -> HashMap<u32, u64> {
         self.sessions

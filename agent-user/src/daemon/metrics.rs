@@ -176,6 +176,8 @@ fn render(shared: &Shared) -> String {
         ("stale_entries_removed", d.stale_entries_removed),
         ("selector_late", d.selector_late),
         ("selector_held", d.selector_held),
+        ("container_lookup_failures", d.container_lookup_failures),
+        ("container_lookups_abandoned", d.container_lookups_abandoned),
     ] {
         let _ = writeln!(
             out,

@@ -126,6 +126,8 @@ pub struct DaemonConfig {
     pub approval_webhook: Option<webhook::Webhook>,
     /// containerd's socket (container and pod context, label selectors).
     pub containerd: PathBuf,
+    /// How long a new container's processes wait for its lookup (see `containers`).
+    pub container_lookup_budget: Duration,
     /// The out-of-band drift analyser.
     pub drift: DriftSettings,
 }
@@ -215,7 +217,11 @@ struct Core {
     unmanaged_count: usize,
     containerd: crate::containers::Containerd,
     /// Containers found so far, by cgroup id (`None`: the cgroup is no container's).
+    /// Only answers: a lookup containerd did not answer is asked again.
     containers: HashMap<u64, Option<crate::containers::ContainerInfo>>,
+    /// Lookups of new cgroups' containers on their way (off the core: `ctr` may take
+    /// seconds), whose cgroups stay pending in the kernel until they answer.
+    lookups: containers::Lookups,
     /// What the drift analyser has done.
     drift: drift::DriftCounters,
     /// Host answers and real paths for shadow profiles' judgements (never a lookup on
@@ -379,7 +385,17 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     startup.mark("socket");
     let signals = start::Signals::take()?;
     ready(&shared, startup);
+    let lookups = {
+        let mut core = shared.core();
+        let queue = core.lookups.take_queue();
+        queue.map(|q| (core.containerd.clone(), q))
+    };
     let tasks = [
+        tokio::spawn(containers::look_up(
+            shared.clone(),
+            lookups,
+            cfg.container_lookup_budget,
+        )),
         tokio::spawn(refresh_dns(shared.clone())),
         tokio::spawn(rebind_inodes(shared.clone())),
         tokio::spawn(sweep(shared.clone())),
@@ -430,6 +446,14 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         core.sinks.otlp = None;
         // No sweep still running may pin again what an unload removes below.
         core.keeper = crate::pins::Keeper::default();
+        // Processes held for a container lookup: a successor resumes them (it adopts
+        // the held map); after an unload nothing would.
+        if cfg.detach_on_exit {
+            if let Err(e) = core.kernel.say_gone() {
+                warn!(error = %format!("{e:#}"), "new processes may be held until the unload");
+            }
+            core.release_held();
+        }
     }
     watch.step("sending the OTLP exporter's last batch");
     if let Some(task) = exporter
@@ -530,6 +554,7 @@ impl Core {
             shadow_counts: BTreeMap::new(),
             containerd: crate::containers::Containerd::new(&cfg.containerd),
             containers: HashMap::new(),
+            lookups: containers::Lookups::new(cfg.container_lookup_budget),
             refusal_counts: Arc::default(),
             deferred_ends: std::collections::VecDeque::new(),
         }

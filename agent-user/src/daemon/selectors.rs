@@ -250,10 +250,21 @@ impl Core {
             .get(&cgroup_id, 0)
             .unwrap_or(0);
         if bits & CGROUP_PENDING != 0 {
-            // The cgroup's record was not handled (lost, or a predecessor's): now.
-            if let Some(path) = crate::containers::cgroup_of(tgid) {
-                bits = self.classify_cgroup(cgroup_id, &path);
+            // Its container's lookup is on its way: resumed when it answers.
+            if self.lookup_pending(cgroup_id) {
+                return;
             }
+            // The cgroup's record was not handled (lost, or a predecessor's): now.
+            let Some(path) = crate::containers::cgroup_of(tgid) else {
+                // Gone (killed while held).
+                let _ = self.kernel.selectors.held.remove(&tgid);
+                return;
+            };
+            if self.needs_lookup(cgroup_id, &path) {
+                self.request_lookup(cgroup_id, path);
+                return;
+            }
+            bits = self.classify_cgroup(cgroup_id, &path);
         }
         let labels = bits & !CGROUP_PENDING & self.selectors.config.label_selectors;
         let proc = procfs::process::Process::new(tgid as i32);
@@ -301,6 +312,28 @@ impl Core {
         }
         let _ = self.kernel.selectors.held.remove(&tgid);
         self.counters.selector_held += 1;
+    }
+
+    /// Resumes every held process without judging it (the daemon unloads: no one
+    /// would answer their lookups).
+    pub(super) fn release_held(&mut self) {
+        let held: Vec<u32> = self
+            .kernel
+            .selectors
+            .held
+            .keys()
+            .filter_map(|r| r.ok())
+            .collect();
+        for tgid in held {
+            if let Some(pid) = rustix::process::Pid::from_raw(tgid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+            }
+            let _ = self.kernel.selectors.held.remove(&tgid);
+            warn!(
+                pid = tgid,
+                "a process held for its container's lookup resumed unjudged: the daemon unloads"
+            );
+        }
     }
 
     /// Held processes a predecessor left (it died before resuming them): classified and
