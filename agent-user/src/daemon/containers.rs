@@ -205,6 +205,9 @@ impl Core {
         self.lookups.in_flight.remove(&cgroup_id);
         match answer {
             Ok(found) => {
+                if found.is_none() {
+                    tracing::debug!(cgroup = %path, "not a container containerd has");
+                }
                 self.containers.insert(cgroup_id, found);
             }
             Err(why) => {

@@ -130,14 +130,29 @@ impl Core {
                 *ids.entry(*id).or_insert(0) |= bits;
             }
         }
+        // A cgroup whose container's lookup is on its way stays pending: its execs are
+        // held until the lookup answers (a reload, as the DNS refresher's after a
+        // container started, must not let its entrypoint run unjudged).
+        let pending: HashSet<u64> = m
+            .cgroups
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, bits)| bits & CGROUP_PENDING != 0)
+            .map(|(id, _)| id)
+            .collect();
         let stale: Vec<u64> = m.cgroups.keys().filter_map(|k| k.ok()).collect();
         for k in stale {
-            if !ids.contains_key(&k) {
+            if !ids.contains_key(&k) && !pending.contains(&k) {
                 let _ = m.cgroups.remove(&k);
             }
         }
         for (id, bits) in &ids {
-            m.cgroups.insert(id, bits, 0)?;
+            let keep = if pending.contains(id) {
+                CGROUP_PENDING
+            } else {
+                0
+            };
+            m.cgroups.insert(id, bits | keep, 0)?;
         }
         let stale: Vec<u64> = m.cgroup_paths.keys().filter_map(|k| k.ok()).collect();
         for k in stale {
