@@ -277,13 +277,62 @@ pub const PROGRAMS: &[ProgramSpec] = &[
 ];
 
 /// Programs attached only while a session runs: the raw syscall tracepoints run for
-/// every syscall on the host (some 200 ns each on these machines, see the README), a
-/// price a host with no agent running must not pay. Loaded (verified) at start.
-pub const ON_DEMAND: &[&str] = &["sys_exit", "sys_enter"];
+/// every syscall on the host (some 200 ns each on these machines, see the README), and
+/// the per-syscall tracepoints of opens, connects, sends and sockets for every such call
+/// (each looks up the caller's session first): a price a host with no agent running
+/// must not pay. Loaded (verified) at start; attached before the first session starts
+/// and detached after the last ends (see `Core::syscall_programs`).
+pub const ON_DEMAND: &[&str] = &[
+    "sys_exit",
+    "sys_enter",
+    "sys_enter_openat",
+    "sys_exit_openat",
+    "sys_enter_openat2",
+    "sys_exit_openat2",
+    "sys_enter_open",
+    "sys_exit_open",
+    "sys_enter_creat",
+    "sys_exit_creat",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_exit_sendto",
+    "sys_exit_sendmsg",
+    "sys_exit_sendmmsg",
+    "sys_exit_socket",
+    "sys_enter_socket",
+];
+
+/// Of [`ON_DEMAND`], the programs the daemon's binding of deny rules to inodes needs:
+/// its own open of each file is recorded by them with the inode's kernel identity.
+pub const BINDING_PROGRAMS: &[&str] = &["sys_enter_openat", "sys_exit_openat"];
+
+/// Of [`ON_DEMAND`], the programs every session needs (its opens, connects, sends and
+/// sockets are seen and judged by them): attached while any session may run.
+pub const SESSION_PROGRAMS: &[&str] = &[
+    "sys_enter_openat",
+    "sys_exit_openat",
+    "sys_enter_openat2",
+    "sys_exit_openat2",
+    "sys_enter_open",
+    "sys_exit_open",
+    "sys_enter_creat",
+    "sys_exit_creat",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_exit_sendto",
+    "sys_exit_sendmsg",
+    "sys_exit_sendmmsg",
+    "sys_exit_socket",
+    "sys_enter_socket",
+];
 
 /// `ProgramStatus::state` of an [`ON_DEMAND`] program: loaded, attached while a session
 /// runs.
 pub const STATE_ON_DEMAND: &str = "on demand";
+
+/// `ProgramStatus::state` of an [`ON_DEMAND`] program a session holds attached now
+/// (what `status` shows; the load's record says [`STATE_ON_DEMAND`]).
+pub const STATE_ATTACHED_ON_DEMAND: &str = "attached (on demand)";
 
 /// What happened to one program at load.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -476,8 +525,31 @@ fn load_only(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
             let p: &mut BtfTracePoint = prog.try_into()?;
             p.load(func, btf).context("load")
         }
-        _ => bail!("only BTF tracepoints are attached on demand"),
+        Hook::Tracepoint(cat, name) => {
+            // Attached later, when no one is there to leave it out: a syscall this
+            // kernel does not have is found now.
+            if !tracepoint_exists(cat, name) {
+                bail!("no tracepoint {cat}/{name} on this kernel");
+            }
+            let p: &mut TracePoint = prog.try_into()?;
+            p.load().context("load")
+        }
+        _ => bail!("only tracepoints are attached on demand"),
     }
+}
+
+/// Whether tracefs has the tracepoint (where either of its usual mounts is).
+fn tracepoint_exists(category: &str, name: &str) -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|root| {
+            Path::new(root)
+                .join("events")
+                .join(category)
+                .join(name)
+                .join("id")
+                .exists()
+        })
 }
 
 fn attach(
@@ -548,7 +620,9 @@ impl ProgramStatus {
     /// True when the program acts whenever a session needs it: attached, or attached on
     /// demand.
     pub fn in_effect(&self) -> bool {
-        self.state == "attached" || self.state == STATE_ON_DEMAND
+        self.state == "attached"
+            || self.state == STATE_ON_DEMAND
+            || self.state == STATE_ATTACHED_ON_DEMAND
     }
 }
 
@@ -563,12 +637,28 @@ pub fn attach_on_demand(
     let Some(prog) = ebpf.program_mut(name) else {
         return Ok(None);
     };
-    let p: &mut BtfTracePoint = prog.try_into()?;
-    if p.fd().is_err() {
-        return Ok(None);
-    }
-    let id = p.attach().with_context(|| format!("attaching {name}"))?;
-    let link: FdLink = p.take_link(id)?.into();
+    let hook = PROGRAMS.iter().find(|p| p.name == name).map(|p| p.hook);
+    let link: FdLink = match hook {
+        Some(Hook::Tracepoint(cat, point)) => {
+            let p: &mut TracePoint = prog.try_into()?;
+            if p.fd().is_err() {
+                return Ok(None);
+            }
+            let id = p
+                .attach(cat, point)
+                .with_context(|| format!("attaching {name}"))?;
+            FdLink::try_from(p.take_link(id)?)
+                .context("a tracepoint link this kernel cannot pin (needs bpf_link, 5.15+)")?
+        }
+        _ => {
+            let p: &mut BtfTracePoint = prog.try_into()?;
+            if p.fd().is_err() {
+                return Ok(None);
+            }
+            let id = p.attach().with_context(|| format!("attaching {name}"))?;
+            p.take_link(id)?.into()
+        }
+    };
     let pin = links.join(name);
     link.pin(&pin)
         .with_context(|| format!("pinning {name} at {}", pin.display()))?;

@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 
 use crate::{peers, run_cmd, workspace_root};
 
+mod profile;
+
 /// A port the bench profile denies (nothing listens on it).
 const DENIED_PORT: u16 = 9;
 
@@ -227,6 +229,9 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
         });
     }
 
+    if only == Some("profile") {
+        return profile::run(&env, &scenarios);
+    }
     if only == Some("drift") {
         let drift = drift_cost(&env, sizes, &scenarios)?;
         let out = workspace_root().join("target/bench");

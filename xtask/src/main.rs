@@ -43,8 +43,10 @@ enum Cmd {
         /// A short smoke run (what CI executes; its figures are not meaningful).
         #[arg(long)]
         quick: bool,
-        /// Only this part: `drift` (the out-of-band analyser's time and interference).
-        #[arg(long, value_parser = ["drift"])]
+        /// Only this part: `drift` (the out-of-band analyser's time and interference),
+        /// or `profile` (the daemon's CPU time per tracked spawn and open, by thread,
+        /// with `perf` flame graphs under `target/bench/`).
+        #[arg(long, value_parser = ["drift", "profile"])]
         only: Option<String>,
     },
     /// Formatting, clippy (user and eBPF crates), unit and kernel tests on the host, then

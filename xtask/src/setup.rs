@@ -33,6 +33,8 @@ const APT_PACKAGES: &[&str] = &[
     "auditd",
     "bpftrace",
     "bubblewrap",
+    // `perf`, for the daemon's profile (`cargo xtask bench --only profile`).
+    "linux-perf",
 ];
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13";
