@@ -276,37 +276,25 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     names("path_truncate"),
 ];
 
-/// Programs attached only while a session runs: the raw syscall tracepoints run for
+/// Whether program `name` is attached only while a session runs: the raw syscall tracepoints run for
 /// every syscall on the host (some 200 ns each on these machines, see the README), and
 /// the per-syscall tracepoints of opens, connects, sends and sockets for every such call
 /// (each looks up the caller's session first): a price a host with no agent running
 /// must not pay. Loaded (verified) at start; attached before the first session starts
 /// and detached after the last ends (see `Core::syscall_programs`).
-pub const ON_DEMAND: &[&str] = &[
-    "sys_exit",
-    "sys_enter",
-    "sys_enter_openat",
-    "sys_exit_openat",
-    "sys_enter_openat2",
-    "sys_exit_openat2",
-    "sys_enter_open",
-    "sys_exit_open",
-    "sys_enter_creat",
-    "sys_exit_creat",
-    "sys_enter_connect",
-    "sys_exit_connect",
-    "sys_exit_sendto",
-    "sys_exit_sendmsg",
-    "sys_exit_sendmmsg",
-    "sys_exit_socket",
-    "sys_enter_socket",
-];
+pub fn on_demand(name: &str) -> bool {
+    RAW_SYSCALL_PROGRAMS.contains(&name) || SESSION_PROGRAMS.contains(&name)
+}
 
-/// Of [`ON_DEMAND`], the programs the daemon's binding of deny rules to inodes needs:
+/// The raw syscall programs (`sys_exit` records seccomp's refusals, `sys_enter` judges
+/// attached sessions' syscalls), attached by their own rules (`Core::syscall_programs`).
+const RAW_SYSCALL_PROGRAMS: &[&str] = &["sys_exit", "sys_enter"];
+
+/// Of [`on_demand`], the programs the daemon's binding of deny rules to inodes needs:
 /// its own open of each file is recorded by them with the inode's kernel identity.
 pub const BINDING_PROGRAMS: &[&str] = &["sys_enter_openat", "sys_exit_openat"];
 
-/// Of [`ON_DEMAND`], the programs every session needs (its opens, connects, sends and
+/// Of [`on_demand`], the programs every session needs (its opens, connects, sends and
 /// sockets are seen and judged by them): attached while any session may run.
 pub const SESSION_PROGRAMS: &[&str] = &[
     "sys_enter_openat",
@@ -326,11 +314,11 @@ pub const SESSION_PROGRAMS: &[&str] = &[
     "sys_enter_socket",
 ];
 
-/// `ProgramStatus::state` of an [`ON_DEMAND`] program: loaded, attached while a session
+/// `ProgramStatus::state` of an [`on_demand`] program: loaded, attached while a session
 /// runs.
 pub const STATE_ON_DEMAND: &str = "on demand";
 
-/// `ProgramStatus::state` of an [`ON_DEMAND`] program a session holds attached now
+/// `ProgramStatus::state` of an [`on_demand`] program a session holds attached now
 /// (what `status` shows; the load's record says [`STATE_ON_DEMAND`]).
 pub const STATE_ATTACHED_ON_DEMAND: &str = "attached (on demand)";
 
@@ -486,7 +474,7 @@ pub fn load(
             ),
         };
         let began = std::time::Instant::now();
-        let on_demand = ON_DEMAND.contains(&spec.name);
+        let on_demand = on_demand(spec.name);
         let outcome = match spec.needs.map(|f| f.available(host)) {
             Some(Err(why)) => Err(anyhow!(why)),
             _ if on_demand => load_only(&mut ebpf, spec, &btf),
@@ -515,7 +503,7 @@ pub fn load(
     Ok(Loaded { ebpf, programs })
 }
 
-/// Loads (verifies) an [`ON_DEMAND`] program without attaching it.
+/// Loads (verifies) an [`on_demand`] program without attaching it.
 fn load_only(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
     let prog = ebpf
         .program_mut(spec.name)
@@ -626,7 +614,7 @@ impl ProgramStatus {
     }
 }
 
-/// Attaches the [`ON_DEMAND`] program `name` (loaded at start) and pins its link in
+/// Attaches the [`on_demand`] program `name` (loaded at start) and pins its link in
 /// `links`; returns the pin, or `None` when the program was left out at load (its reason
 /// is in the status).
 pub fn attach_on_demand(

@@ -216,16 +216,7 @@ impl Core {
             }
         }
         self.cgroup_classified(cgroup_id, path);
-        let held: Vec<u32> = self
-            .kernel
-            .selectors
-            .held
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, cg)| *cg == cgroup_id)
-            .map(|(tgid, _)| tgid)
-            .collect();
-        for tgid in held {
+        for tgid in self.held_in(Some(cgroup_id)) {
             self.resume_held(tgid, cgroup_id);
         }
     }

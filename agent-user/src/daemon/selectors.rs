@@ -329,17 +329,23 @@ impl Core {
         self.counters.selector_held += 1;
     }
 
+    /// The processes the kernel holds for a container lookup (of cgroup `cgroup`, or
+    /// of any).
+    pub(super) fn held_in(&self, cgroup: Option<u64>) -> Vec<u32> {
+        self.kernel
+            .selectors
+            .held
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, cg)| cgroup.is_none_or(|c| c == *cg))
+            .map(|(tgid, _)| tgid)
+            .collect()
+    }
+
     /// Resumes every held process without judging it (the daemon unloads: no one
     /// would answer their lookups).
     pub(super) fn release_held(&mut self) {
-        let held: Vec<u32> = self
-            .kernel
-            .selectors
-            .held
-            .keys()
-            .filter_map(|r| r.ok())
-            .collect();
-        for tgid in held {
+        for tgid in self.held_in(None) {
             if let Some(pid) = rustix::process::Pid::from_raw(tgid as i32) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
             }
