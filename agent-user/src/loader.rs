@@ -276,51 +276,14 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     names("path_truncate"),
 ];
 
-/// Whether program `name` is attached only while a session runs: the raw syscall tracepoints run for
-/// every syscall on the host (some 200 ns each on these machines, see the README), and
-/// the per-syscall tracepoints of opens, connects, sends and sockets for every such call
-/// (each looks up the caller's session first): a price a host with no agent running
-/// must not pay. Loaded (verified) at start; attached before the first session starts
-/// and detached after the last ends (see `Core::syscall_programs`).
-pub fn on_demand(name: &str) -> bool {
-    RAW_SYSCALL_PROGRAMS.contains(&name) || SESSION_PROGRAMS.contains(&name)
-}
+/// Programs attached only while a session runs: the raw syscall tracepoints run for
+/// every syscall on the host (some 200 ns each on these machines, see the README), a
+/// price a host with no agent running must not pay. Loaded (verified) at start.
+pub const ON_DEMAND: &[&str] = &["sys_exit", "sys_enter"];
 
-/// The raw syscall programs (`sys_exit` records seccomp's refusals, `sys_enter` judges
-/// attached sessions' syscalls), attached by their own rules (`Core::syscall_programs`).
-const RAW_SYSCALL_PROGRAMS: &[&str] = &["sys_exit", "sys_enter"];
-
-/// Of [`on_demand`], the programs the daemon's binding of deny rules to inodes needs:
-/// its own open of each file is recorded by them with the inode's kernel identity.
-pub const BINDING_PROGRAMS: &[&str] = &["sys_enter_openat", "sys_exit_openat"];
-
-/// Of [`on_demand`], the programs every session needs (its opens, connects, sends and
-/// sockets are seen and judged by them): attached while any session may run.
-pub const SESSION_PROGRAMS: &[&str] = &[
-    "sys_enter_openat",
-    "sys_exit_openat",
-    "sys_enter_openat2",
-    "sys_exit_openat2",
-    "sys_enter_open",
-    "sys_exit_open",
-    "sys_enter_creat",
-    "sys_exit_creat",
-    "sys_enter_connect",
-    "sys_exit_connect",
-    "sys_exit_sendto",
-    "sys_exit_sendmsg",
-    "sys_exit_sendmmsg",
-    "sys_exit_socket",
-    "sys_enter_socket",
-];
-
-/// `ProgramStatus::state` of an [`on_demand`] program: loaded, attached while a session
+/// `ProgramStatus::state` of an [`ON_DEMAND`] program: loaded, attached while a session
 /// runs.
 pub const STATE_ON_DEMAND: &str = "on demand";
-
-/// `ProgramStatus::state` of an [`on_demand`] program a session holds attached now
-/// (what `status` shows; the load's record says [`STATE_ON_DEMAND`]).
-pub const STATE_ATTACHED_ON_DEMAND: &str = "attached (on demand)";
 
 /// What happened to one program at load.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -474,7 +437,7 @@ pub fn load(
             ),
         };
         let began = std::time::Instant::now();
-        let on_demand = on_demand(spec.name);
+        let on_demand = ON_DEMAND.contains(&spec.name);
         let outcome = match spec.needs.map(|f| f.available(host)) {
             Some(Err(why)) => Err(anyhow!(why)),
             _ if on_demand => load_only(&mut ebpf, spec, &btf),
@@ -503,7 +466,7 @@ pub fn load(
     Ok(Loaded { ebpf, programs })
 }
 
-/// Loads (verifies) an [`on_demand`] program without attaching it.
+/// Loads (verifies) an [`ON_DEMAND`] program without attaching it.
 fn load_only(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
     let prog = ebpf
         .program_mut(spec.name)
@@ -513,31 +476,8 @@ fn load_only(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
             let p: &mut BtfTracePoint = prog.try_into()?;
             p.load(func, btf).context("load")
         }
-        Hook::Tracepoint(cat, name) => {
-            // Attached later, when no one is there to leave it out: a syscall this
-            // kernel does not have is found now.
-            if !tracepoint_exists(cat, name) {
-                bail!("no tracepoint {cat}/{name} on this kernel");
-            }
-            let p: &mut TracePoint = prog.try_into()?;
-            p.load().context("load")
-        }
-        _ => bail!("only tracepoints are attached on demand"),
+        _ => bail!("only BTF tracepoints are attached on demand"),
     }
-}
-
-/// Whether tracefs has the tracepoint (where either of its usual mounts is).
-fn tracepoint_exists(category: &str, name: &str) -> bool {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .any(|root| {
-            Path::new(root)
-                .join("events")
-                .join(category)
-                .join(name)
-                .join("id")
-                .exists()
-        })
 }
 
 fn attach(
@@ -608,13 +548,11 @@ impl ProgramStatus {
     /// True when the program acts whenever a session needs it: attached, or attached on
     /// demand.
     pub fn in_effect(&self) -> bool {
-        self.state == "attached"
-            || self.state == STATE_ON_DEMAND
-            || self.state == STATE_ATTACHED_ON_DEMAND
+        self.state == "attached" || self.state == STATE_ON_DEMAND
     }
 }
 
-/// Attaches the [`on_demand`] program `name` (loaded at start) and pins its link in
+/// Attaches the [`ON_DEMAND`] program `name` (loaded at start) and pins its link in
 /// `links`; returns the pin, or `None` when the program was left out at load (its reason
 /// is in the status).
 pub fn attach_on_demand(
@@ -625,28 +563,12 @@ pub fn attach_on_demand(
     let Some(prog) = ebpf.program_mut(name) else {
         return Ok(None);
     };
-    let hook = PROGRAMS.iter().find(|p| p.name == name).map(|p| p.hook);
-    let link: FdLink = match hook {
-        Some(Hook::Tracepoint(cat, point)) => {
-            let p: &mut TracePoint = prog.try_into()?;
-            if p.fd().is_err() {
-                return Ok(None);
-            }
-            let id = p
-                .attach(cat, point)
-                .with_context(|| format!("attaching {name}"))?;
-            FdLink::try_from(p.take_link(id)?)
-                .context("a tracepoint link this kernel cannot pin (needs bpf_link, 5.15+)")?
-        }
-        _ => {
-            let p: &mut BtfTracePoint = prog.try_into()?;
-            if p.fd().is_err() {
-                return Ok(None);
-            }
-            let id = p.attach().with_context(|| format!("attaching {name}"))?;
-            p.take_link(id)?.into()
-        }
-    };
+    let p: &mut BtfTracePoint = prog.try_into()?;
+    if p.fd().is_err() {
+        return Ok(None);
+    }
+    let id = p.attach().with_context(|| format!("attaching {name}"))?;
+    let link: FdLink = p.take_link(id)?.into();
     let pin = links.join(name);
     link.pin(&pin)
         .with_context(|| format!("pinning {name} at {}", pin.display()))?;

@@ -248,27 +248,11 @@ impl Core {
             exit = true;
             entry = entry || self.needs_syscall_entry(Some(s.id), &s.profile, s.enrolment);
         }
-        // Every session's opens, connects and sockets: wanted while one may run. The
-        // kernel's map counts too (a process whose session this daemon has not heard
-        // of yet, or thinks ended), and so do selectors: the kernel starts their
-        // sessions at an exec, before this daemon hears of them.
-        let sessions =
-            exit || self.selectors.config.count > 0 || self.kernel.sessions.keys().next().is_some();
-        for name in crate::loader::SESSION_PROGRAMS {
-            self.on_demand_program(name, sessions, sessions)?;
-        }
-        self.on_demand_program("sys_exit", exit, true)?;
-        self.on_demand_program("sys_enter", entry, true)
+        self.on_demand_program("sys_exit", exit)?;
+        self.on_demand_program("sys_enter", entry)
     }
 
-    /// Attaches or detaches an on-demand program; `told`: at info level (the binding's
-    /// brief attachments every few seconds are debug).
-    pub(super) fn on_demand_program(
-        &mut self,
-        name: &'static str,
-        wanted: bool,
-        told: bool,
-    ) -> Result<()> {
+    fn on_demand_program(&mut self, name: &'static str, wanted: bool) -> Result<()> {
         if wanted == self.on_demand.contains_key(name) {
             return Ok(());
         }
@@ -276,21 +260,13 @@ impl Core {
             let dir = self.pins.links(self.generation);
             if let Some(pin) = crate::loader::attach_on_demand(&mut self.ebpf, name, &dir)? {
                 self.keeper.hold_path(&pin)?;
-                if told {
-                    info!(program = name, "attached while sessions need it");
-                } else {
-                    tracing::debug!(program = name, "attached for a binding");
-                }
+                info!(program = name, "attached while sessions need it");
                 self.on_demand.insert(name, pin);
             }
         } else if let Some(pin) = self.on_demand.remove(name) {
             self.keeper.release(&pin);
             let _ = fs::remove_file(&pin);
-            if told || !crate::loader::BINDING_PROGRAMS.contains(&name) {
-                info!(program = name, "detached: no session needs it");
-            } else {
-                tracing::debug!(program = name, "detached after a binding");
-            }
+            info!(program = name, "detached: no session needs it");
         }
         Ok(())
     }

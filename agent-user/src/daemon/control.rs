@@ -168,18 +168,7 @@ pub(super) fn dispatch(shared: &Shared, req: Request, uid: u32, peer_pid: u32) -
                 socket: shared.cfg.socket.clone(),
                 state_dir: shared.cfg.state_dir.clone(),
                 host: shared.probe.clone(),
-                programs: shared
-                    .programs
-                    .iter()
-                    .cloned()
-                    .map(|mut p| {
-                        // An on-demand program says whether a session holds it now.
-                        if core.on_demand.contains_key(p.name.as_str()) {
-                            p.state = crate::loader::STATE_ATTACHED_ON_DEMAND.to_owned();
-                        }
-                        p
-                    })
-                    .collect(),
+                programs: shared.programs.clone(),
                 kernel_counters,
                 daemon_counters: core.daemon_counters(),
                 sessions_active: core

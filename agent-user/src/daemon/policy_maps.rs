@@ -475,39 +475,8 @@ fn libc_flags() -> i32 {
 }
 
 impl Core {
-    /// Compiles every profile and replaces the kernel's rule maps (binding the deny
-    /// rules to their files: see [`Core::while_binding`]).
+    /// Compiles every profile and replaces the kernel's rule maps.
     pub(super) fn install_profiles(&mut self, set: &ProfileSet) -> Result<()> {
-        self.while_binding(|core| core.compile_profiles(set))
-    }
-
-    /// Binds the deny rules to the inodes of their files again.
-    pub(super) fn rebind_inodes(&mut self) -> Result<()> {
-        self.while_binding(|core| core.kernel.policy.rebind_inodes())
-    }
-
-    /// Runs `f` with the open programs attached: a file's identity as the kernel sees
-    /// it (its inode's device and generation, which `stat` does not give) is what the
-    /// open exit program records of the daemon's own open of it. Attached on demand,
-    /// they are attached for the binding and detached after it unless a session needs
-    /// them.
-    fn while_binding<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        let mut added = false;
-        for name in crate::loader::BINDING_PROGRAMS {
-            if !self.on_demand.contains_key(name) {
-                self.on_demand_program(name, true, false)?;
-                added = true;
-            }
-        }
-        let done = f(self);
-        // What this attached goes unless a session (or a selector) needs it now.
-        if added && let Err(e) = self.syscall_programs(None) {
-            warn!(error = %format!("{e:#}"), "detaching the open programs after a binding");
-        }
-        done
-    }
-
-    fn compile_profiles(&mut self, set: &ProfileSet) -> Result<()> {
         let mut rules = RuleTable::default();
         let mut compiled = Vec::new();
         let mut protect_rules = HashSet::new();

@@ -123,7 +123,7 @@ pub(super) async fn refusals(
 pub(super) async fn rebind_inodes(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(REBIND_PERIOD).await;
-        if let Err(e) = shared.core().rebind_inodes() {
+        if let Err(e) = shared.core().kernel.policy.rebind_inodes() {
             warn!(error = %format!("{e:#}"), "re-binding deny rules to inodes failed");
         }
     }

@@ -255,11 +255,11 @@ impl Daemon {
     }
 
     /// Whether `status` lists the program `name` as attached.
-    /// Whether program `name` acts whenever a session needs it (attached, or attached
-    /// on demand).
     pub(crate) fn attached(&self, name: &str) -> bool {
         let st: StatusReport = self.json(&["status", "--json"]);
-        st.programs.iter().any(|p| p.name == name && p.in_effect())
+        st.programs
+            .iter()
+            .any(|p| p.name == name && p.state == "attached")
     }
 
     /// The audit database in the state directory.
