@@ -28,11 +28,6 @@ impl Core {
             // A new owner: expand the `~` rules of every profile for this user's home.
             let set = self.profiles.clone();
             self.install_profiles(&set)?;
-            // The compilation judged the on-demand programs without this session (not
-            // known yet) and may have detached them: again, before the binding below
-            // (which reads the kernel's identity of files through the open programs)
-            // and before the process is in the map.
-            self.syscall_programs(Some((&new.profile, new.enrolment)))?;
         }
         // The files name rules deny where the session works (its `.env`), bound before
         // the agent starts: refused, not killed, where BPF-LSM cannot match names.
