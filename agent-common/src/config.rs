@@ -74,9 +74,16 @@ pub struct DaemonState {
     pub alive: u32,
     /// `DAEMON_FLAG_*`.
     pub flags: u32,
-    pub _pad: u32,
+    /// Bumped by the daemon whenever a rule the kernel judges opens by changes (a
+    /// compilation, a binding of rules to inodes): an open the kernel counted as a
+    /// repeat of an allowed one is judged again under rules that changed since.
+    pub policy_epoch: u32,
 }
 crate::assert_size!(DaemonState, 24);
+
+/// The period of the kernel's timer that reports counted repeats of opens (a software
+/// perf event on one CPU, its link pinned like every other).
+pub const REPEATS_TIMER_NS: u64 = 500_000_000;
 
 /// `DaemonState::flags`: the BPF-LSM self-protection hooks (`task_kill`,
 /// `ptrace_access_check`, `bpf`) are attached: they refuse what the syscall-entry

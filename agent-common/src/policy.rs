@@ -39,7 +39,10 @@ pub struct ProfileConfig {
     /// How an exec of a file with no name (memfd, `O_TMPFILE`, deleted) is met:
     /// `FILELESS_*`, already resolved against the mode and `on_violation`.
     pub fileless: u8,
-    pub _pad: u8,
+    /// 1 when the kernel's file decision is the profile's whole decision on an allowed
+    /// open (no allow list, no rule only the daemon matches): repeats of such an open
+    /// are counted in the kernel instead of sent one by one.
+    pub file_repeats: u8,
     /// The daemon's holding endpoint (`127.0.0.1:hold_port`), where a connect that a
     /// `network.on_violation: ask` profile denies waits for an answer; 0: none (such a
     /// connect is refused).

@@ -30,10 +30,15 @@ pub enum Stat {
     /// Processes held at their exec in a new cgroup until the daemon looked up its
     /// container (container label selectors).
     SelectorHolds = 10,
+    /// Allowed opens counted as repeats instead of sent (reported with their counts).
+    OpenRepeats = 11,
+    /// A process's table of repeated opens could not be made (map full): its opens are
+    /// all sent, none counted.
+    RepeatTableFull = 12,
 }
 
 /// Number of entries in `STATS`.
-pub const STAT_COUNT: u32 = 11;
+pub const STAT_COUNT: u32 = 13;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -48,6 +53,8 @@ impl Stat {
         Stat::SentWhileAbsent,
         Stat::SelectorEnrolments,
         Stat::SelectorHolds,
+        Stat::OpenRepeats,
+        Stat::RepeatTableFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -63,6 +70,8 @@ impl Stat {
             Stat::SentWhileAbsent => "sent_while_daemon_absent",
             Stat::SelectorEnrolments => "selector_enrolments",
             Stat::SelectorHolds => "selector_holds",
+            Stat::OpenRepeats => "open_repeats",
+            Stat::RepeatTableFull => "repeat_table_full",
         }
     }
 }

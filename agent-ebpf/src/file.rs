@@ -19,6 +19,7 @@ use crate::{
     kernel::{self, off},
     maps::{OPEN_SCRATCH, count, current_session},
     path::{fd_file, raw_user, resolve_embedded},
+    repeats,
 };
 
 /// Syscall arguments kept from entry to exit (kernel-only type).
@@ -124,21 +125,36 @@ fn exit_open(ctx: &TracePointContext) {
     if s.lsm_sent != 0 {
         return;
     }
-    let Some(entry) = current_session((pid_tgid >> 32) as u32) else {
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(entry) = current_session(tgid) else {
         return;
     };
+    let ret = arg(ctx, RET) as i64;
+    let file = if ret >= 0 {
+        fd_file(current_task(), ret as u32)
+    } else {
+        None
+    };
+    // The same allowed open again, within its window: counted, nothing else to do.
+    let key = file.and_then(|f| repeats::Key::of(f, s.flags, s.syscall));
+    if let Some(k) = &key
+        && repeats::counted(tgid, k, &entry)
+    {
+        return;
+    }
     let Some(ev) = OPEN_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU scratch value, exclusively ours while this program runs.
     let ev = unsafe { &mut *ev };
     fill_header(&mut ev.header, EventKind::Open, entry.session_id);
-    let ret = arg(ctx, RET) as i64;
     ev.syscall = s.syscall;
     ev.flags = s.flags;
     ev.ret = ret;
+    ev.dev = key.map_or(0, |k| k.dev());
+    ev._pad = 0;
+    ev.ino = key.map_or(0, |k| k.ino());
     if ret >= 0 {
-        let file = fd_file(current_task(), ret as u32);
         resolve_embedded(file, off!(file_f_path), &mut ev.path);
         if s.flags & O_PATH == 0 {
             crate::pathrules::enforce(
@@ -159,6 +175,11 @@ fn exit_open(ctx: &TracePointContext) {
         ev.verdict = Default::default();
     }
     send_open(ev);
+    if ev.verdict.denied == 0
+        && let Some(k) = &key
+    {
+        repeats::remember(tgid, k, &entry, &ev.header);
+    }
 }
 
 /// Sends an open event without the unused tail of its path buffer.

@@ -115,6 +115,16 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     // SAFETY: per-CPU scratch value, exclusively ours while this program runs.
     let ev = unsafe { &mut *ev };
     let file: *const u8 = ctx.arg(0);
+    // The same open as one allowed within its window, under the same rules: allowed
+    // again without the walk (the syscall's exit counts it).
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: copied out.
+    if let Some(s) = unsafe { OPEN_STASH.get(pid_tgid) }.copied()
+        && let Some(k) = crate::repeats::Key::of(file, s.flags, s.syscall)
+        && crate::repeats::is_repeat(tgid, &k, &entry)
+    {
+        return 0;
+    }
     resolve(file.wrapping_add(off!(file_f_path) as usize), &mut ev.path);
     let ret = lsm_decide(file, &ev.path, &entry, CATEGORY_FILE, &mut ev.verdict);
     if ret == 0 {

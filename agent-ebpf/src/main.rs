@@ -2,6 +2,13 @@
 //! process belongs to which session are taken here from the `SESSIONS` map.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has no atomic read-modify-write types (no CAS), but
+// the instruction set has an atomic add (`lock +=`), which this intrinsic lowers to.
+#![feature(core_intrinsics)]
+#![allow(
+    internal_features,
+    reason = "core_intrinsics, for the atomic add above"
+)]
 
 mod bind;
 mod emit;
@@ -17,6 +24,7 @@ mod netpolicy;
 mod packet;
 mod path;
 mod pathrules;
+mod repeats;
 mod selector;
 mod selfprotect;
 mod session;

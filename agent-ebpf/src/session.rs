@@ -12,6 +12,7 @@ use crate::{
     emit::{current_task, header, send},
     kernel::{self, off, read, read_ptr},
     maps::{DAEMON, SESSIONS, count, current_session},
+    repeats,
 };
 
 /// The daemon's main thread exiting: its process is going (its threads are killed with
@@ -80,17 +81,26 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     daemon_exit(tgid, pid_tgid as u32);
-    let Some(entry) = current_session(tgid) else {
-        return 0;
-    };
     let task = current_task();
     // `signal->live` is decremented before this tracepoint; zero means the group is dead.
-    let live = read_ptr(task, off!(task_signal))
-        .and_then(|signal| read::<i32>(signal, off!(signal_live)))
-        .unwrap_or(0);
-    if live != 0 {
+    let live = || {
+        read_ptr(task, off!(task_signal))
+            .and_then(|signal| read::<i32>(signal, off!(signal_live)))
+            .unwrap_or(0)
+    };
+    let Some(entry) = current_session(tgid) else {
+        // Out of its session while it ran (or under a daemon no longer acting): its
+        // table of repeated opens, if it has one, goes with it all the same.
+        if repeats::has_table(tgid) && live() == 0 {
+            repeats::process_gone(tgid);
+        }
+        return 0;
+    };
+    if live() != 0 {
         return 0;
     }
+    // Its counted opens come before its exit.
+    repeats::process_gone(tgid);
     let exit_code = read::<u32>(task, off!(task_exit_code)).unwrap_or(0);
     send(&ExitEvent {
         header: header(EventKind::Exit, entry.session_id),

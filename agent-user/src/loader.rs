@@ -9,7 +9,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, TracePoint, links::FdLink,
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, PerfEvent, TracePoint,
+        links::FdLink,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,8 @@ pub enum Hook {
     CgroupSockAddr,
     /// cgroup sock program (socket creation), attached to the cgroup v2 root.
     CgroupSock,
+    /// A timer: a software perf event (`cpu-clock`) on CPU 0 with this period.
+    Timer(u64),
 }
 
 /// A kernel feature a program needs beyond what every supported kernel has.
@@ -274,6 +277,16 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     names("path_link"),
     names("path_rename"),
     names("path_truncate"),
+    // Reports the repeats of opens the kernel counted, for processes that stopped
+    // opening a file and do not exit.
+    ProgramSpec {
+        name: "repeats_timer",
+        hook: Hook::Timer(agent_common::config::REPEATS_TIMER_NS),
+        needs: None,
+        required: false,
+        fallback: "counted repeats of opens are reported when the process opens the file \
+                   again a second later, when another file takes its slot, or at its exit",
+    },
 ];
 
 /// Programs attached only while a session runs: the raw syscall tracepoints run for
@@ -435,6 +448,10 @@ pub fn load(
                     .as_ref()
                     .map_or("cgroup v2 root".to_owned(), |m| m.display().to_string()),
             ),
+            Hook::Timer(ns) => (
+                "perf_event",
+                format!("cpu-clock, CPU 0, every {} ms", ns / 1_000_000),
+            ),
         };
         let began = std::time::Instant::now();
         let on_demand = ON_DEMAND.contains(&spec.name);
@@ -528,6 +545,24 @@ fn attach(
             p.load(hook, btf).context("load")?;
             let id = p.attach().context("attach")?;
             p.take_link(id)?.into()
+        }
+        Hook::Timer(period_ns) => {
+            use aya::programs::perf_event::{
+                PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
+            };
+            let p: &mut PerfEvent = prog.try_into()?;
+            p.load().context("load")?;
+            // CPU 0 is always online; `cpu-clock` counts wall time there, idle or not.
+            let id = p
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu: 0 },
+                    SamplePolicy::Period(period_ns),
+                    false,
+                )
+                .context("attach")?;
+            FdLink::try_from(p.take_link(id)?)
+                .context("a perf event link this kernel cannot pin (needs bpf_link, 5.15+)")?
         }
     };
     link.pin(pin)

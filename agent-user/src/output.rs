@@ -106,7 +106,16 @@ fn body(e: &Event) -> String {
         }
         Body::Open(o) => {
             let note = if o.path_resolved { "" } else { " (unresolved)" };
-            format!("{}{note} {} = {}", o.path, o.flags.join("|"), o.result)
+            match &o.repeats {
+                Some(r) => format!(
+                    "{}{note} {} again ×{} since {}",
+                    o.path,
+                    o.flags.join("|"),
+                    r.count,
+                    r.first
+                ),
+                None => format!("{}{note} {} = {}", o.path, o.flags.join("|"), o.result),
+            }
         }
         Body::Connect(c) => {
             let addr = if c.family == "inet6" {

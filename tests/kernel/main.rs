@@ -20,6 +20,7 @@ mod inventory;
 mod landlock;
 mod network;
 mod paths;
+mod repeats;
 mod routes;
 mod selectors;
 mod sessions;

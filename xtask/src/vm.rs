@@ -123,6 +123,14 @@ pub const VM_TESTS: &[(&str, &str)] = &[
         "where BPF-LSM runs, its file_open hook leaves `ask` rules to the held fanotify event (an LSM refusal would come first)",
     ),
     (
+        "repeats::repeated_allowed_opens_are_counted_in_the_kernel_and_every_one_is_in_the_trail",
+        "the counting of repeated opens on each kernel's verifier (atomic add, for_each_map_elem), and its perf-event timer",
+    ),
+    (
+        "repeats::a_counted_file_under_another_name_or_changed_rules_is_judged_again",
+        "BPF-LSM file_open's shortcut for counted repeats judges again under changed rules and another name",
+    ),
+    (
         "paths::exec_and_file_rules_are_judged_and_recorded_as_alerts",
         "path rules judged in the kernel beside the LSM hooks, which leave monitor and alert to the tracepoints",
     ),

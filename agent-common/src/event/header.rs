@@ -26,6 +26,10 @@ pub enum EventKind {
     /// A cgroup was created while selectors name container labels (the daemon looks
     /// up its container). Not an event of its own: it becomes container context.
     CgroupCreated = 10,
+    /// Repeats of an allowed open the kernel counted instead of sending
+    /// ([`super::OpenRepeatEvent`]). Not an event of its own: it becomes an `open` event
+    /// that says how many opens it stands for.
+    OpenRepeats = 11,
     /// Raised by the daemon, never sent by the kernel: a session was enrolled.
     SessionStart = 64,
     /// Raised by the daemon: a session's last process exited.
@@ -63,6 +67,7 @@ impl EventKind {
         Self::SyscallDecision,
         Self::Enrolment,
         Self::CgroupCreated,
+        Self::OpenRepeats,
         Self::SessionStart,
         Self::SessionEnd,
         Self::Loss,
@@ -87,6 +92,7 @@ impl EventKind {
             8 => Self::SyscallDecision,
             9 => Self::Enrolment,
             10 => Self::CgroupCreated,
+            11 => Self::OpenRepeats,
             _ => return None,
         })
     }
@@ -104,6 +110,7 @@ impl EventKind {
             Self::SyscallDecision => "syscall_decision",
             Self::Enrolment => "enrolment",
             Self::CgroupCreated => "cgroup_created",
+            Self::OpenRepeats => "open_repeats",
             Self::SessionStart => "session_start",
             Self::SessionEnd => "session_end",
             Self::Loss => "loss",

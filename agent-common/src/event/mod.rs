@@ -24,7 +24,7 @@ pub use exit::ExitEvent;
 pub use fork::ForkEvent;
 pub use header::{COMM_LEN, EventHeader, EventKind};
 pub use net_decision::*;
-pub use open::{OpenEvent, OpenSyscall};
+pub use open::{OpenEvent, OpenRepeatEvent, OpenSyscall};
 pub use path::{
     KPath, NAME_READ_MAX, PATH_FLAG_RAW, PATH_FLAG_TRUNCATED, PATH_MAX, PATH_WALK_DEPTH,
 };

@@ -56,10 +56,15 @@ pub struct OpenEvent {
     pub ret: i64,
     /// The kernel's decision on this open.
     pub verdict: super::KernelVerdict,
+    /// On success the opened inode as the kernel numbers it (`s_dev`, `i_ino`); 0 on
+    /// failure. Repeats of this open are reported by it ([`OpenRepeatEvent`]).
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
     /// On success the path of the opened `struct file`; on failure the raw argument.
     pub path: KPath,
 }
-crate::assert_size!(OpenEvent, 72 + 16 + 8 + 8 + 4096);
+crate::assert_size!(OpenEvent, 72 + 16 + 8 + 16 + 8 + 4096);
 // SAFETY: repr(C), integers and byte arrays only.
 unsafe impl super::Plain for OpenEvent {}
 
@@ -67,3 +72,31 @@ impl OpenEvent {
     /// Bytes of the record that precede the path bytes.
     pub const FIXED_LEN: usize = core::mem::size_of::<Self>() - super::PATH_MAX;
 }
+
+/// How often a process opened one file again, the same way (syscall, flags), with the
+/// same outcome (allowed), without a record of its own: the kernel counts such repeats
+/// instead of sending each (`agent-ebpf`'s `repeats`), and reports the count when its
+/// timer runs, when the process exits, and when the file's slot is taken by another.
+/// The first open of the file, and one every second while the repeats go on, are sent
+/// as an [`OpenEvent`]; denied opens are never counted, always sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenRepeatEvent {
+    /// The process; from the timer, as its first counted open's record had it.
+    pub header: EventHeader,
+    /// An [`OpenSyscall`] number.
+    pub syscall: u32,
+    /// Open flags as passed (`O_*`).
+    pub flags: u32,
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+    /// Opens counted since the previous report of this file by this process.
+    pub count: u64,
+    /// `CLOCK_BOOTTIME` of the first and the last of them.
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+crate::assert_size!(OpenRepeatEvent, 72 + 48);
+// SAFETY: repr(C), integers and byte arrays only.
+unsafe impl super::Plain for OpenRepeatEvent {}

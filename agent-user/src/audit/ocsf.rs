@@ -211,6 +211,12 @@ fn add_body(out: &mut Value, e: &Event, host: Option<&str>) {
         Body::Open(o) => {
             out["file"] = file_obj(&o.path);
             out["status_code"] = json!(o.result.to_string());
+            // OCSF's own aggregation fields: how many, from when to when.
+            if let Some(r) = &o.repeats {
+                out["count"] = json!(r.count);
+                out["start_time_dt"] = json!(r.first);
+                out["end_time_dt"] = json!(e.time);
+            }
         }
         // A socket refused at creation has no destination.
         Body::NetDecision(n) if n.address.is_empty() => {}

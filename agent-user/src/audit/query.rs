@@ -622,6 +622,12 @@ fn event_from_row(r: &Row<'_>, cols: &Columns) -> Result<(i64, Event)> {
                     .collect(),
                 flags_raw,
                 result,
+                repeats: extra["repeats"]
+                    .as_u64()
+                    .map(|count| crate::event::Repeats {
+                        count,
+                        first: x_str("repeats_first"),
+                    }),
             })
         }
         EventKind::Connect => Body::Connect(ConnectInfo {
@@ -676,7 +682,7 @@ fn event_from_row(r: &Row<'_>, cols: &Columns) -> Result<(i64, Event)> {
                 .map_err(|e| anyhow::anyhow!("row {seq}: the finding in `extra`: {e}"))?,
         )),
         // Written as the session's `session_start`.
-        EventKind::Enrolment | EventKind::CgroupCreated => {
+        EventKind::Enrolment | EventKind::CgroupCreated | EventKind::OpenRepeats => {
             anyhow::bail!("row {seq}: `{kind}` is not a stored kind")
         }
     };

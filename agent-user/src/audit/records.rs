@@ -73,7 +73,8 @@ pub enum Item {
 
 /// What makes two opens the same action: the same process opening the same file the
 /// same way with the same outcome and decision (the fd number aside). Within one commit
-/// such repeats are stored as one row with a count (`repeats`) and the last time.
+/// such repeats are stored as one row with a count (`repeats`) and the last time; the
+/// repeats the kernel counted itself (`OpenInfo::repeats`) add their count.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct RepeatKey<'a> {
     session: &'a str,
@@ -99,8 +100,18 @@ pub fn repeat_key(ev: &Event) -> Option<RepeatKey<'_>> {
     })
 }
 
-/// Counts one more repeat into an `actions` row made by [`event_rows`].
-pub fn add_repeat(action: &mut [Value], time_ns: i64) {
+/// How many actions `ev` stands for: the kernel's count for its counted repeats of an
+/// open, else one.
+pub fn opens_of(ev: &Event) -> u64 {
+    ev.open()
+        .and_then(|o| o.repeats.as_ref())
+        .map_or(1, |r| r.count.max(1))
+}
+
+/// Counts `ev`, a repeat of the action of an `actions` row made by [`event_rows`], into
+/// that row.
+pub fn add_repeat(action: &mut [Value], ev: &Event) {
+    let time_ns = ev.time_ns;
     let at = |c: &str| {
         super::schema::ACTIONS
             .columns
@@ -109,7 +120,7 @@ pub fn add_repeat(action: &mut [Value], time_ns: i64) {
             .expect("a column of actions")
     };
     if let Value::Integer(n) = &mut action[at("repeats")] {
-        *n += 1;
+        *n += opens_of(ev) as i64;
     }
     action[at("last_time_ns")] = Value::Integer(time_ns);
 }
@@ -221,6 +232,11 @@ fn body_columns(body: &Body) -> BodyColumns {
             c.result = Some(o.result);
             if o.path_truncated {
                 c.extra.insert("path_truncated".into(), true.into());
+            }
+            if let Some(r) = &o.repeats {
+                c.extra.insert("repeats".into(), r.count.into());
+                c.extra
+                    .insert("repeats_first".into(), r.first.clone().into());
             }
         }
         Body::Connect(x) => {
@@ -365,7 +381,8 @@ pub fn event_rows(ev: &Event) -> EventRows {
         } else {
             text(serde_json::Value::Object(c.extra).to_string())
         },
-        int(1),
+        // The opens a row of the kernel's counted repeats stands for.
+        int(opens_of(ev) as i64),
         Value::Null,
         opt_text(d.map(|d| d.decision.as_str())),
         opt_text(d.map(|d| d.action.as_str())),

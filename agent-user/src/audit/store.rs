@@ -435,7 +435,7 @@ impl Writer {
                 Item::Event(ev) => {
                     if let Some(key) = repeat_key(ev) {
                         if let Some(&i) = seen.get(&key) {
-                            add_repeat(&mut rows[i].1, ev.time_ns);
+                            add_repeat(&mut rows[i].1, ev);
                             continue;
                         }
                         seen.insert(key, rows.len());

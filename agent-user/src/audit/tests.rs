@@ -116,6 +116,7 @@ fn session_items(t0: u64) -> Vec<Item> {
             flags: vec!["O_RDONLY".into()],
             flags_raw: 0,
             result: 3,
+            repeats: None,
         }),
         t0 + 4,
         process(101, 100, "cat"),

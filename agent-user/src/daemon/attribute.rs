@@ -20,6 +20,46 @@ pub struct Attribution {
     pub clock: Clock,
     /// The tool call each process acts under.
     pub calls: ToolCalls,
+    /// The path each process opened each file by, for the repeats the kernel counts.
+    opened: OpenedPaths,
+}
+
+/// The path each process last opened each inode by, with the kernel allowing it: the
+/// kernel counts repeats of such an open by inode, without the path, and the daemon
+/// names them by this. Bounded per process (a process opening more files than that
+/// forgets the oldest half), forgotten at exit.
+#[derive(Default)]
+struct OpenedPaths {
+    by_process: std::collections::HashMap<u32, std::collections::HashMap<(u32, u64), String>>,
+}
+
+impl OpenedPaths {
+    const PER_PROCESS: usize = 4096;
+
+    fn remember(&mut self, tgid: u32, dev: u32, ino: u64, path: &str) {
+        let files = self.by_process.entry(tgid).or_default();
+        if files.get(&(dev, ino)).is_some_and(|p| p == path) {
+            return;
+        }
+        if files.len() >= Self::PER_PROCESS {
+            let half: Vec<_> = files.keys().take(Self::PER_PROCESS / 2).copied().collect();
+            for k in half {
+                files.remove(&k);
+            }
+        }
+        files.insert((dev, ino), path.to_owned());
+    }
+
+    fn path(&self, tgid: u32, dev: u32, ino: u64) -> Option<&str> {
+        self.by_process
+            .get(&tgid)
+            .and_then(|f| f.get(&(dev, ino)))
+            .map(String::as_str)
+    }
+
+    fn forget(&mut self, tgid: u32) {
+        self.by_process.remove(&tgid);
+    }
 }
 
 impl Attribution {
@@ -29,6 +69,7 @@ impl Attribution {
             users: Users::default(),
             clock,
             calls: ToolCalls::default(),
+            opened: OpenedPaths::default(),
         }
     }
 
@@ -56,8 +97,25 @@ impl Attribution {
                 .on_exec(h.session_id, h.tgid, &exec.path, &exec.argv);
         }
         ev.context = self.calls.context_of(h.session_id, h.tgid);
-        if let Raw::Exit(_) = raw {
-            self.calls.on_exit(h.tgid);
+        match raw {
+            Raw::Open(e) if e.ret >= 0 && e.verdict.denied == 0 && e.ino != 0 => {
+                if let Some(o) = ev.open().filter(|o| o.path_resolved) {
+                    self.opened.remember(h.tgid, e.dev, e.ino, &o.path);
+                }
+            }
+            Raw::OpenRepeats(e) => {
+                if let (Some(path), Some(o)) =
+                    (self.opened.path(h.tgid, e.dev, e.ino), ev.open_mut())
+                {
+                    o.path = path.to_owned();
+                    o.path_resolved = true;
+                }
+            }
+            Raw::Exit(_) => {
+                self.calls.on_exit(h.tgid);
+                self.opened.forget(h.tgid);
+            }
+            _ => {}
         }
         if let Some(p) = ev.process.as_mut() {
             self.enrich(p, !matches!(raw, Raw::Exit(_)));

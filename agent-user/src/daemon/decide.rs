@@ -227,6 +227,7 @@ mod tests {
             flags: Vec::new(),
             flags_raw: flags,
             result,
+            repeats: None,
         })
     }
 

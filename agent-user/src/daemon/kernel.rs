@@ -45,13 +45,20 @@ impl KernelMaps {
         let sessions_for_refusal = Some(BpfHashMap::try_from(Map::HashMap(second))?);
         let stats = PerCpuArray::try_from(take(maps::STATS)?)?;
         let ring = RingBuf::try_from(take(maps::EVENTS)?)?;
-        let daemon = Array::try_from(take(maps::DAEMON)?)?;
+        let daemon_map = take(maps::DAEMON)?;
+        let daemon_for_policy = match &daemon_map {
+            Map::Array(d) => MapData::from_fd(d.fd().as_fd().try_clone_to_owned()?)?,
+            _ => return Err(anyhow!("map {} is not an array", maps::DAEMON)),
+        };
+        let daemon = Array::try_from(daemon_map)?;
+        let mut policy = PolicyMaps::take(ebpf)?;
+        policy.epoch = Some(Array::try_from(Map::Array(daemon_for_policy))?);
         Ok(Self {
             ring: Some(ring),
             sessions,
             stats,
             daemon,
-            policy: PolicyMaps::take(ebpf)?,
+            policy,
             selectors: super::selectors::SelectorMaps::take(ebpf)?,
             sessions_for_refusal,
         })
@@ -60,12 +67,15 @@ impl KernelMaps {
     /// Hands the kernel side to this daemon: its programs act from this write on, and
     /// the previous generation's stop (one map update: never none, never both).
     pub fn take_over(&mut self, generation: u64, flags: u32) -> Result<()> {
+        // A new epoch: repeats the previous programs counted are judged again under
+        // this daemon's rules.
+        let epoch = self.daemon.get(&0, 0).map_or(0, |s| s.policy_epoch);
         let state = DaemonState {
             generation,
             tgid: std::process::id(),
             alive: 1,
             flags,
-            _pad: 0,
+            policy_epoch: epoch.wrapping_add(1),
         };
         self.daemon
             .set(0, state, 0)

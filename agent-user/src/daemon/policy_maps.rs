@@ -83,9 +83,27 @@ pub(super) struct PolicyMaps {
     /// Digests of the denied programs by identity and modification: a binding every
     /// 10 s does not read them again.
     digests: HashMap<refusal::DigestKey, refusal::Digest>,
+    /// The `DAEMON` map, for its `policy_epoch` (set by `KernelMaps::take`).
+    pub(super) epoch: Option<Array<MapData, agent_common::config::DaemonState>>,
 }
 
 impl PolicyMaps {
+    /// Says the rules the kernel judges opens by changed: an open the kernel counted as
+    /// a repeat of an allowed one is judged (and sent) again from now on. Called after
+    /// every change to the rule maps.
+    pub(super) fn bump_policy_epoch(&mut self) -> Result<()> {
+        let Some(daemon) = self.epoch.as_mut() else {
+            return Ok(());
+        };
+        let mut state = daemon
+            .get(&0, 0)
+            .map_err(|e| anyhow!("reading the DAEMON map: {e}"))?;
+        state.policy_epoch = state.policy_epoch.wrapping_add(1);
+        daemon
+            .set(0, state, 0)
+            .map_err(|e| anyhow!("writing the DAEMON map: {e}"))
+    }
+
     /// One path rule (the selectors' executables use the profiles' table).
     pub(super) fn insert_path_rule(
         &mut self,
@@ -133,6 +151,7 @@ impl PolicyMaps {
             acts: HashMap::new(),
             fileless: HashMap::new(),
             digests: HashMap::new(),
+            epoch: None,
         })
     }
 
@@ -241,7 +260,7 @@ impl PolicyMaps {
         }
         self.held = opened;
         self.mark_denied_objects();
-        Ok(())
+        self.bump_policy_epoch()
     }
 
     /// Binds the `**/name` rules of a session's profile and owner to the files of those
@@ -558,6 +577,7 @@ impl Core {
             m.acts.insert(id, acts);
             let mut config = c.config;
             config.hold_port = self.hold_port;
+
             m.profiles.set(id, config, 0)?;
         }
         m.bound = bound;
@@ -605,6 +625,7 @@ impl Core {
         for k in stale {
             let _ = m.syscall_rules.remove(&k);
         }
+        self.kernel.policy.bump_policy_epoch()?;
         self.rules = rules;
         self.profiles = set.clone();
         self.install_selectors()?;

@@ -1318,6 +1318,9 @@ pub fn record(s: &SessionEntry, r: &Refused, tgid: u32, access: Access, path: &s
         flags: libc::O_RDONLY as u32,
         ret: -i64::from(libc::EPERM),
         verdict,
+        dev: 0,
+        _pad: 0,
+        ino: 0,
         path: kpath(path),
     });
     bytes_of(&*ev).to_vec()

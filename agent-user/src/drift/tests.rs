@@ -56,6 +56,7 @@ fn open(path: &str, flags: u32) -> Body {
         flags: Vec::new(),
         flags_raw: flags,
         result: 3,
+        repeats: None,
     })
 }
 

@@ -36,8 +36,8 @@ pub use exec::{ExecInfo, argv};
 pub use exit::ExitInfo;
 pub use net::NetInfo;
 use net::net_info;
-use open::open_info;
-pub use open::{OpenInfo, open_flag_names};
+pub use open::{OpenInfo, Repeats, open_flag_names};
+use open::{open_info, repeats_info};
 pub use path::{PathText, path_text};
 pub use raw::{Raw, Spare, decode, decode_reusing};
 pub use syscall::SyscallInfo;
@@ -405,7 +405,7 @@ impl TryFrom<Wire<'static>> for Event {
             EventKind::SessionEnd => Body::SessionEnd,
             // The kernel's record of a selector's enrolment is written as the session's
             // `session_start`.
-            EventKind::Enrolment | EventKind::CgroupCreated => {
+            EventKind::Enrolment | EventKind::CgroupCreated | EventKind::OpenRepeats => {
                 return Err(format!("`{kind}` is not a written kind"));
             }
         };
@@ -540,6 +540,10 @@ impl Event {
                 Body::Open(open_info(e)),
                 kernel_decision(&e.verdict, "files", rule),
             ),
+            Raw::OpenRepeats(e) => (
+                Body::Open(repeats_info(e, rfc3339(clock.wall(e.first_ns)))),
+                None,
+            ),
             Raw::Connect(e) => (Body::Connect(connect_info(e)), None),
             Raw::NetDecision(e) => (
                 Body::NetDecision(net_info(e)),
@@ -556,7 +560,13 @@ impl Event {
             // The kernel started the session: its start, with the enrolled process.
             Raw::Enrolment(_) => (Body::SessionStart, None),
         };
-        let mut ev = Event::new(body, clock.wall(h.ktime_ns), session);
+        // Counted repeats are dated by the last of them (the header may be older: the
+        // timer reports with the process's first counted open's).
+        let at = match raw {
+            Raw::OpenRepeats(e) => e.last_ns,
+            _ => h.ktime_ns,
+        };
+        let mut ev = Event::new(body, clock.wall(at), session);
         ev.decision = decision;
         ev.process = Some(ProcessInfo {
             pid: h.pid,
@@ -710,6 +720,9 @@ mod tests {
             flags: 0o2000000 | 0o100 | 1,
             ret: 3,
             verdict: KernelVerdict::default(),
+            dev: 0,
+            _pad: 0,
+            ino: 0,
             path: kpath("hostname/etc/", 0),
         };
         let wire = bytes_of(&ev, OpenEvent::FIXED_LEN + 13);
@@ -740,6 +753,9 @@ mod tests {
             flags: 0,
             ret,
             verdict: KernelVerdict::default(),
+            dev: 0,
+            _pad: 0,
+            ino: 0,
             path: kpath(path, flags),
         };
         let long = open("a-long-file-name/some/directories/", 0, 3);
@@ -810,6 +826,9 @@ mod tests {
                 enforced_by: layer,
                 _pad: 0,
             },
+            dev: 0,
+            _pad: 0,
+            ino: 0,
             path: kpath("key/secret/", 0),
         };
         let clock = Clock { offset_ns: 0 };

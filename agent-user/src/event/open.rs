@@ -1,6 +1,6 @@
 //! `open`: the file as the kernel resolved it, the flags and the result.
 
-use agent_common::event::{OpenEvent, OpenSyscall};
+use agent_common::event::{OpenEvent, OpenRepeatEvent, OpenSyscall};
 use serde::{Deserialize, Serialize};
 
 use super::path_text;
@@ -14,8 +14,21 @@ pub struct OpenInfo {
     pub path_truncated: bool,
     pub flags: Vec<String>,
     pub flags_raw: u32,
-    /// The fd, or `-errno`.
+    /// The fd, or `-errno` (0 for counted repeats: each succeeded).
     pub result: i64,
+    /// Set when this event stands for opens the kernel counted instead of sending one
+    /// by one: the same process opening the same file the same way, allowed, again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<Repeats>,
+}
+
+/// Counted repeats of an open (see [`OpenInfo::repeats`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Repeats {
+    /// How many opens this event stands for.
+    pub count: u64,
+    /// When the first of them happened (the event's `time` is the last one's).
+    pub first: String,
 }
 
 pub(super) fn open_info(e: &OpenEvent) -> OpenInfo {
@@ -33,6 +46,30 @@ pub(super) fn open_info(e: &OpenEvent) -> OpenInfo {
             .collect(),
         flags_raw: e.flags,
         result: e.ret,
+        repeats: None,
+    }
+}
+
+/// The open event of counted repeats; the path is the one the daemon saw the process
+/// open that inode by (filled by attribution: none when it was not seen).
+pub(super) fn repeats_info(e: &OpenRepeatEvent, first: String) -> OpenInfo {
+    OpenInfo {
+        syscall: OpenSyscall::from_u32(e.syscall)
+            .map_or("unknown", OpenSyscall::name)
+            .to_owned(),
+        path: String::new(),
+        path_resolved: false,
+        path_truncated: false,
+        flags: open_flag_names(e.flags)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        flags_raw: e.flags,
+        result: 0,
+        repeats: Some(Repeats {
+            count: e.count,
+            first,
+        }),
     }
 }
 

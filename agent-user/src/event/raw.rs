@@ -5,7 +5,7 @@
 use agent_common::{
     event::{
         ConnectEvent, EnrolEvent, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
-        NetDecisionEvent, OpenEvent, SyscallDecisionEvent,
+        NetDecisionEvent, OpenEvent, OpenRepeatEvent, SyscallDecisionEvent,
         decode::{DecodeError, header, read_record},
     },
     vocab::{Action, Layer},
@@ -20,6 +20,8 @@ pub enum Raw {
     /// A child that could not be tracked (session map full).
     SessionMapFull(ForkEvent),
     Open(Box<OpenEvent>),
+    /// Repeats of an allowed open the kernel counted instead of sending.
+    OpenRepeats(OpenRepeatEvent),
     Connect(ConnectEvent),
     NetDecision(NetDecisionEvent),
     SyscallDecision(SyscallDecisionEvent),
@@ -34,6 +36,7 @@ impl Raw {
             Raw::Exit(e) => &e.header,
             Raw::Fork(e) | Raw::SessionMapFull(e) => &e.header,
             Raw::Open(e) => &e.header,
+            Raw::OpenRepeats(e) => &e.header,
             Raw::Connect(e) => &e.header,
             Raw::NetDecision(e) => &e.header,
             Raw::SyscallDecision(e) => &e.header,
@@ -118,6 +121,7 @@ fn check_vocabulary(raw: &Raw) -> Result<(), DecodeError> {
         | Raw::Fork(_)
         | Raw::SessionMapFull(_)
         | Raw::Connect(_)
+        | Raw::OpenRepeats(_)
         | Raw::Enrolment(_) => return Ok(()),
     };
     let kind = raw.header().kind;
@@ -154,6 +158,9 @@ fn read(bytes: &[u8]) -> Result<Raw, DecodeError> {
             Raw::SessionMapFull(read_record(bytes, size_of::<ForkEvent>())?)
         }
         EventKind::Open => Raw::Open(Box::new(read_record(bytes, OpenEvent::FIXED_LEN)?)),
+        EventKind::OpenRepeats => {
+            Raw::OpenRepeats(read_record(bytes, size_of::<OpenRepeatEvent>())?)
+        }
         EventKind::Connect => Raw::Connect(read_record(bytes, size_of::<ConnectEvent>())?),
         EventKind::NetDecision => {
             Raw::NetDecision(read_record(bytes, size_of::<NetDecisionEvent>())?)

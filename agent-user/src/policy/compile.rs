@@ -137,6 +137,9 @@ pub fn compile(
         file_block: blocks(p.file.mode, p.file.files.on_violation),
         exec_prefix_depths: 0,
         file_prefix_depths: 0,
+        // Repeats of an allowed open are counted in the kernel only where its decision
+        // is the whole decision (else the daemon judges every open again).
+        file_repeats: u8::from(p.kernel_decides[1]),
         ..ProfileConfig::default()
     };
     let mut c = CompiledProfile {
