@@ -52,7 +52,9 @@ enum Cmd {
         port: u16,
     },
     /// A paced mix at RATE operations per second for SECS: opens (98%), loopback TCP
-    /// connects (2%) and one exec per thousand.
+    /// connects (2%) and one exec per thousand. The opens go round SPREAD files (copies
+    /// of PATH made beside it, `PATH.0`, `PATH.1`, …): more than the kernel counts
+    /// repeats of per process, so every open is a record (the daemon's worst case).
     Mix {
         #[arg(long)]
         rate: u64,
@@ -62,6 +64,8 @@ enum Cmd {
         path: PathBuf,
         #[arg(long, default_value_t = 2)]
         threads: u64,
+        #[arg(long, default_value_t = 64)]
+        spread: u64,
     },
     /// From just before `open(PATH)` to the death of the process that opened it (a
     /// denied file under `kill`), N times; fails if a child survives or read a byte.
@@ -116,7 +120,8 @@ fn main() -> Result<()> {
             secs,
             path,
             threads,
-        } => mix(rate, secs, &path, threads)?,
+            spread,
+        } => mix(rate, secs, &path, threads, spread)?,
         Cmd::KillLatency { iters, path } => kill_latency(iters, &path)?,
         Cmd::ConnectLatency { iters, port } => connect_latency(iters, port)?,
         Cmd::Calibrate { against } => calibrate(against.as_deref())?,
@@ -266,8 +271,19 @@ fn tcp_once(addr: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-fn mix(rate: u64, secs: f64, path: &Path, threads: u64) -> Result<serde_json::Value> {
+fn mix(rate: u64, secs: f64, path: &Path, threads: u64, spread: u64) -> Result<serde_json::Value> {
     let addr = listener(0)?;
+    let files: Vec<PathBuf> = (0..spread.max(1))
+        .map(|i| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(format!(".{i}"));
+            let copy = PathBuf::from(name);
+            std::fs::copy(path, &copy)
+                .with_context(|| format!("copying {} to {}", path.display(), copy.display()))?;
+            Ok(copy)
+        })
+        .collect::<Result<_>>()?;
+    let files = &files;
     let threads = threads.max(1);
     let per_thread = rate as f64 / threads as f64;
     let start = Instant::now();
@@ -294,7 +310,7 @@ fn mix(rate: u64, secs: f64, path: &Path, threads: u64) -> Result<serde_json::Va
                             } else if n % 50 == 49 {
                                 tcp_once(addr)?;
                             } else {
-                                open_once(path)?;
+                                open_once(&files[(n % files.len() as u64) as usize])?;
                             }
                             done += 1;
                         }

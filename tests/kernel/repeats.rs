@@ -36,7 +36,7 @@ print("done", flush=True)
 
 /// The opens of `path` the events stand for: one per record, `count` per counted
 /// repeat; with the records in order.
-fn opens_of<'a>(evs: &'a [Event], path: &str) -> (u64, Vec<&'a Event>) {
+fn opens_standing_for<'a>(evs: &'a [Event], path: &str) -> (u64, Vec<&'a Event>) {
     let rows: Vec<&Event> = evs
         .iter()
         .filter(|e| e.open().is_some_and(|o| o.path == path))
@@ -73,9 +73,9 @@ fn repeated_allowed_opens_are_counted_in_the_kernel_and_every_one_is_in_the_trai
     assert!(out.status.success(), "{out:?}");
     let sid = d.session("rep-count").id;
     let evs = d.wait_for(&sid, "every open of ok.txt", |evs| {
-        opens_of(evs, &ok).0 >= 800
+        opens_standing_for(evs, &ok).0 >= 800
     });
-    let (total, rows) = opens_of(&evs, &ok);
+    let (total, rows) = opens_standing_for(&evs, &ok);
     assert_eq!(total, 800, "each open once:\n{}", dump(&evs));
     // A record where the file was first opened, one after the pause (more than the
     // one-second window later), and the counts: a handful of rows, not 800.
@@ -148,7 +148,7 @@ fn a_counted_file_under_another_name_or_changed_rules_is_judged_again() {
     };
     let sid = session_id(&d, "rep-link");
     d.wait_for(&sid, "counted opens", |evs| {
-        opens_of(evs, &p)
+        opens_standing_for(evs, &p)
             .1
             .iter()
             .any(|e| e.open().unwrap().repeats.is_some())
@@ -172,7 +172,7 @@ fn a_counted_file_under_another_name_or_changed_rules_is_judged_again() {
         })
         .unwrap_or_else(|| panic!("no kill recorded:\n{}", dump(&evs)));
     assert_eq!(killed.open().unwrap().path, named, "{}", dump(&evs));
-    assert_eq!(opens_of(&evs, &p).0, 200, "{}", dump(&evs));
+    assert_eq!(opens_standing_for(&evs, &p).0, 200, "{}", dump(&evs));
 
     // The same name, counted, then denied by a reload (a name rule: a reload binds no
     // new name to its inode, so no refusal layer stands in for the kernel's judging)
@@ -199,7 +199,7 @@ fn a_counted_file_under_another_name_or_changed_rules_is_judged_again() {
     };
     let sid = session_id(&d, "rep-reload");
     d.wait_for(&sid, "counted opens", |evs| {
-        opens_of(evs, &p)
+        opens_standing_for(evs, &p)
             .1
             .iter()
             .any(|e| e.open().unwrap().repeats.is_some())

@@ -388,6 +388,58 @@ fn identical_opens_in_one_commit_are_one_row_with_a_count() {
     assert_eq!(verify(&db).unwrap().broken, None);
 }
 
+/// The kernel's counted repeats of an open add their count to the row of the same
+/// action in their commit, and stand for that many opens in a row of their own.
+#[test]
+fn counted_repeats_add_their_count_to_the_row_they_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let items = session_items(0);
+    let Item::Event(ev) = items.last().unwrap().clone() else {
+        panic!()
+    };
+    let counted = |count: u64, path: &str| {
+        let mut e = (*ev).clone();
+        e.time_ns += 9_000;
+        let o = e.open_mut().unwrap();
+        o.result = 0;
+        o.path = path.into();
+        o.repeats = Some(crate::event::Repeats {
+            count,
+            first: "2026-01-01T00:00:00Z".into(),
+        });
+        Item::Event(Arc::new(e))
+    };
+    let mut all = items.clone();
+    all.extend([
+        counted(41, "/home/alice/.ssh/id_rsa"),
+        counted(7, "/etc/hosts"),
+    ]);
+    let db = write(dir.path(), all);
+    let conn = store::open_read_only(&db).unwrap();
+    let opens = query::Reader::new(&conn)
+        .query(
+            &Filter {
+                kinds: vec!["open".into()],
+                ..Filter::default()
+            },
+            false,
+        )
+        .unwrap();
+    assert_eq!(opens.len(), 2, "{opens:?}");
+    assert_eq!(opens[0].repeats, 42, "the open and its 41 repeats");
+    assert!(opens[0].event.open().unwrap().repeats.is_none());
+    assert_eq!(opens[1].repeats, 7);
+    let r = opens[1]
+        .event
+        .open()
+        .unwrap()
+        .repeats
+        .clone()
+        .expect("read back");
+    assert_eq!((r.count, r.first.as_str()), (7, "2026-01-01T00:00:00Z"));
+    assert_eq!(verify(&db).unwrap().broken, None);
+}
+
 #[test]
 fn queries_return_context_lineage_and_decisions() {
     let dir = tempfile::tempdir().unwrap();

@@ -323,6 +323,79 @@ mod tests {
         assert_eq!(a.registry.exe_of(ROOT), Some("/usr/bin/bash"));
     }
 
+    fn open_of(tgid: u32, path: &str, ino: u64, verdict: KernelVerdict) -> Raw {
+        Raw::Open(Box::new(agent_common::event::OpenEvent {
+            header: header_of(EventKind::Open, SID, tgid),
+            syscall: agent_common::event::OpenSyscall::Openat as u32,
+            flags: 0,
+            ret: 3,
+            verdict,
+            dev: 7,
+            _pad: 0,
+            ino,
+            path: crate::event::test_records::kpath(path, 0),
+        }))
+    }
+
+    fn repeats_of(tgid: u32, ino: u64, count: u64) -> Raw {
+        let mut header = header_of(EventKind::OpenRepeats, SID, tgid);
+        header.ktime_ns = 1_000;
+        Raw::OpenRepeats(agent_common::event::OpenRepeatEvent {
+            header,
+            syscall: agent_common::event::OpenSyscall::Openat as u32,
+            flags: 0,
+            dev: 7,
+            _pad: 0,
+            ino,
+            count,
+            first_ns: 2_000,
+            last_ns: 3_000_000_000,
+        })
+    }
+
+    /// The kernel counts repeats of an allowed open by inode, without the path: they
+    /// are named by the path the process opened that inode by; a denied open names
+    /// nothing (the kernel never counts those), and the names go with the process.
+    #[test]
+    fn counted_repeats_are_named_by_the_path_their_process_opened_them_by() {
+        let mut a = attribution();
+        let rules = RuleTable::default();
+        a.event(
+            &open_of(ROOT, "statm/self/proc/", 42, KernelVerdict::default()),
+            &rules,
+        );
+        let denied = KernelVerdict {
+            rule_id: 0,
+            denied: 1,
+            action: Action::Alerted as u8,
+            enforced_by: Layer::None as u8,
+            _pad: 0,
+        };
+        a.event(&open_of(ROOT, "key/secret/", 43, denied), &rules);
+        let e = a.event(&repeats_of(ROOT, 42, 99), &rules);
+        let o = e.open().expect("an open event");
+        assert_eq!(
+            (o.path.as_str(), o.path_resolved),
+            ("/proc/self/statm", true)
+        );
+        let r = o.repeats.as_ref().expect("its count");
+        assert_eq!(r.count, 99);
+        // Dated by the last repeat, the first one kept beside it.
+        assert_eq!(e.time, crate::event::rfc3339(a.clock.wall(3_000_000_000)));
+        assert_eq!(r.first, crate::event::rfc3339(a.clock.wall(2_000)));
+        // Another process's count of the same inode is not this one's name.
+        let e = a.event(&repeats_of(CHILD, 42, 1), &rules);
+        assert!(!e.open().unwrap().path_resolved);
+        let e = a.event(&repeats_of(ROOT, 43, 1), &rules);
+        assert!(
+            !e.open().unwrap().path_resolved,
+            "a denied open names nothing"
+        );
+        a.event(&exit(ROOT), &rules);
+        let e = a.event(&repeats_of(ROOT, 42, 1), &rules);
+        assert_eq!(e.open().unwrap().path, "", "forgotten at exit");
+    }
+
     /// A record of a session the daemon does not know still names its id.
     #[test]
     fn an_unknown_session_is_named_by_its_id() {

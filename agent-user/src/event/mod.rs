@@ -746,6 +746,41 @@ mod tests {
     /// A reused buffer still holds a longer earlier path past the new record's end: the
     /// decoded event is the new record's, whatever the tail holds.
     #[test]
+    fn a_record_of_counted_repeats_decodes_into_an_open_that_says_how_many() {
+        let ev = agent_common::event::OpenRepeatEvent {
+            header: hdr(EventKind::OpenRepeats),
+            syscall: OpenSyscall::Openat as u32,
+            flags: 0o2000000,
+            dev: 8,
+            _pad: 0,
+            ino: 77,
+            count: 1234,
+            first_ns: 5,
+            last_ns: 9,
+        };
+        let wire = bytes_of(&ev, core::mem::size_of_val(&ev));
+        let got = decode(&wire).expect("decode");
+        assert_eq!(got, Raw::OpenRepeats(ev));
+        let e = Event::from_raw(
+            &got,
+            &Clock { offset_ns: 0 },
+            SessionRef::default(),
+            &|_, _| String::new(),
+        );
+        let o = e.open().expect("an open event");
+        assert_eq!(e.body.kind(), EventKind::Open);
+        assert_eq!(o.repeats.as_ref().map(|r| r.count), Some(1234));
+        assert_eq!(o.flags, ["O_RDONLY", "O_CLOEXEC"]);
+        assert_eq!((o.result, e.decision.is_none()), (0, true));
+        assert_eq!(
+            e.time,
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_nanos(9))
+        );
+        // A short record is refused, not read past its end.
+        assert!(decode(&wire[..wire.len() - 1]).is_err());
+    }
+
+    #[test]
     fn reused_buffers_decode_like_fresh_ones() {
         let open = |path: &str, flags: u16, ret: i64| OpenEvent {
             header: hdr(EventKind::Open),
