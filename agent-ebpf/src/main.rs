@@ -15,6 +15,7 @@ mod emit;
 mod exec;
 mod file;
 mod fileless;
+mod floor;
 mod kernel;
 mod lsm;
 mod maps;

@@ -236,6 +236,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: HooksCmd,
     },
+    /// For `cargo xtask bench`: attach a program that does nothing to every syscall
+    /// tracepoint the daemon uses, say so on stdout, and hold it until killed (the
+    /// hooks' own cost on this kernel). No daemon may run meanwhile.
+    #[command(hide = true)]
+    BenchFloor,
     /// Remove everything the daemon pinned: every program detaches and the enforcement
     /// of running sessions ends. Refused while a daemon runs on the socket.
     Unload {
@@ -511,6 +516,16 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             runtime.shutdown_timeout(std::time::Duration::from_secs(2));
             ran?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchFloor => {
+            let (_ebpf, hooks) = crate::loader::attach_floor()?;
+            println!("floor: attached to {}", hooks.join(" "));
+            std::io::Write::flush(&mut std::io::stdout())?;
+            // Until SIGTERM or SIGINT, whose default action ends the process (and with
+            // it the attachments).
+            loop {
+                std::thread::park();
+            }
         }
         Cmd::Unload { pin_dir } => {
             if std::os::unix::net::UnixStream::connect(socket).is_ok() {

@@ -483,6 +483,38 @@ pub fn load(
     Ok(Loaded { ebpf, programs })
 }
 
+/// The object's program that does nothing (`agent-ebpf/src/floor.rs`).
+const FLOOR: &str = "floor";
+
+/// `agentwarden bench-floor`: the object's program that does nothing, attached to every
+/// classic syscall tracepoint of [`PROGRAMS`] (the hooks an untracked process's opens
+/// and connects pass through); nothing else is loaded and nothing is pinned, so the
+/// attachments end with the returned object (or the process). The hooks attached.
+pub fn attach_floor() -> Result<(Ebpf, Vec<String>)> {
+    ensure_tracefs()?;
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    let p: &mut TracePoint = ebpf
+        .program_mut(FLOOR)
+        .ok_or_else(|| anyhow!("program {FLOOR} missing from the object"))?
+        .try_into()?;
+    p.load().context("loading floor")?;
+    let mut hooks = Vec::new();
+    for spec in PROGRAMS {
+        if let Hook::Tracepoint(category, name) = spec.hook {
+            // A syscall this kernel lacks (the daemon leaves its program out too).
+            if p.attach(category, name).is_ok() {
+                hooks.push(format!("{category}/{name}"));
+            }
+        }
+    }
+    if hooks.is_empty() {
+        bail!("no syscall tracepoint took the floor program");
+    }
+    Ok((ebpf, hooks))
+}
+
 /// Loads (verifies) an [`ON_DEMAND`] program without attaching it.
 fn load_only(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<()> {
     let prog = ebpf
@@ -629,11 +661,13 @@ mod tests {
                 "no program {p} in the object"
             );
         }
-        for p in obj.programs.keys() {
+        // `floor` is the bench's (`attach_floor`), never the daemon's.
+        for p in obj.programs.keys().filter(|p| p.as_str() != FLOOR) {
             assert!(
                 table.contains(&p.as_str()),
                 "program {p} is in no row of PROGRAMS"
             );
         }
+        assert!(obj.programs.contains_key(FLOOR));
     }
 }

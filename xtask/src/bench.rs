@@ -1496,6 +1496,7 @@ fn peer_ctx(env: &Env) -> peers::Ctx<'_> {
     build_dirs.retain(|d| d.exists());
     peers::Ctx {
         dir: &env.dir,
+        agentwarden: &env.agentwarden,
         awload: &env.awload,
         allowed: &env.file,
         denied_files: [".ssh", ".aws", ".config/gcloud", ".kube", ".netrc"]

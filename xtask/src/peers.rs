@@ -39,10 +39,20 @@ pub enum Peer {
     Bpftrace,
     Bwrap,
     Landlock,
+    /// Not a tool: a program that does nothing on every syscall tracepoint agentwarden
+    /// attaches (`agentwarden bench-floor`), the hooks' own cost on this kernel; what
+    /// agentwarden's untracked overhead is judged against.
+    Floor,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 4] = [Peer::Auditd, Peer::Bpftrace, Peer::Bwrap, Peer::Landlock];
+    pub const ALL: [Peer; 5] = [
+        Peer::Auditd,
+        Peer::Bpftrace,
+        Peer::Bwrap,
+        Peer::Landlock,
+        Peer::Floor,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -50,6 +60,7 @@ impl Peer {
             Peer::Bpftrace => "bpftrace",
             Peer::Bwrap => "bwrap",
             Peer::Landlock => "landlock",
+            Peer::Floor => "floor",
         }
     }
 
@@ -69,6 +80,9 @@ impl Peer {
             Peer::Landlock => {
                 "grants reads, execs and TCP connects by allow lists (leaving out the denied files; programs cannot be denied one by one); records nothing"
             }
+            Peer::Floor => {
+                "a program that does nothing on each syscall tracepoint agentwarden attaches (open family, connect, send*, socket): the hooks' own cost, the floor of agentwarden's untracked overhead"
+            }
         }
     }
 
@@ -83,6 +97,8 @@ impl Peer {
 pub struct Ctx<'a> {
     /// Where the peers keep their files (logs, scripts).
     pub dir: &'a Path,
+    /// The daemon's binary (`bench-floor`).
+    pub agentwarden: &'a Path,
     pub awload: &'a Path,
     /// The file the open loop opens.
     pub allowed: &'a Path,
@@ -122,6 +138,7 @@ impl Peer {
         match self {
             Peer::Auditd => r.start_auditd(&dir)?,
             Peer::Bpftrace => r.start_bpftrace(&dir)?,
+            Peer::Floor => r.start_floor(cx, &dir)?,
             Peer::Bwrap => {
                 which("bwrap")?;
             }
@@ -194,6 +211,39 @@ impl Running {
         // process that waits for room instead of losing records.
         auditctl(&["-b", "8192", "--backlog_wait_time", "60000"])?;
         auditctl(&audit_rule("-a"))?;
+        Ok(())
+    }
+
+    fn start_floor(&mut self, cx: &Ctx, dir: &Path) -> Result<()> {
+        let out = dir.join("floor.out");
+        let child = Command::new(cx.agentwarden)
+            .arg("bench-floor")
+            .stdout(fs::File::create(&out)?)
+            .stderr(fs::File::create(dir.join("floor.stderr"))?)
+            .spawn()
+            .context("starting agentwarden bench-floor")?;
+        self.child = Some(child);
+        let start = Instant::now();
+        while !fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("attached")
+        {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "bench-floor exited ({st}): {}",
+                    fs::read_to_string(dir.join("floor.stderr")).unwrap_or_default()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("bench-floor did not attach within 60 s");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.out = out;
         Ok(())
     }
 
@@ -306,6 +356,8 @@ impl Running {
                 c.arg("--");
                 c
             }
+            // Nothing around the workload (`env` only runs it).
+            Peer::Floor => Command::new("env"),
         }
     }
 
@@ -329,7 +381,7 @@ impl Running {
                         .ok()
                 })
                 .sum(),
-            Peer::Bwrap | Peer::Landlock => 0,
+            Peer::Bwrap | Peer::Landlock | Peer::Floor => 0,
         }
     }
 
