@@ -126,6 +126,13 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
         bail!("the benchmark loads agentwarden's eBPF programs: run it as root");
     }
     let sizes = if quick { &QUICK } else { &FULL };
+    if let Err(e) = refuse_other_pins() {
+        // The smoke run's figures mean nothing; its harness check still does.
+        if !quick {
+            return Err(e);
+        }
+        eprintln!("bench: {e:#}");
+    }
     run_cmd(Command::new("cargo").args([
         "build",
         "--release",
@@ -406,6 +413,29 @@ fn small_crate(dir: &Path) -> Result<()> {
 
 /// The bench daemons' pin directory (one daemon at a time).
 const BENCH_PINS: &str = "/sys/fs/bpf/agentwarden-bench";
+
+/// Programs another agentwarden left pinned (a daemon that runs, or a killed test's)
+/// run on every hook of every condition, `off` included: the bench would measure them
+/// too. Refused, naming them, instead (a warning for the smoke run).
+fn refuse_other_pins() -> Result<()> {
+    let others: Vec<String> = fs::read_dir("/sys/fs/bpf")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("links").is_dir() && p.as_path() != Path::new(BENCH_PINS))
+        .map(|p| p.display().to_string())
+        .collect();
+    if !others.is_empty() {
+        bail!(
+            "programs of another agentwarden are attached (pinned under {}): they would \
+             run in every condition; stop that daemon, or remove them with `agentwarden \
+             unload --pin-dir DIR`",
+            others.join(", ")
+        );
+    }
+    Ok(())
+}
 
 fn start_daemon(env: &Env) -> Result<Daemon> {
     start_daemon_with(env, false)
