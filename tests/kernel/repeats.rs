@@ -168,24 +168,19 @@ fn a_counted_file_under_another_name_or_changed_rules_is_judged_again() {
         evs.iter()
             .any(|e| e.exit().is_some_and(|x| x.signal == Some(9)))
     });
-    let killed = evs
-        .iter()
-        .find(|e| {
-            e.decision
-                .as_ref()
-                .is_some_and(|x| x.action == Action::Killed)
-        })
+    let killed = with_action(&evs, Action::Killed)
+        .next()
         .unwrap_or_else(|| panic!("no kill recorded:\n{}", dump(&evs)));
     assert_eq!(killed.open().unwrap().path, named, "{}", dump(&evs));
     assert_eq!(opens_standing_for(&evs, &p).0, 200, "{}", dump(&evs));
 
-    // The same name, counted, then denied by a reload (a name rule: a reload binds no
-    // new name to its inode, so no refusal layer stands in for the kernel's judging)
-    // while the process goes on
+    // The same name, counted, then denied by a reload while the process goes on
     // opening it (every millisecond: each open within a second of the file's last
-    // record, so counted): the first open under the new rules is judged and killed,
-    // at the latest the one after the gate the test opens once the reload is done.
-    // (Another file: the link above makes `plain` a denied file's other name now.)
+    // record, so counted): the first open under the new rules is judged and killed, at
+    // the latest the one after the gate the test opens once the reload is done. The new
+    // rule is a name rule: a reload binds no new name to its inode, so no refusal layer
+    // stands in for the kernel's judging. (Another file: the link above makes `plain` a
+    // denied file's other name now.)
     let p = dir.join("app/plain2");
     std::fs::write(&p, "PLAIN-BYTES\n").unwrap();
     let p = p.to_string_lossy().into_owned();
@@ -224,20 +219,9 @@ fn a_counted_file_under_another_name_or_changed_rules_is_judged_again() {
         "an open under the new rules was counted as a repeat: {out:?}"
     );
     let evs = d.wait_for(&sid, "the kill after the reload", |evs| {
-        evs.iter().any(|e| {
-            e.decision
-                .as_ref()
-                .is_some_and(|x| x.action == Action::Killed)
-        })
+        with_action(evs, Action::Killed).next().is_some()
     });
-    let killed = evs
-        .iter()
-        .find(|e| {
-            e.decision
-                .as_ref()
-                .is_some_and(|x| x.action == Action::Killed)
-        })
-        .unwrap();
+    let killed = with_action(&evs, Action::Killed).next().unwrap();
     // (Where BPF-LSM refuses, the guests of the VM tier have once named it without
     // its `/tmp` mount: the file's own name is what this test is about.)
     assert!(

@@ -223,27 +223,32 @@ impl Running {
             .spawn()
             .context("starting agentwarden bench-floor")?;
         self.child = Some(child);
+        self.wait_for_word(&out, "attached", &dir.join("floor.stderr"))?;
+        self.out = out;
+        Ok(())
+    }
+
+    /// Waits until the peer's `out` says `word` (it is ready), failing with its
+    /// `stderr` if it exits first, or after a minute.
+    fn wait_for_word(&mut self, out: &Path, word: &str, stderr: &Path) -> Result<()> {
+        let name = self.peer.name();
         let start = Instant::now();
-        while !fs::read_to_string(&out)
-            .unwrap_or_default()
-            .contains("attached")
-        {
+        while !fs::read_to_string(out).unwrap_or_default().contains(word) {
             if let Some(st) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 bail!(
-                    "bench-floor exited ({st}): {}",
-                    fs::read_to_string(dir.join("floor.stderr")).unwrap_or_default()
+                    "{name} exited ({st}): {}",
+                    fs::read_to_string(stderr).unwrap_or_default()
                 );
             }
             if start.elapsed() > Duration::from_secs(60) {
-                bail!("bench-floor did not attach within 60 s");
+                bail!("{name} did not say `{word}` within 60 s");
             }
             thread::sleep(Duration::from_millis(20));
         }
-        self.out = out;
         Ok(())
     }
 
@@ -277,27 +282,8 @@ impl Running {
             .spawn()
             .context("starting bpftrace")?;
         self.child = Some(child);
-        let start = Instant::now();
         // It says so once every probe is attached.
-        while !fs::read_to_string(&out)
-            .unwrap_or_default()
-            .contains("Attaching")
-        {
-            if let Some(st) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!(
-                    "bpftrace exited ({st}): {}",
-                    fs::read_to_string(dir.join("bpftrace.stderr")).unwrap_or_default()
-                );
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                bail!("bpftrace did not attach its probes within 60 s");
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_for_word(&out, "Attaching", &dir.join("bpftrace.stderr"))?;
         // Attaching is said before the last probe is in place.
         thread::sleep(Duration::from_millis(500));
         self.out = out;
