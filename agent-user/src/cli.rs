@@ -508,6 +508,8 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                // A parked worker is idle: it gives back what it freed, when asked.
+                .on_thread_park(crate::memory::collect_if_asked)
                 .enable_all()
                 .build()?;
             let ran = runtime.block_on(daemon::run(cfg));

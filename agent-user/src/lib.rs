@@ -12,6 +12,7 @@ pub mod event;
 pub mod hooks;
 pub mod inventory;
 pub mod loader;
+pub mod memory;
 pub mod offsets;
 pub mod otlp;
 pub mod output;

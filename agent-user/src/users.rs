@@ -1,10 +1,22 @@
 //! uid → user name and home directory, from `/etc/passwd` (cached; re-read on a miss).
 
-use std::{collections::HashMap, fs};
+use std::{
+    collections::HashMap,
+    fs,
+    time::{Duration, Instant},
+};
+
+/// A uid `/etc/passwd` does not name (a container's, a deleted account's) is looked up
+/// again at most this often: each of its processes' events asks for it.
+const MISS_REREAD: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Users {
-    entries: HashMap<u32, Entry>,
+    entries: foldhash::HashMap<u32, Entry>,
+    /// When `/etc/passwd` was last read.
+    read_at: Option<Instant>,
+    /// Another file in its place (tests).
+    passwd: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,8 +68,14 @@ pub fn local_accounts(limit: usize) -> Vec<(u32, String)> {
 
 impl Users {
     fn entry(&mut self, uid: u32) -> Option<&Entry> {
-        if !self.entries.contains_key(&uid) {
-            self.entries = parse_passwd(&fs::read_to_string("/etc/passwd").unwrap_or_default());
+        if !self.entries.contains_key(&uid)
+            && self.read_at.is_none_or(|t| t.elapsed() >= MISS_REREAD)
+        {
+            let path = self.passwd.as_deref().unwrap_or("/etc/passwd".as_ref());
+            self.entries = parse_passwd(&fs::read_to_string(path).unwrap_or_default())
+                .into_iter()
+                .collect();
+            self.read_at = Some(Instant::now());
         }
         self.entries.get(&uid)
     }
@@ -89,6 +107,32 @@ fn parse_passwd(text: &str) -> HashMap<u32, Entry> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_uid_rereads_the_file_at_most_once_a_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        fs::write(&passwd, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        let mut users = Users {
+            passwd: Some(passwd.clone()),
+            ..Users::default()
+        };
+        assert_eq!(users.name(0).as_deref(), Some("root"));
+        // An account added now: a miss within the window does not read the file again
+        // (every event of a process with an unknown uid asks)...
+        fs::write(
+            &passwd,
+            "root:x:0:0:root:/root:/bin/bash\nbob:x:4242:4242::/home/bob:/bin/sh\n",
+        )
+        .unwrap();
+        assert_eq!(users.name(4242), None);
+        // ...the first miss after it does.
+        users.read_at = Some(Instant::now() - MISS_REREAD);
+        assert_eq!(users.name(4242).as_deref(), Some("bob"));
+        assert_eq!(users.home(4242).as_deref(), Some("/home/bob"));
+    }
+
     #[test]
     fn parses_passwd_lines() {
         let m = super::parse_passwd(

@@ -44,9 +44,10 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// Only this part: `drift` (the out-of-band analyser's time and interference),
-        /// or `profile` (the daemon's CPU time per tracked spawn and open, by thread,
-        /// with `perf` flame graphs under `target/bench/`).
-        #[arg(long, value_parser = ["drift", "profile"])]
+        /// `profile` (the daemon's CPU time per tracked spawn and recorded event, by
+        /// thread, with `perf` flame graphs under `target/bench/`), or `throughput`
+        /// (the event-rate steps and the footprint, printed as JSON).
+        #[arg(long, value_parser = ["drift", "profile", "throughput"])]
         only: Option<String>,
     },
     /// Formatting, clippy (user and eBPF crates), unit and kernel tests on the host, then

@@ -14,7 +14,6 @@
 //! `kill -9` of the daemon can lose (plus the reader's coalescing delay).
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -356,7 +355,8 @@ impl Writer {
             let mut batch = Vec::new();
             match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(i) => batch = i,
-                Err(RecvTimeoutError::Timeout) => {}
+                // Quiet for a second: what the last burst freed goes back, if asked.
+                Err(RecvTimeoutError::Timeout) => crate::memory::collect_if_asked(),
                 Err(RecvTimeoutError::Disconnected) => closing = true,
             }
             let deadline = Instant::now() + COMMIT_INTERVAL;
@@ -427,7 +427,7 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut rows: Vec<(&Table, Vec<Value>)> = Vec::with_capacity(batch.len());
-        let mut seen: HashMap<RepeatKey<'_>, usize> = HashMap::new();
+        let mut seen: foldhash::HashMap<RepeatKey<'_>, usize> = Default::default();
         for item in batch {
             match item {
                 Item::Session(s) => rows.push((&SESSIONS, s.row())),

@@ -30,7 +30,7 @@ pub struct Attribution {
 /// forgets the oldest half), forgotten at exit.
 #[derive(Default)]
 struct OpenedPaths {
-    by_process: std::collections::HashMap<u32, std::collections::HashMap<(u32, u64), String>>,
+    by_process: foldhash::HashMap<u32, foldhash::HashMap<(u32, u64), String>>,
 }
 
 impl OpenedPaths {

@@ -47,20 +47,20 @@ pub fn userspace(ev: &mut Event, ctx: &mut Context<'_>) {
     // Where the kernel's decision is the whole decision (see `kernel_decides`), a path it
     // let through is allowed by the default: nothing to match again here.
     let category = match (ev.exec(), ev.open()) {
-        (Some(x), _) if !x.path_truncated => Some((0, "exec")),
+        (Some(x), _) if !x.path_truncated => Some((0, "exec.default")),
         (None, Some(o)) if o.path_resolved && !o.path_truncated => {
-            (!is_path_only(o.flags_raw)).then_some((1, "files"))
+            (!is_path_only(o.flags_raw)).then_some((1, "files.default"))
         }
         _ => None,
     };
     if !landlock_refusal
-        && let Some((i, category)) = category
+        && let Some((i, rule)) = category
         && profile.kernel_decides[i]
     {
         ev.decision = Some(DecisionInfo {
             decision: Verdict::Allow,
             action: Action::Allowed,
-            rule: format!("{category}.default"),
+            rule: rule.to_owned(),
             enforced_by: Layer::None,
         });
         return;

@@ -4,7 +4,7 @@
 //! The HTTP side is a few lines by hand: one fixed path, `GET` only, one response per
 //! connection; a web framework would add more surface than it saves.
 
-use std::{collections::HashMap, fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
 use agent_common::{event::EventKind, stats::Stat, vocab::Verdict};
 use anyhow::{Context as _, Result};
@@ -19,7 +19,7 @@ use crate::event::Event;
 
 /// Events emitted, by agent (profile; empty for daemon-wide events), kind and decision.
 #[derive(Debug, Default)]
-pub struct EventCounts(HashMap<String, HashMap<EventKind, [u64; 3]>>);
+pub struct EventCounts(foldhash::HashMap<String, foldhash::HashMap<EventKind, [u64; 3]>>);
 
 /// The `decision` label: the event's verdict, or `none` for an event without one.
 const DECISIONS: [&str; 3] = ["none", Verdict::Allow.as_str(), Verdict::Deny.as_str()];
@@ -33,7 +33,7 @@ impl EventCounts {
         };
         let agent = ev.session.profile.as_str();
         if !self.0.contains_key(agent) {
-            self.0.insert(agent.to_owned(), HashMap::new());
+            self.0.insert(agent.to_owned(), Default::default());
         }
         let kinds = self.0.get_mut(agent).expect("inserted above");
         kinds.entry(ev.kind()).or_insert([0; 3])[d] += 1;

@@ -57,7 +57,7 @@ use kernel::KernelMaps;
 use sinks::Sinks;
 use start::{
     bind_socket, load_kernel, next_generation, open_state, raise_open_file_limit, ready,
-    refuse_held_pins, refuse_second_daemon, release_memory, until_signal,
+    refuse_held_pins, refuse_second_daemon, until_signal,
 };
 use tasks::{
     DRAIN_BATCH, read_ring, rebind_inodes, refresh_dns, refusals, reload_profiles,
@@ -351,7 +351,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     }
     startup.mark("profiles compiled into maps");
     // Loading parsed the kernel's BTF and the object: give that memory back now.
-    release_memory();
+    crate::memory::collect();
     // The metrics endpoint, then the control socket last: a client that can connect
     // finds a daemon ready to answer, and READY is never said by one about to fail.
     let metrics_listener = match cfg.metrics {

@@ -225,13 +225,6 @@ pub(super) fn raise_open_file_limit() {
     }
 }
 
-/// Returns memory freed on this thread to the system (mimalloc keeps it otherwise, and
-/// the idle daemon's footprint would be its peak).
-pub(super) fn release_memory() {
-    // SAFETY: a plain call into the allocator, valid on any thread at any time.
-    unsafe { libmimalloc_sys::mi_collect(true) };
-}
-
 /// A generation number for this daemon's programs: after the previous one's, never 0
 /// (the `DAEMON` map's value before any daemon wrote it).
 pub(super) fn next_generation(previous: Option<DaemonState>) -> u64 {

@@ -17,9 +17,9 @@ use std::{
 const QUEUE: usize = 1024;
 
 pub struct StdoutSink {
-    tx: Option<SyncSender<String>>,
+    tx: Option<SyncSender<Vec<u8>>>,
     /// Lines collected since the last flush, and how many.
-    pending: String,
+    pending: Vec<u8>,
     lines: u64,
     dropped: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
@@ -27,18 +27,18 @@ pub struct StdoutSink {
 
 impl StdoutSink {
     pub fn start() -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("stdout-sink".into())
             .spawn(move || {
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
                 while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(line.as_bytes());
+                    let _ = out.write_all(&line);
                     // Write what is queued, then flush once the queue is empty.
                     loop {
                         match rx.try_recv() {
                             Ok(l) => {
-                                let _ = out.write_all(l.as_bytes());
+                                let _ = out.write_all(&l);
                             }
                             Err(TryRecvError::Empty) => break,
                             Err(TryRecvError::Disconnected) => break,
@@ -49,7 +49,7 @@ impl StdoutSink {
             })?;
         Ok(Self {
             tx: Some(tx),
-            pending: String::new(),
+            pending: Vec::new(),
             lines: 0,
             dropped: Arc::new(AtomicU64::new(0)),
             thread: Some(thread),
@@ -57,8 +57,8 @@ impl StdoutSink {
     }
 
     /// Collects a line for the next flush.
-    pub fn send(&mut self, line: &str) {
-        self.pending.push_str(line);
+    pub fn send(&mut self, line: &[u8]) {
+        self.pending.extend_from_slice(line);
         self.lines += 1;
     }
 

@@ -74,7 +74,7 @@ pub(super) async fn sweep(shared: Arc<Shared>) {
         // Only when idle: under load the memory is about to be used again, and pages
         // given back are faulted (and zeroed) straight back in.
         if idle {
-            release_memory();
+            crate::memory::ask_collect();
         }
     }
 }

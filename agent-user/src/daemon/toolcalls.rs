@@ -19,11 +19,11 @@ const GONE_MAX: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct ToolCalls {
-    sessions: HashMap<u64, SessionCalls>,
+    sessions: foldhash::HashMap<u64, SessionCalls>,
     /// The call each process belongs to (its subtree's).
-    procs: HashMap<u32, ContextRef>,
+    procs: foldhash::HashMap<u32, ContextRef>,
     /// The calls of the latest exited processes, and their exit order.
-    gone: HashMap<u32, ContextRef>,
+    gone: foldhash::HashMap<u32, ContextRef>,
     gone_order: VecDeque<u32>,
 }
 

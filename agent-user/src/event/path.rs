@@ -24,9 +24,15 @@ pub fn path_text(p: &KPath) -> PathText {
             resolved: false,
         };
     }
-    let mut parts: Vec<&str> = raw.split('/').filter(|c| !c.is_empty()).collect();
-    parts.reverse();
-    let path = format!("/{}", parts.join("/"));
+    // One allocation: every event of a file carries its path, on the reader's hot path.
+    let mut path = String::with_capacity(raw.len() + 1);
+    for part in raw.rsplit('/').filter(|c| !c.is_empty()) {
+        path.push('/');
+        path.push_str(part);
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
     PathText {
         path,
         truncated,
