@@ -53,6 +53,8 @@ pub struct Session {
     pub selector: Option<String>,
     /// The container its first process ran in.
     pub container: Option<crate::containers::ContainerInfo>,
+    /// `id` as every event's session reference writes it, made once.
+    id_text: String,
 }
 
 /// What `agentwarden sessions` shows.
@@ -96,7 +98,7 @@ pub fn parse_id(s: &str) -> Option<u64> {
 impl Session {
     pub fn reference(&self) -> SessionRef {
         SessionRef {
-            id: format_id(self.id),
+            id: self.id_text.clone(),
             name: self.name.clone(),
             profile: self.profile.clone(),
             container: self.container.as_ref().map(|c| c.reference()),
@@ -168,6 +170,7 @@ impl Registry {
             events: 0,
             selector: None,
             container: None,
+            id_text: format_id(id),
         };
         self.sessions.entry(id).or_insert(s)
     }

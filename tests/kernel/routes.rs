@@ -213,7 +213,7 @@ fn descriptors_held_before_enrolment_cannot_be_read() {
         assert_eq!(layer_of(&ev), Layer::Fanotify, "{name}");
         let o = ev.open().expect("recorded as an access to the file");
         assert_eq!(
-            (o.syscall.as_str(), o.path.as_str(), o.result),
+            (&*o.syscall, o.path.as_str(), o.result),
             ("read", key.to_str().unwrap(), -1),
             "{name}"
         );

@@ -63,7 +63,7 @@ fn exec_open_and_connect_carry_session_and_resolved_paths() {
     let o = open.open().expect("open body");
     assert!(o.path_resolved && !o.path_truncated);
     assert!(o.result >= 0, "open result {}", o.result);
-    assert_eq!(o.flags.first().map(String::as_str), Some("O_RDONLY"));
+    assert_eq!(o.flags.first().map(|f| &**f), Some("O_RDONLY"));
     let p = open.process.as_ref().expect("process");
     assert_eq!(
         (p.comm.as_str(), p.uid, p.user.as_deref()),

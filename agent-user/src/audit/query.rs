@@ -612,13 +612,13 @@ fn event_from_row(r: &Row<'_>, cols: &Columns) -> Result<(i64, Event)> {
         EventKind::Open => {
             let flags_raw = get_i("flags")?.unwrap_or(0) as u32;
             Body::Open(OpenInfo {
-                syscall: get_s("op")?.unwrap_or_default(),
+                syscall: get_s("op")?.unwrap_or_default().into(),
                 path: path.unwrap_or_default(),
                 path_resolved: get_i("path_resolved")? == Some(1),
                 path_truncated: x_bool("path_truncated"),
                 flags: crate::event::open_flag_names(flags_raw)
                     .into_iter()
-                    .map(str::to_owned)
+                    .map(std::borrow::Cow::Borrowed)
                     .collect(),
                 flags_raw,
                 result,

@@ -228,7 +228,7 @@ fn body_columns(body: &Body) -> BodyColumns {
             c.path_resolved = Some(i64::from(o.path_resolved));
             // The raw flags: their names are derived when read.
             c.flags = Some(i64::from(o.flags_raw));
-            c.op = Some(o.syscall.clone());
+            c.op = Some(o.syscall.to_string());
             c.result = Some(o.result);
             if o.path_truncated {
                 c.extra.insert("path_truncated".into(), true.into());

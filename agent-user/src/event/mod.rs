@@ -73,8 +73,46 @@ impl Clock {
     }
 }
 
+/// `t` as RFC 3339 in UTC with nanoseconds (`2026-12-04T16:40:46.374709733Z`), what
+/// `humantime::format_rfc3339_nanos` writes, by hand: every event is stamped with one,
+/// and the formatting machinery was a twentieth of the reader's time. Times before the
+/// epoch are written as the epoch.
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_nanos(t).to_string()
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let rem = secs % 86_400;
+    let mut out = Vec::with_capacity(30);
+    for (value, width, after) in [
+        (year, 4, b'-'),
+        (month, 2, b'-'),
+        (day, 2, b'T'),
+        (rem / 3600, 2, b':'),
+        (rem / 60 % 60, 2, b':'),
+        (rem % 60, 2, b'.'),
+        (u64::from(d.subsec_nanos()), 9, b'Z'),
+    ] {
+        for i in (0..width).rev() {
+            out.push(b'0' + (value / 10u64.pow(i) % 10) as u8);
+        }
+        out.push(after);
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The proleptic Gregorian date of a day number since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for days on or after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 /// The session an event belongs to.
@@ -778,6 +816,32 @@ mod tests {
         );
         // A short record is refused, not read past its end.
         assert!(decode(&wire[..wire.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn times_are_written_as_humantime_writes_them() {
+        // The epoch, leap days, century and 400-year rules, and pseudo-random instants
+        // up to 2200 with every nanosecond digit.
+        let mut t: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut instants = vec![
+            (0, 0),
+            (951_782_400, 0),
+            (951_868_799, 999_999_999),
+            (4_107_542_400, 1),
+            (1_796_400_046, 374_709_733),
+        ];
+        for _ in 0..20_000 {
+            t = t.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            instants.push((t % 7_258_118_400, (t >> 20) as u32 % 1_000_000_000));
+        }
+        for (s, n) in instants {
+            let at = SystemTime::UNIX_EPOCH + Duration::new(s, n);
+            assert_eq!(
+                rfc3339(at),
+                humantime::format_rfc3339_nanos(at).to_string(),
+                "{s}.{n}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `open`: the file as the kernel resolved it, the flags and the result.
 
+use std::borrow::Cow;
+
 use agent_common::event::{OpenEvent, OpenRepeatEvent, OpenSyscall};
 use serde::{Deserialize, Serialize};
 
@@ -7,12 +9,13 @@ use super::path_text;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OpenInfo {
-    pub syscall: String,
+    /// Static names, borrowed (not an allocation per event) where the daemon makes them.
+    pub syscall: Cow<'static, str>,
     pub path: String,
     /// False when the open failed and `path` is the argument as passed.
     pub path_resolved: bool,
     pub path_truncated: bool,
-    pub flags: Vec<String>,
+    pub flags: Vec<Cow<'static, str>>,
     pub flags_raw: u32,
     /// The fd, or `-errno` (0 for counted repeats: each succeeded).
     pub result: i64,
@@ -34,15 +37,15 @@ pub struct Repeats {
 pub(super) fn open_info(e: &OpenEvent) -> OpenInfo {
     let p = path_text(&e.path);
     OpenInfo {
-        syscall: OpenSyscall::from_u32(e.syscall)
-            .map_or("unknown", OpenSyscall::name)
-            .to_owned(),
+        syscall: Cow::Borrowed(
+            OpenSyscall::from_u32(e.syscall).map_or("unknown", OpenSyscall::name),
+        ),
         path: p.path,
         path_resolved: p.resolved,
         path_truncated: p.truncated,
         flags: open_flag_names(e.flags)
             .into_iter()
-            .map(str::to_owned)
+            .map(Cow::Borrowed)
             .collect(),
         flags_raw: e.flags,
         result: e.ret,
@@ -54,15 +57,15 @@ pub(super) fn open_info(e: &OpenEvent) -> OpenInfo {
 /// open that inode by (filled by attribution: none when it was not seen).
 pub(super) fn repeats_info(e: &OpenRepeatEvent, first: String) -> OpenInfo {
     OpenInfo {
-        syscall: OpenSyscall::from_u32(e.syscall)
-            .map_or("unknown", OpenSyscall::name)
-            .to_owned(),
+        syscall: Cow::Borrowed(
+            OpenSyscall::from_u32(e.syscall).map_or("unknown", OpenSyscall::name),
+        ),
         path: String::new(),
         path_resolved: false,
         path_truncated: false,
         flags: open_flag_names(e.flags)
             .into_iter()
-            .map(str::to_owned)
+            .map(Cow::Borrowed)
             .collect(),
         flags_raw: e.flags,
         result: 0,
