@@ -1,7 +1,6 @@
 //! uid → user name and home directory, from `/etc/passwd` (cached; re-read on a miss).
 
 use std::{
-    collections::HashMap,
     fs,
     time::{Duration, Instant},
 };
@@ -72,9 +71,7 @@ impl Users {
             && self.read_at.is_none_or(|t| t.elapsed() >= MISS_REREAD)
         {
             let path = self.passwd.as_deref().unwrap_or("/etc/passwd".as_ref());
-            self.entries = parse_passwd(&fs::read_to_string(path).unwrap_or_default())
-                .into_iter()
-                .collect();
+            self.entries = parse_passwd(&fs::read_to_string(path).unwrap_or_default());
             self.read_at = Some(Instant::now());
         }
         self.entries.get(&uid)
@@ -90,7 +87,7 @@ impl Users {
     }
 }
 
-fn parse_passwd(text: &str) -> HashMap<u32, Entry> {
+fn parse_passwd(text: &str) -> foldhash::HashMap<u32, Entry> {
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();

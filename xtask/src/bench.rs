@@ -1209,12 +1209,18 @@ fn throughput(env: &Env, sizes: &Sizes) -> Result<Vec<Value>> {
 fn fresh_rss_kib(daemon: &Daemon) -> u64 {
     thread::sleep(Duration::from_secs(3));
     let pid = daemon.child.id();
-    rss_kib(pid).saturating_sub(bpf_map_rss_kib(pid) / 2)
+    ring_once_kib(rss_kib(pid), bpf_map_rss_kib(pid))
 }
 
-/// Idle and loaded CPU and memory after the throughput steps. The ring buffer's data
-/// pages are mapped twice (so a record wrapping the end reads contiguously) and both
-/// mappings count in RSS: the figure the target is held to counts them once.
+/// `rss` with the ring buffer's data pages, which the kernel maps twice (so a record
+/// wrapping the end reads contiguously), counted once: `maps` is the RSS of the BPF
+/// map mappings, almost all of it the ring's two copies.
+fn ring_once_kib(rss: u64, maps: u64) -> u64 {
+    rss.saturating_sub(maps / 2)
+}
+
+/// Idle and loaded CPU and memory after the throughput steps; the RSS the target is
+/// held to counts the ring buffer once (see [`ring_once_kib`]).
 fn footprint(
     env: &Env,
     sizes: &Sizes,
@@ -1256,7 +1262,7 @@ fn footprint(
         "idle_millicores": idle_mcores,
         "idle_rss_mib": idle_rss as f64 / 1024.0,
         "idle_bpf_map_rss_mib": maps_rss as f64 / 1024.0,
-        "idle_rss_ring_once_mib": idle_rss.saturating_sub(maps_rss / 2) as f64 / 1024.0,
+        "idle_rss_ring_once_mib": ring_once_kib(idle_rss, maps_rss) as f64 / 1024.0,
         "fresh_rss_ring_once_mib": fresh_kib as f64 / 1024.0,
         "load_ops_per_s": rate,
         "load_millicores": load_mcores,

@@ -616,10 +616,7 @@ fn event_from_row(r: &Row<'_>, cols: &Columns) -> Result<(i64, Event)> {
                 path: path.unwrap_or_default(),
                 path_resolved: get_i("path_resolved")? == Some(1),
                 path_truncated: x_bool("path_truncated"),
-                flags: crate::event::open_flag_names(flags_raw)
-                    .into_iter()
-                    .map(std::borrow::Cow::Borrowed)
-                    .collect(),
+                flags: crate::event::open_flag_names(flags_raw),
                 flags_raw,
                 result,
                 repeats: extra["repeats"]

@@ -37,16 +37,11 @@ pub struct Repeats {
 pub(super) fn open_info(e: &OpenEvent) -> OpenInfo {
     let p = path_text(&e.path);
     OpenInfo {
-        syscall: Cow::Borrowed(
-            OpenSyscall::from_u32(e.syscall).map_or("unknown", OpenSyscall::name),
-        ),
+        syscall: syscall_name(e.syscall),
         path: p.path,
         path_resolved: p.resolved,
         path_truncated: p.truncated,
-        flags: open_flag_names(e.flags)
-            .into_iter()
-            .map(Cow::Borrowed)
-            .collect(),
+        flags: open_flag_names(e.flags),
         flags_raw: e.flags,
         result: e.ret,
         repeats: None,
@@ -57,16 +52,11 @@ pub(super) fn open_info(e: &OpenEvent) -> OpenInfo {
 /// open that inode by (filled by attribution: none when it was not seen).
 pub(super) fn repeats_info(e: &OpenRepeatEvent, first: String) -> OpenInfo {
     OpenInfo {
-        syscall: Cow::Borrowed(
-            OpenSyscall::from_u32(e.syscall).map_or("unknown", OpenSyscall::name),
-        ),
+        syscall: syscall_name(e.syscall),
         path: String::new(),
         path_resolved: false,
         path_truncated: false,
-        flags: open_flag_names(e.flags)
-            .into_iter()
-            .map(Cow::Borrowed)
-            .collect(),
+        flags: open_flag_names(e.flags),
         flags_raw: e.flags,
         result: 0,
         repeats: Some(Repeats {
@@ -76,14 +66,20 @@ pub(super) fn repeats_info(e: &OpenRepeatEvent, first: String) -> OpenInfo {
     }
 }
 
-/// Names of the `O_*` flags set in `flags` (x86_64/generic values).
-pub fn open_flag_names(flags: u32) -> Vec<&'static str> {
-    let mut out = vec![match flags & 0o3 {
+/// The open syscall's name, from its number in the kernel's record.
+fn syscall_name(n: u32) -> Cow<'static, str> {
+    Cow::Borrowed(OpenSyscall::from_u32(n).map_or("unknown", OpenSyscall::name))
+}
+
+/// Names of the `O_*` flags set in `flags` (x86_64/generic values), as
+/// [`OpenInfo::flags`] holds them.
+pub fn open_flag_names(flags: u32) -> Vec<Cow<'static, str>> {
+    let mut out = vec![Cow::Borrowed(match flags & 0o3 {
         0 => "O_RDONLY",
         1 => "O_WRONLY",
         2 => "O_RDWR",
         _ => "O_ACCMODE",
-    }];
+    })];
     const NAMES: &[(u32, &str)] = &[
         (0o100, "O_CREAT"),
         (0o200, "O_EXCL"),
@@ -104,7 +100,7 @@ pub fn open_flag_names(flags: u32) -> Vec<&'static str> {
     ];
     for (bit, name) in NAMES {
         if flags & bit == *bit {
-            out.push(name);
+            out.push(Cow::Borrowed(name));
         }
     }
     out
