@@ -506,18 +506,16 @@ pub fn main(cli: Cli) -> Result<ExitCode> {
                 detach_on_exit,
                 protect,
             };
+            // Before any other thread starts: every thread inherits the blocked mask.
+            let signals = daemon::Signals::take()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 // A parked worker is idle: it gives back what it freed, when asked.
                 .on_thread_park(crate::memory::collect_if_asked)
                 .enable_all()
                 .build()?;
-            let ran = runtime.block_on(daemon::run(cfg));
-            // A blocking task still running (a control request reading the event log, a
-            // webhook call) must not hold the exit: dropping the runtime would wait for it.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-            ran?;
-            Ok(ExitCode::SUCCESS)
+            let ran = runtime.block_on(daemon::run(cfg, signals));
+            exit_daemon(runtime, ran)
         }
         Cmd::BenchFloor => {
             let (_ebpf, hooks) = crate::loader::attach_floor()?;
@@ -1088,6 +1086,29 @@ fn answered(resp: Response, how: &str) -> Result<ExitCode> {
         Response::Error { message } => bail!("{message}"),
         _ => bail!("unexpected response"),
     }
+}
+
+/// Ends the daemon's process once `run` has returned. What must outlive the daemon is
+/// already done inside `run`: the audit store committed and closed, the event log
+/// flushed, the pins kept or removed, "stopped" logged. What is left is only waited for
+/// if nothing is owed to it: the runtime's threads are not joined (a blocking task still
+/// running, a control request reading the event log or a webhook call, would hold the
+/// exit), and the process ends with `_exit(2)`, without the C library's exit handlers,
+/// where the allocator's runs a forced collection over every heap while the runtime's
+/// threads are still ending.
+fn exit_daemon(runtime: tokio::runtime::Runtime, ran: Result<()>) -> ! {
+    runtime.shutdown_background();
+    let code = match ran {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("agentwarden: {e:#}");
+            1
+        }
+    };
+    let _ = std::io::Write::flush(&mut std::io::stderr());
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    // SAFETY: ends the process; nothing runs after it.
+    unsafe { libc::_exit(code) }
 }
 
 #[cfg(test)]

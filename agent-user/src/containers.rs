@@ -6,6 +6,7 @@
 
 use std::{
     collections::BTreeMap,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -139,7 +140,15 @@ impl Containerd {
     /// not answer within the deadline. Its output is read while it runs: a container's
     /// spec can be larger than a pipe holds.
     fn ctr(&self, args: &[&str]) -> Result<String, QueryError> {
-        let child = Command::new("ctr")
+        let mut cmd = Command::new("ctr");
+        // SAFETY: the hook makes only async-signal-safe calls (sigemptyset, sigaddset,
+        // pthread_sigmask).
+        unsafe {
+            // The daemon's threads block the signals it waits for; ctr must stay
+            // stoppable by them.
+            cmd.pre_exec(crate::daemon::unblock_handled_signals);
+        }
+        let child = cmd
             .arg("--address")
             .arg(&self.address)
             .args(args)

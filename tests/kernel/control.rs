@@ -110,11 +110,108 @@ fn status_reports_programs_and_counters_and_sigterm_stops_cleanly() {
         pins.join("maps/SESSIONS").exists(),
         "the kernel side is pinned"
     );
+    // The signals it handles are taken by one thread with sigwait: every other thread
+    // blocks them (a handler on a thread with a descriptor table of its own, the audit
+    // writer's, wrote its wake-up to the wrong file).
+    let masks = signal_masks(d.child.as_ref().unwrap().id());
+    let handled =
+        (1u64 << (libc::SIGTERM - 1)) | (1u64 << (libc::SIGINT - 1)) | (1u64 << (libc::SIGHUP - 1));
+    assert!(
+        masks.iter().any(|(name, _)| name == "aw-signals"),
+        "{masks:?}"
+    );
+    for name in ["audit-writer", "drift", "tokio-rt-worker", "aw-refusal"] {
+        assert!(masks.iter().any(|(n, _)| n == name), "{name}: {masks:?}");
+    }
+    // The signal thread itself shows them unblocked while it waits in sigwait.
+    for (name, blocked) in masks.iter().filter(|(n, _)| n != "aw-signals") {
+        assert_eq!(
+            blocked & handled,
+            handled,
+            "thread {name} takes a handled signal: {masks:?}"
+        );
+    }
     let status = d.stop();
     assert!(status.success(), "daemon exit: {status}\n{}", d.log());
     assert!(!d.socket().exists(), "socket removed on shutdown");
     // `--detach-on-exit` (every test daemon but the succession tests'): nothing stays.
     assert!(!pins.exists(), "--detach-on-exit left pins behind");
+}
+
+/// Each thread of process `pid`: its name and its blocked signals (`SigBlk`).
+fn signal_masks(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |f: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(f))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let blocked = u64::from_str_radix(&field("SigBlk:"), 16).unwrap_or(0);
+        out.push((field("Name:"), blocked));
+    }
+    out
+}
+
+/// A SIGTERM while the daemon starts (loading its programs, compiling the profiles) is
+/// acted on once it is ready: it stops as on any SIGTERM, exit 0 with nothing left
+/// attached, not by the signal's default action with its pins left behind.
+#[test]
+fn a_sigterm_during_start_up_stops_the_daemon_cleanly_once_ready() {
+    if !is_root() {
+        skip("loading eBPF programs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pins = pin_dir(dir.path());
+    let log_path = dir.path().join("daemon.log");
+    let log = fs::File::create(&log_path).unwrap();
+    let mut cmd = Command::new(bin());
+    // SAFETY: only an async-signal-safe prctl between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd
+        .arg("--socket")
+        .arg(dir.path().join("ctl.sock"))
+        .arg("daemon")
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--pin-dir")
+        .arg(&pins)
+        .arg("--detach-on-exit")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // Once it has begun loading (its programs are being pinned), well before its socket.
+    let start = Instant::now();
+    while !pins.exists() {
+        assert!(start.elapsed() < patience(), "no pins");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let socket = dir.path().join("ctl.sock");
+    let early = !socket.exists();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = wait_within(&mut child, scaled(Duration::from_secs(60)));
+    let log = fs::read_to_string(&log_path).unwrap();
+    assert!(early, "the socket was bound before the signal:\n{log}");
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(log.contains("daemon ready"), "{log}");
+    assert!(log.contains("shutting down signal=\"SIGTERM\""), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!pins.exists(), "pins left behind:\n{log}");
+    assert!(!socket.exists(), "socket left behind");
 }
 
 #[test]

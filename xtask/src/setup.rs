@@ -35,6 +35,9 @@ const APT_PACKAGES: &[&str] = &[
     "bubblewrap",
     // `perf`, for the daemon's profile (`cargo xtask bench --only profile`).
     "linux-perf",
+    // A daemon that does not stop in a test is reported with every thread's user stack
+    // (which lock each waits on), not only its kernel stack.
+    "gdb",
 ];
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13";

@@ -98,12 +98,31 @@ impl AuditStats {
     }
 }
 
-/// Work for a thread that shares the writer's descriptor table ([`AuditSink::spawn_beside`]).
+/// Work for a thread that shares the writer's descriptor table ([`Beside::spawn`]).
 type Companion = (
     String,
     Box<dyn FnOnce() + Send>,
     SyncSender<std::io::Result<()>>,
 );
+
+/// Starts threads in the audit writer's descriptor table ([`AuditSink::beside`]).
+pub struct Beside(mpsc::Sender<Companion>);
+
+impl Beside {
+    /// Runs `f` on a thread named `name` that shares the writer's descriptor table: the
+    /// only place in the daemon where another connection to the store may be opened
+    /// (see [`private_descriptors`]). `f` must keep its descriptors to itself, as the
+    /// writer does. Waits for the thread to start.
+    pub fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        let (done_tx, done) = mpsc::sync_channel(1);
+        self.0
+            .send((name.to_owned(), Box::new(f), done_tx))
+            .map_err(|_| anyhow::anyhow!("the audit writer's companion starter is gone"))?;
+        done.recv()
+            .map_err(|_| anyhow::anyhow!("the audit writer's companion starter is gone"))?
+            .with_context(|| format!("starting the {name} thread"))
+    }
+}
 
 /// The daemon's handle on the store.
 pub struct AuditSink {
@@ -195,20 +214,14 @@ impl AuditSink {
         &self.stats
     }
 
-    /// Runs `f` on a thread named `name` that shares the writer's descriptor table: the
-    /// only place in the daemon where another connection to the store may be opened
-    /// (see [`private_descriptors`]). `f` must keep its descriptors to itself, as the
-    /// writer does.
-    pub fn spawn_beside(&self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
-        let (done_tx, done) = mpsc::sync_channel(1);
-        self.companions
-            .as_ref()
-            .context("the audit writer is closed")?
-            .send((name.to_owned(), Box::new(f), done_tx))
-            .map_err(|_| anyhow::anyhow!("the audit writer's companion starter is gone"))?;
-        done.recv()
-            .map_err(|_| anyhow::anyhow!("the audit writer's companion starter is gone"))?
-            .with_context(|| format!("starting the {name} thread"))
+    /// The starter of threads that share the writer's descriptor table (see
+    /// [`Beside::spawn`]), to use without holding whatever holds this sink.
+    pub fn beside(&self) -> Result<Beside> {
+        Ok(Beside(
+            self.companions
+                .clone()
+                .context("the audit writer is closed")?,
+        ))
     }
 
     /// Commits what is queued and stops the writer.
@@ -243,7 +256,7 @@ impl Drop for AuditSink {
 /// closes in the daemon's.
 ///
 /// So every connection of the daemon to the database lives in this table: the writer's,
-/// and the companions' started by [`AuditSink::spawn_beside`] (the drift analyser's).
+/// and the companions' started by [`Beside::spawn`] (the drift analyser's).
 /// SQLite shares the lock and shared-memory descriptors of a file among all connections
 /// of a process, and a connection in another table would be handed numbers from this
 /// one: it mapped, locked and closed whatever the daemon had under them (a drift

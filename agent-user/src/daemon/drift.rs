@@ -78,11 +78,11 @@ pub(super) fn start(shared: Arc<Shared>, db: PathBuf) -> Option<tokio::task::Joi
     let failed = shared.core().drift.webhook_failed.clone();
     // In the audit writer's descriptor table, never the daemon's: SQLite hands every
     // connection of the process the descriptors of the first one that opened the file.
-    let spawned = shared
-        .core()
-        .sinks
-        .audit
-        .spawn_beside("drift", move || analyse(db, interval, settings, tx, failed));
+    // Not under the core lock: the start is waited for, and the runtime's workers need
+    // the lock meanwhile.
+    let beside = shared.core().sinks.audit.beside();
+    let spawned =
+        beside.and_then(|b| b.spawn("drift", move || analyse(db, interval, settings, tx, failed)));
     if let Err(e) = spawned {
         warn!(
             error = format!("{e:#}"),

@@ -18,7 +18,6 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader, unix::AsyncFd},
     net::{UnixListener, UnixStream},
-    signal::unix::{SignalKind, signal},
     sync::broadcast,
 };
 use tracing::{info, warn};
@@ -44,6 +43,7 @@ mod policy_maps;
 mod redirect;
 mod refusal;
 mod selectors;
+mod signals;
 mod sinks;
 mod start;
 mod stdout;
@@ -54,6 +54,8 @@ mod webhook;
 use control::serve;
 use eventlog::EventLog;
 use kernel::KernelMaps;
+use signals::Received;
+pub use signals::{Signals, unblock_handled_signals};
 use sinks::Sinks;
 use start::{
     bind_socket, load_kernel, next_generation, open_state, raise_open_file_limit, ready,
@@ -259,9 +261,11 @@ impl Shared {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT: load and attach, open the state, compile the
-/// profiles into the kernel, say READY, serve, and on the signal detach and commit.
-pub async fn run(cfg: DaemonConfig) -> Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT (taken by `signals`, started before the
+/// runtime): load and attach, open the state, compile the profiles into the kernel, say
+/// READY, serve, and on the signal detach and commit. A signal that arrives while the
+/// daemon starts is acted on once it is ready.
+pub async fn run(cfg: DaemonConfig, signals: Signals) -> Result<()> {
     let mut startup = Startup::begin();
     refuse_second_daemon(&cfg.socket)?;
     raise_open_file_limit();
@@ -383,7 +387,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     });
     let listener = bind_socket(&cfg.socket)?;
     startup.mark("socket");
-    let signals = start::Signals::take()?;
     ready(&shared, startup);
     let lookups = {
         let mut core = shared.core();
@@ -412,13 +415,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     // Under systemd with `WatchdogSec=` (and for this process, not a child it spawned).
     let watchdog =
         sd_notify::watchdog_enabled().map(|period| tokio::spawn(watchdog(shared.clone(), period)));
-    let stopped = until_signal(
+    let (stopped, watch) = until_signal(
         &shared,
         signals,
         tokio::spawn(read_ring(shared.clone(), ring_fd)),
     )
     .await;
-    let watch = start::StopWatch::arm();
+    watch.step("stopping tasks");
     for t in tasks
         .iter()
         .chain(&metrics)

@@ -135,46 +135,35 @@ pub(super) fn ready(shared: &Shared, startup: Startup) {
     }
 }
 
-/// The signals the daemon handles, taken before it says READY: a SIGTERM right after
-/// must stop it cleanly, not by the default action.
-pub(super) struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    pub(super) fn take() -> Result<Self> {
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-}
-
-/// Serves until SIGTERM or SIGINT (SIGHUP reloads the profiles); an error when the
-/// ring-buffer reader stopped first.
+/// Serves until SIGTERM or SIGINT (SIGHUP reloads the profiles), and returns the stop
+/// watch armed when the signal arrived; an error when the ring-buffer reader stopped
+/// first (the watch is then armed here).
 pub(super) async fn until_signal(
     shared: &Shared,
-    signals: Signals,
+    mut signals: Signals,
     mut reader: tokio::task::JoinHandle<Result<()>>,
-) -> Result<()> {
-    let Signals {
-        mut term,
-        mut int,
-        mut hup,
-    } = signals;
-    loop {
+) -> (Result<()>, StopWatch) {
+    let stopped = loop {
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload_profiles(shared),
-            r = &mut reader => bail!("ring-buffer reader stopped: {r:?}"),
+            r = signals.recv() => match r {
+                Some(Received::Stop(name, watch)) => {
+                    info!(signal = name, "shutting down");
+                    break (Ok(()), watch);
+                }
+                Some(Received::Reload) => reload_profiles(shared),
+                None => break (
+                    Err(anyhow!("the signal thread ended")),
+                    StopWatch::arm("stopping tasks"),
+                ),
+            },
+            r = &mut reader => break (
+                Err(anyhow!("ring-buffer reader stopped: {r:?}")),
+                StopWatch::arm("stopping tasks"),
+            ),
         }
-    }
+    };
     reader.abort();
-    Ok(())
+    stopped
 }
 
 /// A live daemon on the socket means this one must not start; a stale socket file is
@@ -267,9 +256,10 @@ pub(super) struct StopWatch {
 }
 
 impl StopWatch {
-    pub(super) fn arm() -> Self {
+    /// Starts watching, in `step`.
+    pub(super) fn arm(step: &'static str) -> Self {
         let state = Arc::new((
-            parking_lot::Mutex::new(("stopping tasks", false)),
+            parking_lot::Mutex::new((step, false)),
             parking_lot::Condvar::new(),
         ));
         let watched = state.clone();

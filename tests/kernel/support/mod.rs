@@ -460,12 +460,19 @@ impl Daemon {
             }
             thread::sleep(Duration::from_millis(20));
         }
+        // The daemon's own threads and log first: a CI keeps only the head and the tail
+        // of a long failure.
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
         let report = format!(
-            "daemon {} did not stop on SIGTERM within {limit:?}:\n{}{}\n{}",
+            "daemon {} did not stop on SIGTERM within {limit:?}; its threads:\n{}\n\
+             its log (last lines):\n{}\n{}\nprocesses:\n{}",
             child.id(),
-            processes_report(&[child.id()], None),
+            threads_report(child.id()),
+            tail.join("\n"),
             user_stacks(child.id()),
-            self.log()
+            processes_report(&[], None),
         );
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         let status = child.wait().expect("wait");
@@ -742,6 +749,10 @@ pub(crate) fn processes_report(stacks_of: &[u32], mentioning: Option<&str>) -> S
         .flatten()
     {
         let Ok(st) = p.stat() else { continue };
+        // Kernel threads (kthreadd's children) are a hundred lines of noise here.
+        if st.pid == 2 || st.ppid == 2 {
+            continue;
+        }
         let wchan = fs::read_to_string(format!("/proc/{}/wchan", p.pid)).unwrap_or_default();
         let cmd = p.cmdline().unwrap_or_default().join(" ");
         if mentioning.is_some_and(|m| cmd.contains(m)) {
@@ -758,25 +769,55 @@ pub(crate) fn processes_report(stacks_of: &[u32], mentioning: Option<&str>) -> S
         ));
     }
     for pid in stacks {
-        for task in fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let tid = task.file_name().to_string_lossy().into_owned();
-            let stack = fs::read_to_string(task.path().join("stack")).unwrap_or_default();
-            let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
-            let signals: Vec<&str> = status
-                .lines()
-                .filter(|l| {
-                    l.starts_with("State:") || l.starts_with("SigPnd:") || l.starts_with("ShdPnd:")
-                })
-                .collect();
-            report.push_str(&format!(
-                "process {pid} thread {tid} ({}):\n{stack}",
-                signals.join(", ")
-            ));
+        report.push_str(&threads_report(pid));
+    }
+    report
+}
+
+/// Waits for `child` to exit; past `limit` it is killed and the test fails with where
+/// each of its threads waited.
+pub(crate) fn wait_within(child: &mut Child, limit: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
         }
+        if start.elapsed() > limit {
+            let report = threads_report(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "process {} did not exit within {limit:?}:\n{report}",
+                child.id()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every thread of process `pid`: its name, state, pending signals and kernel stack.
+pub(crate) fn threads_report(pid: u32) -> String {
+    let mut report = String::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let stack = fs::read_to_string(task.path().join("stack")).unwrap_or_default();
+        let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let fields: Vec<&str> = status
+            .lines()
+            .filter(|l| {
+                ["Name:", "State:", "SigPnd:", "ShdPnd:"]
+                    .iter()
+                    .any(|f| l.starts_with(f))
+            })
+            .collect();
+        report.push_str(&format!(
+            "process {pid} thread {tid} ({}):\n{stack}",
+            fields.join(", ")
+        ));
     }
     report
 }
