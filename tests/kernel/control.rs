@@ -169,22 +169,7 @@ fn a_sigterm_during_start_up_stops_the_daemon_cleanly_once_ready() {
     let pins = pin_dir(dir.path());
     let log_path = dir.path().join("daemon.log");
     let log = fs::File::create(&log_path).unwrap();
-    let mut cmd = Command::new(bin());
-    // SAFETY: only an async-signal-safe prctl between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
-                .map_err(std::io::Error::from)
-        });
-    }
-    let mut child = cmd
-        .arg("--socket")
-        .arg(dir.path().join("ctl.sock"))
-        .arg("daemon")
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--pin-dir")
-        .arg(&pins)
+    let mut child = daemon_command(dir.path())
         .arg("--detach-on-exit")
         .stdout(Stdio::null())
         .stderr(log)

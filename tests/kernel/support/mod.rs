@@ -112,6 +112,28 @@ pub(crate) fn pin_dir(dir: &Path) -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/aw-test-{}", name.replace('.', "")))
 }
 
+/// `agentwarden daemon` with its socket and state in `dir` and its own pin directory
+/// ([`pin_dir`]); ended by SIGTERM if the test process dies first.
+pub(crate) fn daemon_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    // SAFETY: only an async-signal-safe prctl between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The daemon must not outlive a test process that was killed.
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.arg("--socket")
+        .arg(dir.join("ctl.sock"))
+        .arg("daemon")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--pin-dir")
+        .arg(pin_dir(dir));
+    cmd
+}
+
 /// A daemon for one test; stopped with SIGTERM when dropped, and whatever it pinned
 /// removed.
 pub(crate) struct Daemon {
@@ -175,33 +197,14 @@ impl Daemon {
         // The hook socket (beside the control socket) must be reachable by the agents'
         // users: the directory may be passed, not listed.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
-        let mut cmd = Command::new(bin());
-        // SAFETY: only an async-signal-safe prctl between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The daemon must not outlive a test process that was killed.
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::TERM,
-                ))
-                .map_err(std::io::Error::from)
-            });
-        }
         // Each test daemon pins under its own directory; unless the test asks for the
         // product's default (pins kept for a successor), it unloads when it stops.
-        let pins = pin_dir(dir.path());
         let keep = extra.contains(&KEEP_PINS);
         let mut extra: Vec<&str> = extra.iter().copied().filter(|a| *a != KEEP_PINS).collect();
         if !keep {
             extra.push("--detach-on-exit");
         }
-        let child = cmd
-            .arg("--socket")
-            .arg(dir.path().join("ctl.sock"))
-            .arg("daemon")
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--pin-dir")
-            .arg(&pins)
+        let child = daemon_command(dir.path())
             .arg("--quiet")
             .args(extra)
             .env("NOTIFY_SOCKET", &notify_path)
